@@ -1,0 +1,391 @@
+//! Value codecs: how arguments and results are turned into bytes.
+//!
+//! MessagePack is the default and the only one a plain MessagePack-RPC peer speaks. bincode
+//! is an opt-in codec for Rust-to-Rust calls, chosen per connection by the client's
+//! [hello](crate::handshake); with it, messages are length-prefixed and values are bincode.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{DecodeError, EncodeError, ErrorCode, ServerError};
+use crate::framer::value_len;
+
+/// The serialization used on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Codec {
+    /// MessagePack-RPC, as the public spec says. Structs are encoded as maps, so peers in
+    /// other languages see field names.
+    #[default]
+    Msgpack,
+    /// bincode 2 (standard configuration) in length-prefixed frames; Rust peers only.
+    Bincode,
+}
+
+const BINCODE: bincode::config::Configuration = bincode::config::standard();
+
+impl Codec {
+    /// The codec's number in the hello.
+    pub fn id(self) -> u8 {
+        match self {
+            Codec::Msgpack => 0,
+            Codec::Bincode => 1,
+        }
+    }
+
+    /// The codec with this number.
+    pub fn from_id(id: u8) -> Option<Codec> {
+        match id {
+            0 => Some(Codec::Msgpack),
+            1 => Some(Codec::Bincode),
+            _ => None,
+        }
+    }
+
+    /// Append the encoding of `value` to `out`. On error `out` is left as it was.
+    ///
+    /// # Errors
+    ///
+    /// When the value's `Serialize` implementation fails.
+    pub fn encode<T: Serialize + ?Sized>(self, out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
+        let start = out.len();
+        let r = match self {
+            Codec::Msgpack => rmp_serde::encode::write_named(out, value).map_err(EncodeError::from),
+            Codec::Bincode => bincode::serde::encode_into_std_write(value, out, BINCODE)
+                .map(drop)
+                .map_err(EncodeError::from),
+        };
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+
+    /// Decode one value that fills `bytes` exactly.
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a valid encoding of `T`, or are followed by more bytes.
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
+        let (v, n) = self.decode_prefix(bytes)?;
+        if n != bytes.len() {
+            return Err(DecodeError::Trailing(bytes.len() - n));
+        }
+        Ok(v)
+    }
+
+    /// Decode one value from the start of `bytes`; returns it and the bytes it used.
+    ///
+    /// # Errors
+    ///
+    /// When the bytes do not start with a valid encoding of `T`.
+    pub fn decode_prefix<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<(T, usize), DecodeError> {
+        match self {
+            Codec::Msgpack => {
+                let n = value_len(bytes)?;
+                Ok((rmp_serde::from_slice(&bytes[..n])?, n))
+            }
+            Codec::Bincode => Ok(bincode::serde::decode_from_slice(bytes, BINCODE)?),
+        }
+    }
+}
+
+/// A value that can encode itself with any codec: every `Serialize` type is one.
+///
+/// This is how a handler's result reaches the connection without being encoded twice: the
+/// connection encodes it straight into its write buffer.
+pub trait EncodeValue: Send {
+    /// Append the encoding of `self` to `out`; on error `out` is left as it was.
+    ///
+    /// # Errors
+    ///
+    /// When serialization fails.
+    fn encode_value(&self, codec: Codec, out: &mut Vec<u8>) -> Result<(), EncodeError>;
+}
+
+impl<T: Serialize + Send + ?Sized> EncodeValue for T {
+    fn encode_value(&self, codec: Codec, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        codec.encode(out, self)
+    }
+}
+
+/// Writes a call's parameters: a count, then each argument.
+#[derive(Debug)]
+pub struct ParamsEncoder<'a> {
+    codec: Codec,
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> ParamsEncoder<'a> {
+    /// An encoder appending to `out`.
+    pub fn new(codec: Codec, out: &'a mut Vec<u8>) -> ParamsEncoder<'a> {
+        ParamsEncoder { codec, out }
+    }
+
+    /// Write the number of arguments; call it once, before the arguments.
+    pub fn count(&mut self, n: usize) {
+        match self.codec {
+            Codec::Msgpack => crate::message::write_array_len(self.out, n as u32),
+            Codec::Bincode => self.out.extend_from_slice(&(n as u32).to_le_bytes()),
+        }
+    }
+
+    /// Write one argument.
+    ///
+    /// # Errors
+    ///
+    /// When serialization fails.
+    pub fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
+        self.codec.encode(self.out, value)
+    }
+}
+
+/// The parameters of a call: tuples of `Serialize` values, slices and `Vec`s of them
+/// (`Vec<rmpv::Value>` for dynamic calls).
+pub trait Params {
+    /// Write the count and the arguments.
+    ///
+    /// # Errors
+    ///
+    /// When serialization fails.
+    fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError>;
+}
+
+impl<P: Params + ?Sized> Params for &P {
+    fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError> {
+        (**self).encode_params(enc)
+    }
+}
+
+impl<T: Serialize> Params for [T] {
+    fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError> {
+        enc.count(self.len());
+        self.iter().try_for_each(|v| enc.push(v))
+    }
+}
+
+impl<T: Serialize> Params for Vec<T> {
+    fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError> {
+        self.as_slice().encode_params(enc)
+    }
+}
+
+macro_rules! tuple_params {
+    ($n:expr; $($t:ident $i:tt),*) => {
+        impl<$($t: Serialize),*> Params for ($($t,)*) {
+            #[allow(unused_variables)]
+            fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError> {
+                enc.count($n);
+                $(enc.push(&self.$i)?;)*
+                Ok(())
+            }
+        }
+
+        impl<$($t: DeserializeOwned),*> FromArgs for ($($t,)*) {
+            #[allow(unused_variables)]
+            fn from_args(args: &mut Args<'_>) -> Result<Self, ServerError> {
+                args.expect($n)?;
+                Ok(($(args.next::<$t>(stringify!($i))?,)*))
+            }
+        }
+    };
+}
+
+tuple_params!(0;);
+tuple_params!(1; A 0);
+tuple_params!(2; A 0, B 1);
+tuple_params!(3; A 0, B 1, C 2);
+tuple_params!(4; A 0, B 1, C 2, D 3);
+tuple_params!(5; A 0, B 1, C 2, D 3, E 4);
+tuple_params!(6; A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_params!(7; A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_params!(8; A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+tuple_params!(9; A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
+tuple_params!(10; A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
+tuple_params!(11; A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10);
+tuple_params!(12; A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
+
+/// Reads a call's parameters: the count, then each argument in turn.
+///
+/// Errors are [`ErrorCode::InvalidParams`] wire errors naming the argument.
+#[derive(Debug, Clone)]
+pub struct Args<'a> {
+    codec: Codec,
+    rest: &'a [u8],
+    count: Option<usize>,
+    index: usize,
+}
+
+impl<'a> Args<'a> {
+    /// The arguments in `params` (the raw params value of a request).
+    pub fn new(codec: Codec, params: &'a [u8]) -> Args<'a> {
+        Args {
+            codec,
+            rest: params,
+            count: None,
+            index: 0,
+        }
+    }
+
+    /// The codec the arguments are encoded with.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// The number of arguments the caller sent.
+    ///
+    /// # Errors
+    ///
+    /// When the params are not an array.
+    pub fn len(&mut self) -> Result<usize, ServerError> {
+        if let Some(n) = self.count {
+            return Ok(n);
+        }
+        let n = match self.codec {
+            Codec::Msgpack => {
+                let (n, used) = crate::message::read_array_len(self.rest)
+                    .ok_or_else(|| invalid("params must be an array"))?;
+                self.rest = &self.rest[used..];
+                n
+            }
+            Codec::Bincode => {
+                let head = self.rest.get(..4).ok_or_else(|| invalid("params are truncated"))?;
+                // Unwrap: `head` is exactly 4 bytes long.
+                let n = u32::from_le_bytes(head.try_into().unwrap()) as usize;
+                self.rest = &self.rest[4..];
+                n
+            }
+        };
+        self.count = Some(n);
+        Ok(n)
+    }
+
+    /// Whether the caller sent no arguments.
+    ///
+    /// # Errors
+    ///
+    /// When the params are not an array.
+    pub fn is_empty(&mut self) -> Result<bool, ServerError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Check that the caller sent exactly `n` arguments.
+    ///
+    /// # Errors
+    ///
+    /// "expected N arguments, got M".
+    pub fn expect(&mut self, n: usize) -> Result<(), ServerError> {
+        let got = self.len()?;
+        if got != n {
+            return Err(invalid(format!(
+                "expected {n} argument{}, got {got}",
+                if n == 1 { "" } else { "s" }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decode the next argument; `name` is used in the error message.
+    ///
+    /// # Errors
+    ///
+    /// When there is no next argument or it is not a `T`.
+    pub fn next<T: DeserializeOwned>(&mut self, name: &str) -> Result<T, ServerError> {
+        let count = self.len()?;
+        if self.index >= count {
+            return Err(invalid(format!("missing argument {} ({name})", self.index)));
+        }
+        match self.codec.decode_prefix::<T>(self.rest) {
+            Ok((v, used)) => {
+                self.rest = &self.rest[used..];
+                self.index += 1;
+                Ok(v)
+            }
+            Err(e) => Err(invalid(format!("argument {} ({name}): {e}", self.index))),
+        }
+    }
+
+    /// All arguments as dynamic MessagePack values.
+    ///
+    /// # Errors
+    ///
+    /// With the bincode codec, which does not describe its own values.
+    pub fn values(&mut self) -> Result<Vec<rmpv::Value>, ServerError> {
+        if self.codec != Codec::Msgpack {
+            return Err(invalid("dynamic values need the msgpack codec"));
+        }
+        let n = self.len()?;
+        (0..n).map(|i| self.next::<rmpv::Value>(&i.to_string())).collect()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ServerError {
+    ServerError::new(ErrorCode::InvalidParams, msg)
+}
+
+/// A tuple of arguments decoded from [`Args`], with a count check.
+pub trait FromArgs: Sized {
+    /// Decode from `args`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::InvalidParams`] on a wrong count or type.
+    fn from_args(args: &mut Args<'_>) -> Result<Self, ServerError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params<P: Params>(codec: Codec, p: P) -> Vec<u8> {
+        let mut out = Vec::new();
+        p.encode_params(&mut ParamsEncoder::new(codec, &mut out)).unwrap();
+        out
+    }
+
+    #[test]
+    fn tuple_params_are_a_msgpack_array() {
+        assert_eq!(params(Codec::Msgpack, (2, 3)), [0x92, 0x02, 0x03]);
+        assert_eq!(params(Codec::Msgpack, ()), [0x90]);
+    }
+
+    #[test]
+    fn args_round_trip_both_codecs() {
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            let p = params(codec, (1i64, "two".to_string(), vec![3u8, 4]));
+            let mut args = Args::new(codec, &p);
+            let (a, b, c): (i64, String, Vec<u8>) = FromArgs::from_args(&mut args).unwrap();
+            assert_eq!((a, b.as_str(), c), (1, "two", vec![3, 4]));
+        }
+    }
+
+    #[test]
+    fn wrong_count_and_type() {
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            let p = params(codec, (1i64, 2i64, 3i64));
+            let e = <(i64, i64)>::from_args(&mut Args::new(codec, &p)).unwrap_err();
+            assert_eq!(e.kind(), ErrorCode::InvalidParams);
+            assert!(e.message.contains("expected 2 arguments, got 3"), "{e}");
+        }
+        let p = params(Codec::Msgpack, ("x", 2i64));
+        let e = <(i64, i64)>::from_args(&mut Args::new(Codec::Msgpack, &p)).unwrap_err();
+        assert!(e.message.starts_with("argument 0"), "{e}");
+    }
+
+    #[test]
+    fn params_not_array() {
+        let e = <(i64,)>::from_args(&mut Args::new(Codec::Msgpack, &[0x05])).unwrap_err();
+        assert_eq!(e.kind(), ErrorCode::InvalidParams);
+    }
+
+    #[test]
+    fn structs_are_maps_in_msgpack() {
+        #[derive(serde::Serialize)]
+        struct P {
+            x: u8,
+        }
+        let mut out = Vec::new();
+        Codec::Msgpack.encode(&mut out, &P { x: 1 }).unwrap();
+        assert_eq!(out, [0x81, 0xa1, b'x', 0x01]);
+    }
+}

@@ -1,0 +1,232 @@
+//! Errors that travel on the wire, and errors of the protocol core itself.
+
+use std::fmt;
+
+/// The stable numeric codes sent in the `[code, message]` error of a response.
+///
+/// The numbers never change meaning; new codes are only ever added. Codes that a server
+/// does not know (from a third-party peer) are kept as plain integers in
+/// [`ServerError::code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The error value did not have the `[code, message]` shape (a third-party peer).
+    Unknown,
+    /// No function is registered under the requested name.
+    MethodNotFound,
+    /// The arguments did not match the function: wrong count or wrong types.
+    InvalidParams,
+    /// The function ran and returned an error; the message is the error's `Display`.
+    HandlerError,
+    /// The function panicked. The panic message is logged on the server, not sent.
+    HandlerPanicked,
+    /// The message was larger than the server's maximum message size.
+    MessageTooLarge,
+    /// The message was not a valid MessagePack-RPC message.
+    MalformedMessage,
+    /// The function's `max_flow` limit was reached; the call did not run.
+    Overloaded,
+    /// The call's deadline passed before it finished.
+    DeadlineExceeded,
+    /// The server is shutting down and did not run the call.
+    ShuttingDown,
+    /// An internal server error, such as a result that could not be encoded.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every known code, in numeric order.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::Unknown,
+        ErrorCode::MethodNotFound,
+        ErrorCode::InvalidParams,
+        ErrorCode::HandlerError,
+        ErrorCode::HandlerPanicked,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::MalformedMessage,
+        ErrorCode::Overloaded,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+    ];
+
+    /// The number sent on the wire.
+    pub const fn as_i64(self) -> i64 {
+        match self {
+            ErrorCode::Unknown => 0,
+            ErrorCode::MethodNotFound => 1,
+            ErrorCode::InvalidParams => 2,
+            ErrorCode::HandlerError => 3,
+            ErrorCode::HandlerPanicked => 4,
+            ErrorCode::MessageTooLarge => 5,
+            ErrorCode::MalformedMessage => 6,
+            ErrorCode::Overloaded => 7,
+            ErrorCode::DeadlineExceeded => 8,
+            ErrorCode::ShuttingDown => 9,
+            ErrorCode::Internal => 10,
+        }
+    }
+
+    /// The code for a number, if it is one of ours.
+    pub fn from_i64(code: i64) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_i64() == code)
+    }
+
+    /// A short lowercase name, as used in logs and the README.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Unknown => "unknown",
+            ErrorCode::MethodNotFound => "method not found",
+            ErrorCode::InvalidParams => "invalid params",
+            ErrorCode::HandlerError => "handler error",
+            ErrorCode::HandlerPanicked => "handler panicked",
+            ErrorCode::MessageTooLarge => "message too large",
+            ErrorCode::MalformedMessage => "malformed message",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::DeadlineExceeded => "deadline exceeded",
+            ErrorCode::ShuttingDown => "shutting down",
+            ErrorCode::Internal => "internal error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An error as it travels on the wire: `[code, message]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// The numeric code; see [`ErrorCode`] for ours.
+    pub code: i64,
+    /// A human-readable message.
+    pub message: String,
+}
+
+impl ServerError {
+    /// An error with one of our codes.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ServerError {
+        ServerError {
+            code: code.as_i64(),
+            message: message.into(),
+        }
+    }
+
+    /// The code as one of ours, or [`ErrorCode::Unknown`].
+    pub fn kind(&self) -> ErrorCode {
+        ErrorCode::from_i64(self.code).unwrap_or(ErrorCode::Unknown)
+    }
+
+    /// "method not found: NAME".
+    pub fn method_not_found(method: &[u8]) -> ServerError {
+        ServerError::new(
+            ErrorCode::MethodNotFound,
+            format!("method not found: {}", String::from_utf8_lossy(method)),
+        )
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.kind(), self.code, self.message)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// A stream-level framing error: the stream cannot be read any further.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A message declared (in its headers) more bytes than the maximum message size.
+    #[error("message of at least {declared} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The size the headers declared, at least.
+        declared: u64,
+        /// The configured limit.
+        limit: usize,
+        /// The request's msgid, when it could be read from the bytes already received.
+        msgid: Option<u64>,
+    },
+    /// The bytes are not MessagePack (for example the never-used marker `0xc1`).
+    #[error("invalid messagepack: {0}")]
+    Invalid(&'static str),
+}
+
+impl FrameError {
+    /// The wire error to send back for this framing error.
+    pub fn to_server_error(&self) -> ServerError {
+        match self {
+            FrameError::TooLarge { .. } => ServerError::new(ErrorCode::MessageTooLarge, self.to_string()),
+            FrameError::Invalid(_) => ServerError::new(ErrorCode::MalformedMessage, self.to_string()),
+        }
+    }
+
+    /// The msgid of the request that caused this error, when it is known.
+    pub fn msgid(&self) -> Option<u64> {
+        match self {
+            FrameError::TooLarge { msgid, .. } => *msgid,
+            FrameError::Invalid(_) => None,
+        }
+    }
+}
+
+/// A complete message that is not a valid MessagePack-RPC message. The stream itself is
+/// still in sync: the next message can be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed message: {reason}")]
+pub struct ParseError {
+    /// Why the message is malformed.
+    pub reason: String,
+    /// The msgid, when the message was a request whose msgid could be read.
+    pub msgid: Option<u64>,
+}
+
+impl ParseError {
+    pub(crate) fn new(reason: impl Into<String>, msgid: Option<u64>) -> ParseError {
+        ParseError {
+            reason: reason.into(),
+            msgid,
+        }
+    }
+
+    /// The wire error to send back.
+    pub fn to_server_error(&self) -> ServerError {
+        ServerError::new(ErrorCode::MalformedMessage, self.to_string())
+    }
+}
+
+/// A value could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// MessagePack encoding failed.
+    #[error("messagepack encode: {0}")]
+    Msgpack(#[from] rmp_serde::encode::Error),
+    /// bincode encoding failed.
+    #[error("bincode encode: {0}")]
+    Bincode(#[from] bincode::error::EncodeError),
+    /// A method name longer than the bincode envelope allows (65 535 bytes).
+    #[error("method name too long")]
+    MethodTooLong,
+}
+
+/// A value could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// MessagePack decoding failed.
+    #[error("{0}")]
+    Msgpack(#[from] rmp_serde::decode::Error),
+    /// bincode decoding failed.
+    #[error("{0}")]
+    Bincode(#[from] bincode::error::DecodeError),
+    /// The bytes did not hold one complete value.
+    #[error("{0}")]
+    Framing(#[from] FrameError),
+    /// Bytes were left over after the value.
+    #[error("{0} trailing bytes after the value")]
+    Trailing(usize),
+}

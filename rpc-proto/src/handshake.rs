@@ -1,0 +1,99 @@
+//! The opt-in hello that our client sends to our server before anything else.
+//!
+//! A plain MessagePack-RPC client never sends it and never sees it: it starts with the byte
+//! `0xc1`, which msgpack never uses, so the server can tell it from a first message with
+//! one byte. The server answers with a hello of its own, then both sides switch to the
+//! codec the hello named.
+//!
+//! Layout: `c1 'R' 'P' 'C'`, version (1 byte), codec id (1 byte), extension length (u16
+//! little-endian), extensions (tag, length, value; unknown tags are skipped).
+
+use crate::codec::Codec;
+
+/// The first four bytes of a hello.
+pub const MAGIC: [u8; 4] = [0xc1, b'R', b'P', b'C'];
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+const HEADER: usize = 8;
+const MAX_EXT: usize = 1024;
+
+/// A hello, from the client or the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The codec for the rest of the connection.
+    pub codec: Codec,
+}
+
+/// A hello that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelloError {
+    /// The bytes are not a hello.
+    #[error("not a hello")]
+    NotHello,
+    /// The hello names a codec this side does not know.
+    #[error("unknown codec {0}")]
+    UnknownCodec(u8),
+    /// The extensions are longer than allowed.
+    #[error("hello extensions too long")]
+    TooLong,
+}
+
+impl Hello {
+    /// Append the hello's bytes to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.codec.id());
+        out.extend_from_slice(&0u16.to_le_bytes());
+    }
+
+    /// Whether `buf` starts (or could start) with a hello rather than a msgpack message.
+    pub fn is_hello(buf: &[u8]) -> bool {
+        buf.first() == Some(&MAGIC[0])
+    }
+
+    /// Parse a hello at the start of `buf`: `Ok(None)` if more bytes are needed, else the
+    /// hello and its length.
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a hello we can accept.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Hello, usize)>, HelloError> {
+        let n = buf.len().min(4);
+        if buf[..n] != MAGIC[..n] {
+            return Err(HelloError::NotHello);
+        }
+        let Some(head) = buf.get(..HEADER) else {
+            return Ok(None);
+        };
+        let ext = usize::from(u16::from_le_bytes([head[6], head[7]]));
+        if ext > MAX_EXT {
+            return Err(HelloError::TooLong);
+        }
+        if buf.len() < HEADER + ext {
+            return Ok(None);
+        }
+        let codec = Codec::from_id(head[5]).ok_or(HelloError::UnknownCodec(head[5]))?;
+        Ok(Some((Hello { codec }, HEADER + ext)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_at_every_split() {
+        let mut out = Vec::new();
+        Hello { codec: Codec::Bincode }.encode(&mut out);
+        for cut in 0..out.len() {
+            assert_eq!(Hello::decode(&out[..cut]).unwrap(), None);
+        }
+        assert_eq!(
+            Hello::decode(&out).unwrap(),
+            Some((Hello { codec: Codec::Bincode }, out.len()))
+        );
+        assert!(Hello::decode(&[0x94]).is_err());
+    }
+}

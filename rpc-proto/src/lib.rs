@@ -1,0 +1,52 @@
+//! The MessagePack-RPC protocol core, with no I/O in it.
+//!
+//! This crate turns bytes into messages and messages into bytes. It opens no socket, starts
+//! no task and reads no clock: the server (`rpc-server`) and the clients (`rpc-client`)
+//! feed it the bytes they read and write out the bytes it produces. Most users want the
+//! `rpc` crate instead, which puts the pieces together.
+//!
+//! # Layout
+//!
+//! - [`Framer`]: finds where each message ends in a byte stream, incrementally, with a size
+//!   limit checked from headers.
+//! - [`Message`]: parses one complete frame into a request, response or notification that
+//!   borrows its method and params from the frame; `encode_*` write them.
+//! - [`Codec`], [`Args`], [`Params`]: how argument and result values become bytes.
+//! - [`ServerError`], [`ErrorCode`]: the `[code, message]` errors on the wire.
+//! - [`Hello`]: the opt-in handshake that selects the bincode codec.
+//!
+//! # Example
+//!
+//! ```
+//! use rpc_proto::{encode_request, Codec, Framer, Message};
+//!
+//! let mut wire = Vec::new();
+//! encode_request(Codec::Msgpack, &mut wire, 1, "add", &(2, 3)).unwrap();
+//!
+//! let mut framer = Framer::new(Codec::Msgpack, 1 << 20);
+//! let len = framer.decode(&wire).unwrap().unwrap();
+//! let Message::Request { msgid, method, params } = Message::parse(Codec::Msgpack, &wire[..len]).unwrap() else {
+//!     unreachable!()
+//! };
+//! let (a, b): (i64, i64) = rpc_proto::FromArgs::from_args(&mut rpc_proto::Args::new(Codec::Msgpack, params)).unwrap();
+//! assert_eq!((msgid, method, a + b), (1, &b"add"[..], 5));
+//! ```
+#![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
+
+mod codec;
+mod error;
+mod framer;
+pub mod handshake;
+mod message;
+
+pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
+pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, ServerError};
+pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};
+pub use handshake::Hello;
+pub use message::{
+    decode_error, encode_notification, encode_request, encode_response_err, encode_response_ok, peek_msgid,
+    Message, NOTIFICATION, REQUEST, RESPONSE,
+};
+
+/// Method names starting with this prefix are reserved for the framework itself.
+pub const RESERVED_PREFIX: &str = "rpc.";

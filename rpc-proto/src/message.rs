@@ -1,0 +1,597 @@
+//! MessagePack-RPC messages: parsing a complete frame and encoding one.
+//!
+//! Parsing borrows from the frame: the method name and the params or result stay as raw
+//! bytes, to be decoded straight into the handler's argument types.
+
+use crate::codec::{Codec, EncodeValue, Params, ParamsEncoder};
+use crate::error::{EncodeError, ErrorCode, ParseError, ServerError};
+use crate::framer::value_len;
+
+/// The message type tag of a request.
+pub const REQUEST: u8 = 0;
+/// The message type tag of a response.
+pub const RESPONSE: u8 = 1;
+/// The message type tag of a notification.
+pub const NOTIFICATION: u8 = 2;
+
+/// One parsed message, borrowing from its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// `[0, msgid, method, params]`.
+    Request {
+        /// Echoed back unchanged in the response.
+        msgid: u64,
+        /// The method name, from a msgpack str or bin.
+        method: &'a [u8],
+        /// The raw params (an array, in msgpack).
+        params: &'a [u8],
+    },
+    /// `[1, msgid, error, result]`.
+    Response {
+        /// The request's msgid.
+        msgid: u64,
+        /// The raw result on success, or the raw error value.
+        outcome: Result<&'a [u8], &'a [u8]>,
+    },
+    /// `[2, method, params]`.
+    Notification {
+        /// The method name.
+        method: &'a [u8],
+        /// The raw params.
+        params: &'a [u8],
+    },
+}
+
+impl<'a> Message<'a> {
+    /// Parse one complete frame, as delimited by [`Framer`](crate::Framer).
+    ///
+    /// # Errors
+    ///
+    /// [`ParseError`] when the frame is not a MessagePack-RPC message; it carries the msgid
+    /// when the message was a request whose msgid could be read.
+    pub fn parse(codec: Codec, frame: &'a [u8]) -> Result<Message<'a>, ParseError> {
+        match codec {
+            Codec::Msgpack => parse_msgpack(frame),
+            Codec::Bincode => parse_bincode(frame),
+        }
+    }
+}
+
+/// A cursor over a frame, for the few envelope fields we read by hand.
+struct Cursor<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Some(h)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    /// Any msgpack unsigned integer (or non-negative signed one).
+    fn uint(&mut self) -> Option<u64> {
+        let m = self.byte()?;
+        let be = |b: &[u8]| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x));
+        match m {
+            0x00..=0x7f => Some(u64::from(m)),
+            0xcc | 0xd0 => self.take(1).map(be).filter(|v| m == 0xcc || *v < 0x80),
+            0xcd | 0xd1 => self.take(2).map(be).filter(|v| m == 0xcd || *v < 0x8000),
+            0xce | 0xd2 => self.take(4).map(be).filter(|v| m == 0xce || *v < 0x8000_0000),
+            0xcf | 0xd3 => self.take(8).map(be).filter(|v| m == 0xcf || *v < 1 << 63),
+            _ => None,
+        }
+    }
+
+    /// A msgpack str or bin.
+    fn str_or_bin(&mut self) -> Option<&'a [u8]> {
+        let m = self.byte()?;
+        let n = match m {
+            0xa0..=0xbf => usize::from(m & 0x1f),
+            0xd9 | 0xc4 => usize::from(self.byte()?),
+            0xda | 0xc5 => self.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))?,
+            0xdb | 0xc6 => self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)?,
+            _ => return None,
+        };
+        self.take(n)
+    }
+
+    /// One whole msgpack value, raw.
+    fn value(&mut self) -> Option<&'a [u8]> {
+        let n = value_len(self.b).ok()?;
+        self.take(n)
+    }
+}
+
+/// Read a msgpack array header: the count and the header's length.
+pub(crate) fn read_array_len(b: &[u8]) -> Option<(usize, usize)> {
+    match *b.first()? {
+        m @ 0x90..=0x9f => Some((usize::from(m & 0x0f), 1)),
+        0xdc => b.get(1..3).map(|l| (usize::from(u16::from_be_bytes([l[0], l[1]])), 3)),
+        0xdd => b
+            .get(1..5)
+            .map(|l| (u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize, 5)),
+        _ => None,
+    }
+}
+
+fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
+    let Some((len, used)) = read_array_len(frame) else {
+        return Err(ParseError::new("a message must be an array", None));
+    };
+    let mut c = Cursor { b: &frame[used..] };
+    let Some(tag) = c.uint().filter(|t| *t <= 2) else {
+        return Err(ParseError::new("unknown message type", None));
+    };
+    match tag as u8 {
+        REQUEST => {
+            let msgid = c.uint();
+            let Some(msgid) = msgid else {
+                return Err(ParseError::new("request msgid must be an unsigned integer", None));
+            };
+            if len != 4 {
+                return Err(ParseError::new(
+                    format!("a request has 4 elements, this one has {len}"),
+                    Some(msgid),
+                ));
+            }
+            let method = c
+                .str_or_bin()
+                .ok_or_else(|| ParseError::new("method must be a str or bin", Some(msgid)))?;
+            let params = c
+                .value()
+                .ok_or_else(|| ParseError::new("params are missing", Some(msgid)))?;
+            Ok(Message::Request { msgid, method, params })
+        }
+        RESPONSE => {
+            if len != 4 {
+                return Err(ParseError::new(format!("a response has 4 elements, not {len}"), None));
+            }
+            let msgid = c
+                .uint()
+                .ok_or_else(|| ParseError::new("response msgid must be an unsigned integer", None))?;
+            let error = c.value().ok_or_else(|| ParseError::new("error is missing", None))?;
+            let result = c.value().ok_or_else(|| ParseError::new("result is missing", None))?;
+            let outcome = if error == [0xc0] { Ok(result) } else { Err(error) };
+            Ok(Message::Response { msgid, outcome })
+        }
+        _ => {
+            if len != 3 {
+                return Err(ParseError::new(format!("a notification has 3 elements, not {len}"), None));
+            }
+            let method = c
+                .str_or_bin()
+                .ok_or_else(|| ParseError::new("method must be a str or bin", None))?;
+            let params = c.value().ok_or_else(|| ParseError::new("params are missing", None))?;
+            Ok(Message::Notification { method, params })
+        }
+    }
+}
+
+fn read_bincode_method<'a>(c: &mut Cursor<'a>, msgid: Option<u64>) -> Result<&'a [u8], ParseError> {
+    let n = c
+        .take(2)
+        .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+        .ok_or_else(|| ParseError::new("truncated method", msgid))?;
+    c.take(n).ok_or_else(|| ParseError::new("truncated method", msgid))
+}
+
+fn parse_bincode(frame: &[u8]) -> Result<Message<'_>, ParseError> {
+    let mut c = Cursor {
+        b: frame.get(4..).unwrap_or_default(),
+    };
+    let tag = c.byte().ok_or_else(|| ParseError::new("empty frame", None))?;
+    let u64le = |c: &mut Cursor<'_>| c.take(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    match tag {
+        REQUEST => {
+            let msgid = u64le(&mut c).ok_or_else(|| ParseError::new("truncated msgid", None))?;
+            let method = read_bincode_method(&mut c, Some(msgid))?;
+            Ok(Message::Request {
+                msgid,
+                method,
+                params: c.b,
+            })
+        }
+        RESPONSE => {
+            let msgid = u64le(&mut c).ok_or_else(|| ParseError::new("truncated msgid", None))?;
+            let outcome = match c.byte() {
+                Some(0) => Ok(c.b),
+                Some(1) => Err(c.b),
+                _ => return Err(ParseError::new("bad response status", None)),
+            };
+            Ok(Message::Response { msgid, outcome })
+        }
+        NOTIFICATION => {
+            let method = read_bincode_method(&mut c, None)?;
+            Ok(Message::Notification { method, params: c.b })
+        }
+        _ => Err(ParseError::new("unknown message type", None)),
+    }
+}
+
+/// The msgid of the request at the start of `buf`, if the bytes there show one.
+pub fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
+    match codec {
+        Codec::Msgpack => {
+            let (_, used) = read_array_len(buf)?;
+            let mut c = Cursor { b: &buf[used..] };
+            (c.uint()? == u64::from(REQUEST)).then_some(())?;
+            c.uint()
+        }
+        Codec::Bincode => {
+            (*buf.get(4)? == REQUEST).then_some(())?;
+            buf.get(5..13).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+        }
+    }
+}
+
+/// Decode the error value of a response into a [`ServerError`].
+///
+/// `[code, message]` (our shape, and what common clients send) maps directly; any other
+/// shape from a third-party server becomes [`ErrorCode::Unknown`] with the value printed as
+/// the message.
+pub fn decode_error(codec: Codec, raw: &[u8]) -> ServerError {
+    match codec {
+        Codec::Msgpack => match rmp_serde::from_slice::<rmpv::Value>(raw) {
+            Ok(rmpv::Value::Array(v)) if v.len() == 2 && v[0].is_i64() || v.len() == 2 && v[0].is_u64() => {
+                let code = v[0].as_i64().unwrap_or(i64::MAX);
+                let message = match &v[1] {
+                    rmpv::Value::String(s) => s.as_str().map(str::to_owned).unwrap_or_else(|| format!("{s:?}")),
+                    other => other.to_string(),
+                };
+                ServerError { code, message }
+            }
+            Ok(rmpv::Value::String(s)) => ServerError::new(
+                ErrorCode::Unknown,
+                s.as_str().map(str::to_owned).unwrap_or_else(|| format!("{s:?}")),
+            ),
+            Ok(other) => ServerError::new(ErrorCode::Unknown, other.to_string()),
+            Err(e) => ServerError::new(ErrorCode::Unknown, format!("undecodable error value: {e}")),
+        },
+        Codec::Bincode => match Codec::Bincode.decode::<(i64, String)>(raw) {
+            Ok((code, message)) => ServerError { code, message },
+            Err(e) => ServerError::new(ErrorCode::Unknown, format!("undecodable error value: {e}")),
+        },
+    }
+}
+
+pub(crate) fn write_array_len(out: &mut Vec<u8>, n: u32) {
+    if n < 16 {
+        out.push(0x90 | n as u8);
+    } else if n <= u32::from(u16::MAX) {
+        out.push(0xdc);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0xdd);
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+}
+
+fn write_uint(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else if v <= 0xff {
+        out.extend_from_slice(&[0xcc, v as u8]);
+    } else if v <= 0xffff {
+        out.push(0xcd);
+        out.extend_from_slice(&(v as u16).to_be_bytes());
+    } else if v <= 0xffff_ffff {
+        out.push(0xce);
+        out.extend_from_slice(&(v as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len();
+    if n < 32 {
+        out.push(0xa0 | n as u8);
+    } else if n <= 0xff {
+        out.extend_from_slice(&[0xd9, n as u8]);
+    } else if n <= 0xffff {
+        out.push(0xda);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(s);
+}
+
+/// Writes the 4-byte length prefix of a bincode frame once its body is complete.
+struct Prefix(usize);
+
+impl Prefix {
+    fn begin(codec: Codec, out: &mut Vec<u8>) -> Prefix {
+        let at = out.len();
+        if codec == Codec::Bincode {
+            out.extend_from_slice(&[0; 4]);
+        }
+        Prefix(at)
+    }
+
+    fn end(self, codec: Codec, out: &mut [u8]) {
+        if codec == Codec::Bincode {
+            let len = (out.len() - self.0 - 4) as u32;
+            out[self.0..self.0 + 4].copy_from_slice(&len.to_le_bytes());
+        }
+    }
+}
+
+fn bincode_method(out: &mut Vec<u8>, method: &str) -> Result<(), EncodeError> {
+    let n = u16::try_from(method.len()).map_err(|_| EncodeError::MethodTooLong)?;
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(method.as_bytes());
+    Ok(())
+}
+
+/// Append a request to `out`. On error `out` is left as it was.
+///
+/// # Errors
+///
+/// When a parameter cannot be serialized.
+pub fn encode_request<P: Params + ?Sized>(
+    codec: Codec,
+    out: &mut Vec<u8>,
+    msgid: u64,
+    method: &str,
+    params: &P,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    let prefix = Prefix::begin(codec, out);
+    let r = (|| {
+        match codec {
+            Codec::Msgpack => {
+                out.extend_from_slice(&[0x94, REQUEST]);
+                write_uint(out, msgid);
+                write_str(out, method.as_bytes());
+            }
+            Codec::Bincode => {
+                out.push(REQUEST);
+                out.extend_from_slice(&msgid.to_le_bytes());
+                bincode_method(out, method)?;
+            }
+        }
+        params.encode_params(&mut ParamsEncoder::new(codec, out))
+    })();
+    match r {
+        Ok(()) => {
+            prefix.end(codec, out);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Append a notification to `out`. On error `out` is left as it was.
+///
+/// # Errors
+///
+/// When a parameter cannot be serialized.
+pub fn encode_notification<P: Params + ?Sized>(
+    codec: Codec,
+    out: &mut Vec<u8>,
+    method: &str,
+    params: &P,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    let prefix = Prefix::begin(codec, out);
+    let r = (|| {
+        match codec {
+            Codec::Msgpack => {
+                out.extend_from_slice(&[0x93, NOTIFICATION]);
+                write_str(out, method.as_bytes());
+            }
+            Codec::Bincode => {
+                out.push(NOTIFICATION);
+                bincode_method(out, method)?;
+            }
+        }
+        params.encode_params(&mut ParamsEncoder::new(codec, out))
+    })();
+    match r {
+        Ok(()) => {
+            prefix.end(codec, out);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Append a successful response to `out`. On error `out` is left as it was, and the
+/// caller should send an error response instead.
+///
+/// # Errors
+///
+/// When the result cannot be serialized.
+pub fn encode_response_ok<V: EncodeValue + ?Sized>(
+    codec: Codec,
+    out: &mut Vec<u8>,
+    msgid: u64,
+    result: &V,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    let prefix = Prefix::begin(codec, out);
+    match codec {
+        Codec::Msgpack => {
+            out.extend_from_slice(&[0x94, RESPONSE]);
+            write_uint(out, msgid);
+            out.push(0xc0);
+        }
+        Codec::Bincode => {
+            out.push(RESPONSE);
+            out.extend_from_slice(&msgid.to_le_bytes());
+            out.push(0);
+        }
+    }
+    match result.encode_value(codec, out) {
+        Ok(()) => {
+            prefix.end(codec, out);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Append an error response `[1, msgid, [code, message], nil]` to `out`.
+pub fn encode_response_err(codec: Codec, out: &mut Vec<u8>, msgid: u64, error: &ServerError) {
+    let prefix = Prefix::begin(codec, out);
+    match codec {
+        Codec::Msgpack => {
+            out.extend_from_slice(&[0x94, RESPONSE]);
+            write_uint(out, msgid);
+            out.push(0x92);
+            // Unwrap: writing an integer to a Vec cannot fail.
+            rmp::encode::write_sint(out, error.code).unwrap();
+            write_str(out, error.message.as_bytes());
+            out.push(0xc0);
+        }
+        Codec::Bincode => {
+            out.push(RESPONSE);
+            out.extend_from_slice(&msgid.to_le_bytes());
+            out.push(1);
+            // Unwrap: an (i64, &str) always encodes.
+            Codec::Bincode
+                .encode(out, &(error.code, error.message.as_str()))
+                .unwrap();
+        }
+    }
+    prefix.end(codec, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Framer;
+    use hex_literal::hex;
+
+    #[test]
+    fn request_fixture() {
+        let mut out = Vec::new();
+        encode_request(Codec::Msgpack, &mut out, 1, "add", &(2, 3)).unwrap();
+        assert_eq!(out, hex!("94 00 01 a3 61 64 64 92 02 03"));
+        assert_eq!(
+            Message::parse(Codec::Msgpack, &out).unwrap(),
+            Message::Request {
+                msgid: 1,
+                method: b"add",
+                params: &hex!("92 02 03"),
+            }
+        );
+    }
+
+    #[test]
+    fn bin_method_and_u64_msgid() {
+        let frame = hex!("94 00 cf ff ff ff ff ff ff ff fe c4 03 61 64 64 90");
+        match Message::parse(Codec::Msgpack, &frame).unwrap() {
+            Message::Request { msgid, method, params } => {
+                assert_eq!(msgid, u64::MAX - 1);
+                assert_eq!(method, b"add");
+                assert_eq!(params, [0x90]);
+            }
+            m => panic!("{m:?}"),
+        }
+        let mut out = Vec::new();
+        encode_response_ok(Codec::Msgpack, &mut out, u64::MAX - 1, &5u8).unwrap();
+        assert_eq!(out, hex!("94 01 cf ff ff ff ff ff ff ff fe c0 05"));
+    }
+
+    #[test]
+    fn nested_params() {
+        let mut out = Vec::new();
+        let p = (vec![vec![1, 2], vec![3]], ("x", Some(4u8)));
+        encode_request(Codec::Msgpack, &mut out, 9, "f", &p).unwrap();
+        assert_eq!(Framer::new(Codec::Msgpack, 1024).decode(&out).unwrap(), Some(out.len()));
+        let Message::Request { params, .. } = Message::parse(Codec::Msgpack, &out).unwrap() else {
+            panic!()
+        };
+        let mut args = crate::Args::new(Codec::Msgpack, params);
+        let back: (Vec<Vec<i32>>, (String, Option<u8>)) = crate::FromArgs::from_args(&mut args).unwrap();
+        assert_eq!(back.0, vec![vec![1, 2], vec![3]]);
+        assert_eq!(back.1, ("x".to_string(), Some(4)));
+    }
+
+    #[test]
+    fn error_response_shape() {
+        let mut out = Vec::new();
+        encode_response_err(Codec::Msgpack, &mut out, 3, &ServerError::new(ErrorCode::MethodNotFound, "no"));
+        assert_eq!(out, hex!("94 01 03 92 01 a2 6e 6f c0"));
+        let Message::Response { msgid, outcome } = Message::parse(Codec::Msgpack, &out).unwrap() else {
+            panic!()
+        };
+        assert_eq!(msgid, 3);
+        let e = decode_error(Codec::Msgpack, outcome.unwrap_err());
+        assert_eq!((e.kind(), e.message.as_str()), (ErrorCode::MethodNotFound, "no"));
+    }
+
+    #[test]
+    fn malformed_envelopes() {
+        // A map.
+        assert_eq!(Message::parse(Codec::Msgpack, &hex!("80")).unwrap_err().msgid, None);
+        // Wrong length, msgid readable.
+        let e = Message::parse(Codec::Msgpack, &hex!("93 00 05 a1 61")).unwrap_err();
+        assert_eq!(e.msgid, Some(5));
+        // Unknown type tag.
+        assert!(Message::parse(Codec::Msgpack, &hex!("94 07 01 a1 61 90")).is_err());
+        // Negative msgid.
+        assert!(Message::parse(Codec::Msgpack, &hex!("94 00 ff a1 61 90")).is_err());
+        // Method is an int.
+        let e = Message::parse(Codec::Msgpack, &hex!("94 00 01 05 90")).unwrap_err();
+        assert_eq!(e.msgid, Some(1));
+    }
+
+    #[test]
+    fn notification() {
+        let mut out = Vec::new();
+        encode_notification(Codec::Msgpack, &mut out, "ping", &()).unwrap();
+        assert_eq!(out, hex!("93 02 a4 70 69 6e 67 90"));
+        assert!(matches!(
+            Message::parse(Codec::Msgpack, &out).unwrap(),
+            Message::Notification { method: b"ping", .. }
+        ));
+    }
+
+    #[test]
+    fn bincode_round_trip() {
+        let c = Codec::Bincode;
+        let mut out = Vec::new();
+        encode_request(c, &mut out, 77, "add", &(2i64, 3i64)).unwrap();
+        assert_eq!(Framer::new(c, 1024).decode(&out).unwrap(), Some(out.len()));
+        assert_eq!(peek_msgid(c, &out), Some(77));
+        let Message::Request { msgid, method, params } = Message::parse(c, &out).unwrap() else {
+            panic!()
+        };
+        assert_eq!((msgid, method), (77, &b"add"[..]));
+        let (a, b): (i64, i64) = crate::FromArgs::from_args(&mut crate::Args::new(c, params)).unwrap();
+        assert_eq!(a + b, 5);
+
+        out.clear();
+        encode_response_ok(c, &mut out, 77, &5i64).unwrap();
+        let Message::Response { outcome, .. } = Message::parse(c, &out).unwrap() else { panic!() };
+        assert_eq!(c.decode::<i64>(outcome.unwrap()).unwrap(), 5);
+
+        out.clear();
+        encode_response_err(c, &mut out, 78, &ServerError::new(ErrorCode::InvalidParams, "bad"));
+        let Message::Response { msgid, outcome } = Message::parse(c, &out).unwrap() else { panic!() };
+        assert_eq!(msgid, 78);
+        assert_eq!(decode_error(c, outcome.unwrap_err()).kind(), ErrorCode::InvalidParams);
+    }
+}
