@@ -1,0 +1,49 @@
+use std::io;
+use std::time::Duration;
+
+use rpc_proto::{DecodeError, EncodeError, ErrorCode, ServerError};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Connecting, reading or writing failed.
+    #[error("transport error: {0}")]
+    Transport(#[from] io::Error),
+    /// The connection closed while the call was in flight: the call may or may not have run.
+    #[error("the connection closed before the reply arrived; the call may or may not have run")]
+    ConnectionClosed,
+    /// No reply within the call's timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The server answered with an error.
+    #[error("remote error: {0}")]
+    Remote(ServerError),
+    /// The arguments could not be encoded.
+    #[error("could not encode the arguments: {0}")]
+    Encode(#[from] EncodeError),
+    /// The result could not be decoded into the expected type.
+    #[error("could not decode the result: {0}")]
+    Decode(#[from] DecodeError),
+    /// The server sent something that is not valid MessagePack-RPC.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The remote error's code, if the server answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Remote(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// The remote error, if the server answered with one.
+    pub fn remote(&self) -> Option<&ServerError> {
+        match self {
+            Error::Remote(e) => Some(e),
+            _ => None,
+        }
+    }
+}

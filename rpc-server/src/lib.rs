@@ -1,0 +1,292 @@
+//! The tokio side of the server: listener, connections, dispatch, blocking pool, shutdown.
+//!
+//! Most users reach this through the `rpc` crate and `#[register]`. This crate serves
+//! [`Method`]s (built by the macro or by hand) over MessagePack-RPC on TCP.
+//!
+//! # Layout
+//!
+//! - [`Method`]: one function and how it runs (sync on the blocking pool, or async).
+//! - [`Builder`] and [`Config`]: collect methods and settings, then [`Builder::build`].
+//! - [`Server::run`]: accept connections until the shutdown future completes, then drain.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use rpc_server::{Method, Server};
+//!
+//! # async fn demo() -> Result<(), rpc_server::Error> {
+//! Server::builder()
+//!     .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+//!     .serve("127.0.0.1:25000", async { tokio::signal::ctrl_c().await.ok(); })
+//!     .await
+//! # }
+//! ```
+//!
+//! Sync handlers run on tokio's blocking pool behind a semaphore
+//! ([`Config::blocking_threads`]). Such work cannot be aborted: a call whose connection is
+//! gone still runs to its end.
+#![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
+
+mod connection;
+mod method;
+mod registry;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub use method::{Method, Reply, ReplyFuture, SyncJob};
+pub use rpc_proto::{Args, Codec, ErrorCode, FromArgs, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
+
+use connection::Connection;
+use registry::Registry;
+
+/// Server settings. Every field has a documented default ([`Config::default`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest message accepted, checked from msgpack headers before the body is
+    /// buffered. Default: 64 MiB.
+    pub max_message_size: usize,
+    /// How many sync handlers may run on the blocking pool at once; more wait for a slot.
+    /// Default: 128.
+    pub blocking_threads: usize,
+    /// Connections served at once; a connection beyond it is closed at once and logged.
+    /// Default: 10 000.
+    pub max_connections: usize,
+    /// Calls running at once on one connection; beyond it the server stops reading that
+    /// connection until some finish. Default: 1024.
+    pub max_in_flight_per_connection: usize,
+    /// Once this many reply bytes wait to be written, the server stops reading the
+    /// connection until the peer reads. Default: 1 MiB.
+    pub write_buffer_high_water: usize,
+    /// After the shutdown signal, how long in-flight calls get to finish. Default: 30 s.
+    pub grace_period: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            blocking_threads: 128,
+            max_connections: 10_000,
+            max_in_flight_per_connection: 1024,
+            write_buffer_high_water: 1024 * 1024,
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A server could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two methods were registered under one name.
+    #[error("two functions are registered under the name {0:?}")]
+    DuplicateMethod(String),
+}
+
+/// A server could not be built or could not listen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The methods or settings are invalid.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Binding the address failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Collects methods and settings.
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until built or served"]
+pub struct Builder {
+    methods: Vec<Method>,
+    config: Config,
+}
+
+impl Builder {
+    /// Serve `method`.
+    pub fn register(mut self, method: Method) -> Builder {
+        self.methods.push(method);
+        self
+    }
+
+    /// Serve a sync closure taking its arguments as one tuple (see [`Method::sync_fn`]).
+    pub fn sync_fn<A, R, F>(self, name: &'static str, f: F) -> Builder
+    where
+        A: FromArgs + Send + 'static,
+        R: serde::Serialize + Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        self.register(Method::sync_fn(name, f))
+    }
+
+    /// Serve an async closure taking its arguments as one tuple (see [`Method::async_fn`]).
+    pub fn async_fn<A, R, Fut, F>(self, name: &'static str, f: F) -> Builder
+    where
+        A: FromArgs,
+        R: serde::Serialize + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+    {
+        self.register(Method::async_fn(name, f))
+    }
+
+    /// Replace all settings.
+    pub fn config(mut self, config: Config) -> Builder {
+        self.config = config;
+        self
+    }
+
+    /// See [`Config::max_message_size`].
+    pub fn max_message_size(mut self, bytes: usize) -> Builder {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// See [`Config::blocking_threads`].
+    pub fn blocking_threads(mut self, n: usize) -> Builder {
+        self.config.blocking_threads = n;
+        self
+    }
+
+    /// See [`Config::grace_period`].
+    pub fn grace_period(mut self, d: Duration) -> Builder {
+        self.config.grace_period = d;
+        self
+    }
+
+    /// See [`Config::max_connections`].
+    pub fn max_connections(mut self, n: usize) -> Builder {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// See [`Config::max_in_flight_per_connection`].
+    pub fn max_in_flight_per_connection(mut self, n: usize) -> Builder {
+        self.config.max_in_flight_per_connection = n.max(1);
+        self
+    }
+
+    /// Check the methods and build the server.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::DuplicateMethod`] when two methods share a name (including the
+    /// reserved `rpc.ping`).
+    pub fn build(self) -> Result<Server, BuildError> {
+        let registry = Registry::new(self.methods, self.config.blocking_threads)?;
+        Ok(Server {
+            registry: Arc::new(registry),
+            config: Arc::new(self.config),
+        })
+    }
+
+    /// Build, bind `addr` and serve until `shutdown` completes.
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be built or the address cannot be bound.
+    pub async fn serve(self, addr: impl ToSocketAddrs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let server = self.build()?;
+        let listener = TcpListener::bind(addr).await?;
+        server.run(listener, shutdown).await;
+        Ok(())
+    }
+}
+
+/// A built server: serve it with [`Server::run`].
+#[derive(Debug, Clone)]
+pub struct Server {
+    registry: Arc<Registry>,
+    config: Arc<Config>,
+}
+
+impl Server {
+    /// Start collecting methods and settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Accept connections on `listener` until `shutdown` completes; then stop accepting,
+    /// let in-flight calls finish for up to [`Config::grace_period`], and close.
+    pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let token = CancellationToken::new();
+        let limit = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "listening");
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let Ok(permit) = limit.clone().try_acquire_owned() else {
+                            warn!(%peer, max = self.config.max_connections, "too many connections; closing the new one");
+                            continue;
+                        };
+                        self.start(&mut conns, stream, peer, token.clone(), permit);
+                    }
+                    Err(e) if is_connection_error(&e) => debug!(error = %e, "accept"),
+                    // EMFILE and the like: wait for connections to close (as hyper and axum do).
+                    Err(e) => {
+                        error!("accept error: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        info!(connections = conns.len(), "shutting down");
+        token.cancel();
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.grace_period, drain).await.is_err() {
+            warn!(connections = conns.len(), "grace period over; closing the rest");
+            conns.shutdown().await;
+        }
+    }
+
+    fn start(
+        &self,
+        conns: &mut JoinSet<()>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        token: CancellationToken,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "set_nodelay");
+        }
+        let conn = Connection::new(self.registry.clone(), self.config.clone(), peer);
+        conns.spawn(async move {
+            conn.run(stream, token).await;
+            drop(permit);
+        });
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}

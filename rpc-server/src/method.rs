@@ -1,0 +1,201 @@
+//! A registered function: its name, how it runs, and its limits.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rpc_proto::{Args, EncodeValue, ErrorCode, FromArgs, ServerError};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+/// What a handler produced: a value to encode, or a wire error.
+///
+/// The value is kept as a boxed [`EncodeValue`] so the connection encodes it once, straight
+/// into its write buffer, with whichever codec the connection uses.
+pub struct Reply(pub(crate) Result<Box<dyn EncodeValue>, ServerError>);
+
+impl Reply {
+    /// A successful result.
+    pub fn ok<T: Serialize + Send + 'static>(value: T) -> Reply {
+        Reply(Ok(Box::new(value)))
+    }
+
+    /// An error result.
+    pub fn err(error: ServerError) -> Reply {
+        Reply(Err(error))
+    }
+
+    /// `Ok(v)` as a result, `Err(e)` as a [`ErrorCode::HandlerError`] with `e`'s message.
+    pub fn from_result<T: Serialize + Send + 'static, E: fmt::Display>(r: Result<T, E>) -> Reply {
+        match r {
+            Ok(v) => Reply::ok(v),
+            Err(e) => Reply::err(ServerError::new(ErrorCode::HandlerError, e.to_string())),
+        }
+    }
+
+    /// The error, if this reply is one.
+    pub fn error(&self) -> Option<&ServerError> {
+        self.0.as_ref().err()
+    }
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Ok(_) => f.write_str("Reply(Ok(..))"),
+            Err(e) => write!(f, "Reply(Err({e:?}))"),
+        }
+    }
+}
+
+/// The work of a sync call, with its arguments already decoded: run on the blocking pool.
+pub type SyncJob = Box<dyn FnOnce() -> Reply + Send + 'static>;
+
+/// The work of an async call, with its arguments already decoded.
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+
+type SyncFn = dyn Fn(&mut Args<'_>) -> Result<SyncJob, ServerError> + Send + Sync;
+type AsyncFn = dyn Fn(&mut Args<'_>) -> Result<ReplyFuture, ServerError> + Send + Sync;
+
+#[derive(Clone)]
+pub(crate) enum Kind {
+    Sync(Arc<SyncFn>),
+    Async(Arc<AsyncFn>),
+}
+
+/// A function to serve under a name.
+///
+/// `#[register]` generates one for each annotated function (`add::method()`); the
+/// constructors here build one at run time from a closure, without the macro.
+///
+/// ```
+/// use rpc_server::Method;
+///
+/// let add = Method::sync_fn("add", |(a, b): (i64, i64)| a + b);
+/// let fib = Method::async_fn("fib", |(n,): (u64,)| async move { n * 2 }).max_flow(100);
+/// assert_eq!(add.name(), "add");
+/// ```
+#[derive(Clone)]
+pub struct Method {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) kind: Kind,
+    pub(crate) max_flow: Option<usize>,
+}
+
+impl fmt::Debug for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Method")
+            .field("name", &self.name)
+            .field("sync", &matches!(self.kind, Kind::Sync(_)))
+            .field("max_flow", &self.max_flow)
+            .finish()
+    }
+}
+
+impl Method {
+    /// A sync function taking raw [`Args`]: `f` decodes the arguments (on the connection's
+    /// task) and returns the job to run on the blocking pool.
+    pub fn sync_raw<F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        F: Fn(&mut Args<'_>) -> Result<SyncJob, ServerError> + Send + Sync + 'static,
+    {
+        Method {
+            name: name.into(),
+            kind: Kind::Sync(Arc::new(f)),
+            max_flow: None,
+        }
+    }
+
+    /// An async function taking raw [`Args`]: `f` decodes the arguments and returns the
+    /// future to run.
+    pub fn async_raw<F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        F: Fn(&mut Args<'_>) -> Result<ReplyFuture, ServerError> + Send + Sync + 'static,
+    {
+        Method {
+            name: name.into(),
+            kind: Kind::Async(Arc::new(f)),
+            max_flow: None,
+        }
+    }
+
+    /// A sync closure taking its arguments as one tuple; it runs on the blocking pool.
+    pub fn sync_fn<A, R, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        Method::sync_raw(name, move |args| {
+            let a = A::from_args(args)?;
+            let f = f.clone();
+            Ok(Box::new(move || Reply::ok(f(a))))
+        })
+    }
+
+    /// Like [`Method::sync_fn`] for a closure returning `Result<T, E>`: an `Err` reaches the
+    /// caller as [`ErrorCode::HandlerError`] with `E`'s message.
+    pub fn try_sync_fn<A, T, E, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: fmt::Display,
+        F: Fn(A) -> Result<T, E> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        Method::sync_raw(name, move |args| {
+            let a = A::from_args(args)?;
+            let f = f.clone();
+            Ok(Box::new(move || Reply::from_result(f(a))))
+        })
+    }
+
+    /// An async closure taking its arguments as one tuple.
+    pub fn async_fn<A, R, Fut, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs,
+        R: Serialize + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+    {
+        Method::async_raw(name, move |args| {
+            let fut = f(A::from_args(args)?);
+            Ok(Box::pin(async move { Reply::ok(fut.await) }))
+        })
+    }
+
+    /// Like [`Method::async_fn`] for a future resolving to `Result<T, E>`.
+    pub fn try_async_fn<A, T, E, Fut, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs,
+        T: Serialize + Send + 'static,
+        E: fmt::Display,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+    {
+        Method::async_raw(name, move |args| {
+            let fut = f(A::from_args(args)?);
+            Ok(Box::pin(async move { Reply::from_result(fut.await) }))
+        })
+    }
+
+    /// At most `n` executions of this function run at once; call `n + 1` is answered
+    /// [`ErrorCode::Overloaded`] at once and does not run.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn max_flow(mut self, n: usize) -> Method {
+        assert!(n > 0, "max_flow must be at least 1");
+        self.max_flow = Some(n.min(Semaphore::MAX_PERMITS));
+        self
+    }
+
+    /// The name the function is served under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}

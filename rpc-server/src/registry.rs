@@ -1,0 +1,176 @@
+//! The table from method name to handler, and dispatch of one call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use rpc_proto::{Args, Codec, ErrorCode, ServerError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::method::{Kind, Method, Reply, ReplyFuture};
+use crate::BuildError;
+
+/// Reserved method answering `nil`: our clients' heartbeat.
+pub(crate) const PING: &str = "rpc.ping";
+
+struct Entry {
+    kind: Kind,
+    /// The `max_flow` limit, if any. Permits travel with the execution.
+    flow: Option<Arc<Semaphore>>,
+    name: Arc<str>,
+}
+
+/// Every method of a server, immutable once built: dispatch takes no lock.
+pub(crate) struct Registry {
+    methods: HashMap<Box<[u8]>, Entry>,
+    /// Bounds how many sync handlers run on the blocking pool at once.
+    blocking: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.methods.values().map(|e| &*e.name).collect();
+        names.sort_unstable();
+        f.debug_struct("Registry").field("methods", &names).finish()
+    }
+}
+
+/// The outcome of dispatching one call.
+pub(crate) enum Dispatch {
+    /// Finished on the spot.
+    Ready(Reply),
+    /// Still running: poll it to completion.
+    Pending(ReplyFuture),
+}
+
+fn panicked(method: &str, payload: &(dyn std::any::Any + Send)) -> Reply {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string panic payload>");
+    tracing::error!(method, panic = msg, "handler panicked");
+    Reply::err(ServerError::new(
+        ErrorCode::HandlerPanicked,
+        format!("handler {method} panicked"),
+    ))
+}
+
+impl Registry {
+    pub(crate) fn new(methods: Vec<Method>, blocking_threads: usize) -> Result<Registry, BuildError> {
+        let mut map = HashMap::with_capacity(methods.len() + 1);
+        let ping = Method::async_raw(PING, |_| Ok(Box::pin(std::future::ready(Reply::ok(())))));
+        for m in std::iter::once(ping).chain(methods) {
+            let key: Box<[u8]> = m.name.as_bytes().into();
+            if map.contains_key(&key) {
+                return Err(BuildError::DuplicateMethod(m.name.into_owned()));
+            }
+            map.insert(
+                key,
+                Entry {
+                    kind: m.kind,
+                    flow: m.max_flow.map(|n| Arc::new(Semaphore::new(n))),
+                    name: Arc::from(&*m.name),
+                },
+            );
+        }
+        Ok(Registry {
+            methods: map,
+            blocking: Arc::new(Semaphore::new(blocking_threads.clamp(1, Semaphore::MAX_PERMITS))),
+        })
+    }
+
+    pub(crate) fn contains(&self, method: &[u8]) -> bool {
+        self.methods.contains_key(method)
+    }
+
+    /// Decode the arguments and start the call. An async handler is polled once here: if
+    /// it finishes at once, no task or queue is involved.
+    pub(crate) fn dispatch(&self, method: &[u8], params: &[u8], codec: Codec) -> Dispatch {
+        let Some(entry) = self.methods.get(method) else {
+            return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
+        };
+        let flow = match &entry.flow {
+            None => None,
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    return Dispatch::Ready(Reply::err(ServerError::new(
+                        ErrorCode::Overloaded,
+                        format!("{} is at its max_flow limit", entry.name),
+                    )))
+                }
+            },
+        };
+        let mut args = Args::new(codec, params);
+        match &entry.kind {
+            Kind::Async(f) => {
+                let fut = match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
+                    Ok(Ok(fut)) => fut,
+                    Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
+                    Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
+                };
+                let mut fut = Guarded {
+                    fut,
+                    name: entry.name.clone(),
+                    _flow: flow,
+                };
+                // A no-op waker is fine here: a future still pending is pushed into the
+                // connection's queue, which polls new entries again with its own waker.
+                match (&mut fut).now_or_never() {
+                    Some(reply) => Dispatch::Ready(reply),
+                    None => Dispatch::Pending(Box::pin(fut)),
+                }
+            }
+            Kind::Sync(f) => {
+                let job = match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
+                    Ok(Ok(job)) => job,
+                    Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
+                    Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
+                };
+                let blocking = self.blocking.clone();
+                let name = entry.name.clone();
+                Dispatch::Pending(Box::pin(async move {
+                    // Unwrap: the blocking semaphore is never closed.
+                    let permit = blocking.acquire_owned().await.unwrap();
+                    // Both permits move into the job: they are released when the work
+                    // really ends, even if the caller has gone.
+                    let run = move || {
+                        let r = catch_unwind(AssertUnwindSafe(job));
+                        drop((permit, flow));
+                        r
+                    };
+                    match tokio::task::spawn_blocking(run).await {
+                        Ok(Ok(reply)) => reply,
+                        Ok(Err(p)) => panicked(&name, &*p),
+                        Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// An async handler's future, with panics turned into replies and its `max_flow` permit
+/// held until it completes or is dropped.
+struct Guarded {
+    fut: ReplyFuture,
+    name: Arc<str>,
+    _flow: Option<OwnedSemaphorePermit>,
+}
+
+impl Future for Guarded {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let this = &mut *self;
+        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(p) => Poll::Ready(panicked(&this.name, &*p)),
+        }
+    }
+}
