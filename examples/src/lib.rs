@@ -1,0 +1,137 @@
+//! The functions served by the examples, and the client calls they make.
+//!
+//! [`service`] holds the implementation (with `#[register]`); [`api`] declares the same
+//! functions by signature alone, the way a crate that only calls the service would.
+
+use std::time::Instant;
+
+use serde_bytes::ByteBuf;
+
+/// The served functions.
+pub mod service {
+    use rpc::register;
+    use serde_bytes::ByteBuf;
+
+    /// Adds two numbers.
+    #[register]
+    pub fn add(a: i64, b: i64) -> i64 {
+        a.wrapping_add(b)
+    }
+
+    /// Fibonacci, iteratively, on the runtime.
+    #[register]
+    pub async fn fib_async(n: u64) -> u64 {
+        (0..n).fold((0u64, 1u64), |(a, b), _| (b, a.wrapping_add(b))).0
+    }
+
+    /// Fibonacci, recursively: CPU-bound, so it runs on the blocking pool. At most 100 run
+    /// at once.
+    #[register(max_flow = 100)]
+    pub fn fib_sync(n: u64) -> u64 {
+        fn fib(n: u64) -> u64 {
+            if n < 2 {
+                n
+            } else {
+                fib(n - 1).wrapping_add(fib(n - 2))
+            }
+        }
+        fib(n)
+    }
+
+    /// Returns its argument (msgpack bin in, bin out).
+    #[register]
+    pub async fn echo(data: ByteBuf) -> ByteBuf {
+        data
+    }
+
+    /// The server with every example function registered.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice: the names are distinct.
+    pub fn builder() -> rpc::Builder {
+        rpc::Server::builder()
+            .register(add::method())
+            .register(fib_async::method())
+            .register(fib_sync::method())
+            .register(echo::method())
+    }
+}
+
+/// The same functions, declared by signature only: what a client crate writes.
+pub mod api {
+    rpc::declare! {
+        /// Adds two numbers.
+        pub fn add(a: i64, b: i64) -> i64;
+        /// Fibonacci on the runtime.
+        pub async fn fib_async(n: u64) -> u64;
+        /// Fibonacci on the blocking pool.
+        pub fn fib_sync(n: u64) -> u64;
+        /// Echo of bytes.
+        pub async fn echo(data: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf;
+    }
+}
+
+/// Call every function through the async stubs, including 1 000 concurrent calls.
+///
+/// # Errors
+///
+/// The first failed call.
+pub async fn async_calls(client: &rpc::Client) -> Result<(), rpc::Error> {
+    println!("async    add(2, 3)          = {}", api::add::call(client, 2, 3).await?);
+    println!("async    fib_async(50)      = {}", api::fib_async::call(client, 50).await?);
+    println!("async    fib_sync(25)       = {}", api::fib_sync::call(client, 25).await?);
+    let data = api::echo::call(client, ByteBuf::from(b"hello".to_vec())).await?;
+    println!("async    echo(b\"hello\")     = {:?}", String::from_utf8_lossy(&data));
+    let by_name: i64 = client.call("add", (40, 2)).await?;
+    println!("by name  add(40, 2)         = {by_name}");
+    let value = client.call_value("add", vec![1.into(), 1.into()]).await?;
+    println!("dynamic  add(1, 1)          = {value}");
+
+    let start = Instant::now();
+    let calls: Vec<_> = (0..1000i64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { api::add::call(&client, i, i).await })
+        })
+        .collect();
+    let mut sum = 0i64;
+    for c in calls {
+        // Unwrap: the spawned calls do not panic.
+        sum += c.await.unwrap()?;
+    }
+    assert_eq!(sum, 999 * 1000, "1000 concurrent adds");
+    println!("async    1000 concurrent add(i, i), gathered: sum = {sum} in {:?}", start.elapsed());
+    Ok(())
+}
+
+/// Call every function through the blocking stubs.
+///
+/// # Errors
+///
+/// The first failed call.
+pub fn blocking_calls(client: &rpc::BlockingClient) -> Result<(), rpc::Error> {
+    println!("blocking add(2, 3)          = {}", api::add::call_blocking(client, 2, 3)?);
+    println!("blocking fib_async(50)      = {}", api::fib_async::call_blocking(client, 50)?);
+    println!("blocking fib_sync(25)       = {}", api::fib_sync::call_blocking(client, 25)?);
+    let data = api::echo::call_blocking(client, ByteBuf::from(vec![7u8; 1024]))?;
+    println!("blocking echo(1 KiB)        = {} bytes back", data.len());
+    let start = Instant::now();
+    let n = 10_000;
+    for i in 0..n {
+        api::add::call_blocking(client, i, 1)?;
+    }
+    let per = start.elapsed() / n as u32;
+    println!("blocking {n} sequential add calls: {per:?} per call");
+    Ok(())
+}
+
+/// Log to stderr at `info` unless `RUST_LOG` says otherwise.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
