@@ -106,7 +106,10 @@ impl BlockingClient {
         st.wbuf.clear();
         encode_request(codec, &mut st.wbuf, msgid, method, &params)?;
         let r = st.round_trip(&self.addrs, &self.config, msgid, timeout);
-        if matches!(r, Err(Error::Transport(_) | Error::Timeout(_) | Error::ConnectionClosed | Error::Protocol(_))) {
+        if matches!(
+            r,
+            Err(Error::Transport(_) | Error::Timeout(_) | Error::ConnectionClosed | Error::Protocol(_))
+        ) {
             // The stream may hold a late reply or half a message: start afresh next time.
             st.stream = None;
         }
@@ -185,7 +188,13 @@ impl State {
         Ok(())
     }
 
-    fn round_trip(&mut self, addrs: &[SocketAddr], config: &Config, msgid: u64, timeout: Duration) -> Result<RawReply, Error> {
+    fn round_trip(
+        &mut self,
+        addrs: &[SocketAddr],
+        config: &Config,
+        msgid: u64,
+        timeout: Duration,
+    ) -> Result<RawReply, Error> {
         if self.stream.is_none() {
             self.connect(addrs, config)?;
         }
@@ -195,7 +204,11 @@ impl State {
         stream.set_write_timeout(Some(timeout))?;
         stream.write_all(&self.wbuf).map_err(|e| timed_out(e, timeout))?;
         loop {
-            while let Some(n) = self.framer.decode(&self.rbuf).map_err(|e| Error::Protocol(e.to_string()))? {
+            while let Some(n) = self
+                .framer
+                .decode(&self.rbuf)
+                .map_err(|e| Error::Protocol(e.to_string()))?
+            {
                 let frame = self.rbuf.split_to(n).freeze();
                 if let Some((id, reply)) = RawReply::parse(config.codec, frame)? {
                     if id == msgid {

@@ -21,9 +21,17 @@ use crate::{Config, Error};
 type ReplyTx = oneshot::Sender<Result<RawReply, Error>>;
 
 enum Command {
-    Call { msgid: u64, frame: Vec<u8>, reply: ReplyTx },
-    Send { frame: Vec<u8> },
-    Cancel { msgid: u64 },
+    Call {
+        msgid: u64,
+        frame: Vec<u8>,
+        reply: ReplyTx,
+    },
+    Send {
+        frame: Vec<u8>,
+    },
+    Cancel {
+        msgid: u64,
+    },
 }
 
 /// An async client for any MessagePack-RPC server.
@@ -237,7 +245,12 @@ async fn connect(addr: SocketAddr, config: &Config) -> Result<mpsc::Sender<Comma
 }
 
 /// The connection task: writes queued calls, matches replies to callers.
-async fn drive(mut stream: TcpStream, mut rbuf: BytesMut, mut rx: mpsc::Receiver<Command>, mut framer: Framer) {
+async fn drive(
+    mut stream: TcpStream,
+    mut rbuf: BytesMut,
+    mut rx: mpsc::Receiver<Command>,
+    mut framer: Framer,
+) {
     let codec = framer.codec();
     let mut pending: HashMap<u64, ReplyTx> = HashMap::new();
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);

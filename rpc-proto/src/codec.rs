@@ -24,6 +24,22 @@ pub enum Codec {
 
 const BINCODE: bincode::config::Configuration = bincode::config::standard();
 
+/// How deeply arrays, maps and extensions may nest in one decoded msgpack value.
+///
+/// Decoding recurses once per level. rmp-serde's own limit (1024) is too high: in a debug
+/// build a 2 MiB tokio worker stack overflows at about 550 levels of `rmpv::Value`, so a
+/// 1 KiB message of nested arrays aborted the whole process. 128 is serde_json's default.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Decode one msgpack value that fills `bytes`, with the nesting limit [`MAX_DEPTH`].
+pub(crate) fn msgpack_from_slice<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de)
+}
+
 impl Codec {
     /// The codec's number in the hello.
     pub fn id(self) -> u8 {
@@ -65,7 +81,8 @@ impl Codec {
     ///
     /// # Errors
     ///
-    /// When the bytes are not a valid encoding of `T`, or are followed by more bytes.
+    /// When the bytes are not a valid encoding of `T`, or are followed by more bytes; in
+    /// msgpack, also when arrays, maps or extensions nest more than 127 levels deep.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
         let (v, n) = self.decode_prefix(bytes)?;
         if n != bytes.len() {
@@ -78,12 +95,13 @@ impl Codec {
     ///
     /// # Errors
     ///
-    /// When the bytes do not start with a valid encoding of `T`.
+    /// When the bytes do not start with a valid encoding of `T`; in msgpack, also when
+    /// arrays, maps or extensions nest more than 127 levels deep.
     pub fn decode_prefix<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<(T, usize), DecodeError> {
         match self {
             Codec::Msgpack => {
                 let n = value_len(bytes)?;
-                Ok((rmp_serde::from_slice(&bytes[..n])?, n))
+                Ok((msgpack_from_slice(&bytes[..n])?, n))
             }
             Codec::Bincode => Ok(bincode::serde::decode_from_slice(bytes, BINCODE)?),
         }
@@ -249,7 +267,10 @@ impl<'a> Args<'a> {
                 n
             }
             Codec::Bincode => {
-                let head = self.rest.get(..4).ok_or_else(|| invalid("params are truncated"))?;
+                let head = self
+                    .rest
+                    .get(..4)
+                    .ok_or_else(|| invalid("params are truncated"))?;
                 // Unwrap: `head` is exactly 4 bytes long.
                 let n = u32::from_le_bytes(head.try_into().unwrap()) as usize;
                 self.rest = &self.rest[4..];
@@ -376,6 +397,27 @@ mod tests {
     fn params_not_array() {
         let e = <(i64,)>::from_args(&mut Args::new(Codec::Msgpack, &[0x05])).unwrap_err();
         assert_eq!(e.kind(), ErrorCode::InvalidParams);
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        let nested = |depth: usize| {
+            let mut v = vec![0x91; depth - 1];
+            v.push(0x90);
+            v
+        };
+        let deepest = nested(MAX_DEPTH - 1);
+        let v: rmpv::Value = Codec::Msgpack.decode(&deepest).unwrap();
+        let mut back = Vec::new();
+        Codec::Msgpack.encode(&mut back, &v).unwrap();
+        assert_eq!(back, deepest);
+        for depth in [MAX_DEPTH, 100_000] {
+            let e = Codec::Msgpack.decode::<rmpv::Value>(&nested(depth)).unwrap_err();
+            assert!(e.to_string().contains("depth"), "{e}");
+        }
+        // The same limit for the error value of a response.
+        let e = crate::decode_error(Codec::Msgpack, &nested(100_000));
+        assert_eq!(e.kind(), ErrorCode::Unknown);
     }
 
     #[test]

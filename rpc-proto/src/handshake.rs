@@ -86,13 +86,21 @@ mod tests {
     #[test]
     fn round_trip_at_every_split() {
         let mut out = Vec::new();
-        Hello { codec: Codec::Bincode }.encode(&mut out);
+        Hello {
+            codec: Codec::Bincode,
+        }
+        .encode(&mut out);
         for cut in 0..out.len() {
             assert_eq!(Hello::decode(&out[..cut]).unwrap(), None);
         }
         assert_eq!(
             Hello::decode(&out).unwrap(),
-            Some((Hello { codec: Codec::Bincode }, out.len()))
+            Some((
+                Hello {
+                    codec: Codec::Bincode
+                },
+                out.len()
+            ))
         );
         assert!(Hello::decode(&[0x94]).is_err());
     }

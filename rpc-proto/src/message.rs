@@ -96,8 +96,12 @@ impl<'a> Cursor<'a> {
         let n = match m {
             0xa0..=0xbf => usize::from(m & 0x1f),
             0xd9 | 0xc4 => usize::from(self.byte()?),
-            0xda | 0xc5 => self.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))?,
-            0xdb | 0xc6 => self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)?,
+            0xda | 0xc5 => self
+                .take(2)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))?,
+            0xdb | 0xc6 => self
+                .take(4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)?,
             _ => return None,
         };
         self.take(n)
@@ -114,7 +118,9 @@ impl<'a> Cursor<'a> {
 pub(crate) fn read_array_len(b: &[u8]) -> Option<(usize, usize)> {
     match *b.first()? {
         m @ 0x90..=0x9f => Some((usize::from(m & 0x0f), 1)),
-        0xdc => b.get(1..3).map(|l| (usize::from(u16::from_be_bytes([l[0], l[1]])), 3)),
+        0xdc => b
+            .get(1..3)
+            .map(|l| (usize::from(u16::from_be_bytes([l[0], l[1]])), 3)),
         0xdd => b
             .get(1..5)
             .map(|l| (u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize, 5)),
@@ -148,28 +154,44 @@ fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
             let params = c
                 .value()
                 .ok_or_else(|| ParseError::new("params are missing", Some(msgid)))?;
-            Ok(Message::Request { msgid, method, params })
+            Ok(Message::Request {
+                msgid,
+                method,
+                params,
+            })
         }
         RESPONSE => {
             if len != 4 {
-                return Err(ParseError::new(format!("a response has 4 elements, not {len}"), None));
+                return Err(ParseError::new(
+                    format!("a response has 4 elements, not {len}"),
+                    None,
+                ));
             }
             let msgid = c
                 .uint()
                 .ok_or_else(|| ParseError::new("response msgid must be an unsigned integer", None))?;
-            let error = c.value().ok_or_else(|| ParseError::new("error is missing", None))?;
-            let result = c.value().ok_or_else(|| ParseError::new("result is missing", None))?;
+            let error = c
+                .value()
+                .ok_or_else(|| ParseError::new("error is missing", None))?;
+            let result = c
+                .value()
+                .ok_or_else(|| ParseError::new("result is missing", None))?;
             let outcome = if error == [0xc0] { Ok(result) } else { Err(error) };
             Ok(Message::Response { msgid, outcome })
         }
         _ => {
             if len != 3 {
-                return Err(ParseError::new(format!("a notification has 3 elements, not {len}"), None));
+                return Err(ParseError::new(
+                    format!("a notification has 3 elements, not {len}"),
+                    None,
+                ));
             }
             let method = c
                 .str_or_bin()
                 .ok_or_else(|| ParseError::new("method must be a str or bin", None))?;
-            let params = c.value().ok_or_else(|| ParseError::new("params are missing", None))?;
+            let params = c
+                .value()
+                .ok_or_else(|| ParseError::new("params are missing", None))?;
             Ok(Message::Notification { method, params })
         }
     }
@@ -180,7 +202,8 @@ fn read_bincode_method<'a>(c: &mut Cursor<'a>, msgid: Option<u64>) -> Result<&'a
         .take(2)
         .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
         .ok_or_else(|| ParseError::new("truncated method", msgid))?;
-    c.take(n).ok_or_else(|| ParseError::new("truncated method", msgid))
+    c.take(n)
+        .ok_or_else(|| ParseError::new("truncated method", msgid))
 }
 
 fn parse_bincode(frame: &[u8]) -> Result<Message<'_>, ParseError> {
@@ -188,7 +211,10 @@ fn parse_bincode(frame: &[u8]) -> Result<Message<'_>, ParseError> {
         b: frame.get(4..).unwrap_or_default(),
     };
     let tag = c.byte().ok_or_else(|| ParseError::new("empty frame", None))?;
-    let u64le = |c: &mut Cursor<'_>| c.take(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let u64le = |c: &mut Cursor<'_>| {
+        c.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
     match tag {
         REQUEST => {
             let msgid = u64le(&mut c).ok_or_else(|| ParseError::new("truncated msgid", None))?;
@@ -227,7 +253,8 @@ pub fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
         }
         Codec::Bincode => {
             (*buf.get(4)? == REQUEST).then_some(())?;
-            buf.get(5..13).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            buf.get(5..13)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
         }
     }
 }
@@ -239,11 +266,13 @@ pub fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
 /// the message.
 pub fn decode_error(codec: Codec, raw: &[u8]) -> ServerError {
     match codec {
-        Codec::Msgpack => match rmp_serde::from_slice::<rmpv::Value>(raw) {
+        Codec::Msgpack => match crate::codec::msgpack_from_slice::<rmpv::Value>(raw) {
             Ok(rmpv::Value::Array(v)) if v.len() == 2 && v[0].is_i64() || v.len() == 2 && v[0].is_u64() => {
                 let code = v[0].as_i64().unwrap_or(i64::MAX);
                 let message = match &v[1] {
-                    rmpv::Value::String(s) => s.as_str().map(str::to_owned).unwrap_or_else(|| format!("{s:?}")),
+                    rmpv::Value::String(s) => {
+                        s.as_str().map(str::to_owned).unwrap_or_else(|| format!("{s:?}"))
+                    }
                     other => other.to_string(),
                 };
                 ServerError { code, message }
@@ -502,7 +531,11 @@ mod tests {
     fn bin_method_and_u64_msgid() {
         let frame = hex!("94 00 cf ff ff ff ff ff ff ff fe c4 03 61 64 64 90");
         match Message::parse(Codec::Msgpack, &frame).unwrap() {
-            Message::Request { msgid, method, params } => {
+            Message::Request {
+                msgid,
+                method,
+                params,
+            } => {
                 assert_eq!(msgid, u64::MAX - 1);
                 assert_eq!(method, b"add");
                 assert_eq!(params, [0x90]);
@@ -519,7 +552,10 @@ mod tests {
         let mut out = Vec::new();
         let p = (vec![vec![1, 2], vec![3]], ("x", Some(4u8)));
         encode_request(Codec::Msgpack, &mut out, 9, "f", &p).unwrap();
-        assert_eq!(Framer::new(Codec::Msgpack, 1024).decode(&out).unwrap(), Some(out.len()));
+        assert_eq!(
+            Framer::new(Codec::Msgpack, 1024).decode(&out).unwrap(),
+            Some(out.len())
+        );
         let Message::Request { params, .. } = Message::parse(Codec::Msgpack, &out).unwrap() else {
             panic!()
         };
@@ -532,7 +568,12 @@ mod tests {
     #[test]
     fn error_response_shape() {
         let mut out = Vec::new();
-        encode_response_err(Codec::Msgpack, &mut out, 3, &ServerError::new(ErrorCode::MethodNotFound, "no"));
+        encode_response_err(
+            Codec::Msgpack,
+            &mut out,
+            3,
+            &ServerError::new(ErrorCode::MethodNotFound, "no"),
+        );
         assert_eq!(out, hex!("94 01 03 92 01 a2 6e 6f c0"));
         let Message::Response { msgid, outcome } = Message::parse(Codec::Msgpack, &out).unwrap() else {
             panic!()
@@ -545,7 +586,10 @@ mod tests {
     #[test]
     fn malformed_envelopes() {
         // A map.
-        assert_eq!(Message::parse(Codec::Msgpack, &hex!("80")).unwrap_err().msgid, None);
+        assert_eq!(
+            Message::parse(Codec::Msgpack, &hex!("80")).unwrap_err().msgid,
+            None
+        );
         // Wrong length, msgid readable.
         let e = Message::parse(Codec::Msgpack, &hex!("93 00 05 a1 61")).unwrap_err();
         assert_eq!(e.msgid, Some(5));
@@ -576,7 +620,12 @@ mod tests {
         encode_request(c, &mut out, 77, "add", &(2i64, 3i64)).unwrap();
         assert_eq!(Framer::new(c, 1024).decode(&out).unwrap(), Some(out.len()));
         assert_eq!(peek_msgid(c, &out), Some(77));
-        let Message::Request { msgid, method, params } = Message::parse(c, &out).unwrap() else {
+        let Message::Request {
+            msgid,
+            method,
+            params,
+        } = Message::parse(c, &out).unwrap()
+        else {
             panic!()
         };
         assert_eq!((msgid, method), (77, &b"add"[..]));
@@ -585,13 +634,25 @@ mod tests {
 
         out.clear();
         encode_response_ok(c, &mut out, 77, &5i64).unwrap();
-        let Message::Response { outcome, .. } = Message::parse(c, &out).unwrap() else { panic!() };
+        let Message::Response { outcome, .. } = Message::parse(c, &out).unwrap() else {
+            panic!()
+        };
         assert_eq!(c.decode::<i64>(outcome.unwrap()).unwrap(), 5);
 
         out.clear();
-        encode_response_err(c, &mut out, 78, &ServerError::new(ErrorCode::InvalidParams, "bad"));
-        let Message::Response { msgid, outcome } = Message::parse(c, &out).unwrap() else { panic!() };
+        encode_response_err(
+            c,
+            &mut out,
+            78,
+            &ServerError::new(ErrorCode::InvalidParams, "bad"),
+        );
+        let Message::Response { msgid, outcome } = Message::parse(c, &out).unwrap() else {
+            panic!()
+        };
         assert_eq!(msgid, 78);
-        assert_eq!(decode_error(c, outcome.unwrap_err()).kind(), ErrorCode::InvalidParams);
+        assert_eq!(
+            decode_error(c, outcome.unwrap_err()).kind(),
+            ErrorCode::InvalidParams
+        );
     }
 }

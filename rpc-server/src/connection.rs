@@ -17,7 +17,8 @@ use bytes::{Buf, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rpc_proto::{
-    encode_response_err, encode_response_ok, Codec, ErrorCode, FrameError, Framer, Hello, Message, ServerError,
+    encode_response_err, encode_response_ok, Codec, ErrorCode, FrameError, Framer, Hello, Message,
+    ServerError,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -198,15 +199,17 @@ impl Connection {
     fn handle(&mut self, frame: &[u8]) {
         let codec = self.framer.codec();
         match Message::parse(codec, frame) {
-            Ok(Message::Request { msgid, method, params }) => {
-                match self.registry.dispatch(method, params, codec) {
-                    Dispatch::Ready(reply) => self.finish(Some(msgid), reply),
-                    Dispatch::Pending(fut) => self.inflight.push(InFlight {
-                        msgid: Some(msgid),
-                        fut,
-                    }),
-                }
-            }
+            Ok(Message::Request {
+                msgid,
+                method,
+                params,
+            }) => match self.registry.dispatch(method, params, codec) {
+                Dispatch::Ready(reply) => self.finish(Some(msgid), reply),
+                Dispatch::Pending(fut) => self.inflight.push(InFlight {
+                    msgid: Some(msgid),
+                    fut,
+                }),
+            },
             Ok(Message::Notification { method, params }) => {
                 if !self.registry.contains(method) {
                     debug!(peer = %self.peer, method = %String::from_utf8_lossy(method), "unknown notification ignored");
@@ -235,7 +238,8 @@ impl Connection {
         match (msgid, reply.0) {
             (Some(msgid), Ok(value)) => {
                 if let Err(e) = encode_response_ok(codec, &mut self.wbuf, msgid, &*value) {
-                    let err = ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}"));
+                    let err =
+                        ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}"));
                     self.send_error(msgid, &err);
                 }
             }

@@ -197,7 +197,11 @@ impl Builder {
     /// # Errors
     ///
     /// When the server cannot be built or the address cannot be bound.
-    pub async fn serve(self, addr: impl ToSocketAddrs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn serve(
+        self,
+        addr: impl ToSocketAddrs,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let server = self.build()?;
         let listener = TcpListener::bind(addr).await?;
         server.run(listener, shutdown).await;
@@ -259,7 +263,10 @@ impl Server {
         info!(connections = conns.len(), "shutting down");
         token.cancel();
         let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.config.grace_period, drain).await.is_err() {
+        if tokio::time::timeout(self.config.grace_period, drain)
+            .await
+            .is_err()
+        {
             warn!(connections = conns.len(), "grace period over; closing the rest");
             conns.shutdown().await;
         }

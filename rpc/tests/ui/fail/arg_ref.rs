@@ -1,0 +1,6 @@
+#[rpc::register]
+fn greet(name: &str) -> String {
+    format!("hello {name}")
+}
+
+fn main() {}

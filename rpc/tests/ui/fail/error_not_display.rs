@@ -1,0 +1,9 @@
+#[derive(Debug)]
+struct Oops;
+
+#[rpc::register]
+fn fallible() -> Result<i64, Oops> {
+    Err(Oops)
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use std::rc::Rc;
+
+#[rpc::register]
+async fn count() -> usize {
+    let shared = Rc::new(5);
+    tokio::task::yield_now().await;
+    *shared
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[rpc::register]
+fn show(value: impl std::fmt::Display) -> String {
+    value.to_string()
+}
+
+fn main() {}

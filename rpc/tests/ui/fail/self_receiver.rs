@@ -1,0 +1,10 @@
+struct Counter;
+
+impl Counter {
+    #[rpc::register]
+    fn get(&self) -> i64 {
+        0
+    }
+}
+
+fn main() {}

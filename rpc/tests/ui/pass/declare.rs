@@ -1,0 +1,39 @@
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Point {
+    pub x: i64,
+    pub y: i64,
+}
+
+pub mod api {
+    use super::Point;
+
+    rpc::declare! {
+        /// Adds two numbers.
+        pub fn add(a: i64, b: i64) -> i64;
+        pub async fn mid(a: Point, b: Point) -> Point;
+        fn fallible(s: String) -> Result<u8, String>;
+        pub(crate) fn nothing();
+    }
+
+    pub(crate) async fn use_private(client: &rpc::Client) -> Result<u8, rpc::Error> {
+        fallible::call(client, String::new()).await
+    }
+}
+
+async fn use_stubs(client: &rpc::Client) -> Result<(), rpc::Error> {
+    let _: i64 = api::add::call(client, 1, 2).await?;
+    let _: Point = api::mid::call(client, Point { x: 0, y: 0 }, Point { x: 2, y: 2 }).await?;
+    let () = api::nothing::call(client).await?;
+    let _: u8 = api::use_private(client).await?;
+    Ok(())
+}
+
+fn use_blocking(client: &rpc::BlockingClient) -> Result<Point, rpc::Error> {
+    api::mid::call_blocking(client, Point { x: 0, y: 0 }, Point { x: 2, y: 2 })
+}
+
+fn main() {
+    assert_eq!(api::add::NAME, "add");
+    let _ = use_stubs;
+    let _ = use_blocking;
+}
