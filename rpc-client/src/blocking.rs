@@ -5,18 +5,50 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use rpc_proto::{encode_notification, encode_request, Codec, Framer, Hello, Params};
+use rpc_proto::{encode_notification, encode_request, ErrorCode, Framer, Hello, Params};
 use serde::de::DeserializeOwned;
 
-use crate::reply::RawReply;
+use crate::config::new_session;
+use crate::reply;
 use crate::{Config, Error};
+
+/// After this long unused, the connection is checked (one non-blocking peek) before a
+/// call is sent on it, so that a connection the server closed as idle is replaced instead
+/// of failing the call.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Options of one call of the blocking client.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// The call's timeout; `None` for the client's configured one.
+    pub timeout: Option<Duration>,
+    /// Resend the call after a reconnect if the connection drops before the reply.
+    pub idempotent: bool,
+}
+
+impl CallOptions {
+    /// Options with a timeout.
+    pub fn timeout(mut self, timeout: Duration) -> CallOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Options marking the call idempotent.
+    pub fn idempotent(mut self) -> CallOptions {
+        self.idempotent = true;
+        self
+    }
+}
 
 /// A blocking client for any MessagePack-RPC server, for code with no async runtime.
 ///
 /// It uses plain std sockets and the same protocol core as the async client, one call at a
 /// time: the fastest path for sequential calls. It is `Sync`; calls from several threads
-/// take turns. After a transport error the next call reconnects.
+/// take turns. After a transport error the next call reconnects; calls that are safe to
+/// resend (unstable-network mode, [`CallOptions::idempotent`], or refused by a server
+/// shutting down) are resent, with backoff, within their timeout.
 ///
 /// ```no_run
 /// let client = rpc_client::BlockingClient::connect("127.0.0.1:25000")?;
@@ -27,16 +59,29 @@ use crate::{Config, Error};
 pub struct BlockingClient {
     addrs: Vec<SocketAddr>,
     config: Config,
+    session: Option<u128>,
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
     stream: Option<TcpStream>,
-    rbuf: BytesMut,
+    /// Received bytes live in `rbuf[start..end]`; the rest is spare, already initialised.
+    rbuf: Vec<u8>,
+    start: usize,
+    end: usize,
     wbuf: Vec<u8>,
     framer: Framer,
     next_id: u64,
+    last_used: Instant,
+    /// The socket timeouts last set, to skip the syscall when unchanged.
+    timeouts: Option<Duration>,
+}
+
+/// Where a call failed: before its request could reach the server, or after.
+enum Failure {
+    NotSent(Error),
+    Sent(Error),
 }
 
 impl BlockingClient {
@@ -59,17 +104,27 @@ impl BlockingClient {
         let framer = Framer::new(config.codec, config.max_message_size);
         let client = BlockingClient {
             addrs,
+            session: config.unstable_network.then(new_session),
             state: Mutex::new(State {
                 stream: None,
-                rbuf: BytesMut::with_capacity(16 * 1024),
+                rbuf: vec![0; READ_CHUNK],
+                start: 0,
+                end: 0,
                 wbuf: Vec::with_capacity(1024),
                 framer,
                 next_id: 1,
+                last_used: Instant::now(),
+                timeouts: None,
             }),
             config,
         };
-        client.lock().connect(&client.addrs, &client.config)?;
+        client.lock().connect(&client.addrs, &client.config, client.session)?;
         Ok(client)
+    }
+
+    /// The session id, in unstable-network mode.
+    pub fn session(&self) -> Option<u128> {
+        self.session
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -85,7 +140,7 @@ impl BlockingClient {
     ///
     /// As the async client's `call`.
     pub fn call<P: Params, R: DeserializeOwned>(&self, method: &str, params: P) -> Result<R, Error> {
-        self.call_timeout(method, params, self.config.timeout)
+        self.call_with(method, params, CallOptions::default())
     }
 
     /// [`BlockingClient::call`] with its own timeout.
@@ -99,21 +154,59 @@ impl BlockingClient {
         params: P,
         timeout: Duration,
     ) -> Result<R, Error> {
+        self.call_with(method, params, CallOptions::default().timeout(timeout))
+    }
+
+    /// [`BlockingClient::call`] with [`CallOptions`].
+    ///
+    /// # Errors
+    ///
+    /// As the async client's `call`.
+    pub fn call_with<P: Params, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: P,
+        opts: CallOptions,
+    ) -> Result<R, Error> {
+        let timeout = opts.timeout.unwrap_or(self.config.timeout);
+        let deadline = Instant::now() + timeout;
+        let resend = self.session.is_some() || opts.idempotent;
         let mut st = self.lock();
         let msgid = st.next_id;
         st.next_id += 1;
-        let codec = self.config.codec;
         st.wbuf.clear();
-        encode_request(codec, &mut st.wbuf, msgid, method, &params)?;
-        let r = st.round_trip(&self.addrs, &self.config, msgid, timeout);
-        if matches!(
-            r,
-            Err(Error::Transport(_) | Error::Timeout(_) | Error::ConnectionClosed | Error::Protocol(_))
-        ) {
-            // The stream may hold a late reply or half a message: start afresh next time.
-            st.stream = None;
+        let sent_timeout = self.config.uses_hello().then_some(timeout);
+        encode_request(self.config.codec, &mut st.wbuf, msgid, method, &params, sent_timeout)?;
+        let mut backoff = self.config.reconnect_backoff;
+        loop {
+            let error = match st.round_trip(self, msgid, timeout, deadline) {
+                Ok(r) => match r {
+                    Err(Error::Remote(e)) if e.kind() == ErrorCode::ShuttingDown => Error::Remote(e),
+                    Ok(bytes_range) => {
+                        let (codec, frame) = (self.config.codec, &st.rbuf[bytes_range.0..bytes_range.1]);
+                        return match reply::parse(codec, frame)? {
+                            Some((_, outcome)) => reply::decode(codec, outcome),
+                            None => Err(Error::Protocol("not a response".into())),
+                        };
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(Failure::NotSent(e)) => e,
+                Err(Failure::Sent(e)) => {
+                    // The stream may hold half a message or a late reply: start afresh.
+                    st.stream = None;
+                    if !resend {
+                        return Err(e);
+                    }
+                    e
+                }
+            };
+            if matches!(error, Error::Timeout(_)) || Instant::now() + backoff >= deadline {
+                return Err(error);
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
         }
-        r?.decode()
     }
 
     /// Call with dynamic MessagePack values in and out.
@@ -134,23 +227,27 @@ impl BlockingClient {
         let mut st = self.lock();
         st.wbuf.clear();
         encode_notification(self.config.codec, &mut st.wbuf, method, &params)?;
-        if st.stream.is_none() {
-            st.connect(&self.addrs, &self.config)?;
-        }
+        st.ensure_connected(self).map_err(|f| match f {
+            Failure::NotSent(e) | Failure::Sent(e) => e,
+        })?;
+        st.set_timeouts(self.config.timeout)?;
         let State { stream, wbuf, .. } = &mut *st;
         // Unwrap: connected just above.
         let r = stream.as_mut().unwrap().write_all(wbuf);
         if r.is_err() {
             st.stream = None;
         }
-        Ok(r?)
+        st.last_used = Instant::now();
+        Ok(r.map_err(|e| timed_out(e, self.config.timeout))?)
     }
 }
 
 impl State {
-    fn connect(&mut self, addrs: &[SocketAddr], config: &Config) -> Result<(), Error> {
+    fn connect(&mut self, addrs: &[SocketAddr], config: &Config, session: Option<u128>) -> Result<(), Error> {
         self.stream = None;
-        self.rbuf.clear();
+        self.start = 0;
+        self.end = 0;
+        self.timeouts = None;
         self.framer.reset();
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
         for addr in addrs {
@@ -163,21 +260,23 @@ impl State {
                 Err(e) => last = e,
             }
         }
-        let Some(stream) = self.stream.as_mut() else {
+        if self.stream.is_none() {
             return Err(last.into());
-        };
-        if config.codec != Codec::Msgpack {
+        }
+        self.last_used = Instant::now();
+        if config.uses_hello() {
             let mut hello = Vec::new();
-            Hello { codec: config.codec }.encode(&mut hello);
-            stream.set_read_timeout(Some(config.connect_timeout))?;
-            stream.write_all(&hello)?;
+            Hello::new(config.codec).with_session(session).encode(&mut hello);
+            self.set_timeouts(config.connect_timeout)?;
+            // Unwrap: connected just above.
+            self.stream.as_mut().unwrap().write_all(&hello)?;
             loop {
-                match Hello::decode(&self.rbuf) {
+                match rpc_proto::Hello::decode(&self.rbuf[self.start..self.end]) {
                     Ok(Some((h, n))) if h.codec == config.codec => {
-                        let _ = self.rbuf.split_to(n);
+                        self.start += n;
                         break;
                     }
-                    Ok(None) => read_more(stream, &mut self.rbuf)?,
+                    Ok(None) => self.read_more().inspect_err(|_| self.stream = None)?,
                     _ => {
                         self.stream = None;
                         return Err(Error::Protocol("the server did not accept the hello".into()));
@@ -188,43 +287,122 @@ impl State {
         Ok(())
     }
 
+    /// Connect if there is no connection, or if the idle one turns out closed.
+    fn ensure_connected(&mut self, client: &BlockingClient) -> Result<(), Failure> {
+        if self.stream.is_some() && self.last_used.elapsed() > STALE_AFTER && self.is_closed() {
+            self.stream = None;
+        }
+        if self.stream.is_none() {
+            self.connect(&client.addrs, &client.config, client.session)
+                .map_err(Failure::NotSent)?;
+        }
+        Ok(())
+    }
+
+    /// A non-blocking peek: has the server closed this connection?
+    fn is_closed(&mut self) -> bool {
+        let Some(s) = self.stream.as_ref() else { return true };
+        if s.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut b = [0u8; 1];
+        let closed = match s.peek(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        closed || s.set_nonblocking(false).is_err()
+    }
+
+    fn set_timeouts(&mut self, t: Duration) -> Result<(), Error> {
+        if self.timeouts != Some(t) {
+            // Unwrap: only called while connected.
+            let s = self.stream.as_ref().unwrap();
+            s.set_read_timeout(Some(t))?;
+            s.set_write_timeout(Some(t))?;
+            self.timeouts = Some(t);
+        }
+        Ok(())
+    }
+
+    /// Send `wbuf` and read until the reply to `msgid`: its frame's range in `rbuf`, or
+    /// the remote's `ShuttingDown` refusal as an error.
     fn round_trip(
         &mut self,
-        addrs: &[SocketAddr],
-        config: &Config,
+        client: &BlockingClient,
         msgid: u64,
         timeout: Duration,
-    ) -> Result<RawReply, Error> {
-        if self.stream.is_none() {
-            self.connect(addrs, config)?;
-        }
-        let deadline = Instant::now() + timeout;
+        deadline: Instant,
+    ) -> Result<Result<(usize, usize), Error>, Failure> {
+        self.ensure_connected(client)?;
+        self.set_timeouts(timeout).map_err(Failure::NotSent)?;
         // Unwrap: connected just above.
         let stream = self.stream.as_mut().unwrap();
-        stream.set_write_timeout(Some(timeout))?;
-        stream.write_all(&self.wbuf).map_err(|e| timed_out(e, timeout))?;
+        stream
+            .write_all(&self.wbuf)
+            .map_err(|e| Failure::Sent(timed_out(e, timeout)))?;
+        self.last_used = Instant::now();
         loop {
             while let Some(n) = self
                 .framer
-                .decode(&self.rbuf)
-                .map_err(|e| Error::Protocol(e.to_string()))?
+                .decode(&self.rbuf[self.start..self.end])
+                .map_err(|e| Failure::Sent(Error::Protocol(e.to_string())))?
             {
-                let frame = self.rbuf.split_to(n).freeze();
-                if let Some((id, reply)) = RawReply::parse(config.codec, frame)? {
-                    if id == msgid {
-                        return Ok(reply);
+                let (a, b) = (self.start, self.start + n);
+                self.start = b;
+                let codec = client.config.codec;
+                match reply::parse(codec, &self.rbuf[a..b]).map_err(Failure::Sent)? {
+                    Some((id, Err(e))) if id == msgid => {
+                        let e = rpc_proto::decode_error(codec, e);
+                        if e.kind() == ErrorCode::ShuttingDown {
+                            // The call did not run; this connection is going away.
+                            self.stream = None;
+                            return Ok(Err(Error::Remote(e)));
+                        }
+                        return Ok(Ok((a, b)));
                     }
+                    Some((id, Ok(_))) if id == msgid => return Ok(Ok((a, b))),
+                    _ => {}
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout(timeout));
+            if Instant::now() >= deadline {
+                return Err(Failure::Sent(Error::Timeout(timeout)));
             }
-            stream.set_read_timeout(Some(left))?;
-            read_more(stream, &mut self.rbuf).map_err(|e| match e {
-                Error::Transport(e) => timed_out(e, timeout),
-                e => e,
+            self.read_more().map_err(|e| {
+                Failure::Sent(match e {
+                    Error::Transport(e) => timed_out(e, timeout),
+                    e => e,
+                })
             })?;
+        }
+    }
+
+    /// Read once into the spare part of `rbuf`, compacting or growing it first.
+    fn read_more(&mut self) -> Result<(), Error> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.rbuf.len() - self.end < READ_CHUNK / 4 {
+            if self.start > 0 {
+                self.rbuf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.rbuf.len() - self.end < READ_CHUNK / 4 {
+                let grow = self.rbuf.len().max(READ_CHUNK);
+                self.rbuf.resize(self.rbuf.len() + grow, 0);
+            }
+        }
+        // Unwrap: only called while connected.
+        let stream = self.stream.as_mut().unwrap();
+        match stream.read(&mut self.rbuf[self.end..]) {
+            Ok(0) => Err(Error::ConnectionClosed),
+            Ok(n) => {
+                self.end += n;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -233,24 +411,5 @@ fn timed_out(e: io::Error, timeout: Duration) -> Error {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout(timeout),
         _ => Error::Transport(e),
-    }
-}
-
-fn read_more(stream: &mut TcpStream, rbuf: &mut BytesMut) -> Result<(), Error> {
-    let len = rbuf.len();
-    rbuf.resize(len + (16 * 1024usize).max(len), 0);
-    match stream.read(&mut rbuf[len..]) {
-        Ok(0) => {
-            rbuf.truncate(len);
-            Err(Error::ConnectionClosed)
-        }
-        Ok(n) => {
-            rbuf.truncate(len + n);
-            Ok(())
-        }
-        Err(e) => {
-            rbuf.truncate(len);
-            Err(e.into())
-        }
     }
 }

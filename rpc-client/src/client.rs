@@ -7,38 +7,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use rpc_proto::{encode_notification, encode_request, Codec, Framer, Hello, Params};
+use bytes::{Bytes, BytesMut};
+use rpc_proto::{encode_notification, encode_request, ErrorCode, Framer, Hello, Params};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::debug;
 
+use crate::config::new_session;
 use crate::reply::RawReply;
 use crate::{Config, Error};
 
 type ReplyTx = oneshot::Sender<Result<RawReply, Error>>;
 
 enum Command {
-    Call {
-        msgid: u64,
-        frame: Vec<u8>,
-        reply: ReplyTx,
-    },
-    Send {
-        frame: Vec<u8>,
-    },
-    Cancel {
-        msgid: u64,
-    },
+    Call { msgid: u64, frame: Bytes, reply: ReplyTx },
+    Send { frame: Bytes },
+    Cancel { msgid: u64 },
 }
 
 /// An async client for any MessagePack-RPC server.
 ///
 /// Cheap to clone: clones share one connection, on which many calls may be in flight;
 /// each reply is matched to its call by msgid. When the connection drops, every call in
-/// flight fails at once with [`Error::ConnectionClosed`] and the next call reconnects.
+/// flight fails at once with [`Error::ConnectionClosed`] and the next call reconnects
+/// (with exponential backoff, within the call's timeout). Calls that are safe to resend
+/// are resent on the new connection: with `unstable_network` (the server answers a
+/// retry from its dedup cache), calls made through [`Client::idempotent`], and calls the
+/// server refused because it was shutting down.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), rpc_client::Error> {
@@ -50,30 +48,31 @@ enum Command {
 pub struct Client {
     shared: Arc<Shared>,
     timeout: Duration,
+    idempotent: bool,
 }
 
 #[derive(Debug)]
 struct Shared {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     config: Config,
+    session: Option<u128>,
     next_id: AtomicU64,
     conn: Mutex<Option<mpsc::Sender<Command>>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
-/// Removes a call from the connection's table if its future is dropped (timeout or
-/// cancellation) before the reply arrives.
-struct CancelGuard<'a> {
-    tx: &'a mpsc::Sender<Command>,
+/// Cancels a call if its future is dropped (timeout or cancellation) before the reply
+/// arrives: the connection forgets it and, with extensions, tells the server.
+struct CancelGuard {
+    tx: Option<mpsc::Sender<Command>>,
     msgid: u64,
-    armed: bool,
 }
 
-impl Drop for CancelGuard<'_> {
+impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if self.armed {
+        if let Some(tx) = &self.tx {
             // Best effort: if the queue is full the entry goes when the reply comes.
-            let _ = self.tx.try_send(Command::Cancel { msgid: self.msgid });
+            let _ = tx.try_send(Command::Cancel { msgid: self.msgid });
         }
     }
 }
@@ -94,36 +93,54 @@ impl Client {
     ///
     /// When the address cannot be resolved or connecting fails.
     pub async fn connect_with(addr: impl tokio::net::ToSocketAddrs, config: Config) -> Result<Client, Error> {
-        let addr = tokio::net::lookup_host(addr)
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+        let addrs: Vec<_> = tokio::net::lookup_host(addr).await?.collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no address").into());
+        }
         let timeout = config.timeout;
         let client = Client {
             shared: Arc::new(Shared {
-                addr,
+                addrs,
+                session: config.unstable_network.then(new_session),
                 config,
                 next_id: AtomicU64::new(1),
                 conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             }),
             timeout,
+            idempotent: false,
         };
-        client.sender().await?;
+        let tx = connect(&client.shared.addrs, &client.shared.config, client.shared.session).await?;
+        *client.shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         Ok(client)
     }
 
     /// A handle on the same connection whose calls time out after `timeout`.
     pub fn with_timeout(&self, timeout: Duration) -> Client {
         Client {
-            shared: self.shared.clone(),
             timeout,
+            ..self.clone()
         }
     }
 
-    /// The address this client connects to.
+    /// A handle on the same connection whose calls are marked idempotent: if the
+    /// connection drops before the reply, they are resent after reconnecting instead of
+    /// failing with [`Error::ConnectionClosed`].
+    pub fn idempotent(&self) -> Client {
+        Client {
+            idempotent: true,
+            ..self.clone()
+        }
+    }
+
+    /// The session id, in unstable-network mode.
+    pub fn session(&self) -> Option<u128> {
+        self.shared.session
+    }
+
+    /// The address this client connects to (the first one its name resolved to).
     pub fn addr(&self) -> SocketAddr {
-        self.shared.addr
+        self.shared.addrs[0]
     }
 
     /// Call `method` with `params` (a tuple, or a `Vec` of values) and decode the result.
@@ -137,30 +154,58 @@ impl Client {
         P: Params,
         R: DeserializeOwned,
     {
+        let deadline = Instant::now() + self.timeout;
         let msgid = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let codec = self.shared.config.codec;
+        let config = &self.shared.config;
         let mut frame = Vec::with_capacity(64);
-        encode_request(codec, &mut frame, msgid, method, &params)?;
-        let tx = self.sender().await?;
-        let (reply_tx, reply_rx) = oneshot::channel();
-        tx.send(Command::Call {
-            msgid,
-            frame,
-            reply: reply_tx,
-        })
-        .await
-        .map_err(|_| Error::ConnectionClosed)?;
-        let mut guard = CancelGuard {
-            tx: &tx,
-            msgid,
-            armed: true,
-        };
-        let r = tokio::time::timeout(self.timeout, reply_rx).await;
-        guard.armed = r.is_err();
-        match r {
-            Err(_) => Err(Error::Timeout(self.timeout)),
-            Ok(Err(_)) => Err(Error::ConnectionClosed),
-            Ok(Ok(reply)) => reply?.decode(),
+        let sent_timeout = config.uses_hello().then_some(self.timeout);
+        encode_request(config.codec, &mut frame, msgid, method, &params, sent_timeout)?;
+        let frame = Bytes::from(frame);
+        // Resending is safe when the server dedups, or the caller said so.
+        let resend = self.shared.session.is_some() || self.idempotent;
+        let mut backoff = config.reconnect_backoff;
+        loop {
+            let tx = self.sender(deadline).await?;
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let mut guard = CancelGuard {
+                tx: Some(tx.clone()),
+                msgid,
+            };
+            let outcome = match tx
+                .send(Command::Call {
+                    msgid,
+                    frame: frame.clone(),
+                    reply: reply_tx,
+                })
+                .await
+            {
+                Err(_) => Err(Error::ConnectionClosed),
+                Ok(()) => match tokio::time::timeout_at(deadline, reply_rx).await {
+                    Err(_) => return Err(Error::Timeout(self.timeout)),
+                    Ok(Err(_)) => Err(Error::ConnectionClosed),
+                    Ok(Ok(r)) => r,
+                },
+            };
+            guard.tx = None;
+            let retry = match outcome {
+                Ok(reply) => match reply.decode::<R>() {
+                    // Refused before it ran: always safe to send again.
+                    Err(Error::Remote(e)) if e.kind() == ErrorCode::ShuttingDown => true,
+                    r => return r,
+                },
+                Err(e @ (Error::ConnectionClosed | Error::Transport(_))) => {
+                    if !resend {
+                        return Err(e);
+                    }
+                    true
+                }
+                Err(e) => return Err(e),
+            };
+            debug_assert!(retry);
+            debug!(msgid, method, "resending the call on a new connection");
+            let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(config.reconnect_backoff_max);
         }
     }
 
@@ -181,42 +226,73 @@ impl Client {
     pub async fn notify<P: Params>(&self, method: &str, params: P) -> Result<(), Error> {
         let mut frame = Vec::with_capacity(64);
         encode_notification(self.shared.config.codec, &mut frame, method, &params)?;
-        let tx = self.sender().await?;
-        tx.send(Command::Send { frame })
+        let tx = self.sender(Instant::now() + self.timeout).await?;
+        tx.send(Command::Send { frame: frame.into() })
             .await
             .map_err(|_| Error::ConnectionClosed)
     }
 
-    /// The live connection's queue, connecting first if there is none.
-    async fn sender(&self) -> Result<mpsc::Sender<Command>, Error> {
+    /// The live connection's queue, (re)connecting first if there is none, with backoff
+    /// until `deadline`.
+    async fn sender(&self, deadline: Instant) -> Result<mpsc::Sender<Command>, Error> {
         if let Some(tx) = self.live() {
             return Ok(tx);
         }
         let _one_at_a_time = self.shared.connecting.lock().await;
-        if let Some(tx) = self.live() {
-            return Ok(tx);
+        let config = &self.shared.config;
+        let mut backoff = config.reconnect_backoff;
+        loop {
+            if let Some(tx) = self.live() {
+                return Ok(tx);
+            }
+            let attempt = tokio::time::timeout_at(
+                deadline,
+                connect(&self.shared.addrs, config, self.shared.session),
+            );
+            match attempt.await {
+                Err(_) => return Err(Error::Timeout(self.timeout)),
+                Ok(Ok(tx)) => {
+                    *self.shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+                    return Ok(tx);
+                }
+                Ok(Err(e)) => {
+                    debug!(error = %e, ?backoff, "reconnect failed");
+                    if Instant::now() + backoff >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(config.reconnect_backoff_max);
+                }
+            }
         }
-        let tx = connect(self.shared.addr, &self.shared.config).await?;
-        // Unwrap: the lock is never held across a panic.
-        *self.shared.conn.lock().unwrap() = Some(tx.clone());
-        Ok(tx)
     }
 
     fn live(&self) -> Option<mpsc::Sender<Command>> {
-        // Unwrap: the lock is never held across a panic.
-        let conn = self.shared.conn.lock().unwrap();
+        // A poisoned lock only means a panic elsewhere; the slot itself is always valid.
+        let conn = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.as_ref().filter(|tx| !tx.is_closed()).cloned()
     }
 }
 
-async fn connect(addr: SocketAddr, config: &Config) -> Result<mpsc::Sender<Command>, Error> {
+async fn connect(addrs: &[SocketAddr], config: &Config, session: Option<u128>) -> Result<mpsc::Sender<Command>, Error> {
     let connect = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
+        let mut stream = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let mut stream = stream.ok_or(last)?;
         stream.set_nodelay(true)?;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
-        if config.codec != Codec::Msgpack {
+        if config.uses_hello() {
             let mut hello = Vec::new();
-            Hello { codec: config.codec }.encode(&mut hello);
+            Hello::new(config.codec).with_session(session).encode(&mut hello);
             stream.write_all(&hello).await?;
             loop {
                 match Hello::decode(&rbuf) {
@@ -240,22 +316,28 @@ async fn connect(addr: SocketAddr, config: &Config) -> Result<mpsc::Sender<Comma
         .map_err(|_| Error::Timeout(config.connect_timeout))??;
     let (tx, rx) = mpsc::channel(1024);
     let framer = Framer::new(config.codec, config.max_message_size);
-    tokio::spawn(drive(stream, rbuf, rx, framer));
+    tokio::spawn(drive(stream, rbuf, rx, framer, config.clone()));
     Ok(tx)
 }
 
-/// The connection task: writes queued calls, matches replies to callers.
+/// The connection task: writes queued calls, matches replies to callers, pings when idle.
 async fn drive(
     mut stream: TcpStream,
     mut rbuf: BytesMut,
     mut rx: mpsc::Receiver<Command>,
     mut framer: Framer,
+    config: Config,
 ) {
     let codec = framer.codec();
+    let extended = config.uses_hello();
     let mut pending: HashMap<u64, ReplyTx> = HashMap::new();
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut written = 0;
-    let (mut rd, wr) = stream.split();
+    let (mut rd, mut wr) = stream.split();
+    let heartbeat = config.heartbeat_interval.unwrap_or(Duration::MAX / 4);
+    let mut last_write = Instant::now();
+    let ping = tokio::time::sleep(heartbeat);
+    tokio::pin!(ping);
     let apply = |cmd: Command, wbuf: &mut Vec<u8>, pending: &mut HashMap<u64, ReplyTx>| match cmd {
         Command::Call { msgid, frame, reply } => {
             wbuf.extend_from_slice(&frame);
@@ -263,7 +345,9 @@ async fn drive(
         }
         Command::Send { frame } => wbuf.extend_from_slice(&frame),
         Command::Cancel { msgid } => {
-            pending.remove(&msgid);
+            if pending.remove(&msgid).is_some() && extended {
+                let _ = encode_notification(codec, wbuf, "rpc.cancel", &(msgid,));
+            }
         }
     };
     let error: Error = 'run: loop {
@@ -276,6 +360,7 @@ async fn drive(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => break 'run e.into(),
             }
+            last_write = Instant::now();
             if written == wbuf.len() {
                 wbuf.clear();
                 written = 0;
@@ -312,12 +397,25 @@ async fn drive(
             },
             cmd = rx.recv() => match cmd {
                 Some(cmd) => apply(cmd, &mut wbuf, &mut pending),
-                // Every handle is gone: nobody can call any more.
-                None => return,
+                // Every handle is gone: nobody can call any more. Flush what is queued.
+                None => {
+                    if written < wbuf.len() {
+                        let _ = tokio::time::timeout(config.connect_timeout, wr.write_all(&wbuf[written..])).await;
+                    }
+                    return;
+                }
             },
             r = wr.writable(), if written < wbuf.len() => if let Err(e) = r {
                 break 'run e.into();
             },
+            () = &mut ping, if config.heartbeat_interval.is_some() => {
+                if last_write.elapsed() >= heartbeat && wbuf.is_empty() {
+                    let _ = encode_notification(codec, &mut wbuf, "rpc.ping", &());
+                    ping.as_mut().reset(Instant::now() + heartbeat);
+                } else {
+                    ping.as_mut().reset(last_write + heartbeat);
+                }
+            }
         }
     };
     debug!(error = %error, calls = pending.len(), "connection lost");
@@ -331,3 +429,4 @@ async fn drive(
     }
     // Calls queued but never written fail when their reply senders drop here.
 }
+

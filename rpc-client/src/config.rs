@@ -6,15 +6,37 @@ use rpc_proto::{Codec, DEFAULT_MAX_MESSAGE_SIZE};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Timeout of each call unless overridden. Default: 15 s.
+    /// Timeout of each call unless overridden, retries included. Default: 15 s.
     pub timeout: Duration,
-    /// Timeout of connecting (and of the hello, with bincode). Default: 5 s.
+    /// Timeout of one connection attempt (and of the hello). Default: 5 s.
     pub connect_timeout: Duration,
-    /// The codec. [`Codec::Bincode`] sends a hello that only our server understands; the
-    /// default, [`Codec::Msgpack`], talks to any MessagePack-RPC server.
+    /// The codec. [`Codec::Bincode`] needs a server of ours (it turns `extensions` on);
+    /// the default, [`Codec::Msgpack`], talks to any MessagePack-RPC server.
     pub codec: Codec,
     /// Largest reply accepted. Default: 64 MiB.
     pub max_message_size: usize,
+    /// Use this framework's extensions: the client sends a hello first, each call's timeout
+    /// travels to the server (which answers `DeadlineExceeded` and cancels the handler when
+    /// it passes), and a call given up on is cancelled on the server. Only for servers built
+    /// with this framework: a plain MessagePack-RPC server does not understand the hello.
+    /// Default: off.
+    pub extensions: bool,
+    /// "Unstable network" mode (turns `extensions` on): the client opens a session with a
+    /// random 128-bit id; a call whose connection drops is resent after reconnecting, and
+    /// a server in unstable-network mode runs each call once and answers retries from its
+    /// cache. Default: off.
+    pub unstable_network: bool,
+    /// When the async client has sent nothing for this long, it sends an `rpc.ping`
+    /// notification so the server does not close the connection as idle. `None` turns it
+    /// off. The blocking client has no background thread: it reconnects instead when it
+    /// finds its idle connection closed. Default: 20 s (a third of the server's default
+    /// heartbeat timeout).
+    pub heartbeat_interval: Option<Duration>,
+    /// First wait before reconnecting after a failed attempt; doubled each time up to
+    /// `reconnect_backoff_max`, and always within the call's timeout. Default: 10 ms.
+    pub reconnect_backoff: Duration,
+    /// Longest wait between reconnection attempts. Default: 1 s.
+    pub reconnect_backoff_max: Duration,
 }
 
 impl Default for Config {
@@ -24,6 +46,40 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             codec: Codec::Msgpack,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            extensions: false,
+            unstable_network: false,
+            heartbeat_interval: Some(Duration::from_secs(20)),
+            reconnect_backoff: Duration::from_millis(10),
+            reconnect_backoff_max: Duration::from_secs(1),
         }
     }
+}
+
+impl Config {
+    /// Whether the client sends a hello (and may use the extensions).
+    pub(crate) fn uses_hello(&self) -> bool {
+        self.extensions || self.unstable_network || self.codec != Codec::Msgpack
+    }
+}
+
+/// A fresh random session id: 128 bits from the standard library's randomly seeded
+/// hasher, mixed with the time, the process id and a counter.
+pub(crate) fn new_session() -> u128 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let half = |salt: u64| {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u64(n);
+        h.write_u128(now);
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
 }

@@ -19,7 +19,7 @@ mod config;
 mod error;
 mod reply;
 
-pub use blocking::BlockingClient;
+pub use blocking::{BlockingClient, CallOptions};
 pub use client::Client;
 pub use config::Config;
 pub use error::Error;

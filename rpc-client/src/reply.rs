@@ -15,14 +15,29 @@ pub(crate) struct RawReply {
     start: usize,
 }
 
+/// The msgid and outcome of a response, or `None` for a request or notification from the
+/// server, which clients ignore.
+pub(crate) fn parse(codec: Codec, frame: &[u8]) -> Result<Option<(u64, Result<&[u8], &[u8]>)>, Error> {
+    match Message::parse(codec, frame) {
+        Ok(Message::Response { msgid, outcome }) => Ok(Some((msgid, outcome))),
+        Ok(_) => Ok(None),
+        Err(e) => Err(Error::Protocol(e.to_string())),
+    }
+}
+
+/// Decode an outcome into the result type or a remote error.
+pub(crate) fn decode<R: DeserializeOwned>(codec: Codec, outcome: Result<&[u8], &[u8]>) -> Result<R, Error> {
+    match outcome {
+        Ok(bytes) => Ok(codec.decode(bytes)?),
+        Err(bytes) => Err(Error::Remote(decode_error(codec, bytes))),
+    }
+}
+
 impl RawReply {
-    /// The msgid and the reply, or `None` when the frame is a request or notification
-    /// from the server, which clients ignore.
+    /// Parse an owned frame, keeping it for the caller to decode.
     pub(crate) fn parse(codec: Codec, frame: Bytes) -> Result<Option<(u64, RawReply)>, Error> {
-        let (msgid, outcome) = match Message::parse(codec, &frame) {
-            Ok(Message::Response { msgid, outcome }) => (msgid, outcome),
-            Ok(_) => return Ok(None),
-            Err(e) => return Err(Error::Protocol(e.to_string())),
+        let Some((msgid, outcome)) = parse(codec, &frame)? else {
+            return Ok(None);
         };
         let (ok, part) = match outcome {
             Ok(r) => (true, r),
@@ -42,10 +57,6 @@ impl RawReply {
 
     pub(crate) fn decode<R: DeserializeOwned>(self) -> Result<R, Error> {
         let bytes = &self.frame[self.start..];
-        if self.ok {
-            Ok(self.codec.decode(bytes)?)
-        } else {
-            Err(Error::Remote(decode_error(self.codec, bytes)))
-        }
+        decode(self.codec, if self.ok { Ok(bytes) } else { Err(bytes) })
     }
 }

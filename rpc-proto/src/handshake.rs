@@ -7,6 +7,11 @@
 //!
 //! Layout: `c1 'R' 'P' 'C'`, version (1 byte), codec id (1 byte), extension length (u16
 //! little-endian), extensions (tag, length, value; unknown tags are skipped).
+//!
+//! Extensions: tag 1 carries the client's 16-byte session id (for the dedup cache of
+//! "unstable network" mode). A connection that began with a hello may also use the request
+//! extension (a fifth element carrying the call's timeout, see
+//! [`encode_request`](crate::encode_request)) and the `rpc.cancel` notification.
 
 use crate::codec::Codec;
 
@@ -17,11 +22,17 @@ pub const VERSION: u8 = 1;
 const HEADER: usize = 8;
 const MAX_EXT: usize = 1024;
 
+const TAG_SESSION: u8 = 1;
+
 /// A hello, from the client or the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Hello {
     /// The codec for the rest of the connection.
     pub codec: Codec,
+    /// The client's session id: calls carrying it are executed at most once per msgid by a
+    /// server in unstable-network mode. The server's answer echoes it.
+    pub session: Option<u128>,
 }
 
 /// A hello that cannot be accepted.
@@ -40,12 +51,29 @@ pub enum HelloError {
 }
 
 impl Hello {
+    /// A hello for `codec`, with no session.
+    pub fn new(codec: Codec) -> Hello {
+        Hello { codec, session: None }
+    }
+
+    /// The same hello with a session id.
+    pub fn with_session(mut self, session: Option<u128>) -> Hello {
+        self.session = session;
+        self
+    }
+
     /// Append the hello's bytes to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.codec.id());
-        out.extend_from_slice(&0u16.to_le_bytes());
+        let mut ext = Vec::new();
+        if let Some(s) = self.session {
+            ext.extend_from_slice(&[TAG_SESSION, 16]);
+            ext.extend_from_slice(&s.to_le_bytes());
+        }
+        out.extend_from_slice(&(ext.len() as u16).to_le_bytes());
+        out.extend_from_slice(&ext);
     }
 
     /// Whether `buf` starts (or could start) with a hello rather than a msgpack message.
@@ -75,7 +103,21 @@ impl Hello {
             return Ok(None);
         }
         let codec = Codec::from_id(head[5]).ok_or(HelloError::UnknownCodec(head[5]))?;
-        Ok(Some((Hello { codec }, HEADER + ext)))
+        let mut session = None;
+        let mut rest = &buf[HEADER..HEADER + ext];
+        while let [tag, len, tail @ ..] = rest {
+            let len = usize::from(*len);
+            let value = tail.get(..len).ok_or(HelloError::NotHello)?;
+            if *tag == TAG_SESSION {
+                let bytes: [u8; 16] = value.try_into().map_err(|_| HelloError::NotHello)?;
+                session = Some(u128::from_le_bytes(bytes));
+            }
+            rest = &tail[len..];
+        }
+        if !rest.is_empty() {
+            return Err(HelloError::NotHello);
+        }
+        Ok(Some((Hello { codec, session }, HEADER + ext)))
     }
 }
 
@@ -85,23 +127,24 @@ mod tests {
 
     #[test]
     fn round_trip_at_every_split() {
-        let mut out = Vec::new();
-        Hello {
-            codec: Codec::Bincode,
+        for hello in [
+            Hello::new(Codec::Bincode),
+            Hello::new(Codec::Msgpack).with_session(Some(0x0123_4567_89ab_cdef_0011_2233_4455_6677)),
+        ] {
+            let mut out = Vec::new();
+            hello.encode(&mut out);
+            for cut in 0..out.len() {
+                assert_eq!(Hello::decode(&out[..cut]).unwrap(), None);
+            }
+            assert_eq!(Hello::decode(&out).unwrap(), Some((hello, out.len())));
         }
-        .encode(&mut out);
-        for cut in 0..out.len() {
-            assert_eq!(Hello::decode(&out[..cut]).unwrap(), None);
-        }
-        assert_eq!(
-            Hello::decode(&out).unwrap(),
-            Some((
-                Hello {
-                    codec: Codec::Bincode
-                },
-                out.len()
-            ))
-        );
         assert!(Hello::decode(&[0x94]).is_err());
+    }
+
+    #[test]
+    fn unknown_extensions_are_skipped() {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[VERSION, 0, 3, 0, 9, 1, 0xff]);
+        assert_eq!(Hello::decode(&out).unwrap(), Some((Hello::new(Codec::Msgpack), out.len())));
     }
 }

@@ -13,7 +13,9 @@
 //!   borrows its method and params from the frame; `encode_*` write them.
 //! - [`Codec`], [`Args`], [`Params`]: how argument and result values become bytes.
 //! - [`ServerError`], [`ErrorCode`]: the `[code, message]` errors on the wire.
-//! - [`Hello`]: the opt-in handshake that selects the bincode codec.
+//! - [`Hello`]: the opt-in handshake that selects the bincode codec and carries a session.
+//! - [`DedupCache`]: the completed-response cache of "unstable network" mode; it takes the
+//!   time as an argument, so tests never sleep.
 //!
 //! # Example
 //!
@@ -21,11 +23,11 @@
 //! use rpc_proto::{encode_request, Codec, Framer, Message};
 //!
 //! let mut wire = Vec::new();
-//! encode_request(Codec::Msgpack, &mut wire, 1, "add", &(2, 3)).unwrap();
+//! encode_request(Codec::Msgpack, &mut wire, 1, "add", &(2, 3), None).unwrap();
 //!
 //! let mut framer = Framer::new(Codec::Msgpack, 1 << 20);
 //! let len = framer.decode(&wire).unwrap().unwrap();
-//! let Message::Request { msgid, method, params } = Message::parse(Codec::Msgpack, &wire[..len]).unwrap() else {
+//! let Message::Request { msgid, method, params, .. } = Message::parse(Codec::Msgpack, &wire[..len]).unwrap() else {
 //!     unreachable!()
 //! };
 //! let (a, b): (i64, i64) = rpc_proto::FromArgs::from_args(&mut rpc_proto::Args::new(Codec::Msgpack, params)).unwrap();
@@ -34,6 +36,7 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 mod codec;
+pub mod dedup;
 mod error;
 mod framer;
 pub mod handshake;
@@ -42,6 +45,7 @@ mod message;
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};
+pub use dedup::{Begin, DedupCache, DedupConfig};
 pub use handshake::Hello;
 pub use message::{
     decode_error, encode_notification, encode_request, encode_response_err, encode_response_ok, peek_msgid,

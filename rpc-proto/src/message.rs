@@ -3,6 +3,8 @@
 //! Parsing borrows from the frame: the method name and the params or result stay as raw
 //! bytes, to be decoded straight into the handler's argument types.
 
+use std::time::Duration;
+
 use crate::codec::{Codec, EncodeValue, Params, ParamsEncoder};
 use crate::error::{EncodeError, ErrorCode, ParseError, ServerError};
 use crate::framer::value_len;
@@ -17,7 +19,8 @@ pub const NOTIFICATION: u8 = 2;
 /// One parsed message, borrowing from its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
-    /// `[0, msgid, method, params]`.
+    /// `[0, msgid, method, params]`, or with our extension
+    /// `[0, msgid, method, params, {1: timeout_us}]` (only after a [hello](crate::Hello)).
     Request {
         /// Echoed back unchanged in the response.
         msgid: u64,
@@ -25,6 +28,8 @@ pub enum Message<'a> {
         method: &'a [u8],
         /// The raw params (an array, in msgpack).
         params: &'a [u8],
+        /// The caller's timeout, relative to when the request arrives.
+        timeout: Option<Duration>,
     },
     /// `[1, msgid, error, result]`.
     Response {
@@ -128,6 +133,28 @@ pub(crate) fn read_array_len(b: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
+/// The request extension: a map of small integer keys; key 1 is the timeout in µs.
+fn request_ext(c: &mut Cursor<'_>) -> Option<Option<Duration>> {
+    let m = c.byte()?;
+    let n = match m {
+        0x80..=0x8f => usize::from(m & 0x0f),
+        0xde => c.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))?,
+        _ => return None,
+    };
+    let mut timeout = None;
+    for _ in 0..n {
+        let key = c.uint()?;
+        if key == EXT_TIMEOUT {
+            timeout = Some(Duration::from_micros(c.uint()?));
+        } else {
+            c.value()?;
+        }
+    }
+    Some(timeout)
+}
+
+const EXT_TIMEOUT: u64 = 1;
+
 fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
     let Some((len, used)) = read_array_len(frame) else {
         return Err(ParseError::new("a message must be an array", None));
@@ -142,7 +169,7 @@ fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
             let Some(msgid) = msgid else {
                 return Err(ParseError::new("request msgid must be an unsigned integer", None));
             };
-            if len != 4 {
+            if len != 4 && len != 5 {
                 return Err(ParseError::new(
                     format!("a request has 4 elements, this one has {len}"),
                     Some(msgid),
@@ -154,10 +181,16 @@ fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
             let params = c
                 .value()
                 .ok_or_else(|| ParseError::new("params are missing", Some(msgid)))?;
+            let timeout = if len == 5 {
+                request_ext(&mut c).ok_or_else(|| ParseError::new("bad request extension", Some(msgid)))?
+            } else {
+                None
+            };
             Ok(Message::Request {
                 msgid,
                 method,
                 params,
+                timeout,
             })
         }
         RESPONSE => {
@@ -218,11 +251,13 @@ fn parse_bincode(frame: &[u8]) -> Result<Message<'_>, ParseError> {
     match tag {
         REQUEST => {
             let msgid = u64le(&mut c).ok_or_else(|| ParseError::new("truncated msgid", None))?;
+            let us = u64le(&mut c).ok_or_else(|| ParseError::new("truncated timeout", Some(msgid)))?;
             let method = read_bincode_method(&mut c, Some(msgid))?;
             Ok(Message::Request {
                 msgid,
                 method,
                 params: c.b,
+                timeout: (us != 0).then(|| Duration::from_micros(us)),
             })
         }
         RESPONSE => {
@@ -365,6 +400,9 @@ fn bincode_method(out: &mut Vec<u8>, method: &str) -> Result<(), EncodeError> {
 
 /// Append a request to `out`. On error `out` is left as it was.
 ///
+/// With a `timeout`, a msgpack request gets a fifth element, `{1: timeout_us}`: send one
+/// only to a server that answered our [hello](crate::Hello), never to a plain peer.
+///
 /// # Errors
 ///
 /// When a parameter cannot be serialized.
@@ -374,23 +412,31 @@ pub fn encode_request<P: Params + ?Sized>(
     msgid: u64,
     method: &str,
     params: &P,
+    timeout: Option<Duration>,
 ) -> Result<(), EncodeError> {
     let start = out.len();
     let prefix = Prefix::begin(codec, out);
+    let us = timeout.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
     let r = (|| {
         match codec {
             Codec::Msgpack => {
-                out.extend_from_slice(&[0x94, REQUEST]);
+                out.extend_from_slice(&[if us.is_some() { 0x95 } else { 0x94 }, REQUEST]);
                 write_uint(out, msgid);
                 write_str(out, method.as_bytes());
             }
             Codec::Bincode => {
                 out.push(REQUEST);
                 out.extend_from_slice(&msgid.to_le_bytes());
+                out.extend_from_slice(&us.unwrap_or(0).to_le_bytes());
                 bincode_method(out, method)?;
             }
         }
-        params.encode_params(&mut ParamsEncoder::new(codec, out))
+        params.encode_params(&mut ParamsEncoder::new(codec, out))?;
+        if let (Some(us), Codec::Msgpack) = (us, codec) {
+            out.extend_from_slice(&[0x81, EXT_TIMEOUT as u8]);
+            write_uint(out, us);
+        }
+        Ok(())
     })();
     match r {
         Ok(()) => {
@@ -515,7 +561,7 @@ mod tests {
     #[test]
     fn request_fixture() {
         let mut out = Vec::new();
-        encode_request(Codec::Msgpack, &mut out, 1, "add", &(2, 3)).unwrap();
+        encode_request(Codec::Msgpack, &mut out, 1, "add", &(2, 3), None).unwrap();
         assert_eq!(out, hex!("94 00 01 a3 61 64 64 92 02 03"));
         assert_eq!(
             Message::parse(Codec::Msgpack, &out).unwrap(),
@@ -523,6 +569,7 @@ mod tests {
                 msgid: 1,
                 method: b"add",
                 params: &hex!("92 02 03"),
+                timeout: None,
             }
         );
     }
@@ -535,6 +582,7 @@ mod tests {
                 msgid,
                 method,
                 params,
+                ..
             } => {
                 assert_eq!(msgid, u64::MAX - 1);
                 assert_eq!(method, b"add");
@@ -551,7 +599,7 @@ mod tests {
     fn nested_params() {
         let mut out = Vec::new();
         let p = (vec![vec![1, 2], vec![3]], ("x", Some(4u8)));
-        encode_request(Codec::Msgpack, &mut out, 9, "f", &p).unwrap();
+        encode_request(Codec::Msgpack, &mut out, 9, "f", &p, None).unwrap();
         assert_eq!(
             Framer::new(Codec::Msgpack, 1024).decode(&out).unwrap(),
             Some(out.len())
@@ -603,6 +651,24 @@ mod tests {
     }
 
     #[test]
+    fn request_timeout_extension() {
+        let mut out = Vec::new();
+        encode_request(Codec::Msgpack, &mut out, 1, "add", &(2, 3), Some(Duration::from_millis(2))).unwrap();
+        assert_eq!(out, hex!("95 00 01 a3 61 64 64 92 02 03 81 01 cd 07 d0"));
+        assert_eq!(Framer::new(Codec::Msgpack, 1024).decode(&out).unwrap(), Some(out.len()));
+        match Message::parse(Codec::Msgpack, &out).unwrap() {
+            Message::Request { timeout, .. } => assert_eq!(timeout, Some(Duration::from_millis(2))),
+            m => panic!("{m:?}"),
+        }
+        // Unknown extension keys are skipped.
+        let frame = hex!("95 00 01 a1 61 90 82 07 a1 78 01 05");
+        match Message::parse(Codec::Msgpack, &frame).unwrap() {
+            Message::Request { timeout, .. } => assert_eq!(timeout, Some(Duration::from_micros(5))),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
     fn notification() {
         let mut out = Vec::new();
         encode_notification(Codec::Msgpack, &mut out, "ping", &()).unwrap();
@@ -617,18 +683,20 @@ mod tests {
     fn bincode_round_trip() {
         let c = Codec::Bincode;
         let mut out = Vec::new();
-        encode_request(c, &mut out, 77, "add", &(2i64, 3i64)).unwrap();
+        encode_request(c, &mut out, 77, "add", &(2i64, 3i64), Some(Duration::from_millis(1500))).unwrap();
         assert_eq!(Framer::new(c, 1024).decode(&out).unwrap(), Some(out.len()));
         assert_eq!(peek_msgid(c, &out), Some(77));
         let Message::Request {
             msgid,
             method,
             params,
+            timeout,
         } = Message::parse(c, &out).unwrap()
         else {
             panic!()
         };
         assert_eq!((msgid, method), (77, &b"add"[..]));
+        assert_eq!(timeout, Some(Duration::from_millis(1500)));
         let (a, b): (i64, i64) = crate::FromArgs::from_args(&mut crate::Args::new(c, params)).unwrap();
         assert_eq!(a + b, 5);
 

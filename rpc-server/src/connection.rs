@@ -5,6 +5,11 @@
 //! no call costs a task spawn or a cross-thread hop unless its handler needs one (sync
 //! handlers go to the blocking pool). All replies ready after one read are written with
 //! one syscall.
+//!
+//! Lifecycle: the connection closes when the peer closes (its async calls in flight are
+//! cancelled, as after `rpc.cancel`), when no message arrived for the heartbeat timeout
+//! while no call was in flight, when the stream is unreadable (after an error reply when
+//! the msgid was known), or after the shutdown signal once its calls have finished.
 
 use std::future::Future;
 use std::io;
@@ -12,54 +17,87 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rpc_proto::{
-    encode_response_err, encode_response_ok, Codec, ErrorCode, FrameError, Framer, Hello, Message,
+    encode_response_err, encode_response_ok, Begin, Codec, ErrorCode, FrameError, Framer, Hello, Message,
     ServerError,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::method::{Reply, ReplyFuture};
-use crate::registry::{Dispatch, Registry};
-use crate::Config;
+use crate::registry::{Dispatch, CANCEL};
+use crate::Shared;
 
 /// Buffers larger than this are given back to the allocator once empty.
 const KEEP_BUFFER: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// After an unreadable stream, how long (and how much) to drain before closing, so the
+/// peer reads our error reply instead of a reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
-/// A call still running, with the msgid to answer (`None` for a notification).
-struct InFlight {
-    msgid: Option<u64>,
-    fut: ReplyFuture,
+/// What a call in flight ends with.
+enum Finished {
+    /// A reply to encode (`None` msgid: a notification's, dropped).
+    Reply(Option<u64>, Reply),
+    /// An answer already encoded (from the dedup cache).
+    Encoded(Bytes),
+    /// Cancelled by the client: nothing to send.
+    Cancelled,
+}
+
+/// A call still running.
+enum InFlight {
+    /// The common case: a handler's future, with the msgid to answer.
+    Call { msgid: Option<u64>, fut: ReplyFuture },
+    /// Wrapped: with a deadline, abortable, or waiting on the dedup cache.
+    Other(Pin<Box<dyn Future<Output = Finished> + Send>>),
 }
 
 impl Future for InFlight {
-    type Output = (Option<u64>, Reply);
+    type Output = Finished;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let msgid = self.msgid;
-        self.fut.as_mut().poll(cx).map(|r| (msgid, r))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finished> {
+        match self.get_mut() {
+            InFlight::Call { msgid, fut } => fut.as_mut().poll(cx).map(|r| Finished::Reply(*msgid, r)),
+            InFlight::Other(f) => f.as_mut().poll(cx),
+        }
     }
 }
 
+type DedupRx = watch::Receiver<Option<Bytes>>;
+
 pub(crate) struct Connection {
-    registry: Arc<Registry>,
-    config: Arc<Config>,
+    shared: Arc<Shared>,
     peer: SocketAddr,
     framer: Framer,
     /// No message has been read yet: a hello may still come.
     first: bool,
-    /// Stop reading: EOF, shutdown, or a fatal stream error.
+    /// The peer said hello: it may send extensions and `rpc.cancel`.
+    extended: bool,
+    session: Option<u128>,
+    /// Stop reading: EOF, idle, or a fatal stream error.
     reading: bool,
+    /// Shutdown: answer new requests `ShuttingDown`, finish the rest, close.
+    draining: bool,
+    /// Close with a lingering drain (after a fatal stream error).
+    linger: bool,
+    last_message: Instant,
     wbuf: Vec<u8>,
     written: usize,
     inflight: FuturesUnordered<InFlight>,
+    /// Abort handles of pending calls, for `rpc.cancel` (only on extended connections).
+    aborts: std::collections::HashMap<u64, AbortHandle>,
 }
 
 /// Why reading stopped for good.
@@ -69,38 +107,52 @@ enum Fatal {
 }
 
 impl Connection {
-    pub(crate) fn new(registry: Arc<Registry>, config: Arc<Config>, peer: SocketAddr) -> Connection {
-        let framer = Framer::new(Codec::Msgpack, config.max_message_size);
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Connection {
+        let framer = Framer::new(Codec::Msgpack, shared.config.max_message_size);
         Connection {
-            registry,
-            config,
+            shared,
             peer,
             framer,
             first: true,
+            extended: false,
+            session: None,
             reading: true,
+            draining: false,
+            linger: false,
+            last_message: Instant::now(),
             wbuf: Vec::with_capacity(READ_CHUNK),
             written: 0,
             inflight: FuturesUnordered::new(),
+            aborts: std::collections::HashMap::new(),
         }
     }
 
     pub(crate) async fn run(mut self, mut stream: TcpStream, shutdown: CancellationToken) {
         info!(peer = %self.peer, "connection opened");
         let result = self.serve(&mut stream, &shutdown).await;
+        // Cancel what is still running (async handlers are dropped here).
+        let cancelled = self.inflight.len();
+        self.inflight = FuturesUnordered::new();
+        if self.linger {
+            linger(&mut stream).await;
+        }
         match result {
-            Ok(()) => info!(peer = %self.peer, "connection closed"),
-            Err(e) => info!(peer = %self.peer, error = %e, "connection closed with an error"),
+            Ok(()) => info!(peer = %self.peer, cancelled, "connection closed"),
+            Err(e) => info!(peer = %self.peer, cancelled, error = %e, "connection closed with an error"),
         }
     }
 
     async fn serve(&mut self, stream: &mut TcpStream, shutdown: &CancellationToken) -> io::Result<()> {
         let (mut rd, wr) = stream.split();
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-        let mut shutting_down = false;
+        let heartbeat = self.shared.config.heartbeat_timeout;
+        let idle = tokio::time::sleep(heartbeat);
+        tokio::pin!(idle);
         loop {
             if self.reading {
                 if let Err(fatal) = self.process(&mut rbuf) {
                     self.reading = false;
+                    self.linger = true;
                     match fatal {
                         Fatal::Frame(e) => {
                             warn!(peer = %self.peer, error = %e, "unreadable stream; closing after the replies");
@@ -113,8 +165,8 @@ impl Connection {
                 }
             }
             // Collect every call that has finished meanwhile, without waiting.
-            while let Some(Some((msgid, reply))) = self.inflight.next().now_or_never() {
-                self.finish(msgid, reply);
+            while let Some(Some(done)) = self.inflight.next().now_or_never() {
+                self.finish(done);
             }
             if self.written < self.wbuf.len() {
                 match wr.try_write(&self.wbuf[self.written..]) {
@@ -131,12 +183,12 @@ impl Connection {
                 }
             }
             let pending_write = self.written < self.wbuf.len();
-            if !self.reading && self.inflight.is_empty() && !pending_write {
+            if (!self.reading || self.draining) && self.inflight.is_empty() && !pending_write {
                 return Ok(());
             }
             let can_read = self.reading
-                && self.inflight.len() < self.config.max_in_flight_per_connection
-                && self.wbuf.len() < self.config.write_buffer_high_water;
+                && self.inflight.len() < self.shared.config.max_in_flight_per_connection
+                && self.wbuf.len() < self.shared.config.write_buffer_high_water;
             if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                 if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
                     rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -146,22 +198,29 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if !shutting_down => {
-                    shutting_down = true;
-                    self.reading = false;
+                () = shutdown.cancelled(), if !self.draining => {
+                    self.draining = true;
                     debug!(peer = %self.peer, in_flight = self.inflight.len(), "draining for shutdown");
                 }
-                Some((msgid, reply)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.finish(msgid, reply);
-                }
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.finish(done),
                 r = wr.writable(), if pending_write => r?,
                 r = rd.read_buf(&mut rbuf), if can_read => {
                     if r? == 0 {
+                        // The peer is gone: what it asked for is no longer wanted.
                         self.reading = false;
+                        self.inflight = FuturesUnordered::new();
                         if !rbuf.is_empty() {
                             warn!(peer = %self.peer, bytes = rbuf.len(), "connection closed in the middle of a message");
                         }
                     }
+                }
+                () = &mut idle => {
+                    let deadline = self.last_message + heartbeat;
+                    if Instant::now() >= deadline && self.inflight.is_empty() {
+                        info!(peer = %self.peer, timeout = ?heartbeat, "no message within the heartbeat timeout; closing");
+                        return Ok(());
+                    }
+                    idle.as_mut().reset(deadline.max(Instant::now() + heartbeat / 8));
                 }
             }
         }
@@ -176,22 +235,29 @@ impl Connection {
                     Ok(Some((hello, n))) => {
                         rbuf.advance(n);
                         self.framer.set_codec(hello.codec);
-                        Hello { codec: hello.codec }.encode(&mut self.wbuf);
-                        debug!(peer = %self.peer, codec = ?hello.codec, "hello");
+                        self.extended = true;
+                        self.session = hello.session;
+                        Hello::new(hello.codec).with_session(hello.session).encode(&mut self.wbuf);
+                        debug!(peer = %self.peer, codec = ?hello.codec, session = ?hello.session, "hello");
                     }
                     Err(_) => return Err(Fatal::Hello),
                 }
             }
             self.first = false;
         }
+        let mut any = false;
         while !rbuf.is_empty() {
             let n = match self.framer.decode(rbuf) {
                 Ok(Some(n)) => n,
-                Ok(None) => return Ok(()),
+                Ok(None) => break,
                 Err(e) => return Err(Fatal::Frame(e)),
             };
             self.handle(&rbuf[..n]);
             rbuf.advance(n);
+            any = true;
+        }
+        if any {
+            self.last_message = Instant::now();
         }
         Ok(())
     }
@@ -203,21 +269,34 @@ impl Connection {
                 msgid,
                 method,
                 params,
-            }) => match self.registry.dispatch(method, params, codec) {
-                Dispatch::Ready(reply) => self.finish(Some(msgid), reply),
-                Dispatch::Pending(fut) => self.inflight.push(InFlight {
-                    msgid: Some(msgid),
-                    fut,
-                }),
-            },
+                timeout,
+            }) => {
+                if self.draining {
+                    let e = ServerError::new(ErrorCode::ShuttingDown, "the server is shutting down; retry");
+                    return self.send_error(msgid, &e);
+                }
+                let deadline = timeout.map(|t| Instant::now() + t);
+                if let Some(session) = self.session {
+                    if self.shared.registry.dedup(method) {
+                        return self.dedup_call((session, msgid), method, params, deadline);
+                    }
+                }
+                match self.shared.registry.dispatch(method, params, codec) {
+                    Dispatch::Ready(reply) => self.finish(Finished::Reply(Some(msgid), reply)),
+                    Dispatch::Pending(fut) => self.push(msgid, fut, deadline),
+                }
+            }
             Ok(Message::Notification { method, params }) => {
-                if !self.registry.contains(method) {
+                if method == CANCEL && self.extended {
+                    return self.cancel(params);
+                }
+                if !self.shared.registry.contains(method) {
                     debug!(peer = %self.peer, method = %String::from_utf8_lossy(method), "unknown notification ignored");
                     return;
                 }
-                match self.registry.dispatch(method, params, codec) {
-                    Dispatch::Ready(reply) => self.finish(None, reply),
-                    Dispatch::Pending(fut) => self.inflight.push(InFlight { msgid: None, fut }),
+                match self.shared.registry.dispatch(method, params, codec) {
+                    Dispatch::Ready(reply) => self.finish(Finished::Reply(None, reply)),
+                    Dispatch::Pending(fut) => self.inflight.push(InFlight::Call { msgid: None, fut }),
                 }
             }
             Ok(Message::Response { msgid, .. }) => {
@@ -232,30 +311,215 @@ impl Connection {
         }
     }
 
-    /// Encode a finished call's reply into the write buffer.
-    fn finish(&mut self, msgid: Option<u64>, reply: Reply) {
-        let codec = self.framer.codec();
-        match (msgid, reply.0) {
-            (Some(msgid), Ok(value)) => {
-                if let Err(e) = encode_response_ok(codec, &mut self.wbuf, msgid, &*value) {
-                    let err =
-                        ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}"));
-                    self.send_error(msgid, &err);
+    /// Queue a pending call, wrapped with its deadline and, on extended connections, an
+    /// abort handle for `rpc.cancel`.
+    fn push(&mut self, msgid: u64, fut: ReplyFuture, deadline: Option<Instant>) {
+        if deadline.is_none() && !self.extended {
+            self.inflight.push(InFlight::Call {
+                msgid: Some(msgid),
+                fut,
+            });
+            return;
+        }
+        let fut = with_deadline(fut, deadline);
+        let fut: Pin<Box<dyn Future<Output = Finished> + Send>> = if self.extended {
+            let (handle, reg) = AbortHandle::new_pair();
+            self.aborts.insert(msgid, handle);
+            Box::pin(Abortable::new(fut, reg).map(move |r| match r {
+                Ok(reply) => Finished::Reply(Some(msgid), reply),
+                Err(_) => Finished::Cancelled,
+            }))
+        } else {
+            Box::pin(fut.map(move |reply| Finished::Reply(Some(msgid), reply)))
+        };
+        self.inflight.push(InFlight::Other(fut));
+    }
+
+    /// `rpc.cancel [msgid]`: drop that call's future (an async handler stops at once; a
+    /// sync one runs on, its result discarded).
+    fn cancel(&mut self, params: &[u8]) {
+        let mut args = rpc_proto::Args::new(self.framer.codec(), params);
+        match args.expect(1).and_then(|()| args.next::<u64>("msgid")) {
+            Ok(msgid) => {
+                if let Some(h) = self.aborts.remove(&msgid) {
+                    debug!(peer = %self.peer, msgid, "call cancelled by the client");
+                    h.abort();
                 }
             }
-            (Some(msgid), Err(e)) => self.send_error(msgid, &e),
-            (None, Ok(_)) => {}
-            (None, Err(e)) => debug!(peer = %self.peer, error = %e, "notification failed"),
+            Err(e) => debug!(peer = %self.peer, error = %e, "bad rpc.cancel ignored"),
+        }
+    }
+
+    /// A call under the dedup cache: run it once per key, detached from this connection
+    /// so that a retry on another connection can collect its answer.
+    fn dedup_call(&mut self, key: (u128, u64), method: &[u8], params: &[u8], deadline: Option<Instant>) {
+        let cache = self.shared.dedup.clone();
+        let mut tx = None;
+        let begin = cache.begin(key, std::time::Instant::now(), || {
+            let (t, r) = watch::channel(None);
+            tx = Some(t);
+            r
+        });
+        match begin {
+            Begin::Cached(bytes) => {
+                debug!(peer = %self.peer, msgid = key.1, "answer from the dedup cache");
+                self.wbuf.extend_from_slice(&bytes);
+            }
+            Begin::Wait(rx) => {
+                debug!(peer = %self.peer, msgid = key.1, "retry joins the running call");
+                self.inflight.push(InFlight::Other(Box::pin(wait_dedup(rx, key.1, self.framer.codec()))));
+            }
+            Begin::Run => {
+                // Unwrap: `begin` called the closure, since it returned `Run`.
+                let tx = tx.unwrap();
+                let codec = self.framer.codec();
+                let msgid = key.1;
+                let rx = tx.subscribe();
+                let guard = Abandon { cache: cache.clone(), key, done: false };
+                match self.shared.registry.dispatch(method, params, codec) {
+                    Dispatch::Ready(reply) => {
+                        let bytes = encode_reply(codec, msgid, reply);
+                        cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
+                        let _ = tx.send(Some(bytes.clone()));
+                        let mut guard = guard;
+                        guard.done = true;
+                        self.wbuf.extend_from_slice(&bytes);
+                        return;
+                    }
+                    Dispatch::Pending(fut) => {
+                        let fut = with_deadline(fut, deadline);
+                        tokio::spawn(async move {
+                            let mut guard = guard;
+                            let bytes = encode_reply(codec, msgid, fut.await);
+                            cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
+                            guard.done = true;
+                            let _ = tx.send(Some(bytes));
+                        });
+                    }
+                }
+                self.inflight.push(InFlight::Other(Box::pin(wait_dedup(rx, msgid, codec))));
+            }
+        }
+    }
+
+    /// Encode a finished call's reply into the write buffer.
+    fn finish(&mut self, done: Finished) {
+        let codec = self.framer.codec();
+        match done {
+            Finished::Reply(Some(msgid), reply) => {
+                if self.extended {
+                    self.aborts.remove(&msgid);
+                }
+                match reply.0 {
+                    Ok(value) => {
+                        if let Err(e) = encode_response_ok(codec, &mut self.wbuf, msgid, &*value) {
+                            let err =
+                                ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}"));
+                            self.send_error(msgid, &err);
+                        }
+                    }
+                    Err(e) => self.send_error(msgid, &e),
+                }
+            }
+            Finished::Reply(None, reply) => {
+                if let Err(e) = reply.0 {
+                    debug!(peer = %self.peer, error = %e, "notification failed");
+                }
+            }
+            Finished::Encoded(bytes) => self.wbuf.extend_from_slice(&bytes),
+            Finished::Cancelled => {}
         }
     }
 
     fn send_error(&mut self, msgid: u64, e: &ServerError) {
-        match e.kind() {
-            ErrorCode::HandlerError | ErrorCode::MethodNotFound | ErrorCode::InvalidParams => {
-                debug!(peer = %self.peer, msgid, code = e.code, error = %e.message, "error reply");
-            }
-            _ => warn!(peer = %self.peer, msgid, code = e.code, error = %e.message, "error reply"),
-        }
+        log_error(self.peer, msgid, e);
         encode_response_err(self.framer.codec(), &mut self.wbuf, msgid, e);
     }
+}
+
+fn log_error(peer: SocketAddr, msgid: u64, e: &ServerError) {
+    match e.kind() {
+        ErrorCode::HandlerError | ErrorCode::MethodNotFound | ErrorCode::InvalidParams | ErrorCode::Overloaded => {
+            debug!(%peer, msgid, code = e.code, error = %e.message, "error reply");
+        }
+        _ => warn!(%peer, msgid, code = e.code, error = %e.message, "error reply"),
+    }
+}
+
+/// A pending call with its deadline: past it, the future is dropped (an async handler is
+/// cancelled; a sync one runs on and its result is discarded) and the answer is
+/// `DeadlineExceeded`.
+fn with_deadline(fut: ReplyFuture, deadline: Option<Instant>) -> ReplyFuture {
+    match deadline {
+        None => fut,
+        Some(at) => Box::pin(async move {
+            match tokio::time::timeout_at(at, fut).await {
+                Ok(reply) => reply,
+                Err(_) => Reply::err(ServerError::new(
+                    ErrorCode::DeadlineExceeded,
+                    "the call's deadline passed before it finished",
+                )),
+            }
+        }),
+    }
+}
+
+/// The whole response frame for a reply, as stored in the dedup cache.
+fn encode_reply(codec: Codec, msgid: u64, reply: Reply) -> Bytes {
+    let mut out = Vec::new();
+    match reply.0 {
+        Ok(value) => {
+            if let Err(e) = encode_response_ok(codec, &mut out, msgid, &*value) {
+                let err = ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}"));
+                encode_response_err(codec, &mut out, msgid, &err);
+            }
+        }
+        Err(e) => encode_response_err(codec, &mut out, msgid, &e),
+    }
+    Bytes::from(out)
+}
+
+async fn wait_dedup(mut rx: DedupRx, msgid: u64, codec: Codec) -> Finished {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => Finished::Encoded(v.clone().unwrap_or_default()),
+        Err(_) => {
+            let e = ServerError::new(ErrorCode::Internal, "the original call was abandoned; retry");
+            let mut out = Vec::new();
+            encode_response_err(codec, &mut out, msgid, &e);
+            Finished::Encoded(out.into())
+        }
+    }
+}
+
+/// Forgets a dedup key whose execution never completed (its task was dropped), so that a
+/// retry runs it afresh.
+struct Abandon {
+    cache: Arc<crate::DedupMap>,
+    key: (u128, u64),
+    done: bool,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cache.abandon(self.key);
+        }
+    }
+}
+
+/// Close without resetting: stop writing, then read and discard for a bounded time so the
+/// peer gets our last reply rather than a reset.
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut seen = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while seen < LINGER_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
+    })
+    .await;
 }

@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use method::{Method, Reply, ReplyFuture, SyncJob};
-pub use rpc_proto::{Args, Codec, ErrorCode, FromArgs, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
+pub use rpc_proto::{Args, Codec, DedupConfig, ErrorCode, FromArgs, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
 
 use connection::Connection;
 use registry::Registry;
@@ -70,6 +70,16 @@ pub struct Config {
     pub write_buffer_high_water: usize,
     /// After the shutdown signal, how long in-flight calls get to finish. Default: 30 s.
     pub grace_period: Duration,
+    /// A connection from which no complete message arrived for this long, while none of
+    /// its calls is running, is closed. Our clients send `rpc.ping` when idle; a plain
+    /// client is simply closed. Default: 60 s.
+    pub heartbeat_timeout: Duration,
+    /// "Unstable network" mode: calls from a client session (our client, with
+    /// `unstable_network` on) run at most once per msgid, and a retry gets the first
+    /// answer. Functions may opt in or out one by one. Default: off.
+    pub unstable_network: bool,
+    /// Bounds of the dedup cache. Default: 60 s TTL, 100 000 answers, 64 MiB.
+    pub dedup: DedupConfig,
 }
 
 impl Default for Config {
@@ -81,6 +91,9 @@ impl Default for Config {
             max_in_flight_per_connection: 1024,
             write_buffer_high_water: 1024 * 1024,
             grace_period: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(60),
+            unstable_network: false,
+            dedup: DedupConfig::default(),
         }
     }
 }
@@ -172,6 +185,24 @@ impl Builder {
         self
     }
 
+    /// See [`Config::heartbeat_timeout`].
+    pub fn heartbeat_timeout(mut self, d: Duration) -> Builder {
+        self.config.heartbeat_timeout = d;
+        self
+    }
+
+    /// See [`Config::unstable_network`].
+    pub fn unstable_network(mut self, on: bool) -> Builder {
+        self.config.unstable_network = on;
+        self
+    }
+
+    /// See [`Config::dedup`].
+    pub fn dedup(mut self, dedup: DedupConfig) -> Builder {
+        self.config.dedup = dedup;
+        self
+    }
+
     /// See [`Config::max_in_flight_per_connection`].
     pub fn max_in_flight_per_connection(mut self, n: usize) -> Builder {
         self.config.max_in_flight_per_connection = n.max(1);
@@ -185,10 +216,13 @@ impl Builder {
     /// [`BuildError::DuplicateMethod`] when two methods share a name (including the
     /// reserved `rpc.ping`).
     pub fn build(self) -> Result<Server, BuildError> {
-        let registry = Registry::new(self.methods, self.config.blocking_threads)?;
+        let registry = Registry::new(self.methods, self.config.blocking_threads, self.config.unstable_network)?;
         Ok(Server {
-            registry: Arc::new(registry),
-            config: Arc::new(self.config),
+            shared: Arc::new(Shared {
+                registry,
+                dedup: Arc::new(DedupMap::new(self.config.dedup)),
+                config: self.config,
+            }),
         })
     }
 
@@ -209,11 +243,22 @@ impl Builder {
     }
 }
 
+/// The dedup cache as the server uses it: waiters hold a watch receiver, answers are
+/// whole encoded response frames.
+pub(crate) type DedupMap = rpc_proto::DedupCache<tokio::sync::watch::Receiver<Option<bytes::Bytes>>, bytes::Bytes>;
+
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) config: Config,
+    pub(crate) dedup: Arc<DedupMap>,
+}
+
 /// A built server: serve it with [`Server::run`].
 #[derive(Debug, Clone)]
 pub struct Server {
-    registry: Arc<Registry>,
-    config: Arc<Config>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
@@ -224,14 +269,21 @@ impl Server {
 
     /// The settings in force.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.shared.config
+    }
+
+    /// Entries in the dedup cache (running and finished), for tests and metrics.
+    pub fn dedup_entries(&self) -> usize {
+        self.shared.dedup.len()
     }
 
     /// Accept connections on `listener` until `shutdown` completes; then stop accepting,
     /// let in-flight calls finish for up to [`Config::grace_period`], and close.
     pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let token = CancellationToken::new();
-        let limit = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+        let config = &self.shared.config;
+        let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         if let Ok(addr) = listener.local_addr() {
@@ -242,10 +294,11 @@ impl Server {
                 biased;
                 () = &mut shutdown => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                _ = sweep.tick() => self.shared.dedup.evict(std::time::Instant::now()),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let Ok(permit) = limit.clone().try_acquire_owned() else {
-                            warn!(%peer, max = self.config.max_connections, "too many connections; closing the new one");
+                            warn!(%peer, max = config.max_connections, "too many connections; closing the new one");
                             continue;
                         };
                         self.start(&mut conns, stream, peer, token.clone(), permit);
@@ -263,7 +316,7 @@ impl Server {
         info!(connections = conns.len(), "shutting down");
         token.cancel();
         let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.config.grace_period, drain)
+        if tokio::time::timeout(config.grace_period, drain)
             .await
             .is_err()
         {
@@ -283,7 +336,7 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "set_nodelay");
         }
-        let conn = Connection::new(self.registry.clone(), self.config.clone(), peer);
+        let conn = Connection::new(self.shared.clone(), peer);
         conns.spawn(async move {
             conn.run(stream, token).await;
             drop(permit);

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rpc_proto::{Args, EncodeValue, ErrorCode, FromArgs, ServerError};
 use serde::Serialize;
@@ -82,6 +83,8 @@ pub struct Method {
     pub(crate) name: Cow<'static, str>,
     pub(crate) kind: Kind,
     pub(crate) max_flow: Option<usize>,
+    pub(crate) max_flow_wait: Option<Duration>,
+    pub(crate) unstable_network: Option<bool>,
 }
 
 impl fmt::Debug for Method {
@@ -90,6 +93,8 @@ impl fmt::Debug for Method {
             .field("name", &self.name)
             .field("sync", &matches!(self.kind, Kind::Sync(_)))
             .field("max_flow", &self.max_flow)
+            .field("max_flow_wait", &self.max_flow_wait)
+            .field("unstable_network", &self.unstable_network)
             .finish()
     }
 }
@@ -105,6 +110,8 @@ impl Method {
             name: name.into(),
             kind: Kind::Sync(Arc::new(f)),
             max_flow: None,
+            max_flow_wait: None,
+            unstable_network: None,
         }
     }
 
@@ -118,6 +125,8 @@ impl Method {
             name: name.into(),
             kind: Kind::Async(Arc::new(f)),
             max_flow: None,
+            max_flow_wait: None,
+            unstable_network: None,
         }
     }
 
@@ -191,6 +200,21 @@ impl Method {
     pub fn max_flow(mut self, n: usize) -> Method {
         assert!(n > 0, "max_flow must be at least 1");
         self.max_flow = Some(n.min(Semaphore::MAX_PERMITS));
+        self
+    }
+
+    /// With [`Method::max_flow`]: a call beyond the limit waits up to `wait` for a slot
+    /// before it is answered [`ErrorCode::Overloaded`].
+    pub fn max_flow_wait(mut self, wait: Duration) -> Method {
+        self.max_flow_wait = Some(wait);
+        self
+    }
+
+    /// Turn the dedup cache on (or off) for this function whatever the server's
+    /// `unstable_network` setting: calls from a client session then run at most once per
+    /// msgid, and a retry gets the first answer.
+    pub fn unstable_network(mut self, on: bool) -> Method {
+        self.unstable_network = Some(on);
         self
     }
 

@@ -6,21 +6,26 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use rpc_proto::{Args, Codec, ErrorCode, ServerError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::method::{Kind, Method, Reply, ReplyFuture};
+use crate::method::{Kind, Method, Reply, ReplyFuture, SyncJob};
 use crate::BuildError;
 
 /// Reserved method answering `nil`: our clients' heartbeat.
 pub(crate) const PING: &str = "rpc.ping";
+/// Reserved notification `[msgid]`: the client gave up on that call.
+pub(crate) const CANCEL: &[u8] = b"rpc.cancel";
 
 struct Entry {
     kind: Kind,
     /// The `max_flow` limit, if any. Permits travel with the execution.
     flow: Option<Arc<Semaphore>>,
+    flow_wait: Option<Duration>,
+    dedup: bool,
     name: Arc<str>,
 }
 
@@ -47,6 +52,12 @@ pub(crate) enum Dispatch {
     Pending(ReplyFuture),
 }
 
+/// A call with its arguments decoded, not yet started.
+enum Work {
+    Async(ReplyFuture),
+    Sync(SyncJob),
+}
+
 fn panicked(method: &str, payload: &(dyn std::any::Any + Send)) -> Reply {
     let msg = payload
         .downcast_ref::<&str>()
@@ -60,20 +71,30 @@ fn panicked(method: &str, payload: &(dyn std::any::Any + Send)) -> Reply {
     ))
 }
 
+fn overloaded(name: &str) -> Reply {
+    Reply::err(ServerError::new(
+        ErrorCode::Overloaded,
+        format!("{name} is at its max_flow limit"),
+    ))
+}
+
 impl Registry {
-    pub(crate) fn new(methods: Vec<Method>, blocking_threads: usize) -> Result<Registry, BuildError> {
+    pub(crate) fn new(methods: Vec<Method>, blocking_threads: usize, unstable_network: bool) -> Result<Registry, BuildError> {
         let mut map = HashMap::with_capacity(methods.len() + 1);
         let ping = Method::async_raw(PING, |_| Ok(Box::pin(std::future::ready(Reply::ok(())))));
         for m in std::iter::once(ping).chain(methods) {
             let key: Box<[u8]> = m.name.as_bytes().into();
-            if map.contains_key(&key) {
+            if map.contains_key(&key) || *key == *CANCEL {
                 return Err(BuildError::DuplicateMethod(m.name.into_owned()));
             }
+            let is_ping = *key == *PING.as_bytes();
             map.insert(
                 key,
                 Entry {
                     kind: m.kind,
                     flow: m.max_flow.map(|n| Arc::new(Semaphore::new(n))),
+                    flow_wait: m.max_flow_wait,
+                    dedup: !is_ping && m.unstable_network.unwrap_or(unstable_network),
                     name: Arc::from(&*m.name),
                 },
             );
@@ -88,70 +109,89 @@ impl Registry {
         self.methods.contains_key(method)
     }
 
+    /// Whether calls of `method` from a session go through the dedup cache.
+    pub(crate) fn dedup(&self, method: &[u8]) -> bool {
+        self.methods.get(method).is_some_and(|e| e.dedup)
+    }
+
     /// Decode the arguments and start the call. An async handler is polled once here: if
     /// it finishes at once, no task or queue is involved.
     pub(crate) fn dispatch(&self, method: &[u8], params: &[u8], codec: Codec) -> Dispatch {
         let Some(entry) = self.methods.get(method) else {
             return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
         };
-        let flow = match &entry.flow {
-            None => None,
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    return Dispatch::Ready(Reply::err(ServerError::new(
-                        ErrorCode::Overloaded,
-                        format!("{} is at its max_flow limit", entry.name),
-                    )))
-                }
+        let mut args = Args::new(codec, params);
+        let work = match &entry.kind {
+            Kind::Async(f) => match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
+                Ok(Ok(fut)) => Work::Async(fut),
+                Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
+                Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
+            },
+            Kind::Sync(f) => match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
+                Ok(Ok(job)) => Work::Sync(job),
+                Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
+                Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
             },
         };
-        let mut args = Args::new(codec, params);
-        match &entry.kind {
-            Kind::Async(f) => {
-                let fut = match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
-                    Ok(Ok(fut)) => fut,
-                    Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
-                    Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
-                };
-                let mut fut = Guarded {
-                    fut,
-                    name: entry.name.clone(),
-                    _flow: flow,
-                };
-                // A no-op waker is fine here: a future still pending is pushed into the
-                // connection's queue, which polls new entries again with its own waker.
-                match (&mut fut).now_or_never() {
-                    Some(reply) => Dispatch::Ready(reply),
-                    None => Dispatch::Pending(Box::pin(fut)),
-                }
+        let Some(sem) = &entry.flow else {
+            return self.start(work, entry.name.clone(), None);
+        };
+        if let Ok(permit) = sem.clone().try_acquire_owned() {
+            return self.start(work, entry.name.clone(), Some(permit));
+        }
+        let Some(wait) = entry.flow_wait else {
+            return Dispatch::Ready(overloaded(&entry.name));
+        };
+        // Wait for a slot, up to `wait`, without holding the connection up.
+        let (sem, name, blocking) = (sem.clone(), entry.name.clone(), self.blocking.clone());
+        Dispatch::Pending(Box::pin(async move {
+            match tokio::time::timeout(wait, sem.acquire_owned()).await {
+                // Unwrap-free: the semaphore is never closed, so `Ok(Err(_))` cannot happen.
+                Ok(Ok(permit)) => match start(work, name, Some(permit), blocking) {
+                    Dispatch::Ready(r) => r,
+                    Dispatch::Pending(f) => f.await,
+                },
+                _ => overloaded(&name),
             }
-            Kind::Sync(f) => {
-                let job = match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
-                    Ok(Ok(job)) => job,
-                    Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
-                    Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
-                };
-                let blocking = self.blocking.clone();
-                let name = entry.name.clone();
-                Dispatch::Pending(Box::pin(async move {
-                    // Unwrap: the blocking semaphore is never closed.
-                    let permit = blocking.acquire_owned().await.unwrap();
-                    // Both permits move into the job: they are released when the work
-                    // really ends, even if the caller has gone.
-                    let run = move || {
-                        let r = catch_unwind(AssertUnwindSafe(job));
-                        drop((permit, flow));
-                        r
-                    };
-                    match tokio::task::spawn_blocking(run).await {
-                        Ok(Ok(reply)) => reply,
-                        Ok(Err(p)) => panicked(&name, &*p),
-                        Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
-                    }
-                }))
+        }))
+    }
+
+    fn start(&self, work: Work, name: Arc<str>, flow: Option<OwnedSemaphorePermit>) -> Dispatch {
+        start(work, name, flow, self.blocking.clone())
+    }
+}
+
+fn start(work: Work, name: Arc<str>, flow: Option<OwnedSemaphorePermit>, blocking: Arc<Semaphore>) -> Dispatch {
+    match work {
+        Work::Async(fut) => {
+            let mut fut = Guarded {
+                fut,
+                name,
+                _flow: flow,
+            };
+            // A no-op waker is fine here: a future still pending is pushed into the
+            // connection's queue, which polls new entries again with its own waker.
+            match (&mut fut).now_or_never() {
+                Some(reply) => Dispatch::Ready(reply),
+                None => Dispatch::Pending(Box::pin(fut)),
             }
         }
+        Work::Sync(job) => Dispatch::Pending(Box::pin(async move {
+            // Unwrap: the blocking semaphore is never closed.
+            let permit = blocking.acquire_owned().await.unwrap();
+            // Both permits move into the job: they are released when the work really
+            // ends, even if the caller has gone.
+            let run = move || {
+                let r = catch_unwind(AssertUnwindSafe(job));
+                drop((permit, flow));
+                r
+            };
+            match tokio::task::spawn_blocking(run).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(p)) => panicked(&name, &*p),
+                Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
+            }
+        })),
     }
 }
 

@@ -1,3 +1,5 @@
+//! Round trips through the async and blocking clients against a real server, both codecs.
+
 use std::time::Duration;
 
 use rpc_client::{BlockingClient, Client, Codec, Config, ErrorCode};

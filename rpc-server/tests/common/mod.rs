@@ -248,7 +248,7 @@ impl RawConn {
     /// Send `add(a, b)` with `msgid` and check the answer: the connection still works.
     pub(crate) async fn check_add(&mut self, msgid: u64, a: i64, b: i64) {
         let mut req = Vec::new();
-        rpc_proto::encode_request(Codec::Msgpack, &mut req, msgid, "add", &(a, b)).unwrap();
+        rpc_proto::encode_request(Codec::Msgpack, &mut req, msgid, "add", &(a, b), None).unwrap();
         self.send(&req).await;
         self.response().await.assert_ok(msgid, a + b);
     }
