@@ -1,13 +1,29 @@
-//! A function signature as `#[register]` sees it, with every rule checked.
+//! A function signature as `#[register]` and `declare!` see it.
+//!
+//! Reading a signature never fails: a receiver or a pattern is kept as it is, so that even
+//! an invalid function gets a stand-in module (see `expand::fallback`). `valid.rs` decides
+//! whether the signature is acceptable.
 
 use proc_macro2::Span;
-use syn::spanned::Spanned;
+use syn::ext::IdentExt;
+use syn::visit_mut::VisitMut;
 use syn::{FnArg, GenericArgument, Ident, Pat, PathArguments, ReturnType, Signature, Type};
 
-/// One argument: a plain name and a type.
+/// One argument.
 pub(crate) struct Arg {
-    pub(crate) ident: Ident,
+    /// The argument's name; `None` when it is a pattern such as `(a, b)`.
+    pub(crate) ident: Option<Ident>,
+    /// The argument's type, as the generated module must spell it (see [`rebase`]).
     pub(crate) ty: Type,
+}
+
+impl Arg {
+    /// The name callers see in errors, without any `r#`.
+    pub(crate) fn name(&self, index: usize) -> String {
+        self.ident
+            .as_ref()
+            .map_or_else(|| format!("argument {index}"), |i| i.unraw().to_string())
+    }
 }
 
 /// What the function returns.
@@ -17,16 +33,13 @@ pub(crate) enum Output {
     /// A value of this type.
     Plain(Type),
     /// `Result<T, E>` (any type whose last path segment is `Result`): `T` on success,
-    /// `E`'s `Display` as a handler error.
-    Fallible { ok: Type, full: Type },
-}
-
-pub(crate) struct Function {
-    pub(crate) ident: Ident,
-    pub(crate) is_async: bool,
-    pub(crate) async_span: Span,
-    pub(crate) args: Vec<Arg>,
-    pub(crate) output: Output,
+    /// `E`'s `Display` as a handler error. `err` is `None` for aliases that fix `E`, such as
+    /// `io::Result<T>`.
+    Fallible {
+        ok: Type,
+        err: Option<Box<Type>>,
+        full: Box<Type>,
+    },
 }
 
 impl Output {
@@ -39,101 +52,71 @@ impl Output {
     }
 }
 
-/// Check `sig` and collect every error at once.
-pub(crate) fn function(sig: &Signature, errors: &mut Vec<syn::Error>) -> Option<Function> {
-    let before = errors.len();
-    if let Some(c) = &sig.constness {
-        errors.push(syn::Error::new_spanned(c, "a registered function cannot be `const`"));
-    }
-    if let Some(u) = &sig.unsafety {
-        errors.push(syn::Error::new_spanned(
-            u,
-            "a registered function cannot be `unsafe`: remote callers cannot uphold its contract",
-        ));
-    }
-    if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new_spanned(abi, "a registered function cannot have an `extern` ABI"));
-    }
-    if !sig.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &sig.generics,
-            "a registered function cannot be generic: its argument and return types must be concrete, \
-             so the server knows how to decode them",
-        ));
-    }
-    if let Some(w) = &sig.generics.where_clause {
-        errors.push(syn::Error::new_spanned(w, "a registered function cannot have a `where` clause"));
-    }
-    if let Some(v) = &sig.variadic {
-        errors.push(syn::Error::new_spanned(v, "a registered function cannot be variadic"));
-    }
-    let mut args = Vec::new();
-    for input in &sig.inputs {
-        match input {
-            FnArg::Receiver(r) => errors.push(syn::Error::new_spanned(
-                r,
-                "a registered function cannot take `self`: register a free function \
-                 (a method needs an instance the server does not have)",
-            )),
-            FnArg::Typed(pt) => {
-                let ident = match &*pt.pat {
-                    Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
-                    other => {
-                        errors.push(syn::Error::new_spanned(
-                            other,
-                            "patterns are not allowed in the arguments of a registered function; \
-                             use a plain name such as `point: Point`",
-                        ));
-                        continue;
-                    }
-                };
-                if ident.to_string().starts_with("__rpc") {
-                    errors.push(syn::Error::new_spanned(&ident, "names starting with `__rpc` are reserved"));
-                }
-                if let Type::ImplTrait(_) = &*pt.ty {
-                    errors.push(syn::Error::new_spanned(
-                        &pt.ty,
-                        "`impl Trait` arguments are not allowed: use a concrete type that implements \
-                         `serde::de::DeserializeOwned`",
-                    ));
-                }
-                args.push(Arg {
-                    ident,
-                    ty: (*pt.ty).clone(),
-                });
-            }
-        }
-    }
-    let output = match &sig.output {
-        ReturnType::Default => Output::Unit,
-        ReturnType::Type(_, ty) => {
-            if let Type::ImplTrait(_) = &**ty {
-                errors.push(syn::Error::new_spanned(
-                    ty,
-                    "`impl Trait` return types are not allowed: return a concrete type that \
-                     implements `serde::Serialize`",
-                ));
-            }
-            match result_ok_type(ty) {
-                Some(ok) => Output::Fallible {
-                    ok,
-                    full: (**ty).clone(),
-                },
-                None => Output::Plain((**ty).clone()),
-            }
-        }
-    };
-    (errors.len() == before).then(|| Function {
-        ident: sig.ident.clone(),
-        is_async: sig.asyncness.is_some(),
-        async_span: sig.asyncness.map_or(sig.fn_token.span(), |a| a.span()),
-        args,
-        output,
-    })
+/// A function, read from its signature.
+pub(crate) struct Function {
+    pub(crate) ident: Ident,
+    pub(crate) is_async: bool,
+    /// `async`, or `fn` for a sync function: where "this future is not `Send`" points.
+    pub(crate) async_span: Span,
+    /// Whether the signature has a `self` receiver: then it sits in an `impl` block, where
+    /// no module can be generated.
+    pub(crate) has_receiver: bool,
+    pub(crate) generics: syn::Generics,
+    pub(crate) args: Vec<Arg>,
+    pub(crate) output: Output,
 }
 
-/// `T` when `ty` is `Result<T, ..>` (by its last path segment's name).
-fn result_ok_type(ty: &Type) -> Option<Type> {
+impl Function {
+    pub(crate) fn from_signature(sig: &Signature) -> Function {
+        let mut has_receiver = false;
+        let mut args = Vec::new();
+        for input in &sig.inputs {
+            match input {
+                FnArg::Receiver(_) => has_receiver = true,
+                FnArg::Typed(pt) => {
+                    let ident = match &*pt.pat {
+                        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Some(p.ident.clone()),
+                        _ => None,
+                    };
+                    args.push(Arg {
+                        ident,
+                        ty: rebase(&pt.ty),
+                    });
+                }
+            }
+        }
+        let output = match &sig.output {
+            ReturnType::Default => Output::Unit,
+            ReturnType::Type(_, ty) if matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()) => Output::Unit,
+            ReturnType::Type(_, ty) => {
+                let ty = rebase(ty);
+                match result_types(&ty) {
+                    Some((ok, err)) => Output::Fallible {
+                        ok,
+                        err: err.map(Box::new),
+                        full: Box::new(ty),
+                    },
+                    None => Output::Plain(ty),
+                }
+            }
+        };
+        let mut generics = sig.generics.clone();
+        Rebase.visit_generics_mut(&mut generics);
+        Function {
+            ident: sig.ident.clone(),
+            is_async: sig.asyncness.is_some(),
+            async_span: sig.asyncness.map_or(sig.fn_token.span, |a| a.span),
+            has_receiver,
+            generics,
+            args,
+            output,
+        }
+    }
+}
+
+/// `T` and, when written out, `E` of a `Result<T, E>` (recognised by its last path
+/// segment's name).
+fn result_types(ty: &Type) -> Option<(Type, Option<Type>)> {
     let Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
     if last.ident != "Result" {
@@ -142,8 +125,40 @@ fn result_ok_type(ty: &Type) -> Option<Type> {
     let PathArguments::AngleBracketed(args) = &last.arguments else {
         return None;
     };
-    match args.args.first()? {
+    let mut types = args.args.iter().filter_map(|a| match a {
         GenericArgument::Type(t) => Some(t.clone()),
         _ => None,
+    });
+    let ok = types.next()?;
+    Some((ok, types.next()))
+}
+
+/// `ty` as seen from the generated module, one level below the function: `self::T` becomes
+/// `super::T` and `super::T` becomes `super::super::T`. Everything else resolves the same
+/// through the module's `use super::*`.
+pub(crate) fn rebase(ty: &Type) -> Type {
+    let mut ty = ty.clone();
+    Rebase.visit_type_mut(&mut ty);
+    ty
+}
+
+struct Rebase;
+
+impl VisitMut for Rebase {
+    fn visit_path_mut(&mut self, path: &mut syn::Path) {
+        if path.leading_colon.is_none() {
+            if let Some(first) = path.segments.first_mut() {
+                if first.ident == "self" {
+                    first.ident = Ident::new("super", first.ident.span());
+                } else if first.ident == "super" {
+                    let span = first.ident.span();
+                    path.segments.insert(0, Ident::new("super", span).into());
+                }
+            }
+        }
+        syn::visit_mut::visit_path_mut(self, path);
     }
+
+    // Paths inside a macro's tokens are left alone: their meaning is the macro's business.
+    fn visit_macro_mut(&mut self, _: &mut syn::Macro) {}
 }

@@ -1,14 +1,21 @@
-//! Options of `#[register(...)]` and of `#[rpc(...)]` inside `declare!`.
+//! Options of `#[register(...)]` and of `#[rpc(...)]` inside `declare!`, and the input of
+//! `declare!`.
 
 use proc_macro2::TokenStream;
-use syn::parse::{Parse, ParseStream};
-use syn::{LitInt, LitStr, Token};
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Token};
 
 /// The options a function can carry.
 #[derive(Default)]
 pub(crate) struct Options {
     pub(crate) name: Option<LitStr>,
+    /// Checked: a positive `usize`, written without a suffix.
     pub(crate) max_flow: Option<LitInt>,
+    /// Checked: a duration such as `"50ms"`, in microseconds.
+    pub(crate) max_flow_wait: Option<(u64, proc_macro2::Span)>,
+    /// `unstable_network` (true) or `unstable_network = false`.
+    pub(crate) unstable_network: Option<bool>,
 }
 
 /// Which options a position accepts.
@@ -19,63 +26,212 @@ pub(crate) enum Place {
 }
 
 impl Place {
+    /// How errors name the function.
+    pub(crate) fn function(self) -> &'static str {
+        match self {
+            Place::Register => "a registered function",
+            Place::Declare => "a declared function",
+        }
+    }
+
     fn allowed(self) -> &'static str {
         match self {
-            Place::Register => "`name`, `max_flow`",
-            Place::Declare => "`name`",
+            Place::Register => {
+                "`name = \"...\"`, `max_flow = N`, `max_flow_wait = \"50ms\"`, `unstable_network`"
+            }
+            Place::Declare => "`name = \"...\"`",
         }
     }
 }
 
-pub(crate) fn parse_options(tokens: TokenStream, place: Place, errors: &mut Vec<syn::Error>) -> Options {
-    let parser = |input: ParseStream<'_>| -> syn::Result<Options> {
-        let mut opts = Options::default();
-        while !input.is_empty() {
-            let key: syn::Ident = input.parse()?;
-            match (key.to_string().as_str(), place) {
-                ("name", _) => {
-                    input.parse::<Token![=]>()?;
-                    let lit: LitStr = input.parse()?;
-                    if lit.value().is_empty() {
-                        return Err(syn::Error::new_spanned(&lit, "the name cannot be empty"));
-                    }
-                    if lit.value().starts_with("rpc.") {
-                        return Err(syn::Error::new_spanned(&lit, "names starting with `rpc.` are reserved"));
-                    }
-                    if opts.name.replace(lit).is_some() {
-                        return Err(syn::Error::new_spanned(key, "`name` is given twice"));
-                    }
-                }
-                ("max_flow", Place::Register) => {
-                    input.parse::<Token![=]>()?;
-                    let lit: LitInt = input.parse()?;
-                    if lit.base10_parse::<u64>()? == 0 {
-                        return Err(syn::Error::new_spanned(&lit, "`max_flow` must be at least 1"));
-                    }
-                    if opts.max_flow.replace(lit).is_some() {
-                        return Err(syn::Error::new_spanned(key, "`max_flow` is given twice"));
-                    }
-                }
-                (other, place) => {
-                    return Err(syn::Error::new_spanned(
-                        &key,
-                        format!("unknown option `{other}`; expected one of: {}", place.allowed()),
-                    ))
-                }
-            }
-            if !input.is_empty() {
-                input.parse::<Token![,]>()?;
-            }
-        }
-        Ok(opts)
-    };
-    match syn::parse::Parser::parse2(parser, tokens) {
-        Ok(o) => o,
+/// `key = value`, the only shape an option has.
+struct KeyValue {
+    key: Ident,
+    value: Option<Expr>,
+}
+
+impl Parse for KeyValue {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let key = input.parse()?;
+        let value = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            Some(input.parse()?)
+        } else {
+            None
+        };
+        Ok(KeyValue { key, value })
+    }
+}
+
+/// Read the options in `tokens` into `opts`, adding an error per wrong option to `errors`:
+/// a wrong option is skipped, and the others still apply.
+pub(crate) fn parse_options(
+    tokens: TokenStream,
+    place: Place,
+    opts: &mut Options,
+    errors: &mut Vec<syn::Error>,
+) {
+    let pairs = match Punctuated::<KeyValue, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(p) => p,
         Err(e) => {
+            errors.push(syn::Error::new(
+                e.span(),
+                format!(
+                    "{e}; options are written `key = value`, separated by commas: {}",
+                    place.allowed()
+                ),
+            ));
+            return;
+        }
+    };
+    for KeyValue { key, value } in pairs {
+        let name = key.to_string();
+        let known = match (name.as_str(), place) {
+            ("name", _) | ("max_flow" | "max_flow_wait", Place::Register) => true,
+            ("unstable_network", Place::Register) => {
+                let on = match &value {
+                    None => Ok(true),
+                    Some(Expr::Lit(ExprLit {
+                        lit: Lit::Bool(b), ..
+                    })) => Ok(b.value),
+                    Some(other) => Err(syn::Error::new_spanned(
+                        other,
+                        "`unstable_network` takes `true` or `false`, or no value (true)",
+                    )),
+                };
+                if let Err(e) = on.and_then(|on| set(&mut opts.unstable_network, on, &key)) {
+                    errors.push(e);
+                }
+                continue;
+            }
+            ("max_flow" | "max_flow_wait" | "unstable_network", Place::Declare) => {
+                errors.push(syn::Error::new_spanned(
+                    &key,
+                    format!(
+                        "`{name}` configures the server: set it on the `#[register]` function, not \
+                         in `declare!`; expected here: `name = \"...\"`"
+                    ),
+                ));
+                false
+            }
+            (other, place) => {
+                errors.push(syn::Error::new_spanned(
+                    &key,
+                    format!("unknown option `{other}`; expected one of: {}", place.allowed()),
+                ));
+                false
+            }
+        };
+        if !known {
+            continue;
+        }
+        let Some(value) = value else {
+            let example = match name.as_str() {
+                "name" => "name = \"math.add\"",
+                "max_flow_wait" => "max_flow_wait = \"50ms\"",
+                _ => "max_flow = 100",
+            };
+            errors.push(syn::Error::new_spanned(
+                &key,
+                format!("`{name}` needs a value, as in `{example}`"),
+            ));
+            continue;
+        };
+        let result = match name.as_str() {
+            "name" => name_option(&value).and_then(|lit| set(&mut opts.name, lit, &key)),
+            "max_flow_wait" => duration_option(&value).and_then(|d| set(&mut opts.max_flow_wait, d, &key)),
+            _ => max_flow_option(&value).and_then(|lit| set(&mut opts.max_flow, lit, &key)),
+        };
+        if let Err(e) = result {
             errors.push(e);
-            Options::default()
         }
     }
+    if let (Some((_, span)), None) = (opts.max_flow_wait, &opts.max_flow) {
+        errors.push(syn::Error::new(
+            span,
+            "`max_flow_wait` bounds the wait for a `max_flow` slot: add `max_flow = N` too",
+        ));
+    }
+}
+
+fn set<T>(slot: &mut Option<T>, value: T, key: &Ident) -> syn::Result<()> {
+    if slot.replace(value).is_some() {
+        return Err(syn::Error::new_spanned(key, format!("`{key}` is given twice")));
+    }
+    Ok(())
+}
+
+fn name_option(value: &Expr) -> syn::Result<LitStr> {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(lit), ..
+    }) = value
+    else {
+        return Err(syn::Error::new_spanned(
+            value,
+            "`name` takes a string literal, as in `name = \"math.add\"`",
+        ));
+    };
+    let name = lit.value();
+    if name.is_empty() {
+        return Err(syn::Error::new_spanned(lit, "the name cannot be empty"));
+    }
+    if name.starts_with("rpc.") {
+        return Err(syn::Error::new_spanned(
+            lit,
+            "names starting with `rpc.` are reserved for the protocol (`rpc.ping`)",
+        ));
+    }
+    Ok(lit.clone())
+}
+
+/// `"50ms"`, `"2s"`, `"500us"`: a duration in microseconds.
+fn duration_option(value: &Expr) -> syn::Result<(u64, proc_macro2::Span)> {
+    let err = || {
+        syn::Error::new_spanned(
+            value,
+            "`max_flow_wait` takes a duration string such as \"50ms\", \"2s\" or \"500us\"",
+        )
+    };
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(lit), ..
+    }) = value
+    else {
+        return Err(err());
+    };
+    let text = lit.value();
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let per = match unit.trim() {
+        "us" | "µs" => 1,
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        _ => return Err(err()),
+    };
+    let us = n.checked_mul(per).ok_or_else(err)?;
+    Ok((us, lit.span()))
+}
+
+fn max_flow_option(value: &Expr) -> syn::Result<LitInt> {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Int(lit), ..
+    }) = value
+    else {
+        return Err(syn::Error::new_spanned(
+            value,
+            "`max_flow` takes an integer literal, as in `max_flow = 100`",
+        ));
+    };
+    let n: usize = lit.base10_parse()?;
+    if n == 0 {
+        return Err(syn::Error::new_spanned(
+            lit,
+            "`max_flow` must be at least 1: it is how many calls may run at once",
+        ));
+    }
+    // Without the suffix, so that `max_flow = 4u8` still passes a `usize`.
+    Ok(LitInt::new(&n.to_string(), lit.span()))
 }
 
 /// One signature inside `declare!`: attributes, visibility, signature, `;`.

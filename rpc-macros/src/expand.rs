@@ -1,12 +1,32 @@
 //! Code generation.
+//!
+//! Next to the function, a module named after it holds `NAME`, `method()` (for
+//! `#[register]`), and the stubs `call` and `call_blocking`. Everything in it is named by
+//! absolute path (`::rpc::__private::…`, `::core::result::Result`), so user items named
+//! `Result` or `Box`, or a `#![no_implicit_prelude]`, change nothing.
+//!
+//! Type errors land on the user's own tokens: each body that needs a bound on a user type
+//! first calls `::rpc::__private::assert_*::<T>()` with `T` as written, then uses `T` only
+//! through `__private` functions bounded by the same trait. rustc reports a failed bound
+//! once per span and predicate, and drops identical diagnostics, so a type that cannot be
+//! sent gives one error, on the type, with the trait's `on_unimplemented` text, however
+//! many generated items use it.
+//!
+//! When the signature is invalid, the function is still emitted as written, with a
+//! stand-in module (`fallback`) whose items have the right names and types but no bodies:
+//! code that uses `add::method()` or `add::call` gets no second error, and IDEs keep
+//! completing.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{ItemFn, Visibility};
+use syn::visit::Visit;
+use syn::{Attribute, Ident, ItemFn, LitStr, Type, Visibility};
 
-use crate::ast::{self, Function, Output};
+use crate::ast::{Function, Output};
 use crate::attr::{self, Declarations, Options, Place};
+use crate::valid;
 
 fn combine(errors: Vec<syn::Error>) -> TokenStream {
     let mut it = errors.into_iter();
@@ -21,24 +41,34 @@ fn combine(errors: Vec<syn::Error>) -> TokenStream {
 
 pub(crate) fn register(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut errors = Vec::new();
-    let opts = attr::parse_options(args, Place::Register, &mut errors);
+    let mut opts = Options::default();
+    attr::parse_options(args, Place::Register, &mut opts, &mut errors);
     let item: ItemFn = match syn::parse2(input.clone()) {
         Ok(item) => item,
         Err(e) => {
-            let e = syn::Error::new(e.span(), "`#[register]` goes on a `fn` or an `async fn`").into_compile_error();
-            return quote!(#input #e);
+            errors.push(syn::Error::new(
+                e.span(),
+                format!("`#[register]` goes on a free `fn` or `async fn` with a body ({e})"),
+            ));
+            let errors = combine(errors);
+            return quote!(#input #errors);
         }
     };
-    let func = ast::function(&item.sig, &mut errors);
-    let (Some(func), true) = (func, errors.is_empty()) else {
-        // Emit the function as written so that IDEs and later errors still see it.
-        let errors = combine(errors);
-        return quote!(#item #errors);
+    let before = errors.len();
+    valid::signature(&item.sig, Place::Register, &mut errors);
+    let func = Function::from_signature(&item.sig);
+    // `#[cfg]` written after `#[register]` must remove the module along with the function.
+    let cfgs: Vec<_> = item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
+    let module = if errors.len() == before {
+        module(&item.vis, &cfgs, &func, &opts, true)
+    } else {
+        fallback(&item.vis, &cfgs, &func, &opts, true)
     };
-    let module = module(&item.vis, &func, &opts, true);
+    let errors = combine(errors);
     quote! {
         #item
         #module
+        #errors
     }
 }
 
@@ -51,55 +81,155 @@ pub(crate) fn declare(input: TokenStream) -> TokenStream {
     let mut errors = Vec::new();
     for d in decls.0 {
         let mut opts = Options::default();
+        let mut attrs = Vec::new();
         for a in &d.attrs {
             if a.path().is_ident("rpc") {
                 match a.meta.require_list() {
-                    Ok(list) => opts = attr::parse_options(list.tokens.clone(), Place::Declare, &mut errors),
-                    Err(e) => errors.push(e),
+                    Ok(list) => {
+                        attr::parse_options(list.tokens.clone(), Place::Declare, &mut opts, &mut errors)
+                    }
+                    Err(e) => errors.push(syn::Error::new(
+                        e.span(),
+                        "expected `#[rpc(name = \"...\")]`: options go in parentheses",
+                    )),
                 }
+            } else {
+                // Docs, `#[cfg]`, `#[deprecated]`: they apply to the generated module.
+                attrs.push(a);
             }
         }
-        if let Some(f) = ast::function(&d.sig, &mut errors) {
-            out.extend(module(&d.vis, &f, &opts, false));
-        }
+        let before = errors.len();
+        valid::signature(&d.sig, Place::Declare, &mut errors);
+        let func = Function::from_signature(&d.sig);
+        out.extend(if errors.len() == before {
+            module(&d.vis, &attrs, &func, &opts, false)
+        } else {
+            fallback(&d.vis, &attrs, &func, &opts, false)
+        });
     }
     out.extend(combine(errors));
     out
 }
 
-/// The module named after the function: its name, stubs and (with `server`) registration.
-fn module(vis: &Visibility, f: &Function, opts: &Options, server: bool) -> TokenStream {
+/// What the full module and the fallback share.
+struct Frame {
+    /// `#[attrs] mod add`, for `#head { .. }`.
+    head: TokenStream,
+    /// `use super::*;` and `NAME`, the first items inside.
+    prelude: TokenStream,
+    /// The visibility of the items inside.
+    item_vis: TokenStream,
+}
+
+fn frame(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options) -> Frame {
     let ident = &f.ident;
     let name = opts
         .name
-        .as_ref()
-        .map_or_else(|| quote!(::core::stringify!(#ident)), |n| quote!(#n));
+        .clone()
+        .unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span()));
     // Items are as visible as the function; `pub(crate)` keeps `unreachable_pub` quiet for
     // private functions.
     let item_vis = match vis {
         Visibility::Public(_) => quote!(pub),
         _ => quote!(pub(crate)),
     };
-    let arg_idents: Vec<_> = f.args.iter().map(|a| &a.ident).collect();
-    let arg_types: Vec<_> = f.args.iter().map(|a| &a.ty).collect();
-    let count = f.args.len();
-    let out_ty = f.output.client_type();
-    let fields = (0..count).map(syn::Index::from).collect::<Vec<_>>();
-    let stub_doc = format!("Call `{ident}` on a server, through an async client.");
-    let blocking_doc = format!("Call `{ident}` on a server, through a blocking client.");
-    let mod_doc = format!("RPC name, client stubs and server registration of `{ident}`, generated by `rpc`.");
-
-    let registration = server.then(|| registration(f, opts, &item_vis));
-
-    quote! {
-        #[doc = #mod_doc]
-        #[allow(dead_code, unreachable_pub, non_snake_case, clippy::too_many_arguments)]
-        #vis mod #ident {
+    // After the user's own docs (from `declare!`), as a paragraph of its own.
+    let mod_doc = format!(
+        "{}RPC name, client stubs and server registration of `{}`, generated by `rpc`.",
+        if attrs.iter().any(|a| a.path().is_ident("doc")) {
+            "\n"
+        } else {
+            ""
+        },
+        ident.unraw()
+    );
+    Frame {
+        head: quote! {
+            #(#attrs)*
+            #[doc = #mod_doc]
+            #[allow(
+                dead_code,
+                deprecated,
+                missing_docs,
+                non_snake_case,
+                unreachable_pub,
+                clippy::too_many_arguments,
+                clippy::unused_unit
+            )]
+            #vis mod #ident
+        },
+        prelude: quote! {
             #[allow(unused_imports)]
             use super::*;
 
             /// The name the function is served under.
             #item_vis const NAME: &str = #name;
+        },
+        item_vis,
+    }
+}
+
+/// The span to put a bound on `ty` at: rustc then points at the type the user wrote.
+fn span_of(ty: &Type) -> Span {
+    ty.span()
+}
+
+/// `::rpc::__private::#f::<#ty>`, spanned on `ty`.
+fn on(ty: &Type, f: &str) -> TokenStream {
+    let f = Ident::new(f, Span::call_site());
+    quote_spanned!(span_of(ty)=> ::rpc::__private::#f::<#ty>)
+}
+
+/// The module of a valid function: its name, stubs and (with `server`) registration.
+fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, server: bool) -> TokenStream {
+    let Frame {
+        head,
+        prelude,
+        item_vis,
+    } = frame(vis, attrs, f, opts);
+    let ident = &f.ident;
+    let count = f.args.len();
+    let types: Vec<&Type> = f.args.iter().map(|a| &a.ty).collect();
+    // The stubs take the function's own argument names, except `NAME`, which would be a
+    // pattern matching the constant.
+    let binds: Vec<Ident> = f
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match &a.ident {
+            Some(id) if id != "NAME" => id.clone(),
+            _ => format_ident!("__rpc_arg{}", i),
+        })
+        .collect();
+    let out_ty = f.output.client_type();
+    let fields = (0..count).map(syn::Index::from);
+    let assert_args: Vec<_> = types.iter().map(|t| on(t, "assert_arg")).collect();
+    let push_args = types.iter().map(|t| on(t, "push_arg"));
+    let params = quote!(__rpc_client, self::NAME, __RpcParams(#(&#binds,)* ::core::marker::PhantomData));
+    let (assert_out, call_async, call_blocking) = match &f.output {
+        Output::Unit => (
+            quote!(),
+            quote!(::rpc::__private::call::<_, ()>(#params).await),
+            quote!(::rpc::__private::call_blocking::<_, ()>(#params)),
+        ),
+        Output::Plain(t) | Output::Fallible { ok: t, .. } => (
+            {
+                let assert = on(t, "assert_return");
+                quote!(#assert();)
+            },
+            // The whole call, `.await` included, on the type: the future's own bounds then
+            // fail there too, and merge with `assert_return`'s error.
+            quote_spanned!(span_of(t)=> ::rpc::__private::call::<_, #t>(#params).await),
+            quote_spanned!(span_of(t)=> ::rpc::__private::call_blocking::<_, #t>(#params)),
+        ),
+    };
+    let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
+    let blocking_doc = format!("Call `{}` on a server, through a blocking client.", ident.unraw());
+    let registration = server.then(|| registration(f, opts, &item_vis));
+
+    quote! {
+        #head {
+            #prelude
 
             #registration
 
@@ -110,9 +240,10 @@ fn module(vis: &Visibility, f: &Function, opts: &Options, server: bool) -> Token
             /// When the call fails or the server answers with an error.
             #item_vis async fn call(
                 __rpc_client: &::rpc::Client,
-                #(#arg_idents: #arg_types),*
+                #(#binds: #types),*
             ) -> ::core::result::Result<#out_ty, ::rpc::Error> {
-                __rpc_client.call::<_, #out_ty>(NAME, __RpcParams(#(&#arg_idents),*)).await
+                #assert_out
+                #call_async
             }
 
             #[doc = #blocking_doc]
@@ -122,20 +253,22 @@ fn module(vis: &Visibility, f: &Function, opts: &Options, server: bool) -> Token
             /// When the call fails or the server answers with an error.
             #item_vis fn call_blocking(
                 __rpc_client: &::rpc::BlockingClient,
-                #(#arg_idents: #arg_types),*
+                #(#binds: #types),*
             ) -> ::core::result::Result<#out_ty, ::rpc::Error> {
-                __rpc_client.call::<_, #out_ty>(NAME, __RpcParams(#(&#arg_idents),*))
+                #assert_out
+                #call_blocking
             }
 
-            struct __RpcParams<'__rpc>(#(&'__rpc #arg_types),*);
+            struct __RpcParams<'__rpc>(#(&'__rpc #types,)* ::core::marker::PhantomData<&'__rpc ()>);
 
             impl ::rpc::__private::Params for __RpcParams<'_> {
                 fn encode_params(
                     &self,
                     __rpc_enc: &mut ::rpc::__private::ParamsEncoder<'_>,
                 ) -> ::core::result::Result<(), ::rpc::__private::EncodeError> {
+                    #(#assert_args();)*
                     __rpc_enc.count(#count);
-                    #(__rpc_enc.push(self.#fields)?;)*
+                    #(#push_args(__rpc_enc, self.#fields)?;)*
                     ::core::result::Result::Ok(())
                 }
             }
@@ -147,57 +280,164 @@ fn module(vis: &Visibility, f: &Function, opts: &Options, server: bool) -> Token
 fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenStream {
     let ident = &f.ident;
     let count = f.args.len();
-    // Each check is spanned on the user's own type, so a failure points there.
-    let decode = f.args.iter().map(|a| {
-        let (id, ty) = (&a.ident, &a.ty);
-        let check = quote_spanned!(ty.span()=> ::rpc::__private::assert_arg::<#ty>());
-        quote! {
-            #check;
-            let #id: #ty = __rpc_args.next(::core::stringify!(#id))?;
-        }
-    });
-    let idents: Vec<_> = f.args.iter().map(|a| &a.ident).collect();
-    let call = quote!(super::#ident(#(#idents),*));
-    let (check_ret, wrap) = match &f.output {
-        Output::Unit => (quote!(), quote!(::rpc::__private::Reply::ok)),
-        Output::Plain(t) => (
-            quote_spanned!(t.span()=> ::rpc::__private::assert_return::<#t>();),
-            quote!(::rpc::__private::Reply::ok),
+    let locals: Vec<Ident> = (0..count).map(|i| format_ident!("__rpc_arg{}", i)).collect();
+    let checks = f.args.iter().map(|a| on(&a.ty, "assert_arg"));
+    let next = f.args.iter().map(|a| on(&a.ty, "next_arg"));
+    let names = f.args.iter().enumerate().map(|(i, a)| a.name(i));
+    // `reply(out)`: the `Reply` for the function's output `out`.
+    let (out_checks, reply): (TokenStream, Box<dyn Fn(TokenStream) -> TokenStream>) = match &f.output {
+        Output::Unit => (
+            quote!(),
+            Box::new(|out| quote!({ #out; ::rpc::__private::reply::<()>(()) })),
         ),
-        Output::Fallible { ok, full } => {
-            let wrap = quote_spanned!(full.span()=> ::rpc::__private::Reply::from_result);
-            (quote_spanned!(ok.span()=> ::rpc::__private::assert_return::<#ok>();), wrap)
+        Output::Plain(t) => {
+            let assert = on(t, "assert_return");
+            let reply = on(t, "reply");
+            (quote!(#assert();), Box::new(move |out| quote!(#reply(#out))))
+        }
+        Output::Fallible { ok, err, full } => {
+            let assert_ok = on(ok, "assert_return");
+            let reply_ok = on(ok, "reply");
+            let (assert_err, reply_err) = match err {
+                Some(e) => {
+                    let assert = on(e, "assert_error");
+                    (quote!(#assert();), on(e, "reply_error"))
+                }
+                // `io::Result<T>` and the like: `E` is not written, so the bound goes on the
+                // whole type.
+                None => (
+                    quote!(),
+                    quote_spanned!(span_of(full)=> ::rpc::__private::reply_error),
+                ),
+            };
+            let (ok_path, err_path) = (
+                quote_spanned!(span_of(full)=> ::core::result::Result::Ok),
+                quote_spanned!(span_of(full)=> ::core::result::Result::Err),
+            );
+            (
+                quote!(#assert_ok(); #assert_err),
+                Box::new(move |out| {
+                    quote! {
+                        match #out {
+                            #ok_path(__rpc_ok) => #reply_ok(__rpc_ok),
+                            #err_path(__rpc_err) => #reply_err(__rpc_err),
+                        }
+                    }
+                }),
+            )
         }
     };
     let max_flow = opts.max_flow.as_ref().map(|n| quote!(.max_flow(#n)));
-    let body = if f.is_async {
-        let send = quote_spanned!(f.async_span=> ::rpc::__private::assert_send_future(#call));
-        quote! {
-            let __rpc_fut = #send;
-            ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
-                #wrap(__rpc_fut.await)
-            }))
-        }
+    let max_flow_wait = opts
+        .max_flow_wait
+        .map(|(us, _)| quote!(.max_flow_wait(::core::time::Duration::from_micros(#us))));
+    let unstable_network = opts.unstable_network.map(|on| quote!(.unstable_network(#on)));
+    let (ctor, job) = if f.is_async {
+        // Spanned on `async`: "this future is not `Send`" points there.
+        let span = f.async_span;
+        let reply = reply(quote!(__rpc_fut.await));
+        let job = quote_spanned! {span=>
+            let __rpc_fut = ::rpc::__private::assert_send_future(super::#ident(#(#locals),*));
+            ::core::result::Result::Ok(::std::boxed::Box::pin(async move { #reply }))
+        };
+        (quote!(async_raw), job)
     } else {
-        quote! {
-            ::core::result::Result::Ok(::std::boxed::Box::new(move || #wrap(#call)))
-        }
-    };
-    let ctor = if f.is_async {
-        format_ident!("async_raw")
-    } else {
-        format_ident!("sync_raw")
+        let reply = reply(quote!(super::#ident(#(#locals),*)));
+        let job = quote! {
+            ::core::result::Result::Ok(::std::boxed::Box::new(move || #reply))
+        };
+        (quote!(sync_raw), job)
     };
     quote! {
         /// The server-side registration: pass it to `Builder::register`.
         #item_vis fn method() -> ::rpc::__private::Method {
-            ::rpc::__private::Method::#ctor(NAME, |__rpc_args: &mut ::rpc::__private::Args<'_>| {
-                #check_ret
-                __rpc_args.expect(#count)?;
-                #(#decode)*
-                #body
-            })
+            #(#checks();)*
+            #out_checks
+            ::rpc::__private::Method::#ctor(
+                self::NAME,
+                |__rpc_args: &mut ::rpc::__private::Args<'_>| {
+                    __rpc_args.expect(#count)?;
+                    #(let #locals = #next(__rpc_args, #names)?;)*
+                    #job
+                },
+            )
             #max_flow
+            #max_flow_wait
+            #unstable_network
         }
     }
+}
+
+/// The module of an invalid function: the same items with the types that can be kept and
+/// no bodies. It never runs: the errors stop the build.
+fn fallback(
+    vis: &Visibility,
+    attrs: &[&Attribute],
+    f: &Function,
+    opts: &Options,
+    server: bool,
+) -> TokenStream {
+    // A `self` function sits in an `impl` block, where a module is not allowed.
+    if f.has_receiver {
+        return TokenStream::new();
+    }
+    let Frame {
+        head,
+        prelude,
+        item_vis,
+    } = frame(vis, attrs, f, opts);
+    let (impl_generics, _, where_clause) = f.generics.split_for_impl();
+    let types = f.args.iter().map(|a| &a.ty);
+    let out_ty = match &f.output {
+        Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t) => quote!(()),
+        other => other.client_type(),
+    };
+    let method = server.then(|| {
+        quote! {
+            #item_vis fn method() -> ::rpc::__private::Method {
+                ::core::unreachable!()
+            }
+        }
+    });
+    let types2 = types.clone();
+    quote! {
+        #head {
+            #prelude
+            #method
+
+            #item_vis async fn call #impl_generics(
+                _: &::rpc::Client,
+                #(_: #types),*
+            ) -> ::core::result::Result<#out_ty, ::rpc::Error> #where_clause {
+                ::core::unreachable!()
+            }
+
+            #item_vis fn call_blocking #impl_generics(
+                _: &::rpc::BlockingClient,
+                #(_: #types2),*
+            ) -> ::core::result::Result<#out_ty, ::rpc::Error> #where_clause {
+                ::core::unreachable!()
+            }
+        }
+    }
+}
+
+/// Whether `ty` holds a reference, a lifetime or an `impl Trait`: as a stand-in return
+/// type it could raise an error of its own.
+fn borrows_or_hides(ty: &Type) -> bool {
+    struct Find(bool);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
+            self.0 = true;
+        }
+        fn visit_lifetime(&mut self, _: &'ast syn::Lifetime) {
+            self.0 = true;
+        }
+        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
+            self.0 = true;
+        }
+    }
+    let mut find = Find(false);
+    find.visit_type(ty);
+    find.0
 }

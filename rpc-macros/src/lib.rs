@@ -3,13 +3,16 @@
 //!
 //! # Layout
 //!
-//! - `attr.rs`: the options of `#[register(...)]` and `#[rpc(...)]`.
-//! - `ast.rs`: a function signature, checked (`valid` rules live beside the parsing).
-//! - `expand.rs`: the generated module of stubs and the server registration.
+//! - `attr.rs`: the options of `#[register(...)]` and `#[rpc(...)]`, and `declare!`'s input.
+//! - `ast.rs`: a function signature, read (never rejected).
+//! - `valid.rs`: the rules a signature must follow, each error on the token at fault.
+//! - `expand.rs`: the generated module of stubs and the server registration, or its
+//!   stand-in when there are errors.
 
 mod ast;
 mod attr;
 mod expand;
+mod valid;
 
 use proc_macro::TokenStream;
 

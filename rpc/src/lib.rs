@@ -47,14 +47,17 @@
 //! A crate that only calls the service gets the same stubs from [`declare!`] with the
 //! signatures alone.
 //!
-//! Arguments must be `serde::de::DeserializeOwned + Send + 'static`; the return type
-//! `serde::Serialize + Send + 'static` (and `DeserializeOwned` for the stubs), or
-//! `Result<T, E>` with `E: Display`: the error reaches the caller as
-//! [`ErrorCode::HandlerError`] carrying `E`'s message. A return type whose last path segment
-//! is `Result` (`Result`, `io::Result`, `anyhow::Result`) is treated this way.
+//! Arguments and the return type must be `serde::Serialize + serde::de::DeserializeOwned +
+//! Send + 'static`, since one side encodes what the other decodes: derive both, and use owned
+//! types (`String`, not `&str`). A function may also return `Result<T, E>` with
+//! `E: Display`: the error reaches the caller as [`ErrorCode::HandlerError`] carrying `E`'s
+//! message. A return type whose last path segment is `Result` (`Result`, `io::Result`,
+//! `anyhow::Result`) is treated this way. An async function's future must be `Send`.
 //!
 //! Options: `name = "..."`, `max_flow = N`. Register functions at module level: the
-//! generated module refers to the function through `super::`.
+//! generated module refers to the function through `super::`. A signature that breaks a
+//! rule is a compile error on the token at fault, and a type that does not qualify is one
+//! on the type as written.
 //!
 //! # Without the macro
 //!
@@ -74,37 +77,68 @@ pub use rpc_server::{
 pub use rmpv::Value;
 
 /// Items used by the code that `#[register]` and `declare!` generate. Not a public API.
+///
+/// The generated code checks each type the user wrote with an `assert_*` function, spanned
+/// on that type, and then uses it only through the functions below, bounded by the same
+/// trait: a type that does not qualify gets one error, on the type, worded by the trait's
+/// `on_unimplemented`.
 #[doc(hidden)]
 pub mod __private {
+    use core::fmt::Display;
+    use core::future::Future;
+
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
     pub use rpc_proto::{Args, EncodeError, Params, ParamsEncoder};
     pub use rpc_server::{Method, Reply};
 
-    /// An argument type of a registered function.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` cannot be an argument of a registered function",
-        label = "not an owned, deserializable type",
-        note = "arguments must implement `serde::de::DeserializeOwned + Send + 'static`: use owned types such as `String` and `Vec<u8>`, not references"
-    )]
-    pub trait RpcArg {}
-    impl<T: serde::de::DeserializeOwned + Send + 'static> RpcArg for T {}
+    use crate::{BlockingClient, Client, Error, ServerError};
 
-    /// A return type of a registered function.
+    /// An argument type of a registered or declared function.
     #[diagnostic::on_unimplemented(
-        message = "`{Self}` cannot be returned by a registered function",
-        label = "not a serializable type",
-        note = "the return type (or the `T` of `Result<T, E>`) must implement `serde::Serialize + serde::de::DeserializeOwned + Send + 'static`"
+        message = "`{Self}` cannot be an argument of an RPC function",
+        label = "not `Serialize + DeserializeOwned + Send + 'static`",
+        note = "the stubs encode the arguments and the server decodes them: derive `serde::Serialize` and \
+                `serde::Deserialize` for your own types, and use owned, `Send` types such as `String`, \
+                `Vec<u8>` or `Box<T>`, not `&str` or `Rc<T>`"
     )]
-    pub trait RpcReturn {}
-    impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> RpcReturn for T {}
+    pub trait RpcArg: Serialize + DeserializeOwned + Send + 'static {}
+    #[diagnostic::do_not_recommend]
+    impl<T: Serialize + DeserializeOwned + Send + 'static> RpcArg for T {}
+
+    /// A return type of a registered or declared function (the `T` of a `Result<T, E>`).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be returned by an RPC function",
+        label = "not `Serialize + DeserializeOwned + Send + 'static`",
+        note = "the server encodes the result and the stubs decode it: derive `serde::Serialize` and \
+                `serde::Deserialize` for your own types, and use owned, `Send` types; a `Result<T, E>` \
+                needs this of `T`"
+    )]
+    pub trait RpcReturn: Serialize + DeserializeOwned + Send + 'static {}
+    #[diagnostic::do_not_recommend]
+    impl<T: Serialize + DeserializeOwned + Send + 'static> RpcReturn for T {}
+
+    /// The `E` of a registered function returning `Result<T, E>`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the error type of an RPC function",
+        label = "does not implement `Display`",
+        note = "the `E` of `Result<T, E>` must implement `std::fmt::Display`: its message reaches the \
+                caller as an `ErrorCode::HandlerError`"
+    )]
+    pub trait RpcError: Display {}
+    #[diagnostic::do_not_recommend]
+    impl<E: Display> RpcError for E {}
 
     /// The future of a registered async function.
     #[diagnostic::on_unimplemented(
         message = "the future of a registered async function must be `Send`",
         label = "this future is not `Send`",
-        note = "the server may run it on any worker thread: do not hold a non-`Send` value (`Rc`, a `RefCell` borrow, a `std::sync::MutexGuard`) across an `.await`"
+        note = "the server may run it on any worker thread: do not hold a non-`Send` value (`Rc`, a \
+                `RefCell` borrow, a `std::sync::MutexGuard`) across an `.await`"
     )]
-    pub trait RpcFuture {}
-    impl<F: core::future::Future + Send + 'static> RpcFuture for F {}
+    pub trait RpcFuture: Future + Send + 'static {}
+    impl<F: Future + Send + 'static> RpcFuture for F {}
 
     /// Compile-time check of an argument type.
     pub const fn assert_arg<T: RpcArg>() {}
@@ -112,8 +146,61 @@ pub mod __private {
     /// Compile-time check of a return type.
     pub const fn assert_return<T: RpcReturn>() {}
 
+    /// Compile-time check of an error type.
+    pub const fn assert_error<E: RpcError>() {}
+
     /// Compile-time check that an async function's future is `Send`.
     pub fn assert_send_future<F: RpcFuture>(f: F) -> F {
         f
+    }
+
+    /// Decode the next argument.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidParams` when it does not decode as a `T`.
+    pub fn next_arg<T: RpcArg>(args: &mut Args<'_>, name: &str) -> Result<T, ServerError> {
+        args.next(name)
+    }
+
+    /// Encode the next argument.
+    ///
+    /// # Errors
+    ///
+    /// When `T`'s `Serialize` fails.
+    pub fn push_arg<T: RpcArg>(enc: &mut ParamsEncoder<'_>, value: &T) -> Result<(), EncodeError> {
+        enc.push(value)
+    }
+
+    /// A successful result.
+    pub fn reply<T: RpcReturn>(value: T) -> Reply {
+        Reply::ok(value)
+    }
+
+    /// A function's `Err(e)`, as an `ErrorCode::HandlerError` with `e`'s message.
+    pub fn reply_error<E: RpcError>(error: E) -> Reply {
+        Reply::from_result::<(), E>(Err(error))
+    }
+
+    /// The async stub's call.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call`].
+    pub async fn call<P: Params, R: RpcReturn>(client: &Client, name: &str, params: P) -> Result<R, Error> {
+        client.call(name, params).await
+    }
+
+    /// The blocking stub's call.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::call`].
+    pub fn call_blocking<P: Params, R: RpcReturn>(
+        client: &BlockingClient,
+        name: &str,
+        params: P,
+    ) -> Result<R, Error> {
+        client.call(name, params)
     }
 }

@@ -14,7 +14,7 @@ mod service {
     #[::rpc::register(name = "div", max_flow = 2)]
     pub async fn checked_div(a: i64, b: i64) -> ::std::result::Result<i64, ::std::string::String> {
         if b == 0 {
-            ::std::result::Result::Err(::std::string::String::from("division by zero"))
+            ::std::result::Result::Err(::std::borrow::ToOwned::to_owned("division by zero"))
         } else {
             ::std::result::Result::Ok(a / b)
         }

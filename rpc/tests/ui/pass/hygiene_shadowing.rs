@@ -13,13 +13,18 @@ pub struct Client;
 pub struct Reply;
 pub struct Args;
 pub struct Params;
-pub struct __RpcParam;
 pub const NAME: &str = "not the rpc name";
 pub fn call() {}
 pub fn method() {}
 
+// Next to a `NAME` of the user's: the module's own `NAME` wins inside it.
+#[rpc::register]
+fn at_root(n: u8) -> u8 {
+    n
+}
+
 pub mod shadowing {
-    use super::*;
+    use super::{Args, Box, Client, Method, Option, Params, Reply, Result};
 
     pub trait Future {}
     pub trait Send {}
@@ -37,6 +42,11 @@ pub mod shadowing {
         ::core::result::Result::Ok(NAME)
     }
 
+    #[rpc::register]
+    pub fn r#type(r#match: u8) -> u8 {
+        r#match
+    }
+
     rpc::declare! {
         pub fn remote(NAME: u8, method: u8) -> u8;
     }
@@ -46,6 +56,9 @@ fn main() {
     assert_eq!(shadowing::lookup("ab".to_owned(), 1, 2, 3), 8);
     assert_eq!(shadowing::lookup::NAME, "lookup");
     assert_eq!(shadowing::wait::NAME, "wait");
+    // Served as `type`, not `r#type`.
+    assert_eq!(shadowing::r#type::NAME, "type");
+    assert_eq!(at_root::NAME, "at_root");
     assert_eq!(NAME, "not the rpc name");
     let _: rpc::Method = shadowing::lookup::method();
     let _: rpc::Method = shadowing::wait::method();

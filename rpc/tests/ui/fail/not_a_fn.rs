@@ -1,0 +1,6 @@
+#[rpc::register]
+struct Add {
+    a: i64,
+}
+
+fn main() {}
