@@ -238,7 +238,7 @@ impl BlockingClient {
             st.stream = None;
         }
         st.last_used = Instant::now();
-        Ok(r.map_err(|e| timed_out(e, self.config.timeout))?)
+        r.map_err(|e| timed_out(e, self.config.timeout))
     }
 }
 
@@ -267,9 +267,14 @@ impl State {
         if config.uses_hello() {
             let mut hello = Vec::new();
             Hello::new(config.codec).with_session(session).encode(&mut hello);
-            self.set_timeouts(config.connect_timeout)?;
-            // Unwrap: connected just above.
-            self.stream.as_mut().unwrap().write_all(&hello)?;
+            let sent = self.set_timeouts(config.connect_timeout).and_then(|()| {
+                // Unwrap: connected just above.
+                Ok(self.stream.as_mut().unwrap().write_all(&hello)?)
+            });
+            if let Err(e) = sent {
+                self.stream = None;
+                return Err(e);
+            }
             loop {
                 match rpc_proto::Hello::decode(&self.rbuf[self.start..self.end]) {
                     Ok(Some((h, n))) if h.codec == config.codec => {

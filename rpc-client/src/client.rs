@@ -238,7 +238,9 @@ impl Client {
         if let Some(tx) = self.live() {
             return Ok(tx);
         }
-        let _one_at_a_time = self.shared.connecting.lock().await;
+        let _one_at_a_time = tokio::time::timeout_at(deadline, self.shared.connecting.lock())
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?;
         let config = &self.shared.config;
         let mut backoff = config.reconnect_backoff;
         loop {
@@ -427,6 +429,14 @@ async fn drive(
             _ => Error::ConnectionClosed,
         }));
     }
-    // Calls queued but never written fail when their reply senders drop here.
+    // Calls queued but never written fail too. Drain with `recv` rather than dropping the
+    // receiver: a send that had already begun when the channel closed still delivers its
+    // command, and dropping the receiver would leave that command (and its caller, whose
+    // handle keeps the channel alive) stuck in the queue until the call's timeout.
+    while let Some(cmd) = rx.recv().await {
+        if let Command::Call { reply, .. } = cmd {
+            let _ = reply.send(Err(Error::ConnectionClosed));
+        }
+    }
 }
 

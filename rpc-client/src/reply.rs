@@ -15,9 +15,12 @@ pub(crate) struct RawReply {
     start: usize,
 }
 
+/// A response's raw result (`Ok`) or raw error value (`Err`).
+pub(crate) type Outcome<'a> = Result<&'a [u8], &'a [u8]>;
+
 /// The msgid and outcome of a response, or `None` for a request or notification from the
 /// server, which clients ignore.
-pub(crate) fn parse(codec: Codec, frame: &[u8]) -> Result<Option<(u64, Result<&[u8], &[u8]>)>, Error> {
+pub(crate) fn parse(codec: Codec, frame: &[u8]) -> Result<Option<(u64, Outcome<'_>)>, Error> {
     match Message::parse(codec, frame) {
         Ok(Message::Response { msgid, outcome }) => Ok(Some((msgid, outcome))),
         Ok(_) => Ok(None),
@@ -26,7 +29,7 @@ pub(crate) fn parse(codec: Codec, frame: &[u8]) -> Result<Option<(u64, Result<&[
 }
 
 /// Decode an outcome into the result type or a remote error.
-pub(crate) fn decode<R: DeserializeOwned>(codec: Codec, outcome: Result<&[u8], &[u8]>) -> Result<R, Error> {
+pub(crate) fn decode<R: DeserializeOwned>(codec: Codec, outcome: Outcome<'_>) -> Result<R, Error> {
     match outcome {
         Ok(bytes) => Ok(codec.decode(bytes)?),
         Err(bytes) => Err(Error::Remote(decode_error(codec, bytes))),

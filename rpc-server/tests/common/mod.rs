@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use rpc_proto::{decode_error, Codec, ErrorCode, Framer, Message, ServerError};
+use rpc_proto::{decode_error, Codec, ErrorCode, Framer, Hello, Message, ServerError};
 use rpc_server::{Builder, Method, Server};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -243,6 +243,32 @@ impl RawConn {
         if let Some(frame) = self.read_frame().await {
             panic!("expected the connection to close, got {:02x?}", frame);
         }
+    }
+
+    /// Say hello (msgpack, no session) and read the server's hello back: the connection may
+    /// then use the extensions (request timeouts, `rpc.cancel`).
+    #[allow(dead_code)] // Not every test file uses the extensions.
+    pub(crate) async fn hello(&mut self) {
+        let mut hello = Vec::new();
+        Hello::new(Codec::Msgpack).encode(&mut hello);
+        self.send(&hello).await;
+        within("the server's hello", async {
+            loop {
+                match Hello::decode(&self.rbuf) {
+                    Ok(Some((h, n))) => {
+                        assert_eq!(h, Hello::new(Codec::Msgpack), "the server's hello");
+                        self.rbuf.advance(n);
+                        return;
+                    }
+                    Ok(None) => {
+                        let n = self.stream.read_buf(&mut self.rbuf).await.expect("read the hello");
+                        assert!(n > 0, "the server closed instead of answering the hello");
+                    }
+                    Err(e) => panic!("bad hello from the server: {e} in {:02x?}", &self.rbuf[..]),
+                }
+            }
+        })
+        .await;
     }
 
     /// Send `add(a, b)` with `msgid` and check the answer: the connection still works.
