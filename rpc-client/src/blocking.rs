@@ -118,7 +118,9 @@ impl BlockingClient {
             }),
             config,
         };
-        client.lock().connect(&client.addrs, &client.config, client.session)?;
+        client
+            .lock()
+            .connect(&client.addrs, &client.config, client.session)?;
         Ok(client)
     }
 
@@ -176,7 +178,14 @@ impl BlockingClient {
         st.next_id += 1;
         st.wbuf.clear();
         let sent_timeout = self.config.uses_hello().then_some(timeout);
-        encode_request(self.config.codec, &mut st.wbuf, msgid, method, &params, sent_timeout)?;
+        encode_request(
+            self.config.codec,
+            &mut st.wbuf,
+            msgid,
+            method,
+            &params,
+            sent_timeout,
+        )?;
         let mut backoff = self.config.reconnect_backoff;
         loop {
             let error = match st.round_trip(self, msgid, timeout, deadline) {
@@ -306,7 +315,9 @@ impl State {
 
     /// A non-blocking peek: has the server closed this connection?
     fn is_closed(&mut self) -> bool {
-        let Some(s) = self.stream.as_ref() else { return true };
+        let Some(s) = self.stream.as_ref() else {
+            return true;
+        };
         if s.set_nonblocking(true).is_err() {
             return true;
         }

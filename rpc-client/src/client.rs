@@ -23,9 +23,17 @@ use crate::{Config, Error};
 type ReplyTx = oneshot::Sender<Result<RawReply, Error>>;
 
 enum Command {
-    Call { msgid: u64, frame: Bytes, reply: ReplyTx },
-    Send { frame: Bytes },
-    Cancel { msgid: u64 },
+    Call {
+        msgid: u64,
+        frame: Bytes,
+        reply: ReplyTx,
+    },
+    Send {
+        frame: Bytes,
+    },
+    Cancel {
+        msgid: u64,
+    },
 }
 
 /// An async client for any MessagePack-RPC server.
@@ -247,10 +255,8 @@ impl Client {
             if let Some(tx) = self.live() {
                 return Ok(tx);
             }
-            let attempt = tokio::time::timeout_at(
-                deadline,
-                connect(&self.shared.addrs, config, self.shared.session),
-            );
+            let attempt =
+                tokio::time::timeout_at(deadline, connect(&self.shared.addrs, config, self.shared.session));
             match attempt.await {
                 Err(_) => return Err(Error::Timeout(self.timeout)),
                 Ok(Ok(tx)) => {
@@ -276,7 +282,11 @@ impl Client {
     }
 }
 
-async fn connect(addrs: &[SocketAddr], config: &Config, session: Option<u128>) -> Result<mpsc::Sender<Command>, Error> {
+async fn connect(
+    addrs: &[SocketAddr],
+    config: &Config,
+    session: Option<u128>,
+) -> Result<mpsc::Sender<Command>, Error> {
     let connect = async {
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
         let mut stream = None;
@@ -439,4 +449,3 @@ async fn drive(
         }
     }
 }
-

@@ -210,7 +210,12 @@ mod tests {
         for i in 0..100_000u64 {
             assert!(matches!(c.begin((i as u128, i), t0, || 0), Begin::Run));
             c.complete((i as u128, i), "x", 100, t0);
-            assert!(c.len() <= 1000 && c.bytes() <= 50_000, "at {i}: {} {}", c.len(), c.bytes());
+            assert!(
+                c.len() <= 1000 && c.bytes() <= 50_000,
+                "at {i}: {} {}",
+                c.len(),
+                c.bytes()
+            );
         }
         // The newest survive, the oldest went first.
         assert!(matches!(c.begin((99_999, 99_999), t0, || 0), Begin::Cached(_)));

@@ -145,6 +145,9 @@ mod tests {
     fn unknown_extensions_are_skipped() {
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&[VERSION, 0, 3, 0, 9, 1, 0xff]);
-        assert_eq!(Hello::decode(&out).unwrap(), Some((Hello::new(Codec::Msgpack), out.len())));
+        assert_eq!(
+            Hello::decode(&out).unwrap(),
+            Some((Hello::new(Codec::Msgpack), out.len()))
+        );
     }
 }

@@ -43,9 +43,9 @@ pub mod handshake;
 mod message;
 
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
+pub use dedup::{Begin, DedupCache, DedupConfig};
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};
-pub use dedup::{Begin, DedupCache, DedupConfig};
 pub use handshake::Hello;
 pub use message::{
     decode_error, encode_notification, encode_request, encode_response_err, encode_response_ok, peek_msgid,

@@ -653,9 +653,20 @@ mod tests {
     #[test]
     fn request_timeout_extension() {
         let mut out = Vec::new();
-        encode_request(Codec::Msgpack, &mut out, 1, "add", &(2, 3), Some(Duration::from_millis(2))).unwrap();
+        encode_request(
+            Codec::Msgpack,
+            &mut out,
+            1,
+            "add",
+            &(2, 3),
+            Some(Duration::from_millis(2)),
+        )
+        .unwrap();
         assert_eq!(out, hex!("95 00 01 a3 61 64 64 92 02 03 81 01 cd 07 d0"));
-        assert_eq!(Framer::new(Codec::Msgpack, 1024).decode(&out).unwrap(), Some(out.len()));
+        assert_eq!(
+            Framer::new(Codec::Msgpack, 1024).decode(&out).unwrap(),
+            Some(out.len())
+        );
         match Message::parse(Codec::Msgpack, &out).unwrap() {
             Message::Request { timeout, .. } => assert_eq!(timeout, Some(Duration::from_millis(2))),
             m => panic!("{m:?}"),
@@ -683,7 +694,15 @@ mod tests {
     fn bincode_round_trip() {
         let c = Codec::Bincode;
         let mut out = Vec::new();
-        encode_request(c, &mut out, 77, "add", &(2i64, 3i64), Some(Duration::from_millis(1500))).unwrap();
+        encode_request(
+            c,
+            &mut out,
+            77,
+            "add",
+            &(2i64, 3i64),
+            Some(Duration::from_millis(1500)),
+        )
+        .unwrap();
         assert_eq!(Framer::new(c, 1024).decode(&out).unwrap(), Some(out.len()));
         assert_eq!(peek_msgid(c, &out), Some(77));
         let Message::Request {

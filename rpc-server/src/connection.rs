@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::dedup::Waiter;
 use crate::method::{Reply, ReplyFuture};
 use crate::registry::{Dispatch, CANCEL};
 use crate::Shared;
@@ -75,8 +76,6 @@ impl Future for InFlight {
     }
 }
 
-type DedupRx = watch::Receiver<Option<Bytes>>;
-
 pub(crate) struct Connection {
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -92,6 +91,10 @@ pub(crate) struct Connection {
     draining: bool,
     /// Close with a lingering drain (after a fatal stream error).
     linger: bool,
+    /// Complete messages wait in the read buffer: `process` stopped at the limits.
+    held: bool,
+    /// When the last complete message arrived or the last call in flight ended: the
+    /// heartbeat timeout counts from here.
     last_message: Instant,
     wbuf: Vec<u8>,
     written: usize,
@@ -119,6 +122,7 @@ impl Connection {
             reading: true,
             draining: false,
             linger: false,
+            held: false,
             last_message: Instant::now(),
             wbuf: Vec::with_capacity(READ_CHUNK),
             written: 0,
@@ -186,9 +190,11 @@ impl Connection {
             if (!self.reading || self.draining) && self.inflight.is_empty() && !pending_write {
                 return Ok(());
             }
-            let can_read = self.reading
-                && self.inflight.len() < self.shared.config.max_in_flight_per_connection
-                && self.wbuf.len() < self.shared.config.write_buffer_high_water;
+            if self.reading && self.held && self.has_room() {
+                // Room again for the messages already read: take them before reading more.
+                continue;
+            }
+            let can_read = self.reading && self.has_room();
             if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                 if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
                     rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -200,6 +206,12 @@ impl Connection {
                 biased;
                 () = shutdown.cancelled(), if !self.draining => {
                     self.draining = true;
+                    // Requests that have arrived already are answered (ShuttingDown, which
+                    // clients may retry) rather than reset by the close; for a connection
+                    // taken from the accept queue at shutdown, that is its first request.
+                    if can_read {
+                        let _ = rd.try_read_buf(&mut rbuf);
+                    }
                     debug!(peer = %self.peer, in_flight = self.inflight.len(), "draining for shutdown");
                 }
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.finish(done),
@@ -237,7 +249,9 @@ impl Connection {
                         self.framer.set_codec(hello.codec);
                         self.extended = true;
                         self.session = hello.session;
-                        Hello::new(hello.codec).with_session(hello.session).encode(&mut self.wbuf);
+                        Hello::new(hello.codec)
+                            .with_session(hello.session)
+                            .encode(&mut self.wbuf);
                         debug!(peer = %self.peer, codec = ?hello.codec, session = ?hello.session, "hello");
                     }
                     Err(_) => return Err(Fatal::Hello),
@@ -246,7 +260,13 @@ impl Connection {
             self.first = false;
         }
         let mut any = false;
+        self.held = false;
         while !rbuf.is_empty() {
+            // The limits hold for messages already read too, not only for reading more.
+            if !self.has_room() {
+                self.held = true;
+                break;
+            }
             let n = match self.framer.decode(rbuf) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
@@ -260,6 +280,13 @@ impl Connection {
             self.last_message = Instant::now();
         }
         Ok(())
+    }
+
+    /// Whether another message may be taken on: calls in flight and reply bytes waiting
+    /// are under their limits.
+    fn has_room(&self) -> bool {
+        self.inflight.len() < self.shared.config.max_in_flight_per_connection
+            && self.wbuf.len() < self.shared.config.write_buffer_high_water
     }
 
     fn handle(&mut self, frame: &[u8]) {
@@ -367,15 +394,23 @@ impl Connection {
             }
             Begin::Wait(rx) => {
                 debug!(peer = %self.peer, msgid = key.1, "retry joins the running call");
-                self.inflight.push(InFlight::Other(Box::pin(wait_dedup(rx, key.1, self.framer.codec()))));
+                self.inflight.push(InFlight::Other(Box::pin(wait_dedup(
+                    rx,
+                    key.1,
+                    self.framer.codec(),
+                ))));
             }
             Begin::Run => {
                 // Unwrap: `begin` called the closure, since it returned `Run`.
                 let tx = tx.unwrap();
                 let codec = self.framer.codec();
                 let msgid = key.1;
-                let rx = tx.subscribe();
-                let guard = Abandon { cache: cache.clone(), key, done: false };
+                let rx = Waiter::Local(tx.subscribe());
+                let guard = Abandon {
+                    cache: cache.clone(),
+                    key,
+                    done: false,
+                };
                 match self.shared.registry.dispatch(method, params, codec) {
                     Dispatch::Ready(reply) => {
                         let bytes = encode_reply(codec, msgid, reply);
@@ -397,13 +432,18 @@ impl Connection {
                         });
                     }
                 }
-                self.inflight.push(InFlight::Other(Box::pin(wait_dedup(rx, msgid, codec))));
+                self.inflight
+                    .push(InFlight::Other(Box::pin(wait_dedup(rx, msgid, codec))));
             }
         }
     }
 
     /// Encode a finished call's reply into the write buffer.
     fn finish(&mut self, done: Finished) {
+        if self.inflight.is_empty() {
+            // A peer waiting for its last answer was not idle: the timeout starts now.
+            self.last_message = Instant::now();
+        }
         let codec = self.framer.codec();
         match done {
             Finished::Reply(Some(msgid), reply) => {
@@ -413,8 +453,10 @@ impl Connection {
                 match reply.0 {
                     Ok(value) => {
                         if let Err(e) = encode_response_ok(codec, &mut self.wbuf, msgid, &*value) {
-                            let err =
-                                ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}"));
+                            let err = ServerError::new(
+                                ErrorCode::Internal,
+                                format!("result could not be encoded: {e}"),
+                            );
                             self.send_error(msgid, &err);
                         }
                     }
@@ -439,7 +481,10 @@ impl Connection {
 
 fn log_error(peer: SocketAddr, msgid: u64, e: &ServerError) {
     match e.kind() {
-        ErrorCode::HandlerError | ErrorCode::MethodNotFound | ErrorCode::InvalidParams | ErrorCode::Overloaded => {
+        ErrorCode::HandlerError
+        | ErrorCode::MethodNotFound
+        | ErrorCode::InvalidParams
+        | ErrorCode::Overloaded => {
             debug!(%peer, msgid, code = e.code, error = %e.message, "error reply");
         }
         _ => warn!(%peer, msgid, code = e.code, error = %e.message, "error reply"),
@@ -479,10 +524,10 @@ fn encode_reply(codec: Codec, msgid: u64, reply: Reply) -> Bytes {
     Bytes::from(out)
 }
 
-async fn wait_dedup(mut rx: DedupRx, msgid: u64, codec: Codec) -> Finished {
-    match rx.wait_for(Option::is_some).await {
-        Ok(v) => Finished::Encoded(v.clone().unwrap_or_default()),
-        Err(_) => {
+async fn wait_dedup(rx: Waiter, msgid: u64, codec: Codec) -> Finished {
+    match rx.wait().await {
+        Some(v) => Finished::Encoded(v),
+        None => {
             let e = ServerError::new(ErrorCode::Internal, "the original call was abandoned; retry");
             let mut out = Vec::new();
             encode_response_err(codec, &mut out, msgid, &e);
@@ -494,7 +539,7 @@ async fn wait_dedup(mut rx: DedupRx, msgid: u64, codec: Codec) -> Finished {
 /// Forgets a dedup key whose execution never completed (its task was dropped), so that a
 /// retry runs it afresh.
 struct Abandon {
-    cache: Arc<crate::DedupMap>,
+    cache: Arc<crate::dedup::Dedup>,
     key: (u128, u64),
     done: bool,
 }

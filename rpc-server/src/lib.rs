@@ -28,8 +28,12 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 mod connection;
+mod dedup;
 mod method;
+#[cfg(unix)]
+mod prefork;
 mod registry;
+mod run;
 
 use std::future::Future;
 use std::io;
@@ -45,8 +49,10 @@ use tracing::{debug, error, info, warn};
 
 pub use method::{Method, Reply, ReplyFuture, SyncJob};
 pub use rpc_proto::{Args, Codec, DedupConfig, ErrorCode, FromArgs, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
+pub use run::WorkerRuntime;
 
 use connection::Connection;
+use dedup::Dedup;
 use registry::Registry;
 
 /// Server settings. Every field has a documented default ([`Config::default`]).
@@ -80,6 +86,19 @@ pub struct Config {
     pub unstable_network: bool,
     /// Bounds of the dedup cache. Default: 60 s TTL, 100 000 answers, 64 MiB.
     pub dedup: DedupConfig,
+    /// Prefork mode, for [`Builder::run`] on Unix: a supervisor process forks this many
+    /// workers, each with its own runtime and its own listener on the same port
+    /// (`SO_REUSEPORT`); `Some(0)` means one per core. `max_flow` limits and the dedup
+    /// cache are shared by all workers. Default: `None` (one process).
+    pub prefork: Option<usize>,
+    /// With `prefork`: worker `i` pins itself to core `i % cores` before building its
+    /// runtime. Less cache and scheduler traffic between cores, but a worker can no longer
+    /// use an idle core when its own is busy (with other processes, or with its blocking
+    /// pool). Default: off.
+    pub bind_core: bool,
+    /// With `prefork`: the runtime each worker builds. Default:
+    /// [`WorkerRuntime::CurrentThread`]. (One process always uses a multi-thread runtime.)
+    pub worker_runtime: WorkerRuntime,
 }
 
 impl Default for Config {
@@ -94,6 +113,9 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(60),
             unstable_network: false,
             dedup: DedupConfig::default(),
+            prefork: None,
+            bind_core: false,
+            worker_runtime: WorkerRuntime::default(),
         }
     }
 }
@@ -117,6 +139,10 @@ pub enum Error {
     /// Binding the address failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    /// Prefork must fork a single-threaded process, and this one has more threads: a
+    /// runtime or a thread was started before [`Builder::run`].
+    #[error("prefork needs a single-threaded process, but it has {0} threads: call Builder::run before starting a runtime or a thread")]
+    Threads(usize),
 }
 
 /// Collects methods and settings.
@@ -216,11 +242,15 @@ impl Builder {
     /// [`BuildError::DuplicateMethod`] when two methods share a name (including the
     /// reserved `rpc.ping`).
     pub fn build(self) -> Result<Server, BuildError> {
-        let registry = Registry::new(self.methods, self.config.blocking_threads, self.config.unstable_network)?;
+        let registry = Registry::new(
+            self.methods,
+            self.config.blocking_threads,
+            self.config.unstable_network,
+        )?;
         Ok(Server {
             shared: Arc::new(Shared {
                 registry,
-                dedup: Arc::new(DedupMap::new(self.config.dedup)),
+                dedup: Arc::new(Dedup::Local(DedupMap::new(self.config.dedup))),
                 config: self.config,
             }),
         })
@@ -245,14 +275,15 @@ impl Builder {
 
 /// The dedup cache as the server uses it: waiters hold a watch receiver, answers are
 /// whole encoded response frames.
-pub(crate) type DedupMap = rpc_proto::DedupCache<tokio::sync::watch::Receiver<Option<bytes::Bytes>>, bytes::Bytes>;
+pub(crate) type DedupMap =
+    rpc_proto::DedupCache<tokio::sync::watch::Receiver<Option<bytes::Bytes>>, bytes::Bytes>;
 
 /// What every connection of a server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) config: Config,
-    pub(crate) dedup: Arc<DedupMap>,
+    pub(crate) dedup: Arc<Dedup>,
 }
 
 /// A built server: serve it with [`Server::run`].
@@ -312,14 +343,35 @@ impl Server {
                 }
             }
         }
-        drop(listener);
+        // Connections already in the accept queue would be reset when the listener closes
+        // (with SO_REUSEPORT, no other worker's listener takes them over): accept them all,
+        // without waiting, so that they drain with the rest and their first requests are
+        // answered ShuttingDown (which clients may retry) instead.
+        match listener.into_std() {
+            Ok(listener) => loop {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let stream = stream
+                            .set_nonblocking(true)
+                            .and_then(|()| TcpStream::from_std(stream));
+                        match (stream, limit.clone().try_acquire_owned()) {
+                            (Ok(stream), Ok(permit)) => {
+                                self.start(&mut conns, stream, peer, token.clone(), permit)
+                            }
+                            _ => warn!(%peer, "could not take a queued connection at shutdown"),
+                        }
+                    }
+                    Err(e) if is_connection_error(&e) => {}
+                    // WouldBlock: the queue is empty.
+                    Err(_) => break,
+                }
+            },
+            Err(e) => debug!(error = %e, "the accept queue could not be drained"),
+        }
         info!(connections = conns.len(), "shutting down");
         token.cancel();
         let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(config.grace_period, drain)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(config.grace_period, drain).await.is_err() {
             warn!(connections = conns.len(), "grace period over; closing the rest");
             conns.shutdown().await;
         }

@@ -1,9 +1,10 @@
 //! The table from method name to handler, and dispatch of one call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,11 +20,68 @@ use crate::BuildError;
 pub(crate) const PING: &str = "rpc.ping";
 /// Reserved notification `[msgid]`: the client gave up on that call.
 pub(crate) const CANCEL: &[u8] = b"rpc.cancel";
+/// Reserved method answering `{"index": i, "pid": p}`: the worker process serving this
+/// connection (prefork), so tests and users can see where a connection landed. One
+/// process answers index 0.
+pub(crate) const WORKER: &str = "rpc.worker";
+
+/// This process's worker index: set by a prefork worker right after the fork.
+pub(crate) static WORKER_INDEX: AtomicUsize = AtomicUsize::new(0);
+
+fn worker_info() -> BTreeMap<&'static str, u64> {
+    BTreeMap::from([
+        ("index", WORKER_INDEX.load(Ordering::Relaxed) as u64),
+        ("pid", u64::from(std::process::id())),
+    ])
+}
+
+/// A `max_flow` limit: a semaphore in one process, or (prefork) one counter shared by
+/// every worker.
+#[derive(Clone)]
+pub(crate) enum Flow {
+    Local {
+        sem: Arc<Semaphore>,
+        limit: usize,
+    },
+    #[cfg(unix)]
+    Shared(crate::prefork::SharedFlow),
+}
+
+/// A held `max_flow` slot, released when dropped.
+enum FlowPermit {
+    // Held for its `Drop` only.
+    Local(#[allow(dead_code)] OwnedSemaphorePermit),
+    #[cfg(unix)]
+    Shared(#[allow(dead_code)] crate::prefork::SharedPermit),
+}
+
+impl Flow {
+    fn try_acquire(&self) -> Option<FlowPermit> {
+        match self {
+            Flow::Local { sem, .. } => sem.clone().try_acquire_owned().ok().map(FlowPermit::Local),
+            #[cfg(unix)]
+            Flow::Shared(f) => f.try_acquire().map(FlowPermit::Shared),
+        }
+    }
+
+    /// A slot within `wait`: the semaphore's fair queue, or (shared) polling with backoff.
+    async fn acquire_within(self, wait: Duration) -> Option<FlowPermit> {
+        match self {
+            // The semaphore is never closed, so `Ok(Err(_))` cannot happen.
+            Flow::Local { sem, .. } => match tokio::time::timeout(wait, sem.acquire_owned()).await {
+                Ok(Ok(permit)) => Some(FlowPermit::Local(permit)),
+                _ => None,
+            },
+            #[cfg(unix)]
+            Flow::Shared(f) => f.acquire_within(wait).await.map(FlowPermit::Shared),
+        }
+    }
+}
 
 struct Entry {
     kind: Kind,
     /// The `max_flow` limit, if any. Permits travel with the execution.
-    flow: Option<Arc<Semaphore>>,
+    flow: Option<Flow>,
     flow_wait: Option<Duration>,
     dedup: bool,
     name: Arc<str>,
@@ -79,22 +137,33 @@ fn overloaded(name: &str) -> Reply {
 }
 
 impl Registry {
-    pub(crate) fn new(methods: Vec<Method>, blocking_threads: usize, unstable_network: bool) -> Result<Registry, BuildError> {
+    pub(crate) fn new(
+        methods: Vec<Method>,
+        blocking_threads: usize,
+        unstable_network: bool,
+    ) -> Result<Registry, BuildError> {
         let mut map = HashMap::with_capacity(methods.len() + 1);
         let ping = Method::async_raw(PING, |_| Ok(Box::pin(std::future::ready(Reply::ok(())))));
-        for m in std::iter::once(ping).chain(methods) {
+        let worker = Method::async_raw(WORKER, |_| {
+            Ok(Box::pin(std::future::ready(Reply::ok(worker_info()))))
+        });
+        for m in [ping, worker].into_iter().chain(methods) {
             let key: Box<[u8]> = m.name.as_bytes().into();
             if map.contains_key(&key) || *key == *CANCEL {
                 return Err(BuildError::DuplicateMethod(m.name.into_owned()));
             }
-            let is_ping = *key == *PING.as_bytes();
+            // Reserved methods answer about this process: never from the cache.
+            let is_reserved = *key == *PING.as_bytes() || *key == *WORKER.as_bytes();
             map.insert(
                 key,
                 Entry {
                     kind: m.kind,
-                    flow: m.max_flow.map(|n| Arc::new(Semaphore::new(n))),
+                    flow: m.max_flow.map(|limit| Flow::Local {
+                        sem: Arc::new(Semaphore::new(limit)),
+                        limit,
+                    }),
                     flow_wait: m.max_flow_wait,
-                    dedup: !is_ping && m.unstable_network.unwrap_or(unstable_network),
+                    dedup: !is_reserved && m.unstable_network.unwrap_or(unstable_network),
                     name: Arc::from(&*m.name),
                 },
             );
@@ -103,6 +172,26 @@ impl Registry {
             methods: map,
             blocking: Arc::new(Semaphore::new(blocking_threads.clamp(1, Semaphore::MAX_PERMITS))),
         })
+    }
+
+    /// Prefork: replace every `max_flow` semaphore with `share(limit)`.
+    #[cfg(unix)]
+    pub(crate) fn share_flows<E>(
+        &mut self,
+        mut share: impl FnMut(usize) -> Result<Flow, E>,
+    ) -> Result<(), E> {
+        for entry in self.methods.values_mut() {
+            if let Some(Flow::Local { limit, .. }) = entry.flow {
+                entry.flow = Some(share(limit)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any method goes through the dedup cache.
+    #[cfg(unix)]
+    pub(crate) fn any_dedup(&self) -> bool {
+        self.methods.values().any(|e| e.dedup)
     }
 
     pub(crate) fn contains(&self, method: &[u8]) -> bool {
@@ -133,35 +222,34 @@ impl Registry {
                 Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
             },
         };
-        let Some(sem) = &entry.flow else {
+        let Some(flow) = &entry.flow else {
             return self.start(work, entry.name.clone(), None);
         };
-        if let Ok(permit) = sem.clone().try_acquire_owned() {
+        if let Some(permit) = flow.try_acquire() {
             return self.start(work, entry.name.clone(), Some(permit));
         }
         let Some(wait) = entry.flow_wait else {
             return Dispatch::Ready(overloaded(&entry.name));
         };
         // Wait for a slot, up to `wait`, without holding the connection up.
-        let (sem, name, blocking) = (sem.clone(), entry.name.clone(), self.blocking.clone());
+        let (flow, name, blocking) = (flow.clone(), entry.name.clone(), self.blocking.clone());
         Dispatch::Pending(Box::pin(async move {
-            match tokio::time::timeout(wait, sem.acquire_owned()).await {
-                // Unwrap-free: the semaphore is never closed, so `Ok(Err(_))` cannot happen.
-                Ok(Ok(permit)) => match start(work, name, Some(permit), blocking) {
+            match flow.acquire_within(wait).await {
+                Some(permit) => match start(work, name, Some(permit), blocking) {
                     Dispatch::Ready(r) => r,
                     Dispatch::Pending(f) => f.await,
                 },
-                _ => overloaded(&name),
+                None => overloaded(&name),
             }
         }))
     }
 
-    fn start(&self, work: Work, name: Arc<str>, flow: Option<OwnedSemaphorePermit>) -> Dispatch {
+    fn start(&self, work: Work, name: Arc<str>, flow: Option<FlowPermit>) -> Dispatch {
         start(work, name, flow, self.blocking.clone())
     }
 }
 
-fn start(work: Work, name: Arc<str>, flow: Option<OwnedSemaphorePermit>, blocking: Arc<Semaphore>) -> Dispatch {
+fn start(work: Work, name: Arc<str>, flow: Option<FlowPermit>, blocking: Arc<Semaphore>) -> Dispatch {
     match work {
         Work::Async(fut) => {
             let mut fut = Guarded {
@@ -200,7 +288,7 @@ fn start(work: Work, name: Arc<str>, flow: Option<OwnedSemaphorePermit>, blockin
 struct Guarded {
     fut: ReplyFuture,
     name: Arc<str>,
-    _flow: Option<OwnedSemaphorePermit>,
+    _flow: Option<FlowPermit>,
 }
 
 impl Future for Guarded {

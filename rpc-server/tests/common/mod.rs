@@ -261,7 +261,11 @@ impl RawConn {
                         return;
                     }
                     Ok(None) => {
-                        let n = self.stream.read_buf(&mut self.rbuf).await.expect("read the hello");
+                        let n = self
+                            .stream
+                            .read_buf(&mut self.rbuf)
+                            .await
+                            .expect("read the hello");
                         assert!(n > 0, "the server closed instead of answering the hello");
                     }
                     Err(e) => panic!("bad hello from the server: {e} in {:02x?}", &self.rbuf[..]),

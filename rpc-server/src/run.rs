@@ -1,0 +1,153 @@
+//! The sync entry point, [`Builder::run`]: call it from a plain `fn main`, with no runtime.
+//! One process builds its runtime and serves; prefork forks the workers first.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::{Builder, Error};
+
+/// The tokio runtime each prefork worker builds ([`Config::worker_runtime`](crate::Config::worker_runtime)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerRuntime {
+    /// One thread per worker, the default: with a worker per core, no task hops between
+    /// cores and nothing is shared between threads. Sync handlers still run on the
+    /// worker's blocking pool.
+    #[default]
+    CurrentThread,
+    /// A multi-thread runtime of `threads` threads per worker (0: tokio's default, one per
+    /// core).
+    MultiThread {
+        /// Worker threads of each worker's runtime.
+        threads: usize,
+    },
+}
+
+impl Builder {
+    /// Prefork mode for [`Builder::run`] (Unix): a supervisor forks `workers` processes
+    /// that share the port (`SO_REUSEPORT`); `0` means one per core. See
+    /// [`Config::prefork`](crate::Config::prefork).
+    pub fn prefork(mut self, workers: usize) -> Builder {
+        self.config.prefork = Some(workers);
+        self
+    }
+
+    /// See [`Config::bind_core`](crate::Config::bind_core).
+    pub fn bind_core(mut self, on: bool) -> Builder {
+        self.config.bind_core = on;
+        self
+    }
+
+    /// See [`Config::worker_runtime`](crate::Config::worker_runtime).
+    pub fn worker_runtime(mut self, runtime: WorkerRuntime) -> Builder {
+        self.config.worker_runtime = runtime;
+        self
+    }
+
+    /// Build and serve `addr` until TERM or INT (ctrl-c), from a plain `fn main`: this
+    /// builds the runtime itself, so call it with none running.
+    ///
+    /// In one process (the default) it binds, builds a multi-thread runtime and runs
+    /// [`Server::run`](crate::Server::run). With [`Builder::prefork`] this process becomes
+    /// the supervisor of forked workers, each with its own runtime and listener on the
+    /// same port; it returns once every worker has stopped.
+    ///
+    /// ```no_run
+    /// use rpc_server::{Method, Server};
+    ///
+    /// fn main() -> Result<(), rpc_server::Error> {
+    ///     Server::builder()
+    ///         .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+    ///         .prefork(0) // one worker per core
+    ///         .run("127.0.0.1:25000")
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be built, the address cannot be bound, or (prefork) the
+    /// process already has more than one thread ([`Error::Threads`]), prefork is not
+    /// supported here, or a first worker fails to start.
+    pub fn run(self, addr: impl std::net::ToSocketAddrs) -> Result<(), Error> {
+        self.run_with(addr, |_| {})
+    }
+
+    /// Like [`Builder::run`], calling `on_listening` with the address actually bound (port
+    /// 0 resolved) once connections are accepted: in prefork mode, once every first worker
+    /// listens, in the supervisor, before any further fork.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::run`].
+    pub fn run_with(
+        self,
+        addr: impl std::net::ToSocketAddrs,
+        on_listening: impl FnOnce(SocketAddr),
+    ) -> Result<(), Error> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the address resolved to nothing"))?;
+        match self.config.prefork {
+            None => self.run_single(addr, on_listening),
+            #[cfg(unix)]
+            Some(workers) => {
+                let settings = crate::prefork::Settings {
+                    workers: if workers == 0 {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    } else {
+                        workers
+                    },
+                    bind_core: self.config.bind_core,
+                    runtime: self.config.worker_runtime.clone(),
+                };
+                crate::prefork::run(self.build()?, addr, settings, on_listening)
+            }
+            #[cfg(not(unix))]
+            Some(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "prefork needs Unix").into()),
+        }
+    }
+
+    fn run_single(self, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<(), Error> {
+        let server = self.build()?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        // The socket listens already: connections queue until the runtime accepts them.
+        on_listening(local);
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener)?;
+            server.run(listener, shutdown_signal()).await;
+            Ok::<_, io::Error>(())
+        })?;
+        // A sync handler still running after the grace period cannot be stopped: do not wait.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        Ok(())
+    }
+}
+
+/// TERM or INT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle TERM; stopping on ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
