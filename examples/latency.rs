@@ -57,7 +57,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move {
                     let server = examples::service::builder().build().unwrap();
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -82,10 +85,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             examples::api::fib_async::call_blocking(&blocking, 1).unwrap();
         }),
     );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let client = rpc::Client::connect(addr.as_str()).await?;
-        for (what, f) in [("async client, add (sync fn)", 0), ("async client, fib_async(1)", 1)] {
+        for (what, f) in [
+            ("async client, add (sync fn)", 0),
+            ("async client, fib_async(1)", 1),
+        ] {
             let mut samples = Vec::with_capacity(args.calls);
             for i in 0..args.calls + args.calls / 10 {
                 let t = Instant::now();

@@ -1,13 +1,29 @@
-//! The example server: serves `add`, `fib_async`, `fib_sync` and `echo`.
+//! The example server: serves `add`, `fib_async`, `fib_sync` and `echo` (and two test
+//! aids, `gate` and `journal`).
 //!
 //! Run with
 //!
 //! ```not_rust
 //! cargo run --release --example server -- --addr 127.0.0.1:25000
+//! cargo run --release --example server -- --addr 127.0.0.1:25000 --workers 4 --bind-core
 //! ```
 //!
 //! It prints `listening on ADDR` once it accepts connections (so `--addr 127.0.0.1:0` works
 //! for tests), and stops gracefully on ctrl-c or TERM.
+//!
+//! `--unstable-network` turns the dedup cache on (clients in unstable-network mode get
+//! each call run once, however often they resend it); `--heartbeat-timeout SECS` closes
+//! connections silent for that long (default 60).
+//!
+//! `--workers N` serves from N forked worker processes sharing the port (Unix; 0: one per
+//! core), `--bind-core` pins each to a core. The process started is then the supervisor:
+//! TERM or INT stops every worker gracefully, HUP replaces them one by one, TTIN and TTOU
+//! add and remove one; a worker that dies is restarted. Without `--workers` it is one
+//! process.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -17,30 +33,47 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:25000")]
     addr: String,
+    /// Execute each call of a client session at most once, answering retries from a cache.
+    #[arg(long)]
+    unstable_network: bool,
+    /// Close connections that sent nothing for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    heartbeat_timeout: u64,
+    /// Serve from N forked worker processes (0: one per core). Default: one process.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// With --workers: pin worker i to core i % cores.
+    #[arg(long)]
+    bind_core: bool,
+    /// Test aid: the address the `gate` function connects to.
+    #[arg(long, value_name = "ADDR")]
+    gate: Option<String>,
+    /// Test aid: the file the `journal` function appends to.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// No `#[tokio::main]`: prefork must fork before any runtime or thread exists, so
+/// `run_with` builds the runtime itself (in each worker, or in this one process).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let args = Args::parse();
-    let server = examples::service::builder().build()?;
-    let listener = tokio::net::TcpListener::bind(&args.addr).await?;
-    println!("listening on {}", listener.local_addr()?);
-    server.run(listener, shutdown_signal()).await;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        // Unwrap: installing a TERM handler only fails outside a runtime.
-        let mut term = signal(SignalKind::terminate()).unwrap();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+    if let Some(addr) = args.gate {
+        examples::probes::set_gate(addr);
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    if let Some(path) = args.journal {
+        examples::probes::set_journal(path);
+    }
+    let mut builder = examples::service::builder()
+        .unstable_network(args.unstable_network)
+        .heartbeat_timeout(Duration::from_secs(args.heartbeat_timeout))
+        .bind_core(args.bind_core);
+    if let Some(workers) = args.workers {
+        builder = builder.prefork(workers);
+    }
+    builder.run_with(args.addr.as_str(), |addr| {
+        println!("listening on {addr}");
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(())
 }

@@ -44,6 +44,29 @@ pub mod service {
         data
     }
 
+    /// Test aid (`server --gate ADDR`): connects to ADDR, sends this process's pid (4 bytes,
+    /// little-endian) and holds one of 10 `max_flow` slots until the peer closes that
+    /// connection; returns the pid. With `--workers`, the 10 slots are shared by every
+    /// worker, so the peer sees how many run at once across the whole server.
+    #[register(max_flow = 10)]
+    pub async fn gate() -> Result<u32, std::io::Error> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = super::probes::gate_addr()?;
+        let mut peer = tokio::net::TcpStream::connect(addr).await?;
+        peer.write_all(&std::process::id().to_le_bytes()).await?;
+        let mut sink = [0u8; 64];
+        while peer.read(&mut sink).await? != 0 {}
+        Ok(std::process::id())
+    }
+
+    /// Test aid (`server --journal FILE`): appends a line `KEY PID` to FILE, so that every
+    /// execution leaves a trace, with the process that ran it; returns `key`.
+    #[register]
+    pub fn journal(key: u64) -> Result<u64, std::io::Error> {
+        super::probes::append_journal(key)?;
+        Ok(key)
+    }
+
     /// The server with every example function registered.
     ///
     /// # Errors
@@ -55,6 +78,45 @@ pub mod service {
             .register(fib_async::method())
             .register(fib_sync::method())
             .register(echo::method())
+            .register(gate::method())
+            .register(journal::method())
+    }
+}
+
+/// Where the test aids [`service::gate`] and [`service::journal`] report, set once by the
+/// server's `--gate` and `--journal` flags (never by a client).
+pub mod probes {
+    use std::io::{self, Write};
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    static GATE: OnceLock<String> = OnceLock::new();
+    static JOURNAL: OnceLock<PathBuf> = OnceLock::new();
+
+    /// The address `gate` connects to.
+    pub fn set_gate(addr: String) {
+        let _ = GATE.set(addr);
+    }
+
+    /// The file `journal` appends to.
+    pub fn set_journal(path: PathBuf) {
+        let _ = JOURNAL.set(path);
+    }
+
+    pub(crate) fn gate_addr() -> io::Result<&'static str> {
+        GATE.get()
+            .map(String::as_str)
+            .ok_or_else(|| io::Error::other("this server was started without --gate"))
+    }
+
+    pub(crate) fn append_journal(key: u64) -> io::Result<()> {
+        let path = JOURNAL
+            .get()
+            .ok_or_else(|| io::Error::other("this server was started without --journal"))?;
+        // One write to a file opened for appending: lines from several processes do not
+        // interleave.
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        file.write_all(format!("{key} {}\n", std::process::id()).as_bytes())
     }
 }
 
@@ -69,6 +131,10 @@ pub mod api {
         pub fn fib_sync(n: u64) -> u64;
         /// Echo of bytes.
         pub async fn echo(data: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf;
+        /// Test aid: holds a `max_flow` slot until the server's gate peer lets go.
+        pub async fn gate() -> u32;
+        /// Test aid: one journal line per execution.
+        pub fn journal(key: u64) -> u64;
     }
 }
 
@@ -78,11 +144,23 @@ pub mod api {
 ///
 /// The first failed call.
 pub async fn async_calls(client: &rpc::Client) -> Result<(), rpc::Error> {
-    println!("async    add(2, 3)          = {}", api::add::call(client, 2, 3).await?);
-    println!("async    fib_async(50)      = {}", api::fib_async::call(client, 50).await?);
-    println!("async    fib_sync(25)       = {}", api::fib_sync::call(client, 25).await?);
+    println!(
+        "async    add(2, 3)          = {}",
+        api::add::call(client, 2, 3).await?
+    );
+    println!(
+        "async    fib_async(50)      = {}",
+        api::fib_async::call(client, 50).await?
+    );
+    println!(
+        "async    fib_sync(25)       = {}",
+        api::fib_sync::call(client, 25).await?
+    );
     let data = api::echo::call(client, ByteBuf::from(b"hello".to_vec())).await?;
-    println!("async    echo(b\"hello\")     = {:?}", String::from_utf8_lossy(&data));
+    println!(
+        "async    echo(b\"hello\")     = {:?}",
+        String::from_utf8_lossy(&data)
+    );
     let by_name: i64 = client.call("add", (40, 2)).await?;
     println!("by name  add(40, 2)         = {by_name}");
     let value = client.call_value("add", vec![1.into(), 1.into()]).await?;
@@ -101,7 +179,10 @@ pub async fn async_calls(client: &rpc::Client) -> Result<(), rpc::Error> {
         sum += c.await.unwrap()?;
     }
     assert_eq!(sum, 999 * 1000, "1000 concurrent adds");
-    println!("async    1000 concurrent add(i, i), gathered: sum = {sum} in {:?}", start.elapsed());
+    println!(
+        "async    1000 concurrent add(i, i), gathered: sum = {sum} in {:?}",
+        start.elapsed()
+    );
     Ok(())
 }
 
@@ -111,9 +192,18 @@ pub async fn async_calls(client: &rpc::Client) -> Result<(), rpc::Error> {
 ///
 /// The first failed call.
 pub fn blocking_calls(client: &rpc::BlockingClient) -> Result<(), rpc::Error> {
-    println!("blocking add(2, 3)          = {}", api::add::call_blocking(client, 2, 3)?);
-    println!("blocking fib_async(50)      = {}", api::fib_async::call_blocking(client, 50)?);
-    println!("blocking fib_sync(25)       = {}", api::fib_sync::call_blocking(client, 25)?);
+    println!(
+        "blocking add(2, 3)          = {}",
+        api::add::call_blocking(client, 2, 3)?
+    );
+    println!(
+        "blocking fib_async(50)      = {}",
+        api::fib_async::call_blocking(client, 50)?
+    );
+    println!(
+        "blocking fib_sync(25)       = {}",
+        api::fib_sync::call_blocking(client, 25)?
+    );
     let data = api::echo::call_blocking(client, ByteBuf::from(vec![7u8; 1024]))?;
     println!("blocking echo(1 KiB)        = {} bytes back", data.len());
     let start = Instant::now();

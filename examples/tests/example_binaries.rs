@@ -12,7 +12,11 @@ fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().join("examples");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo test` so examples are built", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` so examples are built",
+        path.display()
+    );
     path
 }
 
@@ -40,7 +44,9 @@ fn start_server() -> (KillOnDrop, String) {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(Duration::from_secs(30)).expect("server printed its address");
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server printed its address");
     let addr = line
         .trim()
         .strip_prefix("listening on ")
@@ -64,7 +70,9 @@ fn client_example_calls_server_example() {
         let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut out);
         let _ = tx.send(out);
     });
-    let out = rx.recv_timeout(Duration::from_secs(120)).expect("client finished");
+    let out = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("client finished");
     let status = client.wait().unwrap();
     assert!(status.success(), "client failed: {status}\n{out}");
     for expected in [
@@ -84,13 +92,19 @@ fn server_example_stops_on_term() {
     let client = rpc::BlockingClient::connect(addr.as_str()).unwrap();
     assert_eq!(examples::api::add::call_blocking(&client, 1, 2).unwrap(), 3);
     let pid = server.0.id();
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let (tx, rx) = mpsc::channel();
     let mut child = std::mem::replace(&mut server.0, Command::new("true").spawn().unwrap());
     std::thread::spawn(move || {
         let _ = tx.send(child.wait());
     });
-    let exit = rx.recv_timeout(Duration::from_secs(30)).expect("server exited after TERM").unwrap();
+    let exit = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server exited after TERM")
+        .unwrap();
     assert!(exit.success(), "server exit status {exit}");
 }

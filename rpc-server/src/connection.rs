@@ -46,6 +46,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// peer reads our error reply instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// At shutdown, how long a connection that has sent nothing yet is given for its first
+/// request to arrive, so that it is answered rather than closed unread.
+const FIRST_REQUEST_AT_SHUTDOWN: Duration = Duration::from_millis(100);
 
 /// What a call in flight ends with.
 enum Finished {
@@ -207,9 +210,13 @@ impl Connection {
                 () = shutdown.cancelled(), if !self.draining => {
                     self.draining = true;
                     // Requests that have arrived already are answered (ShuttingDown, which
-                    // clients may retry) rather than reset by the close; for a connection
-                    // taken from the accept queue at shutdown, that is its first request.
+                    // clients may retry) rather than reset by the close. A connection that
+                    // has sent nothing yet (one taken from the accept queue at shutdown) is
+                    // new to the reactor: give its first request a moment to be seen.
                     if can_read {
+                        if self.first {
+                            let _ = tokio::time::timeout(FIRST_REQUEST_AT_SHUTDOWN, rd.readable()).await;
+                        }
                         let _ = rd.try_read_buf(&mut rbuf);
                     }
                     debug!(peer = %self.peer, in_flight = self.inflight.len(), "draining for shutdown");

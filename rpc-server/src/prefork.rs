@@ -564,12 +564,7 @@ impl Supervisor {
         let startup = !w.ready || now.saturating_duration_since(w.started) < STARTUP;
         let b = &mut self.backoff[w.index];
         b.failures = if startup { b.failures + 1 } else { 1 };
-        let delay = match b.failures {
-            0 | 1 => Duration::ZERO,
-            n => BACKOFF_FIRST
-                .saturating_mul(1 << (n - 2).min(16))
-                .min(BACKOFF_MAX),
-        };
+        let delay = restart_delay(b.failures);
         b.not_before = Some(now + delay);
         warn!(index = w.index, pid = pid.as_raw(), %cause, restart_in = ?delay, "worker died; starting another");
     }
@@ -592,8 +587,8 @@ impl Supervisor {
         match unsafe { fork() }? {
             ForkResult::Child => {
                 // Not the supervisor's: the reserved socket and the signal reader.
-                drop(self.reserve.take());
-                drop(self.signals.take());
+                self.reserve = None;
+                self.signals = None;
                 let launch = Launch {
                     server: self.server.clone(),
                     addr: self.addr,
@@ -631,6 +626,17 @@ impl Supervisor {
                 Ok(())
             }
         }
+    }
+}
+
+/// How long to wait before restarting a worker after `failures` deaths in a row (all but
+/// the first at start-up): the first restart is immediate, then 100 ms doubling to 10 s.
+fn restart_delay(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => BACKOFF_FIRST
+            .saturating_mul(1 << (n - 2).min(16))
+            .min(BACKOFF_MAX),
     }
 }
 
@@ -760,5 +766,17 @@ async fn stop_signal(
         _ = term.recv() => {}
         _ = int.recv() => {}
         () = orphaned => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_only_when_a_worker_keeps_dying_at_start_up() {
+        let delays: Vec<_> = (1..=10).map(|n| restart_delay(n).as_millis()).collect();
+        assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(restart_delay(u32::MAX), BACKOFF_MAX);
     }
 }

@@ -41,6 +41,8 @@ fn worker_info() -> BTreeMap<&'static str, u64> {
 pub(crate) enum Flow {
     Local {
         sem: Arc<Semaphore>,
+        /// Read when prefork replaces the semaphore (Unix only).
+        #[cfg_attr(not(unix), allow(dead_code))]
         limit: usize,
     },
     #[cfg(unix)]

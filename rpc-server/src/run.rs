@@ -53,7 +53,21 @@ impl Builder {
     /// In one process (the default) it binds, builds a multi-thread runtime and runs
     /// [`Server::run`](crate::Server::run). With [`Builder::prefork`] this process becomes
     /// the supervisor of forked workers, each with its own runtime and listener on the
-    /// same port; it returns once every worker has stopped.
+    /// same port (`SO_REUSEPORT`: the kernel spreads connections by a hash of their
+    /// addresses, not by load). `max_flow` limits and the dedup cache are shared by all
+    /// workers. The supervisor answers signals:
+    ///
+    /// - TERM or INT: every worker stops accepting, finishes its calls within the grace
+    ///   period and exits; then `run` returns `Ok`.
+    /// - HUP: rolling restart: a new worker starts for each, and each old one drains once
+    ///   its successor listens.
+    /// - TTIN / TTOU: one worker more / fewer.
+    ///
+    /// A worker that dies is restarted at once (with backoff if it keeps dying at
+    /// start-up) and the cause is logged. Workers log inside a `worker{index, pid}` span,
+    /// and the reserved method `rpc.worker` answers `{"index": i, "pid": p}`. The
+    /// supervisor keeps those signals blocked when it returns: the process is expected to
+    /// exit then.
     ///
     /// ```no_run
     /// use rpc_server::{Method, Server};

@@ -70,7 +70,7 @@ pub use rpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig
 pub use rpc_macros::{declare, register};
 pub use rpc_proto::{Codec, ErrorCode, ServerError};
 pub use rpc_server::{
-    BuildError, Builder, Config as ServerConfig, Error as ServeError, Method, Reply, Server,
+    BuildError, Builder, Config as ServerConfig, Error as ServeError, Method, Reply, Server, WorkerRuntime,
 };
 
 /// The dynamic value type for calls by name: `rmpv::Value`.

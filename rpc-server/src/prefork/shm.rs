@@ -304,11 +304,29 @@ pub(crate) enum Peek {
 
 impl SharedDedup {
     pub(crate) fn new(config: DedupConfig, control: Control) -> io::Result<SharedDedup> {
+        let too_large = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the dedup bounds are too large to share",
+            )
+        };
         let entries = config.max_entries.max(1);
         // Room for every finished entry plus running calls, at most 3/4 full.
-        let buckets = (entries.saturating_mul(2).saturating_add(4096)).next_power_of_two();
+        let buckets = entries
+            .checked_mul(2)
+            .and_then(|n| n.checked_add(4096))
+            .and_then(usize::checked_next_power_of_two)
+            .ok_or_else(too_large)?;
         let arena_words = config.max_bytes.div_ceil(8).max(1);
-        let words = map_words(1 + HEADER + buckets * BUCKET + entries * ITEM + arena_words)?;
+        let total = [
+            buckets.checked_mul(BUCKET),
+            entries.checked_mul(ITEM),
+            Some(arena_words),
+        ]
+        .into_iter()
+        .try_fold(1 + HEADER, |sum, n| n.and_then(|n| sum.checked_add(n)))
+        .ok_or_else(too_large)?;
+        let words = map_words(total)?;
         let (lock, rest) = words.split_at(1);
         let (header, rest) = rest.split_at(HEADER);
         let (table, rest) = rest.split_at(buckets * BUCKET);

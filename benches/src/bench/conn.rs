@@ -1,0 +1,159 @@
+//! One client connection of each system, and one call of each workload through it.
+
+use std::net::SocketAddr;
+
+use benches::Record;
+use serde_bytes::ByteBuf;
+use tarpc::tokio_serde::formats::Bincode;
+
+use crate::grpc;
+use crate::raw;
+use crate::system::{OurCodec, Payload, Variant, Workload};
+use crate::tarpc_svc::BenchClient as TarpcClient;
+use crate::Result;
+
+/// Largest frame the tarpc transport accepts, both sides (its default is 8 MiB).
+pub(crate) const TARPC_MAX_FRAME: usize = 16 << 20;
+
+fn check(ok: bool, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("wrong answer: {what}").into())
+    }
+}
+
+fn our_config(codec: OurCodec) -> rpc_client::Config {
+    let mut cfg = rpc_client::Config::default();
+    cfg.codec = codec.codec();
+    cfg
+}
+
+/// An async client connection.
+#[derive(Debug)]
+pub(crate) enum AsyncConn {
+    Ours(rpc_client::Client),
+    Tonic(grpc::BenchClient<tonic::transport::Channel>),
+    Tarpc(TarpcClient),
+    RawTokio(raw::TokioConn),
+}
+
+impl AsyncConn {
+    /// Open a new connection (each call of this opens its own).
+    pub(crate) async fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<AsyncConn> {
+        Ok(match variant {
+            Variant::OursAsync(codec) => {
+                AsyncConn::Ours(rpc_client::Client::connect_with(addr, our_config(codec)).await?)
+            }
+            Variant::Tonic => {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?;
+                AsyncConn::Tonic(grpc::BenchClient::new(channel))
+            }
+            Variant::Tarpc => {
+                let mut connect = tarpc::serde_transport::tcp::connect(addr, Bincode::default);
+                connect.config_mut().max_frame_length(TARPC_MAX_FRAME);
+                let transport = connect.await?;
+                transport.get_ref().set_nodelay(true)?;
+                AsyncConn::Tarpc(TarpcClient::new(tarpc::client::Config::default(), transport).spawn())
+            }
+            Variant::RawTokio => AsyncConn::RawTokio(raw::TokioConn::connect(addr, payload).await?),
+            Variant::OursBlocking(_) | Variant::RawStd => {
+                return Err(format!("{variant} is not an async client").into())
+            }
+        })
+    }
+
+    /// Another handle on the same connection, for another task.
+    pub(crate) fn share(&self) -> Result<AsyncConn> {
+        Ok(match self {
+            AsyncConn::Ours(c) => AsyncConn::Ours(c.clone()),
+            AsyncConn::Tonic(c) => AsyncConn::Tonic(c.clone()),
+            AsyncConn::Tarpc(c) => AsyncConn::Tarpc(c.clone()),
+            AsyncConn::RawTokio(_) => return Err("a raw connection has no shared handles".into()),
+        })
+    }
+
+    /// One call of `p`'s workload; checks the answer.
+    pub(crate) async fn call(&mut self, p: &Payload) -> Result<()> {
+        match (self, p.workload) {
+            (AsyncConn::Ours(c), Workload::Add) => {
+                let v: i64 = c.call("add", (1i64, 2i64)).await?;
+                check(v == 3, "add")
+            }
+            (AsyncConn::Ours(c), Workload::Echo(n)) => {
+                let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),)).await?;
+                check(v.len() == n, "echo")
+            }
+            (AsyncConn::Ours(c), Workload::Records) => {
+                let v: Vec<Record> = c.call("echo_records", (&p.records,)).await?;
+                check(v.len() == p.records.len(), "echo_records")
+            }
+            (AsyncConn::Tonic(c), Workload::Add) => {
+                let v = c.add(grpc::AddRequest { a: 1, b: 2 }).await?.into_inner();
+                check(v.sum == 3, "add")
+            }
+            (AsyncConn::Tonic(c), Workload::Echo(n)) => {
+                let v = c.echo(grpc::Blob { data: p.blob.clone() }).await?.into_inner();
+                check(v.data.len() == n, "echo")
+            }
+            (AsyncConn::Tarpc(c), Workload::Add) => {
+                let v = c.add(tarpc::context::current(), 1, 2).await?;
+                check(v == 3, "add")
+            }
+            (AsyncConn::Tarpc(c), Workload::Echo(n)) => {
+                let v = c.echo(tarpc::context::current(), p.blob.clone()).await?;
+                check(v.len() == n, "echo")
+            }
+            (AsyncConn::RawTokio(c), Workload::Add | Workload::Echo(_)) => c.call().await,
+            (_, w) => Err(format!("{w} is only served by ours").into()),
+        }
+    }
+}
+
+/// A blocking client connection.
+#[derive(Debug)]
+pub(crate) enum BlockingConn {
+    Ours(rpc_client::BlockingClient),
+    Raw(raw::StdConn),
+}
+
+impl BlockingConn {
+    pub(crate) fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<BlockingConn> {
+        Ok(match variant {
+            Variant::OursBlocking(codec) => {
+                BlockingConn::Ours(rpc_client::BlockingClient::connect_with(addr, our_config(codec))?)
+            }
+            Variant::RawStd => BlockingConn::Raw(raw::StdConn::connect(addr, payload)?),
+            _ => return Err(format!("{variant} is not a blocking client").into()),
+        })
+    }
+
+    pub(crate) fn call(&mut self, p: &Payload) -> Result<()> {
+        match (self, p.workload) {
+            (BlockingConn::Ours(c), Workload::Add) => {
+                let v: i64 = c.call("add", (1i64, 2i64))?;
+                check(v == 3, "add")
+            }
+            (BlockingConn::Ours(c), Workload::Echo(n)) => {
+                let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),))?;
+                check(v.len() == n, "echo")
+            }
+            (BlockingConn::Ours(c), Workload::Records) => {
+                let v: Vec<Record> = c.call("echo_records", (&p.records,))?;
+                check(v.len() == p.records.len(), "echo_records")
+            }
+            (BlockingConn::Raw(c), Workload::Add | Workload::Echo(_)) => c.call(),
+            (_, w) => Err(format!("{w} is only served by ours").into()),
+        }
+    }
+
+    pub(crate) fn into_raw(self) -> Result<raw::StdConn> {
+        match self {
+            BlockingConn::Raw(c) => Ok(c),
+            BlockingConn::Ours(_) => Err("not a raw connection".into()),
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! `bench run`: every system's server as its own process, every client against it, in one
+//! session, systems interleaved and each measurement repeated.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::conn::{AsyncConn, BlockingConn};
+use crate::driver::{self, Sample, Timing};
+use crate::placement::{self, Placement};
+use crate::procfs;
+use crate::raw;
+use crate::report;
+use crate::server::ServerProc;
+use crate::system::{Mode, Payload, ServerKind, Variant, Workload};
+use crate::Result;
+
+/// The options of `bench run` (also accepted with no subcommand).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Tiny counts, to prove the tool works (the test suite runs this); overrides the
+    /// counts and durations below.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Repetitions of every measurement; the report shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) reps: usize,
+    /// Measured calls per sequential measurement, after `calls / 10` warm-up calls (1 MiB
+    /// echo: `calls / big_divisor`).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) calls: u64,
+    /// The 1 MiB echo makes `calls / big_divisor` calls, to keep the run short.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) big_divisor: u64,
+    /// Seconds measured per load measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) duration: f64,
+    /// Seconds of warm-up before each load measurement.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) warmup: f64,
+    /// Connections of the "many connections, one call each" mode.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) many: usize,
+    /// Where client and server run.
+    #[arg(long, value_enum, default_value_t = Placement::Together)]
+    pub(crate) placement: Placement,
+    /// Systems to run (comma-separated); the default is all.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(crate) systems: Vec<ServerKind>,
+    /// Clients to run (comma-separated: ours-async-msgpack, ours-async-bincode,
+    /// ours-blocking-msgpack, ours-blocking-bincode, tonic, tarpc, raw-std, raw-tokio); the
+    /// default is all. Ratios need tonic and the raw floors in the run.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) clients: Vec<String>,
+    /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records); the default
+    /// is all. Load modes always use `add`.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) workloads: Vec<String>,
+    /// Load modes (comma-separated: 1x64, 16x16, many); the default is all three.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) modes: Vec<String>,
+    /// Skip the sequential measurements.
+    #[arg(long)]
+    pub(crate) no_sequential: bool,
+    /// Skip the load (throughput) measurements.
+    #[arg(long)]
+    pub(crate) no_load: bool,
+    /// Write report.md and the charts (SVG) into this directory.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn apply_quick(&mut self) {
+        if self.quick {
+            self.reps = 1;
+            self.calls = 200;
+            self.big_divisor = 4;
+            self.duration = 0.2;
+            self.warmup = 0.05;
+            self.many = self.many.min(16);
+        }
+    }
+
+    fn calls_for(&self, w: Workload) -> u64 {
+        match w {
+            Workload::Echo(n) if n >= 1 << 20 => (self.calls / self.big_divisor.max(1)).max(1),
+            _ => self.calls,
+        }
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            warmup: Duration::from_secs_f64(self.warmup),
+            measure: Duration::from_secs_f64(self.duration),
+        }
+    }
+
+    /// What is measured, in order: sequential latency of every workload, then load with
+    /// `add`.
+    pub(crate) fn plan(&self) -> Vec<(Mode, Workload)> {
+        let mut plan = Vec::new();
+        if !self.no_sequential {
+            for (name, w) in Workload::all() {
+                if self.workloads.is_empty() || self.workloads.iter().any(|n| n == name) {
+                    plan.push((Mode::SEQUENTIAL, w));
+                }
+            }
+        }
+        if !self.no_load {
+            for (name, mode) in [
+                ("1x64", Mode::load(1, 64)),
+                ("16x16", Mode::load(16, 16)),
+                ("many", Mode::load(self.many, 1)),
+            ] {
+                if self.modes.is_empty() || self.modes.iter().any(|m| m == name) {
+                    plan.push((mode, Workload::Add));
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// Every repetition of one measurement.
+#[derive(Debug, Default)]
+pub(crate) struct Results {
+    pub(crate) samples: BTreeMap<(Mode, Workload, Variant), Vec<std::result::Result<Sample, String>>>,
+}
+
+/// What the report needs besides the samples.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) args: RunArgs,
+    pub(crate) command: String,
+    pub(crate) machine: procfs::Machine,
+    pub(crate) runtime: String,
+    pub(crate) idle_rss_kib: BTreeMap<ServerKind, u64>,
+    pub(crate) total: Duration,
+    /// Load averages at the start and at the end of the run.
+    pub(crate) load: (String, String),
+}
+
+/// Run everything and write the report.
+pub(crate) fn run(mut args: RunArgs) -> Result<()> {
+    args.apply_quick();
+    let started = Instant::now();
+    let load_start = procfs::loadavg();
+    let machine = procfs::machine();
+    if args.placement == Placement::Separate && machine.nproc < 2 {
+        return Err("--placement separate needs two cores".into());
+    }
+    for name in &args.clients {
+        if !Variant::ALL.iter().any(|v| v.arg() == name) {
+            return Err(format!("unknown client {name:?}").into());
+        }
+    }
+    for name in &args.modes {
+        if !["1x64", "16x16", "many"].contains(&name.as_str()) {
+            return Err(format!("unknown mode {name:?}").into());
+        }
+    }
+    for name in &args.workloads {
+        if !Workload::all().iter().any(|(n, _)| n == name) {
+            return Err(format!("unknown workload {name:?}").into());
+        }
+    }
+    let selected = |v: Variant| args.clients.is_empty() || args.clients.iter().any(|c| c == v.arg());
+    let kinds: Vec<ServerKind> = ServerKind::ALL
+        .into_iter()
+        .filter(|k| args.systems.is_empty() || args.systems.contains(k))
+        .filter(|k| Variant::ALL.iter().any(|v| v.server() == *k && selected(*v)))
+        .collect();
+    // Servers first: a child inherits the CPU mask of the thread that starts it, and
+    // each server pins itself as told.
+    let mut servers = BTreeMap::new();
+    for &kind in &kinds {
+        let s = ServerProc::spawn(kind, args.placement.server_core())?;
+        eprintln!("started {} server: pid {}, {}", kind.arg(), s.pid, s.addr);
+        servers.insert(kind, s);
+    }
+    if let Some(core) = args.placement.client_core() {
+        placement::pin(core)?;
+    }
+    let rt = placement::runtime()?;
+    let plan = args.plan();
+    let variants: Vec<Variant> = Variant::ALL
+        .into_iter()
+        .filter(|v| servers.contains_key(&v.server()) && selected(*v))
+        .collect();
+    // One untimed pass over every sequential workload first: a fresh server process grows
+    // its buffers and its allocator settles (glibc's mmap threshold adapts to the 1 MiB
+    // messages only after the first ones are freed), and none of that should land in the
+    // first repetition of whichever system happens to run first.
+    for &(mode, workload) in plan.iter().filter(|(m, _)| m.sequential) {
+        let payload = Payload::new(workload);
+        for &v in variants.iter().filter(|v| v.supports(mode, workload)) {
+            let mut warm = args.clone();
+            warm.calls = (args.calls_for(workload) / 10).max(1);
+            warm.big_divisor = 1;
+            if let Err(e) = measure(&rt, &warm, v, mode, &payload, &servers[&v.server()]) {
+                eprintln!("warm-up {mode} {workload} {v}: {e}");
+            }
+        }
+    }
+    eprintln!("warm-up pass done");
+    let mut results = Results::default();
+    for rep in 0..args.reps {
+        for &(mode, workload) in &plan {
+            let payload = Payload::new(workload);
+            let mut order: Vec<Variant> = variants
+                .iter()
+                .copied()
+                .filter(|v| v.supports(mode, workload))
+                .collect();
+            // Interleaved, and each repetition starts with a different system, so that no
+            // system always runs right after the same other one.
+            let len = order.len().max(1);
+            order.rotate_left(rep % len);
+            for v in order {
+                let server = &servers[&v.server()];
+                let r = measure(&rt, &args, v, mode, &payload, server).map_err(|e| e.to_string());
+                match &r {
+                    Ok(s) => eprintln!(
+                        "[{}/{}] {mode} {workload:<18} {v:<22} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0} calls/s  server {:>6.2} µs/call",
+                        rep + 1,
+                        args.reps,
+                        s.quantile(0.5).as_secs_f64() * 1e6,
+                        s.quantile(0.99).as_secs_f64() * 1e6,
+                        s.throughput(),
+                        s.cpu_per_call().as_secs_f64() * 1e6,
+                    ),
+                    Err(e) => eprintln!("[{}/{}] {mode} {workload} {v}: FAILED: {e}", rep + 1, args.reps),
+                }
+                results.samples.entry((mode, workload, v)).or_default().push(r);
+            }
+        }
+    }
+    let idle_rss_kib = servers.iter().map(|(k, s)| (*k, s.idle_rss_kib)).collect();
+    drop(servers);
+    let ctx = Context {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine,
+        runtime: placement::runtime_description(),
+        idle_rss_kib,
+        total: started.elapsed(),
+        load: (load_start, procfs::loadavg()),
+        args,
+    };
+    let md = report::markdown(&ctx, &results);
+    println!("{md}");
+    if let Some(dir) = &ctx.args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.md"), &md)?;
+        crate::charts::write_all(dir, &results)?;
+        eprintln!("wrote {}", dir.display());
+    }
+    let failed = results.samples.values().flatten().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        return Err(format!("{failed} measurement(s) failed").into());
+    }
+    Ok(())
+}
+
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    args: &RunArgs,
+    v: Variant,
+    mode: Mode,
+    payload: &Arc<Payload>,
+    server: &ServerProc,
+) -> Result<Sample> {
+    let (addr, pid) = (server.addr, server.pid);
+    if mode.sequential {
+        let calls = args.calls_for(payload.workload);
+        let warmup = (calls / 10).max(1);
+        if v.is_blocking() {
+            let mut conn = BlockingConn::connect(v, addr, payload)?;
+            return driver::seq_blocking(&mut conn, payload, warmup, calls, pid);
+        }
+        let payload = payload.clone();
+        return rt.block_on(async move {
+            let conn = AsyncConn::connect(v, addr, &payload).await?;
+            // As a task, so that on a multi-thread runtime it runs on a worker like the
+            // connection tasks it talks to.
+            tokio::spawn(driver::seq_async(conn, payload, warmup, calls, pid)).await?
+        });
+    }
+    let timing = args.timing();
+    match v {
+        Variant::RawStd => {
+            let conns = (0..mode.connections)
+                .map(|_| BlockingConn::connect(v, addr, payload)?.into_raw())
+                .collect::<Result<Vec<_>>>()?;
+            driver::load_threads(
+                conns,
+                |c: raw::StdConn, phase, h| c.pipelined(mode.in_flight, phase, h),
+                timing,
+                pid,
+            )
+        }
+        Variant::OursBlocking(_) => {
+            let conns = (0..mode.connections)
+                .map(|_| BlockingConn::connect(v, addr, payload))
+                .collect::<Result<Vec<_>>>()?;
+            driver::load_threads(conns, driver::blocking_loop(payload), timing, pid)
+        }
+        Variant::RawTokio => rt.block_on(async {
+            let mut conns = Vec::with_capacity(mode.connections);
+            for _ in 0..mode.connections {
+                conns.push(raw::TokioConn::connect(addr, payload).await?);
+            }
+            driver::load_raw_tokio(conns, mode.in_flight, timing, pid).await
+        }),
+        _ => rt.block_on(async {
+            let mut conns = Vec::with_capacity(mode.connections);
+            for _ in 0..mode.connections {
+                conns.push(AsyncConn::connect(v, addr, payload).await?);
+            }
+            driver::load_async(conns, mode.in_flight, payload.clone(), timing, pid).await
+        }),
+    }
+}

@@ -1,0 +1,273 @@
+//! What is compared: the systems, the clients of each, the workloads and the modes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use benches::{Record, RECORDS_PER_CALL};
+use bytes::Bytes;
+
+/// A server implementation, run as its own process by `bench server --system X`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub(crate) enum ServerKind {
+    /// Our server (rpc-server), one process, one worker.
+    Ours,
+    /// gRPC through tonic 0.14 (HTTP/2, protobuf).
+    Tonic,
+    /// tarpc 0.38 with its serde transport over TCP (bincode).
+    Tarpc,
+    /// Length-prefixed echo on blocking std sockets, a thread per connection.
+    RawStd,
+    /// Length-prefixed echo on tokio, a task per connection.
+    RawTokio,
+}
+
+impl ServerKind {
+    pub(crate) const ALL: [ServerKind; 5] = [
+        ServerKind::Ours,
+        ServerKind::Tonic,
+        ServerKind::Tarpc,
+        ServerKind::RawStd,
+        ServerKind::RawTokio,
+    ];
+
+    /// The name on the command line.
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            ServerKind::Ours => "ours",
+            ServerKind::Tonic => "tonic",
+            ServerKind::Tarpc => "tarpc",
+            ServerKind::RawStd => "raw-std",
+            ServerKind::RawTokio => "raw-tokio",
+        }
+    }
+}
+
+/// Our codec choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum OurCodec {
+    Msgpack,
+    Bincode,
+}
+
+impl OurCodec {
+    pub(crate) fn codec(self) -> rpc_client::Codec {
+        match self {
+            OurCodec::Msgpack => rpc_client::Codec::Msgpack,
+            OurCodec::Bincode => rpc_client::Codec::Bincode,
+        }
+    }
+}
+
+/// One client of one system: a row in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Variant {
+    /// Our async `Client`.
+    OursAsync(OurCodec),
+    /// Our std `BlockingClient`.
+    OursBlocking(OurCodec),
+    Tonic,
+    Tarpc,
+    RawStd,
+    RawTokio,
+}
+
+impl Variant {
+    pub(crate) const ALL: [Variant; 8] = [
+        Variant::OursAsync(OurCodec::Msgpack),
+        Variant::OursAsync(OurCodec::Bincode),
+        Variant::OursBlocking(OurCodec::Msgpack),
+        Variant::OursBlocking(OurCodec::Bincode),
+        Variant::Tonic,
+        Variant::Tarpc,
+        Variant::RawStd,
+        Variant::RawTokio,
+    ];
+
+    pub(crate) fn server(self) -> ServerKind {
+        match self {
+            Variant::OursAsync(_) | Variant::OursBlocking(_) => ServerKind::Ours,
+            Variant::Tonic => ServerKind::Tonic,
+            Variant::Tarpc => ServerKind::Tarpc,
+            Variant::RawStd => ServerKind::RawStd,
+            Variant::RawTokio => ServerKind::RawTokio,
+        }
+    }
+
+    /// A thread blocks on each call (no runtime on the client side).
+    pub(crate) fn is_blocking(self) -> bool {
+        matches!(self, Variant::OursBlocking(_) | Variant::RawStd)
+    }
+
+    /// The raw floor this client is compared with: std for blocking clients, tokio for
+    /// async ones.
+    pub(crate) fn floor(self) -> Variant {
+        if self.is_blocking() {
+            Variant::RawStd
+        } else {
+            Variant::RawTokio
+        }
+    }
+
+    /// Whether this client can run `mode` with `workload`.
+    pub(crate) fn supports(self, mode: Mode, workload: Workload) -> bool {
+        if workload == Workload::Records && !matches!(self, Variant::OursAsync(_) | Variant::OursBlocking(_))
+        {
+            return false;
+        }
+        match self {
+            // One call at a time per client: sequential, or one thread per connection.
+            Variant::OursBlocking(_) => mode.in_flight == 1,
+            _ => true,
+        }
+    }
+
+    /// The name on the command line (`--clients`).
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            Variant::OursAsync(OurCodec::Msgpack) => "ours-async-msgpack",
+            Variant::OursAsync(OurCodec::Bincode) => "ours-async-bincode",
+            Variant::OursBlocking(OurCodec::Msgpack) => "ours-blocking-msgpack",
+            Variant::OursBlocking(OurCodec::Bincode) => "ours-blocking-bincode",
+            Variant::Tonic => "tonic",
+            Variant::Tarpc => "tarpc",
+            Variant::RawStd => "raw-std",
+            Variant::RawTokio => "raw-tokio",
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Variant::OursAsync(OurCodec::Msgpack) => "ours async msgpack",
+            Variant::OursAsync(OurCodec::Bincode) => "ours async bincode",
+            Variant::OursBlocking(OurCodec::Msgpack) => "ours blocking msgpack",
+            Variant::OursBlocking(OurCodec::Bincode) => "ours blocking bincode",
+            Variant::Tonic => "tonic (gRPC)",
+            Variant::Tarpc => "tarpc (bincode)",
+            Variant::RawStd => "raw TCP std",
+            Variant::RawTokio => "raw TCP tokio",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// What each call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Workload {
+    /// `add(i64, i64) -> i64`. The raw floors echo a 16-byte frame instead.
+    Add,
+    /// Echo of this many bytes.
+    Echo(usize),
+    /// Echo of [`RECORDS_PER_CALL`] [`Record`]s (ours only: the codec comparison).
+    Records,
+}
+
+impl Workload {
+    /// Every workload, with its name on the command line (`--workloads`).
+    pub(crate) fn all() -> Vec<(&'static str, Workload)> {
+        let mut v = vec![("add", Workload::Add)];
+        for (name, n) in ["16b", "1k", "64k", "1m"].into_iter().zip(benches::ECHO_SIZES) {
+            v.push((name, Workload::Echo(n)));
+        }
+        v.push(("records", Workload::Records));
+        v
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Add => f.write_str("add"),
+            Workload::Echo(n) => write!(f, "echo {}", benches::size_label(*n)),
+            Workload::Records => write!(f, "echo {RECORDS_PER_CALL} records"),
+        }
+    }
+}
+
+/// How calls are issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Mode {
+    /// Connections.
+    pub(crate) connections: usize,
+    /// Calls in flight on each connection.
+    pub(crate) in_flight: usize,
+    /// Sequential latency: one connection, one call at a time, a fixed number of calls.
+    pub(crate) sequential: bool,
+}
+
+impl Mode {
+    pub(crate) const SEQUENTIAL: Mode = Mode {
+        connections: 1,
+        in_flight: 1,
+        sequential: true,
+    };
+
+    pub(crate) fn load(connections: usize, in_flight: usize) -> Mode {
+        Mode {
+            connections,
+            in_flight,
+            sequential: false,
+        }
+    }
+}
+
+/// Sequential first, then the most calls in flight per connection first: 1 × 64, 16 × 16,
+/// 256 × 1, as the issue lists them.
+impl Ord for Mode {
+    fn cmp(&self, other: &Mode) -> std::cmp::Ordering {
+        let key = |m: &Mode| (!m.sequential, std::cmp::Reverse(m.in_flight), m.connections);
+        key(self).cmp(&key(other))
+    }
+}
+
+impl PartialOrd for Mode {
+    fn partial_cmp(&self, other: &Mode) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.sequential {
+            f.write_str("sequential")
+        } else {
+            write!(f, "{} conn × {} in flight", self.connections, self.in_flight)
+        }
+    }
+}
+
+/// The data of one workload, built once and shared by every call.
+#[derive(Debug)]
+pub(crate) struct Payload {
+    pub(crate) workload: Workload,
+    /// The bytes to echo (for `Add`, the 16 bytes the raw floors echo).
+    pub(crate) blob: Bytes,
+    pub(crate) records: Vec<Record>,
+}
+
+impl Payload {
+    pub(crate) fn new(workload: Workload) -> Arc<Payload> {
+        let blob = match workload {
+            Workload::Add => {
+                let mut b = 1i64.to_le_bytes().to_vec();
+                b.extend_from_slice(&2i64.to_le_bytes());
+                b
+            }
+            Workload::Echo(n) => benches::blob(n),
+            Workload::Records => Vec::new(),
+        };
+        let records = match workload {
+            Workload::Records => benches::records(RECORDS_PER_CALL),
+            _ => Vec::new(),
+        };
+        Arc::new(Payload {
+            workload,
+            blob: Bytes::from(blob),
+            records,
+        })
+    }
+}
