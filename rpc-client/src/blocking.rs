@@ -399,14 +399,21 @@ impl State {
             self.start = 0;
             self.end = 0;
         }
-        if self.rbuf.len() - self.end < READ_CHUNK / 4 {
+        // Room for the rest of a large reply in one read, as its headers tell (up to 1 MiB
+        // ahead of what has arrived).
+        let hint = self
+            .framer
+            .needed(&self.rbuf[self.start..self.end])
+            .min(1024 * 1024);
+        let want = (READ_CHUNK / 4).max(hint);
+        if self.rbuf.len() - self.end < want {
             if self.start > 0 {
                 self.rbuf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
             }
-            if self.rbuf.len() - self.end < READ_CHUNK / 4 {
-                let grow = self.rbuf.len().max(READ_CHUNK);
+            if self.rbuf.len() - self.end < want {
+                let grow = self.rbuf.len().max(READ_CHUNK).max(want);
                 self.rbuf.resize(self.rbuf.len() + grow, 0);
             }
         }

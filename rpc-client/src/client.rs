@@ -21,12 +21,16 @@ use crate::reply::RawReply;
 use crate::{Config, Error};
 
 type ReplyTx = oneshot::Sender<Result<RawReply, Error>>;
+type Queue = mpsc::UnboundedSender<Command>;
 
+/// What callers ask of the connection task. The queue is unbounded, but each caller has at
+/// most one command in it at a time, so it is bounded by the number of callers.
 enum Command {
     Call {
         msgid: u64,
         frame: Bytes,
         reply: ReplyTx,
+        deadline: Instant,
     },
     Send {
         frame: Bytes,
@@ -35,6 +39,30 @@ enum Command {
         msgid: u64,
     },
 }
+
+/// A hasher for msgids: sequential integers need mixing, not SipHash's defence against
+/// chosen keys (the client picks its own msgids).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Calls written and not yet answered: the reply channel and the deadline of each.
+type Pending = HashMap<u64, (ReplyTx, Instant), std::hash::BuildHasherDefault<IdHasher>>;
 
 /// An async client for any MessagePack-RPC server.
 ///
@@ -65,22 +93,22 @@ struct Shared {
     config: Config,
     session: Option<u128>,
     next_id: AtomicU64,
-    conn: Mutex<Option<mpsc::Sender<Command>>>,
+    conn: Mutex<Option<Queue>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
-/// Cancels a call if its future is dropped (timeout or cancellation) before the reply
-/// arrives: the connection forgets it and, with extensions, tells the server.
-struct CancelGuard {
-    tx: Option<mpsc::Sender<Command>>,
+/// Cancels a call if its future is dropped before the reply arrives: the connection
+/// forgets it and, with extensions, tells the server.
+struct CancelGuard<'a> {
+    tx: &'a Queue,
     msgid: u64,
+    armed: bool,
 }
 
-impl Drop for CancelGuard {
+impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        if let Some(tx) = &self.tx {
-            // Best effort: if the queue is full the entry goes when the reply comes.
-            let _ = tx.try_send(Command::Cancel { msgid: self.msgid });
+        if self.armed {
+            let _ = self.tx.send(Command::Cancel { msgid: self.msgid });
         }
     }
 }
@@ -175,26 +203,30 @@ impl Client {
         loop {
             let tx = self.sender(deadline).await?;
             let (reply_tx, reply_rx) = oneshot::channel();
-            let mut guard = CancelGuard {
-                tx: Some(tx.clone()),
+            let call = Command::Call {
                 msgid,
+                frame: frame.clone(),
+                reply: reply_tx,
+                deadline,
             };
-            let outcome = match tx
-                .send(Command::Call {
-                    msgid,
-                    frame: frame.clone(),
-                    reply: reply_tx,
-                })
-                .await
-            {
+            // The connection task enforces the deadline: no timer per call.
+            let outcome = match tx.send(call) {
                 Err(_) => Err(Error::ConnectionClosed),
-                Ok(()) => match tokio::time::timeout_at(deadline, reply_rx).await {
-                    Err(_) => return Err(Error::Timeout(self.timeout)),
-                    Ok(Err(_)) => Err(Error::ConnectionClosed),
-                    Ok(Ok(r)) => r,
-                },
+                Ok(()) => {
+                    let mut guard = CancelGuard {
+                        tx: &tx,
+                        msgid,
+                        armed: true,
+                    };
+                    let r = reply_rx.await;
+                    guard.armed = false;
+                    match r {
+                        Err(_) => Err(Error::ConnectionClosed),
+                        Ok(Err(Error::Timeout(_))) => return Err(Error::Timeout(self.timeout)),
+                        Ok(r) => r,
+                    }
+                }
             };
-            guard.tx = None;
             let retry = match outcome {
                 Ok(reply) => match reply.decode::<R>() {
                     // Refused before it ran: always safe to send again.
@@ -236,13 +268,12 @@ impl Client {
         encode_notification(self.shared.config.codec, &mut frame, method, &params)?;
         let tx = self.sender(Instant::now() + self.timeout).await?;
         tx.send(Command::Send { frame: frame.into() })
-            .await
             .map_err(|_| Error::ConnectionClosed)
     }
 
     /// The live connection's queue, (re)connecting first if there is none, with backoff
     /// until `deadline`.
-    async fn sender(&self, deadline: Instant) -> Result<mpsc::Sender<Command>, Error> {
+    async fn sender(&self, deadline: Instant) -> Result<Queue, Error> {
         if let Some(tx) = self.live() {
             return Ok(tx);
         }
@@ -275,18 +306,14 @@ impl Client {
         }
     }
 
-    fn live(&self) -> Option<mpsc::Sender<Command>> {
+    fn live(&self) -> Option<Queue> {
         // A poisoned lock only means a panic elsewhere; the slot itself is always valid.
         let conn = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.as_ref().filter(|tx| !tx.is_closed()).cloned()
     }
 }
 
-async fn connect(
-    addrs: &[SocketAddr],
-    config: &Config,
-    session: Option<u128>,
-) -> Result<mpsc::Sender<Command>, Error> {
+async fn connect(addrs: &[SocketAddr], config: &Config, session: Option<u128>) -> Result<Queue, Error> {
     let connect = async {
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
         let mut stream = None;
@@ -326,7 +353,7 @@ async fn connect(
     let (stream, rbuf) = tokio::time::timeout(config.connect_timeout, connect)
         .await
         .map_err(|_| Error::Timeout(config.connect_timeout))??;
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::unbounded_channel();
     let framer = Framer::new(config.codec, config.max_message_size);
     tokio::spawn(drive(stream, rbuf, rx, framer, config.clone()));
     Ok(tx)
@@ -336,13 +363,13 @@ async fn connect(
 async fn drive(
     mut stream: TcpStream,
     mut rbuf: BytesMut,
-    mut rx: mpsc::Receiver<Command>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
     mut framer: Framer,
     config: Config,
 ) {
     let codec = framer.codec();
     let extended = config.uses_hello();
-    let mut pending: HashMap<u64, ReplyTx> = HashMap::new();
+    let mut pending = Pending::default();
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut written = 0;
     let (mut rd, mut wr) = stream.split();
@@ -350,21 +377,42 @@ async fn drive(
     let mut last_write = Instant::now();
     let ping = tokio::time::sleep(heartbeat);
     tokio::pin!(ping);
-    let apply = |cmd: Command, wbuf: &mut Vec<u8>, pending: &mut HashMap<u64, ReplyTx>| match cmd {
-        Command::Call { msgid, frame, reply } => {
-            wbuf.extend_from_slice(&frame);
-            pending.insert(msgid, reply);
-        }
-        Command::Send { frame } => wbuf.extend_from_slice(&frame),
-        Command::Cancel { msgid } => {
-            if pending.remove(&msgid).is_some() && extended {
-                let _ = encode_notification(codec, wbuf, "rpc.cancel", &(msgid,));
+    // One timer for every call's deadline: armed at the earliest one known, swept when it
+    // fires (the sweep looks at the calls in flight only).
+    let mut next_deadline: Option<Instant> = None;
+    let mut armed_at: Option<Instant> = None;
+    let expiry = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(expiry);
+    let apply =
+        |cmd: Command, wbuf: &mut Vec<u8>, pending: &mut Pending, next: &mut Option<Instant>| match cmd {
+            Command::Call {
+                msgid,
+                frame,
+                reply,
+                deadline,
+            } => {
+                wbuf.extend_from_slice(&frame);
+                pending.insert(msgid, (reply, deadline));
+                if next.is_none_or(|n| deadline < n) {
+                    *next = Some(deadline);
+                }
             }
-        }
-    };
+            Command::Send { frame } => wbuf.extend_from_slice(&frame),
+            Command::Cancel { msgid } => {
+                if pending.remove(&msgid).is_some() && extended {
+                    let _ = encode_notification(codec, wbuf, "rpc.cancel", &(msgid,));
+                }
+            }
+        };
     let error: Error = 'run: loop {
         while let Ok(cmd) = rx.try_recv() {
-            apply(cmd, &mut wbuf, &mut pending);
+            apply(cmd, &mut wbuf, &mut pending, &mut next_deadline);
+        }
+        if next_deadline.is_some() && next_deadline != armed_at {
+            // Unwrap-free: checked just above.
+            let at = next_deadline.unwrap_or_else(Instant::now);
+            expiry.as_mut().reset(at);
+            armed_at = Some(at);
         }
         if written < wbuf.len() {
             match wr.try_write(&wbuf[written..]) {
@@ -378,8 +426,9 @@ async fn drive(
                 written = 0;
             }
         }
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve((16 * 1024usize).max(rbuf.len()));
+        let hint = framer.needed(&rbuf).min(1024 * 1024);
+        if rbuf.capacity() - rbuf.len() < 4096usize.max(hint) {
+            rbuf.reserve((16 * 1024usize).max(rbuf.len()).max(hint));
         }
         tokio::select! {
             biased;
@@ -393,7 +442,7 @@ async fn drive(
                             let frame = rbuf.split_to(n).freeze();
                             match RawReply::parse(codec, frame) {
                                 Ok(Some((msgid, reply))) => {
-                                    if let Some(tx) = pending.remove(&msgid) {
+                                    if let Some((tx, _)) = pending.remove(&msgid) {
                                         let _ = tx.send(Ok(reply));
                                     } else {
                                         debug!(msgid, "reply to a call nobody waits for");
@@ -408,7 +457,7 @@ async fn drive(
                 },
             },
             cmd = rx.recv() => match cmd {
-                Some(cmd) => apply(cmd, &mut wbuf, &mut pending),
+                Some(cmd) => apply(cmd, &mut wbuf, &mut pending, &mut next_deadline),
                 // Every handle is gone: nobody can call any more. Flush what is queued.
                 None => {
                     if written < wbuf.len() {
@@ -420,6 +469,25 @@ async fn drive(
             r = wr.writable(), if written < wbuf.len() => if let Err(e) = r {
                 break 'run e.into();
             },
+            () = &mut expiry, if next_deadline.is_some() => {
+                let now = Instant::now();
+                let expired: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, (_, d))| *d <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for msgid in expired {
+                    if let Some((tx, _)) = pending.remove(&msgid) {
+                        // The caller puts its own timeout in the error.
+                        let _ = tx.send(Err(Error::Timeout(Duration::ZERO)));
+                        if extended {
+                            let _ = encode_notification(codec, &mut wbuf, "rpc.cancel", &(msgid,));
+                        }
+                    }
+                }
+                next_deadline = pending.values().map(|(_, d)| *d).min();
+                armed_at = None;
+            }
             () = &mut ping, if config.heartbeat_interval.is_some() => {
                 if last_write.elapsed() >= heartbeat && wbuf.is_empty() {
                     let _ = encode_notification(codec, &mut wbuf, "rpc.ping", &());
@@ -432,7 +500,7 @@ async fn drive(
     };
     debug!(error = %error, calls = pending.len(), "connection lost");
     rx.close();
-    for (_, tx) in pending.drain() {
+    for (_, (tx, _)) in pending.drain() {
         let _ = tx.send(Err(match &error {
             Error::Transport(e) => Error::Transport(io::Error::new(e.kind(), e.to_string())),
             Error::Protocol(p) => Error::Protocol(p.clone()),

@@ -67,6 +67,26 @@ impl Framer {
         self.max
     }
 
+    /// How many more bytes the message at the start of `buf` needs at least, as far as its
+    /// headers tell: a hint for sizing the next read, so that a large message arrives in
+    /// one read instead of many. 0 when nothing is known yet. Never more than the maximum
+    /// message size.
+    pub fn needed(&self, buf: &[u8]) -> usize {
+        let total = match self.codec {
+            Codec::Msgpack if self.remaining > 0 => self.pos.saturating_add(self.remaining),
+            Codec::Msgpack => 0,
+            Codec::Bincode => match buf.get(..4) {
+                // Unwrap: `head` is exactly 4 bytes long.
+                Some(head) => u64::from(u32::from_le_bytes(head.try_into().unwrap())) + 4,
+                None => 0,
+            },
+        };
+        usize::try_from(total)
+            .unwrap_or(usize::MAX)
+            .min(self.max)
+            .saturating_sub(buf.len())
+    }
+
     /// Forget any partly read message.
     pub fn reset(&mut self) {
         self.pos = 0;
@@ -313,6 +333,19 @@ mod tests {
             Err(FrameError::TooLarge { msgid, .. }) => assert_eq!(msgid, Some(1 << 32)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn needed_hints_the_rest_of_a_large_message() {
+        let mut msg = vec![0x94, 0x00, 0x01, 0xa1, b'e', 0x91, 0xc6];
+        msg.extend_from_slice(&(100_000u32).to_be_bytes());
+        let mut f = Framer::new(Codec::Msgpack, 1 << 20);
+        assert_eq!(f.needed(&[]), 0);
+        assert_eq!(f.decode(&msg).unwrap(), None);
+        assert_eq!(f.needed(&msg), 100_000);
+        let mut b = Framer::new(Codec::Bincode, 1 << 20);
+        assert_eq!(b.decode(&[10, 0, 0, 0, 1]).unwrap(), None);
+        assert_eq!(b.needed(&[10, 0, 0, 0, 1]), 13);
     }
 
     #[test]

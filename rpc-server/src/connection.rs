@@ -42,6 +42,8 @@ use crate::Shared;
 /// Buffers larger than this are given back to the allocator once empty.
 const KEEP_BUFFER: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// The most a message's headers may make us reserve ahead of the bytes that arrived.
+const HINT_LIMIT: usize = 1024 * 1024;
 /// After an unreadable stream, how long (and how much) to drain before closing, so the
 /// peer reads our error reply instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -198,11 +200,16 @@ impl Connection {
                 continue;
             }
             let can_read = self.reading && self.has_room();
-            if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
-                    rbuf = BytesMut::with_capacity(READ_CHUNK);
-                } else {
-                    rbuf.reserve(READ_CHUNK.max(rbuf.len()));
+            if can_read {
+                // Room for the rest of a large message in one read, as its headers tell,
+                // up to 1 MiB ahead of what has arrived; then doubling.
+                let hint = self.framer.needed(&rbuf).min(HINT_LIMIT);
+                if rbuf.capacity() - rbuf.len() < (READ_CHUNK / 4).max(hint) {
+                    if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
+                        rbuf = BytesMut::with_capacity(READ_CHUNK);
+                    } else {
+                        rbuf.reserve(READ_CHUNK.max(rbuf.len()).max(hint));
+                    }
                 }
             }
             tokio::select! {

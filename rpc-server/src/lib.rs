@@ -235,6 +235,12 @@ impl Builder {
         self
     }
 
+    /// See [`Config::write_buffer_high_water`].
+    pub fn write_buffer_high_water(mut self, bytes: usize) -> Builder {
+        self.config.write_buffer_high_water = bytes.max(1);
+        self
+    }
+
     /// Check the methods and build the server.
     ///
     /// # Errors

@@ -84,3 +84,24 @@ async fn blocking_client_round_trips() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn async_client_times_out_and_keeps_working() {
+    let (addr, _stop) = start().await;
+    let c = Client::connect(addr).await.unwrap();
+    let quick = c.with_timeout(Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    let e = quick.call::<_, u64>("slow", (5_000u64,)).await.unwrap_err();
+    assert!(
+        matches!(e, rpc_client::Error::Timeout(d) if d == Duration::from_millis(50)),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "timed out late: {:?}",
+        started.elapsed()
+    );
+    // The same connection still answers, and a late reply to the timed-out call is ignored.
+    let v: i64 = c.call("add", (20, 22)).await.unwrap();
+    assert_eq!(v, 42);
+}
