@@ -12,7 +12,7 @@ use crate::conn::{AsyncConn, BlockingConn};
 use crate::procfs;
 use crate::raw;
 use crate::system::Payload;
-use crate::Result;
+use crate::{BoxError, Result};
 
 /// How long a load measurement warms up, then measures.
 #[derive(Debug, Clone, Copy)]
@@ -115,62 +115,92 @@ impl Window {
             ticks,
         })
     }
+}
 
-    fn close(self, hist: Histogram<u64>) -> Result<Sample> {
-        let elapsed = self.start.elapsed();
-        let ticks = procfs::cpu_ticks(self.pid)?;
+/// Sequential measurements accumulate over several short rounds, interleaved with the
+/// other systems' rounds (see `harness`), so that a slow drift in the machine's load
+/// (other tenants) reaches every system alike.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    hist: Histogram<u64>,
+    elapsed: Duration,
+    ticks: u64,
+}
+
+impl Tally {
+    pub(crate) fn new() -> Tally {
+        Tally {
+            hist: new_hist(3),
+            elapsed: Duration::ZERO,
+            ticks: 0,
+        }
+    }
+
+    /// The sample of every round so far; the server's memory is read now.
+    pub(crate) fn into_sample(self, pid: u32) -> Result<Sample> {
         Ok(Sample {
-            hist,
-            elapsed,
-            server_cpu: procfs::ticks(ticks.saturating_sub(self.ticks)),
-            rss_kib: procfs::rss_kib(self.pid)?,
+            hist: self.hist,
+            elapsed: self.elapsed,
+            server_cpu: procfs::ticks(self.ticks),
+            rss_kib: procfs::rss_kib(pid)?,
         })
+    }
+
+    fn add_window(&mut self, window: Window) -> Result<()> {
+        self.elapsed += window.start.elapsed();
+        self.ticks += procfs::cpu_ticks(window.pid)?.saturating_sub(window.ticks);
+        Ok(())
     }
 }
 
-/// Sequential calls on one async connection.
+/// `calls` sequential calls on one async connection, added to `tally` (and with `None`,
+/// untimed: a warm-up).
 pub(crate) async fn seq_async(
-    mut conn: AsyncConn,
-    p: Arc<Payload>,
-    warmup: u64,
+    conn: &mut AsyncConn,
+    p: &Payload,
     calls: u64,
     pid: u32,
-) -> Result<Sample> {
-    for _ in 0..warmup {
-        conn.call(&p).await?;
-    }
-    let mut hist = new_hist(3);
+    tally: Option<&mut Tally>,
+) -> Result<()> {
+    let Some(tally) = tally else {
+        for _ in 0..calls {
+            conn.call(p).await?;
+        }
+        return Ok(());
+    };
     let window = Window::open(pid)?;
     for _ in 0..calls {
         let t = Instant::now();
-        conn.call(&p).await?;
-        record(&mut hist, t.elapsed());
+        conn.call(p).await?;
+        record(&mut tally.hist, t.elapsed());
     }
-    window.close(hist)
+    tally.add_window(window)
 }
 
-/// Sequential calls on one blocking connection, on this thread.
+/// As [`seq_async`], on a blocking connection, on this thread.
 pub(crate) fn seq_blocking(
     conn: &mut BlockingConn,
     p: &Payload,
-    warmup: u64,
     calls: u64,
     pid: u32,
-) -> Result<Sample> {
-    for _ in 0..warmup {
-        conn.call(p)?;
-    }
-    let mut hist = new_hist(3);
+    tally: Option<&mut Tally>,
+) -> Result<()> {
+    let Some(tally) = tally else {
+        for _ in 0..calls {
+            conn.call(p)?;
+        }
+        return Ok(());
+    };
     let window = Window::open(pid)?;
     for _ in 0..calls {
         let t = Instant::now();
         conn.call(p)?;
-        record(&mut hist, t.elapsed());
+        record(&mut tally.hist, t.elapsed());
     }
-    window.close(hist)
+    tally.add_window(window)
 }
 
-/// Warm up, then open the window, let the loops record, stop them and close it.
+/// Warm up, then open the window, let the loops record, and stop them.
 async fn coordinate(phase: &Phase, timing: Timing, pid: u32) -> Result<Window> {
     tokio::time::sleep(timing.warmup).await;
     let window = Window::open(pid)?;
@@ -183,13 +213,23 @@ async fn coordinate(phase: &Phase, timing: Timing, pid: u32) -> Result<Window> {
 /// How long stopped loops get to finish their last call.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn join_all(tasks: Vec<tokio::task::JoinHandle<Result<Histogram<u64>>>>) -> Result<Histogram<u64>> {
+/// Join the loops of one slice: their histograms, or the first error.
+async fn join_all<T>(
+    tasks: Vec<tokio::task::JoinHandle<(T, Result<Histogram<u64>>)>>,
+) -> (Vec<T>, Result<Histogram<u64>>) {
     let mut total = new_hist(2);
-    let mut first_error = None;
+    let mut first_error: Option<BoxError> = None;
+    let mut back = Vec::with_capacity(tasks.len());
     for t in tasks {
         match tokio::time::timeout(JOIN_TIMEOUT, t).await {
-            Ok(Ok(Ok(h))) => total.add(h).map_err(|e| e.to_string())?,
-            Ok(Ok(Err(e))) => {
+            Ok(Ok((c, Ok(h)))) => {
+                back.push(c);
+                if let Err(e) = total.add(h) {
+                    first_error.get_or_insert(e.to_string().into());
+                }
+            }
+            Ok(Ok((c, Err(e)))) => {
+                back.push(c);
                 first_error.get_or_insert(e);
             }
             Ok(Err(e)) => {
@@ -201,86 +241,114 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<Result<Histogram<u64>>>>) -
         }
     }
     match first_error {
-        Some(e) => Err(e),
-        None => Ok(total),
+        Some(e) => (back, Err(e)),
+        None => (back, Ok(total)),
     }
 }
 
-/// Closed-loop load: `per_conn` tasks on each connection, each calling again as soon as
-/// its call returns.
+/// A load measurement in slices: the slices of all systems are interleaved by the
+/// harness, and each slice adds its window and its calls here.
+impl Tally {
+    pub(crate) fn for_load() -> Tally {
+        Tally {
+            hist: new_hist(2),
+            elapsed: Duration::ZERO,
+            ticks: 0,
+        }
+    }
+
+    fn add_hist(&mut self, h: &Histogram<u64>) -> Result<()> {
+        self.hist.add(h).map_err(|e| e.to_string().into())
+    }
+}
+
+/// One slice of closed-loop load: `per_conn` tasks on each connection, each calling again
+/// as soon as its call returns. The window closes before the loops are joined: what they
+/// do after `Stop` is counted neither in calls nor in CPU time.
 pub(crate) async fn load_async(
-    conns: Vec<AsyncConn>,
+    conns: &[AsyncConn],
     per_conn: usize,
-    p: Arc<Payload>,
+    p: &Arc<Payload>,
     timing: Timing,
     pid: u32,
-) -> Result<Sample> {
+    tally: &mut Tally,
+) -> Result<()> {
     let phase = Arc::new(Phase::default());
     let mut tasks = Vec::new();
-    for c in &conns {
+    for c in conns {
         for _ in 0..per_conn {
             let mut c = c.share()?;
             let (p, phase) = (p.clone(), phase.clone());
             tasks.push(tokio::spawn(async move {
                 let mut h = new_hist(2);
-                loop {
+                let r = loop {
                     let t = Instant::now();
-                    c.call(&p).await?;
+                    if let Err(e) = c.call(&p).await {
+                        break Err(e);
+                    }
                     match phase.step() {
-                        Step::Stop => return Ok(h),
+                        Step::Stop => break Ok(()),
                         Step::Record => record(&mut h, t.elapsed()),
                         Step::Warmup => {}
                     }
-                }
+                };
+                ((), r.map(|()| h))
             }));
         }
     }
-    drop(conns);
-    let window = coordinate(&phase, timing, pid).await?;
-    // The window closes before the loops are joined: what they do after `Stop` is not
-    // counted, in calls or in CPU time.
-    let closed = window.close(new_hist(2));
-    let hist = join_all(tasks).await?;
-    Ok(Sample { hist, ..closed? })
+    let window = coordinate(&phase, timing, pid).await;
+    let window = window.and_then(|w| tally.add_window(w));
+    let (_, hist) = join_all(tasks).await;
+    window?;
+    tally.add_hist(&hist?)
 }
 
-/// Closed-loop load on raw tokio connections: one task per connection keeps `in_flight`
-/// requests outstanding (see [`raw::TokioConn::pipelined`]).
+/// One slice of closed-loop load on raw tokio connections: one task per connection keeps
+/// `in_flight` requests outstanding (see [`raw::TokioConn::pipelined`]).
 pub(crate) async fn load_raw_tokio(
-    conns: Vec<raw::TokioConn>,
+    conns: &mut Vec<raw::TokioConn>,
     in_flight: usize,
     timing: Timing,
     pid: u32,
-) -> Result<Sample> {
+    tally: &mut Tally,
+) -> Result<()> {
     let phase = Arc::new(Phase::default());
     let tasks = conns
-        .into_iter()
-        .map(|c| {
+        .drain(..)
+        .map(|mut c| {
             let phase = phase.clone();
             tokio::spawn(async move {
                 let mut h = new_hist(2);
-                c.pipelined(in_flight, &phase, &mut h).await?;
-                Ok(h)
+                let r = c.pipelined(in_flight, &phase, &mut h).await;
+                (c, r.map(|()| h))
             })
         })
         .collect();
-    let window = coordinate(&phase, timing, pid).await?;
-    let closed = window.close(new_hist(2));
-    let hist = join_all(tasks).await?;
-    Ok(Sample { hist, ..closed? })
+    let window = coordinate(&phase, timing, pid).await;
+    let window = window.and_then(|w| tally.add_window(w));
+    let (back, hist) = join_all(tasks).await;
+    *conns = back;
+    window?;
+    tally.add_hist(&hist?)
 }
 
-/// Closed-loop load from threads, one per connection, each running `body` until the phase
-/// says stop.
-pub(crate) fn load_threads<C, F>(conns: Vec<C>, body: F, timing: Timing, pid: u32) -> Result<Sample>
+/// One slice of closed-loop load from threads, one per connection, each running `body`
+/// until the phase says stop.
+pub(crate) fn load_threads<C, F>(
+    conns: &mut [C],
+    body: F,
+    timing: Timing,
+    pid: u32,
+    tally: &mut Tally,
+) -> Result<()>
 where
     C: Send,
-    F: Fn(C, &Phase, &mut Histogram<u64>) -> Result<()> + Sync,
+    F: Fn(&mut C, &Phase, &mut Histogram<u64>) -> Result<()> + Sync,
 {
     let phase = Phase::default();
     std::thread::scope(|s| {
         let handles: Vec<_> = conns
-            .into_iter()
+            .iter_mut()
             .map(|c| {
                 let (phase, body) = (&phase, &body);
                 s.spawn(move || {
@@ -294,12 +362,15 @@ where
         phase.set(Step::Record);
         std::thread::sleep(timing.measure);
         phase.set(Step::Stop);
-        let closed = window.and_then(|w| w.close(new_hist(2)));
-        let mut total = new_hist(2);
+        let window = window.and_then(|w| tally.add_window(w));
         let mut first_error = None;
         for h in handles {
             match h.join() {
-                Ok(Ok(h)) => total.add(h).map_err(|e| e.to_string())?,
+                Ok(Ok(h)) => {
+                    if let Err(e) = tally.add_hist(&h) {
+                        first_error.get_or_insert(e.to_string());
+                    }
+                }
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
                 }
@@ -308,21 +379,19 @@ where
                 }
             }
         }
-        if let Some(e) = first_error {
-            return Err(e.into());
+        window?;
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
         }
-        Ok(Sample {
-            hist: total,
-            ..closed?
-        })
     })
 }
 
 /// The loop of one blocking client thread with one call in flight.
 pub(crate) fn blocking_loop(
     p: &Payload,
-) -> impl Fn(BlockingConn, &Phase, &mut Histogram<u64>) -> Result<()> + Sync + '_ {
-    move |mut c, phase, h| loop {
+) -> impl Fn(&mut BlockingConn, &Phase, &mut Histogram<u64>) -> Result<()> + Sync + '_ {
+    move |c, phase, h| loop {
         let t = Instant::now();
         c.call(p)?;
         match phase.step() {

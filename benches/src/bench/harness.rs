@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::conn::{AsyncConn, BlockingConn};
-use crate::driver::{self, Sample, Timing};
+use crate::driver::{self, Sample, Tally, Timing};
 use crate::placement::{self, Placement};
 use crate::procfs;
 use crate::raw;
@@ -30,12 +30,20 @@ pub(crate) struct RunArgs {
     /// echo: `calls / big_divisor`).
     #[arg(long, default_value_t = 20_000)]
     pub(crate) calls: u64,
+    /// Sequential measurements are split into this many rounds, the systems taking turns
+    /// round by round, so that a change in the machine's load reaches them all alike.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) rounds: u64,
     /// The 1 MiB echo makes `calls / big_divisor` calls, to keep the run short.
     #[arg(long, default_value_t = 4)]
     pub(crate) big_divisor: u64,
     /// Seconds measured per load measurement.
     #[arg(long, default_value_t = 2.0)]
     pub(crate) duration: f64,
+    /// Load measurements are split into this many slices, the systems taking turns slice
+    /// by slice (each slice measures `duration / slices`).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) slices: usize,
     /// Seconds of warm-up before each load measurement.
     #[arg(long, default_value_t = 0.5)]
     pub(crate) warmup: f64,
@@ -76,6 +84,8 @@ impl RunArgs {
         if self.quick {
             self.reps = 1;
             self.calls = 200;
+            self.rounds = 2;
+            self.slices = 1;
             self.big_divisor = 4;
             self.duration = 0.2;
             self.warmup = 0.05;
@@ -138,6 +148,8 @@ pub(crate) struct Context {
     pub(crate) runtime: String,
     pub(crate) idle_rss_kib: BTreeMap<ServerKind, u64>,
     pub(crate) total: Duration,
+    /// The commit measured.
+    pub(crate) tree: String,
     /// Load averages at the start and at the end of the run.
     pub(crate) load: (String, String),
 }
@@ -147,6 +159,7 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
     args.apply_quick();
     let started = Instant::now();
     let load_start = procfs::loadavg();
+    let tree = procfs::tree();
     let machine = procfs::machine();
     if args.placement == Placement::Separate && machine.nproc < 2 {
         return Err("--placement separate needs two cores".into());
@@ -195,11 +208,17 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
     // first repetition of whichever system happens to run first.
     for &(mode, workload) in plan.iter().filter(|(m, _)| m.sequential) {
         let payload = Payload::new(workload);
-        for &v in variants.iter().filter(|v| v.supports(mode, workload)) {
-            let mut warm = args.clone();
-            warm.calls = (args.calls_for(workload) / 10).max(1);
-            warm.big_divisor = 1;
-            if let Err(e) = measure(&rt, &warm, v, mode, &payload, &servers[&v.server()]) {
+        let order: Vec<Variant> = variants
+            .iter()
+            .copied()
+            .filter(|v| v.supports(mode, workload))
+            .collect();
+        let mut warm = args.clone();
+        warm.calls = (args.calls_for(workload) / 10).max(1);
+        warm.big_divisor = 1;
+        warm.rounds = 1;
+        for (v, r) in measure_sequential(&rt, &warm, &order, &payload, &servers) {
+            if let Err(e) = r {
                 eprintln!("warm-up {mode} {workload} {v}: {e}");
             }
         }
@@ -218,9 +237,12 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
             // system always runs right after the same other one.
             let len = order.len().max(1);
             order.rotate_left(rep % len);
-            for v in order {
-                let server = &servers[&v.server()];
-                let r = measure(&rt, &args, v, mode, &payload, server).map_err(|e| e.to_string());
+            let measured = if mode.sequential {
+                measure_sequential(&rt, &args, &order, &payload, &servers)
+            } else {
+                measure_loads(&rt, &args, &order, mode, &payload, &servers)
+            };
+            for (v, r) in measured {
                 match &r {
                     Ok(s) => eprintln!(
                         "[{}/{}] {mode} {workload:<18} {v:<22} p50 {:>9.1} µs  p99 {:>9.1} µs  {:>9.0} calls/s  server {:>6.2} µs/call",
@@ -246,6 +268,7 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
         idle_rss_kib,
         total: started.elapsed(),
         load: (load_start, procfs::loadavg()),
+        tree,
         args,
     };
     let md = report::markdown(&ctx, &results);
@@ -263,62 +286,266 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn measure(
+/// A connection kept open across the rounds of a sequential measurement.
+enum Conn {
+    Blocking(BlockingConn),
+    Async(AsyncConn),
+}
+
+fn open(rt: &tokio::runtime::Runtime, v: Variant, server: &ServerProc, payload: &Payload) -> Result<Conn> {
+    if v.is_blocking() {
+        Ok(Conn::Blocking(BlockingConn::connect(v, server.addr, payload)?))
+    } else {
+        Ok(Conn::Async(rt.block_on(AsyncConn::connect(
+            v,
+            server.addr,
+            payload,
+        ))?))
+    }
+}
+
+/// `calls` sequential calls on `conn`, timed into `tally` or (`None`) untimed.
+fn run_calls(
     rt: &tokio::runtime::Runtime,
-    args: &RunArgs,
-    v: Variant,
-    mode: Mode,
+    conn: &mut Option<Conn>,
     payload: &Arc<Payload>,
-    server: &ServerProc,
-) -> Result<Sample> {
-    let (addr, pid) = (server.addr, server.pid);
-    if mode.sequential {
-        let calls = args.calls_for(payload.workload);
-        let warmup = (calls / 10).max(1);
-        if v.is_blocking() {
-            let mut conn = BlockingConn::connect(v, addr, payload)?;
-            return driver::seq_blocking(&mut conn, payload, warmup, calls, pid);
+    calls: u64,
+    pid: u32,
+    mut tally: Option<&mut Tally>,
+) -> Result<()> {
+    match conn.take() {
+        Some(Conn::Blocking(mut c)) => {
+            let r = driver::seq_blocking(&mut c, payload, calls, pid, tally);
+            *conn = Some(Conn::Blocking(c));
+            r
         }
-        let payload = payload.clone();
-        return rt.block_on(async move {
-            let conn = AsyncConn::connect(v, addr, &payload).await?;
+        Some(Conn::Async(mut c)) => {
+            let mut owned = tally.as_deref().map(|_| Tally::new());
+            if let (Some(t), Some(o)) = (tally.as_deref_mut(), owned.as_mut()) {
+                std::mem::swap(t, o);
+            }
+            let p = payload.clone();
             // As a task, so that on a multi-thread runtime it runs on a worker like the
             // connection tasks it talks to.
-            tokio::spawn(driver::seq_async(conn, payload, warmup, calls, pid)).await?
-        });
+            let (c, owned, r) = rt.block_on(async move {
+                tokio::spawn(async move {
+                    let r = driver::seq_async(&mut c, &p, calls, pid, owned.as_mut()).await;
+                    (c, owned, r)
+                })
+                .await
+            })?;
+            if let (Some(t), Some(o)) = (tally, owned) {
+                *t = o;
+            }
+            *conn = Some(Conn::Async(c));
+            r
+        }
+        None => Err("the connection was lost".into()),
     }
-    let timing = args.timing();
-    match v {
-        Variant::RawStd => {
-            let conns = (0..mode.connections)
+}
+
+/// Sequential latency of every client in `order`: each opens its connection and warms up
+/// with `calls / 10` calls, then the clients take turns, `calls / rounds` calls each per
+/// round.
+fn measure_sequential(
+    rt: &tokio::runtime::Runtime,
+    args: &RunArgs,
+    order: &[Variant],
+    payload: &Arc<Payload>,
+    servers: &BTreeMap<ServerKind, ServerProc>,
+) -> Vec<(Variant, std::result::Result<Sample, String>)> {
+    struct Live {
+        v: Variant,
+        pid: u32,
+        conn: Option<Conn>,
+        tally: Tally,
+        error: Option<String>,
+    }
+    // Tokio objects dropped outside `block_on` still find their runtime.
+    let _runtime = rt.enter();
+    let calls = args.calls_for(payload.workload);
+    let warmup = (calls / 10).max(1);
+    let rounds = args.rounds.clamp(1, calls.max(1));
+    let mut live: Vec<Live> = order
+        .iter()
+        .map(|&v| {
+            let server = &servers[&v.server()];
+            let (conn, error) = match open(rt, v, server, payload) {
+                Ok(c) => (Some(c), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            Live {
+                v,
+                pid: server.pid,
+                conn,
+                tally: Tally::new(),
+                error,
+            }
+        })
+        .collect();
+    for l in live.iter_mut().filter(|l| l.error.is_none()) {
+        if let Err(e) = run_calls(rt, &mut l.conn, payload, warmup, l.pid, None) {
+            l.error = Some(e.to_string());
+        }
+    }
+    let n = live.len();
+    for round in 0..rounds {
+        let share = calls / rounds + u64::from(round < calls % rounds);
+        for i in 0..n {
+            // Each round starts with the next client.
+            let l = &mut live[(i + round as usize) % n];
+            if l.error.is_some() {
+                continue;
+            }
+            if let Err(e) = run_calls(rt, &mut l.conn, payload, share, l.pid, Some(&mut l.tally)) {
+                l.error = Some(e.to_string());
+            }
+        }
+    }
+    live.into_iter()
+        .map(|l| {
+            let r = match l.error {
+                Some(e) => Err(e),
+                None => l.tally.into_sample(l.pid).map_err(|e| e.to_string()),
+            };
+            (l.v, r)
+        })
+        .collect()
+}
+
+/// The connections of one client for a load measurement, kept across its slices.
+enum LoadConns {
+    Async(Vec<AsyncConn>),
+    RawTokio(Vec<raw::TokioConn>),
+    RawStd(Vec<raw::StdConn>),
+    Blocking(Vec<BlockingConn>),
+}
+
+fn open_load(
+    rt: &tokio::runtime::Runtime,
+    v: Variant,
+    mode: Mode,
+    server: &ServerProc,
+    payload: &Payload,
+) -> Result<LoadConns> {
+    let (addr, n) = (server.addr, mode.connections);
+    Ok(match v {
+        Variant::RawStd => LoadConns::RawStd(
+            (0..n)
                 .map(|_| BlockingConn::connect(v, addr, payload)?.into_raw())
-                .collect::<Result<Vec<_>>>()?;
-            driver::load_threads(
-                conns,
-                |c: raw::StdConn, phase, h| c.pipelined(mode.in_flight, phase, h),
-                timing,
-                pid,
-            )
-        }
-        Variant::OursBlocking(_) => {
-            let conns = (0..mode.connections)
+                .collect::<Result<_>>()?,
+        ),
+        Variant::OursBlocking(_) => LoadConns::Blocking(
+            (0..n)
                 .map(|_| BlockingConn::connect(v, addr, payload))
-                .collect::<Result<Vec<_>>>()?;
-            driver::load_threads(conns, driver::blocking_loop(payload), timing, pid)
-        }
-        Variant::RawTokio => rt.block_on(async {
-            let mut conns = Vec::with_capacity(mode.connections);
-            for _ in 0..mode.connections {
+                .collect::<Result<_>>()?,
+        ),
+        Variant::RawTokio => LoadConns::RawTokio(rt.block_on(async {
+            let mut conns = Vec::with_capacity(n);
+            for _ in 0..n {
                 conns.push(raw::TokioConn::connect(addr, payload).await?);
             }
-            driver::load_raw_tokio(conns, mode.in_flight, timing, pid).await
-        }),
-        _ => rt.block_on(async {
-            let mut conns = Vec::with_capacity(mode.connections);
-            for _ in 0..mode.connections {
+            Ok::<_, crate::BoxError>(conns)
+        })?),
+        _ => LoadConns::Async(rt.block_on(async {
+            let mut conns = Vec::with_capacity(n);
+            for _ in 0..n {
                 conns.push(AsyncConn::connect(v, addr, payload).await?);
             }
-            driver::load_async(conns, mode.in_flight, payload.clone(), timing, pid).await
-        }),
+            Ok::<_, crate::BoxError>(conns)
+        })?),
+    })
+}
+
+/// One slice of load on `conns`, added to `tally`.
+fn load_slice(
+    rt: &tokio::runtime::Runtime,
+    conns: &mut LoadConns,
+    mode: Mode,
+    payload: &Arc<Payload>,
+    timing: Timing,
+    pid: u32,
+    tally: &mut Tally,
+) -> Result<()> {
+    match conns {
+        LoadConns::RawStd(c) => driver::load_threads(
+            c,
+            |c: &mut raw::StdConn, phase, h| c.pipelined(mode.in_flight, phase, h),
+            timing,
+            pid,
+            tally,
+        ),
+        LoadConns::Blocking(c) => driver::load_threads(c, driver::blocking_loop(payload), timing, pid, tally),
+        LoadConns::RawTokio(c) => rt.block_on(driver::load_raw_tokio(c, mode.in_flight, timing, pid, tally)),
+        LoadConns::Async(c) => {
+            rt.block_on(driver::load_async(c, mode.in_flight, payload, timing, pid, tally))
+        }
     }
+}
+
+/// Closed-loop load of every client in `order` in one mode: each opens its connections,
+/// then the clients take turns, `slices` times, each slice warming up first (the first
+/// one for `warmup`, the others for a fifth of it) and then measuring `duration / slices`.
+fn measure_loads(
+    rt: &tokio::runtime::Runtime,
+    args: &RunArgs,
+    order: &[Variant],
+    mode: Mode,
+    payload: &Arc<Payload>,
+    servers: &BTreeMap<ServerKind, ServerProc>,
+) -> Vec<(Variant, std::result::Result<Sample, String>)> {
+    struct Live {
+        v: Variant,
+        pid: u32,
+        conns: Option<LoadConns>,
+        tally: Tally,
+        error: Option<String>,
+    }
+    let _runtime = rt.enter();
+    let slices = args.slices.max(1);
+    let mut live: Vec<Live> = order
+        .iter()
+        .map(|&v| {
+            let server = &servers[&v.server()];
+            let (conns, error) = match open_load(rt, v, mode, server, payload) {
+                Ok(c) => (Some(c), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            Live {
+                v,
+                pid: server.pid,
+                conns,
+                tally: Tally::for_load(),
+                error,
+            }
+        })
+        .collect();
+    let full = args.timing();
+    let n = live.len();
+    for slice in 0..slices {
+        let timing = Timing {
+            warmup: if slice == 0 { full.warmup } else { full.warmup / 5 },
+            measure: full.measure / slices as u32,
+        };
+        for i in 0..n {
+            let l = &mut live[(i + slice) % n];
+            let (Some(conns), None) = (l.conns.as_mut(), &l.error) else {
+                continue;
+            };
+            if let Err(e) = load_slice(rt, conns, mode, payload, timing, l.pid, &mut l.tally) {
+                l.error = Some(e.to_string());
+            }
+        }
+    }
+    // Close every connection before the next mode opens its own.
+    live.into_iter()
+        .map(|l| {
+            let r = match l.error {
+                Some(e) => Err(e),
+                None => l.tally.into_sample(l.pid).map_err(|e| e.to_string()),
+            };
+            rt.block_on(async move { drop(l.conns) });
+            (l.v, r)
+        })
+        .collect()
 }

@@ -52,6 +52,38 @@ pub(crate) fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// The commit measured, and whether the library crates had uncommitted changes (`git`,
+/// when it is installed and this is a checkout).
+pub(crate) fn tree() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        None => "unknown".to_string(),
+        Some(head) => {
+            let dirty = git(&[
+                "status",
+                "--porcelain",
+                "--",
+                "rpc-proto",
+                "rpc-server",
+                "rpc-client",
+            ])
+            .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{head} with uncommitted changes in rpc-proto/rpc-server/rpc-client")
+            } else {
+                head
+            }
+        }
+    }
+}
+
 /// The machine a run happened on.
 #[derive(Debug, Clone)]
 pub(crate) struct Machine {

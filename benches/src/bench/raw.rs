@@ -138,6 +138,10 @@ impl StdConn {
 
     pub(crate) fn call(&mut self) -> Result<()> {
         self.wr.write_all(&self.req)?;
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> Result<()> {
         let mut head = [0u8; 4];
         self.rd.read_exact(&mut head)?;
         self.body.resize(u32::from_le_bytes(head) as usize, 0);
@@ -146,39 +150,35 @@ impl StdConn {
     }
 
     /// Keep `in_flight` requests outstanding until `phase` says stop: after each batch of
-    /// replies that arrived together, send as many requests in one write.
-    pub(crate) fn pipelined(self, in_flight: usize, phase: &Phase, hist: &mut Histogram<u64>) -> Result<()> {
-        let StdConn {
-            mut rd,
-            mut wr,
-            req,
-            mut body,
-        } = self;
-        let batch = req.repeat(in_flight);
+    /// replies that arrived together, send as many requests in one write. At the stop,
+    /// read the replies still due, so the connection can be used again.
+    pub(crate) fn pipelined(
+        &mut self,
+        in_flight: usize,
+        phase: &Phase,
+        hist: &mut Histogram<u64>,
+    ) -> Result<()> {
+        let batch = self.req.repeat(in_flight);
+        let len = self.req.len();
         let mut sent = VecDeque::with_capacity(in_flight);
-        wr.write_all(&batch)?;
+        self.wr.write_all(&batch)?;
         sent.extend(std::iter::repeat_n(Instant::now(), in_flight));
         let mut owed = 0;
-        loop {
-            let mut head = [0u8; 4];
-            rd.read_exact(&mut head)?;
-            body.resize(u32::from_le_bytes(head) as usize, 0);
-            rd.read_exact(&mut body)?;
-            check_len(body.len() + 4, req.len())?;
-            // Unwrap: every reply answers a request timed here.
-            let t = sent.pop_front().unwrap();
+        while let Some(t) = sent.pop_front() {
+            self.read_reply()?;
             match phase.step() {
-                Step::Stop => return Ok(()),
+                Step::Stop => continue,
                 Step::Record => crate::driver::record(hist, t.elapsed()),
                 Step::Warmup => {}
             }
             owed += 1;
-            if rd.buffer().is_empty() {
-                wr.write_all(&batch[..owed * req.len()])?;
+            if self.rd.buffer().is_empty() {
+                self.wr.write_all(&batch[..owed * len])?;
                 sent.extend(std::iter::repeat_n(Instant::now(), owed));
                 owed = 0;
             }
         }
+        Ok(())
     }
 }
 
@@ -219,7 +219,7 @@ impl TokioConn {
 
     /// As [`StdConn::pipelined`], on tokio.
     pub(crate) async fn pipelined(
-        mut self,
+        &mut self,
         in_flight: usize,
         phase: &Phase,
         hist: &mut Histogram<u64>,
@@ -230,12 +230,10 @@ impl TokioConn {
         self.wr.write_all(&batch).await?;
         sent.extend(std::iter::repeat_n(Instant::now(), in_flight));
         let mut owed = 0;
-        loop {
+        while let Some(t) = sent.pop_front() {
             self.read_reply().await?;
-            // Unwrap: every reply answers a request timed here.
-            let t = sent.pop_front().unwrap();
             match phase.step() {
-                Step::Stop => return Ok(()),
+                Step::Stop => continue,
                 Step::Record => crate::driver::record(hist, t.elapsed()),
                 Step::Warmup => {}
             }
@@ -246,5 +244,6 @@ impl TokioConn {
                 owed = 0;
             }
         }
+        Ok(())
     }
 }

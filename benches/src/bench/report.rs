@@ -110,7 +110,7 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
         "- Machine: {} CPUs, {}, Linux {}",
         ctx.machine.nproc, ctx.machine.cpu_model, ctx.machine.kernel
     );
-    let _ = writeln!(w, "- Command: `{}`", ctx.command);
+    let _ = writeln!(w, "- Command: `{}` (tree {})", ctx.command, ctx.tree);
     let _ = writeln!(
         w,
         "- Placement: {}; every server and client uses a {}",
@@ -119,12 +119,13 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
     );
     let _ = writeln!(
         w,
-        "- Repetitions: {} (interleaved; medians shown). Sequential: {} calls after {} warm-up calls (1 MiB echo: {} after {}). Load: {:.1} s measured after {:.1} s warm-up",
+        "- Repetitions: {} (systems interleaved; medians of the repetitions shown). Sequential: {} calls after {} warm-up calls (1 MiB echo: {} after {}), in {} rounds in which the systems take turns. Load: {:.1} s measured after {:.1} s warm-up",
         a.reps,
         thousands(a.calls as f64),
         thousands((a.calls / 10).max(1) as f64),
         thousands((a.calls / a.big_divisor.max(1)).max(1) as f64),
         thousands((a.calls / a.big_divisor.max(1) / 10).max(1) as f64),
+        a.rounds,
         a.duration,
         a.warmup
     );
