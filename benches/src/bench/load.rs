@@ -59,6 +59,8 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
         .map_err(|e| format!("--args: {e}"))?;
     let params = Arc::new(params);
     let concurrency = a.concurrency.max(1);
+    // One histogram per task: 3 significant digits take 230 KiB each, 2 digits 30 KiB.
+    let sigfig = if concurrency <= 64 { 3 } else { 2 };
     let connections = a.connections.clamp(1, concurrency);
     let rt = crate::placement::runtime()?;
     rt.block_on(async {
@@ -77,7 +79,7 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
                 let (phase, params, method) = (phase.clone(), params.clone(), a.method.clone());
                 let (errors, first_error) = (errors.clone(), first_error.clone());
                 tokio::spawn(async move {
-                    let mut h = new_hist(3);
+                    let mut h = new_hist(sigfig);
                     loop {
                         let t = Instant::now();
                         let r = client.call::<_, rmpv::Value>(&method, &*params).await;
@@ -115,7 +117,7 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
         phase.set(Step::Stop);
         let elapsed = start.elapsed();
         let cpu1 = a.server_pid.map(crate::procfs::cpu_ticks).transpose()?;
-        let mut hist = new_hist(3);
+        let mut hist = new_hist(sigfig);
         for t in tasks {
             hist.add(t.await?).map_err(|e| e.to_string())?;
         }
