@@ -73,7 +73,7 @@ impl Framer {
     /// message size.
     pub fn needed(&self, buf: &[u8]) -> usize {
         let total = match self.codec {
-            Codec::Msgpack if self.remaining > 0 => self.pos.saturating_add(self.remaining),
+            Codec::Msgpack if self.remaining > 0 || self.pos > 0 => self.pos.saturating_add(self.remaining),
             Codec::Msgpack => 0,
             Codec::Bincode => match buf.get(..4) {
                 // Unwrap: `head` is exactly 4 bytes long.
@@ -139,11 +139,12 @@ impl Framer {
     }
 
     fn decode_msgpack(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
-        if self.remaining == 0 {
+        // Not started yet (a started message has `pos > 0`, even once its last value's
+        // header is read and only that value's body is still arriving).
+        if self.remaining == 0 && self.pos == 0 {
             if buf.is_empty() {
                 return Ok(None);
             }
-            self.pos = 0;
             self.remaining = 1;
         }
         let max = self.max as u64;
@@ -345,7 +346,7 @@ mod tests {
         assert_eq!(f.needed(&msg), 100_000);
         let mut b = Framer::new(Codec::Bincode, 1 << 20);
         assert_eq!(b.decode(&[10, 0, 0, 0, 1]).unwrap(), None);
-        assert_eq!(b.needed(&[10, 0, 0, 0, 1]), 13);
+        assert_eq!(b.needed(&[10, 0, 0, 0, 1]), 9);
     }
 
     #[test]
