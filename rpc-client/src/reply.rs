@@ -50,7 +50,7 @@ impl RawReply {
         Ok(Some((
             msgid,
             RawReply {
-                frame: frame.clone(),
+                frame,
                 codec,
                 ok,
                 start,

@@ -48,7 +48,8 @@ pub enum Message<'a> {
 }
 
 impl<'a> Message<'a> {
-    /// Parse one complete frame, as delimited by [`Framer`](crate::Framer).
+    /// Parse one complete frame, as delimited by [`Framer`](crate::Framer): exactly one
+    /// message, with no bytes after it (the last element is taken as the rest of the frame).
     ///
     /// # Errors
     ///
@@ -110,6 +111,14 @@ impl<'a> Cursor<'a> {
             _ => return None,
         };
         self.take(n)
+    }
+
+    /// The last value of a frame: everything left. The framer delimited the frame as one
+    /// array of exactly this many values, so what is left is exactly one value, and it
+    /// need not be walked again.
+    fn last(&mut self) -> Option<&'a [u8]> {
+        let rest = std::mem::take(&mut self.b);
+        (!rest.is_empty()).then_some(rest)
     }
 
     /// One whole msgpack value, raw.
@@ -178,8 +187,7 @@ fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
             let method = c
                 .str_or_bin()
                 .ok_or_else(|| ParseError::new("method must be a str or bin", Some(msgid)))?;
-            let params = c
-                .value()
+            let params = if len == 4 { c.last() } else { c.value() }
                 .ok_or_else(|| ParseError::new("params are missing", Some(msgid)))?;
             let timeout = if len == 5 {
                 request_ext(&mut c).ok_or_else(|| ParseError::new("bad request extension", Some(msgid)))?
@@ -207,7 +215,7 @@ fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
                 .value()
                 .ok_or_else(|| ParseError::new("error is missing", None))?;
             let result = c
-                .value()
+                .last()
                 .ok_or_else(|| ParseError::new("result is missing", None))?;
             let outcome = if error == [0xc0] { Ok(result) } else { Err(error) };
             Ok(Message::Response { msgid, outcome })
@@ -223,7 +231,7 @@ fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
                 .str_or_bin()
                 .ok_or_else(|| ParseError::new("method must be a str or bin", None))?;
             let params = c
-                .value()
+                .last()
                 .ok_or_else(|| ParseError::new("params are missing", None))?;
             Ok(Message::Notification { method, params })
         }
