@@ -427,7 +427,7 @@ impl Connection {
                 };
                 match self.shared.registry.dispatch(method, params, codec) {
                     Dispatch::Ready(reply) => {
-                        let bytes = encode_reply(codec, msgid, reply);
+                        let bytes = encode_reply(codec, self.peer, msgid, reply);
                         cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
                         let _ = tx.send(Some(bytes.clone()));
                         let mut guard = guard;
@@ -437,9 +437,10 @@ impl Connection {
                     }
                     Dispatch::Pending(fut) => {
                         let fut = with_deadline(fut, deadline);
+                        let peer = self.peer;
                         tokio::spawn(async move {
                             let mut guard = guard;
-                            let bytes = encode_reply(codec, msgid, fut.await);
+                            let bytes = encode_reply(codec, peer, msgid, fut.await);
                             cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
                             guard.done = true;
                             let _ = tx.send(Some(bytes));
@@ -464,18 +465,7 @@ impl Connection {
                 if self.extended {
                     self.aborts.remove(&msgid);
                 }
-                match reply.0 {
-                    Ok(value) => {
-                        if let Err(e) = encode_response_ok(codec, &mut self.wbuf, msgid, &*value) {
-                            let err = ServerError::new(
-                                ErrorCode::Internal,
-                                format!("result could not be encoded: {e}"),
-                            );
-                            self.send_error(msgid, &err);
-                        }
-                    }
-                    Err(e) => self.send_error(msgid, &e),
-                }
+                write_reply(codec, &mut self.wbuf, self.peer, msgid, reply);
             }
             Finished::Reply(None, reply) => {
                 if let Err(e) = reply.0 {
@@ -524,17 +514,24 @@ fn with_deadline(fut: ReplyFuture, deadline: Option<Instant>) -> ReplyFuture {
 }
 
 /// The whole response frame for a reply, as stored in the dedup cache.
-fn encode_reply(codec: Codec, msgid: u64, reply: Reply) -> Bytes {
+/// Append the response to a finished call: its value, or its error (logged), or an
+/// `Internal` error when the value cannot be encoded.
+fn write_reply(codec: Codec, out: &mut Vec<u8>, peer: SocketAddr, msgid: u64, reply: Reply) {
+    let error = match reply.0 {
+        Ok(value) => match encode_response_ok(codec, out, msgid, &*value) {
+            Ok(()) => return,
+            Err(e) => ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}")),
+        },
+        Err(e) => e,
+    };
+    log_error(peer, msgid, &error);
+    encode_response_err(codec, out, msgid, &error);
+}
+
+/// The whole response frame for a reply, as stored in the dedup cache.
+fn encode_reply(codec: Codec, peer: SocketAddr, msgid: u64, reply: Reply) -> Bytes {
     let mut out = Vec::new();
-    match reply.0 {
-        Ok(value) => {
-            if let Err(e) = encode_response_ok(codec, &mut out, msgid, &*value) {
-                let err = ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}"));
-                encode_response_err(codec, &mut out, msgid, &err);
-            }
-        }
-        Err(e) => encode_response_err(codec, &mut out, msgid, &e),
-    }
+    write_reply(codec, &mut out, peer, msgid, reply);
     Bytes::from(out)
 }
 
