@@ -1,44 +1,52 @@
 //! The async client: one connection, many calls in flight.
+//!
+//! # Layout
+//!
+//! Everything a client's calls share lives behind one lock ([`State`]): the write buffer
+//! of the live connection, a table of call slots, and the msgid → slot map. A call takes
+//! the lock once to encode its request straight into the write buffer and take a slot,
+//! and once more to take its reply out of the slot. The connection task ([`Driver`])
+//! swaps the write buffer out and writes it with one syscall, however many calls filled
+//! it; it parses every reply that one read brought, puts each into its caller's slot and
+//! wakes the caller. There is no channel, no task and no timer per call, and once the slot
+//! table has grown to the number of calls in flight, no allocation per call either (a
+//! small reply is copied into its slot's buffer, which keeps its capacity).
+//!
+//! Deadlines: every slot holds its call's deadline, and the connection task keeps one
+//! timer, armed at the earliest deadline it was told of; when it fires, the task fails
+//! the calls whose deadline passed and re-arms at the earliest one left.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::future::{poll_fn, Future};
 use std::io;
+use std::marker::PhantomData;
+use std::mem;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use rpc_proto::{encode_notification, encode_request, ErrorCode, Framer, Hello, Params};
+use bytes::{Buf, Bytes, BytesMut};
+use rpc_proto::{encode_notification, encode_request, Codec, ErrorCode, Framer, Hello, Params};
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use crate::config::new_session;
-use crate::reply::RawReply;
+use crate::reply;
 use crate::{Config, Error};
 
-type ReplyTx = oneshot::Sender<Result<RawReply, Error>>;
-type Queue = mpsc::UnboundedSender<Command>;
-
-/// What callers ask of the connection task. The queue is unbounded, but each caller has at
-/// most one command in it at a time, so it is bounded by the number of callers.
-enum Command {
-    Call {
-        msgid: u64,
-        frame: Bytes,
-        reply: ReplyTx,
-        deadline: Instant,
-    },
-    Send {
-        frame: Bytes,
-    },
-    Cancel {
-        msgid: u64,
-    },
-}
+/// Replies up to this size are copied into their slot and decoded under the lock; larger
+/// ones are handed over as a `Bytes` of the read buffer and decoded after it.
+const INLINE_REPLY: usize = 1024;
+/// Write buffers larger than this are given back to the allocator once written.
+const KEEP_BUFFER: usize = 256 * 1024;
+/// The most a reply's headers may make the task reserve ahead of the bytes that arrived.
+const HINT_LIMIT: usize = 1024 * 1024;
 
 /// A hasher for msgids: sequential integers need mixing, not SipHash's defence against
 /// chosen keys (the client picks its own msgids).
@@ -61,9 +69,6 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-/// Calls written and not yet answered: the reply channel and the deadline of each.
-type Pending = HashMap<u64, (ReplyTx, Instant), std::hash::BuildHasherDefault<IdHasher>>;
-
 /// An async client for any MessagePack-RPC server.
 ///
 /// Cheap to clone: clones share one connection, on which many calls may be in flight;
@@ -80,35 +85,297 @@ type Pending = HashMap<u64, (ReplyTx, Instant), std::hash::BuildHasherDefault<Id
 /// let sum: i64 = client.call("add", (1, 2)).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    handle: Arc<Handle>,
     timeout: Duration,
     idempotent: bool,
 }
 
-#[derive(Debug)]
-struct Shared {
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr())
+            .field("timeout", &self.timeout)
+            .field("idempotent", &self.idempotent)
+            .field("codec", &self.handle.0.config.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the clones of a [`Client`] share. The connection task holds the [`Core`] but not
+/// this: when the last clone goes, the task flushes what was queued and ends.
+struct Handle(Arc<Core>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.abandoned = true;
+        if let Some(task) = &st.task {
+            task.wake_by_ref();
+        }
+    }
+}
+
+struct Core {
     addrs: Vec<SocketAddr>,
     config: Config,
     session: Option<u128>,
-    next_id: AtomicU64,
-    conn: Mutex<Option<Queue>>,
+    /// The connection's extensions are on: timeouts travel, cancels are sent.
+    extended: bool,
+    state: Mutex<State>,
+    /// One reconnection at a time.
     connecting: tokio::sync::Mutex<()>,
 }
 
-/// Cancels a call if its future is dropped before the reply arrives: the connection
-/// forgets it and, with extensions, tells the server.
-struct CancelGuard<'a> {
-    tx: &'a Queue,
-    msgid: u64,
-    armed: bool,
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere (in a caller's `Serialize`, say):
+        // every update below leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-impl Drop for CancelGuard<'_> {
+/// The state every call and the connection task share.
+struct State {
+    /// The number of the live connection; `None` when there is none (the next call
+    /// connects).
+    live: Option<u64>,
+    /// The number the last connection got.
+    epoch: u64,
+    next_id: u64,
+    /// Requests (and notifications) for the live connection, not yet taken by its task.
+    wbuf: Vec<u8>,
+    /// The connection task's waker.
+    task: Option<Waker>,
+    /// The task has been woken since it last took `wbuf`: no need to wake it again.
+    task_notified: bool,
+    /// The earliest deadline the task's timer covers; `timer_moved` when a call has set
+    /// an earlier one the task has not armed yet.
+    timer_at: Option<Instant>,
+    timer_moved: bool,
+    /// Every handle is gone: the task flushes and ends.
+    abandoned: bool,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// The slot of each call waiting for its reply.
+    waiting: HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>,
+}
+
+struct Slot {
+    msgid: u64,
+    /// The connection the call was written on.
+    epoch: u64,
+    deadline: Instant,
+    state: SlotState,
+    /// A small reply's result (or error value), copied from the read buffer. The slot
+    /// keeps the capacity for its next call.
+    buf: Vec<u8>,
+}
+
+enum SlotState {
+    Free,
+    Waiting(Option<Waker>),
+    /// The reply came: its result (`ok`) or error value, in `buf` or in `big`.
+    Replied {
+        ok: bool,
+        big: Option<Bytes>,
+    },
+    Failed(Error),
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            live: None,
+            epoch: 0,
+            next_id: 0,
+            wbuf: Vec::new(),
+            task: None,
+            task_notified: false,
+            timer_at: None,
+            timer_moved: false,
+            abandoned: false,
+            slots: Vec::new(),
+            free: Vec::new(),
+            waiting: HashMap::default(),
+        }
+    }
+
+    /// Make sure the connection task will look at `wbuf`.
+    fn wake_writer(&mut self) {
+        if !self.task_notified {
+            self.task_notified = true;
+            if let Some(task) = &self.task {
+                task.wake_by_ref();
+            }
+        }
+    }
+
+    /// Take a slot for a call written on connection `epoch`.
+    fn take_slot(&mut self, msgid: u64, epoch: u64, deadline: Instant, waker: Waker) -> u32 {
+        let state = SlotState::Waiting(Some(waker));
+        let idx = if let Some(idx) = self.free.pop() {
+            let slot = &mut self.slots[idx as usize];
+            slot.msgid = msgid;
+            slot.epoch = epoch;
+            slot.deadline = deadline;
+            slot.state = state;
+            idx
+        } else {
+            self.slots.push(Slot {
+                msgid,
+                epoch,
+                deadline,
+                state,
+                buf: Vec::new(),
+            });
+            // The table grows with the calls in flight; a u32 index is plenty.
+            u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+        };
+        self.waiting.insert(msgid, idx);
+        if self.timer_at.is_none_or(|t| deadline < t) {
+            self.timer_at = Some(deadline);
+            self.timer_moved = true;
+            // The task must arm its timer even when nothing else is for it to do.
+            self.task_notified = false;
+        }
+        self.wake_writer();
+        idx
+    }
+
+    /// Give a slot back (its reply taken or abandoned).
+    fn free_slot(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        if let SlotState::Waiting(_) = slot.state {
+            self.waiting.remove(&slot.msgid);
+        }
+        slot.state = SlotState::Free;
+        if slot.buf.capacity() > INLINE_REPLY * 4 {
+            slot.buf = Vec::new();
+        }
+        self.free.push(idx);
+    }
+
+    /// Fail every call waiting on connection `epoch`, making `error` for each.
+    fn fail_epoch(&mut self, epoch: u64, error: impl Fn() -> Error) {
+        for slot in &mut self.slots {
+            if slot.epoch == epoch {
+                if let SlotState::Waiting(w) = &mut slot.state {
+                    let waker = w.take();
+                    slot.state = SlotState::Failed(error());
+                    self.waiting.remove(&slot.msgid);
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How one attempt at a call ended.
+enum Attempted<R> {
+    /// There is no live connection: connect, then try again.
+    NotConnected,
+    Done(Result<R, Error>),
+}
+
+/// One attempt at a call: writes it on the live connection, then waits for its reply.
+struct Attempt<'a, P: ?Sized, R> {
+    core: &'a Core,
+    method: &'a str,
+    /// `&mut` rather than `&` only so that the call's future is `Send` without `P: Sync`.
+    params: &'a mut P,
+    /// Kept across attempts: a resent call keeps its msgid (the server's dedup key).
+    msgid: &'a mut Option<u64>,
+    deadline: Instant,
+    /// The timeout sent with the request (with extensions).
+    sent_timeout: Option<Duration>,
+    /// The call's slot, once written.
+    slot: Option<u32>,
+    result: PhantomData<fn() -> R>,
+}
+
+impl<P: Params + ?Sized, R: DeserializeOwned> Future for Attempt<'_, P, R> {
+    type Output = Attempted<R>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Attempted<R>> {
+        let this = &mut *self;
+        let codec = this.core.config.codec;
+        let mut st = this.core.lock();
+        let Some(idx) = this.slot else {
+            // First poll: write the request.
+            let Some(epoch) = st.live else {
+                return Poll::Ready(Attempted::NotConnected);
+            };
+            let msgid = *this.msgid.get_or_insert_with(|| {
+                st.next_id += 1;
+                st.next_id
+            });
+            let encoded = encode_request(
+                codec,
+                &mut st.wbuf,
+                msgid,
+                this.method,
+                &*this.params,
+                this.sent_timeout,
+            );
+            if let Err(e) = encoded {
+                return Poll::Ready(Attempted::Done(Err(e.into())));
+            }
+            this.slot = Some(st.take_slot(msgid, epoch, this.deadline, cx.waker().clone()));
+            return Poll::Pending;
+        };
+        let st = &mut *st;
+        let slot = &mut st.slots[idx as usize];
+        let result = match mem::replace(&mut slot.state, SlotState::Free) {
+            SlotState::Waiting(mut waker) => {
+                match &waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => waker = Some(cx.waker().clone()),
+                }
+                slot.state = SlotState::Waiting(waker);
+                return Poll::Pending;
+            }
+            SlotState::Replied { ok, big: None } => reply::decode(codec, outcome(ok, &slot.buf)),
+            SlotState::Replied { ok, big: Some(frame) } => {
+                st.free_slot(idx);
+                this.slot = None;
+                // A large reply is decoded without holding the lock.
+                return Poll::Ready(Attempted::Done(reply::decode(codec, outcome(ok, &frame))));
+            }
+            SlotState::Failed(e) => Err(e),
+            SlotState::Free => Err(Error::Protocol("call slot lost".into())),
+        };
+        st.free_slot(idx);
+        this.slot = None;
+        Poll::Ready(Attempted::Done(result))
+    }
+}
+
+fn outcome(ok: bool, bytes: &[u8]) -> reply::Outcome<'_> {
+    if ok {
+        Ok(bytes)
+    } else {
+        Err(bytes)
+    }
+}
+
+impl<P: ?Sized, R> Drop for Attempt<'_, P, R> {
+    /// A call dropped before its reply (its future was dropped, or a `select!` chose
+    /// something else): the connection forgets it and, with extensions, tells the server.
     fn drop(&mut self) {
-        if self.armed {
-            let _ = self.tx.send(Command::Cancel { msgid: self.msgid });
+        let Some(idx) = self.slot else { return };
+        let mut st = self.core.lock();
+        let slot = &st.slots[idx as usize];
+        let (msgid, epoch) = (slot.msgid, slot.epoch);
+        let waiting = matches!(slot.state, SlotState::Waiting(_));
+        st.free_slot(idx);
+        if waiting && self.core.extended && st.live == Some(epoch) {
+            // Encoding an integer cannot fail.
+            let _ = encode_notification(self.core.config.codec, &mut st.wbuf, "rpc.cancel", &(msgid,));
+            st.wake_writer();
         }
     }
 }
@@ -134,21 +401,21 @@ impl Client {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no address").into());
         }
         let timeout = config.timeout;
-        let client = Client {
-            shared: Arc::new(Shared {
-                addrs,
-                session: config.unstable_network.then(new_session),
-                config,
-                next_id: AtomicU64::new(1),
-                conn: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-            }),
+        let core = Arc::new(Core {
+            addrs,
+            session: config.unstable_network.then(new_session),
+            extended: config.uses_hello(),
+            config,
+            state: Mutex::new(State::new()),
+            connecting: tokio::sync::Mutex::new(()),
+        });
+        let (stream, rbuf) = connect(&core.addrs, &core.config, core.session).await?;
+        Driver::start(&core, stream, rbuf);
+        Ok(Client {
+            handle: Arc::new(Handle(core)),
             timeout,
             idempotent: false,
-        };
-        let tx = connect(&client.shared.addrs, &client.shared.config, client.shared.session).await?;
-        *client.shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-        Ok(client)
+        })
     }
 
     /// A handle on the same connection whose calls time out after `timeout`.
@@ -171,12 +438,16 @@ impl Client {
 
     /// The session id, in unstable-network mode.
     pub fn session(&self) -> Option<u128> {
-        self.shared.session
+        self.handle.0.session
     }
 
     /// The address this client connects to (the first one its name resolved to).
     pub fn addr(&self) -> SocketAddr {
-        self.shared.addrs[0]
+        self.handle.0.addrs[0]
+    }
+
+    fn core(&self) -> &Core {
+        &self.handle.0
     }
 
     /// Call `method` with `params` (a tuple, or a `Vec` of values) and decode the result.
@@ -185,66 +456,51 @@ impl Client {
     ///
     /// [`Error::Remote`] for an error reply; [`Error::Timeout`], [`Error::ConnectionClosed`]
     /// and [`Error::Transport`] when no reply came; encode and decode errors.
-    pub async fn call<P, R>(&self, method: &str, params: P) -> Result<R, Error>
+    pub async fn call<P, R>(&self, method: &str, mut params: P) -> Result<R, Error>
     where
         P: Params,
         R: DeserializeOwned,
     {
         let deadline = Instant::now() + self.timeout;
-        let msgid = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let config = &self.shared.config;
-        let mut frame = Vec::with_capacity(64);
-        let sent_timeout = config.uses_hello().then_some(self.timeout);
-        encode_request(config.codec, &mut frame, msgid, method, &params, sent_timeout)?;
-        let frame = Bytes::from(frame);
+        let core = self.core();
+        let config = &core.config;
+        let sent_timeout = core.extended.then_some(self.timeout);
         // Resending is safe when the server dedups, or the caller said so.
-        let resend = self.shared.session.is_some() || self.idempotent;
+        let resend = core.session.is_some() || self.idempotent;
+        let mut msgid = None;
         let mut backoff = config.reconnect_backoff;
         loop {
-            let tx = self.sender(deadline).await?;
-            let (reply_tx, reply_rx) = oneshot::channel();
-            let call = Command::Call {
-                msgid,
-                frame: frame.clone(),
-                reply: reply_tx,
+            let attempt = Attempt {
+                core,
+                method,
+                params: &mut params,
+                msgid: &mut msgid,
                 deadline,
+                sent_timeout,
+                slot: None,
+                result: PhantomData,
             };
-            // The connection task enforces the deadline: no timer per call.
-            let outcome = match tx.send(call) {
-                Err(_) => Err(Error::ConnectionClosed),
-                Ok(()) => {
-                    let mut guard = CancelGuard {
-                        tx: &tx,
-                        msgid,
-                        armed: true,
-                    };
-                    let r = reply_rx.await;
-                    guard.armed = false;
-                    match r {
-                        Err(_) => Err(Error::ConnectionClosed),
-                        Ok(Err(Error::Timeout(_))) => return Err(Error::Timeout(self.timeout)),
-                        Ok(r) => r,
-                    }
+            let retry = match attempt.await {
+                Attempted::NotConnected => {
+                    self.reconnect(deadline).await?;
+                    continue;
                 }
-            };
-            let retry = match outcome {
-                Ok(reply) => match reply.decode::<R>() {
-                    // Refused before it ran: always safe to send again.
-                    Err(Error::Remote(e)) if e.kind() == ErrorCode::ShuttingDown => true,
-                    r => return r,
-                },
-                Err(e @ (Error::ConnectionClosed | Error::Transport(_))) => {
-                    if !resend {
-                        return Err(e);
-                    }
-                    true
+                // Refused before it ran: always safe to send again.
+                Attempted::Done(Err(Error::Remote(e))) if e.kind() == ErrorCode::ShuttingDown => true,
+                Attempted::Done(Err(e @ (Error::ConnectionClosed | Error::Transport(_)))) if !resend => {
+                    return Err(e);
                 }
-                Err(e) => return Err(e),
+                Attempted::Done(Err(Error::ConnectionClosed | Error::Transport(_))) => true,
+                Attempted::Done(Err(Error::Timeout(_))) => return Err(Error::Timeout(self.timeout)),
+                Attempted::Done(r) => return r,
             };
             debug_assert!(retry);
             debug!(msgid, method, "resending the call on a new connection");
             let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(wait).await;
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(self.timeout));
+            }
             backoff = (backoff * 2).min(config.reconnect_backoff_max);
         }
     }
@@ -262,37 +518,42 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// When the notification could not be encoded or queued.
+    /// When the notification could not be encoded, or there was no connection and none
+    /// could be made within the client's timeout.
     pub async fn notify<P: Params>(&self, method: &str, params: P) -> Result<(), Error> {
-        let mut frame = Vec::with_capacity(64);
-        encode_notification(self.shared.config.codec, &mut frame, method, &params)?;
-        let tx = self.sender(Instant::now() + self.timeout).await?;
-        tx.send(Command::Send { frame: frame.into() })
-            .map_err(|_| Error::ConnectionClosed)
+        let deadline = Instant::now() + self.timeout;
+        let core = self.core();
+        loop {
+            {
+                let mut st = core.lock();
+                if st.live.is_some() {
+                    encode_notification(core.config.codec, &mut st.wbuf, method, &params)?;
+                    st.wake_writer();
+                    return Ok(());
+                }
+            }
+            self.reconnect(deadline).await?;
+        }
     }
 
-    /// The live connection's queue, (re)connecting first if there is none, with backoff
-    /// until `deadline`.
-    async fn sender(&self, deadline: Instant) -> Result<Queue, Error> {
-        if let Some(tx) = self.live() {
-            return Ok(tx);
-        }
-        let _one_at_a_time = tokio::time::timeout_at(deadline, self.shared.connecting.lock())
+    /// Connect again (one caller at a time), with backoff until `deadline`.
+    async fn reconnect(&self, deadline: Instant) -> Result<(), Error> {
+        let core = &self.handle.0;
+        let _one_at_a_time = tokio::time::timeout_at(deadline, core.connecting.lock())
             .await
             .map_err(|_| Error::Timeout(self.timeout))?;
-        let config = &self.shared.config;
+        let config = &core.config;
         let mut backoff = config.reconnect_backoff;
         loop {
-            if let Some(tx) = self.live() {
-                return Ok(tx);
+            if core.lock().live.is_some() {
+                return Ok(());
             }
-            let attempt =
-                tokio::time::timeout_at(deadline, connect(&self.shared.addrs, config, self.shared.session));
+            let attempt = tokio::time::timeout_at(deadline, connect(&core.addrs, config, core.session));
             match attempt.await {
                 Err(_) => return Err(Error::Timeout(self.timeout)),
-                Ok(Ok(tx)) => {
-                    *self.shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
-                    return Ok(tx);
+                Ok(Ok((stream, rbuf))) => {
+                    Driver::start(core, stream, rbuf);
+                    return Ok(());
                 }
                 Ok(Err(e)) => {
                     debug!(error = %e, ?backoff, "reconnect failed");
@@ -305,15 +566,14 @@ impl Client {
             }
         }
     }
-
-    fn live(&self) -> Option<Queue> {
-        // A poisoned lock only means a panic elsewhere; the slot itself is always valid.
-        let conn = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.as_ref().filter(|tx| !tx.is_closed()).cloned()
-    }
 }
 
-async fn connect(addrs: &[SocketAddr], config: &Config, session: Option<u128>) -> Result<Queue, Error> {
+/// Open a connection (and say hello, with extensions).
+async fn connect(
+    addrs: &[SocketAddr],
+    config: &Config,
+    session: Option<u128>,
+) -> Result<(TcpStream, BytesMut), Error> {
     let connect = async {
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
         let mut stream = None;
@@ -336,7 +596,7 @@ async fn connect(addrs: &[SocketAddr], config: &Config, session: Option<u128>) -
             loop {
                 match Hello::decode(&rbuf) {
                     Ok(Some((h, n))) if h.codec == config.codec => {
-                        let _ = rbuf.split_to(n);
+                        rbuf.advance(n);
                         break;
                     }
                     Ok(None) => {
@@ -350,170 +610,282 @@ async fn connect(addrs: &[SocketAddr], config: &Config, session: Option<u128>) -
         }
         Ok::<_, Error>((stream, rbuf))
     };
-    let (stream, rbuf) = tokio::time::timeout(config.connect_timeout, connect)
+    tokio::time::timeout(config.connect_timeout, connect)
         .await
-        .map_err(|_| Error::Timeout(config.connect_timeout))??;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let framer = Framer::new(config.codec, config.max_message_size);
-    tokio::spawn(drive(stream, rbuf, rx, framer, config.clone()));
-    Ok(tx)
+        .map_err(|_| Error::Timeout(config.connect_timeout))?
 }
 
-/// The connection task: writes queued calls, matches replies to callers, pings when idle.
-async fn drive(
-    mut stream: TcpStream,
-    mut rbuf: BytesMut,
-    mut rx: mpsc::UnboundedReceiver<Command>,
-    mut framer: Framer,
-    config: Config,
-) {
-    let codec = framer.codec();
-    let extended = config.uses_hello();
-    let mut pending = Pending::default();
-    let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut written = 0;
-    let (mut rd, mut wr) = stream.split();
-    let heartbeat = config.heartbeat_interval.unwrap_or(Duration::MAX / 4);
-    let mut last_write = Instant::now();
-    let ping = tokio::time::sleep(heartbeat);
-    tokio::pin!(ping);
-    // One timer for every call's deadline: armed at the earliest one known, swept when it
-    // fires (the sweep looks at the calls in flight only).
-    let mut next_deadline: Option<Instant> = None;
-    let mut armed_at: Option<Instant> = None;
-    let expiry = tokio::time::sleep(Duration::MAX / 4);
-    tokio::pin!(expiry);
-    let apply =
-        |cmd: Command, wbuf: &mut Vec<u8>, pending: &mut Pending, next: &mut Option<Instant>| match cmd {
-            Command::Call {
-                msgid,
-                frame,
-                reply,
-                deadline,
-            } => {
-                wbuf.extend_from_slice(&frame);
-                pending.insert(msgid, (reply, deadline));
-                if next.is_none_or(|n| deadline < n) {
-                    *next = Some(deadline);
-                }
-            }
-            Command::Send { frame } => wbuf.extend_from_slice(&frame),
-            Command::Cancel { msgid } => {
-                if pending.remove(&msgid).is_some() && extended {
-                    let _ = encode_notification(codec, wbuf, "rpc.cancel", &(msgid,));
-                }
-            }
+/// Why the connection task stopped.
+enum End {
+    /// The connection failed or closed: the calls on it fail with this.
+    Lost(Error),
+    /// Every client handle is gone.
+    Abandoned,
+}
+
+/// The connection task: writes what callers queued, puts replies into their slots, fails
+/// calls past their deadline, pings when idle.
+struct Driver {
+    core: Arc<Core>,
+    epoch: u64,
+    stream: TcpStream,
+    rbuf: BytesMut,
+    framer: Framer,
+    /// The write buffer taken from the callers, and how much of it is written.
+    out: Vec<u8>,
+    written: usize,
+    /// The deadline timer, and the deadline it is armed at.
+    timer: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+    ping: Pin<Box<Sleep>>,
+    heartbeat: Option<Duration>,
+    last_write: Instant,
+}
+
+impl Driver {
+    /// Make `stream` the live connection and spawn its task.
+    fn start(core: &Arc<Core>, stream: TcpStream, rbuf: BytesMut) {
+        let epoch = {
+            let mut st = core.lock();
+            st.epoch += 1;
+            st.live = Some(st.epoch);
+            st.wbuf.clear();
+            st.task = None;
+            st.task_notified = false;
+            st.timer_at = None;
+            st.timer_moved = false;
+            st.epoch
         };
-    let error: Error = 'run: loop {
-        while let Ok(cmd) = rx.try_recv() {
-            apply(cmd, &mut wbuf, &mut pending, &mut next_deadline);
-        }
-        if next_deadline.is_some() && next_deadline != armed_at {
-            // Unwrap-free: checked just above.
-            let at = next_deadline.unwrap_or_else(Instant::now);
-            expiry.as_mut().reset(at);
-            armed_at = Some(at);
-        }
-        if written < wbuf.len() {
-            match wr.try_write(&wbuf[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => break 'run e.into(),
-            }
-            last_write = Instant::now();
-            if written == wbuf.len() {
-                wbuf.clear();
-                written = 0;
-            }
-        }
-        let hint = framer.needed(&rbuf).min(1024 * 1024);
-        if rbuf.capacity() - rbuf.len() < 4096usize.max(hint) {
-            rbuf.reserve((16 * 1024usize).max(rbuf.len()).max(hint));
-        }
-        tokio::select! {
-            biased;
-            r = rd.read_buf(&mut rbuf) => match r {
-                Ok(0) => break 'run Error::ConnectionClosed,
-                Err(e) => break 'run e.into(),
-                Ok(_) => loop {
-                    match framer.decode(&rbuf) {
-                        Ok(None) => break,
-                        Ok(Some(n)) => {
-                            let frame = rbuf.split_to(n).freeze();
-                            match RawReply::parse(codec, frame) {
-                                Ok(Some((msgid, reply))) => {
-                                    if let Some((tx, _)) = pending.remove(&msgid) {
-                                        let _ = tx.send(Ok(reply));
-                                    } else {
-                                        debug!(msgid, "reply to a call nobody waits for");
-                                    }
-                                }
-                                Ok(None) => debug!("message from the server ignored"),
-                                Err(e) => debug!(error = %e, "malformed message from the server ignored"),
-                            }
-                        }
-                        Err(e) => break 'run Error::Protocol(e.to_string()),
-                    }
-                },
-            },
-            cmd = rx.recv() => match cmd {
-                Some(cmd) => apply(cmd, &mut wbuf, &mut pending, &mut next_deadline),
-                // Every handle is gone: nobody can call any more. Flush what is queued.
-                None => {
-                    if written < wbuf.len() {
-                        let _ = tokio::time::timeout(config.connect_timeout, wr.write_all(&wbuf[written..])).await;
-                    }
-                    return;
-                }
-            },
-            r = wr.writable(), if written < wbuf.len() => if let Err(e) = r {
-                break 'run e.into();
-            },
-            () = &mut expiry, if next_deadline.is_some() => {
-                let now = Instant::now();
-                let expired: Vec<u64> = pending
-                    .iter()
-                    .filter(|(_, (_, d))| *d <= now)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for msgid in expired {
-                    if let Some((tx, _)) = pending.remove(&msgid) {
-                        // The caller puts its own timeout in the error.
-                        let _ = tx.send(Err(Error::Timeout(Duration::ZERO)));
-                        if extended {
-                            let _ = encode_notification(codec, &mut wbuf, "rpc.cancel", &(msgid,));
-                        }
-                    }
-                }
-                next_deadline = pending.values().map(|(_, d)| *d).min();
-                armed_at = None;
-            }
-            () = &mut ping, if config.heartbeat_interval.is_some() => {
-                if last_write.elapsed() >= heartbeat && wbuf.is_empty() {
-                    let _ = encode_notification(codec, &mut wbuf, "rpc.ping", &());
-                    ping.as_mut().reset(Instant::now() + heartbeat);
-                } else {
-                    ping.as_mut().reset(last_write + heartbeat);
-                }
-            }
-        }
-    };
-    debug!(error = %error, calls = pending.len(), "connection lost");
-    rx.close();
-    for (_, (tx, _)) in pending.drain() {
-        let _ = tx.send(Err(match &error {
-            Error::Transport(e) => Error::Transport(io::Error::new(e.kind(), e.to_string())),
-            Error::Protocol(p) => Error::Protocol(p.clone()),
-            _ => Error::ConnectionClosed,
-        }));
+        let config = &core.config;
+        let heartbeat = config.heartbeat_interval;
+        let now = Instant::now();
+        let driver = Driver {
+            core: core.clone(),
+            epoch,
+            stream,
+            rbuf,
+            framer: Framer::new(config.codec, config.max_message_size),
+            out: Vec::new(),
+            written: 0,
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            armed: None,
+            ping: Box::pin(tokio::time::sleep_until(
+                now + heartbeat.unwrap_or(Duration::ZERO),
+            )),
+            heartbeat,
+            last_write: now,
+        };
+        tokio::spawn(driver.run());
     }
-    // Calls queued but never written fail too. Drain with `recv` rather than dropping the
-    // receiver: a send that had already begun when the channel closed still delivers its
-    // command, and dropping the receiver would leave that command (and its caller, whose
-    // handle keeps the channel alive) stuck in the queue until the call's timeout.
-    while let Some(cmd) = rx.recv().await {
-        if let Command::Call { reply, .. } = cmd {
-            let _ = reply.send(Err(Error::ConnectionClosed));
+
+    async fn run(mut self) {
+        let end = poll_fn(|cx| self.poll_drive(cx)).await;
+        if self.finish(end) {
+            // Nobody can call any more: flush what was queued (notifications, cancels).
+            let flush = self.stream.write_all(&self.out[self.written..]);
+            let _ = tokio::time::timeout(self.core.config.connect_timeout, flush).await;
+            debug!("client dropped, connection closed");
         }
+    }
+
+    /// The connection is over: no call may use it any more. Returns whether what was
+    /// queued is to be flushed (every handle is gone) rather than dropped.
+    fn finish(&mut self, end: End) -> bool {
+        let mut st = self.core.lock();
+        let ours = st.live == Some(self.epoch);
+        if ours {
+            st.live = None;
+            st.task = None;
+        }
+        match end {
+            End::Lost(error) => {
+                debug!(error = %error, "connection lost");
+                // Calls written and not yet answered fail, and so do those queued and
+                // never written (`wbuf` belongs to this connection).
+                if ours {
+                    st.wbuf.clear();
+                }
+                st.fail_epoch(self.epoch, || match &error {
+                    Error::Transport(e) => Error::Transport(io::Error::new(e.kind(), e.to_string())),
+                    Error::Protocol(p) => Error::Protocol(p.clone()),
+                    _ => Error::ConnectionClosed,
+                });
+                false
+            }
+            End::Abandoned => {
+                self.out.append(&mut st.wbuf);
+                true
+            }
+        }
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        loop {
+            let mut progress = false;
+            // Read what has arrived.
+            let hint = self.framer.needed(&self.rbuf).min(HINT_LIMIT);
+            if self.rbuf.capacity() - self.rbuf.len() < 4096usize.max(hint) {
+                self.rbuf.reserve((16 * 1024usize).max(self.rbuf.len()).max(hint));
+            }
+            let read = match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(End::Lost(Error::ConnectionClosed)),
+                Poll::Ready(Ok(_)) => true,
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Lost(e.into())),
+                Poll::Pending => false,
+            };
+            let mut st = self.core.lock();
+            if read {
+                progress = true;
+                if let Err(e) = deliver(&mut self.framer, &mut self.rbuf, &mut st) {
+                    return Poll::Ready(End::Lost(e));
+                }
+            }
+            if st.task.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
+                st.task = Some(cx.waker().clone());
+            }
+            if st.abandoned {
+                return Poll::Ready(End::Abandoned);
+            }
+            if self.written == self.out.len() {
+                // Everything handed over is written: take what callers queued since.
+                self.written = 0;
+                self.out.clear();
+                if self.out.capacity() > KEEP_BUFFER {
+                    self.out = Vec::new();
+                }
+                mem::swap(&mut self.out, &mut st.wbuf);
+                st.task_notified = false;
+            }
+            if st.timer_moved {
+                st.timer_moved = false;
+                if let Some(at) = st.timer_at {
+                    self.timer.as_mut().reset(at);
+                    self.armed = Some(at);
+                }
+            }
+            drop(st);
+            if self.written < self.out.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.written..]) {
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        progress = true;
+                        self.last_write = Instant::now();
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::Lost(e.into())),
+                    Poll::Pending => {}
+                }
+            }
+            if self.armed.is_some() && self.timer.as_mut().poll(cx).is_ready() {
+                self.expire();
+                progress = true;
+            }
+            if let Some(heartbeat) = self.heartbeat {
+                if self.ping.as_mut().poll(cx).is_ready() {
+                    self.heartbeat(heartbeat);
+                    progress = true;
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// The deadline timer fired: fail the calls whose deadline passed, re-arm at the
+    /// earliest one left.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let codec = self.core.config.codec;
+        let extended = self.core.extended;
+        let mut st = self.core.lock();
+        let st = &mut *st;
+        let mut next: Option<Instant> = None;
+        for slot in &mut st.slots {
+            if slot.epoch != self.epoch {
+                continue;
+            }
+            if let SlotState::Waiting(w) = &mut slot.state {
+                if slot.deadline > now {
+                    next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
+                    continue;
+                }
+                let waker = w.take();
+                // The caller puts its own timeout in the error.
+                slot.state = SlotState::Failed(Error::Timeout(Duration::ZERO));
+                st.waiting.remove(&slot.msgid);
+                if extended {
+                    let _ = encode_notification(codec, &mut st.wbuf, "rpc.cancel", &(slot.msgid,));
+                    st.task_notified = true;
+                }
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
+        }
+        st.timer_at = next;
+        st.timer_moved = false;
+        self.armed = next;
+        if let Some(at) = next {
+            self.timer.as_mut().reset(at);
+        }
+    }
+
+    /// The heartbeat timer fired: ping if nothing was written for a whole interval.
+    fn heartbeat(&mut self, interval: Duration) {
+        let now = Instant::now();
+        if now.duration_since(self.last_write) >= interval && self.written == self.out.len() {
+            let mut st = self.core.lock();
+            if st.wbuf.is_empty() {
+                let _ = encode_notification(self.core.config.codec, &mut st.wbuf, "rpc.ping", &());
+            }
+            self.ping.as_mut().reset(now + interval);
+        } else {
+            self.ping.as_mut().reset(self.last_write + interval);
+        }
+    }
+}
+
+/// Hand every complete reply in the read buffer to its caller.
+fn deliver(framer: &mut Framer, rbuf: &mut BytesMut, st: &mut State) -> Result<(), Error> {
+    let codec = framer.codec();
+    loop {
+        let n = match framer.decode(rbuf) {
+            Ok(None) => return Ok(()),
+            Ok(Some(n)) => n,
+            Err(e) => return Err(Error::Protocol(e.to_string())),
+        };
+        if n <= INLINE_REPLY {
+            deliver_one(st, codec, &rbuf[..n], None);
+            rbuf.advance(n);
+        } else {
+            let frame = rbuf.split_to(n).freeze();
+            deliver_one(st, codec, &frame, Some(&frame));
+        }
+    }
+}
+
+/// Put one reply into its caller's slot. `shared` is the frame as `Bytes` when it is too
+/// large to copy.
+fn deliver_one(st: &mut State, codec: Codec, frame: &[u8], shared: Option<&Bytes>) {
+    let (msgid, outcome) = match reply::parse(codec, frame) {
+        Ok(Some(m)) => m,
+        Ok(None) => return debug!("message from the server ignored"),
+        Err(e) => return debug!(error = %e, "malformed message from the server ignored"),
+    };
+    let Some(idx) = st.waiting.remove(&msgid) else {
+        return debug!(msgid, "reply to a call nobody waits for");
+    };
+    let (ok, part) = match outcome {
+        Ok(r) => (true, r),
+        Err(e) => (false, e),
+    };
+    let slot = &mut st.slots[idx as usize];
+    let big = shared.map(|frame| frame.slice_ref(part));
+    if big.is_none() {
+        slot.buf.clear();
+        slot.buf.extend_from_slice(part);
+    }
+    if let SlotState::Waiting(Some(w)) = mem::replace(&mut slot.state, SlotState::Replied { ok, big }) {
+        w.wake();
     }
 }
