@@ -150,10 +150,9 @@ struct State {
     task: Option<Waker>,
     /// The task has been woken since it last took `wbuf`: no need to wake it again.
     task_notified: bool,
-    /// The earliest deadline the task's timer covers; `timer_moved` when a call has set
-    /// an earlier one the task has not armed yet.
-    timer_at: Option<Instant>,
-    timer_moved: bool,
+    /// Slots of calls queued since the task last took `wbuf`: the task starts their
+    /// deadlines when it takes them (one clock read per batch, not per call).
+    fresh: Vec<u32>,
     /// Every handle is gone: the task flushes and ends.
     abandoned: bool,
     slots: Vec<Slot>,
@@ -166,7 +165,10 @@ struct Slot {
     msgid: u64,
     /// The connection the call was written on.
     epoch: u64,
-    deadline: Instant,
+    timeout: Duration,
+    /// `None` until the connection task takes the call (then `timeout` from then on), or
+    /// the first attempt's deadline for a call sent again.
+    deadline: Option<Instant>,
     state: SlotState,
     /// A small reply's result (or error value), copied from the read buffer. The slot
     /// keeps the capacity for its next call.
@@ -193,8 +195,7 @@ impl State {
             wbuf: Vec::new(),
             task: None,
             task_notified: false,
-            timer_at: None,
-            timer_moved: false,
+            fresh: Vec::new(),
             abandoned: false,
             slots: Vec::new(),
             free: Vec::new(),
@@ -212,13 +213,21 @@ impl State {
         }
     }
 
-    /// Take a slot for a call written on connection `epoch`.
-    fn take_slot(&mut self, msgid: u64, epoch: u64, deadline: Instant, waker: Waker) -> u32 {
+    /// Take a slot for a call just queued on connection `epoch`.
+    fn take_slot(
+        &mut self,
+        msgid: u64,
+        epoch: u64,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        waker: Waker,
+    ) -> u32 {
         let state = SlotState::Waiting(Some(waker));
         let idx = if let Some(idx) = self.free.pop() {
             let slot = &mut self.slots[idx as usize];
             slot.msgid = msgid;
             slot.epoch = epoch;
+            slot.timeout = timeout;
             slot.deadline = deadline;
             slot.state = state;
             idx
@@ -226,6 +235,7 @@ impl State {
             self.slots.push(Slot {
                 msgid,
                 epoch,
+                timeout,
                 deadline,
                 state,
                 buf: Vec::new(),
@@ -234,12 +244,7 @@ impl State {
             u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
         };
         self.waiting.insert(msgid, idx);
-        if self.timer_at.is_none_or(|t| deadline < t) {
-            self.timer_at = Some(deadline);
-            self.timer_moved = true;
-            // The task must arm its timer even when nothing else is for it to do.
-            self.task_notified = false;
-        }
+        self.fresh.push(idx);
         self.wake_writer();
         idx
     }
@@ -289,7 +294,9 @@ struct Attempt<'a, P: ?Sized, R> {
     params: &'a mut P,
     /// Kept across attempts: a resent call keeps its msgid (the server's dedup key).
     msgid: &'a mut Option<u64>,
-    deadline: Instant,
+    /// Kept across attempts too: the deadline the first one got.
+    deadline: &'a mut Option<Instant>,
+    timeout: Duration,
     /// The timeout sent with the request (with extensions).
     sent_timeout: Option<Duration>,
     /// The call's slot, once written.
@@ -324,11 +331,15 @@ impl<P: Params + ?Sized, R: DeserializeOwned> Future for Attempt<'_, P, R> {
             if let Err(e) = encoded {
                 return Poll::Ready(Attempted::Done(Err(e.into())));
             }
-            this.slot = Some(st.take_slot(msgid, epoch, this.deadline, cx.waker().clone()));
+            let slot = st.take_slot(msgid, epoch, this.timeout, *this.deadline, cx.waker().clone());
+            this.slot = Some(slot);
             return Poll::Pending;
         };
         let st = &mut *st;
         let slot = &mut st.slots[idx as usize];
+        if this.deadline.is_none() {
+            *this.deadline = slot.deadline;
+        }
         let result = match mem::replace(&mut slot.state, SlotState::Free) {
             SlotState::Waiting(mut waker) => {
                 match &waker {
@@ -461,13 +472,15 @@ impl Client {
         P: Params,
         R: DeserializeOwned,
     {
-        let deadline = Instant::now() + self.timeout;
         let core = self.core();
         let config = &core.config;
         let sent_timeout = core.extended.then_some(self.timeout);
         // Resending is safe when the server dedups, or the caller said so.
         let resend = core.session.is_some() || self.idempotent;
         let mut msgid = None;
+        // Set by the connection task when it takes the call (no clock read per call here),
+        // or below when the call has to wait for a connection first.
+        let mut deadline = None;
         let mut backoff = config.reconnect_backoff;
         loop {
             let attempt = Attempt {
@@ -475,13 +488,15 @@ impl Client {
                 method,
                 params: &mut params,
                 msgid: &mut msgid,
-                deadline,
+                deadline: &mut deadline,
+                timeout: self.timeout,
                 sent_timeout,
                 slot: None,
                 result: PhantomData,
             };
             let retry = match attempt.await {
                 Attempted::NotConnected => {
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
                     self.reconnect(deadline).await?;
                     continue;
                 }
@@ -496,6 +511,7 @@ impl Client {
             };
             debug_assert!(retry);
             debug!(msgid, method, "resending the call on a new connection");
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
             let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(wait).await;
             if Instant::now() >= deadline {
@@ -631,6 +647,8 @@ struct Driver {
     stream: TcpStream,
     rbuf: BytesMut,
     framer: Framer,
+    /// The framer holds a message begun in an earlier read.
+    framing: bool,
     /// The write buffer taken from the callers, and how much of it is written.
     out: Vec<u8>,
     written: usize,
@@ -639,6 +657,8 @@ struct Driver {
     armed: Option<Instant>,
     ping: Pin<Box<Sleep>>,
     heartbeat: Option<Duration>,
+    /// When the last batch was taken from the callers (as good as when it was written,
+    /// for the heartbeat).
     last_write: Instant,
 }
 
@@ -652,8 +672,7 @@ impl Driver {
             st.wbuf.clear();
             st.task = None;
             st.task_notified = false;
-            st.timer_at = None;
-            st.timer_moved = false;
+            st.fresh.clear();
             st.epoch
         };
         let config = &core.config;
@@ -665,6 +684,7 @@ impl Driver {
             stream,
             rbuf,
             framer: Framer::new(config.codec, config.max_message_size),
+            framing: false,
             out: Vec::new(),
             written: 0,
             timer: Box::pin(tokio::time::sleep_until(now)),
@@ -736,7 +756,7 @@ impl Driver {
             let mut st = self.core.lock();
             if read {
                 progress = true;
-                if let Err(e) = deliver(&mut self.framer, &mut self.rbuf, &mut st) {
+                if let Err(e) = deliver(&mut self.framer, &mut self.framing, &mut self.rbuf, &mut st) {
                     return Poll::Ready(End::Lost(e));
                 }
             }
@@ -755,12 +775,13 @@ impl Driver {
                 }
                 mem::swap(&mut self.out, &mut st.wbuf);
                 st.task_notified = false;
-            }
-            if st.timer_moved {
-                st.timer_moved = false;
-                if let Some(at) = st.timer_at {
-                    self.timer.as_mut().reset(at);
-                    self.armed = Some(at);
+                if !self.out.is_empty() {
+                    // One clock read per batch: the heartbeat's and the new calls' deadlines.
+                    let now = Instant::now();
+                    self.last_write = now;
+                    if !st.fresh.is_empty() {
+                        start_deadlines(&mut st, now, &mut self.armed, self.timer.as_mut());
+                    }
                 }
             }
             drop(st);
@@ -769,7 +790,6 @@ impl Driver {
                     Poll::Ready(Ok(n)) => {
                         self.written += n;
                         progress = true;
-                        self.last_write = Instant::now();
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(End::Lost(e.into())),
                     Poll::Pending => {}
@@ -805,8 +825,10 @@ impl Driver {
                 continue;
             }
             if let SlotState::Waiting(w) = &mut slot.state {
-                if slot.deadline > now {
-                    next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
+                // Not started yet: queued after the last batch; the next one starts it.
+                let Some(deadline) = slot.deadline else { continue };
+                if deadline > now {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
                     continue;
                 }
                 let waker = w.take();
@@ -822,8 +844,6 @@ impl Driver {
                 }
             }
         }
-        st.timer_at = next;
-        st.timer_moved = false;
         self.armed = next;
         if let Some(at) = next {
             self.timer.as_mut().reset(at);
@@ -845,39 +865,84 @@ impl Driver {
     }
 }
 
-/// Hand every complete reply in the read buffer to its caller.
-fn deliver(framer: &mut Framer, rbuf: &mut BytesMut, st: &mut State) -> Result<(), Error> {
-    let codec = framer.codec();
-    loop {
-        let n = match framer.decode(rbuf) {
-            Ok(None) => return Ok(()),
-            Ok(Some(n)) => n,
-            Err(e) => return Err(Error::Protocol(e.to_string())),
-        };
-        if n <= INLINE_REPLY {
-            deliver_one(st, codec, &rbuf[..n], None);
-            rbuf.advance(n);
-        } else {
-            let frame = rbuf.split_to(n).freeze();
-            deliver_one(st, codec, &frame, Some(&frame));
+/// Start the deadlines of the calls queued since the last batch, and arm the timer (armed
+/// at `armed`) if one of them is the earliest.
+fn start_deadlines(st: &mut State, now: Instant, armed: &mut Option<Instant>, timer: Pin<&mut Sleep>) {
+    let mut earliest = *armed;
+    for idx in st.fresh.drain(..) {
+        let slot = &mut st.slots[idx as usize];
+        // A slot freed (its call dropped) since it was queued holds nothing to time.
+        if let SlotState::Waiting(_) = slot.state {
+            let deadline = *slot.deadline.get_or_insert(now + slot.timeout);
+            if earliest.is_none_or(|e| deadline < e) {
+                earliest = Some(deadline);
+            }
+        }
+    }
+    if earliest != *armed {
+        *armed = earliest;
+        if let Some(at) = earliest {
+            timer.reset(at);
         }
     }
 }
 
-/// Put one reply into its caller's slot. `shared` is the frame as `Bytes` when it is too
-/// large to copy.
-fn deliver_one(st: &mut State, codec: Codec, frame: &[u8], shared: Option<&Bytes>) {
-    let (msgid, outcome) = match reply::parse(codec, frame) {
-        Ok(Some(m)) => m,
-        Ok(None) => return debug!("message from the server ignored"),
-        Err(e) => return debug!(error = %e, "malformed message from the server ignored"),
-    };
+/// Hand every complete reply in the read buffer to its caller. `framing`: the framer
+/// holds a message begun in an earlier read (the one-pass path must not start over).
+fn deliver(
+    framer: &mut Framer,
+    framing: &mut bool,
+    rbuf: &mut BytesMut,
+    st: &mut State,
+) -> Result<(), Error> {
+    let codec = framer.codec();
+    loop {
+        if !*framing && codec == Codec::Msgpack {
+            if let Some((n, msgid, start)) = reply::fast_reply(rbuf, framer.max_message_size()) {
+                if n <= INLINE_REPLY {
+                    put(st, msgid, true, &rbuf[start..n], None);
+                    rbuf.advance(n);
+                } else {
+                    let frame = rbuf.split_to(n).freeze();
+                    put(st, msgid, true, &frame[start..], Some(&frame));
+                }
+                continue;
+            }
+        }
+        let n = match framer.decode(rbuf) {
+            Ok(None) => {
+                *framing = !rbuf.is_empty();
+                return Ok(());
+            }
+            Ok(Some(n)) => n,
+            Err(e) => return Err(Error::Protocol(e.to_string())),
+        };
+        *framing = false;
+        if n <= INLINE_REPLY {
+            parse_and_put(st, codec, &rbuf[..n], None);
+            rbuf.advance(n);
+        } else {
+            let frame = rbuf.split_to(n).freeze();
+            parse_and_put(st, codec, &frame, Some(&frame));
+        }
+    }
+}
+
+/// Parse one message from the server; if it is a reply, put it into its caller's slot.
+fn parse_and_put(st: &mut State, codec: Codec, frame: &[u8], shared: Option<&Bytes>) {
+    match reply::parse(codec, frame) {
+        Ok(Some((msgid, Ok(result)))) => put(st, msgid, true, result, shared),
+        Ok(Some((msgid, Err(error)))) => put(st, msgid, false, error, shared),
+        Ok(None) => debug!("message from the server ignored"),
+        Err(e) => debug!(error = %e, "malformed message from the server ignored"),
+    }
+}
+
+/// Put a reply's result (`ok`) or error value into its caller's slot and wake the caller.
+/// `shared` is the whole frame as `Bytes` when it is too large to copy.
+fn put(st: &mut State, msgid: u64, ok: bool, part: &[u8], shared: Option<&Bytes>) {
     let Some(idx) = st.waiting.remove(&msgid) else {
         return debug!(msgid, "reply to a call nobody waits for");
-    };
-    let (ok, part) = match outcome {
-        Ok(r) => (true, r),
-        Err(e) => (false, e),
     };
     let slot = &mut st.slots[idx as usize];
     let big = shared.map(|frame| frame.slice_ref(part));

@@ -91,6 +91,22 @@ impl Codec {
         Ok(v)
     }
 
+    /// Decode a value that `bytes` is already known to hold exactly: the last element of a
+    /// message that [`Framer`](crate::Framer) delimited and
+    /// [`Message::parse`](crate::Message::parse) split, whose length the framer counted.
+    /// This skips the walk [`Codec::decode`] makes to rule out trailing bytes (bytes after
+    /// the value would be ignored rather than reported); the nesting limit still holds.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::decode`], except for trailing bytes.
+    pub fn decode_framed<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
+        match self {
+            Codec::Msgpack => Ok(msgpack_from_slice(bytes)?),
+            Codec::Bincode => self.decode(bytes),
+        }
+    }
+
     /// Decode one value from the start of `bytes`; returns it and the bytes it used.
     ///
     /// # Errors
