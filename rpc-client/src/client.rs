@@ -649,6 +649,8 @@ struct Driver {
     framer: Framer,
     /// The framer holds a message begun in an earlier read.
     framing: bool,
+    /// The size of the last reply too large to copy (0 before the first).
+    large: usize,
     /// The write buffer taken from the callers, and how much of it is written.
     out: Vec<u8>,
     written: usize,
@@ -685,6 +687,7 @@ impl Driver {
             rbuf,
             framer: Framer::new(config.codec, config.max_message_size),
             framing: false,
+            large: 0,
             out: Vec::new(),
             written: 0,
             timer: Box::pin(tokio::time::sleep_until(now)),
@@ -743,7 +746,9 @@ impl Driver {
         loop {
             let mut progress = false;
             // Read what has arrived.
-            let hint = self.framer.needed(&self.rbuf).min(HINT_LIMIT);
+            // Room for what the message being read still needs, and for a whole large reply
+            // when large replies have been coming: one read, not a small one then the rest.
+            let hint = self.framer.needed(&self.rbuf).max(self.large).min(HINT_LIMIT);
             if self.rbuf.capacity() - self.rbuf.len() < 4096usize.max(hint) {
                 self.rbuf.reserve((16 * 1024usize).max(self.rbuf.len()).max(hint));
             }
@@ -756,7 +761,13 @@ impl Driver {
             let mut st = self.core.lock();
             if read {
                 progress = true;
-                if let Err(e) = deliver(&mut self.framer, &mut self.framing, &mut self.rbuf, &mut st) {
+                if let Err(e) = deliver(
+                    &mut self.framer,
+                    &mut self.framing,
+                    &mut self.large,
+                    &mut self.rbuf,
+                    &mut st,
+                ) {
                     return Poll::Ready(End::Lost(e));
                 }
             }
@@ -892,6 +903,7 @@ fn start_deadlines(st: &mut State, now: Instant, armed: &mut Option<Instant>, ti
 fn deliver(
     framer: &mut Framer,
     framing: &mut bool,
+    large: &mut usize,
     rbuf: &mut BytesMut,
     st: &mut State,
 ) -> Result<(), Error> {
@@ -903,6 +915,7 @@ fn deliver(
                     put(st, msgid, true, &rbuf[start..n], None);
                     rbuf.advance(n);
                 } else {
+                    *large = n;
                     let frame = rbuf.split_to(n).freeze();
                     put(st, msgid, true, &frame[start..], Some(&frame));
                 }
@@ -922,6 +935,7 @@ fn deliver(
             parse_and_put(st, codec, &rbuf[..n], None);
             rbuf.advance(n);
         } else {
+            *large = n;
             let frame = rbuf.split_to(n).freeze();
             parse_and_put(st, codec, &frame, Some(&frame));
         }

@@ -7,6 +7,10 @@ use rpc_proto::{Codec, DEFAULT_MAX_MESSAGE_SIZE};
 #[non_exhaustive]
 pub struct Config {
     /// Timeout of each call unless overridden, retries included. Default: 15 s.
+    ///
+    /// The async client starts counting when the connection task takes the call to write
+    /// it (within microseconds of the call, without a clock read per call), or when the
+    /// call starts waiting for a connection.
     pub timeout: Duration,
     /// Timeout of one connection attempt (and of the hello). Default: 5 s.
     pub connect_timeout: Duration,
