@@ -1,10 +1,12 @@
 //! The `bench` binary works end to end: a quick run with tiny counts (no timing is
-//! asserted), the load generator against a server it started, and the prefork hook
-//! refusing what it cannot do yet.
+//! asserted), the load generator against a server it started, and our prefork server
+//! (its workers visible to the harness, all gone once its stdin closes).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_bench");
 
@@ -36,6 +38,8 @@ fn quick_run_writes_the_report_and_the_charts() {
         "## Targets",
         "ours async msgpack",
         "ours blocking bincode",
+        "ours prefork async msgpack",
+        "`ours-prefork`",
         "tonic (gRPC)",
         "tarpc (bincode)",
         "raw TCP std",
@@ -81,10 +85,11 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn load_generator_against_our_server() {
+/// Start `bench server` with `args`; returns it with its port once it printed it.
+fn start_server(args: &[&str]) -> (Server, u16, BufReader<ChildStdout>) {
     let mut child = Command::new(BENCH)
-        .args(["server", "--system", "ours", "--addr", "127.0.0.1:0"])
+        .args(["server", "--addr", "127.0.0.1:0"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -97,7 +102,14 @@ fn load_generator_against_our_server() {
     let port = line
         .trim()
         .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("printed {line:?}"));
+    (server, port, stdout)
+}
+
+#[test]
+fn load_generator_against_our_server() {
+    let (server, port, _stdout) = start_server(&["--system", "ours"]);
     let pid = server.0.id().to_string();
     let out = Command::new(BENCH)
         .args([
@@ -150,13 +162,72 @@ fn load_generator_against_our_server() {
     drop(server);
 }
 
+/// The children of `pid` forked without exec (same command line): what the harness
+/// counts as a prefork server's workers.
+fn forked_children(pid: u32) -> Vec<u32> {
+    let cmdline = |p: u32| std::fs::read(format!("/proc/{p}/cmdline")).ok();
+    let own = cmdline(pid).expect("the server's command line");
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .expect("/proc/<pid>/task/<pid>/children")
+        .split_whitespace()
+        .map(|c| c.parse().expect("a pid"))
+        .filter(|&c| cmdline(c).as_ref() == Some(&own))
+        .collect()
+}
+
 #[test]
-fn prefork_workers_are_refused_until_implemented() {
-    let out = Command::new(BENCH)
-        .args(["server", "--system", "ours", "--workers", "4"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bench server");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
+fn prefork_server_serves_from_its_workers_and_stops_with_its_stdin() {
+    let (mut server, port, _stdout) = start_server(&["--system", "ours", "--workers", "2"]);
+    let pid = server.0.id();
+    // `PORT` is printed once every worker listens: both are there.
+    let workers = forked_children(pid);
+    assert_eq!(workers.len(), 2, "workers of {pid}: {workers:?}");
+    let client = rpc_client::BlockingClient::connect(("127.0.0.1", port)).expect("connect");
+    let sum: i64 = client.call("add", (1i64, 2i64)).expect("add");
+    assert_eq!(sum, 3);
+    // A worker answers, not the supervisor.
+    let at: BTreeMap<String, u64> = client.call("rpc.worker", ()).expect("rpc.worker");
+    assert!(
+        workers.iter().any(|&w| u64::from(w) == at["pid"]),
+        "{at:?} not in {workers:?}"
+    );
+    drop(client);
+
+    // Closing stdin stops the supervisor, which returns only after reaping every worker.
+    drop(server.0.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the prefork server did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    for w in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{w}")).exists(),
+            "worker {w} outlived its supervisor"
+        );
+    }
+}
+
+#[test]
+fn workers_are_refused_for_other_systems() {
+    for args in [
+        ["--system", "tonic", "--workers", "2"],
+        ["--system", "ours", "--workers", "0"],
+    ] {
+        let out = Command::new(BENCH)
+            .arg("server")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bench server");
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--workers"),
+            "{args:?}"
+        );
+    }
 }

@@ -132,7 +132,8 @@ fn si(v: f64) -> String {
 }
 
 fn color(i: usize) -> RGBColor {
-    const COLORS: [RGBColor; 8] = [
+    // One per client (`Variant::ALL`), so that no two lines of a chart share a colour.
+    const COLORS: [RGBColor; 9] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -141,6 +142,7 @@ fn color(i: usize) -> RGBColor {
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
         RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
     ];
     COLORS[i % COLORS.len()]
 }

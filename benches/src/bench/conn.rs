@@ -45,6 +45,9 @@ impl AsyncConn {
             Variant::OursAsync(codec) => {
                 AsyncConn::Ours(rpc_client::Client::connect_with(addr, our_config(codec)).await?)
             }
+            Variant::OursPrefork => {
+                AsyncConn::Ours(rpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack)).await?)
+            }
             Variant::Tonic => {
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
                     .tcp_nodelay(true)

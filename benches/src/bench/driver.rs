@@ -74,9 +74,10 @@ pub(crate) struct Sample {
     pub(crate) hist: Histogram<u64>,
     /// The measured window.
     pub(crate) elapsed: Duration,
-    /// Server CPU time (user + system) in the window.
+    /// Server CPU time (user + system) in the window, summed over its processes (a
+    /// prefork supervisor and its workers).
     pub(crate) server_cpu: Duration,
-    /// Server resident memory right after the window.
+    /// Server resident memory right after the window, summed over its processes.
     pub(crate) rss_kib: u64,
 }
 
@@ -103,16 +104,16 @@ impl Sample {
 struct Window {
     pid: u32,
     start: Instant,
-    ticks: u64,
+    cpu: procfs::CpuSnapshot,
 }
 
 impl Window {
     fn open(pid: u32) -> Result<Window> {
-        let ticks = procfs::cpu_ticks(pid)?;
+        let cpu = procfs::CpuSnapshot::take(pid)?;
         Ok(Window {
             pid,
             start: Instant::now(),
-            ticks,
+            cpu,
         })
     }
 }
@@ -142,13 +143,13 @@ impl Tally {
             hist: self.hist,
             elapsed: self.elapsed,
             server_cpu: procfs::ticks(self.ticks),
-            rss_kib: procfs::rss_kib(pid)?,
+            rss_kib: procfs::server_rss_kib(pid)?,
         })
     }
 
     fn add_window(&mut self, window: Window) -> Result<()> {
         self.elapsed += window.start.elapsed();
-        self.ticks += procfs::cpu_ticks(window.pid)?.saturating_sub(window.ticks);
+        self.ticks += procfs::CpuSnapshot::take(window.pid)?.since(&window.cpu);
         Ok(())
     }
 }

@@ -56,9 +56,16 @@ pub(crate) struct RunArgs {
     /// Systems to run (comma-separated); the default is all.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub(crate) systems: Vec<ServerKind>,
+    /// Worker processes of the `ours-prefork` system (rpc-server's prefork supervisor,
+    /// `SO_REUSEPORT`). The kernel puts each connection on one worker (by a hash of its
+    /// addresses), so more than one worker can only matter with several connections: the
+    /// 16 × 16 and 256 × 1 modes.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) prefork_workers: usize,
     /// Clients to run (comma-separated: ours-async-msgpack, ours-async-bincode,
-    /// ours-blocking-msgpack, ours-blocking-bincode, tonic, tarpc, raw-std, raw-tokio); the
-    /// default is all. Ratios need tonic and the raw floors in the run.
+    /// ours-blocking-msgpack, ours-blocking-bincode, ours-prefork-async-msgpack, tonic,
+    /// tarpc, raw-std, raw-tokio); the default is all. Ratios need tonic and the raw
+    /// floors in the run.
     #[arg(long, value_delimiter = ',')]
     pub(crate) clients: Vec<String>,
     /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records); the default
@@ -164,6 +171,9 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
     if args.placement == Placement::Separate && machine.nproc < 2 {
         return Err("--placement separate needs two cores".into());
     }
+    if args.prefork_workers == 0 {
+        return Err("--prefork-workers must be at least 1".into());
+    }
     for name in &args.clients {
         if !Variant::ALL.iter().any(|v| v.arg() == name) {
             return Err(format!("unknown client {name:?}").into());
@@ -189,8 +199,18 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
     // each server pins itself as told.
     let mut servers = BTreeMap::new();
     for &kind in &kinds {
-        let s = ServerProc::spawn(kind, args.placement.server_core())?;
-        eprintln!("started {} server: pid {}, {}", kind.arg(), s.pid, s.addr);
+        let s = ServerProc::spawn(kind, args.placement.server_core(), args.prefork_workers)?;
+        let pids = procfs::server_pids(s.pid).unwrap_or_default();
+        let workers = match pids.get(1..) {
+            Some(w) if !w.is_empty() => format!(" (workers {w:?})"),
+            _ => String::new(),
+        };
+        eprintln!(
+            "started {} server: pid {}{workers}, {}",
+            kind.arg(),
+            s.pid,
+            s.addr
+        );
         servers.insert(kind, s);
     }
     if let Some(core) = args.placement.client_core() {

@@ -41,7 +41,8 @@ pub(crate) struct LoadArgs {
     /// Timeout of each call, in seconds.
     #[arg(long, default_value_t = 15.0)]
     pub(crate) timeout: f64,
-    /// The server's pid, to report its CPU time per call and its memory (local servers).
+    /// The server's pid, to report its CPU time per call and its memory (local servers;
+    /// summed over the workers it forked, for a prefork server).
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
 }
@@ -110,13 +111,13 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
             .collect();
         drop(clients);
         tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
-        let cpu0 = a.server_pid.map(crate::procfs::cpu_ticks).transpose()?;
+        let cpu0 = a.server_pid.map(crate::procfs::CpuSnapshot::take).transpose()?;
         let start = Instant::now();
         phase.set(Step::Record);
         tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
         phase.set(Step::Stop);
         let elapsed = start.elapsed();
-        let cpu1 = a.server_pid.map(crate::procfs::cpu_ticks).transpose()?;
+        let cpu1 = a.server_pid.map(crate::procfs::CpuSnapshot::take).transpose()?;
         let mut hist = new_hist(sigfig);
         for t in tasks {
             hist.add(t.await?).map_err(|e| e.to_string())?;
@@ -124,12 +125,12 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
         let errors = errors.load(Ordering::Relaxed);
         print_summary(a, &hist, elapsed, errors, concurrency, connections);
         if let (Some(pid), Some(c0), Some(c1)) = (a.server_pid, cpu0, cpu1) {
-            let cpu = crate::procfs::ticks(c1.saturating_sub(c0));
+            let cpu = crate::procfs::ticks(c1.since(&c0));
             println!(
                 "server pid {pid}: CPU {:.3} s in the window, {:.2} µs per call; RSS {:.1} MiB",
                 cpu.as_secs_f64(),
                 cpu.as_secs_f64() * 1e6 / hist.len().max(1) as f64,
-                crate::procfs::rss_kib(pid)? as f64 / 1024.0
+                crate::procfs::server_rss_kib(pid)? as f64 / 1024.0
             );
         }
         if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {

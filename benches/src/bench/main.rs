@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `bench server --system X` is what the full run starts for each system; it prints
-//! `PORT <n>` and serves until its stdin closes.
+//! `PORT <n>` and serves until its stdin closes. `bench server --system ours --workers N`
+//! serves through rpc-server's prefork supervisor (N worker processes on one port).
 
 mod charts;
 mod conn;
@@ -54,6 +55,9 @@ enum Command {
     Server(server::ServerArgs),
     /// Load a server: keep N calls in flight for a while, print latency and throughput.
     Load(load::LoadArgs),
+    /// Started by a prefork `server`: stop it (TERM) when stdin closes.
+    #[command(hide = true)]
+    StdinWatch(server::WatchArgs),
 }
 
 fn main() {
@@ -63,6 +67,7 @@ fn main() {
         Some(Command::Run(args)) => harness::run(args),
         Some(Command::Server(args)) => server::serve(&args),
         Some(Command::Load(args)) => load::run(&args),
+        Some(Command::StdinWatch(args)) => server::watch_stdin(&args),
     };
     if let Err(e) = r {
         eprintln!("bench: {e}");

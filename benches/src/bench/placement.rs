@@ -42,6 +42,19 @@ impl Placement {
             Placement::Unpinned => "unpinned",
         }
     }
+
+    /// Where the prefork server's workers run. The supervisor is pinned to the server's
+    /// core, if any, and turns rpc-server's `bind_core` on, which pins worker `i` to core
+    /// `i % n` of the `n` cores the supervisor may use (see `server::serve_prefork`).
+    pub(crate) fn describe_prefork(self) -> &'static str {
+        match self {
+            Placement::Together => "every worker on core 0, with the client",
+            Placement::Separate => "every worker on core 1",
+            Placement::Unpinned => {
+                "worker i pinned to core i mod the number of cores (bind_core), the client unpinned"
+            }
+        }
+    }
 }
 
 /// Pin the calling thread to `core`; threads it creates afterwards inherit the mask (so

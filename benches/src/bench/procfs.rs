@@ -30,6 +30,79 @@ pub(crate) fn cpu_ticks(pid: u32) -> io::Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
+/// The processes of a server: `pid` itself and the children it forked without exec (the
+/// workers of a prefork supervisor; they share its command line), read from
+/// `/proc/<pid>/task/<pid>/children`. A child that was exec'd into another program (a
+/// prefork server's stdin watcher) is not counted. A single-process server has none.
+///
+/// The supervisor of our prefork server is single-threaded, so its main thread's
+/// `children` file lists all of its children.
+pub(crate) fn server_pids(pid: u32) -> io::Result<Vec<u32>> {
+    let mut pids = vec![pid];
+    let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        // Gone, or a kernel without CONFIG_PROC_CHILDREN: just the process.
+        return Ok(pids);
+    };
+    let cmdline = |p: u32| std::fs::read(format!("/proc/{p}/cmdline")).ok();
+    let own = cmdline(pid).ok_or_else(|| io::Error::other(format!("no process {pid}")))?;
+    pids.extend(
+        children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .filter(|&c| cmdline(c).is_some_and(|line| line == own)),
+    );
+    Ok(pids)
+}
+
+/// CPU time of a server's processes ([`server_pids`]) at one instant, per process.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CpuSnapshot(Vec<(u32, u64)>);
+
+impl CpuSnapshot {
+    /// Read every process of the server rooted at `pid`; a worker that exits while this
+    /// reads is left out. The root itself must be readable.
+    pub(crate) fn take(pid: u32) -> io::Result<CpuSnapshot> {
+        let mut ticks = Vec::new();
+        for p in server_pids(pid)? {
+            match cpu_ticks(p) {
+                Ok(t) => ticks.push((p, t)),
+                Err(e) if p == pid => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(CpuSnapshot(ticks))
+    }
+
+    /// Clock ticks spent since `before`, summed over the processes: per process, so that
+    /// a worker started in between counts from zero and one that ended in between only
+    /// loses its own last ticks (they are not subtracted from the others').
+    pub(crate) fn since(&self, before: &CpuSnapshot) -> u64 {
+        self.0
+            .iter()
+            .map(|&(pid, now)| {
+                let then = before.0.iter().find(|(p, _)| *p == pid).map_or(0, |(_, t)| *t);
+                now.saturating_sub(then)
+            })
+            .sum()
+    }
+}
+
+/// Resident set size of a server's processes ([`server_pids`]), summed, in KiB. Pages
+/// shared between them (the executable, the pages a forked worker has not written since
+/// the fork, shared memory) count once per process: for a prefork server this is an upper
+/// bound of the memory used (PSS, in `/proc/<pid>/smaps_rollup`, would split them).
+pub(crate) fn server_rss_kib(pid: u32) -> io::Result<u64> {
+    let mut total = 0;
+    for p in server_pids(pid)? {
+        match rss_kib(p) {
+            Ok(kib) => total += kib,
+            Err(e) if p == pid => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(total)
+}
+
 /// Clock ticks as a duration.
 pub(crate) fn ticks(t: u64) -> Duration {
     Duration::from_millis(t * 1000 / TICKS_PER_SEC)
@@ -120,5 +193,23 @@ mod tests {
         cpu_ticks(pid).unwrap();
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(machine().nproc >= 1);
+    }
+
+    #[test]
+    fn a_process_without_forked_children_is_just_itself() {
+        let pid = std::process::id();
+        assert_eq!(server_pids(pid).unwrap(), [pid]);
+        let a = CpuSnapshot::take(pid).unwrap();
+        let b = CpuSnapshot::take(pid).unwrap();
+        assert_eq!(b.since(&a), b.0[0].1 - a.0[0].1);
+        assert!(server_rss_kib(pid).unwrap() > 0);
+    }
+
+    #[test]
+    fn ticks_are_summed_per_process() {
+        let before = CpuSnapshot(vec![(1, 10), (2, 5), (3, 7)]);
+        // 2 ended, 4 started, 1 and 3 went on.
+        let after = CpuSnapshot(vec![(1, 12), (3, 10), (4, 4)]);
+        assert_eq!(after.since(&before), 2 + 3 + 4);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::harness::{Context, Results};
-use crate::system::{Mode, OurCodec, Variant, Workload};
+use crate::system::{Mode, OurCodec, ServerKind, Variant, Workload};
 
 /// The medians over the repetitions of one measurement.
 #[derive(Debug, Clone, Copy)]
@@ -144,12 +144,20 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
     let _ = writeln!(w, "- Idle server RSS (MiB): {}", idle.join(", "));
     let _ = writeln!(
         w,
-        "- Floor: raw TCP std for blocking clients, raw TCP tokio for async ones. Server CPU is utime+stime of the server process over exactly the measured window (10 ms ticks)."
+        "- Floor: raw TCP std for blocking clients, raw TCP tokio for async ones. Server CPU is utime+stime of the server process over exactly the measured window (10 ms ticks); for the prefork server, summed over the supervisor and its workers, as is its RSS (pages they share count once per process)."
     );
     let _ = writeln!(
         w,
-        "- Our server: one process, one worker (no prefork yet); `add`, `echo` and `echo_records` are registered as async fns (a sync fn would go through the blocking pool by design)."
+        "- Our server (`ours`): one process, one worker; `add`, `echo` and `echo_records` are registered as async fns (a sync fn would go through the blocking pool by design)."
     );
+    if ctx.idle_rss_kib.contains_key(&ServerKind::OursPrefork) {
+        let _ = writeln!(
+            w,
+            "- Our prefork server (`ours-prefork`, client: async msgpack): rpc-server's prefork supervisor with {} worker processes sharing the port (`SO_REUSEPORT`), each with a tokio current-thread runtime; {}. The kernel puts each connection on one worker (by a hash of its addresses, not by load), so with one connection (sequential, 1 × 64) it measures one worker like `ours`; only 16 × 16 and 256 × 1 spread calls over the workers.",
+            a.prefork_workers,
+            a.placement.describe_prefork()
+        );
+    }
 
     let modes: Vec<(Mode, Workload)> = {
         let mut v: Vec<_> = table.keys().map(|(m, w, _)| (*m, *w)).collect();

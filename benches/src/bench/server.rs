@@ -3,7 +3,8 @@
 //!
 //! The server binds, prints `PORT <n>` on stdout, and serves until its stdin closes: the
 //! harness holds the other end, so a server never outlives the run, even if the harness
-//! dies.
+//! dies. Our prefork server (`--system ours --workers N`, N > 1, or `--system
+//! ours-prefork`) does the same through rpc-server's supervisor: see [`serve_prefork`].
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use benches::Record;
 use futures_util::StreamExt;
-use rpc_server::{Method, Server};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rpc_server::{Builder, Method, Server, WorkerRuntime};
 use serde_bytes::ByteBuf;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
@@ -34,18 +37,20 @@ pub(crate) struct ServerArgs {
     /// Pin the server (every thread it starts) to this core.
     #[arg(long)]
     pub(crate) cpu: Option<usize>,
-    /// Worker processes (ours only). Only 1 for now: see the prefork hook in `serve`.
+    /// Worker processes (ours only). With `--system ours`, 1 serves from this process and
+    /// N > 1 through rpc-server's prefork supervisor; `--system ours-prefork` always goes
+    /// through the supervisor, with N workers (1 included).
     #[arg(long, default_value_t = 1)]
     pub(crate) workers: usize,
 }
 
-/// Our server with the benchmark's functions.
+/// Our server's functions and settings, as [`our_server`] builds them.
 ///
 /// Every function is registered as an *async* fn: a sync fn runs on the blocking pool by
 /// design (a thread hop per call), which is not what a cheap `add` should measure. The
 /// other systems' handlers are async too.
-pub(crate) fn our_server() -> Result<Server> {
-    Ok(Server::builder()
+fn our_builder() -> Builder {
+    Server::builder()
         .register(Method::async_fn("add", |(a, b): (i64, i64)| async move {
             a.wrapping_add(b)
         }))
@@ -57,7 +62,11 @@ pub(crate) fn our_server() -> Result<Server> {
             "echo_records",
             |(records,): (Vec<Record>,)| async move { records },
         ))
-        .build()?)
+}
+
+/// Our server with the benchmark's functions, for one process.
+pub(crate) fn our_server() -> Result<Server> {
+    Ok(our_builder().build()?)
 }
 
 fn announce(addr: SocketAddr) -> Result<()> {
@@ -69,20 +78,21 @@ fn announce(addr: SocketAddr) -> Result<()> {
 
 /// Run `bench server`: serve until stdin closes.
 pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
+    let prefork = match (args.system, args.workers) {
+        (_, 0) => return Err("--workers must be at least 1".into()),
+        (ServerKind::OursPrefork, _) => true,
+        (ServerKind::Ours, n) => n > 1,
+        (_, 1) => false,
+        (kind, n) => {
+            return Err(format!("--workers {n}: only our server has workers, not {}", kind.arg()).into())
+        }
+    };
+    // Before any thread exists: the threads of a runtime, and prefork workers, inherit it.
     if let Some(core) = args.cpu {
         placement::pin(core)?;
     }
-    // HOOK(prefork): the prefork issue adds `--workers N > 1` for ours: the supervisor
-    // forks N workers (before any runtime or thread exists), each running `serve_ours` on
-    // a SO_REUSEPORT listener; CPU time and RSS must then be summed over the workers'
-    // pids. Until then only one worker exists, and asking for more is an error rather
-    // than a silent single worker.
-    if args.workers != 1 {
-        return Err(format!(
-            "--workers {}: prefork workers are not implemented yet (only 1 worker)",
-            args.workers
-        )
-        .into());
+    if prefork {
+        return serve_prefork(args);
     }
     // The harness closes our stdin when it is done (or dies): exit then.
     std::thread::spawn(|| {
@@ -106,10 +116,84 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
                 ServerKind::Tonic => serve_tonic(listener).await,
                 ServerKind::Tarpc => serve_tarpc(listener).await,
                 ServerKind::RawTokio => crate::raw::serve_tokio(listener).await,
-                ServerKind::RawStd => unreachable!("served above"),
+                ServerKind::RawStd | ServerKind::OursPrefork => unreachable!("served above"),
             }
         }),
     }
+}
+
+/// Our server through rpc-server's prefork supervisor ([`Builder::prefork`] and
+/// [`Builder::run_with`]): this process becomes the supervisor and forks `args.workers`
+/// worker processes, each with its own current-thread runtime and its own `SO_REUSEPORT`
+/// listener on the port. `PORT <n>` is printed once every worker listens.
+///
+/// The supervisor must fork while it is the only thread (a forked copy of a threaded
+/// process has lost its other threads), so the stdin-watching thread of the other servers
+/// cannot be used here. A child process holds stdin instead (`bench stdin-watch`, see
+/// [`watch_stdin`]) and sends the supervisor TERM when stdin closes: the workers stop
+/// accepting, finish their calls (grace period 1 s: nothing is in flight when the harness
+/// is done) and exit, and the supervisor returns once it has reaped every one of them.
+/// Should the supervisor be killed instead, its workers get TERM from the kernel
+/// (`PR_SET_PDEATHSIG`): no worker outlives it by more than its grace period.
+///
+/// `bind_core` pins worker `i` to core `i % n` of the `n` cores this process may use
+/// (rpc-server reads them from the affinity mask). With `--cpu` (placements `together`
+/// and `separate`) that is the one core, so every worker runs on the server's core, as
+/// the one-worker server does; with no `--cpu` (`unpinned`) the workers are spread over
+/// every core, one per core with as many workers as cores, as prefork is meant to run. A
+/// current-thread runtime per worker follows the rule of [`placement::runtime`]: one
+/// core, one thread.
+fn serve_prefork(args: &ServerArgs) -> Result<()> {
+    let mut watcher = Command::new(std::env::current_exe()?)
+        .args(["stdin-watch", "--supervisor", &std::process::id().to_string()])
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let served = our_builder()
+        .grace_period(Duration::from_secs(1))
+        .prefork(args.workers)
+        .bind_core(true)
+        .worker_runtime(WorkerRuntime::CurrentThread)
+        .run_with(args.addr, |addr| {
+            // If stdout is gone, so is the harness: stdin closes too, and we stop.
+            if let Err(e) = announce(addr) {
+                eprintln!("bench server: cannot print the port: {e}");
+            }
+        });
+    // The supervisor reaps every child, the watcher included once it has exited; if it
+    // has not (the supervisor failed), end it. `try_wait` returning `None` means it is
+    // still our unreaped child, so its pid cannot have been reused.
+    if let Ok(None) = watcher.try_wait() {
+        let _ = watcher.kill();
+        let _ = watcher.wait();
+    }
+    Ok(served?)
+}
+
+/// The options of `bench stdin-watch`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WatchArgs {
+    /// The prefork supervisor to stop: our parent.
+    #[arg(long)]
+    pub(crate) supervisor: u32,
+}
+
+/// Run `bench stdin-watch`, the child of a prefork server ([`serve_prefork`]): wait until
+/// stdin (shared with the supervisor) closes, then send the supervisor TERM.
+pub(crate) fn watch_stdin(args: &WatchArgs) -> Result<()> {
+    // Die with the supervisor; and if it is already gone (our parent is someone else),
+    // there is nothing to watch for, and its pid must not be signalled.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if std::os::unix::process::parent_id() != args.supervisor {
+        return Ok(());
+    }
+    let _ = std::io::stdin().lock().read_to_end(&mut Vec::new());
+    if std::os::unix::process::parent_id() == args.supervisor {
+        let pid = i32::try_from(args.supervisor).map_err(|_| "--supervisor: not a pid")?;
+        kill(Pid::from_raw(pid), Signal::SIGTERM)?;
+    }
+    Ok(())
 }
 
 async fn serve_tonic(listener: tokio::net::TcpListener) -> Result<()> {
@@ -148,8 +232,10 @@ async fn serve_tarpc(listener: tokio::net::TcpListener) -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct ServerProc {
     pub(crate) addr: SocketAddr,
+    /// The server process (a prefork server's supervisor): its CPU time and memory are
+    /// read with those of the workers it forked (`procfs::server_pids`).
     pub(crate) pid: u32,
-    /// Resident memory right after start, before any call.
+    /// Resident memory right after start, before any call (summed over the workers).
     pub(crate) idle_rss_kib: u64,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -157,12 +243,16 @@ pub(crate) struct ServerProc {
 }
 
 impl ServerProc {
-    /// Start `bench server --system kind` (this same executable) and wait for its port.
-    pub(crate) fn spawn(kind: ServerKind, cpu: Option<usize>) -> Result<ServerProc> {
+    /// Start `bench server --system kind` (this same executable) and wait for its port;
+    /// `workers` is the prefork server's worker count (ignored for the other systems).
+    pub(crate) fn spawn(kind: ServerKind, cpu: Option<usize>, workers: usize) -> Result<ServerProc> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["server", "--system", kind.arg(), "--addr", "127.0.0.1:0"]);
         if let Some(core) = cpu {
             cmd.args(["--cpu", &core.to_string()]);
+        }
+        if kind == ServerKind::OursPrefork {
+            cmd.args(["--workers", &workers.to_string()]);
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -181,20 +271,37 @@ impl ServerProc {
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| format!("{} server printed {line:?} instead of its port", kind.arg()))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        Ok(ServerProc {
+        let server = ServerProc {
             addr,
             pid,
-            idle_rss_kib: crate::procfs::rss_kib(pid)?,
+            idle_rss_kib: crate::procfs::server_rss_kib(pid)?,
             child,
             stdin,
             _stdout: stdout,
-        })
+        };
+        // The port is printed once every worker listens: they are all there now. Fewer
+        // would mean the harness cannot see them, and would under-count CPU and memory.
+        let forked = crate::procfs::server_pids(pid)?.len() - 1;
+        let expected = if kind == ServerKind::OursPrefork {
+            workers
+        } else {
+            0
+        };
+        if forked != expected {
+            return Err(format!(
+                "{} server: {forked} worker process(es) found under pid {pid}, expected {expected}",
+                kind.arg()
+            )
+            .into());
+        }
+        Ok(server)
     }
 }
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
-        // Closing stdin asks the server to exit; kill it if it has not after a while.
+        // Closing stdin asks the server to exit; kill it if it has not after a while. A
+        // prefork supervisor exits only after reaping its workers.
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -203,7 +310,15 @@ impl Drop for ServerProc {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Workers would get TERM when their supervisor dies, and drain before exiting:
+        // kill them as well, so that none outlives the run.
+        let workers = crate::procfs::server_pids(self.pid).unwrap_or_default();
         let _ = self.child.kill();
+        for &w in workers.iter().skip(1) {
+            if let Ok(w) = i32::try_from(w) {
+                let _ = kill(Pid::from_raw(w), Signal::SIGKILL);
+            }
+        }
         let _ = self.child.wait();
     }
 }

@@ -11,6 +11,9 @@ use bytes::Bytes;
 pub(crate) enum ServerKind {
     /// Our server (rpc-server), one process, one worker.
     Ours,
+    /// Our server through rpc-server's prefork supervisor: `--prefork-workers` worker
+    /// processes sharing the port with `SO_REUSEPORT`.
+    OursPrefork,
     /// gRPC through tonic 0.14 (HTTP/2, protobuf).
     Tonic,
     /// tarpc 0.38 with its serde transport over TCP (bincode).
@@ -22,8 +25,9 @@ pub(crate) enum ServerKind {
 }
 
 impl ServerKind {
-    pub(crate) const ALL: [ServerKind; 5] = [
+    pub(crate) const ALL: [ServerKind; 6] = [
         ServerKind::Ours,
+        ServerKind::OursPrefork,
         ServerKind::Tonic,
         ServerKind::Tarpc,
         ServerKind::RawStd,
@@ -34,6 +38,7 @@ impl ServerKind {
     pub(crate) fn arg(self) -> &'static str {
         match self {
             ServerKind::Ours => "ours",
+            ServerKind::OursPrefork => "ours-prefork",
             ServerKind::Tonic => "tonic",
             ServerKind::Tarpc => "tarpc",
             ServerKind::RawStd => "raw-std",
@@ -65,6 +70,8 @@ pub(crate) enum Variant {
     OursAsync(OurCodec),
     /// Our std `BlockingClient`.
     OursBlocking(OurCodec),
+    /// Our async `Client` (msgpack) against the prefork server.
+    OursPrefork,
     Tonic,
     Tarpc,
     RawStd,
@@ -72,11 +79,12 @@ pub(crate) enum Variant {
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 8] = [
+    pub(crate) const ALL: [Variant; 9] = [
         Variant::OursAsync(OurCodec::Msgpack),
         Variant::OursAsync(OurCodec::Bincode),
         Variant::OursBlocking(OurCodec::Msgpack),
         Variant::OursBlocking(OurCodec::Bincode),
+        Variant::OursPrefork,
         Variant::Tonic,
         Variant::Tarpc,
         Variant::RawStd,
@@ -86,6 +94,7 @@ impl Variant {
     pub(crate) fn server(self) -> ServerKind {
         match self {
             Variant::OursAsync(_) | Variant::OursBlocking(_) => ServerKind::Ours,
+            Variant::OursPrefork => ServerKind::OursPrefork,
             Variant::Tonic => ServerKind::Tonic,
             Variant::Tarpc => ServerKind::Tarpc,
             Variant::RawStd => ServerKind::RawStd,
@@ -110,6 +119,8 @@ impl Variant {
 
     /// Whether this client can run `mode` with `workload`.
     pub(crate) fn supports(self, mode: Mode, workload: Workload) -> bool {
+        // The records echo compares our two codecs on one server: the prefork server, with
+        // its one codec, would only repeat the msgpack row.
         if workload == Workload::Records && !matches!(self, Variant::OursAsync(_) | Variant::OursBlocking(_))
         {
             return false;
@@ -128,6 +139,7 @@ impl Variant {
             Variant::OursAsync(OurCodec::Bincode) => "ours-async-bincode",
             Variant::OursBlocking(OurCodec::Msgpack) => "ours-blocking-msgpack",
             Variant::OursBlocking(OurCodec::Bincode) => "ours-blocking-bincode",
+            Variant::OursPrefork => "ours-prefork-async-msgpack",
             Variant::Tonic => "tonic",
             Variant::Tarpc => "tarpc",
             Variant::RawStd => "raw-std",
@@ -141,6 +153,7 @@ impl Variant {
             Variant::OursAsync(OurCodec::Bincode) => "ours async bincode",
             Variant::OursBlocking(OurCodec::Msgpack) => "ours blocking msgpack",
             Variant::OursBlocking(OurCodec::Bincode) => "ours blocking bincode",
+            Variant::OursPrefork => "ours prefork async msgpack",
             Variant::Tonic => "tonic (gRPC)",
             Variant::Tarpc => "tarpc (bincode)",
             Variant::RawStd => "raw TCP std",
