@@ -655,9 +655,9 @@ struct Driver {
     out: Vec<u8>,
     written: usize,
     /// The deadline timer, and the deadline it is armed at.
-    timer: Pin<Box<Sleep>>,
+    timer: Timer,
     armed: Option<Instant>,
-    ping: Pin<Box<Sleep>>,
+    ping: Timer,
     heartbeat: Option<Duration>,
     /// When the last batch was taken from the callers (as good as when it was written,
     /// for the heartbeat).
@@ -690,11 +690,9 @@ impl Driver {
             large: 0,
             out: Vec::new(),
             written: 0,
-            timer: Box::pin(tokio::time::sleep_until(now)),
+            timer: Timer::new(now),
             armed: None,
-            ping: Box::pin(tokio::time::sleep_until(
-                now + heartbeat.unwrap_or(Duration::ZERO),
-            )),
+            ping: Timer::new(now + heartbeat.unwrap_or(Duration::ZERO)),
             heartbeat,
             last_write: now,
         };
@@ -791,7 +789,7 @@ impl Driver {
                     let now = Instant::now();
                     self.last_write = now;
                     if !st.fresh.is_empty() {
-                        start_deadlines(&mut st, now, &mut self.armed, self.timer.as_mut());
+                        start_deadlines(&mut st, now, &mut self.armed, &mut self.timer);
                     }
                 }
             }
@@ -806,12 +804,12 @@ impl Driver {
                     Poll::Pending => {}
                 }
             }
-            if self.armed.is_some() && self.timer.as_mut().poll(cx).is_ready() {
+            if self.armed.is_some() && self.timer.fired(cx) {
                 self.expire();
                 progress = true;
             }
             if let Some(heartbeat) = self.heartbeat {
-                if self.ping.as_mut().poll(cx).is_ready() {
+                if self.ping.fired(cx) {
                     self.heartbeat(heartbeat);
                     progress = true;
                 }
@@ -857,7 +855,7 @@ impl Driver {
         }
         self.armed = next;
         if let Some(at) = next {
-            self.timer.as_mut().reset(at);
+            self.timer.reset(at);
         }
     }
 
@@ -869,16 +867,50 @@ impl Driver {
             if st.wbuf.is_empty() {
                 let _ = encode_notification(self.core.config.codec, &mut st.wbuf, "rpc.ping", &());
             }
-            self.ping.as_mut().reset(now + interval);
+            self.ping.reset(now + interval);
         } else {
-            self.ping.as_mut().reset(self.last_write + interval);
+            self.ping.reset(self.last_write + interval);
         }
+    }
+}
+
+/// A tokio `Sleep` polled only when it needs to be: once after each reset (so that it
+/// wakes the task), and then only once it has elapsed. The connection task looks at its
+/// timers every time it runs; polling a `Sleep` each time would cost more than the rest
+/// of a small batch.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    registered: bool,
+}
+
+impl Timer {
+    fn new(at: Instant) -> Timer {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            registered: false,
+        }
+    }
+
+    fn reset(&mut self, at: Instant) {
+        self.sleep.as_mut().reset(at);
+        self.registered = false;
+    }
+
+    /// Whether the timer has fired; registers the task's waker when needed.
+    fn fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.registered && !self.sleep.is_elapsed() {
+            return false;
+        }
+        // Without coop budget the poll returns `Pending` without registering (and has the
+        // task woken to run again): then it must be polled again next time.
+        self.registered = tokio::task::coop::has_budget_remaining();
+        self.sleep.as_mut().poll(cx).is_ready()
     }
 }
 
 /// Start the deadlines of the calls queued since the last batch, and arm the timer (armed
 /// at `armed`) if one of them is the earliest.
-fn start_deadlines(st: &mut State, now: Instant, armed: &mut Option<Instant>, timer: Pin<&mut Sleep>) {
+fn start_deadlines(st: &mut State, now: Instant, armed: &mut Option<Instant>, timer: &mut Timer) {
     let mut earliest = *armed;
     for idx in st.fresh.drain(..) {
         let slot = &mut st.slots[idx as usize];
