@@ -539,7 +539,7 @@ fn with_deadline(fut: ReplyFuture, deadline: Option<Instant>) -> ReplyFuture {
 /// `Internal` error when the value cannot be encoded.
 fn write_reply(codec: Codec, out: &mut Vec<u8>, peer: SocketAddr, msgid: u64, reply: Reply) {
     let error = match reply.0 {
-        Ok(value) => match encode_response_ok(codec, out, msgid, &*value) {
+        Ok(value) => match encode_response_ok(codec, out, msgid, &value) {
             Ok(()) => return,
             Err(e) => ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}")),
         },

@@ -31,10 +31,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use rpc_proto::{Args, Codec, ErrorCode, ServerError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -250,10 +249,10 @@ impl Registry {
             },
         };
         let Some(flow) = &entry.flow else {
-            return self.start(work, entry.name.clone(), None);
+            return start(work, &entry.name, None, &self.blocking);
         };
         if let Some(permit) = flow.try_acquire() {
-            return self.start(work, entry.name.clone(), Some(permit));
+            return start(work, &entry.name, Some(permit), &self.blocking);
         }
         let Some(wait) = entry.flow_wait else {
             return Dispatch::Ready(overloaded(&entry.name));
@@ -262,7 +261,7 @@ impl Registry {
         let (flow, name, blocking) = (flow.clone(), entry.name.clone(), self.blocking.clone());
         Dispatch::Pending(Box::pin(async move {
             match flow.acquire_within(wait).await {
-                Some(permit) => match start(work, name, Some(permit), blocking) {
+                Some(permit) => match start(work, &name, Some(permit), &blocking) {
                     Dispatch::Ready(r) => r,
                     Dispatch::Pending(f) => f.await,
                 },
@@ -270,43 +269,46 @@ impl Registry {
             }
         }))
     }
-
-    fn start(&self, work: Work, name: Arc<str>, flow: Option<FlowPermit>) -> Dispatch {
-        start(work, name, flow, self.blocking.clone())
-    }
 }
 
-fn start(work: Work, name: Arc<str>, flow: Option<FlowPermit>, blocking: Arc<Semaphore>) -> Dispatch {
+/// Start a call whose arguments are decoded. The name and the blocking pool's semaphore
+/// are only cloned for a call that is still running on return.
+fn start(work: Work, name: &Arc<str>, flow: Option<FlowPermit>, blocking: &Arc<Semaphore>) -> Dispatch {
     match work {
-        Work::Async(fut) => {
-            let mut fut = Guarded {
-                fut,
-                name,
-                _flow: flow,
-            };
+        Work::Async(mut fut) => {
             // A no-op waker is fine here: a future still pending is pushed into the
-            // connection's queue, which polls new entries again with its own waker.
-            match (&mut fut).now_or_never() {
-                Some(reply) => Dispatch::Ready(reply),
-                None => Dispatch::Pending(Box::pin(fut)),
+            // connection's queue, which polls new entries again with its own waker. The
+            // `max_flow` permit, if any, is dropped with the call when it ends here.
+            let mut cx = Context::from_waker(Waker::noop());
+            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                Ok(Poll::Ready(reply)) => Dispatch::Ready(reply),
+                Ok(Poll::Pending) => Dispatch::Pending(Box::pin(Guarded {
+                    fut,
+                    name: name.clone(),
+                    _flow: flow,
+                })),
+                Err(p) => Dispatch::Ready(panicked(name, &*p)),
             }
         }
-        Work::Sync(job) => Dispatch::Pending(Box::pin(async move {
-            // Unwrap: the blocking semaphore is never closed.
-            let permit = blocking.acquire_owned().await.unwrap();
-            // Both permits move into the job: they are released when the work really
-            // ends, even if the caller has gone.
-            let run = move || {
-                let r = catch_unwind(AssertUnwindSafe(job));
-                drop((permit, flow));
-                r
-            };
-            match tokio::task::spawn_blocking(run).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(p)) => panicked(&name, &*p),
-                Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
-            }
-        })),
+        Work::Sync(job) => {
+            let (name, blocking) = (name.clone(), blocking.clone());
+            Dispatch::Pending(Box::pin(async move {
+                // Unwrap: the blocking semaphore is never closed.
+                let permit = blocking.acquire_owned().await.unwrap();
+                // Both permits move into the job: they are released when the work really
+                // ends, even if the caller has gone.
+                let run = move || {
+                    let r = catch_unwind(AssertUnwindSafe(job));
+                    drop((permit, flow));
+                    r
+                };
+                match tokio::task::spawn_blocking(run).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(p)) => panicked(&name, &*p),
+                    Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
+                }
+            }))
+        }
     }
 }
 
