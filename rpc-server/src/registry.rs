@@ -6,20 +6,27 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// FNV-1a over method names. The table is built once from the server's own names and only
 /// looked up afterwards, so a peer's chosen names cannot degrade it (no inserts), and
 /// SipHash's protection would cost a fifth of dispatch for nothing.
-#[derive(Default)]
 pub(crate) struct NameHasher(u64);
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+impl Default for NameHasher {
+    fn default() -> NameHasher {
+        NameHasher(FNV_OFFSET)
+    }
+}
 
 impl Hasher for NameHasher {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
         for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
         }
-        self.0 = h;
+    }
+
+    /// The length that `[u8]` hashes ahead of its bytes: one step, not eight bytes' worth.
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(FNV_PRIME);
     }
 
     fn finish(&self) -> u64 {
