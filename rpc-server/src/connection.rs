@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::dedup::Waiter;
 use crate::method::{Reply, ReplyFuture};
-use crate::registry::{Dispatch, CANCEL};
+use crate::registry::{Dispatch, Slots, CANCEL};
 use crate::Shared;
 
 /// Buffers larger than this are given back to the allocator once empty.
@@ -106,6 +106,8 @@ pub(crate) struct Connection {
     inflight: FuturesUnordered<InFlight>,
     /// Abort handles of pending calls, for `rpc.cancel` (only on extended connections).
     aborts: std::collections::HashMap<u64, AbortHandle>,
+    /// The boxes this connection's async calls run in, kept from one call to the next.
+    slots: Slots,
 }
 
 /// Why reading stopped for good.
@@ -133,6 +135,7 @@ impl Connection {
             written: 0,
             inflight: FuturesUnordered::new(),
             aborts: std::collections::HashMap::new(),
+            slots: Slots::default(),
         }
     }
 
@@ -338,7 +341,11 @@ impl Connection {
                         return self.dedup_call((session, msgid), method, params, deadline);
                     }
                 }
-                match self.shared.registry.dispatch(method, params, codec) {
+                match self
+                    .shared
+                    .registry
+                    .dispatch(method, params, codec, &mut self.slots)
+                {
                     Dispatch::Ready(reply) => self.finish(Finished::Reply(Some(msgid), reply)),
                     Dispatch::Pending(fut) => self.push(msgid, fut, deadline),
                 }
@@ -351,7 +358,11 @@ impl Connection {
                     debug!(peer = %self.peer, method = %String::from_utf8_lossy(method), "unknown notification ignored");
                     return;
                 }
-                match self.shared.registry.dispatch(method, params, codec) {
+                match self
+                    .shared
+                    .registry
+                    .dispatch(method, params, codec, &mut self.slots)
+                {
                     Dispatch::Ready(reply) => self.finish(Finished::Reply(None, reply)),
                     Dispatch::Pending(fut) => self.inflight.push(InFlight::Call { msgid: None, fut }),
                 }
@@ -441,7 +452,11 @@ impl Connection {
                     key,
                     done: false,
                 };
-                match self.shared.registry.dispatch(method, params, codec) {
+                match self
+                    .shared
+                    .registry
+                    .dispatch(method, params, codec, &mut self.slots)
+                {
                     Dispatch::Ready(reply) => {
                         let bytes = encode_reply(codec, self.peer, msgid, reply);
                         cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());

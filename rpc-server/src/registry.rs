@@ -44,7 +44,7 @@ use std::time::Duration;
 use rpc_proto::{Args, Codec, ErrorCode, ServerError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::method::{Kind, Method, Reply, ReplyFuture, SyncJob};
+use crate::method::{Kind, Method, Reply, ReplyFuture, Slot, SyncJob};
 use crate::BuildError;
 
 /// Reserved method answering `nil`: our clients' heartbeat.
@@ -118,6 +118,21 @@ struct Entry {
     flow_wait: Option<Duration>,
     dedup: bool,
     name: Arc<str>,
+    /// Where this method's box is in a connection's [`Slots`].
+    index: usize,
+}
+
+/// A connection's kept boxes for typed async calls, one per method (see `TypedAsync`).
+#[derive(Default)]
+pub(crate) struct Slots(Vec<Slot>);
+
+impl Slots {
+    fn get(&mut self, index: usize) -> &mut Slot {
+        if index >= self.0.len() {
+            self.0.resize_with(index + 1, || None);
+        }
+        &mut self.0[index]
+    }
 }
 
 /// Every method of a server, immutable once built: dispatch takes no lock.
@@ -180,7 +195,7 @@ impl Registry {
         let worker = Method::async_raw(WORKER, |_| {
             Ok(Box::pin(std::future::ready(Reply::ok(worker_info()))))
         });
-        for m in [ping, worker].into_iter().chain(methods) {
+        for (index, m) in [ping, worker].into_iter().chain(methods).enumerate() {
             let key: Box<[u8]> = m.name.as_bytes().into();
             if map.contains_key(&key) || *key == *CANCEL {
                 return Err(BuildError::DuplicateMethod(m.name.into_owned()));
@@ -198,6 +213,7 @@ impl Registry {
                     flow_wait: m.max_flow_wait,
                     dedup: !is_reserved && m.unstable_network.unwrap_or(unstable_network),
                     name: Arc::from(&*m.name),
+                    index,
                 },
             );
         }
@@ -237,13 +253,38 @@ impl Registry {
     }
 
     /// Decode the arguments and start the call. An async handler is polled once here: if
-    /// it finishes at once, no task or queue is involved.
-    pub(crate) fn dispatch(&self, method: &[u8], params: &[u8], codec: Codec) -> Dispatch {
+    /// it finishes at once, no task or queue is involved. `slots` are the calling
+    /// connection's.
+    pub(crate) fn dispatch(&self, method: &[u8], params: &[u8], codec: Codec, slots: &mut Slots) -> Dispatch {
         let Some(entry) = self.methods.get(method) else {
             return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
         };
         let mut args = Args::new(codec, params);
         let work = match &entry.kind {
+            // Without `max_flow`, nothing stands between decoding and the first poll: the
+            // call runs in the connection's kept box.
+            Kind::TypedAsync(call) if entry.flow.is_none() => {
+                let slot = slots.get(entry.index);
+                return match catch_unwind(AssertUnwindSafe(|| call.start_in(&mut args, slot))) {
+                    Ok(Ok(Dispatch::Ready(reply))) => Dispatch::Ready(reply),
+                    Ok(Ok(Dispatch::Pending(fut))) => Dispatch::Pending(Box::pin(Guarded {
+                        fut,
+                        name: entry.name.clone(),
+                        _flow: None,
+                    })),
+                    Ok(Err(e)) => Dispatch::Ready(Reply::err(e)),
+                    Err(p) => {
+                        // Drop whatever the panic left in the box.
+                        *slot = None;
+                        Dispatch::Ready(panicked(&entry.name, &*p))
+                    }
+                };
+            }
+            Kind::TypedAsync(call) => match catch_unwind(AssertUnwindSafe(|| call.boxed(&mut args))) {
+                Ok(Ok(fut)) => Work::Async(fut),
+                Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
+                Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
+            },
             Kind::Async(f) => match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
                 Ok(Ok(fut)) => Work::Async(fut),
                 Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
@@ -336,5 +377,124 @@ impl Future for Guarded {
             Ok(p) => p,
             Err(p) => Poll::Ready(panicked(&this.name, &*p)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc_proto::{EncodeValue, Params, ParamsEncoder};
+
+    fn params<P: Params>(p: P) -> Vec<u8> {
+        let mut out = Vec::new();
+        p.encode_params(&mut ParamsEncoder::new(Codec::Msgpack, &mut out))
+            .unwrap();
+        out
+    }
+
+    fn encoded(reply: Reply) -> Vec<u8> {
+        let mut out = Vec::new();
+        reply.0.unwrap().encode_value(Codec::Msgpack, &mut out).unwrap();
+        out
+    }
+
+    fn ready(d: Dispatch) -> Reply {
+        match d {
+            Dispatch::Ready(reply) => reply,
+            Dispatch::Pending(_) => panic!("pending"),
+        }
+    }
+
+    /// Where the kept box of the first user method is, if there is one.
+    fn kept(slots: &Slots) -> Option<*const u8> {
+        let slot = slots.0.get(2)?.as_ref()?;
+        Some(&**slot as *const (dyn std::any::Any + Send) as *const u8)
+    }
+
+    /// Pending at its first poll, ready at the second.
+    struct Yield(bool);
+
+    impl Future for Yield {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    async fn boom(n: i64) -> i64 {
+        if n < 0 {
+            panic!("negative");
+        }
+        n
+    }
+
+    #[test]
+    fn ready_calls_run_in_the_connection_s_kept_box() {
+        let registry = Registry::new(
+            vec![Method::async_fn("add", |(a, b): (i64, i64)| async move { a + b })],
+            1,
+            false,
+        )
+        .unwrap();
+        let mut slots = Slots::default();
+        let first = registry.dispatch(b"add", &params((1, 2)), Codec::Msgpack, &mut slots);
+        assert_eq!(encoded(ready(first)), [3]);
+        let at = kept(&slots).expect("a kept box");
+        for i in 0..3 {
+            let d = registry.dispatch(b"add", &params((i, 10)), Codec::Msgpack, &mut slots);
+            assert_eq!(encoded(ready(d)), [10 + i as u8]);
+            assert_eq!(kept(&slots), Some(at), "the same box every time");
+        }
+        // Bad arguments: an error, and the box stays.
+        let d = registry.dispatch(b"add", &params(("x", 1)), Codec::Msgpack, &mut slots);
+        assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::InvalidParams);
+        assert_eq!(kept(&slots), Some(at));
+    }
+
+    #[test]
+    fn a_pending_call_takes_its_box_along() {
+        let registry = Registry::new(
+            vec![Method::async_fn("twice", |(n,): (i64,)| async move {
+                Yield(false).await;
+                n * 2
+            })],
+            1,
+            false,
+        )
+        .unwrap();
+        let mut slots = Slots::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut running = Vec::new();
+        for n in 1..=3 {
+            match registry.dispatch(b"twice", &params((n,)), Codec::Msgpack, &mut slots) {
+                Dispatch::Pending(fut) => running.push(fut),
+                Dispatch::Ready(_) => panic!("ready at the first poll"),
+            }
+            assert_eq!(kept(&slots), None);
+        }
+        for (n, mut fut) in (1..=3).zip(running) {
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(reply) => assert_eq!(encoded(reply), [n * 2]),
+                Poll::Pending => panic!("still pending"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_at_the_first_poll_empties_the_box() {
+        let registry =
+            Registry::new(vec![Method::async_fn("boom", |(n,): (i64,)| boom(n))], 1, false).unwrap();
+        let mut slots = Slots::default();
+        let d = registry.dispatch(b"boom", &params((-1,)), Codec::Msgpack, &mut slots);
+        assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::HandlerPanicked);
+        assert_eq!(kept(&slots), None);
+        let d = registry.dispatch(b"boom", &params((7,)), Codec::Msgpack, &mut slots);
+        assert_eq!(encoded(ready(d)), [7]);
+        assert!(kept(&slots).is_some());
     }
 }
