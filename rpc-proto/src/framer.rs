@@ -149,38 +149,63 @@ impl Framer {
         }
         let max = self.max as u64;
         let len = buf.len() as u64;
+        // The walk runs on locals, stored back when the message is incomplete (on success
+        // or error, `decode` resets the state anyway).
+        let (mut pos, mut remaining) = (self.pos, self.remaining);
         loop {
-            if self.pos > len {
-                return Ok(None);
+            if remaining == 0 {
+                if pos > len {
+                    // The last value's body is still arriving.
+                    break;
+                }
+                return Ok(Some(pos as usize));
             }
-            if self.remaining == 0 {
-                return Ok(Some(self.pos as usize));
+            if pos >= len {
+                break;
             }
-            if self.pos == len {
-                return Ok(None);
-            }
-            let at = self.pos as usize;
-            let Some(head) = header(&buf[at..])? else {
-                return Ok(None);
+            let m = buf[pos as usize];
+            // One-byte headers (small integers, nil, booleans, short strings, small
+            // arrays and maps: nearly every header of a typical call) are read here;
+            // the rest through `header`.
+            let head = match m {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Header::Value { len: 1 },
+                0xa0..=0xbf => Header::Value {
+                    len: 1 + u64::from(m & 0x1f),
+                },
+                0x90..=0x9f => Header::Container {
+                    header: 1,
+                    values: u64::from(m & 0x0f),
+                },
+                0x80..=0x8f => Header::Container {
+                    header: 1,
+                    values: u64::from(m & 0x0f) * 2,
+                },
+                _ => match header(&buf[pos as usize..])? {
+                    Some(head) => head,
+                    None => break,
+                },
             };
-            self.remaining -= 1;
+            remaining -= 1;
             match head {
                 Header::Value { len: body } => {
-                    self.pos += body;
-                    if self.pos > max {
-                        return Err(self.too_large(self.pos, buf));
+                    pos += body;
+                    if pos > max {
+                        return Err(self.too_large(pos, buf));
                     }
                 }
                 Header::Container { header, values } => {
-                    self.pos += header;
-                    self.remaining += values;
+                    pos += header;
+                    remaining += values;
                     // Every value takes at least one byte.
-                    if self.pos.saturating_add(self.remaining) > max {
-                        return Err(self.too_large(self.pos.saturating_add(self.remaining), buf));
+                    if pos.saturating_add(remaining) > max {
+                        return Err(self.too_large(pos.saturating_add(remaining), buf));
                     }
                 }
             }
         }
+        self.pos = pos;
+        self.remaining = remaining;
+        Ok(None)
     }
 }
 
@@ -258,6 +283,10 @@ pub(crate) fn header(b: &[u8]) -> Result<Option<Header>, FrameError> {
 
 /// The length of the one complete msgpack value at the start of `b`.
 pub(crate) fn value_len(b: &[u8]) -> Result<usize, FrameError> {
+    // Most arguments are small integers, nil or booleans: one byte, nothing to walk.
+    if let Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) = b.first() {
+        return Ok(1);
+    }
     let mut f = Framer::new(Codec::Msgpack, usize::MAX);
     match f.decode_msgpack(b)? {
         Some(n) => Ok(n),
@@ -284,6 +313,37 @@ mod tests {
                 assert_eq!(f.decode(&ADD).unwrap(), Some(ADD.len()), "cut at {cut}");
             }
         }
+    }
+
+    #[test]
+    fn every_split_point_of_every_header_kind() {
+        // [0, 300, "m", [{1: -1, "k": nil}, array16 [true, false], str8 "ab", bin16 "c",
+        //  fixext1, ext8 (2 bytes), float32, int64, map16 {}]]
+        let msg = hex!(
+            "94 00 cd 01 2c a1 6d 99 82 01 ff a1 6b c0 dc 00 02 c3 c2 d9 02 61 62"
+            "c5 00 01 63 d4 05 aa c7 02 05 aa bb ca 00 00 00 00"
+            "d3 00 00 00 00 00 00 00 01 de 00 00"
+        );
+        for cut in 0..msg.len() {
+            let mut f = Framer::new(Codec::Msgpack, 1024);
+            assert_eq!(f.decode(&msg[..cut]).unwrap(), None, "cut at {cut}");
+            assert_eq!(f.decode(&msg).unwrap(), Some(msg.len()), "cut at {cut}");
+            let mut g = Framer::new(Codec::Msgpack, 1024);
+            for n in cut..msg.len() {
+                assert_eq!(g.decode(&msg[..n]).unwrap(), None, "from {cut}, at {n}");
+            }
+            assert_eq!(g.decode(&msg).unwrap(), Some(msg.len()), "from {cut}");
+        }
+        // Followed by another message: only the first is taken.
+        let mut two = msg.to_vec();
+        two.extend_from_slice(&ADD);
+        assert_eq!(
+            Framer::new(Codec::Msgpack, 1024).decode(&two).unwrap(),
+            Some(msg.len())
+        );
+        // One byte under the size of the message is too small a limit.
+        let mut f = Framer::new(Codec::Msgpack, msg.len() - 1);
+        assert!(matches!(f.decode(&msg), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]

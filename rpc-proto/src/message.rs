@@ -85,15 +85,26 @@ impl<'a> Cursor<'a> {
     /// Any msgpack unsigned integer (or non-negative signed one).
     fn uint(&mut self) -> Option<u64> {
         let m = self.byte()?;
-        let be = |b: &[u8]| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x));
-        match m {
-            0x00..=0x7f => Some(u64::from(m)),
-            0xcc | 0xd0 => self.take(1).map(be).filter(|v| m == 0xcc || *v < 0x80),
-            0xcd | 0xd1 => self.take(2).map(be).filter(|v| m == 0xcd || *v < 0x8000),
-            0xce | 0xd2 => self.take(4).map(be).filter(|v| m == 0xce || *v < 0x8000_0000),
-            0xcf | 0xd3 => self.take(8).map(be).filter(|v| m == 0xcf || *v < 1 << 63),
-            _ => None,
+        let (n, signed) = match m {
+            0x00..=0x7f => return Some(u64::from(m)),
+            0xcc => (1, false),
+            0xcd => (2, false),
+            0xce => (4, false),
+            0xcf => (8, false),
+            0xd0 => (1, true),
+            0xd1 => (2, true),
+            0xd2 => (4, true),
+            0xd3 => (8, true),
+            _ => return None,
+        };
+        let b = self.take(n)?;
+        // A signed one must be non-negative: its top bit clear.
+        if signed && b[0] & 0x80 != 0 {
+            return None;
         }
+        let mut v = [0; 8];
+        v[8 - n..].copy_from_slice(b);
+        Some(u64::from_be_bytes(v))
     }
 
     /// A msgpack str or bin.
@@ -637,6 +648,48 @@ mod tests {
         assert_eq!(msgid, 3);
         let e = decode_error(Codec::Msgpack, outcome.unwrap_err());
         assert_eq!((e.kind(), e.message.as_str()), (ErrorCode::MethodNotFound, "no"));
+    }
+
+    #[test]
+    fn msgid_in_every_integer_form() {
+        let ok: [(&[u8], u64); 12] = [
+            (&hex!("05"), 5),
+            (&hex!("cc ff"), 0xff),
+            (&hex!("cd 01 00"), 0x100),
+            (&hex!("ce 01 02 03 04"), 0x0102_0304),
+            (&hex!("cf ff ff ff ff ff ff ff ff"), u64::MAX),
+            (&hex!("d0 7f"), 0x7f),
+            (&hex!("d1 7f ff"), 0x7fff),
+            (&hex!("d2 7f ff ff ff"), 0x7fff_ffff),
+            (&hex!("d3 7f ff ff ff ff ff ff ff"), i64::MAX as u64),
+            (&hex!("d0 00"), 0),
+            (&hex!("d2 00 00 00 09"), 9),
+            (&hex!("cf 00 00 00 01 00 00 00 00"), 1 << 32),
+        ];
+        for (id, want) in ok {
+            let mut frame = vec![0x94, 0x00];
+            frame.extend_from_slice(id);
+            frame.extend_from_slice(&hex!("a1 6d 90"));
+            match Message::parse(Codec::Msgpack, &frame) {
+                Ok(Message::Request { msgid, .. }) => assert_eq!(msgid, want, "{id:02x?}"),
+                other => panic!("{id:02x?}: {other:?}"),
+            }
+            assert_eq!(peek_msgid(Codec::Msgpack, &frame), Some(want));
+        }
+        // Negative, truncated, or not an integer.
+        for id in [
+            &hex!("ff")[..],
+            &hex!("d0 80"),
+            &hex!("d1 80 00"),
+            &hex!("d2 ff ff ff ff"),
+            &hex!("d3 80 00 00 00 00 00 00 00"),
+            &hex!("cd 01"),
+            &hex!("cb 00 00 00 00 00 00 00 00"),
+        ] {
+            let mut frame = vec![0x94, 0x00];
+            frame.extend_from_slice(id);
+            assert!(Message::parse(Codec::Msgpack, &frame).is_err(), "{id:02x?}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::dedup::Waiter;
 use crate::method::{Reply, ReplyFuture};
-use crate::registry::{Dispatch, CANCEL};
+use crate::registry::{Dispatch, Slots, CANCEL};
 use crate::Shared;
 
 /// Buffers larger than this are given back to the allocator once empty.
@@ -106,6 +106,8 @@ pub(crate) struct Connection {
     inflight: FuturesUnordered<InFlight>,
     /// Abort handles of pending calls, for `rpc.cancel` (only on extended connections).
     aborts: std::collections::HashMap<u64, AbortHandle>,
+    /// The boxes this connection's async calls run in, kept from one call to the next.
+    slots: Slots,
 }
 
 /// Why reading stopped for good.
@@ -133,6 +135,7 @@ impl Connection {
             written: 0,
             inflight: FuturesUnordered::new(),
             aborts: std::collections::HashMap::new(),
+            slots: Slots::default(),
         }
     }
 
@@ -157,6 +160,11 @@ impl Connection {
         let heartbeat = self.shared.config.heartbeat_timeout;
         let idle = tokio::time::sleep(heartbeat);
         tokio::pin!(idle);
+        // One future for the whole connection: a new `cancelled()` per turn of the loop
+        // would lock the token's waiter list twice more per wake-up, to register and to
+        // deregister.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if self.reading {
                 if let Err(fatal) = self.process(&mut rbuf) {
@@ -174,8 +182,11 @@ impl Connection {
                 }
             }
             // Collect every call that has finished meanwhile, without waiting.
-            while let Some(Some(done)) = self.inflight.next().now_or_never() {
-                self.finish(done);
+            if !self.inflight.is_empty() {
+                while let Some(Some(done)) = self.inflight.next().now_or_never() {
+                    self.finish(done);
+                }
+                self.restart_idle_clock();
             }
             if self.written < self.wbuf.len() {
                 match wr.try_write(&self.wbuf[self.written..]) {
@@ -214,7 +225,7 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if !self.draining => {
+                () = &mut cancelled, if !self.draining => {
                     self.draining = true;
                     // Requests that have arrived already are answered (ShuttingDown, which
                     // clients may retry) rather than reset by the close. A connection that
@@ -228,7 +239,10 @@ impl Connection {
                     }
                     debug!(peer = %self.peer, in_flight = self.inflight.len(), "draining for shutdown");
                 }
-                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.finish(done),
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.finish(done);
+                    self.restart_idle_clock();
+                }
                 r = wr.writable(), if pending_write => r?,
                 r = rd.read_buf(&mut rbuf), if can_read => {
                     if r? == 0 {
@@ -273,27 +287,32 @@ impl Connection {
             }
             self.first = false;
         }
-        let mut any = false;
         self.held = false;
-        while !rbuf.is_empty() {
+        // Messages are handled in place and the buffer advanced once for the batch.
+        let mut at = 0;
+        let mut result = Ok(());
+        while at < rbuf.len() {
             // The limits hold for messages already read too, not only for reading more.
             if !self.has_room() {
                 self.held = true;
                 break;
             }
-            let n = match self.framer.decode(rbuf) {
+            let n = match self.framer.decode(&rbuf[at..]) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
-                Err(e) => return Err(Fatal::Frame(e)),
+                Err(e) => {
+                    result = Err(Fatal::Frame(e));
+                    break;
+                }
             };
-            self.handle(&rbuf[..n]);
-            rbuf.advance(n);
-            any = true;
+            self.handle(&rbuf[at..at + n]);
+            at += n;
         }
-        if any {
+        if at > 0 {
+            rbuf.advance(at);
             self.last_message = Instant::now();
         }
-        Ok(())
+        result
     }
 
     /// Whether another message may be taken on: calls in flight and reply bytes waiting
@@ -322,7 +341,11 @@ impl Connection {
                         return self.dedup_call((session, msgid), method, params, deadline);
                     }
                 }
-                match self.shared.registry.dispatch(method, params, codec) {
+                match self
+                    .shared
+                    .registry
+                    .dispatch(method, params, codec, &mut self.slots)
+                {
                     Dispatch::Ready(reply) => self.finish(Finished::Reply(Some(msgid), reply)),
                     Dispatch::Pending(fut) => self.push(msgid, fut, deadline),
                 }
@@ -335,7 +358,11 @@ impl Connection {
                     debug!(peer = %self.peer, method = %String::from_utf8_lossy(method), "unknown notification ignored");
                     return;
                 }
-                match self.shared.registry.dispatch(method, params, codec) {
+                match self
+                    .shared
+                    .registry
+                    .dispatch(method, params, codec, &mut self.slots)
+                {
                     Dispatch::Ready(reply) => self.finish(Finished::Reply(None, reply)),
                     Dispatch::Pending(fut) => self.inflight.push(InFlight::Call { msgid: None, fut }),
                 }
@@ -425,7 +452,11 @@ impl Connection {
                     key,
                     done: false,
                 };
-                match self.shared.registry.dispatch(method, params, codec) {
+                match self
+                    .shared
+                    .registry
+                    .dispatch(method, params, codec, &mut self.slots)
+                {
                     Dispatch::Ready(reply) => {
                         let bytes = encode_reply(codec, self.peer, msgid, reply);
                         cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
@@ -453,12 +484,17 @@ impl Connection {
         }
     }
 
-    /// Encode a finished call's reply into the write buffer.
-    fn finish(&mut self, done: Finished) {
+    /// After calls left the queue: once none is in flight, the heartbeat timeout starts
+    /// now (a peer waiting for its last answer was not idle). Calls answered on the spot
+    /// never entered the queue; `process` restarts the clock for them.
+    fn restart_idle_clock(&mut self) {
         if self.inflight.is_empty() {
-            // A peer waiting for its last answer was not idle: the timeout starts now.
             self.last_message = Instant::now();
         }
+    }
+
+    /// Encode a finished call's reply into the write buffer.
+    fn finish(&mut self, done: Finished) {
         let codec = self.framer.codec();
         match done {
             Finished::Reply(Some(msgid), reply) => {
@@ -518,7 +554,7 @@ fn with_deadline(fut: ReplyFuture, deadline: Option<Instant>) -> ReplyFuture {
 /// `Internal` error when the value cannot be encoded.
 fn write_reply(codec: Codec, out: &mut Vec<u8>, peer: SocketAddr, msgid: u64, reply: Reply) {
     let error = match reply.0 {
-        Ok(value) => match encode_response_ok(codec, out, msgid, &*value) {
+        Ok(value) => match encode_response_ok(codec, out, msgid, &value) {
             Ok(()) => return,
             Err(e) => ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}")),
         },

@@ -6,20 +6,27 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// FNV-1a over method names. The table is built once from the server's own names and only
 /// looked up afterwards, so a peer's chosen names cannot degrade it (no inserts), and
 /// SipHash's protection would cost a fifth of dispatch for nothing.
-#[derive(Default)]
 pub(crate) struct NameHasher(u64);
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+impl Default for NameHasher {
+    fn default() -> NameHasher {
+        NameHasher(FNV_OFFSET)
+    }
+}
 
 impl Hasher for NameHasher {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
         for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
         }
-        self.0 = h;
+    }
+
+    /// The length that `[u8]` hashes ahead of its bytes: one step, not eight bytes' worth.
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(FNV_PRIME);
     }
 
     fn finish(&self) -> u64 {
@@ -31,14 +38,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use rpc_proto::{Args, Codec, ErrorCode, ServerError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::method::{Kind, Method, Reply, ReplyFuture, SyncJob};
+use crate::method::{Kind, Method, Reply, ReplyFuture, Slot, SyncJob};
 use crate::BuildError;
 
 /// Reserved method answering `nil`: our clients' heartbeat.
@@ -112,6 +118,21 @@ struct Entry {
     flow_wait: Option<Duration>,
     dedup: bool,
     name: Arc<str>,
+    /// Where this method's box is in a connection's [`Slots`].
+    index: usize,
+}
+
+/// A connection's kept boxes for typed async calls, one per method (see `TypedAsync`).
+#[derive(Default)]
+pub(crate) struct Slots(Vec<Slot>);
+
+impl Slots {
+    fn get(&mut self, index: usize) -> &mut Slot {
+        if index >= self.0.len() {
+            self.0.resize_with(index + 1, || None);
+        }
+        &mut self.0[index]
+    }
 }
 
 /// Every method of a server, immutable once built: dispatch takes no lock.
@@ -174,7 +195,7 @@ impl Registry {
         let worker = Method::async_raw(WORKER, |_| {
             Ok(Box::pin(std::future::ready(Reply::ok(worker_info()))))
         });
-        for m in [ping, worker].into_iter().chain(methods) {
+        for (index, m) in [ping, worker].into_iter().chain(methods).enumerate() {
             let key: Box<[u8]> = m.name.as_bytes().into();
             if map.contains_key(&key) || *key == *CANCEL {
                 return Err(BuildError::DuplicateMethod(m.name.into_owned()));
@@ -192,6 +213,7 @@ impl Registry {
                     flow_wait: m.max_flow_wait,
                     dedup: !is_reserved && m.unstable_network.unwrap_or(unstable_network),
                     name: Arc::from(&*m.name),
+                    index,
                 },
             );
         }
@@ -231,13 +253,38 @@ impl Registry {
     }
 
     /// Decode the arguments and start the call. An async handler is polled once here: if
-    /// it finishes at once, no task or queue is involved.
-    pub(crate) fn dispatch(&self, method: &[u8], params: &[u8], codec: Codec) -> Dispatch {
+    /// it finishes at once, no task or queue is involved. `slots` are the calling
+    /// connection's.
+    pub(crate) fn dispatch(&self, method: &[u8], params: &[u8], codec: Codec, slots: &mut Slots) -> Dispatch {
         let Some(entry) = self.methods.get(method) else {
             return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
         };
         let mut args = Args::new(codec, params);
         let work = match &entry.kind {
+            // Without `max_flow`, nothing stands between decoding and the first poll: the
+            // call runs in the connection's kept box.
+            Kind::TypedAsync(call) if entry.flow.is_none() => {
+                let slot = slots.get(entry.index);
+                return match catch_unwind(AssertUnwindSafe(|| call.start_in(&mut args, slot))) {
+                    Ok(Ok(Dispatch::Ready(reply))) => Dispatch::Ready(reply),
+                    Ok(Ok(Dispatch::Pending(fut))) => Dispatch::Pending(Box::pin(Guarded {
+                        fut,
+                        name: entry.name.clone(),
+                        _flow: None,
+                    })),
+                    Ok(Err(e)) => Dispatch::Ready(Reply::err(e)),
+                    Err(p) => {
+                        // Drop whatever the panic left in the box.
+                        *slot = None;
+                        Dispatch::Ready(panicked(&entry.name, &*p))
+                    }
+                };
+            }
+            Kind::TypedAsync(call) => match catch_unwind(AssertUnwindSafe(|| call.boxed(&mut args))) {
+                Ok(Ok(fut)) => Work::Async(fut),
+                Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
+                Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
+            },
             Kind::Async(f) => match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
                 Ok(Ok(fut)) => Work::Async(fut),
                 Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
@@ -250,10 +297,10 @@ impl Registry {
             },
         };
         let Some(flow) = &entry.flow else {
-            return self.start(work, entry.name.clone(), None);
+            return start(work, &entry.name, None, &self.blocking);
         };
         if let Some(permit) = flow.try_acquire() {
-            return self.start(work, entry.name.clone(), Some(permit));
+            return start(work, &entry.name, Some(permit), &self.blocking);
         }
         let Some(wait) = entry.flow_wait else {
             return Dispatch::Ready(overloaded(&entry.name));
@@ -262,7 +309,7 @@ impl Registry {
         let (flow, name, blocking) = (flow.clone(), entry.name.clone(), self.blocking.clone());
         Dispatch::Pending(Box::pin(async move {
             match flow.acquire_within(wait).await {
-                Some(permit) => match start(work, name, Some(permit), blocking) {
+                Some(permit) => match start(work, &name, Some(permit), &blocking) {
                     Dispatch::Ready(r) => r,
                     Dispatch::Pending(f) => f.await,
                 },
@@ -270,43 +317,46 @@ impl Registry {
             }
         }))
     }
-
-    fn start(&self, work: Work, name: Arc<str>, flow: Option<FlowPermit>) -> Dispatch {
-        start(work, name, flow, self.blocking.clone())
-    }
 }
 
-fn start(work: Work, name: Arc<str>, flow: Option<FlowPermit>, blocking: Arc<Semaphore>) -> Dispatch {
+/// Start a call whose arguments are decoded. The name and the blocking pool's semaphore
+/// are only cloned for a call that is still running on return.
+fn start(work: Work, name: &Arc<str>, flow: Option<FlowPermit>, blocking: &Arc<Semaphore>) -> Dispatch {
     match work {
-        Work::Async(fut) => {
-            let mut fut = Guarded {
-                fut,
-                name,
-                _flow: flow,
-            };
+        Work::Async(mut fut) => {
             // A no-op waker is fine here: a future still pending is pushed into the
-            // connection's queue, which polls new entries again with its own waker.
-            match (&mut fut).now_or_never() {
-                Some(reply) => Dispatch::Ready(reply),
-                None => Dispatch::Pending(Box::pin(fut)),
+            // connection's queue, which polls new entries again with its own waker. The
+            // `max_flow` permit, if any, is dropped with the call when it ends here.
+            let mut cx = Context::from_waker(Waker::noop());
+            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                Ok(Poll::Ready(reply)) => Dispatch::Ready(reply),
+                Ok(Poll::Pending) => Dispatch::Pending(Box::pin(Guarded {
+                    fut,
+                    name: name.clone(),
+                    _flow: flow,
+                })),
+                Err(p) => Dispatch::Ready(panicked(name, &*p)),
             }
         }
-        Work::Sync(job) => Dispatch::Pending(Box::pin(async move {
-            // Unwrap: the blocking semaphore is never closed.
-            let permit = blocking.acquire_owned().await.unwrap();
-            // Both permits move into the job: they are released when the work really
-            // ends, even if the caller has gone.
-            let run = move || {
-                let r = catch_unwind(AssertUnwindSafe(job));
-                drop((permit, flow));
-                r
-            };
-            match tokio::task::spawn_blocking(run).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(p)) => panicked(&name, &*p),
-                Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
-            }
-        })),
+        Work::Sync(job) => {
+            let (name, blocking) = (name.clone(), blocking.clone());
+            Dispatch::Pending(Box::pin(async move {
+                // Unwrap: the blocking semaphore is never closed.
+                let permit = blocking.acquire_owned().await.unwrap();
+                // Both permits move into the job: they are released when the work really
+                // ends, even if the caller has gone.
+                let run = move || {
+                    let r = catch_unwind(AssertUnwindSafe(job));
+                    drop((permit, flow));
+                    r
+                };
+                match tokio::task::spawn_blocking(run).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(p)) => panicked(&name, &*p),
+                    Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
+                }
+            }))
+        }
     }
 }
 
@@ -327,5 +377,124 @@ impl Future for Guarded {
             Ok(p) => p,
             Err(p) => Poll::Ready(panicked(&this.name, &*p)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc_proto::{EncodeValue, Params, ParamsEncoder};
+
+    fn params<P: Params>(p: P) -> Vec<u8> {
+        let mut out = Vec::new();
+        p.encode_params(&mut ParamsEncoder::new(Codec::Msgpack, &mut out))
+            .unwrap();
+        out
+    }
+
+    fn encoded(reply: Reply) -> Vec<u8> {
+        let mut out = Vec::new();
+        reply.0.unwrap().encode_value(Codec::Msgpack, &mut out).unwrap();
+        out
+    }
+
+    fn ready(d: Dispatch) -> Reply {
+        match d {
+            Dispatch::Ready(reply) => reply,
+            Dispatch::Pending(_) => panic!("pending"),
+        }
+    }
+
+    /// Where the kept box of the first user method is, if there is one.
+    fn kept(slots: &Slots) -> Option<*const u8> {
+        let slot = slots.0.get(2)?.as_ref()?;
+        Some(&**slot as *const (dyn std::any::Any + Send) as *const u8)
+    }
+
+    /// Pending at its first poll, ready at the second.
+    struct Yield(bool);
+
+    impl Future for Yield {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    async fn boom(n: i64) -> i64 {
+        if n < 0 {
+            panic!("negative");
+        }
+        n
+    }
+
+    #[test]
+    fn ready_calls_run_in_the_connection_s_kept_box() {
+        let registry = Registry::new(
+            vec![Method::async_fn("add", |(a, b): (i64, i64)| async move { a + b })],
+            1,
+            false,
+        )
+        .unwrap();
+        let mut slots = Slots::default();
+        let first = registry.dispatch(b"add", &params((1, 2)), Codec::Msgpack, &mut slots);
+        assert_eq!(encoded(ready(first)), [3]);
+        let at = kept(&slots).expect("a kept box");
+        for i in 0..3 {
+            let d = registry.dispatch(b"add", &params((i, 10)), Codec::Msgpack, &mut slots);
+            assert_eq!(encoded(ready(d)), [10 + i as u8]);
+            assert_eq!(kept(&slots), Some(at), "the same box every time");
+        }
+        // Bad arguments: an error, and the box stays.
+        let d = registry.dispatch(b"add", &params(("x", 1)), Codec::Msgpack, &mut slots);
+        assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::InvalidParams);
+        assert_eq!(kept(&slots), Some(at));
+    }
+
+    #[test]
+    fn a_pending_call_takes_its_box_along() {
+        let registry = Registry::new(
+            vec![Method::async_fn("twice", |(n,): (i64,)| async move {
+                Yield(false).await;
+                n * 2
+            })],
+            1,
+            false,
+        )
+        .unwrap();
+        let mut slots = Slots::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut running = Vec::new();
+        for n in 1..=3 {
+            match registry.dispatch(b"twice", &params((n,)), Codec::Msgpack, &mut slots) {
+                Dispatch::Pending(fut) => running.push(fut),
+                Dispatch::Ready(_) => panic!("ready at the first poll"),
+            }
+            assert_eq!(kept(&slots), None);
+        }
+        for (n, mut fut) in (1..=3).zip(running) {
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(reply) => assert_eq!(encoded(reply), [n * 2]),
+                Poll::Pending => panic!("still pending"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_at_the_first_poll_empties_the_box() {
+        let registry =
+            Registry::new(vec![Method::async_fn("boom", |(n,): (i64,)| boom(n))], 1, false).unwrap();
+        let mut slots = Slots::default();
+        let d = registry.dispatch(b"boom", &params((-1,)), Codec::Msgpack, &mut slots);
+        assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::HandlerPanicked);
+        assert_eq!(kept(&slots), None);
+        let d = registry.dispatch(b"boom", &params((7,)), Codec::Msgpack, &mut slots);
+        assert_eq!(encoded(ready(d)), [7]);
+        assert!(kept(&slots).is_some());
     }
 }
