@@ -10,6 +10,8 @@ use serde::Serialize;
 use crate::error::{DecodeError, EncodeError, ErrorCode, ServerError};
 use crate::framer::value_len;
 
+mod scalar;
+
 /// The serialization used on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
@@ -66,7 +68,13 @@ impl Codec {
     pub fn encode<T: Serialize + ?Sized>(self, out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
         let start = out.len();
         let r = match self {
-            Codec::Msgpack => rmp_serde::encode::write_named(out, value).map_err(EncodeError::from),
+            // Scalars straight into the buffer; anything else through rmp-serde.
+            Codec::Msgpack => match scalar::encode(out, value) {
+                Ok(()) => return Ok(()),
+                Err(scalar::NotScalar) => {
+                    rmp_serde::encode::write_named(out, value).map_err(EncodeError::from)
+                }
+            },
             Codec::Bincode => bincode::serde::encode_into_std_write(value, out, BINCODE)
                 .map(drop)
                 .map_err(EncodeError::from),
@@ -102,7 +110,10 @@ impl Codec {
     /// As [`Codec::decode`], except for trailing bytes.
     pub fn decode_framed<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
         match self {
-            Codec::Msgpack => Ok(msgpack_from_slice(bytes)?),
+            Codec::Msgpack => match scalar::decode_prefix(bytes) {
+                Ok((v, _)) => Ok(v),
+                Err(scalar::NotScalar) => Ok(msgpack_from_slice(bytes)?),
+            },
             Codec::Bincode => self.decode(bytes),
         }
     }
@@ -116,6 +127,9 @@ impl Codec {
     pub fn decode_prefix<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<(T, usize), DecodeError> {
         match self {
             Codec::Msgpack => {
+                if let Ok(decoded) = scalar::decode_prefix(bytes) {
+                    return Ok(decoded);
+                }
                 let n = value_len(bytes)?;
                 Ok((msgpack_from_slice(&bytes[..n])?, n))
             }
