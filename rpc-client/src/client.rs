@@ -158,7 +158,7 @@ struct State {
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// The slot of each call waiting for its reply.
-    waiting: HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>,
+    waiting: Waiting,
 }
 
 struct Slot {
@@ -199,7 +199,7 @@ impl State {
             abandoned: false,
             slots: Vec::new(),
             free: Vec::new(),
-            waiting: HashMap::default(),
+            waiting: Waiting::default(),
         }
     }
 
@@ -253,7 +253,7 @@ impl State {
     fn free_slot(&mut self, idx: u32) {
         let slot = &mut self.slots[idx as usize];
         if let SlotState::Waiting(_) = slot.state {
-            self.waiting.remove(&slot.msgid);
+            self.waiting.remove(slot.msgid);
         }
         slot.state = SlotState::Free;
         if slot.buf.capacity() > INLINE_REPLY * 4 {
@@ -269,11 +269,81 @@ impl State {
                 if let SlotState::Waiting(w) = &mut slot.state {
                     let waker = w.take();
                     slot.state = SlotState::Failed(error());
-                    self.waiting.remove(&slot.msgid);
+                    self.waiting.remove(slot.msgid);
                     if let Some(w) = waker {
                         w.wake();
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The slot of each call waiting for its reply, by msgid.
+///
+/// Msgids are handed out in sequence, so the calls in flight nearly always land in
+/// distinct places of a ring indexed by the msgid's low bits (kept at least twice as
+/// large as the number of calls); the rare one that collides (a call still waiting when
+/// the ring has come round to it again) goes to a map. No hashing on the common path.
+#[derive(Default)]
+struct Waiting {
+    /// `(msgid, slot)`; msgid 0 (never handed out) marks a free place.
+    ring: Vec<(u64, u32)>,
+    overflow: HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>,
+    len: usize,
+}
+
+impl Waiting {
+    fn place(&self, msgid: u64) -> usize {
+        // Truncation intended: the low bits pick the place.
+        (msgid as usize) & (self.ring.len() - 1)
+    }
+
+    fn insert(&mut self, msgid: u64, slot: u32) {
+        if self.len * 2 >= self.ring.len() {
+            self.grow();
+        }
+        let at = self.place(msgid);
+        if self.ring[at].0 == 0 {
+            self.ring[at] = (msgid, slot);
+        } else {
+            self.overflow.insert(msgid, slot);
+        }
+        self.len += 1;
+    }
+
+    fn remove(&mut self, msgid: u64) -> Option<u32> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        let at = self.place(msgid);
+        let found = if self.ring[at].0 == msgid && msgid != 0 {
+            let slot = self.ring[at].1;
+            self.ring[at] = (0, 0);
+            Some(slot)
+        } else {
+            self.overflow.remove(&msgid)
+        };
+        if found.is_some() {
+            self.len -= 1;
+        }
+        found
+    }
+
+    fn grow(&mut self) {
+        let size = (self.ring.len() * 2).max(64);
+        let old = mem::replace(&mut self.ring, vec![(0, 0); size]);
+        let entries: Vec<(u64, u32)> = old
+            .into_iter()
+            .filter(|(id, _)| *id != 0)
+            .chain(self.overflow.drain())
+            .collect();
+        for (msgid, slot) in entries {
+            let at = self.place(msgid);
+            if self.ring[at].0 == 0 {
+                self.ring[at] = (msgid, slot);
+            } else {
+                self.overflow.insert(msgid, slot);
             }
         }
     }
@@ -843,7 +913,7 @@ impl Driver {
                 let waker = w.take();
                 // The caller puts its own timeout in the error.
                 slot.state = SlotState::Failed(Error::Timeout(Duration::ZERO));
-                st.waiting.remove(&slot.msgid);
+                st.waiting.remove(slot.msgid);
                 if extended {
                     let _ = encode_notification(codec, &mut st.wbuf, "rpc.cancel", &(slot.msgid,));
                     st.task_notified = true;
@@ -987,7 +1057,7 @@ fn parse_and_put(st: &mut State, codec: Codec, frame: &[u8], shared: Option<&Byt
 /// Put a reply's result (`ok`) or error value into its caller's slot and wake the caller.
 /// `shared` is the whole frame as `Bytes` when it is too large to copy.
 fn put(st: &mut State, msgid: u64, ok: bool, part: &[u8], shared: Option<&Bytes>) {
-    let Some(idx) = st.waiting.remove(&msgid) else {
+    let Some(idx) = st.waiting.remove(msgid) else {
         return debug!(msgid, "reply to a call nobody waits for");
     };
     let slot = &mut st.slots[idx as usize];
@@ -998,5 +1068,37 @@ fn put(st: &mut State, msgid: u64, ok: bool, part: &[u8], shared: Option<&Bytes>
     }
     if let SlotState::Waiting(Some(w)) = mem::replace(&mut slot.state, SlotState::Replied { ok, big }) {
         w.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_calls_by_msgid_with_collisions_and_growth() {
+        let mut w = Waiting::default();
+        assert_eq!(w.remove(1), None);
+        // A long call (msgid 1), then many short ones whose msgids come round the ring.
+        w.insert(1, 100);
+        for id in 2..2000u64 {
+            w.insert(id, id as u32);
+            assert_eq!(w.remove(id), Some(id as u32), "msgid {id}");
+            assert_eq!(w.remove(id), None, "msgid {id} removed twice");
+        }
+        // Calls colliding with msgid 1 in a 64- or 128-place ring, all in flight at once.
+        let colliding: Vec<u64> = (1..=40).map(|k| 1 + 64 * k).collect();
+        for &id in &colliding {
+            w.insert(id, id as u32);
+        }
+        assert_eq!(w.len, 41);
+        // Grown past the collisions, or kept in the overflow map: every one is found.
+        for &id in colliding.iter().rev() {
+            assert_eq!(w.remove(id), Some(id as u32), "msgid {id}");
+        }
+        assert_eq!(w.remove(1), Some(100));
+        assert_eq!(w.len, 0);
+        assert!(w.overflow.is_empty());
+        assert_eq!(w.remove(0), None, "msgid 0 is never a call");
     }
 }

@@ -50,8 +50,13 @@ pub(crate) fn fast_reply(buf: &[u8], max: usize) -> Option<(usize, u64, usize)> 
         return None;
     }
     let start = 3 + k + 1;
-    let mut framer = Framer::new(Codec::Msgpack, max.saturating_sub(start));
-    let n = framer.decode(&buf[start..]).ok()??;
+    let n = match *buf.get(start)? {
+        // A one-byte result (small integer, nil, bool): the common case, no walk.
+        0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => 1,
+        _ => Framer::new(Codec::Msgpack, max.saturating_sub(start))
+            .decode(&buf[start..])
+            .ok()??,
+    };
     Some((start + n, msgid, start))
 }
 
