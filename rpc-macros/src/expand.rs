@@ -332,35 +332,43 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
         .max_flow_wait
         .map(|(us, _)| quote!(.max_flow_wait(::core::time::Duration::from_micros(#us))));
     let unstable_network = opts.unstable_network.map(|on| quote!(.unstable_network(#on)));
-    let (ctor, job) = if f.is_async {
+    let (ctor, job, reply_fn, span) = if f.is_async {
         // Spanned on `async`: "this future is not `Send`" points there.
         let span = f.async_span;
-        let reply = reply(quote!(__rpc_fut.await));
-        let job = quote_spanned! {span=>
-            let __rpc_fut = ::rpc::__private::assert_send_future(super::#ident(#(#locals),*));
-            ::core::result::Result::Ok(::std::boxed::Box::pin(async move { #reply }))
+        let reply = reply(quote!(__rpc_out));
+        let job = quote! {
+            ::core::result::Result::Ok(super::#ident(#(#locals),*))
         };
-        (quote!(async_raw), job)
+        // The future's type is known here: the server runs it in a box it keeps from
+        // one call to the next (no allocation for a call ready at its first poll). The
+        // constructor's `Send` bound checks the future, spanned on `async`.
+        (quote!(async_parts), job, quote!(, |__rpc_out| #reply), span)
     } else {
         let reply = reply(quote!(super::#ident(#(#locals),*)));
         let job = quote! {
             ::core::result::Result::Ok(::std::boxed::Box::new(move || #reply))
         };
-        (quote!(sync_raw), job)
+        (quote!(sync_raw), job, quote!(), Span::call_site())
+    };
+    // An async function's registration is spanned on `async`: the constructor's `Send`
+    // bound on the future is what fails for a future that is not `Send`.
+    let registration = quote_spanned! {span=>
+        ::rpc::__private::Method::#ctor(
+            self::NAME,
+            |__rpc_args: &mut ::rpc::__private::Args<'_>| {
+                __rpc_args.expect(#count)?;
+                #(let #locals = #next(__rpc_args, #names)?;)*
+                #job
+            }
+            #reply_fn
+        )
     };
     quote! {
         /// The server-side registration: pass it to `Builder::register`.
         #item_vis fn method() -> ::rpc::__private::Method {
             #(#checks();)*
             #out_checks
-            ::rpc::__private::Method::#ctor(
-                self::NAME,
-                |__rpc_args: &mut ::rpc::__private::Args<'_>| {
-                    __rpc_args.expect(#count)?;
-                    #(let #locals = #next(__rpc_args, #names)?;)*
-                    #job
-                },
-            )
+            #registration
             #max_flow
             #max_flow_wait
             #unstable_network

@@ -349,6 +349,23 @@ impl Method {
         Method::typed_async(name, call)
     }
 
+    /// An async method from its two halves: `call` decodes the arguments and makes the
+    /// future, `reply` turns the future's output into the reply. This is what
+    /// `#[register]` generates for an `async fn`; like [`Method::async_fn`], a call that
+    /// finishes at its first poll allocates nothing.
+    #[doc(hidden)]
+    pub fn async_parts<Fut, C>(
+        name: impl Into<Cow<'static, str>>,
+        call: C,
+        reply: fn(Fut::Output) -> Reply,
+    ) -> Method
+    where
+        C: Fn(&mut Args<'_>) -> Result<Fut, ServerError> + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+    {
+        Method::typed_async(name, TypedAsyncFn { call, reply })
+    }
+
     fn typed_async(name: impl Into<Cow<'static, str>>, call: impl TypedAsync + 'static) -> Method {
         Method {
             name: name.into(),

@@ -85,7 +85,6 @@ pub use rmpv::Value;
 #[doc(hidden)]
 pub mod __private {
     use core::fmt::Display;
-    use core::future::Future;
 
     use serde::de::DeserializeOwned;
     use serde::Serialize;
@@ -130,16 +129,6 @@ pub mod __private {
     #[diagnostic::do_not_recommend]
     impl<E: Display> RpcError for E {}
 
-    /// The future of a registered async function.
-    #[diagnostic::on_unimplemented(
-        message = "the future of a registered async function must be `Send`",
-        label = "this future is not `Send`",
-        note = "the server may run it on any worker thread: do not hold a non-`Send` value (`Rc`, a \
-                `RefCell` borrow, a `std::sync::MutexGuard`) across an `.await`"
-    )]
-    pub trait RpcFuture: Future + Send + 'static {}
-    impl<F: Future + Send + 'static> RpcFuture for F {}
-
     /// Compile-time check of an argument type.
     pub const fn assert_arg<T: RpcArg>() {}
 
@@ -148,11 +137,6 @@ pub mod __private {
 
     /// Compile-time check of an error type.
     pub const fn assert_error<E: RpcError>() {}
-
-    /// Compile-time check that an async function's future is `Send`.
-    pub fn assert_send_future<F: RpcFuture>(f: F) -> F {
-        f
-    }
 
     /// Decode the next argument.
     ///
