@@ -133,7 +133,14 @@ impl Codec {
                 let n = value_len(bytes)?;
                 Ok((msgpack_from_slice(&bytes[..n])?, n))
             }
-            Codec::Bincode => Ok(bincode::serde::decode_from_slice(bytes, BINCODE)?),
+            // The borrowing decoder: bytes and strings are copied out in one `memcpy`
+            // (the owning one decodes a `Vec<u8>` element by element).
+            Codec::Bincode => {
+                if let Ok(decoded) = scalar::bincode_decode_prefix(bytes) {
+                    return Ok(decoded);
+                }
+                Ok(bincode::serde::borrow_decode_from_slice(bytes, BINCODE)?)
+            }
         }
     }
 }

@@ -103,6 +103,8 @@ pub(crate) struct Connection {
     last_message: Instant,
     wbuf: Vec<u8>,
     written: usize,
+    /// The size of the last large message read (0 before the first).
+    large: usize,
     inflight: FuturesUnordered<InFlight>,
     /// Abort handles of pending calls, for `rpc.cancel` (only on extended connections).
     aborts: std::collections::HashMap<u64, AbortHandle>,
@@ -133,6 +135,7 @@ impl Connection {
             last_message: Instant::now(),
             wbuf: Vec::with_capacity(READ_CHUNK),
             written: 0,
+            large: 0,
             inflight: FuturesUnordered::new(),
             aborts: std::collections::HashMap::new(),
             slots: Slots::default(),
@@ -214,7 +217,10 @@ impl Connection {
             if can_read {
                 // Room for the rest of a large message in one read, as its headers tell,
                 // up to 1 MiB ahead of what has arrived; then doubling.
-                let hint = self.framer.needed(&rbuf).min(HINT_LIMIT);
+                // And, between messages when large ones have been coming, room for a whole
+                // one: one read rather than a short one, then moving it to make room.
+                let between = if rbuf.is_empty() { self.large } else { 0 };
+                let hint = self.framer.needed(&rbuf).max(between).min(HINT_LIMIT);
                 if rbuf.capacity() - rbuf.len() < (READ_CHUNK / 4).max(hint) {
                     if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
                         rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -306,6 +312,9 @@ impl Connection {
                 }
             };
             self.handle(&rbuf[at..at + n]);
+            if n > READ_CHUNK / 4 {
+                self.large = n.min(HINT_LIMIT);
+            }
             at += n;
         }
         if at > 0 {

@@ -397,6 +397,85 @@ impl<'de> serde::de::Deserializer<'de> for &mut ScalarDe<'de> {
     }
 }
 
+/// bincode (standard configuration): decode a string or bytes value (`String`,
+/// `serde_bytes::ByteBuf` and the like) from the start of `bytes` with one copy.
+/// bincode's own serde decoder zero-fills a byte buffer and then copies into it, twice the
+/// work for a large payload. Any other type: `Err(NotScalar)`, for bincode to decode.
+pub(crate) fn bincode_decode_prefix<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), NotScalar> {
+    let mut de = BincodeBytes { bytes, pos: 0 };
+    let v = T::deserialize(&mut de)?;
+    Ok((v, de.pos))
+}
+
+struct BincodeBytes<'de> {
+    bytes: &'de [u8],
+    pos: usize,
+}
+
+impl<'de> BincodeBytes<'de> {
+    /// A length: bincode's variable-length integer, little-endian.
+    fn len(&mut self) -> Result<usize, NotScalar> {
+        let rest = self.bytes.get(self.pos..).ok_or(NotScalar)?;
+        let (n, used) = match *rest.first().ok_or(NotScalar)? {
+            b @ 0..=250 => (u64::from(b), 1),
+            251 => (u64::from(u16::from_le_bytes(array(rest, 1)?)), 3),
+            252 => (u64::from(u32::from_le_bytes(array(rest, 1)?)), 5),
+            253 => (u64::from_le_bytes(array(rest, 1)?), 9),
+            _ => return Err(NotScalar),
+        };
+        self.pos += used;
+        usize::try_from(n).map_err(|_| NotScalar)
+    }
+
+    fn payload(&mut self) -> Result<&'de [u8], NotScalar> {
+        let n = self.len()?;
+        let end = self.pos.checked_add(n).ok_or(NotScalar)?;
+        let b = self.bytes.get(self.pos..end).ok_or(NotScalar)?;
+        self.pos = end;
+        Ok(b)
+    }
+}
+
+fn array<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], NotScalar> {
+    b.get(at..at + N).and_then(|s| s.try_into().ok()).ok_or(NotScalar)
+}
+
+impl<'de> serde::de::Deserializer<'de> for &mut BincodeBytes<'de> {
+    type Error = NotScalar;
+
+    fn deserialize_bytes<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_borrowed_bytes(self.payload()?)
+    }
+
+    fn deserialize_byte_buf<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_borrowed_bytes(self.payload()?)
+    }
+
+    fn deserialize_str<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        let s = std::str::from_utf8(self.payload()?).map_err(|_| NotScalar)?;
+        visitor.visit_borrowed_str(s)
+    }
+
+    fn deserialize_string<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        self.deserialize_str(visitor)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char option unit unit_struct
+        newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _visitor: V) -> Result<V::Value, NotScalar> {
+        Err(NotScalar)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,5 +673,27 @@ mod tests {
         assert!(decode_prefix::<i64>(&[0xd3, 0, 0]).is_err());
         assert!(decode_prefix::<String>(&[0xa2, 0xff, 0xfe]).is_err());
         assert!(decode_prefix::<i64>(&[]).is_err());
+    }
+
+    #[test]
+    fn bincode_bytes_and_strings_decode_as_bincode_does() {
+        let config = bincode::config::standard();
+        for n in [0, 1, 250, 251, 252, 65535, 65536, 70_000] {
+            let buf = serde_bytes::ByteBuf::from(vec![3u8; n]);
+            let mut enc = bincode::serde::encode_to_vec(&buf, config).unwrap();
+            let len = enc.len();
+            enc.push(9); // what follows is not read
+            let (ours, used) = bincode_decode_prefix::<serde_bytes::ByteBuf>(&enc).unwrap();
+            assert_eq!((ours, used), (buf, len), "{n} bytes");
+            let s = "z".repeat(n);
+            let enc = bincode::serde::encode_to_vec(&s, config).unwrap();
+            assert_eq!(bincode_decode_prefix::<String>(&enc).unwrap(), (s, enc.len()));
+        }
+        // Other types, truncated input, bad UTF-8: left to bincode.
+        assert!(bincode_decode_prefix::<u64>(&[5]).is_err());
+        assert!(bincode_decode_prefix::<Vec<u8>>(&[1, 5]).is_err());
+        assert!(bincode_decode_prefix::<serde_bytes::ByteBuf>(&[3, 1, 2]).is_err());
+        assert!(bincode_decode_prefix::<String>(&[2, 0xff, 0xfe]).is_err());
+        assert!(bincode_decode_prefix::<serde_bytes::ByteBuf>(&[254, 0]).is_err());
     }
 }
