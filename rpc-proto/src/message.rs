@@ -296,6 +296,33 @@ fn parse_bincode(frame: &[u8]) -> Result<Message<'_>, ParseError> {
     }
 }
 
+/// A plain msgpack request at the start of `buf`, framed and parsed in one pass:
+/// `[0, msgid, method, params]`. Returns it and its length in bytes, which is at most
+/// `max`.
+///
+/// `None` for anything else (another message, a request with the extension element, a
+/// request not complete yet, over `max`, malformed): the [`Framer`](crate::Framer) and
+/// [`Message::parse`] then take it, and report what is wrong. A message they would
+/// accept as a plain request is read here the same way.
+pub fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+    let [0x94, 0x00, rest @ ..] = buf else {
+        return None;
+    };
+    let mut c = Cursor { b: rest };
+    let msgid = c.uint()?;
+    let method = c.str_or_bin()?;
+    let start = buf.len() - c.b.len();
+    let n = crate::framer::value_len(c.b).ok()?;
+    let total = start.checked_add(n).filter(|t| *t <= max)?;
+    let request = Message::Request {
+        msgid,
+        method,
+        params: &c.b[..n],
+        timeout: None,
+    };
+    Some((request, total))
+}
+
 /// The msgid of the request at the start of `buf`, if the bytes there show one.
 pub fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
     match codec {
@@ -802,5 +829,69 @@ mod tests {
             decode_error(c, outcome.unwrap_err()).kind(),
             ErrorCode::InvalidParams
         );
+    }
+
+    #[test]
+    fn one_pass_request_parse_agrees_with_framer_and_parser() {
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        for msgid in [0u64, 5, 0x80, 0x1_0000, 1 << 40] {
+            let mut f = Vec::new();
+            encode_request(Codec::Msgpack, &mut f, msgid, "add", &(1, 2), None).unwrap();
+            frames.push(f);
+            let mut f = Vec::new();
+            let long = "m".repeat(40);
+            encode_request(
+                Codec::Msgpack,
+                &mut f,
+                msgid,
+                &long,
+                &(vec![1, 2], ("x", 2.5)),
+                None,
+            )
+            .unwrap();
+            frames.push(f);
+        }
+        // A bin method name and signed-int msgid forms, as some peers send them.
+        frames.push(hex!("94 00 d0 07 c4 01 6d 91 c0").to_vec());
+        frames.push(hex!("94 00 05 a1 6d 90").to_vec());
+        for frame in &frames {
+            let mut buf = frame.clone();
+            buf.extend_from_slice(&hex!("94 00 01 a1 6d 90")); // the next message
+            let (fast, n) = parse_request_prefix(&buf, 1 << 20).unwrap_or_else(|| panic!("{frame:02x?}"));
+            let mut framer = crate::Framer::new(Codec::Msgpack, 1 << 20);
+            assert_eq!(framer.decode(&buf).unwrap(), Some(frame.len()));
+            assert_eq!(n, frame.len());
+            assert_eq!(fast, Message::parse(Codec::Msgpack, frame).unwrap());
+            for cut in 0..frame.len() {
+                assert_eq!(parse_request_prefix(&frame[..cut], 1 << 20), None, "cut at {cut}");
+            }
+            assert_eq!(
+                parse_request_prefix(frame, frame.len() - 1),
+                None,
+                "over the limit"
+            );
+        }
+        // Left to the general path: the timeout extension, other messages, malformed ones.
+        let mut ext = Vec::new();
+        encode_request(
+            Codec::Msgpack,
+            &mut ext,
+            1,
+            "m",
+            &(1,),
+            Some(Duration::from_secs(1)),
+        )
+        .unwrap();
+        let mut note = Vec::new();
+        encode_notification(Codec::Msgpack, &mut note, "m", &(1,)).unwrap();
+        for other in [
+            &ext[..],
+            &note[..],
+            &hex!("94 00 ff a1 6d 90"),
+            &hex!("94 00 01 01 90"),
+            &hex!("94 00 01 a1 6d c1"),
+        ] {
+            assert_eq!(parse_request_prefix(other, 1 << 20), None, "{other:02x?}");
+        }
     }
 }

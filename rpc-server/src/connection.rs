@@ -24,8 +24,8 @@ use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rpc_proto::{
-    encode_response_err, encode_response_ok, Begin, Codec, ErrorCode, FrameError, Framer, Hello, Message,
-    ServerError,
+    encode_response_err, encode_response_ok, parse_request_prefix, Begin, Codec, ErrorCode, FrameError,
+    Framer, Hello, Message, ParseError, ServerError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -105,6 +105,8 @@ pub(crate) struct Connection {
     written: usize,
     /// The size of the last large message read (0 before the first).
     large: usize,
+    /// The framer holds a message begun in an earlier read.
+    framing: bool,
     inflight: FuturesUnordered<InFlight>,
     /// Abort handles of pending calls, for `rpc.cancel` (only on extended connections).
     aborts: std::collections::HashMap<u64, AbortHandle>,
@@ -136,6 +138,7 @@ impl Connection {
             wbuf: Vec::with_capacity(READ_CHUNK),
             written: 0,
             large: 0,
+            framing: false,
             inflight: FuturesUnordered::new(),
             aborts: std::collections::HashMap::new(),
             slots: Slots::default(),
@@ -303,14 +306,32 @@ impl Connection {
                 self.held = true;
                 break;
             }
+            // A plain request, the common case, is framed and parsed in one pass; the
+            // framer and parser take everything else (and a message begun in an earlier
+            // read, which the framer resumes).
+            if !self.framing && self.framer.codec() == Codec::Msgpack {
+                if let Some((request, n)) = parse_request_prefix(&rbuf[at..], self.framer.max_message_size())
+                {
+                    self.handle_parsed(Ok(request));
+                    if n > READ_CHUNK / 4 {
+                        self.large = n.min(HINT_LIMIT);
+                    }
+                    at += n;
+                    continue;
+                }
+            }
             let n = match self.framer.decode(&rbuf[at..]) {
                 Ok(Some(n)) => n,
-                Ok(None) => break,
+                Ok(None) => {
+                    self.framing = true;
+                    break;
+                }
                 Err(e) => {
                     result = Err(Fatal::Frame(e));
                     break;
                 }
             };
+            self.framing = false;
             self.handle(&rbuf[at..at + n]);
             if n > READ_CHUNK / 4 {
                 self.large = n.min(HINT_LIMIT);
@@ -332,8 +353,13 @@ impl Connection {
     }
 
     fn handle(&mut self, frame: &[u8]) {
+        let parsed = Message::parse(self.framer.codec(), frame);
+        self.handle_parsed(parsed);
+    }
+
+    fn handle_parsed(&mut self, parsed: Result<Message<'_>, ParseError>) {
         let codec = self.framer.codec();
-        match Message::parse(codec, frame) {
+        match parsed {
             Ok(Message::Request {
                 msgid,
                 method,
