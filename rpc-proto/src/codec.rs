@@ -75,9 +75,12 @@ impl Codec {
                     rmp_serde::encode::write_named(out, value).map_err(EncodeError::from)
                 }
             },
-            Codec::Bincode => bincode::serde::encode_into_std_write(value, out, BINCODE)
-                .map(drop)
-                .map_err(EncodeError::from),
+            Codec::Bincode => match scalar::bincode_encode(out, value) {
+                Ok(()) => return Ok(()),
+                Err(scalar::NotScalar) => bincode::serde::encode_into_std_write(value, out, BINCODE)
+                    .map(drop)
+                    .map_err(EncodeError::from),
+            },
         };
         if r.is_err() {
             out.truncate(start);

@@ -34,6 +34,105 @@ pub(crate) fn encode<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Res
     value.serialize(Scalar(out))
 }
 
+/// The `Serializer` methods for everything that is not a scalar: each refuses, having
+/// written nothing.
+macro_rules! refuse_the_rest {
+    () => {
+        fn serialize_i128(self, _: i128) -> Result<(), NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_u128(self, _: u128) -> Result<(), NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_unit_struct(self, _: &'static str) -> Result<(), NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result<(), NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: &T,
+        ) -> Result<(), NotScalar> {
+            // rmp-serde gives some newtype names a meaning (extensions).
+            Err(NotScalar)
+        }
+
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<(), NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleStruct, NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, NotScalar> {
+            Err(NotScalar)
+        }
+
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, NotScalar> {
+            Err(NotScalar)
+        }
+    };
+}
+
+macro_rules! impossible_compounds {
+    () => {
+        type Ok = ();
+        type Error = NotScalar;
+        type SerializeSeq = Impossible<(), NotScalar>;
+        type SerializeTuple = Impossible<(), NotScalar>;
+        type SerializeTupleStruct = Impossible<(), NotScalar>;
+        type SerializeTupleVariant = Impossible<(), NotScalar>;
+        type SerializeMap = Impossible<(), NotScalar>;
+        type SerializeStruct = Impossible<(), NotScalar>;
+        type SerializeStructVariant = Impossible<(), NotScalar>;
+    };
+}
+
 struct Scalar<'a>(&'a mut Vec<u8>);
 
 fn uint(out: &mut Vec<u8>, v: u64) {
@@ -92,15 +191,7 @@ fn len_header(out: &mut Vec<u8>, n: usize, fix: Option<u8>, markers: [u8; 3]) ->
 }
 
 impl Serializer for Scalar<'_> {
-    type Ok = ();
-    type Error = NotScalar;
-    type SerializeSeq = Impossible<(), NotScalar>;
-    type SerializeTuple = Impossible<(), NotScalar>;
-    type SerializeTupleStruct = Impossible<(), NotScalar>;
-    type SerializeTupleVariant = Impossible<(), NotScalar>;
-    type SerializeMap = Impossible<(), NotScalar>;
-    type SerializeStruct = Impossible<(), NotScalar>;
-    type SerializeStructVariant = Impossible<(), NotScalar>;
+    impossible_compounds!();
 
     fn is_human_readable(&self) -> bool {
         // As rmp-serde's default configuration.
@@ -187,86 +278,8 @@ impl Serializer for Scalar<'_> {
         Ok(())
     }
 
-    // Everything below is rmp-serde's to write.
-
-    fn serialize_i128(self, _: i128) -> Result<(), NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_u128(self, _: u128) -> Result<(), NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result<(), NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), NotScalar> {
-        // rmp-serde gives some newtype names a meaning (extensions).
-        Err(NotScalar)
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleStruct, NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, NotScalar> {
-        Err(NotScalar)
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, NotScalar> {
-        Err(NotScalar)
-    }
+    // Everything else is rmp-serde's to write.
+    refuse_the_rest!();
 }
 
 impl serde::de::Error for NotScalar {
@@ -397,53 +410,240 @@ impl<'de> serde::de::Deserializer<'de> for &mut ScalarDe<'de> {
     }
 }
 
-/// bincode (standard configuration): decode a string or bytes value (`String`,
-/// `serde_bytes::ByteBuf` and the like) from the start of `bytes` with one copy.
-/// bincode's own serde decoder zero-fills a byte buffer and then copies into it, twice the
-/// work for a large payload. Any other type: `Err(NotScalar)`, for bincode to decode.
+/// bincode (standard configuration: little-endian, variable-length integers): write
+/// `value` if it is a scalar, byte for byte as bincode would; `Err(NotScalar)` (with
+/// nothing written) otherwise.
+pub(crate) fn bincode_encode<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), NotScalar> {
+    value.serialize(BincodeScalar(out))
+}
+
+struct BincodeScalar<'a>(&'a mut Vec<u8>);
+
+/// bincode's variable-length unsigned integer.
+fn varint(out: &mut Vec<u8>, v: u64) {
+    if v < 251 {
+        out.push(v as u8);
+    } else if v <= 0xffff {
+        out.push(251);
+        out.extend_from_slice(&(v as u16).to_le_bytes());
+    } else if v <= 0xffff_ffff {
+        out.push(252);
+        out.extend_from_slice(&(v as u32).to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+impl Serializer for BincodeScalar<'_> {
+    impossible_compounds!();
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn serialize_bool(self, v: bool) -> Result<(), NotScalar> {
+        self.0.push(u8::from(v));
+        Ok(())
+    }
+
+    fn serialize_i8(self, v: i8) -> Result<(), NotScalar> {
+        self.0.push(v as u8);
+        Ok(())
+    }
+
+    fn serialize_i16(self, v: i16) -> Result<(), NotScalar> {
+        self.serialize_i64(i64::from(v))
+    }
+
+    fn serialize_i32(self, v: i32) -> Result<(), NotScalar> {
+        self.serialize_i64(i64::from(v))
+    }
+
+    fn serialize_i64(self, v: i64) -> Result<(), NotScalar> {
+        varint(self.0, zigzag(v));
+        Ok(())
+    }
+
+    fn serialize_u8(self, v: u8) -> Result<(), NotScalar> {
+        self.0.push(v);
+        Ok(())
+    }
+
+    fn serialize_u16(self, v: u16) -> Result<(), NotScalar> {
+        self.serialize_u64(u64::from(v))
+    }
+
+    fn serialize_u32(self, v: u32) -> Result<(), NotScalar> {
+        self.serialize_u64(u64::from(v))
+    }
+
+    fn serialize_u64(self, v: u64) -> Result<(), NotScalar> {
+        varint(self.0, v);
+        Ok(())
+    }
+
+    fn serialize_f32(self, v: f32) -> Result<(), NotScalar> {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+
+    fn serialize_f64(self, v: f64) -> Result<(), NotScalar> {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+
+    fn serialize_char(self, _: char) -> Result<(), NotScalar> {
+        Err(NotScalar)
+    }
+
+    fn serialize_str(self, v: &str) -> Result<(), NotScalar> {
+        self.serialize_bytes(v.as_bytes())
+    }
+
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), NotScalar> {
+        varint(self.0, v.len() as u64);
+        self.0.extend_from_slice(v);
+        Ok(())
+    }
+
+    fn serialize_none(self) -> Result<(), NotScalar> {
+        self.0.push(0);
+        Ok(())
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), NotScalar> {
+        let start = self.0.len();
+        self.0.push(1);
+        let r = value.serialize(BincodeScalar(&mut *self.0));
+        if r.is_err() {
+            // Nothing written on refusal, the tag included.
+            self.0.truncate(start);
+        }
+        r
+    }
+
+    fn serialize_unit(self) -> Result<(), NotScalar> {
+        Ok(())
+    }
+
+    // Everything else is bincode's to write.
+    refuse_the_rest!();
+}
+
+/// bincode (standard configuration): decode a scalar from the start of `bytes`, with the
+/// same visitor calls as bincode's serde decoder, and strings and bytes with one copy
+/// (bincode's own decoder zero-fills a byte buffer, then copies into it). Any other type,
+/// or anything bincode would refuse: `Err(NotScalar)`, for bincode to decode (and explain).
 pub(crate) fn bincode_decode_prefix<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(T, usize), NotScalar> {
-    let mut de = BincodeBytes { bytes, pos: 0 };
+    let mut de = BincodeDe { bytes, pos: 0 };
     let v = T::deserialize(&mut de)?;
     Ok((v, de.pos))
 }
 
-struct BincodeBytes<'de> {
+struct BincodeDe<'de> {
     bytes: &'de [u8],
     pos: usize,
 }
 
-impl<'de> BincodeBytes<'de> {
-    /// A length: bincode's variable-length integer, little-endian.
-    fn len(&mut self) -> Result<usize, NotScalar> {
-        let rest = self.bytes.get(self.pos..).ok_or(NotScalar)?;
-        let (n, used) = match *rest.first().ok_or(NotScalar)? {
-            b @ 0..=250 => (u64::from(b), 1),
-            251 => (u64::from(u16::from_le_bytes(array(rest, 1)?)), 3),
-            252 => (u64::from(u32::from_le_bytes(array(rest, 1)?)), 5),
-            253 => (u64::from_le_bytes(array(rest, 1)?), 9),
-            _ => return Err(NotScalar),
-        };
-        self.pos += used;
-        usize::try_from(n).map_err(|_| NotScalar)
-    }
-
-    fn payload(&mut self) -> Result<&'de [u8], NotScalar> {
-        let n = self.len()?;
+impl<'de> BincodeDe<'de> {
+    fn take(&mut self, n: usize) -> Result<&'de [u8], NotScalar> {
         let end = self.pos.checked_add(n).ok_or(NotScalar)?;
         let b = self.bytes.get(self.pos..end).ok_or(NotScalar)?;
         self.pos = end;
         Ok(b)
     }
+
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], NotScalar> {
+        self.take(N)?.try_into().map_err(|_| NotScalar)
+    }
+
+    fn byte(&mut self) -> Result<u8, NotScalar> {
+        Ok(self.fixed::<1>()?[0])
+    }
+
+    /// A variable-length integer of at most `max` (bincode refuses wider forms).
+    fn varint(&mut self, max: u64) -> Result<u64, NotScalar> {
+        let v = match self.byte()? {
+            b @ 0..=250 => u64::from(b),
+            251 => u64::from(u16::from_le_bytes(self.fixed()?)),
+            252 if max > 0xffff => u64::from(u32::from_le_bytes(self.fixed()?)),
+            253 if max > 0xffff_ffff => u64::from_le_bytes(self.fixed()?),
+            _ => return Err(NotScalar),
+        };
+        if v > max {
+            return Err(NotScalar);
+        }
+        Ok(v)
+    }
+
+    fn signed(&mut self, max: u64) -> Result<i64, NotScalar> {
+        let z = self.varint(max)?;
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
+
+    fn payload(&mut self) -> Result<&'de [u8], NotScalar> {
+        let n = usize::try_from(self.varint(u64::MAX)?).map_err(|_| NotScalar)?;
+        self.take(n)
+    }
 }
 
-fn array<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], NotScalar> {
-    b.get(at..at + N).and_then(|s| s.try_into().ok()).ok_or(NotScalar)
-}
-
-impl<'de> serde::de::Deserializer<'de> for &mut BincodeBytes<'de> {
+impl<'de> serde::de::Deserializer<'de> for &mut BincodeDe<'de> {
     type Error = NotScalar;
+
+    fn deserialize_bool<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        match self.byte()? {
+            0 => visitor.visit_bool(false),
+            1 => visitor.visit_bool(true),
+            _ => Err(NotScalar),
+        }
+    }
+
+    fn deserialize_u8<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_u8(self.byte()?)
+    }
+
+    fn deserialize_i8<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_i8(self.byte()? as i8)
+    }
+
+    fn deserialize_u16<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_u16(self.varint(u64::from(u16::MAX))? as u16)
+    }
+
+    fn deserialize_u32<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_u32(self.varint(u64::from(u32::MAX))? as u32)
+    }
+
+    fn deserialize_u64<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_u64(self.varint(u64::MAX)?)
+    }
+
+    fn deserialize_i16<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_i16(self.signed(u64::from(u16::MAX))? as i16)
+    }
+
+    fn deserialize_i32<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_i32(self.signed(u64::from(u32::MAX))? as i32)
+    }
+
+    fn deserialize_i64<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_i64(self.signed(u64::MAX)?)
+    }
+
+    fn deserialize_f32<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_f32(f32::from_le_bytes(self.fixed()?))
+    }
+
+    fn deserialize_f64<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_f64(f64::from_le_bytes(self.fixed()?))
+    }
 
     fn deserialize_bytes<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
         visitor.visit_borrowed_bytes(self.payload()?)
@@ -462,13 +662,25 @@ impl<'de> serde::de::Deserializer<'de> for &mut BincodeBytes<'de> {
         self.deserialize_str(visitor)
     }
 
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        match self.byte()? {
+            0 => visitor.visit_none(),
+            1 => visitor.visit_some(self),
+            _ => Err(NotScalar),
+        }
+    }
+
+    fn deserialize_unit<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, NotScalar> {
+        visitor.visit_unit()
+    }
+
     fn is_human_readable(&self) -> bool {
         false
     }
 
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char option unit unit_struct
-        newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+        i128 u128 char unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
     }
 
     fn deserialize_any<V: serde::de::Visitor<'de>>(self, _visitor: V) -> Result<V::Value, NotScalar> {
@@ -675,25 +887,104 @@ mod tests {
         assert!(decode_prefix::<i64>(&[]).is_err());
     }
 
-    #[test]
-    fn bincode_bytes_and_strings_decode_as_bincode_does() {
+    fn bincode_same<T>(value: &T)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + fmt::Debug,
+    {
         let config = bincode::config::standard();
-        for n in [0, 1, 250, 251, 252, 65535, 65536, 70_000] {
-            let buf = serde_bytes::ByteBuf::from(vec![3u8; n]);
-            let mut enc = bincode::serde::encode_to_vec(&buf, config).unwrap();
-            let len = enc.len();
-            enc.push(9); // what follows is not read
-            let (ours, used) = bincode_decode_prefix::<serde_bytes::ByteBuf>(&enc).unwrap();
-            assert_eq!((ours, used), (buf, len), "{n} bytes");
-            let s = "z".repeat(n);
-            let enc = bincode::serde::encode_to_vec(&s, config).unwrap();
-            assert_eq!(bincode_decode_prefix::<String>(&enc).unwrap(), (s, enc.len()));
+        let theirs = bincode::serde::encode_to_vec(value, config).unwrap();
+        let mut ours = vec![0xee];
+        bincode_encode(&mut ours, value).unwrap_or_else(|_| panic!("{value:?} is a scalar"));
+        assert_eq!(&ours[1..], &theirs[..], "{value:?}");
+        let mut padded = theirs.clone();
+        padded.push(9); // what follows is not read
+        let (back, n) = bincode_decode_prefix::<T>(&padded).unwrap_or_else(|_| panic!("{value:?} decodes"));
+        assert_eq!((&back, n), (value, theirs.len()));
+    }
+
+    #[test]
+    fn bincode_scalars_as_bincode_writes_and_reads_them() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            125,
+            126,
+            -126,
+            127,
+            250,
+            251,
+            -32768,
+            32767,
+            65535,
+            1 << 31,
+            -(1 << 31),
+            i64::MAX,
+            i64::MIN,
+        ] {
+            bincode_same(&v);
+            if let Ok(v) = i32::try_from(v) {
+                bincode_same(&v);
+            }
+            if let Ok(v) = i16::try_from(v) {
+                bincode_same(&v);
+            }
+            if let Ok(v) = i8::try_from(v) {
+                bincode_same(&v);
+            }
+            if let Ok(u) = u64::try_from(v) {
+                bincode_same(&u);
+                if let Ok(v) = u32::try_from(u) {
+                    bincode_same(&v);
+                }
+                if let Ok(v) = u16::try_from(u) {
+                    bincode_same(&v);
+                }
+                if let Ok(v) = u8::try_from(u) {
+                    bincode_same(&v);
+                }
+            }
         }
-        // Other types, truncated input, bad UTF-8: left to bincode.
-        assert!(bincode_decode_prefix::<u64>(&[5]).is_err());
-        assert!(bincode_decode_prefix::<Vec<u8>>(&[1, 5]).is_err());
+        for v in [
+            250u64,
+            251,
+            0xffff,
+            0x1_0000,
+            0xffff_ffff,
+            0x1_0000_0000,
+            u64::MAX,
+        ] {
+            bincode_same(&v);
+        }
+        bincode_same(&true);
+        bincode_same(&false);
+        bincode_same(&1.5f64);
+        bincode_same(&-2.25f32);
+        bincode_same(&());
+        bincode_same(&Some(300u32));
+        bincode_same(&None::<u32>);
+        for n in [0, 1, 250, 251, 252, 65535, 65536, 70_000] {
+            bincode_same(&"z".repeat(n));
+            bincode_same(&serde_bytes::ByteBuf::from(vec![3u8; n]));
+        }
+    }
+
+    #[test]
+    fn bincode_everything_else_is_left_to_bincode() {
+        let mut out = vec![0xee];
+        assert!(bincode_encode(&mut out, &(1, 2)).is_err());
+        assert!(bincode_encode(&mut out, &Some(vec![1])).is_err());
+        assert!(bincode_encode(&mut out, &'x').is_err());
+        assert!(bincode_encode(&mut out, &1u128).is_err());
+        assert_eq!(out, [0xee], "nothing written before refusing");
+        // Out of range for the type, bad tags, truncated, bad UTF-8: refused.
+        assert!(bincode_decode_prefix::<u16>(&[252, 0, 0, 1, 0]).is_err());
+        assert!(bincode_decode_prefix::<u8>(&[]).is_err());
+        assert!(bincode_decode_prefix::<bool>(&[2]).is_err());
+        assert!(bincode_decode_prefix::<Option<u8>>(&[2, 1]).is_err());
         assert!(bincode_decode_prefix::<serde_bytes::ByteBuf>(&[3, 1, 2]).is_err());
         assert!(bincode_decode_prefix::<String>(&[2, 0xff, 0xfe]).is_err());
-        assert!(bincode_decode_prefix::<serde_bytes::ByteBuf>(&[254, 0]).is_err());
+        assert!(bincode_decode_prefix::<Vec<u8>>(&[1, 5]).is_err());
+        assert!(bincode_decode_prefix::<rmpv::Value>(&[1]).is_err());
     }
 }
