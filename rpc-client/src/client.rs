@@ -567,7 +567,8 @@ impl Client {
             let retry = match attempt.await {
                 Attempted::NotConnected => {
                     let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
-                    self.reconnect(deadline).await?;
+                    // Boxed: the slow path stays out of every call's future.
+                    Box::pin(self.reconnect(deadline)).await?;
                     continue;
                 }
                 // Refused before it ran: always safe to send again.
@@ -583,7 +584,7 @@ impl Client {
             debug!(msgid, method, "resending the call on a new connection");
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
             let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(wait).await;
+            Box::pin(tokio::time::sleep(wait)).await;
             if Instant::now() >= deadline {
                 return Err(Error::Timeout(self.timeout));
             }
@@ -618,7 +619,7 @@ impl Client {
                     return Ok(());
                 }
             }
-            self.reconnect(deadline).await?;
+            Box::pin(self.reconnect(deadline)).await?;
         }
     }
 

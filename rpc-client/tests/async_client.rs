@@ -496,3 +496,13 @@ async fn a_reconnect_that_cannot_happen_ends_in_the_call_timeout() {
     let r = within("call", short.call::<_, i64>("x", ())).await;
     assert!(matches!(r, Err(Error::Transport(_) | Error::Timeout(_))), "{r:?}");
 }
+
+/// A call's future stays small: the reconnection path is boxed, out of the common path.
+#[tokio::test]
+async fn a_call_future_is_small() {
+    let (_listener, addr) = listen().await;
+    let client = Client::connect_with(addr, config()).await.unwrap();
+    let call = client.call::<_, i64>("add", (1i64, 2i64));
+    let size = std::mem::size_of_val(&call);
+    assert!(size <= 384, "a call's future takes {size} bytes");
+}
