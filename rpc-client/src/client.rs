@@ -29,7 +29,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use rpc_proto::{encode_notification, encode_request, Codec, ErrorCode, Framer, Hello, Params};
+use rpc_proto::{
+    encode_notification, encode_request, parse_response_prefix, Codec, ErrorCode, Framer, Hello, Message,
+    Params,
+};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1012,36 +1015,59 @@ fn deliver(
 ) -> Result<(), Error> {
     let codec = framer.codec();
     loop {
-        if !*framing && codec == Codec::Msgpack {
-            if let Some((n, msgid, start)) = reply::fast_reply(rbuf, framer.max_message_size()) {
-                if n <= INLINE_REPLY {
-                    put(st, msgid, true, &rbuf[start..n], None);
-                    rbuf.advance(n);
-                } else {
-                    *large = n;
-                    let frame = rbuf.split_to(n).freeze();
-                    put(st, msgid, true, &frame[start..], Some(&frame));
-                }
-                continue;
-            }
-        }
-        let n = match framer.decode(rbuf) {
-            Ok(None) => {
-                *framing = !rbuf.is_empty();
-                return Ok(());
-            }
-            Ok(Some(n)) => n,
-            Err(e) => return Err(Error::Protocol(e.to_string())),
+        // A success reply is framed and parsed in one pass (its msgid, and where its result
+        // starts); anything else, or a message begun in an earlier read, goes through the
+        // framer and is parsed below.
+        let fresh = !*framing && codec == Codec::Msgpack;
+        let one_pass = match fresh.then(|| parse_response_prefix(rbuf, framer.max_message_size())) {
+            // The result is the frame's last element: it ends where the frame does.
+            Some(Some((
+                Message::Response {
+                    msgid,
+                    outcome: Ok(result),
+                },
+                n,
+            ))) => Some((msgid, n - result.len(), n)),
+            _ => None,
         };
-        *framing = false;
+        let n = match one_pass {
+            Some((_, _, n)) => n,
+            None => match framer.decode(rbuf) {
+                Ok(None) => {
+                    *framing = !rbuf.is_empty();
+                    return Ok(());
+                }
+                Ok(Some(n)) => {
+                    *framing = false;
+                    n
+                }
+                Err(e) => return Err(Error::Protocol(e.to_string())),
+            },
+        };
+        let known = one_pass.map(|(msgid, start, _)| (msgid, start));
         if n <= INLINE_REPLY {
-            parse_and_put(st, codec, &rbuf[..n], None);
+            put_frame(st, codec, &rbuf[..n], known, None);
             rbuf.advance(n);
         } else {
             *large = n;
             let frame = rbuf.split_to(n).freeze();
-            parse_and_put(st, codec, &frame, Some(&frame));
+            put_frame(st, codec, &frame, known, Some(&frame));
         }
+    }
+}
+
+/// Put the reply in `frame` into its caller's slot: `known` is its msgid and where its
+/// result starts when it was parsed already; otherwise it is parsed here.
+fn put_frame(
+    st: &mut State,
+    codec: Codec,
+    frame: &[u8],
+    known: Option<(u64, usize)>,
+    shared: Option<&Bytes>,
+) {
+    match known {
+        Some((msgid, start)) => put(st, msgid, true, &frame[start..], shared),
+        None => parse_and_put(st, codec, frame, shared),
     }
 }
 

@@ -323,6 +323,30 @@ pub fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usiz
     Some((request, total))
 }
 
+/// A msgpack success reply at the start of `buf`, framed and parsed in one pass:
+/// `[1, msgid, nil, result]`. Returns it and its length in bytes, which is at most `max`.
+///
+/// `None` for anything else (an error reply, a reply not complete yet, over `max`, another
+/// message): the [`Framer`](crate::Framer) and [`Message::parse`] then take it.
+pub fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+    let [0x94, 0x01, rest @ ..] = buf else {
+        return None;
+    };
+    let mut c = Cursor { b: rest };
+    let msgid = c.uint()?;
+    let [0xc0, result @ ..] = c.b else {
+        return None;
+    };
+    let start = buf.len() - result.len();
+    let n = crate::framer::value_len(result).ok()?;
+    let total = start.checked_add(n).filter(|t| *t <= max)?;
+    let reply = Message::Response {
+        msgid,
+        outcome: Ok(&result[..n]),
+    };
+    Some((reply, total))
+}
+
 /// The msgid of the request at the start of `buf`, if the bytes there show one.
 pub fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
     match codec {
@@ -384,7 +408,7 @@ pub(crate) fn write_array_len(out: &mut Vec<u8>, n: u32) {
     }
 }
 
-fn write_uint(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn write_uint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         out.push(v as u8);
     } else if v <= 0xff {
@@ -401,20 +425,32 @@ fn write_uint(out: &mut Vec<u8>, v: u64) {
     }
 }
 
-fn write_str(out: &mut Vec<u8>, s: &[u8]) {
-    let n = s.len();
-    if n < 32 {
-        out.push(0xa0 | n as u8);
-    } else if n <= 0xff {
-        out.extend_from_slice(&[0xd9, n as u8]);
-    } else if n <= 0xffff {
-        out.push(0xda);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
+/// A msgpack str (at most 4 GiB: longer ones are the caller's to refuse).
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+    write_sized(out, s, Some(0xa0), [0xd9, 0xda, 0xdb]);
+}
+
+/// A msgpack bin (at most 4 GiB: longer ones are the caller's to refuse).
+pub(crate) fn write_bin(out: &mut Vec<u8>, b: &[u8]) {
+    write_sized(out, b, None, [0xc4, 0xc5, 0xc6]);
+}
+
+/// A str or bin: the fix form (str only), then 8, 16 and 32-bit lengths.
+fn write_sized(out: &mut Vec<u8>, bytes: &[u8], fix: Option<u8>, markers: [u8; 3]) {
+    let n = bytes.len();
+    match (n, fix) {
+        (0..=31, Some(fix)) => out.push(fix | n as u8),
+        (0..=0xff, _) => out.extend_from_slice(&[markers[0], n as u8]),
+        (0x100..=0xffff, _) => {
+            out.push(markers[1]);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(markers[2]);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
     }
-    out.extend_from_slice(s);
+    out.extend_from_slice(bytes);
 }
 
 /// Writes the 4-byte length prefix of a bincode frame once its body is complete.
@@ -893,5 +929,68 @@ mod tests {
         ] {
             assert_eq!(parse_request_prefix(other, 1 << 20), None, "{other:02x?}");
         }
+    }
+
+    fn reply(msgid: u64, result: &(impl serde::Serialize + Send + Sync)) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_response_ok(Codec::Msgpack, &mut out, msgid, result).unwrap();
+        out
+    }
+
+    #[test]
+    fn one_pass_reply_parse_reads_every_msgid_width_and_stops_at_the_frame_end() {
+        for msgid in [
+            0,
+            0x7f,
+            0x80,
+            0xff,
+            0x100,
+            0xffff,
+            0x1_0000,
+            u64::from(u32::MAX),
+            1 << 32,
+            u64::MAX,
+        ] {
+            for frame in [reply(msgid, &(1, "two", [3.0])), reply(msgid, &7)] {
+                let mut buf = frame.clone();
+                buf.extend_from_slice(&reply(msgid.wrapping_add(1), &7)); // the next frame, not taken
+                let (fast, n) = parse_response_prefix(&buf, 1 << 20).unwrap();
+                assert_eq!(n, frame.len());
+                // The same as the framer and the general parser find.
+                let mut framer = crate::Framer::new(Codec::Msgpack, 1 << 20);
+                assert_eq!(framer.decode(&buf).unwrap(), Some(n));
+                assert_eq!(fast, Message::parse(Codec::Msgpack, &frame).unwrap());
+                let Message::Response { msgid: id, .. } = fast else {
+                    panic!("{fast:?}")
+                };
+                assert_eq!(id, msgid);
+            }
+        }
+    }
+
+    #[test]
+    fn one_pass_reply_parse_leaves_the_rest_to_the_general_path() {
+        let ok = reply(5, &"result");
+        // Not complete yet, at every cut.
+        for cut in 0..ok.len() {
+            assert_eq!(parse_response_prefix(&ok[..cut], 1 << 20), None, "cut at {cut}");
+        }
+        // An error reply, a notification, a request: not for the one-pass path.
+        let mut err = Vec::new();
+        encode_response_err(
+            Codec::Msgpack,
+            &mut err,
+            5,
+            &ServerError::new(ErrorCode::Internal, "x"),
+        );
+        assert_eq!(parse_response_prefix(&err, 1 << 20), None);
+        let mut note = Vec::new();
+        encode_notification(Codec::Msgpack, &mut note, "n", &(1,)).unwrap();
+        assert_eq!(parse_response_prefix(&note, 1 << 20), None);
+        let mut req = Vec::new();
+        encode_request(Codec::Msgpack, &mut req, 5, "m", &(1,), None).unwrap();
+        assert_eq!(parse_response_prefix(&req, 1 << 20), None);
+        // Over the size limit: refused here, and the general framer reports it.
+        assert_eq!(parse_response_prefix(&ok, 6), None);
     }
 }

@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::ser::{Impossible, Serialize, Serializer};
 
+use crate::message::{write_bin, write_str, write_uint};
+
 /// The value is not one this serializer writes: use rmp-serde.
 #[derive(Debug)]
 pub(crate) struct NotScalar;
@@ -135,26 +137,9 @@ macro_rules! impossible_compounds {
 
 struct Scalar<'a>(&'a mut Vec<u8>);
 
-fn uint(out: &mut Vec<u8>, v: u64) {
-    if v < 0x80 {
-        out.push(v as u8);
-    } else if v <= 0xff {
-        out.extend_from_slice(&[0xcc, v as u8]);
-    } else if v <= 0xffff {
-        out.push(0xcd);
-        out.extend_from_slice(&(v as u16).to_be_bytes());
-    } else if v <= 0xffff_ffff {
-        out.push(0xce);
-        out.extend_from_slice(&(v as u32).to_be_bytes());
-    } else {
-        out.push(0xcf);
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-}
-
 fn sint(out: &mut Vec<u8>, v: i64) {
     if v >= 0 {
-        uint(out, v as u64);
+        write_uint(out, v as u64);
     } else if v >= -32 {
         out.push(v as u8);
     } else if v >= -128 {
@@ -171,23 +156,9 @@ fn sint(out: &mut Vec<u8>, v: i64) {
     }
 }
 
-/// A str or bin header: the fix form (str only), then 8, 16 and 32-bit lengths.
-fn len_header(out: &mut Vec<u8>, n: usize, fix: Option<u8>, markers: [u8; 3]) -> Result<(), NotScalar> {
-    match (n, fix) {
-        (0..=31, Some(fix)) => out.push(fix | n as u8),
-        (0..=0xff, _) => out.extend_from_slice(&[markers[0], n as u8]),
-        (0x100..=0xffff, _) => {
-            out.push(markers[1]);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            // Over 4 GiB: let rmp-serde report it.
-            let n = u32::try_from(n).map_err(|_| NotScalar)?;
-            out.push(markers[2]);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-    Ok(())
+/// Over 4 GiB: let rmp-serde report it.
+fn fits(n: usize) -> Result<(), NotScalar> {
+    u32::try_from(n).map(drop).map_err(|_| NotScalar)
 }
 
 impl Serializer for Scalar<'_> {
@@ -233,7 +204,7 @@ impl Serializer for Scalar<'_> {
     }
 
     fn serialize_u64(self, v: u64) -> Result<(), NotScalar> {
-        uint(self.0, v);
+        write_uint(self.0, v);
         Ok(())
     }
 
@@ -254,14 +225,14 @@ impl Serializer for Scalar<'_> {
     }
 
     fn serialize_str(self, v: &str) -> Result<(), NotScalar> {
-        len_header(self.0, v.len(), Some(0xa0), [0xd9, 0xda, 0xdb])?;
-        self.0.extend_from_slice(v.as_bytes());
+        fits(v.len())?;
+        write_str(self.0, v.as_bytes());
         Ok(())
     }
 
     fn serialize_bytes(self, v: &[u8]) -> Result<(), NotScalar> {
-        len_header(self.0, v.len(), None, [0xc4, 0xc5, 0xc6])?;
-        self.0.extend_from_slice(v);
+        fits(v.len())?;
+        write_bin(self.0, v);
         Ok(())
     }
 
