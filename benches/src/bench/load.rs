@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::driver::{new_hist, record, Phase, Step};
+use crate::driver::{new_hist, Phase, Recorder, Step};
 use crate::Result;
 
 /// The options of `bench load`.
@@ -60,8 +60,6 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
         .map_err(|e| format!("--args: {e}"))?;
     let params = Arc::new(params);
     let concurrency = a.concurrency.max(1);
-    // One histogram per task: 3 significant digits take 230 KiB each, 2 digits 30 KiB.
-    let sigfig = if concurrency <= 64 { 3 } else { 2 };
     let connections = a.connections.clamp(1, concurrency);
     let rt = crate::placement::runtime()?;
     rt.block_on(async {
@@ -74,19 +72,22 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
         let phase = Arc::new(Phase::default());
         let errors = Arc::new(AtomicU64::new(0));
         let first_error = Arc::new(Mutex::new(None::<String>));
+        let shared = Arc::new(Mutex::new(new_hist(3)));
         let tasks: Vec<_> = (0..concurrency)
             .map(|i| {
                 let client = clients[i % connections].clone();
                 let (phase, params, method) = (phase.clone(), params.clone(), a.method.clone());
                 let (errors, first_error) = (errors.clone(), first_error.clone());
+                let mut rec = Recorder::new(&shared);
                 tokio::spawn(async move {
-                    let mut h = new_hist(sigfig);
+                    // One clock read per call: the end of one call is the start of the next.
+                    let mut t = Instant::now();
                     loop {
-                        let t = Instant::now();
                         let r = client.call::<_, rmpv::Value>(&method, &*params).await;
+                        let mut now = Instant::now();
                         let step = phase.step();
                         match r {
-                            Ok(_) if step == Step::Record => record(&mut h, t.elapsed()),
+                            Ok(_) if step == Step::Record => rec.record(now - t),
                             Ok(_) => {}
                             Err(e) => {
                                 if step == Step::Record {
@@ -99,12 +100,14 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
                                 // A call that fails at once must not spin the loop.
                                 if e.code().is_none() {
                                     tokio::time::sleep(Duration::from_millis(10)).await;
+                                    now = Instant::now();
                                 }
                             }
                         }
                         if step == Step::Stop {
-                            return h;
+                            return;
                         }
+                        t = now;
                     }
                 })
             })
@@ -118,10 +121,10 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
         phase.set(Step::Stop);
         let elapsed = start.elapsed();
         let cpu1 = a.server_pid.map(crate::procfs::CpuSnapshot::take).transpose()?;
-        let mut hist = new_hist(sigfig);
         for t in tasks {
-            hist.add(t.await?).map_err(|e| e.to_string())?;
+            t.await?;
         }
+        let hist = shared.lock().unwrap_or_else(|p| p.into_inner());
         let errors = errors.load(Ordering::Relaxed);
         print_summary(a, &hist, elapsed, errors, concurrency, connections);
         if let (Some(pid), Some(c0), Some(c1)) = (a.server_pid, cpu0, cpu1) {
