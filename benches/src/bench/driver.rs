@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::conn::{AsyncConn, BlockingConn};
+use crate::conn::{self, AsyncConn, BlockingConn};
 use crate::procfs;
 use crate::raw;
 use crate::system::Payload;
@@ -318,14 +318,15 @@ pub(crate) async fn load_async(
     let phase = Arc::new(Phase::default());
     let shared = Arc::new(Mutex::new(new_hist(3)));
     let mut tasks = Vec::new();
-    for c in conns {
-        for _ in 0..per_conn {
-            let mut c = c.share()?;
-            let (p, phase, mut rec) = (p.clone(), phase.clone(), Recorder::new(&shared));
-            tasks.push(tokio::spawn(async move {
+    // Each system's loop is spelled out, so that a task holds only its own system's
+    // future (see `conn::call_ours`).
+    macro_rules! closed_loop {
+        ($call:expr) => {{
+            let (phase, mut rec) = (phase.clone(), Recorder::new(&shared));
+            tokio::spawn(async move {
                 let mut t = Instant::now();
                 let r = loop {
-                    if let Err(e) = c.call(&p).await {
+                    if let Err(e) = $call.await {
                         break Err(e);
                     }
                     let now = Instant::now();
@@ -337,7 +338,18 @@ pub(crate) async fn load_async(
                     t = now;
                 };
                 ((), r)
-            }));
+            })
+        }};
+    }
+    for c in conns {
+        for _ in 0..per_conn {
+            let p = p.clone();
+            tasks.push(match c.share()? {
+                AsyncConn::Ours(c) => closed_loop!(conn::call_ours(&c, &p)),
+                AsyncConn::Tonic(mut c) => closed_loop!(conn::call_tonic(&mut c, &p)),
+                AsyncConn::Tarpc(c) => closed_loop!(conn::call_tarpc(&c, &p)),
+                AsyncConn::RawTokio(_) => return Err("a raw connection has no shared handles".into()),
+            });
         }
     }
     let window = coordinate(&phase, timing, pid).await;
