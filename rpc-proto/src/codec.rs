@@ -176,11 +176,13 @@ pub struct ParamsEncoder<'a> {
 
 impl<'a> ParamsEncoder<'a> {
     /// An encoder appending to `out`.
+    #[inline]
     pub fn new(codec: Codec, out: &'a mut Vec<u8>) -> ParamsEncoder<'a> {
         ParamsEncoder { codec, out }
     }
 
     /// Write the number of arguments; call it once, before the arguments.
+    #[inline]
     pub fn count(&mut self, n: usize) {
         match self.codec {
             Codec::Msgpack => crate::message::write_array_len(self.out, n as u32),
@@ -193,6 +195,7 @@ impl<'a> ParamsEncoder<'a> {
     /// # Errors
     ///
     /// When serialization fails.
+    #[inline]
     pub fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
         self.codec.encode(self.out, value)
     }

@@ -282,11 +282,16 @@ pub(crate) fn header(b: &[u8]) -> Result<Option<Header>, FrameError> {
 }
 
 /// The length of the one complete msgpack value at the start of `b`.
+#[inline]
 pub(crate) fn value_len(b: &[u8]) -> Result<usize, FrameError> {
     // Most arguments are small integers, nil or booleans: one byte, nothing to walk.
     if let Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) = b.first() {
         return Ok(1);
     }
+    walked_value_len(b)
+}
+
+fn walked_value_len(b: &[u8]) -> Result<usize, FrameError> {
     let mut f = Framer::new(Codec::Msgpack, usize::MAX);
     match f.decode_msgpack(b)? {
         Some(n) => Ok(n),

@@ -82,29 +82,30 @@ impl<'a> Cursor<'a> {
         self.take(1).map(|b| b[0])
     }
 
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (h, t) = self.b.split_first_chunk::<N>()?;
+        self.b = t;
+        Some(*h)
+    }
+
     /// Any msgpack unsigned integer (or non-negative signed one).
+    #[inline]
     fn uint(&mut self) -> Option<u64> {
         let m = self.byte()?;
-        let (n, signed) = match m {
+        // A signed one must be non-negative.
+        let v = match m {
             0x00..=0x7f => return Some(u64::from(m)),
-            0xcc => (1, false),
-            0xcd => (2, false),
-            0xce => (4, false),
-            0xcf => (8, false),
-            0xd0 => (1, true),
-            0xd1 => (2, true),
-            0xd2 => (4, true),
-            0xd3 => (8, true),
+            0xcc => u64::from(self.array::<1>()?[0]),
+            0xcd => u64::from(u16::from_be_bytes(self.array()?)),
+            0xce => u64::from(u32::from_be_bytes(self.array()?)),
+            0xcf => u64::from_be_bytes(self.array()?),
+            0xd0 => u64::try_from(i8::from_be_bytes(self.array()?)).ok()?,
+            0xd1 => u64::try_from(i16::from_be_bytes(self.array()?)).ok()?,
+            0xd2 => u64::try_from(i32::from_be_bytes(self.array()?)).ok()?,
+            0xd3 => u64::try_from(i64::from_be_bytes(self.array()?)).ok()?,
             _ => return None,
         };
-        let b = self.take(n)?;
-        // A signed one must be non-negative: its top bit clear.
-        if signed && b[0] & 0x80 != 0 {
-            return None;
-        }
-        let mut v = [0; 8];
-        v[8 - n..].copy_from_slice(b);
-        Some(u64::from_be_bytes(v))
+        Some(v)
     }
 
     /// A msgpack str or bin.
@@ -328,6 +329,7 @@ pub fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usiz
 ///
 /// `None` for anything else (an error reply, a reply not complete yet, over `max`, another
 /// message): the [`Framer`](crate::Framer) and [`Message::parse`] then take it.
+#[inline]
 pub fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
     let [0x94, 0x01, rest @ ..] = buf else {
         return None;
@@ -396,6 +398,11 @@ pub fn decode_error(codec: Codec, raw: &[u8]) -> ServerError {
     }
 }
 
+// The writers below are `#[inline]` with their common case first: they are called for
+// every call on both sides, from other crates too, where a call would cost more than the
+// byte it writes.
+
+#[inline]
 pub(crate) fn write_array_len(out: &mut Vec<u8>, n: u32) {
     if n < 16 {
         out.push(0x90 | n as u8);
@@ -408,26 +415,40 @@ pub(crate) fn write_array_len(out: &mut Vec<u8>, n: u32) {
     }
 }
 
+#[inline]
 pub(crate) fn write_uint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         out.push(v as u8);
-    } else if v <= 0xff {
-        out.extend_from_slice(&[0xcc, v as u8]);
-    } else if v <= 0xffff {
-        out.push(0xcd);
-        out.extend_from_slice(&(v as u16).to_be_bytes());
-    } else if v <= 0xffff_ffff {
-        out.push(0xce);
-        out.extend_from_slice(&(v as u32).to_be_bytes());
     } else {
-        out.push(0xcf);
-        out.extend_from_slice(&v.to_be_bytes());
+        write_wide_uint(out, v);
+    }
+}
+
+fn write_wide_uint(out: &mut Vec<u8>, v: u64) {
+    // Marker and bytes in one append each.
+    if let Ok(v) = u8::try_from(v) {
+        out.extend_from_slice(&[0xcc, v]);
+    } else if let Ok(v) = u16::try_from(v) {
+        let [a, b] = v.to_be_bytes();
+        out.extend_from_slice(&[0xcd, a, b]);
+    } else if let Ok(v) = u32::try_from(v) {
+        let [a, b, c, d] = v.to_be_bytes();
+        out.extend_from_slice(&[0xce, a, b, c, d]);
+    } else {
+        let [a, b, c, d, e, f, g, h] = v.to_be_bytes();
+        out.extend_from_slice(&[0xcf, a, b, c, d, e, f, g, h]);
     }
 }
 
 /// A msgpack str (at most 4 GiB: longer ones are the caller's to refuse).
+#[inline]
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &[u8]) {
-    write_sized(out, s, Some(0xa0), [0xd9, 0xda, 0xdb]);
+    if s.len() < 32 {
+        out.push(0xa0 | s.len() as u8);
+        out.extend_from_slice(s);
+    } else {
+        write_sized(out, s, Some(0xa0), [0xd9, 0xda, 0xdb]);
+    }
 }
 
 /// A msgpack bin (at most 4 GiB: longer ones are the caller's to refuse).

@@ -137,6 +137,7 @@ macro_rules! impossible_compounds {
 
 struct Scalar<'a>(&'a mut Vec<u8>);
 
+#[inline]
 fn sint(out: &mut Vec<u8>, v: i64) {
     if v >= 0 {
         write_uint(out, v as u64);
@@ -169,6 +170,7 @@ impl Serializer for Scalar<'_> {
         false
     }
 
+    #[inline]
     fn serialize_bool(self, v: bool) -> Result<(), NotScalar> {
         self.0.push(if v { 0xc3 } else { 0xc2 });
         Ok(())
@@ -182,10 +184,12 @@ impl Serializer for Scalar<'_> {
         self.serialize_i64(i64::from(v))
     }
 
+    #[inline]
     fn serialize_i32(self, v: i32) -> Result<(), NotScalar> {
         self.serialize_i64(i64::from(v))
     }
 
+    #[inline]
     fn serialize_i64(self, v: i64) -> Result<(), NotScalar> {
         sint(self.0, v);
         Ok(())
@@ -199,10 +203,12 @@ impl Serializer for Scalar<'_> {
         self.serialize_u64(u64::from(v))
     }
 
+    #[inline]
     fn serialize_u32(self, v: u32) -> Result<(), NotScalar> {
         self.serialize_u64(u64::from(v))
     }
 
+    #[inline]
     fn serialize_u64(self, v: u64) -> Result<(), NotScalar> {
         write_uint(self.0, v);
         Ok(())
@@ -224,6 +230,7 @@ impl Serializer for Scalar<'_> {
         self.serialize_str(v.encode_utf8(&mut [0; 4]))
     }
 
+    #[inline]
     fn serialize_str(self, v: &str) -> Result<(), NotScalar> {
         fits(v.len())?;
         write_str(self.0, v.as_bytes());
@@ -391,10 +398,17 @@ pub(crate) fn bincode_encode<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T
 struct BincodeScalar<'a>(&'a mut Vec<u8>);
 
 /// bincode's variable-length unsigned integer.
+#[inline]
 fn varint(out: &mut Vec<u8>, v: u64) {
     if v < 251 {
         out.push(v as u8);
-    } else if v <= 0xffff {
+    } else {
+        wide_varint(out, v);
+    }
+}
+
+fn wide_varint(out: &mut Vec<u8>, v: u64) {
+    if v <= 0xffff {
         out.push(251);
         out.extend_from_slice(&(v as u16).to_le_bytes());
     } else if v <= 0xffff_ffff {
@@ -417,6 +431,7 @@ impl Serializer for BincodeScalar<'_> {
         false
     }
 
+    #[inline]
     fn serialize_bool(self, v: bool) -> Result<(), NotScalar> {
         self.0.push(u8::from(v));
         Ok(())
@@ -431,10 +446,12 @@ impl Serializer for BincodeScalar<'_> {
         self.serialize_i64(i64::from(v))
     }
 
+    #[inline]
     fn serialize_i32(self, v: i32) -> Result<(), NotScalar> {
         self.serialize_i64(i64::from(v))
     }
 
+    #[inline]
     fn serialize_i64(self, v: i64) -> Result<(), NotScalar> {
         varint(self.0, zigzag(v));
         Ok(())
@@ -449,10 +466,12 @@ impl Serializer for BincodeScalar<'_> {
         self.serialize_u64(u64::from(v))
     }
 
+    #[inline]
     fn serialize_u32(self, v: u32) -> Result<(), NotScalar> {
         self.serialize_u64(u64::from(v))
     }
 
+    #[inline]
     fn serialize_u64(self, v: u64) -> Result<(), NotScalar> {
         varint(self.0, v);
         Ok(())
@@ -472,6 +491,7 @@ impl Serializer for BincodeScalar<'_> {
         Err(NotScalar)
     }
 
+    #[inline]
     fn serialize_str(self, v: &str) -> Result<(), NotScalar> {
         self.serialize_bytes(v.as_bytes())
     }
