@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rpc_proto::{
-    encode_notification, encode_request, parse_response_prefix, Codec, ErrorCode, Framer, Hello, Message,
-    Params,
+    encode_notification, encode_request, parse_bincode_response_prefix, parse_response_prefix, Codec,
+    ErrorCode, Framer, Hello, Message, Params,
 };
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -1015,16 +1015,21 @@ fn deliver(
         // A success reply is framed and parsed in one pass (its msgid, and where its result
         // starts); anything else, or a message begun in an earlier read, goes through the
         // framer and is parsed below.
-        let fresh = !*framing && codec == Codec::Msgpack;
-        let one_pass = match fresh.then(|| parse_response_prefix(rbuf, framer.max_message_size())) {
+        let max = framer.max_message_size();
+        let parsed = match (*framing, codec) {
+            (false, Codec::Msgpack) => parse_response_prefix(rbuf, max),
+            (false, Codec::Bincode) => parse_bincode_response_prefix(rbuf, max),
+            _ => None,
+        };
+        let one_pass = match parsed {
             // The result is the frame's last element: it ends where the frame does.
-            Some(Some((
+            Some((
                 Message::Response {
                     msgid,
                     outcome: Ok(result),
                 },
                 n,
-            ))) => Some((msgid, n - result.len(), n)),
+            )) => Some((msgid, n - result.len(), n)),
             _ => None,
         };
         let n = match one_pass {

@@ -349,6 +349,30 @@ pub fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usi
     Some((reply, total))
 }
 
+/// A bincode success reply at the start of `buf`, framed and parsed in one pass: its
+/// 4-byte length, then `RESPONSE`, the msgid and status 0. Returns it and its length in
+/// bytes, which is at most `max`.
+///
+/// `None` for anything else, as [`parse_response_prefix`].
+#[inline]
+pub fn parse_bincode_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+    let (head, body) = buf.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*head)).ok()?;
+    let total = len.checked_add(4).filter(|t| *t <= max)?;
+    let (&RESPONSE, rest) = body.get(..len)?.split_first()? else {
+        return None;
+    };
+    let (msgid, rest) = rest.split_first_chunk::<8>()?;
+    let [0, result @ ..] = rest else {
+        return None;
+    };
+    let reply = Message::Response {
+        msgid: u64::from_le_bytes(*msgid),
+        outcome: Ok(result),
+    };
+    Some((reply, total))
+}
+
 /// The msgid of the request at the start of `buf`, if the bytes there show one.
 pub fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
     match codec {
@@ -952,66 +976,79 @@ mod tests {
         }
     }
 
-    fn reply(msgid: u64, result: &(impl serde::Serialize + Send + Sync)) -> Vec<u8> {
+    fn reply(codec: Codec, msgid: u64, result: &(impl serde::Serialize + Send + Sync)) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_response_ok(Codec::Msgpack, &mut out, msgid, result).unwrap();
+        encode_response_ok(codec, &mut out, msgid, result).unwrap();
         out
+    }
+
+    /// The one-pass reply parser of `codec`.
+    fn reply_prefix(codec: Codec, buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+        match codec {
+            Codec::Msgpack => parse_response_prefix(buf, max),
+            Codec::Bincode => parse_bincode_response_prefix(buf, max),
+        }
     }
 
     #[test]
     fn one_pass_reply_parse_reads_every_msgid_width_and_stops_at_the_frame_end() {
-        for msgid in [
-            0,
-            0x7f,
-            0x80,
-            0xff,
-            0x100,
-            0xffff,
-            0x1_0000,
-            u64::from(u32::MAX),
-            1 << 32,
-            u64::MAX,
-        ] {
-            for frame in [reply(msgid, &(1, "two", [3.0])), reply(msgid, &7)] {
-                let mut buf = frame.clone();
-                buf.extend_from_slice(&reply(msgid.wrapping_add(1), &7)); // the next frame, not taken
-                let (fast, n) = parse_response_prefix(&buf, 1 << 20).unwrap();
-                assert_eq!(n, frame.len());
-                // The same as the framer and the general parser find.
-                let mut framer = crate::Framer::new(Codec::Msgpack, 1 << 20);
-                assert_eq!(framer.decode(&buf).unwrap(), Some(n));
-                assert_eq!(fast, Message::parse(Codec::Msgpack, &frame).unwrap());
-                let Message::Response { msgid: id, .. } = fast else {
-                    panic!("{fast:?}")
-                };
-                assert_eq!(id, msgid);
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            for msgid in [
+                0,
+                0x7f,
+                0x80,
+                0xff,
+                0x100,
+                0xffff,
+                0x1_0000,
+                u64::from(u32::MAX),
+                1 << 32,
+                u64::MAX,
+            ] {
+                for frame in [reply(codec, msgid, &(1, "two", [3.0])), reply(codec, msgid, &7)] {
+                    let mut buf = frame.clone();
+                    // The next frame, not taken.
+                    buf.extend_from_slice(&reply(codec, msgid.wrapping_add(1), &7));
+                    let (fast, n) = reply_prefix(codec, &buf, 1 << 20).unwrap();
+                    assert_eq!(n, frame.len(), "{codec:?}");
+                    // The same as the framer and the general parser find.
+                    let mut framer = crate::Framer::new(codec, 1 << 20);
+                    assert_eq!(framer.decode(&buf).unwrap(), Some(n));
+                    assert_eq!(fast, Message::parse(codec, &frame).unwrap());
+                    let Message::Response { msgid: id, .. } = fast else {
+                        panic!("{fast:?}")
+                    };
+                    assert_eq!(id, msgid);
+                }
             }
         }
     }
 
     #[test]
     fn one_pass_reply_parse_leaves_the_rest_to_the_general_path() {
-        let ok = reply(5, &"result");
-        // Not complete yet, at every cut.
-        for cut in 0..ok.len() {
-            assert_eq!(parse_response_prefix(&ok[..cut], 1 << 20), None, "cut at {cut}");
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            let ok = reply(codec, 5, &"result");
+            // Not complete yet, at every cut.
+            for cut in 0..ok.len() {
+                assert_eq!(
+                    reply_prefix(codec, &ok[..cut], 1 << 20),
+                    None,
+                    "{codec:?} cut at {cut}"
+                );
+            }
+            // An error reply, a notification, a request: not for the one-pass path.
+            let mut err = Vec::new();
+            encode_response_err(codec, &mut err, 5, &ServerError::new(ErrorCode::Internal, "x"));
+            assert_eq!(reply_prefix(codec, &err, 1 << 20), None);
+            let mut note = Vec::new();
+            encode_notification(codec, &mut note, "n", &(1,)).unwrap();
+            assert_eq!(reply_prefix(codec, &note, 1 << 20), None);
+            let mut req = Vec::new();
+            encode_request(codec, &mut req, 5, "m", &(1,), None).unwrap();
+            assert_eq!(reply_prefix(codec, &req, 1 << 20), None);
+            // Over the size limit: refused here, and the general framer reports it.
+            assert_eq!(reply_prefix(codec, &ok, ok.len() - 1), None);
+            assert!(reply_prefix(codec, &ok, ok.len()).is_some());
         }
-        // An error reply, a notification, a request: not for the one-pass path.
-        let mut err = Vec::new();
-        encode_response_err(
-            Codec::Msgpack,
-            &mut err,
-            5,
-            &ServerError::new(ErrorCode::Internal, "x"),
-        );
-        assert_eq!(parse_response_prefix(&err, 1 << 20), None);
-        let mut note = Vec::new();
-        encode_notification(Codec::Msgpack, &mut note, "n", &(1,)).unwrap();
-        assert_eq!(parse_response_prefix(&note, 1 << 20), None);
-        let mut req = Vec::new();
-        encode_request(Codec::Msgpack, &mut req, 5, "m", &(1,), None).unwrap();
-        assert_eq!(parse_response_prefix(&req, 1 << 20), None);
-        // Over the size limit: refused here, and the general framer reports it.
-        assert_eq!(parse_response_prefix(&ok, 6), None);
     }
 }
