@@ -49,8 +49,8 @@ pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handshake::Hello;
 pub use message::{
     decode_error, encode_notification, encode_request, encode_response_err, encode_response_ok,
-    parse_bincode_response_prefix, parse_request_prefix, parse_response_prefix, peek_msgid, Message,
-    NOTIFICATION, REQUEST, RESPONSE,
+    parse_bincode_request_prefix, parse_bincode_response_prefix, parse_request_prefix, parse_response_prefix,
+    peek_msgid, Message, NOTIFICATION, REQUEST, RESPONSE,
 };
 
 /// Method names starting with this prefix are reserved for the framework itself.

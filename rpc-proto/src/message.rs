@@ -324,6 +324,36 @@ pub fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usiz
     Some((request, total))
 }
 
+/// A bincode request at the start of `buf`, framed and parsed in one pass: its 4-byte
+/// length, then `REQUEST`, the msgid, the timeout, the method and the params. Returns it
+/// and its length in bytes, which is at most `max`.
+///
+/// `None` for anything else (another message, a request not complete yet, over `max`,
+/// malformed): the [`Framer`](crate::Framer) and [`Message::parse`] then take it, and
+/// report what is wrong.
+#[inline]
+pub fn parse_bincode_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+    let (head, body) = buf.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*head)).ok()?;
+    let total = len.checked_add(4).filter(|t| *t <= max)?;
+    let (&REQUEST, rest) = body.get(..len)?.split_first()? else {
+        return None;
+    };
+    let (msgid, rest) = rest.split_first_chunk::<8>()?;
+    let (us, rest) = rest.split_first_chunk::<8>()?;
+    let (n, rest) = rest.split_first_chunk::<2>()?;
+    let n = usize::from(u16::from_le_bytes(*n));
+    let (method, params) = (rest.get(..n)?, rest.get(n..)?);
+    let us = u64::from_le_bytes(*us);
+    let request = Message::Request {
+        msgid: u64::from_le_bytes(*msgid),
+        method,
+        params,
+        timeout: (us != 0).then(|| Duration::from_micros(us)),
+    };
+    Some((request, total))
+}
+
 /// A msgpack success reply at the start of `buf`, framed and parsed in one pass:
 /// `[1, msgid, nil, result]`. Returns it and its length in bytes, which is at most `max`.
 ///
@@ -988,6 +1018,49 @@ mod tests {
             Codec::Msgpack => parse_response_prefix(buf, max),
             Codec::Bincode => parse_bincode_response_prefix(buf, max),
         }
+    }
+
+    #[test]
+    fn one_pass_bincode_request_parse_agrees_with_framer_and_parser() {
+        let c = Codec::Bincode;
+        let long = "m".repeat(300);
+        for msgid in [0u64, 5, u64::MAX] {
+            for timeout in [None, Some(Duration::from_millis(1500))] {
+                for method in ["add", "", long.as_str()] {
+                    let mut frame = Vec::new();
+                    encode_request(c, &mut frame, msgid, method, &(1, "two", [3.0]), timeout).unwrap();
+                    let mut buf = frame.clone();
+                    buf.extend_from_slice(&frame); // the next frame, not taken
+                    let (fast, n) = parse_bincode_request_prefix(&buf, 1 << 20).unwrap();
+                    assert_eq!(n, frame.len());
+                    let mut framer = crate::Framer::new(c, 1 << 20);
+                    assert_eq!(framer.decode(&buf).unwrap(), Some(n));
+                    assert_eq!(fast, Message::parse(c, &frame).unwrap());
+                }
+            }
+        }
+        let mut frame = Vec::new();
+        encode_request(c, &mut frame, 7, "add", &(1, 2), None).unwrap();
+        // Not complete yet, at every cut; over the limit.
+        for cut in 0..frame.len() {
+            assert_eq!(
+                parse_bincode_request_prefix(&frame[..cut], 1 << 20),
+                None,
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(parse_bincode_request_prefix(&frame, frame.len() - 1), None);
+        // A method longer than the frame: left to the parser, which reports it.
+        let mut bad = frame.clone();
+        bad[21] = 0xff;
+        assert_eq!(parse_bincode_request_prefix(&bad, 1 << 20), None);
+        assert!(Message::parse(c, &bad).is_err());
+        // Not a request.
+        let mut note = Vec::new();
+        encode_notification(c, &mut note, "n", &(1,)).unwrap();
+        assert_eq!(parse_bincode_request_prefix(&note, 1 << 20), None);
+        let reply = reply(c, 7, &3);
+        assert_eq!(parse_bincode_request_prefix(&reply, 1 << 20), None);
     }
 
     #[test]
