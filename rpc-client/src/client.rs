@@ -1011,14 +1011,17 @@ fn deliver(
     st: &mut State,
 ) -> Result<(), Error> {
     let codec = framer.codec();
-    loop {
+    let max = framer.max_message_size();
+    // Small replies are read in place and the buffer advanced once for the batch.
+    let mut at = 0;
+    let result = loop {
         // A success reply is framed and parsed in one pass (its msgid, and where its result
         // starts); anything else, or a message begun in an earlier read, goes through the
         // framer and is parsed below.
-        let max = framer.max_message_size();
+        let buf = &rbuf[at..];
         let parsed = match (*framing, codec) {
-            (false, Codec::Msgpack) => parse_response_prefix(rbuf, max),
-            (false, Codec::Bincode) => parse_bincode_response_prefix(rbuf, max),
+            (false, Codec::Msgpack) => parse_response_prefix(buf, max),
+            (false, Codec::Bincode) => parse_bincode_response_prefix(buf, max),
             _ => None,
         };
         let one_pass = match parsed {
@@ -1034,28 +1037,32 @@ fn deliver(
         };
         let n = match one_pass {
             Some((_, _, n)) => n,
-            None => match framer.decode(rbuf) {
+            None => match framer.decode(buf) {
                 Ok(None) => {
-                    *framing = !rbuf.is_empty();
-                    return Ok(());
+                    *framing = !buf.is_empty();
+                    break Ok(());
                 }
                 Ok(Some(n)) => {
                     *framing = false;
                     n
                 }
-                Err(e) => return Err(Error::Protocol(e.to_string())),
+                Err(e) => break Err(Error::Protocol(e.to_string())),
             },
         };
         let known = one_pass.map(|(msgid, start, _)| (msgid, start));
         if n <= INLINE_REPLY {
-            put_frame(st, codec, &rbuf[..n], known, None);
-            rbuf.advance(n);
+            put_frame(st, codec, &buf[..n], known, None);
+            at += n;
         } else {
             *large = n;
+            rbuf.advance(at);
+            at = 0;
             let frame = rbuf.split_to(n).freeze();
             put_frame(st, codec, &frame, known, Some(&frame));
         }
-    }
+    };
+    rbuf.advance(at);
+    result
 }
 
 /// Put the reply in `frame` into its caller's slot: `known` is its msgid and where its
