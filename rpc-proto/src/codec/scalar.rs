@@ -271,6 +271,7 @@ impl serde::de::Error for NotScalar {
 /// `()`, or an `Option` of these). `Err(NotScalar)` otherwise, and for anything the type
 /// refuses: the caller then decodes with rmp-serde, which says what was wrong. The
 /// visitor sees the same calls as rmp-serde makes for these markers.
+#[inline]
 pub(crate) fn decode_prefix<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), NotScalar> {
     let mut de = ScalarDe { bytes, pos: 0 };
     let v = T::deserialize(&mut de)?;
