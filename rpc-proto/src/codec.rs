@@ -65,6 +65,7 @@ impl Codec {
     /// # Errors
     ///
     /// When the value's `Serialize` implementation fails.
+    #[inline]
     pub fn encode<T: Serialize + ?Sized>(self, out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
         let start = out.len();
         let r = match self {

@@ -32,6 +32,7 @@ impl serde::ser::Error for NotScalar {
 }
 
 /// Write `value` if it is a scalar; `Err(NotScalar)` (with nothing written) otherwise.
+#[inline]
 pub(crate) fn encode<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), NotScalar> {
     value.serialize(Scalar(out))
 }
