@@ -653,6 +653,7 @@ pub fn encode_notification<P: Params + ?Sized>(
 /// # Errors
 ///
 /// When the result cannot be serialized.
+#[inline]
 pub fn encode_response_ok<V: EncodeValue + ?Sized>(
     codec: Codec,
     out: &mut Vec<u8>,
