@@ -532,6 +532,7 @@ fn write_sized(out: &mut Vec<u8>, bytes: &[u8], fix: Option<u8>, markers: [u8; 3
 struct Prefix(usize);
 
 impl Prefix {
+    #[inline]
     fn begin(codec: Codec, out: &mut Vec<u8>) -> Prefix {
         let at = out.len();
         if codec == Codec::Bincode {
@@ -540,6 +541,7 @@ impl Prefix {
         Prefix(at)
     }
 
+    #[inline]
     fn end(self, codec: Codec, out: &mut [u8]) {
         if codec == Codec::Bincode {
             let len = (out.len() - self.0 - 4) as u32;
@@ -651,6 +653,7 @@ pub fn encode_notification<P: Params + ?Sized>(
 /// # Errors
 ///
 /// When the result cannot be serialized.
+#[inline]
 pub fn encode_response_ok<V: EncodeValue + ?Sized>(
     codec: Codec,
     out: &mut Vec<u8>,

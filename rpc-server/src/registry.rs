@@ -122,29 +122,38 @@ struct Entry {
     index: usize,
 }
 
-/// A connection's kept boxes for typed async calls, one per method (see `TypedAsync`).
+/// A connection's kept boxes for typed async calls, one per method (see `TypedAsync`),
+/// and the method it called last.
 #[derive(Default)]
-pub(crate) struct Slots(Vec<Slot>);
+pub(crate) struct Slots {
+    boxes: Vec<Slot>,
+    /// The index of the method dispatched last on this connection (0, `rpc.ping`, before
+    /// the first call).
+    last: usize,
+}
 
 impl Slots {
     fn get(&mut self, index: usize) -> &mut Slot {
-        if index >= self.0.len() {
-            self.0.resize_with(index + 1, || None);
+        if index >= self.boxes.len() {
+            self.boxes.resize_with(index + 1, || None);
         }
-        &mut self.0[index]
+        &mut self.boxes[index]
     }
 }
 
 /// Every method of a server, immutable once built: dispatch takes no lock.
 pub(crate) struct Registry {
-    methods: HashMap<Box<[u8]>, Entry, BuildHasherDefault<NameHasher>>,
+    /// The methods, at their `index`.
+    entries: Vec<Entry>,
+    /// Each method's index in `entries`, by name.
+    methods: HashMap<Box<[u8]>, usize, BuildHasherDefault<NameHasher>>,
     /// Bounds how many sync handlers run on the blocking pool at once.
     blocking: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut names: Vec<_> = self.methods.values().map(|e| &*e.name).collect();
+        let mut names: Vec<_> = self.entries.iter().map(|e| &*e.name).collect();
         names.sort_unstable();
         f.debug_struct("Registry").field("methods", &names).finish()
     }
@@ -190,7 +199,8 @@ impl Registry {
         blocking_threads: usize,
         unstable_network: bool,
     ) -> Result<Registry, BuildError> {
-        let mut map = HashMap::with_capacity_and_hasher(methods.len() + 1, BuildHasherDefault::default());
+        let mut map = HashMap::with_capacity_and_hasher(methods.len() + 2, BuildHasherDefault::default());
+        let mut entries = Vec::with_capacity(methods.len() + 2);
         let ping = Method::async_raw(PING, |_| Ok(Box::pin(std::future::ready(Reply::ok(())))));
         let worker = Method::async_raw(WORKER, |_| {
             Ok(Box::pin(std::future::ready(Reply::ok(worker_info()))))
@@ -202,22 +212,21 @@ impl Registry {
             }
             // Reserved methods answer about this process: never from the cache.
             let is_reserved = *key == *PING.as_bytes() || *key == *WORKER.as_bytes();
-            map.insert(
-                key,
-                Entry {
-                    kind: m.kind,
-                    flow: m.max_flow.map(|limit| Flow::Local {
-                        sem: Arc::new(Semaphore::new(limit)),
-                        limit,
-                    }),
-                    flow_wait: m.max_flow_wait,
-                    dedup: !is_reserved && m.unstable_network.unwrap_or(unstable_network),
-                    name: Arc::from(&*m.name),
-                    index,
-                },
-            );
+            map.insert(key, index);
+            entries.push(Entry {
+                kind: m.kind,
+                flow: m.max_flow.map(|limit| Flow::Local {
+                    sem: Arc::new(Semaphore::new(limit)),
+                    limit,
+                }),
+                flow_wait: m.max_flow_wait,
+                dedup: !is_reserved && m.unstable_network.unwrap_or(unstable_network),
+                name: Arc::from(&*m.name),
+                index,
+            });
         }
         Ok(Registry {
+            entries,
             methods: map,
             blocking: Arc::new(Semaphore::new(blocking_threads.clamp(1, Semaphore::MAX_PERMITS))),
         })
@@ -229,7 +238,7 @@ impl Registry {
         &mut self,
         mut share: impl FnMut(usize) -> Result<Flow, E>,
     ) -> Result<(), E> {
-        for entry in self.methods.values_mut() {
+        for entry in &mut self.entries {
             if let Some(Flow::Local { limit, .. }) = entry.flow {
                 entry.flow = Some(share(limit)?);
             }
@@ -240,7 +249,7 @@ impl Registry {
     /// Whether any method goes through the dedup cache.
     #[cfg(unix)]
     pub(crate) fn any_dedup(&self) -> bool {
-        self.methods.values().any(|e| e.dedup)
+        self.entries.iter().any(|e| e.dedup)
     }
 
     pub(crate) fn contains(&self, method: &[u8]) -> bool {
@@ -249,14 +258,29 @@ impl Registry {
 
     /// Whether calls of `method` from a session go through the dedup cache.
     pub(crate) fn dedup(&self, method: &[u8]) -> bool {
-        self.methods.get(method).is_some_and(|e| e.dedup)
+        self.methods.get(method).is_some_and(|&i| self.entries[i].dedup)
+    }
+
+    /// The entry for `method`. `last` is the calling connection's last method, tried
+    /// first: a connection mostly calls one method many times in a row (a pipelined
+    /// batch), and one comparison then replaces hashing the name and probing the table
+    /// (50 instructions a call, a twentieth of the server's, for a pipelined `add`).
+    fn entry(&self, method: &[u8], last: &mut usize) -> Option<&Entry> {
+        if let Some(entry) = self.entries.get(*last) {
+            if entry.name.as_bytes() == method {
+                return Some(entry);
+            }
+        }
+        let &index = self.methods.get(method)?;
+        *last = index;
+        Some(&self.entries[index])
     }
 
     /// Decode the arguments and start the call. An async handler is polled once here: if
     /// it finishes at once, no task or queue is involved. `slots` are the calling
     /// connection's.
     pub(crate) fn dispatch(&self, method: &[u8], params: &[u8], codec: Codec, slots: &mut Slots) -> Dispatch {
-        let Some(entry) = self.methods.get(method) else {
+        let Some(entry) = self.entry(method, &mut slots.last) else {
             return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
         };
         let mut args = Args::new(codec, params);
@@ -407,7 +431,7 @@ mod tests {
 
     /// Where the kept box of the first user method is, if there is one.
     fn kept(slots: &Slots) -> Option<*const u8> {
-        let slot = slots.0.get(2)?.as_ref()?;
+        let slot = slots.boxes.get(2)?.as_ref()?;
         Some(&**slot as *const (dyn std::any::Any + Send) as *const u8)
     }
 
@@ -454,6 +478,32 @@ mod tests {
         let d = registry.dispatch(b"add", &params(("x", 1)), Codec::Msgpack, &mut slots);
         assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::InvalidParams);
         assert_eq!(kept(&slots), Some(at));
+    }
+
+    #[test]
+    fn the_last_method_is_tried_first_and_others_still_found() {
+        let registry = Registry::new(
+            vec![
+                Method::async_fn("add", |(a, b): (i64, i64)| async move { a + b }),
+                Method::async_fn("neg", |(n,): (i64,)| async move { -n }),
+            ],
+            1,
+            false,
+        )
+        .unwrap();
+        let mut slots = Slots::default();
+        for i in 0..3 {
+            let d = registry.dispatch(b"add", &params((i, 1)), Codec::Msgpack, &mut slots);
+            assert_eq!(encoded(ready(d)), [i as u8 + 1]);
+            let d = registry.dispatch(b"add", &params((i, 2)), Codec::Msgpack, &mut slots);
+            assert_eq!(encoded(ready(d)), [i as u8 + 2]);
+            let d = registry.dispatch(b"neg", &params((1,)), Codec::Msgpack, &mut slots);
+            assert_eq!(encoded(ready(d)), [0xff]);
+            let d = registry.dispatch(b"ad", &params((1, 1)), Codec::Msgpack, &mut slots);
+            assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::MethodNotFound);
+            let d = registry.dispatch(b"rpc.ping", &params(()), Codec::Msgpack, &mut slots);
+            assert_eq!(encoded(ready(d)), [0xc0]);
+        }
     }
 
     #[test]

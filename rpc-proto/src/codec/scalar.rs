@@ -32,6 +32,7 @@ impl serde::ser::Error for NotScalar {
 }
 
 /// Write `value` if it is a scalar; `Err(NotScalar)` (with nothing written) otherwise.
+#[inline]
 pub(crate) fn encode<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), NotScalar> {
     value.serialize(Scalar(out))
 }
@@ -271,6 +272,7 @@ impl serde::de::Error for NotScalar {
 /// `()`, or an `Option` of these). `Err(NotScalar)` otherwise, and for anything the type
 /// refuses: the caller then decodes with rmp-serde, which says what was wrong. The
 /// visitor sees the same calls as rmp-serde makes for these markers.
+#[inline]
 pub(crate) fn decode_prefix<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), NotScalar> {
     let mut de = ScalarDe { bytes, pos: 0 };
     let v = T::deserialize(&mut de)?;
