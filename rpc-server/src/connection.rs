@@ -24,8 +24,8 @@ use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rpc_proto::{
-    encode_response_err, encode_response_ok, parse_request_prefix, Begin, Codec, ErrorCode, FrameError,
-    Framer, Hello, Message, ParseError, ServerError,
+    encode_response_err, encode_response_ok, parse_bincode_request_prefix, parse_request_prefix, Begin,
+    Codec, ErrorCode, FrameError, Framer, Hello, Message, ParseError, ServerError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -306,12 +306,17 @@ impl Connection {
                 self.held = true;
                 break;
             }
-            // A plain request, the common case, is framed and parsed in one pass; the
+            // A request, the common case, is framed and parsed in one pass; the
             // framer and parser take everything else (and a message begun in an earlier
             // read, which the framer resumes).
-            if !self.framing && self.framer.codec() == Codec::Msgpack {
-                if let Some((request, n)) = parse_request_prefix(&rbuf[at..], self.framer.max_message_size())
-                {
+            if !self.framing {
+                let (buf, max) = (&rbuf[at..], self.framer.max_message_size());
+                let parsed = match self.framer.codec() {
+                    Codec::Msgpack => parse_request_prefix(buf, max),
+                    Codec::Bincode => parse_bincode_request_prefix(buf, max),
+                    _ => None,
+                };
+                if let Some((request, n)) = parsed {
                     self.handle_parsed(Ok(request));
                     if n > READ_CHUNK / 4 {
                         self.large = n.min(HINT_LIMIT);
