@@ -333,20 +333,14 @@ pub fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usiz
 /// report what is wrong.
 #[inline]
 pub fn parse_bincode_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
-    let (head, body) = buf.split_first_chunk::<4>()?;
-    let len = usize::try_from(u32::from_le_bytes(*head)).ok()?;
-    let total = len.checked_add(4).filter(|t| *t <= max)?;
-    let (&REQUEST, rest) = body.get(..len)?.split_first()? else {
-        return None;
-    };
-    let (msgid, rest) = rest.split_first_chunk::<8>()?;
+    let (msgid, rest, total) = bincode_frame(buf, max, REQUEST)?;
     let (us, rest) = rest.split_first_chunk::<8>()?;
     let (n, rest) = rest.split_first_chunk::<2>()?;
     let n = usize::from(u16::from_le_bytes(*n));
     let (method, params) = (rest.get(..n)?, rest.get(n..)?);
     let us = u64::from_le_bytes(*us);
     let request = Message::Request {
-        msgid: u64::from_le_bytes(*msgid),
+        msgid,
         method,
         params,
         timeout: (us != 0).then(|| Duration::from_micros(us)),
@@ -386,21 +380,27 @@ pub fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usi
 /// `None` for anything else, as [`parse_response_prefix`].
 #[inline]
 pub fn parse_bincode_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
-    let (head, body) = buf.split_first_chunk::<4>()?;
-    let len = usize::try_from(u32::from_le_bytes(*head)).ok()?;
-    let total = len.checked_add(4).filter(|t| *t <= max)?;
-    let (&RESPONSE, rest) = body.get(..len)?.split_first()? else {
-        return None;
-    };
-    let (msgid, rest) = rest.split_first_chunk::<8>()?;
+    let (msgid, rest, total) = bincode_frame(buf, max, RESPONSE)?;
     let [0, result @ ..] = rest else {
         return None;
     };
     let reply = Message::Response {
-        msgid: u64::from_le_bytes(*msgid),
+        msgid,
         outcome: Ok(result),
     };
     Some((reply, total))
+}
+
+/// A complete bincode frame of type `tag` at the start of `buf`, at most `max` bytes long:
+/// its msgid, the rest of its body, and its length.
+#[inline]
+fn bincode_frame(buf: &[u8], max: usize, tag: u8) -> Option<(u64, &[u8], usize)> {
+    let (head, body) = buf.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*head)).ok()?;
+    let total = len.checked_add(4).filter(|t| *t <= max)?;
+    let (&t, rest) = body.get(..len)?.split_first()?;
+    let (msgid, rest) = rest.split_first_chunk::<8>()?;
+    (t == tag).then(|| (u64::from_le_bytes(*msgid), rest, total))
 }
 
 /// The msgid of the request at the start of `buf`, if the bytes there show one.
