@@ -101,6 +101,9 @@ pub(crate) struct Connection {
     /// When the last complete message arrived or the last call in flight ended: the
     /// heartbeat timeout counts from here.
     last_message: Instant,
+    /// The clock, read at most once per batch of messages and only when needed (for
+    /// deadlines, and for `last_message`): a read costs about as much as a small call.
+    batch_clock: Option<Instant>,
     wbuf: Vec<u8>,
     written: usize,
     /// The size of the last large message read (0 before the first).
@@ -135,6 +138,7 @@ impl Connection {
             linger: false,
             held: false,
             last_message: Instant::now(),
+            batch_clock: None,
             wbuf: Vec::with_capacity(READ_CHUNK),
             written: 0,
             large: 0,
@@ -345,9 +349,15 @@ impl Connection {
         }
         if at > 0 {
             rbuf.advance(at);
-            self.last_message = Instant::now();
+            self.last_message = self.now();
         }
+        self.batch_clock = None;
         result
+    }
+
+    /// The time of the batch being processed.
+    fn now(&mut self) -> Instant {
+        *self.batch_clock.get_or_insert_with(Instant::now)
     }
 
     /// Whether another message may be taken on: calls in flight and reply bytes waiting
@@ -375,7 +385,8 @@ impl Connection {
                     let e = ServerError::new(ErrorCode::ShuttingDown, "the server is shutting down; retry");
                     return self.send_error(msgid, &e);
                 }
-                let deadline = timeout.map(|t| Instant::now() + t);
+                // A deadline counts from when the batch was read.
+                let deadline = timeout.map(|t| self.now() + t);
                 if let Some(session) = self.session {
                     if self.shared.registry.dedup(method) {
                         return self.dedup_call((session, msgid), method, params, deadline);
@@ -538,7 +549,9 @@ impl Connection {
         let codec = self.framer.codec();
         match done {
             Finished::Reply(Some(msgid), reply) => {
-                if self.extended {
+                // A call answered at once was never registered (hashing its msgid costs
+                // more than the call).
+                if self.extended && !self.aborts.is_empty() {
                     self.aborts.remove(&msgid);
                 }
                 write_reply(codec, &mut self.wbuf, self.peer, msgid, reply);
