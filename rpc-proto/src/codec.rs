@@ -300,7 +300,8 @@ impl<'a> Args<'a> {
     ///
     /// When the params are not an array.
     // `len`, `expect` and `next` are inlined into each caller (a typed call's `FromArgs`)
-    // with only their common case, a msgpack scalar in a short array; the rest, and every
+    // with only their common case, a scalar in a short msgpack array or in bincode's
+    // counted sequence; the rest, and every
     // error, is out of line. As plain calls, each saving registers for its error paths
     // and returning through memory, they were a sixth of the server's instructions for a
     // pipelined `add(1, 2)`.
@@ -309,13 +310,22 @@ impl<'a> Args<'a> {
         if let Some(n) = self.count {
             return Ok(n);
         }
-        if let (Codec::Msgpack, Some(&m @ 0x90..=0x9f)) = (self.codec, self.rest.first()) {
-            let n = usize::from(m & 0x0f);
-            self.rest = &self.rest[1..];
-            self.count = Some(n);
-            return Ok(n);
+        match (self.codec, self.rest.first()) {
+            (Codec::Msgpack, Some(&m @ 0x90..=0x9f)) => {
+                let n = usize::from(m & 0x0f);
+                self.rest = &self.rest[1..];
+                self.count = Some(n);
+                Ok(n)
+            }
+            (Codec::Bincode, _) if self.rest.len() >= 4 => {
+                let (head, rest) = self.rest.split_at(4);
+                let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                self.rest = rest;
+                self.count = Some(n);
+                Ok(n)
+            }
+            _ => self.read_len(),
         }
-        self.read_len()
     }
 
     /// [`Args::len`] for the first time, besides a msgpack fixarray.
@@ -373,13 +383,15 @@ impl<'a> Args<'a> {
     /// When there is no next argument or it is not a `T`.
     #[inline]
     pub fn next<T: DeserializeOwned>(&mut self, name: &str) -> Result<T, ServerError> {
-        if let (Some(count), Codec::Msgpack) = (self.count, self.codec) {
-            if self.index < count {
-                if let Ok((v, used)) = scalar::decode_prefix(self.rest) {
-                    self.rest = &self.rest[used..];
-                    self.index += 1;
-                    return Ok(v);
-                }
+        if self.count.is_some_and(|count| self.index < count) {
+            let scalar = match self.codec {
+                Codec::Msgpack => scalar::decode_prefix(self.rest),
+                Codec::Bincode => scalar::bincode_decode_prefix(self.rest),
+            };
+            if let Ok((v, used)) = scalar {
+                self.rest = &self.rest[used..];
+                self.index += 1;
+                return Ok(v);
             }
         }
         self.decode_next(name)
