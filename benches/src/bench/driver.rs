@@ -337,6 +337,8 @@ pub(crate) async fn load_async(
                     }
                     t = now;
                 };
+                // Into the shared histogram before the task reports back.
+                rec.flush();
                 ((), r)
             })
         }};
@@ -467,5 +469,35 @@ pub(crate) fn blocking_loop(
             }
             t = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorders_add_every_latency_to_the_shared_histogram() {
+        let shared = Arc::new(Mutex::new(new_hist(3)));
+        let mut a = Recorder::new(&shared);
+        let mut b = Recorder::new(&shared);
+        // More than a batch from one, less from the other.
+        for i in 0..(Recorder::BATCH as u64 + 10) {
+            a.record(Duration::from_micros(100 + i % 7));
+        }
+        for _ in 0..5 {
+            b.record(Duration::from_millis(2));
+        }
+        assert_eq!(
+            shared.lock().unwrap().len(),
+            Recorder::BATCH as u64,
+            "one batch flushed so far"
+        );
+        a.flush();
+        drop(b);
+        let h = shared.lock().unwrap();
+        assert_eq!(h.len(), Recorder::BATCH as u64 + 15);
+        assert!(h.max() >= 1_990_000, "{}", h.max());
+        assert!(h.min() <= 100_100, "{}", h.min());
     }
 }

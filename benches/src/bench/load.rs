@@ -105,6 +105,8 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
                             }
                         }
                         if step == Step::Stop {
+                            // Into the shared histogram before the task reports back.
+                            rec.flush();
                             return;
                         }
                         t = now;
