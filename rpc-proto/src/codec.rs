@@ -317,38 +317,25 @@ impl<'a> Args<'a> {
                 self.count = Some(n);
                 Ok(n)
             }
-            (Codec::Bincode, _) if self.rest.len() >= 4 => {
-                let (head, rest) = self.rest.split_at(4);
-                let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-                self.rest = rest;
-                self.count = Some(n);
-                Ok(n)
-            }
+            (Codec::Bincode, _) => match self.rest.split_first_chunk::<4>() {
+                Some((head, rest)) => {
+                    let n = u32::from_le_bytes(*head) as usize;
+                    self.rest = rest;
+                    self.count = Some(n);
+                    Ok(n)
+                }
+                None => Err(invalid("params are truncated")),
+            },
             _ => self.read_len(),
         }
     }
 
-    /// [`Args::len`] for the first time, besides a msgpack fixarray.
+    /// [`Args::len`] for the first time, for a msgpack array longer than a fixarray.
     #[inline(never)]
     fn read_len(&mut self) -> Result<usize, ServerError> {
-        let n = match self.codec {
-            Codec::Msgpack => {
-                let (n, used) = crate::message::read_array_len(self.rest)
-                    .ok_or_else(|| invalid("params must be an array"))?;
-                self.rest = &self.rest[used..];
-                n
-            }
-            Codec::Bincode => {
-                let head = self
-                    .rest
-                    .get(..4)
-                    .ok_or_else(|| invalid("params are truncated"))?;
-                // Unwrap: `head` is exactly 4 bytes long.
-                let n = u32::from_le_bytes(head.try_into().unwrap()) as usize;
-                self.rest = &self.rest[4..];
-                n
-            }
-        };
+        let (n, used) =
+            crate::message::read_array_len(self.rest).ok_or_else(|| invalid("params must be an array"))?;
+        self.rest = &self.rest[used..];
         self.count = Some(n);
         Ok(n)
     }

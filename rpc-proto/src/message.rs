@@ -259,6 +259,7 @@ fn read_bincode_method<'a>(c: &mut Cursor<'a>, msgid: Option<u64>) -> Result<&'a
         .ok_or_else(|| ParseError::new("truncated method", msgid))
 }
 
+#[inline]
 fn parse_bincode(frame: &[u8]) -> Result<Message<'_>, ParseError> {
     let mut c = Cursor {
         b: frame.get(4..).unwrap_or_default(),
@@ -324,28 +325,20 @@ pub fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usiz
     Some((request, total))
 }
 
-/// A bincode request at the start of `buf`, framed and parsed in one pass: its 4-byte
-/// length, then `REQUEST`, the msgid, the timeout, the method and the params. Returns it
-/// and its length in bytes, which is at most `max`.
+/// A bincode request at the start of `buf`, framed and parsed in one pass (a bincode frame
+/// is delimited by its 4-byte length: no framer state to resume). Returns it and its length
+/// in bytes, which is at most `max`.
 ///
 /// `None` for anything else (another message, a request not complete yet, over `max`,
 /// malformed): the [`Framer`](crate::Framer) and [`Message::parse`] then take it, and
 /// report what is wrong.
 #[inline]
 pub fn parse_bincode_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
-    let (msgid, rest, total) = bincode_frame(buf, max, REQUEST)?;
-    let (us, rest) = rest.split_first_chunk::<8>()?;
-    let (n, rest) = rest.split_first_chunk::<2>()?;
-    let n = usize::from(u16::from_le_bytes(*n));
-    let (method, params) = (rest.get(..n)?, rest.get(n..)?);
-    let us = u64::from_le_bytes(*us);
-    let request = Message::Request {
-        msgid,
-        method,
-        params,
-        timeout: (us != 0).then(|| Duration::from_micros(us)),
-    };
-    Some((request, total))
+    let (frame, total) = bincode_frame(buf, max)?;
+    match parse_bincode(frame) {
+        Ok(request @ Message::Request { .. }) => Some((request, total)),
+        _ => None,
+    }
 }
 
 /// A msgpack success reply at the start of `buf`, framed and parsed in one pass:
@@ -373,34 +366,28 @@ pub fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usi
     Some((reply, total))
 }
 
-/// A bincode success reply at the start of `buf`, framed and parsed in one pass: its
-/// 4-byte length, then `RESPONSE`, the msgid and status 0. Returns it and its length in
-/// bytes, which is at most `max`.
+/// A bincode success reply at the start of `buf`, framed and parsed in one pass, as
+/// [`parse_bincode_request_prefix`]. Returns it and its length in bytes, which is at most
+/// `max`.
 ///
 /// `None` for anything else, as [`parse_response_prefix`].
 #[inline]
 pub fn parse_bincode_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
-    let (msgid, rest, total) = bincode_frame(buf, max, RESPONSE)?;
-    let [0, result @ ..] = rest else {
-        return None;
-    };
-    let reply = Message::Response {
-        msgid,
-        outcome: Ok(result),
-    };
-    Some((reply, total))
+    let (frame, total) = bincode_frame(buf, max)?;
+    match parse_bincode(frame) {
+        Ok(reply @ Message::Response { outcome: Ok(_), .. }) => Some((reply, total)),
+        _ => None,
+    }
 }
 
-/// A complete bincode frame of type `tag` at the start of `buf`, at most `max` bytes long:
-/// its msgid, the rest of its body, and its length.
+/// The complete bincode frame at the start of `buf`, length prefix included, if it is at
+/// most `max` bytes long; and its length.
 #[inline]
-fn bincode_frame(buf: &[u8], max: usize, tag: u8) -> Option<(u64, &[u8], usize)> {
-    let (head, body) = buf.split_first_chunk::<4>()?;
-    let len = usize::try_from(u32::from_le_bytes(*head)).ok()?;
-    let total = len.checked_add(4).filter(|t| *t <= max)?;
-    let (&t, rest) = body.get(..len)?.split_first()?;
-    let (msgid, rest) = rest.split_first_chunk::<8>()?;
-    (t == tag).then(|| (u64::from_le_bytes(*msgid), rest, total))
+fn bincode_frame(buf: &[u8], max: usize) -> Option<(&[u8], usize)> {
+    let head = buf.first_chunk::<4>()?;
+    let total = usize::try_from(u32::from_le_bytes(*head)).ok()?.checked_add(4)?;
+    let frame = buf.get(..total).filter(|_| total <= max)?;
+    Some((frame, total))
 }
 
 /// The msgid of the request at the start of `buf`, if the bytes there show one.
