@@ -36,13 +36,16 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 mod codec;
+mod connection;
 pub mod dedup;
 mod error;
 mod framer;
 pub mod handshake;
 mod message;
+pub mod reserved;
 
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
+pub use connection::server::{ConnEvent, Fatal, Request, ServerConfig, ServerConnection, Service, Transmit};
 pub use dedup::{Begin, DedupCache, DedupConfig};
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};
@@ -53,5 +56,4 @@ pub use message::{
     peek_msgid, Message, NOTIFICATION, REQUEST, RESPONSE,
 };
 
-/// Method names starting with this prefix are reserved for the framework itself.
-pub const RESERVED_PREFIX: &str = "rpc.";
+pub use reserved::RESERVED_PREFIX;

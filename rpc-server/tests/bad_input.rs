@@ -75,16 +75,15 @@ async fn truncated_message_then_close() {
     conn.shutdown_write().await;
     conn.expect_closed().await;
 
-    // A whole request and half of the next, then EOF: the peer is taken as gone, so the
-    // call in flight is cancelled (it may already have been answered); then the server
-    // closes.
+    // A whole request and half of the next, then EOF: end of input means "no more
+    // requests", not "the caller is gone" (issue 17), so the whole one is answered and the
+    // half dropped; then the server closes.
     let mut conn = server.raw().await;
     conn.send(&[&ADD_1[..], &hex!("94 00 02 a3 61")].concat()).await;
     conn.shutdown_write().await;
-    if let Some(frame) = conn.read_frame().await {
-        common::parse_response(&frame).assert_ok(1, 5i64);
-        conn.expect_closed().await;
-    }
+    let frame = conn.read_frame().await.expect("the whole request is answered");
+    common::parse_response(&frame).assert_ok(1, 5i64);
+    conn.expect_closed().await;
 
     // Half a request, then the socket is dropped altogether.
     let mut conn = server.raw().await;

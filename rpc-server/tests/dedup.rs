@@ -283,6 +283,8 @@ async fn the_original_survives_its_connection() {
     let mut a = Conn::open(srv.addr, Some(SESSION)).await;
     a.request(7, "gated", (60u64,)).await;
     assert_eq!(within("gated to start", started.recv()).await, Some(60));
+    // Gone for good (a reset: end of input alone means "no more requests").
+    common::reset(&a.stream);
     drop(a);
     let start = Instant::now();
     let mut b = loop {

@@ -29,6 +29,14 @@ pub(crate) async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// Make `stream` close with a reset when it is dropped (SO_LINGER 0).
+#[allow(dead_code)] // Not every test file resets connections.
+pub(crate) fn reset(stream: &TcpStream) {
+    socket2::SockRef::from(stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+}
+
 /// The methods every test server has: `add` (sync) is what the well-behaved client calls.
 pub(crate) fn builder() -> Builder {
     Server::builder()
@@ -181,6 +189,13 @@ impl RawConn {
         within("write", self.stream.write_all(bytes))
             .await
             .expect("write");
+    }
+
+    /// Close the connection with a reset (SO_LINGER 0), as a peer that is gone for good:
+    /// the server's next read fails.
+    #[allow(dead_code)] // Not every test file resets connections.
+    pub(crate) fn reset(self) {
+        reset(&self.stream);
     }
 
     /// Close our write half: the server reads EOF.

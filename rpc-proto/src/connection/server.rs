@@ -1,0 +1,863 @@
+//! The server side of one connection, as a state machine with no I/O.
+//!
+//! [`ServerConnection`] owns everything a connection's bytes mean on the server: the
+//! optional hello and the codec it selects, framing (a plain request is framed and parsed
+//! in one pass; the [`Framer`] resumes everything else), the message size limit, the
+//! request extension (a deadline relative to `now`) and `rpc.cancel`, the answer to
+//! requests that arrive while the server drains, what an unreadable stream gets before it
+//! is closed, end of input, and the heartbeat timeout. It reads no clock and touches no
+//! socket: the I/O loop around it reads into [`ServerConnection::read_buf`], calls
+//! [`ServerConnection::handle_input`] with the time, writes what
+//! [`ServerConnection::poll_transmit`] gives, and sleeps until
+//! [`ServerConnection::poll_timeout`].
+//!
+//! What to do with a call is the [`Service`]'s business: it gets each request, notification
+//! and cancellation, answers at once through the [`Transmit`] it is handed, or later through
+//! [`ServerConnection::transmit`].
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+
+use crate::codec::{Args, Codec, EncodeValue};
+use crate::error::{EncodeError, ErrorCode, FrameError, ParseError, ServerError};
+use crate::framer::Framer;
+use crate::handshake::Hello;
+use crate::message::{
+    encode_response_err, encode_response_ok, parse_bincode_request_prefix, parse_request_prefix, Message,
+};
+use crate::reserved::CANCEL;
+
+/// Reads start with at least this much room.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
+/// Buffers larger than this are given back to the allocator once empty.
+pub(crate) const KEEP_BUFFER: usize = 256 * 1024;
+/// The most a message's headers may make a reader reserve ahead of the bytes that arrived.
+pub(crate) const HINT_LIMIT: usize = 1024 * 1024;
+
+/// The limits and timings of a server connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Largest message accepted, checked from headers before the body is buffered.
+    pub max_message_size: usize,
+    /// Calls in flight (as the [`Service`] counts them) beyond which no further message is
+    /// taken from the stream until some finish.
+    pub max_in_flight: usize,
+    /// Reply bytes waiting to be written beyond which no further message is taken.
+    pub write_buffer_high_water: usize,
+    /// No complete message for this long, while no call is in flight: the connection is
+    /// closed.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
+            max_in_flight: 1024,
+            write_buffer_high_water: 1024 * 1024,
+            heartbeat_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A request, as handed to [`Service::request`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Request<'a> {
+    /// To be echoed in the response.
+    pub msgid: u64,
+    /// The method name (from a msgpack str or bin).
+    pub method: &'a [u8],
+    /// The raw params, in the connection's codec.
+    pub params: &'a [u8],
+    /// When the caller stops waiting (the request extension's timeout, counted from the
+    /// `now` the request arrived at).
+    pub deadline: Option<Instant>,
+    /// The client's session id, from its hello (unstable-network mode).
+    pub session: Option<u128>,
+}
+
+/// What the server does with the calls of a connection.
+pub trait Service {
+    /// A request arrived: answer it through `tx` now, or later through
+    /// [`ServerConnection::transmit`].
+    fn request(&mut self, tx: &mut Transmit<'_>, request: Request<'_>);
+    /// A notification arrived (never `rpc.cancel` from a peer that said hello).
+    fn notification(&mut self, tx: &mut Transmit<'_>, method: &[u8], params: &[u8]);
+    /// The peer gave up on the call `msgid` (`rpc.cancel`, after a hello only).
+    fn cancel(&mut self, msgid: u64);
+    /// Calls of this connection still running: while they reach
+    /// [`ServerConfig::max_in_flight`], no further message is taken.
+    fn in_flight(&self) -> usize;
+    /// Something the service may want to log: the connection decided it alone.
+    fn event(&mut self, event: ConnEvent<'_>) {
+        let _ = event;
+    }
+}
+
+/// What the connection decided on its own, for the service to log.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConnEvent<'a> {
+    /// The peer said hello.
+    Hello(&'a Hello),
+    /// A message could not be parsed (answered when its msgid was known).
+    Malformed(&'a ParseError),
+    /// An error reply the connection sent itself.
+    ErrorSent(u64, &'a ServerError),
+    /// A response from the peer, which a server does not expect.
+    UnexpectedResponse(u64),
+    /// A `rpc.cancel` that does not name a msgid.
+    BadCancel(&'a ServerError),
+}
+
+/// Where replies go: the connection's write buffer, in its codec.
+#[derive(Debug)]
+pub struct Transmit<'a> {
+    out: &'a mut Vec<u8>,
+    codec: Codec,
+}
+
+impl Transmit<'_> {
+    /// The connection's codec.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Answer `msgid` with `value`.
+    ///
+    /// # Errors
+    ///
+    /// When the value cannot be encoded: nothing was written, answer with an error.
+    #[inline]
+    pub fn ok<V: EncodeValue + ?Sized>(&mut self, msgid: u64, value: &V) -> Result<(), EncodeError> {
+        encode_response_ok(self.codec, self.out, msgid, value)
+    }
+
+    /// Answer `msgid` with an error.
+    pub fn err(&mut self, msgid: u64, error: &ServerError) {
+        encode_response_err(self.codec, self.out, msgid, error);
+    }
+
+    /// Append a whole response encoded earlier (by [`Transmit::encode_ok`] or
+    /// [`Transmit::encode_err`], in this codec).
+    pub fn encoded(&mut self, frame: &[u8]) {
+        self.out.extend_from_slice(frame);
+    }
+
+    /// Encode a response into `out` rather than the connection, to be kept (the dedup
+    /// cache) and sent later with [`Transmit::encoded`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Transmit::ok`].
+    pub fn encode_ok<V: EncodeValue + ?Sized>(
+        codec: Codec,
+        out: &mut Vec<u8>,
+        msgid: u64,
+        value: &V,
+    ) -> Result<(), EncodeError> {
+        encode_response_ok(codec, out, msgid, value)
+    }
+
+    /// Encode an error response into `out`, as [`Transmit::encode_ok`].
+    pub fn encode_err(codec: Codec, out: &mut Vec<u8>, msgid: u64, error: &ServerError) {
+        encode_response_err(codec, out, msgid, error);
+    }
+}
+
+/// Why the connection stopped reading for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fatal {
+    /// The stream is corrupt or a message is too large (answered when its msgid was known).
+    Frame(FrameError),
+    /// The hello could not be accepted.
+    Hello,
+}
+
+/// The server side of one connection.
+#[derive(Debug)]
+pub struct ServerConnection {
+    config: ServerConfig,
+    framer: Framer,
+    rbuf: BytesMut,
+    out: Vec<u8>,
+    written: usize,
+    /// No message has been read yet: a hello may still come.
+    first: bool,
+    /// The peer said hello: it may send extensions and `rpc.cancel`.
+    extended: bool,
+    session: Option<u128>,
+    /// Messages are still taken from the stream (no end of input, no fatal error).
+    reading: bool,
+    /// Shutdown: answer new requests `ShuttingDown`, finish the rest, close.
+    draining: bool,
+    /// Why reading stopped, if the stream was unreadable: close with a lingering drain.
+    fatal: Option<Fatal>,
+    /// Complete messages wait in the read buffer: `handle_input` stopped at the limits.
+    held: bool,
+    /// The framer holds a message begun in an earlier read.
+    framing: bool,
+    /// The size of the last large message read (0 before the first).
+    large: usize,
+    /// When the last complete message arrived or the last call in flight ended.
+    last_message: Instant,
+    /// The heartbeat timer is not to fire before this (calls were in flight when it last did).
+    not_before: Option<Instant>,
+}
+
+impl ServerConnection {
+    /// A connection accepted at `now`.
+    pub fn new(config: ServerConfig, now: Instant) -> ServerConnection {
+        ServerConnection {
+            framer: Framer::new(Codec::Msgpack, config.max_message_size),
+            config,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(READ_CHUNK),
+            written: 0,
+            first: true,
+            extended: false,
+            session: None,
+            reading: true,
+            draining: false,
+            fatal: None,
+            held: false,
+            framing: false,
+            large: 0,
+            last_message: now,
+            not_before: None,
+        }
+    }
+
+    /// The connection's codec (msgpack until a hello names another).
+    pub fn codec(&self) -> Codec {
+        self.framer.codec()
+    }
+
+    /// Whether the peer said hello (it understands our extensions).
+    pub fn is_extended(&self) -> bool {
+        self.extended
+    }
+
+    /// The client's session id, from its hello.
+    pub fn session(&self) -> Option<u128> {
+        self.session
+    }
+
+    /// Whether nothing has been received yet.
+    pub fn is_fresh(&self) -> bool {
+        self.first && self.rbuf.is_empty()
+    }
+
+    /// Whether the connection wants more bytes from the peer now: it is still reading, and
+    /// calls in flight and reply bytes waiting are under their limits.
+    pub fn wants_read(&self, in_flight: usize) -> bool {
+        self.reading && self.has_room(in_flight)
+    }
+
+    /// Complete messages wait in the read buffer, and there is room for them again: call
+    /// [`ServerConnection::handle_input`] before reading more.
+    pub fn has_held_input(&self, in_flight: usize) -> bool {
+        self.reading && self.held && self.has_room(in_flight)
+    }
+
+    fn has_room(&self, in_flight: usize) -> bool {
+        in_flight < self.config.max_in_flight && self.out.len() < self.config.write_buffer_high_water
+    }
+
+    /// The buffer to read into, with room for the rest of a large message in one read as
+    /// its headers tell (up to 1 MiB ahead of what has arrived), and, between messages when
+    /// large ones have been coming, for a whole one.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        let between = if self.rbuf.is_empty() { self.large } else { 0 };
+        let hint = self.framer.needed(&self.rbuf).max(between).min(HINT_LIMIT);
+        if self.rbuf.capacity() - self.rbuf.len() < (READ_CHUNK / 4).max(hint) {
+            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+                self.rbuf = BytesMut::with_capacity(READ_CHUNK);
+            } else {
+                self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()).max(hint));
+            }
+        }
+        &mut self.rbuf
+    }
+
+    /// Handle every complete message in the read buffer, as of `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`Fatal`] when the stream became unreadable: the connection stops reading (the error
+    /// reply is queued when the msgid was known), and is to be closed once its calls are
+    /// answered, with a lingering drain ([`ServerConnection::should_linger`]).
+    pub fn handle_input<S: Service>(&mut self, now: Instant, service: &mut S) -> Result<(), Fatal> {
+        if !self.reading {
+            return Ok(());
+        }
+        let result = self.process(now, service);
+        if let Err(fatal) = &result {
+            self.reading = false;
+            self.fatal = Some(fatal.clone());
+            if let Fatal::Frame(e) = fatal {
+                if let Some(msgid) = e.msgid() {
+                    let error = e.to_server_error();
+                    service.event(ConnEvent::ErrorSent(msgid, &error));
+                    encode_response_err(self.framer.codec(), &mut self.out, msgid, &error);
+                }
+            }
+        }
+        result
+    }
+
+    fn process<S: Service>(&mut self, now: Instant, service: &mut S) -> Result<(), Fatal> {
+        if self.first && !self.rbuf.is_empty() {
+            if Hello::is_hello(&self.rbuf) {
+                match Hello::decode(&self.rbuf) {
+                    Ok(None) => return Ok(()),
+                    Ok(Some((hello, n))) => {
+                        self.rbuf.advance(n);
+                        self.framer.set_codec(hello.codec);
+                        self.extended = true;
+                        self.session = hello.session;
+                        Hello::new(hello.codec)
+                            .with_session(hello.session)
+                            .encode(&mut self.out);
+                        service.event(ConnEvent::Hello(&hello));
+                    }
+                    Err(_) => return Err(Fatal::Hello),
+                }
+            }
+            self.first = false;
+        }
+        self.held = false;
+        // Messages are handled in place and the buffer advanced once for the batch.
+        let mut at = 0;
+        let mut result = Ok(());
+        let rbuf = std::mem::take(&mut self.rbuf);
+        while at < rbuf.len() {
+            // The limits hold for messages already read too, not only for reading more.
+            if !self.has_room(service.in_flight()) {
+                self.held = true;
+                break;
+            }
+            // A request, the common case, is framed and parsed in one pass; the framer and
+            // parser take everything else (and a message begun in an earlier read, which
+            // the framer resumes).
+            if !self.framing {
+                let (buf, max) = (&rbuf[at..], self.framer.max_message_size());
+                let parsed = match self.framer.codec() {
+                    Codec::Msgpack => parse_request_prefix(buf, max),
+                    Codec::Bincode => parse_bincode_request_prefix(buf, max),
+                };
+                if let Some((request, n)) = parsed {
+                    self.dispatch(Ok(request), now, service);
+                    if n > READ_CHUNK / 4 {
+                        self.large = n.min(HINT_LIMIT);
+                    }
+                    at += n;
+                    continue;
+                }
+            }
+            let n = match self.framer.decode(&rbuf[at..]) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    self.framing = true;
+                    break;
+                }
+                Err(e) => {
+                    result = Err(Fatal::Frame(e));
+                    break;
+                }
+            };
+            self.framing = false;
+            let parsed = Message::parse(self.framer.codec(), &rbuf[at..at + n]);
+            self.dispatch(parsed, now, service);
+            if n > READ_CHUNK / 4 {
+                self.large = n.min(HINT_LIMIT);
+            }
+            at += n;
+        }
+        self.rbuf = rbuf;
+        if at > 0 {
+            self.rbuf.advance(at);
+            self.last_message = now;
+        }
+        result
+    }
+
+    fn dispatch<S: Service>(
+        &mut self,
+        parsed: Result<Message<'_>, ParseError>,
+        now: Instant,
+        service: &mut S,
+    ) {
+        let codec = self.framer.codec();
+        match parsed {
+            Ok(Message::Request {
+                msgid,
+                method,
+                params,
+                timeout,
+            }) => {
+                if self.draining {
+                    let e = ServerError::new(ErrorCode::ShuttingDown, "the server is shutting down; retry");
+                    return self.send_error(service, msgid, &e);
+                }
+                let request = Request {
+                    msgid,
+                    method,
+                    params,
+                    deadline: timeout.map(|t| now + t),
+                    session: self.session,
+                };
+                let mut tx = Transmit {
+                    out: &mut self.out,
+                    codec,
+                };
+                service.request(&mut tx, request);
+            }
+            Ok(Message::Notification { method, params }) => {
+                if method == CANCEL.as_bytes() && self.extended {
+                    let mut args = Args::new(codec, params);
+                    match args.expect(1).and_then(|()| args.next::<u64>("msgid")) {
+                        Ok(msgid) => service.cancel(msgid),
+                        Err(e) => service.event(ConnEvent::BadCancel(&e)),
+                    }
+                    return;
+                }
+                let mut tx = Transmit {
+                    out: &mut self.out,
+                    codec,
+                };
+                service.notification(&mut tx, method, params);
+            }
+            Ok(Message::Response { msgid, .. }) => service.event(ConnEvent::UnexpectedResponse(msgid)),
+            Err(e) => {
+                service.event(ConnEvent::Malformed(&e));
+                if let Some(msgid) = e.msgid {
+                    self.send_error(service, msgid, &e.to_server_error());
+                }
+            }
+        }
+    }
+
+    fn send_error<S: Service>(&mut self, service: &mut S, msgid: u64, e: &ServerError) {
+        service.event(ConnEvent::ErrorSent(msgid, e));
+        encode_response_err(self.framer.codec(), &mut self.out, msgid, e);
+    }
+
+    /// Where to put the replies of calls that finished after their request was handled.
+    pub fn transmit(&mut self) -> Transmit<'_> {
+        Transmit {
+            out: &mut self.out,
+            codec: self.framer.codec(),
+        }
+    }
+
+    /// The bytes waiting to be written, if any.
+    pub fn poll_transmit(&self) -> Option<&[u8]> {
+        (self.written < self.out.len()).then(|| &self.out[self.written..])
+    }
+
+    /// `n` bytes of [`ServerConnection::poll_transmit`] were written.
+    pub fn advance_transmit(&mut self, n: usize) {
+        self.written += n;
+        if self.written >= self.out.len() {
+            self.out.clear();
+            self.written = 0;
+            if self.out.capacity() > KEEP_BUFFER {
+                self.out = Vec::with_capacity(READ_CHUNK);
+            }
+        }
+    }
+
+    /// The peer closed its sending half: no more requests will come, but it may still be
+    /// reading. Everything received is answered before the connection closes. Returns the
+    /// number of bytes of an incomplete message that are dropped.
+    pub fn handle_eof(&mut self) -> usize {
+        self.reading = false;
+        self.held = false;
+        let partial = self.rbuf.len();
+        self.rbuf.clear();
+        partial
+    }
+
+    /// The server is shutting down: requests still to come are answered `ShuttingDown`
+    /// (the client may retry them elsewhere); calls in flight finish; then the connection
+    /// closes.
+    pub fn start_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether [`ServerConnection::start_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The last call in flight finished at `now`: the heartbeat timeout counts from here
+    /// (a peer waiting for its last answer was not idle).
+    pub fn calls_idle(&mut self, now: Instant) {
+        self.last_message = now;
+    }
+
+    /// When [`ServerConnection::handle_timeout`] is next due, while reading.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.reading {
+            return None;
+        }
+        let due = self.last_message + self.config.heartbeat_timeout;
+        Some(self.not_before.map_or(due, |n| n.max(due)))
+    }
+
+    /// The heartbeat timer fired at `now`. Returns whether the connection is to be closed:
+    /// no complete message for the heartbeat timeout while no call was in flight.
+    pub fn handle_timeout(&mut self, now: Instant, in_flight: usize) -> bool {
+        let due = self.last_message + self.config.heartbeat_timeout;
+        if now >= due && in_flight == 0 {
+            self.reading = false;
+            return true;
+        }
+        // Calls in flight keep the connection open: look again a while later.
+        self.not_before = Some(due.max(now + self.config.heartbeat_timeout / 8));
+        false
+    }
+
+    /// Whether the connection is finished: no more input is taken (end of input, a fatal
+    /// error, or draining), no call is in flight, and everything is written.
+    pub fn is_done(&self, in_flight: usize) -> bool {
+        (!self.reading || self.draining) && in_flight == 0 && self.poll_transmit().is_none()
+    }
+
+    /// Why reading stopped, if the stream was unreadable.
+    pub fn fatal(&self) -> Option<&Fatal> {
+        self.fatal.as_ref()
+    }
+
+    /// Whether to close without a reset: after an unreadable stream, the peer may still be
+    /// sending; shut down writing, then read and discard for a bounded time so that it gets
+    /// our last reply rather than a reset.
+    pub fn should_linger(&self) -> bool {
+        self.fatal.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{encode_notification, encode_request};
+    use hex_literal::hex;
+
+    /// A request as the service saw it: msgid, method, deadline, session.
+    type Seen = (u64, Vec<u8>, Option<Instant>, Option<u128>);
+
+    /// A service that answers `add` at once, keeps `slow` pending, and records the rest.
+    #[derive(Default)]
+    struct Recorder {
+        pending: Vec<u64>,
+        requests: Vec<Seen>,
+        notifications: Vec<Vec<u8>>,
+        cancels: Vec<u64>,
+    }
+
+    impl Service for Recorder {
+        fn request(&mut self, tx: &mut Transmit<'_>, r: Request<'_>) {
+            self.requests
+                .push((r.msgid, r.method.to_vec(), r.deadline, r.session));
+            match r.method {
+                b"add" => {
+                    let mut args = Args::new(tx.codec(), r.params);
+                    args.expect(2).unwrap();
+                    let (a, b): (i64, i64) = (args.next("a").unwrap(), args.next("b").unwrap());
+                    tx.ok(r.msgid, &(a + b)).unwrap();
+                }
+                b"slow" => self.pending.push(r.msgid),
+                _ => tx.err(r.msgid, &ServerError::method_not_found(r.method)),
+            }
+        }
+
+        fn notification(&mut self, _tx: &mut Transmit<'_>, method: &[u8], _params: &[u8]) {
+            self.notifications.push(method.to_vec());
+        }
+
+        fn cancel(&mut self, msgid: u64) {
+            self.cancels.push(msgid);
+        }
+
+        fn in_flight(&self) -> usize {
+            self.pending.len()
+        }
+    }
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            max_message_size: 1024,
+            max_in_flight: 4,
+            write_buffer_high_water: 4096,
+            heartbeat_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn request(
+        codec: Codec,
+        msgid: u64,
+        method: &str,
+        params: (i64, i64),
+        timeout: Option<Duration>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_request(codec, &mut out, msgid, method, &params, timeout).unwrap();
+        out
+    }
+
+    /// Feed `input` in pieces cut at `cuts`, handling after each; return what was written.
+    fn run(
+        conn: &mut ServerConnection,
+        svc: &mut Recorder,
+        input: &[u8],
+        cuts: &[usize],
+        now: Instant,
+    ) -> Vec<u8> {
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&input.len())) {
+            conn.read_buf().extend_from_slice(&input[from..to]);
+            from = to;
+            conn.handle_input(now, svc).unwrap();
+        }
+        take(conn)
+    }
+
+    fn take(conn: &mut ServerConnection) -> Vec<u8> {
+        let out = conn.poll_transmit().map(<[u8]>::to_vec).unwrap_or_default();
+        conn.advance_transmit(out.len());
+        out
+    }
+
+    #[test]
+    fn plain_peer_without_hello_is_answered_in_msgpack() {
+        let now = Instant::now();
+        let mut conn = ServerConnection::new(config(), now);
+        let mut svc = Recorder::default();
+        // [0, 1, "add", [2, 3]] -> [1, 1, nil, 5]
+        let out = run(
+            &mut conn,
+            &mut svc,
+            &hex!("94 00 01 a3 61 64 64 92 02 03"),
+            &[],
+            now,
+        );
+        assert_eq!(out, hex!("94 01 01 c0 05"));
+        assert!(!conn.is_extended());
+        assert_eq!(conn.codec(), Codec::Msgpack);
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_bytes_out() {
+        let now = Instant::now();
+        let mut input = request(Codec::Msgpack, 7, "add", (40, 2), None);
+        input.extend(request(Codec::Msgpack, 8, "nope", (0, 0), None));
+        // A bin method name (pynvim) and a notification.
+        input.extend(hex!("94 00 09 c4 03 61 64 64 92 01 01"));
+        encode_notification(Codec::Msgpack, &mut input, "note", &(1,)).unwrap();
+        let mut whole_conn = ServerConnection::new(config(), now);
+        let mut whole_svc = Recorder::default();
+        let whole = run(&mut whole_conn, &mut whole_svc, &input, &[], now);
+        assert_eq!(whole_svc.requests.len(), 3);
+        assert_eq!(whole_svc.notifications, [b"note".to_vec()]);
+        for a in 0..=input.len() {
+            for b in a..=input.len() {
+                let mut conn = ServerConnection::new(config(), now);
+                let mut svc = Recorder::default();
+                let out = run(&mut conn, &mut svc, &input, &[a, b], now);
+                assert_eq!(out, whole, "cut at {a} and {b}");
+                assert_eq!(svc.notifications.len(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn hello_with_each_codec_switches_and_is_echoed() {
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            let now = Instant::now();
+            let mut conn = ServerConnection::new(config(), now);
+            let mut svc = Recorder::default();
+            let mut input = Vec::new();
+            Hello::new(codec).with_session(Some(42)).encode(&mut input);
+            input.extend(request(codec, 5, "add", (1, 2), Some(Duration::from_millis(250))));
+            for cut in 0..=input.len() {
+                let mut c = ServerConnection::new(config(), now);
+                let mut s = Recorder::default();
+                let out = run(&mut c, &mut s, &input, &[cut], now);
+                let mut expect = Vec::new();
+                Hello::new(codec).with_session(Some(42)).encode(&mut expect);
+                Transmit::encode_ok(codec, &mut expect, 5, &3i64).unwrap();
+                assert_eq!(out, expect, "{codec:?} cut at {cut}");
+            }
+            let _ = run(&mut conn, &mut svc, &input, &[], now);
+            assert!(conn.is_extended());
+            assert_eq!(conn.codec(), codec);
+            assert_eq!(conn.session(), Some(42));
+            // The deadline is the request's timeout from the `now` it arrived at.
+            assert_eq!(svc.requests[0].2, Some(now + Duration::from_millis(250)));
+            assert_eq!(svc.requests[0].3, Some(42));
+        }
+    }
+
+    #[test]
+    fn bad_hello_is_fatal() {
+        let now = Instant::now();
+        let mut conn = ServerConnection::new(config(), now);
+        let mut svc = Recorder::default();
+        conn.read_buf()
+            .extend_from_slice(&hex!("c1 52 50 43 01 09 00 00"));
+        assert_eq!(conn.handle_input(now, &mut svc), Err(Fatal::Hello));
+        assert!(conn.should_linger());
+        assert!(conn.is_done(0));
+    }
+
+    #[test]
+    fn cancel_only_after_a_hello() {
+        let now = Instant::now();
+        let mut cancel = Vec::new();
+        encode_notification(Codec::Msgpack, &mut cancel, CANCEL, &(9u64,)).unwrap();
+        // A plain peer's `rpc.cancel` is an ordinary notification.
+        let mut conn = ServerConnection::new(config(), now);
+        let mut svc = Recorder::default();
+        run(&mut conn, &mut svc, &cancel, &[], now);
+        assert!(svc.cancels.is_empty());
+        assert_eq!(svc.notifications, [CANCEL.as_bytes().to_vec()]);
+        // After a hello it names the call to cancel.
+        let mut input = Vec::new();
+        Hello::new(Codec::Msgpack).encode(&mut input);
+        input.extend(&cancel);
+        let mut conn = ServerConnection::new(config(), now);
+        let mut svc = Recorder::default();
+        run(&mut conn, &mut svc, &input, &[], now);
+        assert_eq!(svc.cancels, [9]);
+        assert!(svc.notifications.is_empty());
+    }
+
+    #[test]
+    fn too_large_is_answered_with_its_msgid_then_fatal() {
+        let now = Instant::now();
+        let mut conn = ServerConnection::new(config(), now);
+        let mut svc = Recorder::default();
+        // [0, 3, "add", [bin32 of 1 MiB ...]]: over the 1 KiB limit, from the header.
+        let input = hex!("94 00 03 a3 61 64 64 91 c6 00 10 00 00");
+        conn.read_buf().extend_from_slice(&input);
+        let r = conn.handle_input(now, &mut svc);
+        assert!(
+            matches!(r, Err(Fatal::Frame(FrameError::TooLarge { .. }))),
+            "{r:?}"
+        );
+        let out = take(&mut conn);
+        let Ok(Message::Response {
+            msgid: 3,
+            outcome: Err(e),
+        }) = Message::parse(Codec::Msgpack, &out)
+        else {
+            panic!("{out:x?}")
+        };
+        assert_eq!(
+            crate::decode_error(Codec::Msgpack, e).kind(),
+            ErrorCode::MessageTooLarge
+        );
+        assert!(conn.should_linger());
+        assert!(!conn.wants_read(0));
+    }
+
+    #[test]
+    fn draining_answers_shutting_down() {
+        let now = Instant::now();
+        let mut conn = ServerConnection::new(config(), now);
+        let mut svc = Recorder::default();
+        conn.start_drain();
+        let out = run(
+            &mut conn,
+            &mut svc,
+            &request(Codec::Msgpack, 4, "add", (1, 1), None),
+            &[],
+            now,
+        );
+        let Ok(Message::Response {
+            msgid: 4,
+            outcome: Err(e),
+        }) = Message::parse(Codec::Msgpack, &out)
+        else {
+            panic!("{out:x?}")
+        };
+        assert_eq!(
+            crate::decode_error(Codec::Msgpack, e).kind(),
+            ErrorCode::ShuttingDown
+        );
+        assert!(svc.requests.is_empty(), "never dispatched");
+        assert!(conn.is_done(0));
+    }
+
+    #[test]
+    fn end_of_input_answers_what_was_received_then_is_done() {
+        let now = Instant::now();
+        let mut conn = ServerConnection::new(config(), now);
+        let mut svc = Recorder::default();
+        let mut input = request(Codec::Msgpack, 1, "slow", (0, 0), None);
+        input.extend(&request(Codec::Msgpack, 2, "add", (1, 1), None)[..5]);
+        run(&mut conn, &mut svc, &input, &[], now);
+        assert_eq!(conn.handle_eof(), 5, "the half request is dropped");
+        assert!(!conn.wants_read(1));
+        assert!(!conn.is_done(1), "a call is in flight");
+        conn.transmit().ok(1, &7u8).unwrap();
+        svc.pending.clear();
+        assert!(!conn.is_done(0), "its answer is not written yet");
+        assert_eq!(take(&mut conn), hex!("94 01 01 c0 07"));
+        assert!(conn.is_done(0));
+        assert!(!conn.should_linger());
+    }
+
+    #[test]
+    fn heartbeat_expires_only_when_idle() {
+        let t0 = Instant::now();
+        let hb = config().heartbeat_timeout;
+        let mut conn = ServerConnection::new(config(), t0);
+        let mut svc = Recorder::default();
+        assert_eq!(conn.poll_timeout(), Some(t0 + hb));
+        // A message at t0 + 10 s moves the deadline.
+        let t1 = t0 + Duration::from_secs(10);
+        run(
+            &mut conn,
+            &mut svc,
+            &request(Codec::Msgpack, 1, "slow", (0, 0), None),
+            &[],
+            t1,
+        );
+        assert_eq!(conn.poll_timeout(), Some(t1 + hb));
+        // Due, but a call is in flight: not closed; looked at again an eighth later.
+        let t2 = t1 + hb;
+        assert!(!conn.handle_timeout(t2, 1));
+        assert_eq!(conn.poll_timeout(), Some(t2 + hb / 8));
+        // The call ends at t3: the timeout counts from there.
+        let t3 = t2 + Duration::from_secs(1);
+        conn.calls_idle(t3);
+        assert!(!conn.handle_timeout(t3 + hb - Duration::from_millis(1), 0));
+        assert!(conn.handle_timeout(t3 + hb, 0));
+        assert!(!conn.wants_read(0));
+        assert!(conn.is_done(0));
+    }
+
+    #[test]
+    fn limits_hold_messages_until_there_is_room() {
+        let now = Instant::now();
+        let mut conn = ServerConnection::new(config(), now);
+        let mut svc = Recorder::default();
+        let input: Vec<u8> = (1..=6)
+            .flat_map(|i| request(Codec::Msgpack, i, "slow", (0, 0), None))
+            .collect();
+        run(&mut conn, &mut svc, &input, &[], now);
+        assert_eq!(svc.pending, [1, 2, 3, 4], "max_in_flight is 4");
+        assert!(!conn.wants_read(4));
+        assert!(!conn.has_held_input(4));
+        svc.pending.remove(0);
+        assert!(conn.has_held_input(3));
+        conn.handle_input(now, &mut svc).unwrap();
+        assert_eq!(svc.pending, [2, 3, 4, 5]);
+    }
+}
