@@ -1,11 +1,14 @@
-//! The blocking client: std sockets, no runtime.
+//! The blocking client: std sockets, no runtime; a loop over the protocol's
+//! [`ClientConnection`], one call at a time.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rpc_proto::{encode_notification, encode_request, ErrorCode, Framer, Hello, Params};
+use bytes::Bytes;
+use rpc_proto::{may_resend, ClientConnection, ClientReply, Codec, Failure, Params, ReadBuf, Replies};
 use serde::de::DeserializeOwned;
 
 use crate::config::new_session;
@@ -17,6 +20,35 @@ use crate::{Config, Error};
 /// of failing the call.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 64 * 1024;
+
+/// A byte stream the blocking client can call over: TCP today; anything with blocking
+/// reads and writes, a timeout and a way to tell that the peer closed it.
+pub(crate) trait Stream: Read + Write + Send {
+    /// Set the read and write timeouts.
+    fn set_timeouts(&self, t: Duration) -> io::Result<()>;
+    /// A non-blocking check: has the peer closed the stream?
+    fn is_closed(&self) -> bool;
+}
+
+impl Stream for TcpStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+
+    fn is_closed(&self) -> bool {
+        if self.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut b = [0u8; 1];
+        let closed = match self.peek(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        closed || self.set_nonblocking(false).is_err()
+    }
+}
 
 /// Options of one call of the blocking client.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,33 +87,51 @@ impl CallOptions {
 /// let sum: i64 = client.call("add", (1, 2))?;
 /// # Ok::<(), rpc_client::Error>(())
 /// ```
-#[derive(Debug)]
 pub struct BlockingClient {
     addrs: Vec<SocketAddr>,
     config: Config,
     session: Option<u128>,
-    state: Mutex<State>,
+    /// Boxed: the protocol's state is large, the client a handle.
+    state: Mutex<Box<State>>,
 }
 
-#[derive(Debug)]
+impl fmt::Debug for BlockingClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingClient")
+            .field("addrs", &self.addrs)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 struct State {
-    stream: Option<TcpStream>,
-    /// Received bytes live in `rbuf[start..end]`; the rest is spare, already initialised.
-    rbuf: Vec<u8>,
-    start: usize,
-    end: usize,
+    stream: Option<Box<dyn Stream>>,
+    /// The protocol: msgids, the call in flight, hello, framing.
+    proto: ClientConnection<()>,
+    rbuf: Window,
     wbuf: Vec<u8>,
-    framer: Framer,
-    next_id: u64,
     last_used: Instant,
     /// The socket timeouts last set, to skip the syscall when unchanged.
     timeouts: Option<Duration>,
 }
 
 /// Where a call failed: before its request could reach the server, or after.
-enum Failure {
+enum Failed {
     NotSent(Error),
     Sent(Error),
+}
+
+/// The one reply the blocking client waits for, decoded where it lies in the read buffer.
+struct Decode<R> {
+    codec: Codec,
+    got: Option<Result<R, Error>>,
+}
+
+impl<R: DeserializeOwned> Replies<()> for Decode<R> {
+    fn reply(&mut self, r: ClientReply<'_, ()>) {
+        let outcome = if r.ok { Ok(r.part) } else { Err(r.part) };
+        self.got = Some(reply::decode(self.codec, outcome));
+    }
 }
 
 impl BlockingClient {
@@ -101,26 +151,21 @@ impl BlockingClient {
     /// When connecting fails.
     pub fn connect_with(addr: impl ToSocketAddrs, config: Config) -> Result<BlockingClient, Error> {
         let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
-        let framer = Framer::new(config.codec, config.max_message_size);
+        let session = config.unstable_network.then(new_session);
         let client = BlockingClient {
             addrs,
-            session: config.unstable_network.then(new_session),
-            state: Mutex::new(State {
+            session,
+            state: Mutex::new(Box::new(State {
                 stream: None,
-                rbuf: vec![0; READ_CHUNK],
-                start: 0,
-                end: 0,
+                proto: ClientConnection::new(config.proto(session), Instant::now()),
+                rbuf: Window::default(),
                 wbuf: Vec::with_capacity(1024),
-                framer,
-                next_id: 1,
                 last_used: Instant::now(),
                 timeouts: None,
-            }),
+            })),
             config,
         };
-        client
-            .lock()
-            .connect(&client.addrs, &client.config, client.session)?;
+        client.lock().connect(&client.addrs, &client.config)?;
         Ok(client)
     }
 
@@ -129,7 +174,7 @@ impl BlockingClient {
         self.session
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<State>> {
         // A panic while holding the lock leaves at worst a half-written call; the state
         // is reset on the next connect, so a poisoned lock is safe to reuse.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -172,45 +217,27 @@ impl BlockingClient {
     ) -> Result<R, Error> {
         let timeout = opts.timeout.unwrap_or(self.config.timeout);
         let deadline = Instant::now() + timeout;
-        let resend = self.session.is_some() || opts.idempotent;
         let mut st = self.lock();
-        let msgid = st.next_id;
-        st.next_id += 1;
-        st.wbuf.clear();
-        let sent_timeout = self.config.uses_hello().then_some(timeout);
-        encode_request(
-            self.config.codec,
-            &mut st.wbuf,
-            msgid,
-            method,
-            &params,
-            sent_timeout,
-        )?;
+        let mut msgid = None;
         let mut backoff = self.config.reconnect_backoff;
         loop {
-            let error = match st.round_trip(self, msgid, timeout, deadline) {
-                Ok(r) => match r {
-                    Err(Error::Remote(e)) if e.kind() == ErrorCode::ShuttingDown => Error::Remote(e),
-                    Ok(bytes_range) => {
-                        let (codec, frame) = (self.config.codec, &st.rbuf[bytes_range.0..bytes_range.1]);
-                        return match reply::parse(codec, frame)? {
-                            Some((_, outcome)) => reply::decode(codec, outcome),
-                            None => Err(Error::Protocol("not a response".into())),
-                        };
-                    }
-                    Err(e) => return Err(e),
-                },
-                Err(Failure::NotSent(e)) => e,
-                Err(Failure::Sent(e)) => {
-                    // The stream may hold half a message or a late reply: start afresh.
+            let (failure, error) = match st.round_trip(self, &mut msgid, method, &params, timeout, deadline) {
+                Ok(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
+                    // The call did not run; this connection is going away.
                     st.stream = None;
-                    if !resend {
-                        return Err(e);
-                    }
-                    e
+                    (Failure::Refused, Error::Remote(e))
+                }
+                Ok(r) => return r,
+                Err(Failed::NotSent(e)) => (Failure::NotSent, e),
+                Err(Failed::Sent(Error::Timeout(t))) => (Failure::TimedOut, Error::Timeout(t)),
+                Err(Failed::Sent(e)) => {
+                    // The stream may hold half a message: start afresh.
+                    st.stream = None;
+                    (Failure::Lost, e)
                 }
             };
-            if matches!(error, Error::Timeout(_)) || Instant::now() + backoff >= deadline {
+            let resend = may_resend(failure, self.session.is_some(), opts.idempotent);
+            if !resend || Instant::now() + backoff >= deadline {
                 return Err(error);
             }
             std::thread::sleep(backoff);
@@ -234,36 +261,31 @@ impl BlockingClient {
     /// When it cannot be encoded or written.
     pub fn notify<P: Params>(&self, method: &str, params: P) -> Result<(), Error> {
         let mut st = self.lock();
-        st.wbuf.clear();
-        encode_notification(self.config.codec, &mut st.wbuf, method, &params)?;
         st.ensure_connected(self).map_err(|f| match f {
-            Failure::NotSent(e) | Failure::Sent(e) => e,
+            Failed::NotSent(e) | Failed::Sent(e) => e,
         })?;
+        st.proto.send_notification(method, &params)?;
         st.set_timeouts(self.config.timeout)?;
-        let State { stream, wbuf, .. } = &mut *st;
-        // Unwrap: connected just above.
-        let r = stream.as_mut().unwrap().write_all(wbuf);
+        let r = st.flush();
         if r.is_err() {
             st.stream = None;
         }
-        st.last_used = Instant::now();
-        r.map_err(|e| timed_out(e, self.config.timeout))
+        r.map_err(|e| transport(e, self.config.timeout))
     }
 }
 
 impl State {
-    fn connect(&mut self, addrs: &[SocketAddr], config: &Config, session: Option<u128>) -> Result<(), Error> {
+    fn connect(&mut self, addrs: &[SocketAddr], config: &Config) -> Result<(), Error> {
         self.stream = None;
-        self.start = 0;
-        self.end = 0;
+        self.rbuf.start = 0;
+        self.rbuf.end = 0;
         self.timeouts = None;
-        self.framer.reset();
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
         for addr in addrs {
             match TcpStream::connect_timeout(addr, config.connect_timeout) {
                 Ok(s) => {
                     s.set_nodelay(true)?;
-                    self.stream = Some(s);
+                    self.stream = Some(Box::new(s));
                     break;
                 }
                 Err(e) => last = e,
@@ -273,160 +295,173 @@ impl State {
             return Err(last.into());
         }
         self.last_used = Instant::now();
-        if config.uses_hello() {
-            let mut hello = Vec::new();
-            Hello::new(config.codec).with_session(session).encode(&mut hello);
-            let sent = self.set_timeouts(config.connect_timeout).and_then(|()| {
-                // Unwrap: connected just above.
-                Ok(self.stream.as_mut().unwrap().write_all(&hello)?)
+        self.proto.handle_disconnect(|(), _| {});
+        self.proto.start(self.last_used);
+        if self.proto.is_awaiting_hello() {
+            let said = self.set_timeouts(config.connect_timeout).and_then(|()| {
+                self.flush()?;
+                let mut none = Decode::<()> {
+                    codec: config.codec,
+                    got: None,
+                };
+                while self.proto.is_awaiting_hello() {
+                    self.read_more()?;
+                    self.proto
+                        .handle_input(&mut self.rbuf, &mut none)
+                        .map_err(|e| Error::Protocol(e.to_string()))?;
+                }
+                Ok(())
             });
-            if let Err(e) = sent {
+            if let Err(e) = said {
                 self.stream = None;
                 return Err(e);
-            }
-            loop {
-                match rpc_proto::Hello::decode(&self.rbuf[self.start..self.end]) {
-                    Ok(Some((h, n))) if h.codec == config.codec => {
-                        self.start += n;
-                        break;
-                    }
-                    Ok(None) => self.read_more().inspect_err(|_| self.stream = None)?,
-                    _ => {
-                        self.stream = None;
-                        return Err(Error::Protocol("the server did not accept the hello".into()));
-                    }
-                }
             }
         }
         Ok(())
     }
 
     /// Connect if there is no connection, or if the idle one turns out closed.
-    fn ensure_connected(&mut self, client: &BlockingClient) -> Result<(), Failure> {
-        if self.stream.is_some() && self.last_used.elapsed() > STALE_AFTER && self.is_closed() {
+    fn ensure_connected(&mut self, client: &BlockingClient) -> Result<(), Failed> {
+        if self.last_used.elapsed() > STALE_AFTER && self.stream.as_ref().is_some_and(|s| s.is_closed()) {
             self.stream = None;
         }
         if self.stream.is_none() {
-            self.connect(&client.addrs, &client.config, client.session)
-                .map_err(Failure::NotSent)?;
+            self.connect(&client.addrs, &client.config)
+                .map_err(Failed::NotSent)?;
         }
         Ok(())
     }
 
-    /// A non-blocking peek: has the server closed this connection?
-    fn is_closed(&mut self) -> bool {
-        let Some(s) = self.stream.as_ref() else {
-            return true;
-        };
-        if s.set_nonblocking(true).is_err() {
-            return true;
-        }
-        let mut b = [0u8; 1];
-        let closed = match s.peek(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        };
-        closed || s.set_nonblocking(false).is_err()
-    }
-
     fn set_timeouts(&mut self, t: Duration) -> Result<(), Error> {
         if self.timeouts != Some(t) {
-            // Unwrap: only called while connected.
-            let s = self.stream.as_ref().unwrap();
-            s.set_read_timeout(Some(t))?;
-            s.set_write_timeout(Some(t))?;
+            if let Some(s) = &self.stream {
+                s.set_timeouts(t)?;
+            }
             self.timeouts = Some(t);
         }
         Ok(())
     }
 
-    /// Send `wbuf` and read until the reply to `msgid`: its frame's range in `rbuf`, or
-    /// the remote's `ShuttingDown` refusal as an error.
-    fn round_trip(
+    /// Write everything the protocol has queued.
+    fn flush(&mut self) -> Result<(), Error> {
+        self.wbuf.clear();
+        self.proto.take_transmit(Instant::now(), &mut self.wbuf);
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Error::ConnectionClosed);
+        };
+        stream.write_all(&self.wbuf)?;
+        self.last_used = Instant::now();
+        Ok(())
+    }
+
+    /// Send the call and read until its reply, decoded (an error reply as
+    /// [`Error::Remote`]).
+    fn round_trip<P: Params, R: DeserializeOwned>(
         &mut self,
         client: &BlockingClient,
-        msgid: u64,
+        msgid: &mut Option<u64>,
+        method: &str,
+        params: &P,
         timeout: Duration,
         deadline: Instant,
-    ) -> Result<Result<(usize, usize), Error>, Failure> {
+    ) -> Result<Result<R, Error>, Failed> {
         self.ensure_connected(client)?;
-        self.set_timeouts(timeout).map_err(Failure::NotSent)?;
-        // Unwrap: connected just above.
-        let stream = self.stream.as_mut().unwrap();
-        stream
-            .write_all(&self.wbuf)
-            .map_err(|e| Failure::Sent(timed_out(e, timeout)))?;
-        self.last_used = Instant::now();
+        self.set_timeouts(timeout).map_err(Failed::NotSent)?;
+        let id = self
+            .proto
+            .send_request(*msgid, method, params, timeout, Some(deadline), ())
+            .map_err(|e| Failed::NotSent(e.into()))?;
+        *msgid = Some(id);
+        self.flush().map_err(|e| Failed::Sent(transport(e, timeout)))?;
+        let mut decode = Decode {
+            codec: client.config.codec,
+            got: None,
+        };
         loop {
-            while let Some(n) = self
-                .framer
-                .decode(&self.rbuf[self.start..self.end])
-                .map_err(|e| Failure::Sent(Error::Protocol(e.to_string())))?
-            {
-                let (a, b) = (self.start, self.start + n);
-                self.start = b;
-                let codec = client.config.codec;
-                match reply::parse(codec, &self.rbuf[a..b]).map_err(Failure::Sent)? {
-                    Some((id, Err(e))) if id == msgid => {
-                        let e = rpc_proto::decode_error(codec, e);
-                        if e.kind() == ErrorCode::ShuttingDown {
-                            // The call did not run; this connection is going away.
-                            self.stream = None;
-                            return Ok(Err(Error::Remote(e)));
-                        }
-                        return Ok(Ok((a, b)));
-                    }
-                    Some((id, Ok(_))) if id == msgid => return Ok(Ok((a, b))),
-                    _ => {}
-                }
+            self.proto
+                .handle_input(&mut self.rbuf, &mut decode)
+                .map_err(|e| Failed::Sent(Error::Protocol(e.to_string())))?;
+            if let Some(r) = decode.got.take() {
+                // A server's request answered meanwhile (we serve none) goes out with the
+                // next call.
+                return Ok(r);
             }
             if Instant::now() >= deadline {
-                return Err(Failure::Sent(Error::Timeout(timeout)));
+                // A late reply will find no call waiting for it (and with extensions the
+                // server is told to cancel).
+                self.proto.forget(id);
+                return Err(Failed::Sent(Error::Timeout(timeout)));
+            }
+            if self.proto.has_transmit() {
+                self.flush().map_err(|e| Failed::Sent(transport(e, timeout)))?;
             }
             self.read_more().map_err(|e| {
-                Failure::Sent(match e {
-                    Error::Transport(e) => timed_out(e, timeout),
-                    e => e,
-                })
+                self.proto.forget(id);
+                Failed::Sent(transport(e, timeout))
             })?;
         }
     }
 
     /// Read once into the spare part of `rbuf`, compacting or growing it first.
     fn read_more(&mut self) -> Result<(), Error> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+        let w = &mut self.rbuf;
+        if w.start == w.end {
+            w.start = 0;
+            w.end = 0;
         }
-        // Room for the rest of a large reply in one read, as its headers tell (up to 1 MiB
-        // ahead of what has arrived).
-        let hint = self
-            .framer
-            .needed(&self.rbuf[self.start..self.end])
-            .min(1024 * 1024);
-        let want = (READ_CHUNK / 4).max(hint);
-        if self.rbuf.len() - self.end < want {
-            if self.start > 0 {
-                self.rbuf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
+        // Room for the rest of a large reply in one read, as its headers tell.
+        let want = (READ_CHUNK / 4).max(self.proto.read_hint(&w.buf[w.start..w.end]));
+        if w.buf.len() - w.end < want {
+            if w.start > 0 {
+                w.buf.copy_within(w.start..w.end, 0);
+                w.end -= w.start;
+                w.start = 0;
             }
-            if self.rbuf.len() - self.end < want {
-                let grow = self.rbuf.len().max(READ_CHUNK).max(want);
-                self.rbuf.resize(self.rbuf.len() + grow, 0);
+            if w.buf.len() - w.end < want {
+                let grow = w.buf.len().max(READ_CHUNK).max(want);
+                w.buf.resize(w.buf.len() + grow, 0);
             }
         }
-        // Unwrap: only called while connected.
-        let stream = self.stream.as_mut().unwrap();
-        match stream.read(&mut self.rbuf[self.end..]) {
+        let stream = self.stream.as_mut().ok_or(Error::ConnectionClosed)?;
+        match stream.read(&mut w.buf[w.end..]) {
             Ok(0) => Err(Error::ConnectionClosed),
             Ok(n) => {
-                self.end += n;
+                w.end += n;
                 Ok(())
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The read buffer: received bytes live in `buf[start..end]`; the rest is spare room,
+/// initialised once (std's `Read` takes initialised bytes) and reused.
+#[derive(Default)]
+struct Window {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf for Window {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
+
+    fn split_frame(&mut self, _n: usize) -> Option<Bytes> {
+        // Replies are decoded where they lie: no need to keep one.
+        None
+    }
+}
+
+fn transport(e: Error, timeout: Duration) -> Error {
+    match e {
+        Error::Transport(e) => timed_out(e, timeout),
+        e => e,
     }
 }
 

@@ -16,7 +16,6 @@
 //! timer, armed at the earliest deadline it was told of; when it fires, the task fails
 //! the calls whose deadline passed and re-arms at the earliest one left.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -28,13 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use rpc_proto::{
-    encode_notification, encode_request, parse_bincode_response_prefix, parse_response_prefix, Codec,
-    ErrorCode, Framer, Hello, Message, Params,
-};
+use bytes::{Bytes, BytesMut};
+use rpc_proto::{may_resend, ClientConnection, ClientReply, Failure, Params, Replies};
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
@@ -43,34 +39,8 @@ use crate::config::new_session;
 use crate::reply;
 use crate::{Config, Error};
 
-/// Replies up to this size are copied into their slot and decoded under the lock; larger
-/// ones are handed over as a `Bytes` of the read buffer and decoded after it.
-const INLINE_REPLY: usize = 1024;
 /// Write buffers larger than this are given back to the allocator once written.
 const KEEP_BUFFER: usize = 256 * 1024;
-/// The most a reply's headers may make the task reserve ahead of the bytes that arrived.
-const HINT_LIMIT: usize = 1024 * 1024;
-
-/// A hasher for msgids: sequential integers need mixing, not SipHash's defence against
-/// chosen keys (the client picks its own msgids).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// An async client for any MessagePack-RPC server.
 ///
@@ -124,8 +94,6 @@ struct Core {
     addrs: Vec<SocketAddr>,
     config: Config,
     session: Option<u128>,
-    /// The connection's extensions are on: timeouts travel, cancels are sent.
-    extended: bool,
     state: Mutex<State>,
     /// One reconnection at a time.
     connecting: tokio::sync::Mutex<()>,
@@ -146,31 +114,26 @@ struct State {
     live: Option<u64>,
     /// The number the last connection got.
     epoch: u64,
-    next_id: u64,
-    /// Requests (and notifications) for the live connection, not yet taken by its task.
-    wbuf: Vec<u8>,
+    /// The protocol: msgids, the in-flight table, deadlines, what is queued for the
+    /// transport (callers encode their requests straight into it).
+    proto: ClientConnection<u32>,
     /// The connection task's waker.
     task: Option<Waker>,
-    /// The task has been woken since it last took `wbuf`: no need to wake it again.
+    /// The task has been woken since it last took the queued bytes: no need to wake it
+    /// again.
     task_notified: bool,
-    /// Slots of calls queued since the task last took `wbuf`: the task starts their
-    /// deadlines when it takes them (one clock read per batch, not per call).
-    fresh: Vec<u32>,
     /// Every handle is gone: the task flushes and ends.
     abandoned: bool,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// The slot of each call waiting for its reply.
-    waiting: Waiting,
 }
 
 struct Slot {
     msgid: u64,
     /// The connection the call was written on.
     epoch: u64,
-    timeout: Duration,
-    /// `None` until the connection task takes the call (then `timeout` from then on), or
-    /// the first attempt's deadline for a call sent again.
+    /// The call's deadline, when it ended without an answer it can use (the connection was
+    /// lost, or the server refused it): a call sent again keeps it.
     deadline: Option<Instant>,
     state: SlotState,
     /// The waker of the task waiting for the call. Kept when the slot is freed: the task
@@ -196,23 +159,20 @@ enum SlotState {
 }
 
 impl State {
-    fn new() -> State {
+    fn new(proto: ClientConnection<u32>) -> State {
         State {
             live: None,
             epoch: 0,
-            next_id: 0,
-            wbuf: Vec::new(),
+            proto,
             task: None,
             task_notified: false,
-            fresh: Vec::new(),
             abandoned: false,
             slots: Vec::new(),
             free: Vec::new(),
-            waiting: Waiting::default(),
         }
     }
 
-    /// Make sure the connection task will look at `wbuf`.
+    /// Make sure the connection task will look at what is queued.
     fn wake_writer(&mut self) {
         if !self.task_notified {
             self.task_notified = true;
@@ -222,135 +182,59 @@ impl State {
         }
     }
 
-    /// Take a slot for a call just queued on connection `epoch`.
-    fn take_slot(
-        &mut self,
-        msgid: u64,
-        epoch: u64,
-        timeout: Duration,
-        deadline: Option<Instant>,
-        waker: &Waker,
-    ) -> u32 {
-        let state = SlotState::Waiting;
-        let idx = if let Some(idx) = self.free.pop() {
+    /// Take a slot for a call about to be queued on connection `epoch`.
+    fn take_slot(&mut self, epoch: u64, waker: &Waker) -> u32 {
+        if let Some(idx) = self.free.pop() {
             let slot = &mut self.slots[idx as usize];
-            slot.msgid = msgid;
             slot.epoch = epoch;
-            slot.timeout = timeout;
-            slot.deadline = deadline;
-            slot.state = state;
+            slot.deadline = None;
+            slot.state = SlotState::Waiting;
             slot.waker.clone_from(waker);
             idx
         } else {
             self.slots.push(Slot {
-                msgid,
+                msgid: 0,
                 epoch,
-                timeout,
-                deadline,
-                state,
+                deadline: None,
+                state: SlotState::Waiting,
                 waker: waker.clone(),
                 buf: Vec::new(),
             });
             // The table grows with the calls in flight; a u32 index is plenty.
             u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
-        };
-        self.waiting.insert(msgid, idx);
-        self.fresh.push(idx);
-        self.wake_writer();
-        idx
+        }
     }
 
     /// Give a slot back (its reply taken or abandoned).
     fn free_slot(&mut self, idx: u32) {
         let slot = &mut self.slots[idx as usize];
-        if let SlotState::Waiting = slot.state {
-            self.waiting.remove(slot.msgid);
-        }
         slot.state = SlotState::Free;
-        if slot.buf.capacity() > INLINE_REPLY * 4 {
+        if slot.buf.capacity() > rpc_proto::INLINE_REPLY * 4 {
             slot.buf = Vec::new();
         }
         self.free.push(idx);
     }
-
-    /// Fail every call waiting on connection `epoch`, making `error` for each.
-    fn fail_epoch(&mut self, epoch: u64, error: impl Fn() -> Error) {
-        for slot in &mut self.slots {
-            if slot.epoch == epoch && matches!(slot.state, SlotState::Waiting) {
-                slot.state = SlotState::Failed(error());
-                self.waiting.remove(slot.msgid);
-                slot.waker.wake_by_ref();
-            }
-        }
-    }
 }
 
-/// The slot of each call waiting for its reply, by msgid.
-///
-/// Msgids are handed out in sequence, so the calls in flight nearly always land in
-/// distinct places of a ring indexed by the msgid's low bits (kept at least twice as
-/// large as the number of calls); the rare one that collides (a call still waiting when
-/// the ring has come round to it again) goes to a map. No hashing on the common path.
-#[derive(Default)]
-struct Waiting {
-    /// `(msgid, slot)`; msgid 0 (never handed out) marks a free place.
-    ring: Vec<(u64, u32)>,
-    overflow: HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>,
-    len: usize,
+/// Puts each reply into its caller's slot and wakes the caller.
+struct Deliver<'a> {
+    slots: &'a mut [Slot],
 }
 
-impl Waiting {
-    fn place(&self, msgid: u64) -> usize {
-        // Truncation intended: the low bits pick the place.
-        (msgid as usize) & (self.ring.len() - 1)
-    }
-
-    fn insert(&mut self, msgid: u64, slot: u32) {
-        if self.len * 2 >= self.ring.len() {
-            self.grow();
+impl Replies<u32> for Deliver<'_> {
+    #[inline]
+    fn reply(&mut self, r: ClientReply<'_, u32>) {
+        let slot = &mut self.slots[r.token as usize];
+        let big = r.frame.map(|frame| frame.slice_ref(r.part));
+        if big.is_none() {
+            slot.buf.clear();
+            slot.buf.extend_from_slice(r.part);
         }
-        let at = self.place(msgid);
-        if self.ring[at].0 == 0 {
-            self.ring[at] = (msgid, slot);
-        } else {
-            self.overflow.insert(msgid, slot);
+        if !r.ok {
+            slot.deadline = r.deadline.map(Instant::from_std);
         }
-        self.len += 1;
-    }
-
-    fn remove(&mut self, msgid: u64) -> Option<u32> {
-        if self.ring.is_empty() {
-            return None;
-        }
-        let at = self.place(msgid);
-        let found = if self.ring[at].0 == msgid && msgid != 0 {
-            let slot = self.ring[at].1;
-            self.ring[at] = (0, 0);
-            Some(slot)
-        } else {
-            self.overflow.remove(&msgid)
-        };
-        if found.is_some() {
-            self.len -= 1;
-        }
-        found
-    }
-
-    fn grow(&mut self) {
-        let size = (self.ring.len() * 2).max(64);
-        let old = mem::replace(&mut self.ring, vec![(0, 0); size]);
-        let entries: Vec<(u64, u32)> = old
-            .into_iter()
-            .filter(|(id, _)| *id != 0)
-            .chain(self.overflow.drain())
-            .collect();
-        for (msgid, slot) in entries {
-            let at = self.place(msgid);
-            if self.ring[at].0 == 0 {
-                self.ring[at] = (msgid, slot);
-            } else {
-                self.overflow.insert(msgid, slot);
-            }
+        if let SlotState::Waiting = mem::replace(&mut slot.state, SlotState::Replied { ok: r.ok, big }) {
+            slot.waker.wake_by_ref();
         }
     }
 }
@@ -373,8 +257,6 @@ struct Attempt<'a, P: ?Sized, R> {
     /// Kept across attempts too: the deadline the first one got.
     deadline: &'a mut Option<Instant>,
     timeout: Duration,
-    /// The timeout sent with the request (with extensions).
-    sent_timeout: Option<Duration>,
     /// The call's slot, once written.
     slot: Option<u32>,
     result: PhantomData<fn() -> R>,
@@ -392,28 +274,32 @@ impl<P: Params + ?Sized, R: DeserializeOwned> Future for Attempt<'_, P, R> {
             let Some(epoch) = st.live else {
                 return Poll::Ready(Attempted::NotConnected);
             };
-            let msgid = *this.msgid.get_or_insert_with(|| {
-                st.next_id += 1;
-                st.next_id
-            });
-            let encoded = encode_request(
-                codec,
-                &mut st.wbuf,
-                msgid,
+            let slot = st.take_slot(epoch, cx.waker());
+            let sent = st.proto.send_request(
+                *this.msgid,
                 this.method,
                 &*this.params,
-                this.sent_timeout,
+                this.timeout,
+                this.deadline.map(Instant::into_std),
+                slot,
             );
-            if let Err(e) = encoded {
-                return Poll::Ready(Attempted::Done(Err(e.into())));
+            match sent {
+                Ok(msgid) => {
+                    *this.msgid = Some(msgid);
+                    st.slots[slot as usize].msgid = msgid;
+                    st.wake_writer();
+                    this.slot = Some(slot);
+                    return Poll::Pending;
+                }
+                Err(e) => {
+                    st.free_slot(slot);
+                    return Poll::Ready(Attempted::Done(Err(e.into())));
+                }
             }
-            let slot = st.take_slot(msgid, epoch, this.timeout, *this.deadline, cx.waker());
-            this.slot = Some(slot);
-            return Poll::Pending;
         };
         let st = &mut *st;
         let slot = &mut st.slots[idx as usize];
-        if this.deadline.is_none() {
+        if this.deadline.is_none() && slot.deadline.is_some() {
             *this.deadline = slot.deadline;
         }
         let result = match mem::replace(&mut slot.state, SlotState::Free) {
@@ -456,9 +342,7 @@ impl<P: ?Sized, R> Drop for Attempt<'_, P, R> {
         let (msgid, epoch) = (slot.msgid, slot.epoch);
         let waiting = matches!(slot.state, SlotState::Waiting);
         st.free_slot(idx);
-        if waiting && self.core.extended && st.live == Some(epoch) {
-            // Encoding an integer cannot fail.
-            let _ = encode_notification(self.core.config.codec, &mut st.wbuf, "rpc.cancel", &(msgid,));
+        if waiting && st.live == Some(epoch) && st.proto.forget(msgid) && st.proto.has_transmit() {
             st.wake_writer();
         }
     }
@@ -485,15 +369,16 @@ impl Client {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no address").into());
         }
         let timeout = config.timeout;
+        let session = config.unstable_network.then(new_session);
+        let proto = ClientConnection::new(config.proto(session), Instant::now().into_std());
         let core = Arc::new(Core {
             addrs,
-            session: config.unstable_network.then(new_session),
-            extended: config.uses_hello(),
+            session,
             config,
-            state: Mutex::new(State::new()),
+            state: Mutex::new(State::new(proto)),
             connecting: tokio::sync::Mutex::new(()),
         });
-        let (stream, rbuf) = connect(&core.addrs, &core.config, core.session).await?;
+        let (stream, rbuf) = connect(&core).await?;
         Driver::start(&core, stream, rbuf);
         Ok(Client {
             handle: Arc::new(Handle(core)),
@@ -547,9 +432,7 @@ impl Client {
     {
         let core = self.core();
         let config = &core.config;
-        let sent_timeout = core.extended.then_some(self.timeout);
-        // Resending is safe when the server dedups, or the caller said so.
-        let resend = core.session.is_some() || self.idempotent;
+        let session = core.session.is_some();
         let mut msgid = None;
         // Set by the connection task when it takes the call (no clock read per call here),
         // or below when the call has to wait for a connection first.
@@ -563,27 +446,28 @@ impl Client {
                 msgid: &mut msgid,
                 deadline: &mut deadline,
                 timeout: self.timeout,
-                sent_timeout,
                 slot: None,
                 result: PhantomData,
             };
-            let retry = match attempt.await {
+            let (failure, error) = match attempt.await {
                 Attempted::NotConnected => {
                     let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
                     // Boxed: the slow path stays out of every call's future.
                     Box::pin(self.reconnect(deadline)).await?;
                     continue;
                 }
-                // Refused before it ran: always safe to send again.
-                Attempted::Done(Err(Error::Remote(e))) if e.kind() == ErrorCode::ShuttingDown => true,
-                Attempted::Done(Err(e @ (Error::ConnectionClosed | Error::Transport(_)))) if !resend => {
-                    return Err(e);
+                Attempted::Done(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
+                    (Failure::Refused, Error::Remote(e))
                 }
-                Attempted::Done(Err(Error::ConnectionClosed | Error::Transport(_))) => true,
+                Attempted::Done(Err(e @ (Error::ConnectionClosed | Error::Transport(_)))) => {
+                    (Failure::Lost, e)
+                }
                 Attempted::Done(Err(Error::Timeout(_))) => return Err(Error::Timeout(self.timeout)),
                 Attempted::Done(r) => return r,
             };
-            debug_assert!(retry);
+            if !may_resend(failure, session, self.idempotent) {
+                return Err(error);
+            }
             debug!(msgid, method, "resending the call on a new connection");
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
             let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
@@ -617,7 +501,7 @@ impl Client {
             {
                 let mut st = core.lock();
                 if st.live.is_some() {
-                    encode_notification(core.config.codec, &mut st.wbuf, method, &params)?;
+                    st.proto.send_notification(method, &params)?;
                     st.wake_writer();
                     return Ok(());
                 }
@@ -638,7 +522,7 @@ impl Client {
             if core.lock().live.is_some() {
                 return Ok(());
             }
-            let attempt = tokio::time::timeout_at(deadline, connect(&core.addrs, config, core.session));
+            let attempt = tokio::time::timeout_at(deadline, connect(core));
             match attempt.await {
                 Err(_) => return Err(Error::Timeout(self.timeout)),
                 Ok(Ok((stream, rbuf))) => {
@@ -658,16 +542,13 @@ impl Client {
     }
 }
 
-/// Open a connection (and say hello, with extensions).
-async fn connect(
-    addrs: &[SocketAddr],
-    config: &Config,
-    session: Option<u128>,
-) -> Result<(TcpStream, BytesMut), Error> {
+/// Open a connection and start the protocol on it (and say hello, with extensions).
+async fn connect(core: &Core) -> Result<(TcpStream, BytesMut), Error> {
+    let config = &core.config;
     let connect = async {
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
         let mut stream = None;
-        for addr in addrs {
+        for addr in &core.addrs {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
                     stream = Some(s);
@@ -678,31 +559,42 @@ async fn connect(
         }
         let mut stream = stream.ok_or(last)?;
         stream.set_nodelay(true)?;
-        let mut rbuf = BytesMut::with_capacity(16 * 1024);
-        if config.uses_hello() {
-            let mut hello = Vec::new();
-            Hello::new(config.codec).with_session(session).encode(&mut hello);
-            stream.write_all(&hello).await?;
-            loop {
-                match Hello::decode(&rbuf) {
-                    Ok(Some((h, n))) if h.codec == config.codec => {
-                        rbuf.advance(n);
-                        break;
-                    }
-                    Ok(None) => {
-                        if stream.read_buf(&mut rbuf).await? == 0 {
-                            return Err(Error::ConnectionClosed);
-                        }
-                    }
-                    _ => return Err(Error::Protocol("the server did not accept the hello".into())),
-                }
-            }
-        }
+        let rbuf = start(core, &mut stream).await?;
         Ok::<_, Error>((stream, rbuf))
     };
     tokio::time::timeout(config.connect_timeout, connect)
         .await
         .map_err(|_| Error::Timeout(config.connect_timeout))?
+}
+
+/// Start the protocol on a new transport: no call can use it yet (`live` is `None`), so
+/// the hello, if any, is written and answered before the connection task takes over.
+/// Returns what was read after the server's hello.
+async fn start<T: AsyncRead + AsyncWrite + Unpin>(core: &Core, stream: &mut T) -> Result<BytesMut, Error> {
+    let mut hello = Vec::new();
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    {
+        let mut st = core.lock();
+        st.proto.start(Instant::now().into_std());
+        st.proto.take_transmit(Instant::now().into_std(), &mut hello);
+    }
+    if hello.is_empty() {
+        return Ok(rbuf);
+    }
+    stream.write_all(&hello).await?;
+    loop {
+        if stream.read_buf(&mut rbuf).await? == 0 {
+            return Err(Error::ConnectionClosed);
+        }
+        let mut st = core.lock();
+        let State { proto, slots, .. } = &mut *st;
+        proto
+            .handle_input(&mut rbuf, &mut Deliver { slots })
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if !proto.is_awaiting_hello() {
+            return Ok(rbuf);
+        }
+    }
 }
 
 /// Why the connection task stopped.
@@ -714,61 +606,50 @@ enum End {
 }
 
 /// The connection task: writes what callers queued, puts replies into their slots, fails
-/// calls past their deadline, pings when idle.
-struct Driver {
+/// calls past their deadline, pings when idle. The protocol decides all of it; this moves
+/// the bytes and keeps the timers.
+struct Driver<T> {
     core: Arc<Core>,
     epoch: u64,
-    stream: TcpStream,
+    stream: T,
     rbuf: BytesMut,
-    framer: Framer,
-    /// The framer holds a message begun in an earlier read.
-    framing: bool,
-    /// The size of the last reply too large to copy (0 before the first).
-    large: usize,
-    /// The write buffer taken from the callers, and how much of it is written.
+    /// The bytes taken from the protocol, and how much of them is written.
     out: Vec<u8>,
     written: usize,
     /// The deadline timer, and the deadline it is armed at.
     timer: Timer,
-    armed: Option<Instant>,
+    armed: Option<std::time::Instant>,
     ping: Timer,
-    heartbeat: Option<Duration>,
-    /// When the last batch was taken from the callers (as good as when it was written,
-    /// for the heartbeat).
-    last_write: Instant,
+    /// The ping timer is in use.
+    pinging: bool,
+    /// The protocol's hint for the next read's size, as of the last read.
+    hint: usize,
 }
 
-impl Driver {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
     /// Make `stream` the live connection and spawn its task.
-    fn start(core: &Arc<Core>, stream: TcpStream, rbuf: BytesMut) {
-        let epoch = {
+    fn start(core: &Arc<Core>, stream: T, rbuf: BytesMut) {
+        let (epoch, ping) = {
             let mut st = core.lock();
             st.epoch += 1;
             st.live = Some(st.epoch);
-            st.wbuf.clear();
             st.task = None;
             st.task_notified = false;
-            st.fresh.clear();
-            st.epoch
+            (st.epoch, st.proto.poll_ping())
         };
-        let config = &core.config;
-        let heartbeat = config.heartbeat_interval;
         let now = Instant::now();
         let driver = Driver {
             core: core.clone(),
             epoch,
             stream,
             rbuf,
-            framer: Framer::new(config.codec, config.max_message_size),
-            framing: false,
-            large: 0,
             out: Vec::new(),
             written: 0,
             timer: Timer::new(now),
             armed: None,
-            ping: Timer::new(now + heartbeat.unwrap_or(Duration::ZERO)),
-            heartbeat,
-            last_write: now,
+            ping: Timer::new(ping.map_or(now, Instant::from_std)),
+            pinging: ping.is_some(),
+            hint: 0,
         };
         tokio::spawn(driver.run());
     }
@@ -787,8 +668,8 @@ impl Driver {
     /// queued is to be flushed (every handle is gone) rather than dropped.
     fn finish(&mut self, end: End) -> bool {
         let mut st = self.core.lock();
-        let ours = st.live == Some(self.epoch);
-        if ours {
+        let st = &mut *st;
+        if st.live == Some(self.epoch) {
             st.live = None;
             st.task = None;
         }
@@ -796,19 +677,24 @@ impl Driver {
             End::Lost(error) => {
                 debug!(error = %error, "connection lost");
                 // Calls written and not yet answered fail, and so do those queued and
-                // never written (`wbuf` belongs to this connection).
-                if ours {
-                    st.wbuf.clear();
-                }
-                st.fail_epoch(self.epoch, || match &error {
-                    Error::Transport(e) => Error::Transport(io::Error::new(e.kind(), e.to_string())),
-                    Error::Protocol(p) => Error::Protocol(p.clone()),
-                    _ => Error::ConnectionClosed,
+                // never written (what is queued belongs to this connection).
+                let slots = &mut st.slots;
+                st.proto.handle_disconnect(|idx, deadline| {
+                    let slot = &mut slots[idx as usize];
+                    slot.state = SlotState::Failed(match &error {
+                        Error::Transport(e) => Error::Transport(io::Error::new(e.kind(), e.to_string())),
+                        Error::Protocol(p) => Error::Protocol(p.clone()),
+                        _ => Error::ConnectionClosed,
+                    });
+                    slot.deadline = deadline.map(Instant::from_std);
+                    slot.waker.wake_by_ref();
                 });
                 false
             }
             End::Abandoned => {
-                self.out.append(&mut st.wbuf);
+                let mut rest = Vec::new();
+                st.proto.take_transmit(Instant::now().into_std(), &mut rest);
+                self.out.append(&mut rest);
                 true
             }
         }
@@ -820,7 +706,7 @@ impl Driver {
             // Read what has arrived.
             // Room for what the message being read still needs, and for a whole large reply
             // when large replies have been coming: one read, not a small one then the rest.
-            let hint = self.framer.needed(&self.rbuf).max(self.large).min(HINT_LIMIT);
+            let hint = self.hint;
             if self.rbuf.capacity() - self.rbuf.len() < 4096usize.max(hint) {
                 self.rbuf.reserve((16 * 1024usize).max(self.rbuf.len()).max(hint));
             }
@@ -831,17 +717,16 @@ impl Driver {
                 Poll::Pending => false,
             };
             let mut st = self.core.lock();
+            let st = &mut *st;
             if read {
                 progress = true;
-                if let Err(e) = deliver(
-                    &mut self.framer,
-                    &mut self.framing,
-                    &mut self.large,
-                    &mut self.rbuf,
-                    &mut st,
-                ) {
-                    return Poll::Ready(End::Lost(e));
+                let delivered = st
+                    .proto
+                    .handle_input(&mut self.rbuf, &mut Deliver { slots: &mut st.slots });
+                if let Err(e) = delivered {
+                    return Poll::Ready(End::Lost(Error::Protocol(e.to_string())));
                 }
+                self.hint = st.proto.read_hint(&self.rbuf);
             }
             if st.task.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
                 st.task = Some(cx.waker().clone());
@@ -856,18 +741,19 @@ impl Driver {
                 if self.out.capacity() > KEEP_BUFFER {
                     self.out = Vec::new();
                 }
-                mem::swap(&mut self.out, &mut st.wbuf);
                 st.task_notified = false;
-                if !self.out.is_empty() {
+                if st.proto.has_transmit() {
                     // One clock read per batch: the heartbeat's and the new calls' deadlines.
-                    let now = Instant::now();
-                    self.last_write = now;
-                    if !st.fresh.is_empty() {
-                        start_deadlines(&mut st, now, &mut self.armed, &mut self.timer);
+                    st.proto.take_transmit(Instant::now().into_std(), &mut self.out);
+                    let earliest = st.proto.poll_deadline();
+                    if earliest != self.armed {
+                        self.armed = earliest;
+                        if let Some(at) = earliest {
+                            self.timer.reset(Instant::from_std(at));
+                        }
                     }
                 }
             }
-            drop(st);
             if self.written < self.out.len() {
                 match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.written..]) {
                     Poll::Ready(Ok(n)) => {
@@ -879,68 +765,30 @@ impl Driver {
                 }
             }
             if self.armed.is_some() && self.timer.fired(cx) {
-                self.expire();
+                // Fail the calls whose deadline passed; re-arm at the earliest one left.
+                let slots = &mut st.slots;
+                st.proto.handle_deadlines(Instant::now().into_std(), |idx| {
+                    let slot = &mut slots[idx as usize];
+                    // The caller puts its own timeout in the error.
+                    slot.state = SlotState::Failed(Error::Timeout(Duration::ZERO));
+                    slot.waker.wake_by_ref();
+                });
+                self.armed = st.proto.poll_deadline();
+                if let Some(at) = self.armed {
+                    self.timer.reset(Instant::from_std(at));
+                }
                 progress = true;
             }
-            if let Some(heartbeat) = self.heartbeat {
-                if self.ping.fired(cx) {
-                    self.heartbeat(heartbeat);
-                    progress = true;
+            if self.pinging && self.ping.fired(cx) {
+                let writing = self.written < self.out.len();
+                if let Some(at) = st.proto.handle_ping(Instant::now().into_std(), writing) {
+                    self.ping.reset(Instant::from_std(at));
                 }
+                progress = true;
             }
             if !progress {
                 return Poll::Pending;
             }
-        }
-    }
-
-    /// The deadline timer fired: fail the calls whose deadline passed, re-arm at the
-    /// earliest one left.
-    fn expire(&mut self) {
-        let now = Instant::now();
-        let codec = self.core.config.codec;
-        let extended = self.core.extended;
-        let mut st = self.core.lock();
-        let st = &mut *st;
-        let mut next: Option<Instant> = None;
-        for slot in &mut st.slots {
-            if slot.epoch != self.epoch {
-                continue;
-            }
-            if let SlotState::Waiting = slot.state {
-                // Not started yet: queued after the last batch; the next one starts it.
-                let Some(deadline) = slot.deadline else { continue };
-                if deadline > now {
-                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                    continue;
-                }
-                // The caller puts its own timeout in the error.
-                slot.state = SlotState::Failed(Error::Timeout(Duration::ZERO));
-                st.waiting.remove(slot.msgid);
-                if extended {
-                    let _ = encode_notification(codec, &mut st.wbuf, "rpc.cancel", &(slot.msgid,));
-                    st.task_notified = true;
-                }
-                slot.waker.wake_by_ref();
-            }
-        }
-        self.armed = next;
-        if let Some(at) = next {
-            self.timer.reset(at);
-        }
-    }
-
-    /// The heartbeat timer fired: ping if nothing was written for a whole interval.
-    fn heartbeat(&mut self, interval: Duration) {
-        let now = Instant::now();
-        if now.duration_since(self.last_write) >= interval && self.written == self.out.len() {
-            let mut st = self.core.lock();
-            if st.wbuf.is_empty() {
-                let _ = encode_notification(self.core.config.codec, &mut st.wbuf, "rpc.ping", &());
-            }
-            self.ping.reset(now + interval);
-        } else {
-            self.ping.reset(self.last_write + interval);
         }
     }
 }
@@ -976,165 +824,5 @@ impl Timer {
         // task woken to run again): then it must be polled again next time.
         self.registered = tokio::task::coop::has_budget_remaining();
         self.sleep.as_mut().poll(cx).is_ready()
-    }
-}
-
-/// Start the deadlines of the calls queued since the last batch, and arm the timer (armed
-/// at `armed`) if one of them is the earliest.
-fn start_deadlines(st: &mut State, now: Instant, armed: &mut Option<Instant>, timer: &mut Timer) {
-    let mut earliest = *armed;
-    for idx in st.fresh.drain(..) {
-        let slot = &mut st.slots[idx as usize];
-        // A slot freed (its call dropped) since it was queued holds nothing to time.
-        if let SlotState::Waiting = slot.state {
-            let deadline = *slot.deadline.get_or_insert(now + slot.timeout);
-            if earliest.is_none_or(|e| deadline < e) {
-                earliest = Some(deadline);
-            }
-        }
-    }
-    if earliest != *armed {
-        *armed = earliest;
-        if let Some(at) = earliest {
-            timer.reset(at);
-        }
-    }
-}
-
-/// Hand every complete reply in the read buffer to its caller. `framing`: the framer
-/// holds a message begun in an earlier read (the one-pass path must not start over).
-fn deliver(
-    framer: &mut Framer,
-    framing: &mut bool,
-    large: &mut usize,
-    rbuf: &mut BytesMut,
-    st: &mut State,
-) -> Result<(), Error> {
-    let codec = framer.codec();
-    let max = framer.max_message_size();
-    // Small replies are read in place and the buffer advanced once for the batch.
-    let mut at = 0;
-    let result = loop {
-        // A success reply is framed and parsed in one pass (its msgid, and where its result
-        // starts); anything else, or a message begun in an earlier read, goes through the
-        // framer and is parsed below.
-        let buf = &rbuf[at..];
-        let parsed = match (*framing, codec) {
-            (false, Codec::Msgpack) => parse_response_prefix(buf, max),
-            (false, Codec::Bincode) => parse_bincode_response_prefix(buf, max),
-            _ => None,
-        };
-        let one_pass = match parsed {
-            // The result is the frame's last element: it ends where the frame does.
-            Some((
-                Message::Response {
-                    msgid,
-                    outcome: Ok(result),
-                },
-                n,
-            )) => Some((msgid, n - result.len(), n)),
-            _ => None,
-        };
-        let n = match one_pass {
-            Some((_, _, n)) => n,
-            None => match framer.decode(buf) {
-                Ok(None) => {
-                    *framing = !buf.is_empty();
-                    break Ok(());
-                }
-                Ok(Some(n)) => {
-                    *framing = false;
-                    n
-                }
-                Err(e) => break Err(Error::Protocol(e.to_string())),
-            },
-        };
-        let known = one_pass.map(|(msgid, start, _)| (msgid, start));
-        if n <= INLINE_REPLY {
-            put_frame(st, codec, &buf[..n], known, None);
-            at += n;
-        } else {
-            *large = n;
-            rbuf.advance(at);
-            at = 0;
-            let frame = rbuf.split_to(n).freeze();
-            put_frame(st, codec, &frame, known, Some(&frame));
-        }
-    };
-    rbuf.advance(at);
-    result
-}
-
-/// Put the reply in `frame` into its caller's slot: `known` is its msgid and where its
-/// result starts when it was parsed already; otherwise it is parsed here.
-fn put_frame(
-    st: &mut State,
-    codec: Codec,
-    frame: &[u8],
-    known: Option<(u64, usize)>,
-    shared: Option<&Bytes>,
-) {
-    match known {
-        Some((msgid, start)) => put(st, msgid, true, &frame[start..], shared),
-        None => parse_and_put(st, codec, frame, shared),
-    }
-}
-
-/// Parse one message from the server; if it is a reply, put it into its caller's slot.
-fn parse_and_put(st: &mut State, codec: Codec, frame: &[u8], shared: Option<&Bytes>) {
-    match reply::parse(codec, frame) {
-        Ok(Some((msgid, Ok(result)))) => put(st, msgid, true, result, shared),
-        Ok(Some((msgid, Err(error)))) => put(st, msgid, false, error, shared),
-        Ok(None) => debug!("message from the server ignored"),
-        Err(e) => debug!(error = %e, "malformed message from the server ignored"),
-    }
-}
-
-/// Put a reply's result (`ok`) or error value into its caller's slot and wake the caller.
-/// `shared` is the whole frame as `Bytes` when it is too large to copy.
-fn put(st: &mut State, msgid: u64, ok: bool, part: &[u8], shared: Option<&Bytes>) {
-    let Some(idx) = st.waiting.remove(msgid) else {
-        return debug!(msgid, "reply to a call nobody waits for");
-    };
-    let slot = &mut st.slots[idx as usize];
-    let big = shared.map(|frame| frame.slice_ref(part));
-    if big.is_none() {
-        slot.buf.clear();
-        slot.buf.extend_from_slice(part);
-    }
-    if let SlotState::Waiting = mem::replace(&mut slot.state, SlotState::Replied { ok, big }) {
-        slot.waker.wake_by_ref();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waiting_calls_by_msgid_with_collisions_and_growth() {
-        let mut w = Waiting::default();
-        assert_eq!(w.remove(1), None);
-        // A long call (msgid 1), then many short ones whose msgids come round the ring.
-        w.insert(1, 100);
-        for id in 2..2000u64 {
-            w.insert(id, id as u32);
-            assert_eq!(w.remove(id), Some(id as u32), "msgid {id}");
-            assert_eq!(w.remove(id), None, "msgid {id} removed twice");
-        }
-        // Calls colliding with msgid 1 in a 64- or 128-place ring, all in flight at once.
-        let colliding: Vec<u64> = (1..=40).map(|k| 1 + 64 * k).collect();
-        for &id in &colliding {
-            w.insert(id, id as u32);
-        }
-        assert_eq!(w.len, 41);
-        // Grown past the collisions, or kept in the overflow map: every one is found.
-        for &id in colliding.iter().rev() {
-            assert_eq!(w.remove(id), Some(id as u32), "msgid {id}");
-        }
-        assert_eq!(w.remove(1), Some(100));
-        assert_eq!(w.len, 0);
-        assert!(w.overflow.is_empty());
-        assert_eq!(w.remove(0), None, "msgid 0 is never a call");
     }
 }

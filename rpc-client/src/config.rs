@@ -64,6 +64,16 @@ impl Config {
     pub(crate) fn uses_hello(&self) -> bool {
         self.extensions || self.unstable_network || self.codec != Codec::Msgpack
     }
+
+    /// The protocol's settings for a client with `session`.
+    pub(crate) fn proto(&self, session: Option<u128>) -> rpc_proto::ClientConfig {
+        let mut c = rpc_proto::ClientConfig::new(self.codec);
+        c.max_message_size = self.max_message_size;
+        c.hello = self.uses_hello();
+        c.session = session;
+        c.heartbeat_interval = self.heartbeat_interval;
+        c
+    }
 }
 
 /// A fresh random session id: 128 bits from the standard library's randomly seeded

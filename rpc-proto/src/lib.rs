@@ -45,6 +45,10 @@ mod message;
 pub mod reserved;
 
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
+pub use connection::client::{
+    is_refused, may_resend, ClientConfig, ClientConnection, Failure, ProtocolError, ReadBuf, Replies,
+    Reply as ClientReply, INLINE_REPLY,
+};
 pub use connection::server::{ConnEvent, Fatal, Request, ServerConfig, ServerConnection, Service, Transmit};
 pub use dedup::{Begin, DedupCache, DedupConfig};
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, ServerError};

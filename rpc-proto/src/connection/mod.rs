@@ -4,4 +4,5 @@
 //! next timer come out. The server's connection task and both clients are loops that move
 //! bytes between a transport and these.
 
+pub(crate) mod client;
 pub(crate) mod server;

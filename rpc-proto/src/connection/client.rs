@@ -1,0 +1,995 @@
+//! The client side of a connection, as a state machine with no I/O.
+//!
+//! [`ClientConnection`] owns what our clients' bytes mean: the optional hello (codec and
+//! session) and its answer, msgid allocation, the in-flight table from msgid to the
+//! caller's token, each call's deadline (started when the request is handed to the
+//! transport, as a duration relative to `now`), `rpc.cancel` for calls given up on, the
+//! idle `rpc.ping`, framing of replies (the one-pass path for a success reply is chosen
+//! inside), the size limit, requests a server sends us, and the one rule of what may be
+//! sent again after a reconnect ([`may_resend`]).
+//!
+//! It outlives the transports under it: after a disconnect ([`ClientConnection::handle_disconnect`])
+//! the I/O layer connects again and calls [`ClientConnection::start`]; msgids keep counting,
+//! so a call sent again keeps its msgid (the server's dedup key).
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::mem;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::codec::{Codec, Params};
+use crate::error::{EncodeError, ErrorCode, ServerError};
+use crate::framer::Framer;
+use crate::handshake::Hello;
+use crate::message::{
+    encode_notification, encode_request, encode_response_err, parse_bincode_response_prefix,
+    parse_response_prefix, Message,
+};
+use crate::reserved::{CANCEL, PING};
+
+use super::server::HINT_LIMIT;
+
+/// Replies up to this size are handed over as a slice of the read buffer, to be copied;
+/// larger ones as a `Bytes` split off it, so they are never copied.
+pub const INLINE_REPLY: usize = 1024;
+
+/// The settings of a client connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The codec; anything but msgpack needs the hello.
+    pub codec: Codec,
+    /// Largest reply accepted.
+    pub max_message_size: usize,
+    /// Send the hello: the server then knows our extensions (timeouts travel with each
+    /// request, `rpc.cancel`, `rpc.ping`). Only for servers of this framework.
+    pub hello: bool,
+    /// The session id carried in the hello (unstable-network mode).
+    pub session: Option<u128>,
+    /// Send `rpc.ping` after this long without writing anything (servers that answered our
+    /// hello only).
+    pub heartbeat_interval: Option<Duration>,
+}
+
+impl ClientConfig {
+    /// Settings for `codec` with the defaults: no hello (unless the codec needs it), 64 MiB
+    /// replies, a ping after 20 s idle.
+    pub fn new(codec: Codec) -> ClientConfig {
+        ClientConfig {
+            codec,
+            max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
+            hello: codec != Codec::Msgpack,
+            session: None,
+            heartbeat_interval: Some(Duration::from_secs(20)),
+        }
+    }
+}
+
+/// What the client does with replies: the calls' side of [`ClientConnection::handle_input`].
+pub trait Replies<T> {
+    /// The reply to a call.
+    fn reply(&mut self, reply: Reply<'_, T>);
+}
+
+/// A reply, as handed to [`Replies::reply`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Reply<'a, T> {
+    /// The caller's token for the call.
+    pub token: T,
+    /// Whether `part` is the result (`true`) or the error value.
+    pub ok: bool,
+    /// The raw result or error value.
+    pub part: &'a [u8],
+    /// For a reply larger than [`INLINE_REPLY`], the whole frame as `Bytes`, so that
+    /// `frame.slice_ref(part)` keeps it without a copy.
+    pub frame: Option<&'a Bytes>,
+    /// The call's deadline, once started: a call sent again (after a refusal) keeps it.
+    pub deadline: Option<Instant>,
+}
+
+/// A read buffer [`ClientConnection::handle_input`] takes replies from.
+pub trait ReadBuf {
+    /// The bytes received and not consumed yet.
+    fn bytes(&self) -> &[u8];
+    /// The first `n` bytes are handled.
+    fn consume(&mut self, n: usize);
+    /// The first `n` bytes (a large reply) split off as `Bytes` without a copy, if this
+    /// buffer can; `None` to have them handed over as a slice (and then consumed).
+    fn split_frame(&mut self, n: usize) -> Option<Bytes>;
+}
+
+impl ReadBuf for BytesMut {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    #[inline]
+    fn consume(&mut self, n: usize) {
+        self.advance(n);
+    }
+
+    fn split_frame(&mut self, n: usize) -> Option<Bytes> {
+        Some(self.split_to(n).freeze())
+    }
+}
+
+/// What happened to a call that ends without a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The request never reached a transport (no connection).
+    NotSent,
+    /// The connection was lost after the request was written: it may or may not have run.
+    Lost,
+    /// The server refused it with `shutting down`: it did not run.
+    Refused,
+    /// Its deadline passed.
+    TimedOut,
+}
+
+/// The one rule of what a client may send again on a new connection: what did not run
+/// (never sent, or refused by a server shutting down), and what may have run when running
+/// it twice is harmless: the server dedups it (the client has a session) or the caller
+/// said it is idempotent. A call past its deadline is never sent again.
+pub fn may_resend(failure: Failure, session: bool, idempotent: bool) -> bool {
+    match failure {
+        Failure::NotSent | Failure::Refused => true,
+        Failure::Lost => session || idempotent,
+        Failure::TimedOut => false,
+    }
+}
+
+/// A reply that breaks the protocol: the connection is to be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The stream is corrupt or a reply is too large.
+    #[error("{0}")]
+    Frame(#[from] crate::error::FrameError),
+    /// The server did not answer our hello with one of its own in our codec.
+    #[error("the server did not accept the hello")]
+    Hello,
+}
+
+/// A call in flight.
+#[derive(Debug, Clone, Copy)]
+struct Entry<T> {
+    msgid: u64,
+    token: T,
+    timeout: Duration,
+    /// Started when the request is handed to the transport.
+    deadline: Option<Instant>,
+}
+
+/// The client side of a connection, outliving the transports under it. `T` is the
+/// caller's token for a call (the async client's slot index).
+#[derive(Debug)]
+pub struct ClientConnection<T> {
+    config: ClientConfig,
+    framer: Framer,
+    /// The framer holds a message begun in an earlier read.
+    framing: bool,
+    /// The size of the last reply too large to copy (0 before the first).
+    large: usize,
+    /// The hello is sent and its answer not read yet.
+    awaiting_hello: bool,
+    /// Requests and notifications for the transport, not yet taken.
+    out: Vec<u8>,
+    next_id: u64,
+    waiting: Waiting<T>,
+    /// Msgids of calls queued since the last [`ClientConnection::take_transmit`]: their
+    /// deadlines start then (one clock read per batch, not per call).
+    fresh: Vec<u64>,
+    /// The earliest deadline of a call in flight, as last computed.
+    earliest: Option<Instant>,
+    /// When requests were last taken for the transport.
+    last_write: Instant,
+}
+
+impl<T: Copy> ClientConnection<T> {
+    /// A client connection with `config`, not started yet.
+    pub fn new(config: ClientConfig, now: Instant) -> ClientConnection<T> {
+        ClientConnection {
+            framer: Framer::new(config.codec, config.max_message_size),
+            config,
+            framing: false,
+            large: 0,
+            awaiting_hello: false,
+            out: Vec::new(),
+            next_id: 0,
+            waiting: Waiting::default(),
+            fresh: Vec::new(),
+            earliest: None,
+            last_write: now,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Whether our extensions are on (the hello is sent): timeouts travel, cancels and
+    /// pings are sent.
+    pub fn is_extended(&self) -> bool {
+        self.config.hello
+    }
+
+    /// A new transport is up, at `now`: queue the hello if we send one. Calls of an
+    /// earlier transport must have been failed ([`ClientConnection::handle_disconnect`]).
+    pub fn start(&mut self, now: Instant) {
+        self.framer.reset();
+        self.framing = false;
+        self.out.clear();
+        self.fresh.clear();
+        self.earliest = None;
+        self.last_write = now;
+        self.awaiting_hello = self.config.hello;
+        if self.config.hello {
+            Hello::new(self.config.codec)
+                .with_session(self.config.session)
+                .encode(&mut self.out);
+        }
+    }
+
+    /// Whether the server's answer to our hello is still to come: calls should wait for it
+    /// (a request queued now is written after the hello, which is correct, but an error in
+    /// the hello would fail it).
+    pub fn is_awaiting_hello(&self) -> bool {
+        self.awaiting_hello
+    }
+
+    /// Queue a request: `msgid` is `None` for a new call (one is allocated) or the msgid of
+    /// an earlier attempt (a call sent again keeps it, as the server's dedup key);
+    /// `deadline` is the earlier attempt's, if any (otherwise it starts `timeout` from when
+    /// the request is taken for the transport). Returns the msgid.
+    ///
+    /// # Errors
+    ///
+    /// When the params cannot be encoded: nothing was queued.
+    #[inline]
+    pub fn send_request<P: Params + ?Sized>(
+        &mut self,
+        msgid: Option<u64>,
+        method: &str,
+        params: &P,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        token: T,
+    ) -> Result<u64, EncodeError> {
+        let msgid = msgid.unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id
+        });
+        let sent_timeout = self.config.hello.then_some(timeout);
+        encode_request(
+            self.config.codec,
+            &mut self.out,
+            msgid,
+            method,
+            params,
+            sent_timeout,
+        )?;
+        self.waiting.insert(Entry {
+            msgid,
+            token,
+            timeout,
+            deadline,
+        });
+        if deadline.is_none() {
+            self.fresh.push(msgid);
+        } else if self.earliest.is_none_or(|e| deadline < Some(e)) {
+            self.earliest = deadline;
+        }
+        Ok(msgid)
+    }
+
+    /// Queue a notification.
+    ///
+    /// # Errors
+    ///
+    /// When the params cannot be encoded: nothing was queued.
+    pub fn send_notification<P: Params + ?Sized>(
+        &mut self,
+        method: &str,
+        params: &P,
+    ) -> Result<(), EncodeError> {
+        encode_notification(self.config.codec, &mut self.out, method, params)
+    }
+
+    /// The caller gave up on `msgid` before its reply (its future was dropped): forget it
+    /// and, with extensions, tell the server. Returns whether it was still in flight.
+    pub fn forget(&mut self, msgid: u64) -> bool {
+        let in_flight = self.waiting.remove(msgid).is_some();
+        if in_flight && self.config.hello {
+            self.cancel(msgid);
+        }
+        in_flight
+    }
+
+    fn cancel(&mut self, msgid: u64) {
+        // Encoding an integer cannot fail.
+        let _ = encode_notification(self.config.codec, &mut self.out, CANCEL, &(msgid,));
+    }
+
+    /// Whether requests or notifications wait to be taken.
+    pub fn has_transmit(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Take everything queued for the transport, at `now`, by swapping it with `buf`
+    /// (which must be empty; its capacity is kept for the next batch). The deadlines of the
+    /// calls in it start now.
+    pub fn take_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) {
+        debug_assert!(buf.is_empty());
+        mem::swap(&mut self.out, buf);
+        if buf.is_empty() {
+            return;
+        }
+        self.last_write = now;
+        for msgid in self.fresh.drain(..) {
+            // A call forgotten since it was queued holds nothing to time.
+            if let Some(entry) = self.waiting.get_mut(msgid) {
+                let deadline = *entry.deadline.get_or_insert(now + entry.timeout);
+                if self.earliest.is_none_or(|e| deadline < e) {
+                    self.earliest = Some(deadline);
+                }
+            }
+        }
+    }
+
+    /// The deadline of `msgid`, once started.
+    pub fn deadline(&mut self, msgid: u64) -> Option<Instant> {
+        self.waiting.get_mut(msgid).and_then(|e| e.deadline)
+    }
+
+    /// Calls in flight.
+    pub fn in_flight(&self) -> usize {
+        self.waiting.len
+    }
+
+    /// How much room the next read should have for the reply being read, as its headers
+    /// tell, and for a whole large reply when large ones have been coming.
+    pub fn read_hint(&self, rbuf: &[u8]) -> usize {
+        self.framer.needed(rbuf).max(self.large).min(HINT_LIMIT)
+    }
+
+    /// Hand every complete reply in `rbuf` to its caller, and consume it.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError`] when the stream is unreadable: close the transport.
+    pub fn handle_input<B: ReadBuf, R: Replies<T>>(
+        &mut self,
+        rbuf: &mut B,
+        replies: &mut R,
+    ) -> Result<(), ProtocolError> {
+        if self.awaiting_hello {
+            match Hello::decode(rbuf.bytes()) {
+                Ok(None) => return Ok(()),
+                Ok(Some((hello, n))) if hello.codec == self.config.codec => {
+                    rbuf.consume(n);
+                    self.awaiting_hello = false;
+                }
+                _ => return Err(ProtocolError::Hello),
+            }
+        }
+        let codec = self.config.codec;
+        let max = self.framer.max_message_size();
+        // Small replies are read in place and the buffer advanced once for the batch.
+        let mut at = 0;
+        let result = loop {
+            // A success reply is framed and parsed in one pass (its msgid, and where its
+            // result starts); anything else, or a message begun in an earlier read, goes
+            // through the framer and is parsed below.
+            let buf = &rbuf.bytes()[at..];
+            let parsed = match (self.framing, codec) {
+                (false, Codec::Msgpack) => parse_response_prefix(buf, max),
+                (false, Codec::Bincode) => parse_bincode_response_prefix(buf, max),
+                _ => None,
+            };
+            let one_pass = match parsed {
+                // The result is the frame's last element: it ends where the frame does.
+                Some((
+                    Message::Response {
+                        msgid,
+                        outcome: Ok(result),
+                    },
+                    n,
+                )) => Some((msgid, n - result.len(), n)),
+                _ => None,
+            };
+            let n = match one_pass {
+                Some((_, _, n)) => n,
+                None => match self.framer.decode(buf) {
+                    Ok(None) => {
+                        self.framing = !buf.is_empty();
+                        break Ok(());
+                    }
+                    Ok(Some(n)) => {
+                        self.framing = false;
+                        n
+                    }
+                    Err(e) => break Err(ProtocolError::Frame(e)),
+                },
+            };
+            let known = one_pass.map(|(msgid, start, _)| (msgid, start));
+            if n > INLINE_REPLY {
+                self.large = n;
+                rbuf.consume(at);
+                at = 0;
+                if let Some(frame) = rbuf.split_frame(n) {
+                    self.put_frame(replies, &frame, known, Some(&frame));
+                    continue;
+                }
+            }
+            self.put_frame(replies, &rbuf.bytes()[at..at + n], known, None);
+            at += n;
+        };
+        rbuf.consume(at);
+        result
+    }
+
+    /// Put the reply in `frame` into its caller's hands: `known` is its msgid and where its
+    /// result starts when it was parsed already; otherwise it is parsed here.
+    #[inline]
+    fn put_frame<R: Replies<T>>(
+        &mut self,
+        replies: &mut R,
+        frame: &[u8],
+        known: Option<(u64, usize)>,
+        shared: Option<&Bytes>,
+    ) {
+        match known {
+            Some((msgid, start)) => self.put(replies, msgid, true, &frame[start..], shared),
+            None => match Message::parse(self.config.codec, frame) {
+                Ok(Message::Response { msgid, outcome }) => match outcome {
+                    Ok(result) => self.put(replies, msgid, true, result, shared),
+                    Err(error) => self.put(replies, msgid, false, error, shared),
+                },
+                Ok(Message::Request { msgid, method, .. }) => {
+                    // A server calling us (Neovim's `rpcrequest`): we serve nothing, so it
+                    // is told at once rather than left waiting for our call to time out.
+                    encode_response_err(
+                        self.config.codec,
+                        &mut self.out,
+                        msgid,
+                        &ServerError::method_not_found(method),
+                    );
+                }
+                // Notifications from the server are ignored; so is a message that does
+                // not parse (the framer found where it ends: the stream is still in step).
+                Ok(Message::Notification { .. }) | Err(_) => {}
+            },
+        }
+    }
+
+    #[inline]
+    fn put<R: Replies<T>>(
+        &mut self,
+        replies: &mut R,
+        msgid: u64,
+        ok: bool,
+        part: &[u8],
+        shared: Option<&Bytes>,
+    ) {
+        // A reply to a call nobody waits for any more is dropped.
+        if let Some(entry) = self.waiting.remove(msgid) {
+            replies.reply(Reply {
+                token: entry.token,
+                ok,
+                part,
+                frame: shared,
+                deadline: entry.deadline,
+            });
+        }
+    }
+
+    /// The transport is gone: every call in flight ends (the caller decides with
+    /// [`may_resend`] whether to send it again), with the deadline it had. Queued bytes
+    /// are dropped.
+    pub fn handle_disconnect(&mut self, mut lost: impl FnMut(T, Option<Instant>)) {
+        self.out.clear();
+        self.fresh.clear();
+        self.earliest = None;
+        self.awaiting_hello = false;
+        for entry in self.waiting.drain() {
+            lost(entry.token, entry.deadline);
+        }
+    }
+
+    /// The earliest deadline of a call in flight.
+    pub fn poll_deadline(&self) -> Option<Instant> {
+        self.earliest
+    }
+
+    /// Fail the calls whose deadline passed at `now` (with extensions, the server is told
+    /// to cancel them).
+    pub fn handle_deadlines(&mut self, now: Instant, mut timed_out: impl FnMut(T)) {
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        for entry in self.waiting.iter() {
+            let Some(deadline) = entry.deadline else { continue };
+            if deadline > now {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            } else {
+                expired.push(entry.msgid);
+            }
+        }
+        for msgid in expired {
+            if let Some(entry) = self.waiting.remove(msgid) {
+                if self.config.hello {
+                    self.cancel(msgid);
+                }
+                timed_out(entry.token);
+            }
+        }
+        self.earliest = next;
+    }
+
+    /// When the idle ping is next due.
+    pub fn poll_ping(&self) -> Option<Instant> {
+        let interval = self.config.heartbeat_interval?;
+        Some(self.last_write + interval)
+    }
+
+    /// The ping timer fired at `now`; `writing` says whether the transport still has bytes
+    /// to write. Queues `rpc.ping` if nothing was written for a whole interval. Returns
+    /// when to look again.
+    pub fn handle_ping(&mut self, now: Instant, writing: bool) -> Option<Instant> {
+        let interval = self.config.heartbeat_interval?;
+        if now.duration_since(self.last_write) >= interval && !writing {
+            if self.out.is_empty() {
+                // Encoding an empty array cannot fail.
+                let _ = encode_notification(self.config.codec, &mut self.out, PING, &());
+            }
+            Some(now + interval)
+        } else {
+            Some(self.last_write + interval)
+        }
+    }
+}
+
+/// A hasher for msgids: sequential integers need mixing, not SipHash's defence against
+/// chosen keys (the client picks its own msgids).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The calls in flight, by msgid.
+///
+/// Msgids are handed out in sequence, so the calls in flight nearly always land in
+/// distinct places of a ring indexed by the msgid's low bits (kept at least twice as large
+/// as the number of calls); the rare one that collides (a call still waiting when the ring
+/// has come round to it again) goes to a map. No hashing on the common path.
+#[derive(Debug)]
+struct Waiting<T> {
+    /// msgid 0 (never handed out) marks a free place.
+    ring: Vec<Option<Entry<T>>>,
+    overflow: HashMap<u64, Entry<T>, BuildHasherDefault<IdHasher>>,
+    len: usize,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Waiting<T> {
+        Waiting {
+            ring: Vec::new(),
+            overflow: HashMap::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy> Waiting<T> {
+    #[inline]
+    fn place(&self, msgid: u64) -> usize {
+        // Truncation intended: the low bits pick the place.
+        (msgid as usize) & (self.ring.len() - 1)
+    }
+
+    #[inline]
+    fn insert(&mut self, entry: Entry<T>) {
+        if self.len * 2 >= self.ring.len() {
+            self.grow();
+        }
+        let at = self.place(entry.msgid);
+        match &mut self.ring[at] {
+            free @ None => *free = Some(entry),
+            Some(_) => {
+                self.overflow.insert(entry.msgid, entry);
+            }
+        }
+        self.len += 1;
+    }
+
+    #[inline]
+    fn get_mut(&mut self, msgid: u64) -> Option<&mut Entry<T>> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        let at = self.place(msgid);
+        match &mut self.ring[at] {
+            Some(e) if e.msgid == msgid => Some(e),
+            _ => self.overflow.get_mut(&msgid),
+        }
+    }
+
+    #[inline]
+    fn remove(&mut self, msgid: u64) -> Option<Entry<T>> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        let at = self.place(msgid);
+        let found = match self.ring[at] {
+            Some(e) if e.msgid == msgid => self.ring[at].take(),
+            _ => self.overflow.remove(&msgid),
+        };
+        if found.is_some() {
+            self.len -= 1;
+        }
+        found
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry<T>> {
+        self.ring.iter().flatten().chain(self.overflow.values())
+    }
+
+    fn drain(&mut self) -> Vec<Entry<T>> {
+        let mut all: Vec<Entry<T>> = self.ring.iter_mut().filter_map(Option::take).collect();
+        all.extend(self.overflow.drain().map(|(_, e)| e));
+        self.len = 0;
+        all
+    }
+
+    fn grow(&mut self) {
+        let size = (self.ring.len() * 2).max(64);
+        let old = mem::replace(&mut self.ring, vec![None; size]);
+        let entries: Vec<Entry<T>> = old
+            .into_iter()
+            .flatten()
+            .chain(self.overflow.drain().map(|(_, e)| e))
+            .collect();
+        for entry in entries {
+            let at = self.place(entry.msgid);
+            match &mut self.ring[at] {
+                free @ None => *free = Some(entry),
+                Some(_) => {
+                    self.overflow.insert(entry.msgid, entry);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `e` is a server's refusal of a call that did not run (it was shutting down).
+pub fn is_refused(e: &ServerError) -> bool {
+    e.kind() == ErrorCode::ShuttingDown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{encode_response_err, encode_response_ok};
+    use hex_literal::hex;
+
+    /// Records every reply: token, ok, the part's bytes, whether it came as `Bytes`.
+    #[derive(Default)]
+    struct Got(Vec<(u32, bool, Vec<u8>, bool)>);
+
+    impl Replies<u32> for Got {
+        fn reply(&mut self, r: Reply<'_, u32>) {
+            self.0.push((r.token, r.ok, r.part.to_vec(), r.frame.is_some()));
+        }
+    }
+
+    fn conn(codec: Codec, hello: bool) -> (ClientConnection<u32>, Instant) {
+        let now = Instant::now();
+        let mut config = ClientConfig::new(codec);
+        config.hello = hello;
+        config.session = hello.then_some(7);
+        let mut c = ClientConnection::new(config, now);
+        c.start(now);
+        (c, now)
+    }
+
+    fn take(c: &mut ClientConnection<u32>, now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        c.take_transmit(now, &mut out);
+        out
+    }
+
+    #[test]
+    fn plain_request_bytes_and_reply_at_every_split_point() {
+        let (mut c, now) = conn(Codec::Msgpack, false);
+        let id = c
+            .send_request(None, "add", &(2, 3), Duration::from_secs(1), None, 10)
+            .unwrap();
+        assert_eq!(id, 1);
+        // No hello, no timeout element: exactly the spec's request.
+        assert_eq!(take(&mut c, now), hex!("94 00 01 a3 61 64 64 92 02 03"));
+        // A success reply (one pass) then an error reply to an unknown msgid (framer).
+        let mut input = hex!("94 01 01 c0 05").to_vec();
+        encode_response_err(
+            Codec::Msgpack,
+            &mut input,
+            99,
+            &ServerError::new(ErrorCode::Internal, "x"),
+        );
+        for cut in 0..=input.len() {
+            let (mut c, now) = conn(Codec::Msgpack, false);
+            c.send_request(None, "add", &(2, 3), Duration::from_secs(1), None, 10)
+                .unwrap();
+            take(&mut c, now);
+            let mut got = Got::default();
+            let mut rbuf = BytesMut::from(&input[..cut]);
+            c.handle_input(&mut rbuf, &mut got).unwrap();
+            rbuf.extend_from_slice(&input[cut..]);
+            c.handle_input(&mut rbuf, &mut got).unwrap();
+            assert_eq!(got.0, [(10, true, vec![0x05], false)], "cut at {cut}");
+            assert!(rbuf.is_empty());
+            assert_eq!(c.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn hello_with_each_codec_then_timeouts_travel() {
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            let (mut c, now) = conn(codec, true);
+            assert!(c.is_awaiting_hello());
+            let mut expect = Vec::new();
+            Hello::new(codec).with_session(Some(7)).encode(&mut expect);
+            c.send_request(None, "add", &(1, 2), Duration::from_millis(1500), None, 3)
+                .unwrap();
+            encode_request(
+                codec,
+                &mut expect,
+                1,
+                "add",
+                &(1, 2),
+                Some(Duration::from_millis(1500)),
+            )
+            .unwrap();
+            assert_eq!(
+                take(&mut c, now),
+                expect,
+                "{codec:?}: the hello first, then the request with its timeout"
+            );
+            // The server's hello and the reply, split anywhere.
+            let mut input = Vec::new();
+            Hello::new(codec).with_session(Some(7)).encode(&mut input);
+            encode_response_ok(codec, &mut input, 1, &3i64).unwrap();
+            for cut in 0..=input.len() {
+                let (mut c, now) = conn(codec, true);
+                c.send_request(None, "add", &(1, 2), Duration::from_secs(1), None, 3)
+                    .unwrap();
+                take(&mut c, now);
+                let mut got = Got::default();
+                let mut rbuf = BytesMut::from(&input[..cut]);
+                c.handle_input(&mut rbuf, &mut got).unwrap();
+                rbuf.extend_from_slice(&input[cut..]);
+                c.handle_input(&mut rbuf, &mut got).unwrap();
+                assert!(!c.is_awaiting_hello());
+                assert_eq!(got.0.len(), 1, "{codec:?} cut at {cut}");
+                assert_eq!(codec.decode_framed::<i64>(&got.0[0].2).unwrap(), 3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_that_refuses_the_hello_is_an_error() {
+        let (mut c, _) = conn(Codec::Msgpack, true);
+        let mut rbuf = BytesMut::from(&hex!("94 01 01 c0 05")[..]);
+        assert_eq!(
+            c.handle_input(&mut rbuf, &mut Got::default()),
+            Err(ProtocolError::Hello)
+        );
+        // A hello naming another codec too.
+        let (mut c, _) = conn(Codec::Bincode, true);
+        let mut rbuf = hello_bytes(Codec::Msgpack);
+        assert_eq!(
+            c.handle_input(&mut rbuf, &mut Got::default()),
+            Err(ProtocolError::Hello)
+        );
+    }
+
+    #[test]
+    fn deadlines_start_when_taken_and_expire_with_a_cancel() {
+        let (mut c, t0) = conn(Codec::Msgpack, true);
+        c.handle_input(&mut hello_bytes(Codec::Msgpack), &mut Got::default())
+            .unwrap();
+        take(&mut c, t0);
+        let a = c
+            .send_request(None, "slow", &(1,), Duration::from_secs(2), None, 1)
+            .unwrap();
+        let b = c
+            .send_request(None, "slow", &(2,), Duration::from_secs(5), None, 2)
+            .unwrap();
+        assert_eq!(
+            c.poll_deadline(),
+            None,
+            "not started before the transport takes them"
+        );
+        let t1 = t0 + Duration::from_millis(10);
+        take(&mut c, t1);
+        assert_eq!(c.poll_deadline(), Some(t1 + Duration::from_secs(2)));
+        assert_eq!(c.deadline(b), Some(t1 + Duration::from_secs(5)));
+        let mut timed_out = Vec::new();
+        c.handle_deadlines(t1 + Duration::from_secs(2), |t| timed_out.push(t));
+        assert_eq!(timed_out, [1]);
+        assert_eq!(c.poll_deadline(), Some(t1 + Duration::from_secs(5)));
+        // The server is told to cancel it.
+        let mut cancel = Vec::new();
+        encode_notification(Codec::Msgpack, &mut cancel, CANCEL, &(a,)).unwrap();
+        assert_eq!(take(&mut c, t1), cancel);
+        // Its late reply is dropped.
+        let mut got = Got::default();
+        let mut rbuf = BytesMut::new();
+        let mut late = Vec::new();
+        encode_response_ok(Codec::Msgpack, &mut late, a, &1u8).unwrap();
+        rbuf.extend_from_slice(&late);
+        c.handle_input(&mut rbuf, &mut got).unwrap();
+        assert!(got.0.is_empty());
+    }
+
+    fn hello_bytes(codec: Codec) -> BytesMut {
+        let mut v = Vec::new();
+        Hello::new(codec).with_session(Some(7)).encode(&mut v);
+        BytesMut::from(&v[..])
+    }
+
+    #[test]
+    fn disconnect_ends_every_call_and_a_resent_call_keeps_its_msgid_and_deadline() {
+        let (mut c, t0) = conn(Codec::Msgpack, false);
+        let a = c
+            .send_request(None, "f", &(1,), Duration::from_secs(3), None, 1)
+            .unwrap();
+        take(&mut c, t0);
+        let b = c
+            .send_request(None, "f", &(2,), Duration::from_secs(3), None, 2)
+            .unwrap();
+        let mut lost = Vec::new();
+        c.handle_disconnect(|t, d| lost.push((t, d)));
+        lost.sort_unstable();
+        assert_eq!(lost, [(1, Some(t0 + Duration::from_secs(3))), (2, None)]);
+        assert_eq!(c.in_flight(), 0);
+        assert!(!c.has_transmit(), "queued bytes belong to the lost transport");
+        // The resend rule: what did not run always; what may have run with a session or
+        // when idempotent; never past its deadline.
+        assert!(may_resend(Failure::NotSent, false, false));
+        assert!(may_resend(Failure::Refused, false, false));
+        assert!(!may_resend(Failure::Lost, false, false));
+        assert!(may_resend(Failure::Lost, true, false));
+        assert!(may_resend(Failure::Lost, false, true));
+        assert!(!may_resend(Failure::TimedOut, true, true));
+        // On the next transport, a resent call keeps its msgid and deadline; a new call
+        // gets the next msgid.
+        let t1 = t0 + Duration::from_secs(1);
+        c.start(t1);
+        let deadline = Some(t0 + Duration::from_secs(3));
+        assert_eq!(
+            c.send_request(Some(a), "f", &(1,), Duration::from_secs(3), deadline, 1)
+                .unwrap(),
+            a
+        );
+        assert_eq!(
+            c.send_request(None, "f", &(3,), Duration::from_secs(3), None, 3)
+                .unwrap(),
+            b + 1
+        );
+        take(&mut c, t1);
+        assert_eq!(c.deadline(a), deadline);
+        assert_eq!(c.poll_deadline(), deadline);
+    }
+
+    #[test]
+    fn forgetting_a_call_cancels_it_with_extensions_only() {
+        let (mut plain, now) = conn(Codec::Msgpack, false);
+        let id = plain
+            .send_request(None, "f", &(1,), Duration::from_secs(1), None, 1)
+            .unwrap();
+        take(&mut plain, now);
+        assert!(plain.forget(id));
+        assert!(!plain.has_transmit());
+        assert!(!plain.forget(id), "forgotten once");
+        let (mut ext, now) = conn(Codec::Msgpack, true);
+        let id = ext
+            .send_request(None, "f", &(1,), Duration::from_secs(1), None, 1)
+            .unwrap();
+        take(&mut ext, now);
+        assert!(ext.forget(id));
+        let mut cancel = Vec::new();
+        encode_notification(Codec::Msgpack, &mut cancel, CANCEL, &(id,)).unwrap();
+        assert_eq!(take(&mut ext, now), cancel);
+    }
+
+    #[test]
+    fn a_request_from_the_server_is_answered_method_not_found() {
+        let (mut c, now) = conn(Codec::Msgpack, false);
+        // Neovim's `rpcrequest`: [0, 4, "nvim_hello", []].
+        let mut rbuf = BytesMut::from(&hex!("94 00 04 aa 6e 76 69 6d 5f 68 65 6c 6c 6f 90")[..]);
+        let mut got = Got::default();
+        c.handle_input(&mut rbuf, &mut got).unwrap();
+        assert!(got.0.is_empty());
+        let out = take(&mut c, now);
+        let Ok(Message::Response {
+            msgid: 4,
+            outcome: Err(e),
+        }) = Message::parse(Codec::Msgpack, &out)
+        else {
+            panic!("{out:x?}")
+        };
+        assert_eq!(
+            crate::decode_error(Codec::Msgpack, e).kind(),
+            ErrorCode::MethodNotFound
+        );
+    }
+
+    #[test]
+    fn large_replies_come_as_bytes_and_the_limit_holds() {
+        let (mut c, now) = conn(Codec::Msgpack, false);
+        c.send_request(None, "echo", &(1,), Duration::from_secs(1), None, 5)
+            .unwrap();
+        take(&mut c, now);
+        let big = vec![7u8; 4000];
+        let mut input = Vec::new();
+        encode_response_ok(Codec::Msgpack, &mut input, 1, &serde_bytes::Bytes::new(&big)).unwrap();
+        let mut rbuf = BytesMut::from(&input[..]);
+        let mut got = Got::default();
+        c.handle_input(&mut rbuf, &mut got).unwrap();
+        assert_eq!(got.0.len(), 1);
+        assert!(got.0[0].3, "handed over as Bytes");
+        assert!(
+            c.read_hint(&[]) >= input.len(),
+            "room for a whole large reply next time"
+        );
+        // Over the limit: a protocol error, from the header.
+        let mut config = ClientConfig::new(Codec::Msgpack);
+        config.max_message_size = 1024;
+        let mut small = ClientConnection::<u32>::new(config, now);
+        small.start(now);
+        let mut rbuf = BytesMut::from(&input[..16]);
+        let r = small.handle_input(&mut rbuf, &mut Got::default());
+        assert!(matches!(r, Err(ProtocolError::Frame(_))), "{r:?}");
+    }
+
+    #[test]
+    fn ping_after_an_idle_interval_only() {
+        let (mut c, t0) = conn(Codec::Msgpack, true);
+        let interval = Duration::from_secs(20);
+        assert_eq!(c.poll_ping(), Some(t0 + interval));
+        take(&mut c, t0);
+        c.send_notification("x", &()).unwrap();
+        let t1 = t0 + Duration::from_secs(5);
+        take(&mut c, t1);
+        // Fired at t0 + 20 s, but something was written at t1: look again at t1 + 20 s.
+        assert_eq!(c.handle_ping(t0 + interval, false), Some(t1 + interval));
+        assert!(!c.has_transmit());
+        // Idle for a whole interval: ping.
+        assert_eq!(
+            c.handle_ping(t1 + interval, false),
+            Some(t1 + interval + interval)
+        );
+        let mut ping = Vec::new();
+        encode_notification(Codec::Msgpack, &mut ping, PING, &()).unwrap();
+        assert_eq!(take(&mut c, t1 + interval), ping);
+    }
+}
