@@ -474,7 +474,7 @@ impl Connection {
     fn dedup_call(&mut self, key: (u128, u64), method: &[u8], params: &[u8], deadline: Option<Instant>) {
         let cache = self.shared.dedup.clone();
         let mut tx = None;
-        let begin = cache.begin(key, std::time::Instant::now(), || {
+        let begin = cache.begin(key, Instant::now().into_std(), || {
             let (t, r) = watch::channel(None);
             tx = Some(t);
             r
@@ -510,7 +510,7 @@ impl Connection {
                 {
                     Dispatch::Ready(reply) => {
                         let bytes = encode_reply(codec, self.peer, msgid, reply);
-                        cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
+                        cache.complete(key, bytes.clone(), bytes.len(), Instant::now().into_std());
                         let _ = tx.send(Some(bytes.clone()));
                         let mut guard = guard;
                         guard.done = true;
@@ -523,7 +523,7 @@ impl Connection {
                         tokio::spawn(async move {
                             let mut guard = guard;
                             let bytes = encode_reply(codec, peer, msgid, fut.await);
-                            cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
+                            cache.complete(key, bytes.clone(), bytes.len(), Instant::now().into_std());
                             guard.done = true;
                             let _ = tx.send(Some(bytes));
                         });
