@@ -453,8 +453,8 @@ impl SuiteCache for DedupCache<(), Vec<u8>> {
 #[macro_export]
 macro_rules! dedup_suite {
     ($make:expr) => {
-        use $crate::dedup::{Begin, DedupConfig, SuiteCache as _};
         use ::std::time::{Duration, Instant};
+        use $crate::dedup::{Begin, DedupConfig, SuiteCache as _};
 
         fn fresh(config: DedupConfig) -> impl $crate::dedup::SuiteCache {
             ($make)(config)
@@ -494,7 +494,10 @@ macro_rules! dedup_suite {
             c.evict(t0 + Duration::from_secs(61));
             assert_eq!(c.len(), 0);
             assert_eq!(c.bytes(), 0);
-            assert!(matches!(c.begin((1, 1), t0 + Duration::from_secs(61)), Begin::Run));
+            assert!(matches!(
+                c.begin((1, 1), t0 + Duration::from_secs(61)),
+                Begin::Run
+            ));
         }
 
         #[test]
@@ -505,7 +508,10 @@ macro_rules! dedup_suite {
             let t0 = Instant::now();
             assert!(matches!(c.begin((1, 1), t0), Begin::Run));
             c.complete((1, 1), b"a", t0);
-            assert!(matches!(c.begin((1, 1), t0 + Duration::from_secs(1)), Begin::Run));
+            assert!(matches!(
+                c.begin((1, 1), t0 + Duration::from_secs(1)),
+                Begin::Run
+            ));
         }
 
         #[test]
@@ -520,7 +526,12 @@ macro_rules! dedup_suite {
             for i in 0..100_000u64 {
                 assert!(matches!(c.begin(key(i), t0), Begin::Run), "key {i}");
                 c.complete(key(i), &answer(i), t0);
-                assert!(c.len() <= 1000 && c.bytes() <= 50_000, "at {i}: {} {}", c.len(), c.bytes());
+                assert!(
+                    c.len() <= 1000 && c.bytes() <= 50_000,
+                    "at {i}: {} {}",
+                    c.len(),
+                    c.bytes()
+                );
                 // A recent answer reads back intact.
                 if i >= 5 {
                     let k = i - 5;
@@ -546,7 +557,11 @@ macro_rules! dedup_suite {
             let at = t0 + Duration::from_millis(10);
             assert!(matches!(c.begin((1, 0), at), Begin::Run), "the oldest went");
             for i in 1..4u64 {
-                assert_eq!(cached(c.begin((1, i), at)), Some(vec![i as u8]), "{i} stays");
+                assert_eq!(
+                    cached(c.begin((1, i), at)),
+                    Some(vec![i as u8]),
+                    "{i} stays"
+                );
             }
         }
 
@@ -569,7 +584,11 @@ macro_rules! dedup_suite {
                 c.abandon((1, i));
             }
             for i in 4..10u64 {
-                assert_eq!(cached(c.begin((1, i), t0)), Some(vec![i as u8; 10]), "{i} stays");
+                assert_eq!(
+                    cached(c.begin((1, i), t0)),
+                    Some(vec![i as u8; 10]),
+                    "{i} stays"
+                );
             }
             assert_eq!(cached(c.begin((2, 0), t0)), Some(vec![9; 35]));
         }

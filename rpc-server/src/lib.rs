@@ -356,8 +356,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// The dedup cache of unstable-network mode.
     pub(crate) dedup: Arc<Dedup>,
-    /// Which worker process this is (prefork; 0 in one process): `rpc.worker` answers it.
-    #[allow(dead_code)] // Read by tests and kept beside the registry's copy for logs.
+    /// Which worker process this is (prefork; 0 in one process). `rpc.worker` answers
+    /// it: the registry's handler was given the same index when the server was built.
     pub(crate) worker: usize,
 }
 

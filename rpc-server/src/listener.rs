@@ -83,7 +83,7 @@ impl Listener {
         let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
         tokio::pin!(shutdown);
         if let Ok(addr) = self.listener.local_addr() {
-            info!(%addr, "listening");
+            info!(%addr, worker = self.shared.worker, "listening");
         }
         loop {
             let accepted = tokio::select! {

@@ -50,16 +50,13 @@ pub(crate) const PING: &str = rpc_proto::reserved::PING;
 /// Reserved notification `[msgid]`: the client gave up on that call.
 pub(crate) const CANCEL: &[u8] = rpc_proto::reserved::CANCEL.as_bytes();
 /// Reserved method answering `{"index": i, "pid": p}`: the worker process serving this
-/// connection (prefork), so tests and users can see where a connection landed. One
-/// process answers index 0.
+/// connection (the index the server was built with, `Shared::worker`), so tests and
+/// users can see where a connection landed. One process answers index 0.
 pub(crate) const WORKER: &str = rpc_proto::reserved::WORKER;
 
 /// The answer of `rpc.worker`: which worker process serves the connection.
 fn worker_info(index: usize) -> BTreeMap<&'static str, u64> {
-    BTreeMap::from([
-        ("index", index as u64),
-        ("pid", u64::from(std::process::id())),
-    ])
+    BTreeMap::from([("index", index as u64), ("pid", u64::from(std::process::id()))])
 }
 
 /// Makes the `max_flow` limit of a method, from its name and limit; see `Parts`.

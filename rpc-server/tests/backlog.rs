@@ -49,7 +49,9 @@ fn issue17_a_burst_of_connects_queues_in_the_backlog_of_builder_run() {
             for i in 0..BURST {
                 match TcpStream::connect_timeout(&addr, WAIT) {
                     Ok(conn) => queued.push(conn),
-                    Err(e) => panic!("connect {i} of {BURST} did not complete ({e}): the backlog is too small"),
+                    Err(e) => {
+                        panic!("connect {i} of {BURST} did not complete ({e}): the backlog is too small")
+                    }
                 }
             }
             stopper = Some(std::thread::spawn(move || stop_once_serving(addr)));

@@ -116,7 +116,12 @@ impl ShmLock {
                 }
                 continue;
             }
-            if cur & WAITERS == 0 && self.0.compare_exchange(cur, cur | WAITERS, Relaxed, Relaxed).is_err() {
+            if cur & WAITERS == 0
+                && self
+                    .0
+                    .compare_exchange(cur, cur | WAITERS, Relaxed, Relaxed)
+                    .is_err()
+            {
                 continue;
             }
             sleep_on(self.0, cur | WAITERS);
@@ -477,7 +482,11 @@ impl SharedDedup {
         let words = region.len.div_ceil(8);
         let mut out = Vec::with_capacity((words * 8) as usize);
         for k in 0..words {
-            out.extend_from_slice(&self.arena[((region.pos + k) % n) as usize].load(Relaxed).to_le_bytes());
+            out.extend_from_slice(
+                &self.arena[((region.pos + k) % n) as usize]
+                    .load(Relaxed)
+                    .to_le_bytes(),
+            );
         }
         // Pairs with the writers' fence: if any word above came from a later
         // reservation's writer, HEAD below shows that reservation.
@@ -548,7 +557,10 @@ impl Store for SharedDedup {
             }
             self.rules.make_room(&mut t, value.len(), now);
             // And the answers the reservation would overwrite.
-            while t.oldest_pos().is_some_and(|pos| t.h(HEAD) + words > pos + self.ring()) {
+            while t
+                .oldest_pos()
+                .is_some_and(|pos| t.h(HEAD) + words > pos + self.ring())
+            {
                 self.rules.pop_oldest(&mut t);
             }
             let pos = t.h(HEAD);
@@ -933,7 +945,10 @@ mod tests {
             let answer: Vec<u8> = (0..(i % 97) as u8).map(|b| b ^ i as u8).collect();
             assert!(matches!(c.begin((3, i), t0, &mut none), Begin::Run));
             c.complete((3, i), Bytes::from(answer.clone()), t0);
-            assert!(matches!(c.peek((3, i)), Peek::Done(b) if b[..] == answer[..]), "{i}");
+            assert!(
+                matches!(c.peek((3, i)), Peek::Done(b) if b[..] == answer[..]),
+                "{i}"
+            );
         }
         assert!(c.header[HEAD].load(Relaxed) > 10 * c.ring(), "the ring wrapped");
     }
@@ -1005,7 +1020,10 @@ mod tests {
         // The waiter flags the word once it sleeps; wait (bounded) for that.
         let start = Instant::now();
         while f.lock.0.load(Relaxed) & WAITERS == 0 {
-            assert!(start.elapsed() < Duration::from_secs(10), "the waiter never slept");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the waiter never slept"
+            );
             std::hint::spin_loop();
         }
         drop(guard);
