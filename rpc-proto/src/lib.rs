@@ -60,4 +60,5 @@ pub use message::{
     peek_msgid, Message, NOTIFICATION, REQUEST, RESPONSE,
 };
 
-pub use reserved::RESERVED_PREFIX;
+/// Method names starting with this prefix are reserved for the framework itself.
+pub const RESERVED_PREFIX: &str = reserved::PREFIX;

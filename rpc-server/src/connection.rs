@@ -406,7 +406,7 @@ impl Calls {
     ) {
         let cache = self.shared.dedup.clone();
         let mut chan = None;
-        let begin = cache.begin(key, std::time::Instant::now(), || {
+        let begin = cache.begin(key, Instant::now().into_std(), || {
             let (t, r) = watch::channel(None);
             chan = Some(t);
             r
@@ -439,7 +439,7 @@ impl Calls {
                 {
                     Dispatch::Ready(reply) => {
                         let bytes = encode_reply(codec, msgid, reply);
-                        cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
+                        cache.complete(key, bytes.clone(), bytes.len(), Instant::now().into_std());
                         let _ = chan.send(Some(bytes.clone()));
                         let mut guard = guard;
                         guard.done = true;
@@ -453,7 +453,7 @@ impl Calls {
                             async move {
                                 let mut guard = guard;
                                 let bytes = encode_reply(codec, msgid, fut.await);
-                                cache.complete(key, bytes.clone(), bytes.len(), std::time::Instant::now());
+                                cache.complete(key, bytes.clone(), bytes.len(), Instant::now().into_std());
                                 guard.done = true;
                                 let _ = chan.send(Some(bytes));
                             }

@@ -9,6 +9,15 @@
 //! - [`Builder`] and [`Config`]: collect methods and settings, then [`Builder::build`].
 //! - [`Server::run`]: accept connections until the shutdown future completes, then drain.
 //!
+//! A request goes through the files in this order: `listener.rs` (the accept loop, one
+//! task per connection) → `connection.rs` (reads requests, writes replies) →
+//! `registry.rs` (dispatch by method name; `limits.rs` for `max_flow`) → `method.rs`
+//! (the handler) or `blocking.rs` (sync handlers on the blocking pool, panics caught) →
+//! back to `connection.rs` with the [`Reply`]. `dedup.rs` is the dedup cache of
+//! unstable-network mode; `run.rs` the sync entry point [`Builder::run`]; `prefork.rs`
+//! the prefork supervisor, which builds each worker's server with its shared-memory
+//! limits and dedup store.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -27,8 +36,11 @@
 //! gone still runs to its end.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
+mod blocking;
 mod connection;
 mod dedup;
+mod limits;
+mod listener;
 mod method;
 #[cfg(unix)]
 mod prefork;
@@ -37,22 +49,17 @@ mod run;
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tokio::net::{TcpListener, ToSocketAddrs};
 
 pub use method::{Method, Reply, ReplyFuture, SyncJob};
 pub use rpc_proto::{Args, Codec, DedupConfig, ErrorCode, FromArgs, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
 pub use run::WorkerRuntime;
 
-use connection::Connection;
 use dedup::Dedup;
+use listener::Listener;
 use registry::Registry;
 
 /// Server settings. Every field has a documented default ([`Config::default`]).
@@ -99,6 +106,13 @@ pub struct Config {
     /// With `prefork`: the runtime each worker builds. Default:
     /// [`WorkerRuntime::CurrentThread`]. (One process always uses a multi-thread runtime.)
     pub worker_runtime: WorkerRuntime,
+    /// How many connections the kernel queues for the listener before the server
+    /// accepts them ([`Builder::serve`], [`Builder::run`], and each prefork worker's
+    /// listener). A connect beyond it waits for a SYN retransmission (1–2 s), so a
+    /// reconnect storm after a restart needs room. The kernel caps it at
+    /// `net.core.somaxconn`. A listener passed to [`Server::run`] keeps its own.
+    /// Default: 1024.
+    pub backlog: u32,
 }
 
 impl Default for Config {
@@ -116,6 +130,7 @@ impl Default for Config {
             prefork: None,
             bind_core: false,
             worker_runtime: WorkerRuntime::default(),
+            backlog: 1024,
         }
     }
 }
@@ -146,7 +161,7 @@ pub enum Error {
 }
 
 /// Collects methods and settings.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 #[must_use = "a builder does nothing until built or served"]
 pub struct Builder {
     methods: Vec<Method>,
@@ -241,6 +256,12 @@ impl Builder {
         self
     }
 
+    /// See [`Config::backlog`].
+    pub fn backlog(mut self, n: u32) -> Builder {
+        self.config.backlog = n;
+        self
+    }
+
     /// Check the methods and build the server.
     ///
     /// # Errors
@@ -248,16 +269,29 @@ impl Builder {
     /// [`BuildError::DuplicateMethod`] when two methods share a name (including the
     /// reserved `rpc.ping`).
     pub fn build(self) -> Result<Server, BuildError> {
-        let registry = Registry::new(
+        self.build_with(Parts::default())
+    }
+
+    /// Build with what a deployment mode supplies (prefork: the worker's index, shared
+    /// limits and dedup store); [`Builder::build`] is one process.
+    pub(crate) fn build_with(self, parts: Parts<'_>) -> Result<Server, BuildError> {
+        let registry = Registry::build(
             self.methods,
             self.config.blocking_threads,
             self.config.unstable_network,
+            parts.worker,
+            parts.limit,
         )?;
+        let dedup = match parts.dedup {
+            Some(store) => Dedup::new(store),
+            None => Dedup::local(self.config.dedup),
+        };
         Ok(Server {
             shared: Arc::new(Shared {
                 registry,
-                dedup: Arc::new(Dedup::Local(DedupMap::new(self.config.dedup))),
+                dedup: Arc::new(dedup),
                 config: self.config,
+                worker: parts.worker,
             }),
         })
     }
@@ -272,24 +306,59 @@ impl Builder {
         addr: impl ToSocketAddrs,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
+        let backlog = self.config.backlog;
         let server = self.build()?;
-        let listener = TcpListener::bind(addr).await?;
+        // As std's bind: the first address that binds.
+        let mut last = None;
+        let mut bound = None;
+        for addr in tokio::net::lookup_host(addr).await? {
+            match listener::bind(addr, backlog, |_| Ok(())) {
+                Ok(l) => {
+                    bound = Some(l);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let listener = match bound {
+            Some(l) => TcpListener::from_std(l)?,
+            None => {
+                return Err(last
+                    .unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "the address resolved to nothing")
+                    })
+                    .into())
+            }
+        };
         server.run(listener, shutdown).await;
         Ok(())
     }
 }
 
-/// The dedup cache as the server uses it: waiters hold a watch receiver, answers are
-/// whole encoded response frames.
-pub(crate) type DedupMap =
-    rpc_proto::DedupCache<tokio::sync::watch::Receiver<Option<bytes::Bytes>>, bytes::Bytes>;
+/// What a deployment mode supplies when it builds a server ([`Builder::build_with`]).
+/// The default is one process: worker 0, semaphores, a dedup map in this process.
+#[derive(Default)]
+pub(crate) struct Parts<'a> {
+    /// The worker's index (`rpc.worker`).
+    pub(crate) worker: usize,
+    /// Makes the `max_flow` limit of a method, from its name and limit.
+    pub(crate) limit: Option<registry::MakeLimit<'a>>,
+    /// The dedup store.
+    pub(crate) dedup: Option<Arc<dyn dedup::Store>>,
+}
 
 /// What every connection of a server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The methods, and how to dispatch a call.
     pub(crate) registry: Registry,
+    /// The settings.
     pub(crate) config: Config,
+    /// The dedup cache of unstable-network mode.
     pub(crate) dedup: Arc<Dedup>,
+    /// Which worker process this is (prefork; 0 in one process). `rpc.worker` answers
+    /// it: the registry's handler was given the same index when the server was built.
+    pub(crate) worker: usize,
 }
 
 /// A built server: serve it with [`Server::run`].
@@ -317,94 +386,6 @@ impl Server {
     /// Accept connections on `listener` until `shutdown` completes; then stop accepting,
     /// let in-flight calls finish for up to [`Config::grace_period`], and close.
     pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let token = CancellationToken::new();
-        let config = &self.shared.config;
-        let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-        let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
-        let mut conns = JoinSet::new();
-        tokio::pin!(shutdown);
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "listening");
-        }
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                _ = sweep.tick() => self.shared.dedup.evict(std::time::Instant::now()),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let Ok(permit) = limit.clone().try_acquire_owned() else {
-                            warn!(%peer, max = config.max_connections, "too many connections; closing the new one");
-                            continue;
-                        };
-                        self.start(&mut conns, stream, peer, token.clone(), permit);
-                    }
-                    Err(e) if is_connection_error(&e) => debug!(error = %e, "accept"),
-                    // EMFILE and the like: wait for connections to close (as hyper and axum do).
-                    Err(e) => {
-                        error!("accept error: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        }
-        // Connections already in the accept queue would be reset when the listener closes
-        // (with SO_REUSEPORT, no other worker's listener takes them over): accept them all,
-        // without waiting, so that they drain with the rest and their first requests are
-        // answered ShuttingDown (which clients may retry) instead.
-        match listener.into_std() {
-            Ok(listener) => loop {
-                match listener.accept() {
-                    Ok((stream, peer)) => {
-                        let stream = stream
-                            .set_nonblocking(true)
-                            .and_then(|()| TcpStream::from_std(stream));
-                        match (stream, limit.clone().try_acquire_owned()) {
-                            (Ok(stream), Ok(permit)) => {
-                                self.start(&mut conns, stream, peer, token.clone(), permit)
-                            }
-                            _ => warn!(%peer, "could not take a queued connection at shutdown"),
-                        }
-                    }
-                    Err(e) if is_connection_error(&e) => {}
-                    // WouldBlock: the queue is empty.
-                    Err(_) => break,
-                }
-            },
-            Err(e) => debug!(error = %e, "the accept queue could not be drained"),
-        }
-        info!(connections = conns.len(), "shutting down");
-        token.cancel();
-        let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(config.grace_period, drain).await.is_err() {
-            warn!(connections = conns.len(), "grace period over; closing the rest");
-            conns.shutdown().await;
-        }
+        Listener::new(self.shared.clone(), listener).run(shutdown).await;
     }
-
-    fn start(
-        &self,
-        conns: &mut JoinSet<()>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        token: CancellationToken,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(%peer, error = %e, "set_nodelay");
-        }
-        let conn = Connection::new(self.shared.clone(), peer);
-        conns.spawn(async move {
-            conn.run(stream, token).await;
-            drop(permit);
-        });
-    }
-}
-
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-    )
 }

@@ -18,7 +18,10 @@
 //!   TTIN and TTOU add and remove a worker.
 //! - `max_flow` limits and the dedup cache live in memory shared by every worker (see
 //!   [`shm`]), so a limit of N means N across the whole server and a retry that lands on
-//!   another worker still finds its answer.
+//!   another worker still finds its answer. They are mapped before the first fork; each
+//!   worker then builds its own server from the same [`Builder`] with its index and its
+//!   handles on them (`Builder::build_with`): the server defines what a limit and a
+//!   dedup store are, and never names this module.
 //!
 //! This module is the one place of the workspace where `unsafe` is allowed: `fork` and
 //! the shared mapping, each with its `SAFETY:` comment.
@@ -27,9 +30,9 @@
 mod shm;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,13 +43,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
-pub(crate) use shm::{Peek, SharedDedup, SharedFlow, SharedPermit};
-
-use crate::dedup::Dedup;
-use crate::registry::Flow;
+use crate::limits::Limit;
 use crate::run::WorkerRuntime;
-use crate::{Error, Server};
-use shm::Control;
+use crate::{Builder, Error, Parts};
+use shm::{Control, SharedDedup, SharedFlow};
 
 /// Most workers (TTIN stops here): during a rolling restart each has two slots.
 const MAX_WORKERS: usize = shm::MAX_SLOTS / 2;
@@ -65,17 +65,21 @@ pub(crate) struct Settings {
     pub(crate) workers: usize,
     pub(crate) bind_core: bool,
     pub(crate) runtime: WorkerRuntime,
+    /// Of each worker's listener.
+    pub(crate) backlog: u32,
 }
 
 /// Fork the workers and supervise them until TERM or INT; `on_listening` is called once,
 /// with the real address, when every first worker listens.
 pub(crate) fn run(
-    mut server: Server,
+    builder: Builder,
     addr: SocketAddr,
     settings: Settings,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
     check_single_thread()?;
+    // Check the methods once, here, rather than in every worker.
+    let uses_dedup = builder.clone().build()?.shared.registry.any_dedup();
     // Choose the port once: a bound, never listening socket holds it (it receives no
     // connections) for as long as the supervisor lives, and every worker binds it too.
     let reserve = reuseport_socket(addr)?;
@@ -87,22 +91,17 @@ pub(crate) fn run(
 
     // Shared memory, set up before the first fork so that every worker maps it.
     let control = Control::new()?;
-    let mut flows = Vec::new();
-    let mut dedup = None;
-    {
-        let shared = Arc::get_mut(&mut server.shared)
-            .ok_or_else(|| io::Error::other("the server is already shared; prefork needs it fresh"))?;
-        shared.registry.share_flows(|limit| {
-            let flow = SharedFlow::new(limit)?;
-            flows.push(flow.clone());
-            Ok::<_, io::Error>(Flow::Shared(flow))
-        })?;
-        if shared.registry.any_dedup() {
-            let cache = SharedDedup::new(shared.config.dedup, control)?;
-            shared.dedup = Arc::new(Dedup::Shared(cache.clone()));
-            dedup = Some(cache);
+    let mut flows = HashMap::new();
+    for m in &builder.methods {
+        if let Some(limit) = m.max_flow {
+            flows.insert(m.name.to_string(), SharedFlow::new(limit)?);
         }
     }
+    let dedup = if uses_dedup {
+        Some(SharedDedup::new(builder.config.dedup, control)?)
+    } else {
+        None
+    };
 
     let cores = if settings.bind_core {
         core_affinity::get_core_ids().unwrap_or_default()
@@ -114,8 +113,8 @@ pub(crate) fn run(
     }
     let desired = settings.workers.clamp(1, MAX_WORKERS);
     let supervisor = Supervisor {
-        grace: server.config().grace_period,
-        server,
+        grace: builder.config.grace_period,
+        builder,
         addr,
         settings,
         control,
@@ -155,6 +154,12 @@ fn check_single_thread() -> Result<(), Error> {
 fn reuseport_socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    reuseport(&socket)?;
+    Ok(socket)
+}
+
+/// Set `SO_REUSEPORT` (and, on FreeBSD, the balancing `SO_REUSEPORT_LB`).
+fn reuseport(socket: &Socket) -> io::Result<()> {
     #[cfg(not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin")))]
     socket.set_reuse_port(true)?;
     // FreeBSD shares the port with SO_REUSEPORT but balances only with SO_REUSEPORT_LB.
@@ -166,16 +171,12 @@ fn reuseport_socket(addr: SocketAddr) -> io::Result<Socket> {
         "prefork needs SO_REUSEPORT",
     ));
     #[cfg(not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin")))]
-    Ok(socket)
+    Ok(())
 }
 
 /// A worker's listener: its own socket in the port's `SO_REUSEPORT` group.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = reuseport_socket(addr)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    TcpListener::from_std(crate::listener::bind(addr, backlog, reuseport)?)
 }
 
 /// The signals the supervisor acts on; blocked in it and read from a `signalfd`.
@@ -301,12 +302,13 @@ struct Backoff {
 
 #[derive(Debug)]
 struct Supervisor {
-    server: Server,
+    builder: Builder,
     addr: SocketAddr,
     settings: Settings,
     grace: Duration,
     control: Control,
-    flows: Vec<SharedFlow>,
+    /// The shared `max_flow` limits, by method name.
+    flows: HashMap<String, SharedFlow>,
     dedup: Option<SharedDedup>,
     cores: Vec<core_affinity::CoreId>,
     me: Pid,
@@ -524,7 +526,7 @@ impl Supervisor {
         };
         let w = self.workers.swap_remove(i);
         // Give back what it held: max_flow permits, and any lock it died holding.
-        for flow in &self.flows {
+        for flow in self.flows.values() {
             let permits = flow.reclaim(w.slot);
             if permits > 0 {
                 info!(
@@ -590,7 +592,9 @@ impl Supervisor {
                 self.reserve = None;
                 self.signals = None;
                 let launch = Launch {
-                    server: self.server.clone(),
+                    builder: self.builder.clone(),
+                    flows: self.flows.clone(),
+                    dedup: self.dedup.clone(),
                     addr: self.addr,
                     index,
                     slot,
@@ -598,6 +602,7 @@ impl Supervisor {
                     control: self.control,
                     core: (!self.cores.is_empty()).then(|| self.cores[index % self.cores.len()]),
                     runtime: self.settings.runtime.clone(),
+                    backlog: self.settings.backlog,
                 };
                 // A panic must not unwind into the supervisor's code in this process.
                 let code =
@@ -642,7 +647,9 @@ fn restart_delay(failures: u32) -> Duration {
 
 /// What a freshly forked worker needs.
 struct Launch {
-    server: Server,
+    builder: Builder,
+    flows: HashMap<String, SharedFlow>,
+    dedup: Option<SharedDedup>,
     addr: SocketAddr,
     index: usize,
     slot: usize,
@@ -650,6 +657,7 @@ struct Launch {
     control: Control,
     core: Option<core_affinity::CoreId>,
     runtime: WorkerRuntime,
+    backlog: u32,
 }
 
 thread_local! {
@@ -659,9 +667,7 @@ thread_local! {
 
 /// A worker's life, in the child process: returns its exit code.
 fn worker(l: Launch) -> i32 {
-    shm::set_slot(l.slot);
     l.control.occupy(l.slot, std::process::id());
-    crate::registry::WORKER_INDEX.store(l.index, Ordering::Relaxed);
     // At the error level so that it is enabled whenever anything is logged: every line a
     // worker logs carries its index and pid.
     let span = tracing::error_span!("worker", index = l.index, pid = std::process::id());
@@ -703,13 +709,36 @@ fn worker(l: Launch) -> i32 {
             return 1;
         }
     };
-    let code = runtime.block_on(serve(&l));
+    // This worker's server: its index, and its handles on the shared limits and cache.
+    let limit = |name: &str, limit: usize| -> Arc<dyn Limit> {
+        match l.flows.get(name) {
+            Some(flow) => Arc::new(flow.for_slot(l.slot)),
+            // Not reached: the map was made from these same methods.
+            None => Arc::new(crate::limits::LocalLimit::new(limit)),
+        }
+    };
+    let parts = Parts {
+        worker: l.index,
+        limit: Some(&limit),
+        dedup: l
+            .dedup
+            .as_ref()
+            .map(|d| Arc::new(d.for_worker(l.slot, std::process::id())) as Arc<dyn crate::dedup::Store>),
+    };
+    let server = match l.builder.clone().build_with(parts) {
+        Ok(server) => server,
+        Err(e) => {
+            error!(error = %e, "could not build the server");
+            return 1;
+        }
+    };
+    let code = runtime.block_on(serve(&l, server));
     // A sync handler still running after the grace period cannot be stopped: do not wait.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
 }
 
-async fn serve(l: &Launch) -> i32 {
+async fn serve(l: &Launch, server: crate::Server) -> i32 {
     use tokio::signal::unix::{signal, SignalKind};
     let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
@@ -729,7 +758,7 @@ async fn serve(l: &Launch) -> i32 {
         error!(error = %e, "could not unblock TERM and INT");
         return 1;
     }
-    let listener = match listen(l.addr) {
+    let listener = match listen(l.addr, l.backlog) {
         Ok(listener) => listener,
         Err(e) => {
             error!(addr = %l.addr, error = %e, "could not listen");
@@ -739,7 +768,7 @@ async fn serve(l: &Launch) -> i32 {
     l.control.set_ready(l.slot);
     let _ = kill(l.supervisor, Signal::SIGUSR1);
     info!(addr = %l.addr, "worker listening");
-    l.server.run(listener, stop_signal(term, int, l.supervisor)).await;
+    server.run(listener, stop_signal(term, int, l.supervisor)).await;
     info!("worker stopped");
     0
 }

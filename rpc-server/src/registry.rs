@@ -33,88 +33,39 @@ impl Hasher for NameHasher {
         self.0
     }
 }
-use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use rpc_proto::{Args, Codec, ErrorCode, ServerError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use rpc_proto::{Args, Codec, ServerError};
 
+use crate::blocking::{panicked, BlockingPool, Guarded};
+use crate::limits::{overloaded, Limit, LocalLimit, Permit};
 use crate::method::{Kind, Method, Reply, ReplyFuture, Slot, SyncJob};
 use crate::BuildError;
 
 /// Reserved method answering `nil`: our clients' heartbeat.
-pub(crate) const PING: &str = "rpc.ping";
+pub(crate) const PING: &str = rpc_proto::reserved::PING;
 /// Reserved notification `[msgid]`: the client gave up on that call.
-pub(crate) const CANCEL: &[u8] = b"rpc.cancel";
+pub(crate) const CANCEL: &[u8] = rpc_proto::reserved::CANCEL.as_bytes();
 /// Reserved method answering `{"index": i, "pid": p}`: the worker process serving this
-/// connection (prefork), so tests and users can see where a connection landed. One
-/// process answers index 0.
-pub(crate) const WORKER: &str = "rpc.worker";
+/// connection (the index the server was built with, `Shared::worker`), so tests and
+/// users can see where a connection landed. One process answers index 0.
+pub(crate) const WORKER: &str = rpc_proto::reserved::WORKER;
 
-/// This process's worker index: set by a prefork worker right after the fork.
-pub(crate) static WORKER_INDEX: AtomicUsize = AtomicUsize::new(0);
-
-fn worker_info() -> BTreeMap<&'static str, u64> {
-    BTreeMap::from([
-        ("index", WORKER_INDEX.load(Ordering::Relaxed) as u64),
-        ("pid", u64::from(std::process::id())),
-    ])
+/// The answer of `rpc.worker`: which worker process serves the connection.
+fn worker_info(index: usize) -> BTreeMap<&'static str, u64> {
+    BTreeMap::from([("index", index as u64), ("pid", u64::from(std::process::id()))])
 }
 
-/// A `max_flow` limit: a semaphore in one process, or (prefork) one counter shared by
-/// every worker.
-#[derive(Clone)]
-pub(crate) enum Flow {
-    Local {
-        sem: Arc<Semaphore>,
-        /// Read when prefork replaces the semaphore (Unix only).
-        #[cfg_attr(not(unix), allow(dead_code))]
-        limit: usize,
-    },
-    #[cfg(unix)]
-    Shared(crate::prefork::SharedFlow),
-}
-
-/// A held `max_flow` slot, released when dropped.
-enum FlowPermit {
-    // Held for its `Drop` only.
-    Local(#[allow(dead_code)] OwnedSemaphorePermit),
-    #[cfg(unix)]
-    Shared(#[allow(dead_code)] crate::prefork::SharedPermit),
-}
-
-impl Flow {
-    fn try_acquire(&self) -> Option<FlowPermit> {
-        match self {
-            Flow::Local { sem, .. } => sem.clone().try_acquire_owned().ok().map(FlowPermit::Local),
-            #[cfg(unix)]
-            Flow::Shared(f) => f.try_acquire().map(FlowPermit::Shared),
-        }
-    }
-
-    /// A slot within `wait`: the semaphore's fair queue, or (shared) polling with backoff.
-    async fn acquire_within(self, wait: Duration) -> Option<FlowPermit> {
-        match self {
-            // The semaphore is never closed, so `Ok(Err(_))` cannot happen.
-            Flow::Local { sem, .. } => match tokio::time::timeout(wait, sem.acquire_owned()).await {
-                Ok(Ok(permit)) => Some(FlowPermit::Local(permit)),
-                _ => None,
-            },
-            #[cfg(unix)]
-            Flow::Shared(f) => f.acquire_within(wait).await.map(FlowPermit::Shared),
-        }
-    }
-}
+/// Makes the `max_flow` limit of a method, from its name and limit; see `Parts`.
+pub(crate) type MakeLimit<'a> = &'a dyn Fn(&str, usize) -> Arc<dyn Limit>;
 
 struct Entry {
     kind: Kind,
     /// The `max_flow` limit, if any. Permits travel with the execution.
-    flow: Option<Flow>,
+    flow: Option<Arc<dyn Limit>>,
     flow_wait: Option<Duration>,
     dedup: bool,
     name: Arc<str>,
@@ -147,8 +98,8 @@ pub(crate) struct Registry {
     entries: Vec<Entry>,
     /// Each method's index in `entries`, by name.
     methods: HashMap<Box<[u8]>, usize, BuildHasherDefault<NameHasher>>,
-    /// Bounds how many sync handlers run on the blocking pool at once.
-    blocking: Arc<Semaphore>,
+    /// Where sync handlers run.
+    blocking: BlockingPool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -173,37 +124,31 @@ enum Work {
     Sync(SyncJob),
 }
 
-fn panicked(method: &str, payload: &(dyn std::any::Any + Send)) -> Reply {
-    let msg = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("<non-string panic payload>");
-    tracing::error!(method, panic = msg, "handler panicked");
-    Reply::err(ServerError::new(
-        ErrorCode::HandlerPanicked,
-        format!("handler {method} panicked"),
-    ))
-}
-
-fn overloaded(name: &str) -> Reply {
-    Reply::err(ServerError::new(
-        ErrorCode::Overloaded,
-        format!("{name} is at its max_flow limit"),
-    ))
-}
-
 impl Registry {
+    /// The registry of `methods`, for tests: one process, semaphores for `max_flow`.
+    #[cfg(test)]
     pub(crate) fn new(
         methods: Vec<Method>,
         blocking_threads: usize,
         unstable_network: bool,
     ) -> Result<Registry, BuildError> {
+        Registry::build(methods, blocking_threads, unstable_network, 0, None)
+    }
+
+    /// The registry of `methods` plus the reserved ones. `worker` is the index
+    /// `rpc.worker` answers; `limit` makes each `max_flow` limit (default: a semaphore).
+    pub(crate) fn build(
+        methods: Vec<Method>,
+        blocking_threads: usize,
+        unstable_network: bool,
+        worker: usize,
+        limit: Option<MakeLimit<'_>>,
+    ) -> Result<Registry, BuildError> {
         let mut map = HashMap::with_capacity_and_hasher(methods.len() + 2, BuildHasherDefault::default());
         let mut entries = Vec::with_capacity(methods.len() + 2);
         let ping = Method::async_raw(PING, |_| Ok(Box::pin(std::future::ready(Reply::ok(())))));
-        let worker = Method::async_raw(WORKER, |_| {
-            Ok(Box::pin(std::future::ready(Reply::ok(worker_info()))))
+        let worker = Method::async_raw(WORKER, move |_| {
+            Ok(Box::pin(std::future::ready(Reply::ok(worker_info(worker)))))
         });
         for (index, m) in [ping, worker].into_iter().chain(methods).enumerate() {
             let key: Box<[u8]> = m.name.as_bytes().into();
@@ -215,9 +160,9 @@ impl Registry {
             map.insert(key, index);
             entries.push(Entry {
                 kind: m.kind,
-                flow: m.max_flow.map(|limit| Flow::Local {
-                    sem: Arc::new(Semaphore::new(limit)),
-                    limit,
+                flow: m.max_flow.map(|n| match limit {
+                    Some(make) => make(&m.name, n),
+                    None => Arc::new(LocalLimit::new(n)) as Arc<dyn Limit>,
                 }),
                 flow_wait: m.max_flow_wait,
                 dedup: !is_reserved && m.unstable_network.unwrap_or(unstable_network),
@@ -228,26 +173,11 @@ impl Registry {
         Ok(Registry {
             entries,
             methods: map,
-            blocking: Arc::new(Semaphore::new(blocking_threads.clamp(1, Semaphore::MAX_PERMITS))),
+            blocking: BlockingPool::new(blocking_threads),
         })
     }
 
-    /// Prefork: replace every `max_flow` semaphore with `share(limit)`.
-    #[cfg(unix)]
-    pub(crate) fn share_flows<E>(
-        &mut self,
-        mut share: impl FnMut(usize) -> Result<Flow, E>,
-    ) -> Result<(), E> {
-        for entry in &mut self.entries {
-            if let Some(Flow::Local { limit, .. }) = entry.flow {
-                entry.flow = Some(share(limit)?);
-            }
-        }
-        Ok(())
-    }
-
     /// Whether any method goes through the dedup cache.
-    #[cfg(unix)]
     pub(crate) fn any_dedup(&self) -> bool {
         self.entries.iter().any(|e| e.dedup)
     }
@@ -343,9 +273,9 @@ impl Registry {
     }
 }
 
-/// Start a call whose arguments are decoded. The name and the blocking pool's semaphore
-/// are only cloned for a call that is still running on return.
-fn start(work: Work, name: &Arc<str>, flow: Option<FlowPermit>, blocking: &Arc<Semaphore>) -> Dispatch {
+/// Start a call whose arguments are decoded. The name is only cloned for a call that is
+/// still running on return.
+fn start(work: Work, name: &Arc<str>, flow: Option<Permit>, blocking: &BlockingPool) -> Dispatch {
     match work {
         Work::Async(mut fut) => {
             // A no-op waker is fine here: a future still pending is pushed into the
@@ -362,52 +292,16 @@ fn start(work: Work, name: &Arc<str>, flow: Option<FlowPermit>, blocking: &Arc<S
                 Err(p) => Dispatch::Ready(panicked(name, &*p)),
             }
         }
-        Work::Sync(job) => {
-            let (name, blocking) = (name.clone(), blocking.clone());
-            Dispatch::Pending(Box::pin(async move {
-                // Unwrap: the blocking semaphore is never closed.
-                let permit = blocking.acquire_owned().await.unwrap();
-                // Both permits move into the job: they are released when the work really
-                // ends, even if the caller has gone.
-                let run = move || {
-                    let r = catch_unwind(AssertUnwindSafe(job));
-                    drop((permit, flow));
-                    r
-                };
-                match tokio::task::spawn_blocking(run).await {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(p)) => panicked(&name, &*p),
-                    Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
-                }
-            }))
-        }
-    }
-}
-
-/// An async handler's future, with panics turned into replies and its `max_flow` permit
-/// held until it completes or is dropped.
-struct Guarded {
-    fut: ReplyFuture,
-    name: Arc<str>,
-    _flow: Option<FlowPermit>,
-}
-
-impl Future for Guarded {
-    type Output = Reply;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        let this = &mut *self;
-        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
-            Ok(p) => p,
-            Err(p) => Poll::Ready(panicked(&this.name, &*p)),
-        }
+        Work::Sync(job) => Dispatch::Pending(blocking.run(job, name, flow)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_proto::{EncodeValue, Params, ParamsEncoder};
+    use rpc_proto::{EncodeValue, ErrorCode, Params, ParamsEncoder};
+    use std::future::Future;
+    use std::pin::Pin;
 
     fn params<P: Params>(p: P) -> Vec<u8> {
         let mut out = Vec::new();

@@ -117,8 +117,9 @@ impl Builder {
                     },
                     bind_core: self.config.bind_core,
                     runtime: self.config.worker_runtime.clone(),
+                    backlog: self.config.backlog,
                 };
-                crate::prefork::run(self.build()?, addr, settings, on_listening)
+                crate::prefork::run(self, addr, settings, on_listening)
             }
             #[cfg(not(unix))]
             Some(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "prefork needs Unix").into()),
@@ -126,9 +127,9 @@ impl Builder {
     }
 
     fn run_single(self, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<(), Error> {
+        let backlog = self.config.backlog;
         let server = self.build()?;
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
+        let listener = crate::listener::bind(addr, backlog, |_| Ok(()))?;
         let local = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         // The socket listens already: connections queue until the runtime accepts them.

@@ -1,60 +1,65 @@
 //! Memory shared by the supervisor and every worker: mapped once before the first fork,
-//! never unmapped, and touched only through 64-bit atomics.
+//! never unmapped, and touched only through atomics.
 //!
 //! Three users:
 //!
 //! - [`Control`]: per worker slot, the pid running in it and whether it listens. A slot
 //!   is a place a worker process occupies (index `i` during a rolling restart has two).
-//! - [`SharedFlow`]: one `max_flow` limit for the whole server. Each slot counts the
-//!   permits its process holds; a permit is granted under a short cross-process lock when
-//!   the sum over all slots is below the limit. When a worker dies the supervisor zeroes
-//!   its count, so its permits come back, exactly.
+//! - [`SharedFlow`]: one `max_flow` limit for the whole server (a [`Limit`]). Each slot
+//!   counts the permits its process holds; a permit is granted under a short
+//!   cross-process lock when the sum over all slots is below the limit. When a worker
+//!   dies the supervisor zeroes its count, so its permits come back, exactly.
 //! - [`SharedDedup`]: the dedup cache of unstable-network mode, shared by every worker
-//!   (see `Dedup` in `src/dedup.rs` for why it is shared rather than routed).
+//!   (a dedup [`Store`]; see `src/dedup.rs` for why it is shared rather than routed).
 //!
-//! Locks are spin locks (spin, then yield) held for a few hundred instructions (or one copy
-//! of an answer). The lock word holds its holder's slot, so that when a worker dies while
-//! holding one, the supervisor, which reaps it, releases the lock; for the dedup cache,
-//! whose structure may then be half-updated, it also marks the cache to be cleared.
+//! Each worker gets its own handle on the shared objects ([`SharedFlow::for_slot`],
+//! [`SharedDedup::for_worker`]) when it builds its server after the fork: the handle
+//! knows the worker's slot, so no process-wide static is needed.
+//!
+//! # The lock
+//!
+//! A lock is held only for bookkeeping: a probe of the table, a few words written, and
+//! the evictions an insertion causes (amortised O(1)); the sum of 256 counters for a
+//! limit. Answers, up to the message size, are copied outside it (see [`SharedDedup`]).
+//! So contention is short, and a waiter spins briefly and then sleeps in the kernel on
+//! the lock word (a futex on Linux, woken by the unlocker), exactly like
+//! `std::sync::Mutex`, which tokio's docs allow on async threads for short critical
+//! sections. It never spins with `yield_now`: on 2 cores that would spin against the
+//! holder. Elsewhere than Linux the sleep is a short `thread::sleep` instead of a futex.
+//!
+//! The lock word holds its holder's slot, so that when a worker dies while holding one,
+//! the supervisor, which reaps it, releases the lock; for the dedup cache, whose
+//! structure may then be half-updated, it also marks the cache to be cleared.
 
 use std::io;
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+use rpc_proto::dedup::{DedupRules, DedupStore, Finished, Slot};
 use rpc_proto::{Begin, DedupConfig};
 
-use crate::dedup::DedupKey;
+use crate::dedup::{DedupKey, Peek, Pending, Store, Wait};
+use crate::limits::{Acquire as AcquireFuture, Limit, Permit};
 
 /// Worker processes that may exist at once: during a rolling restart both generations
 /// hold a slot.
 pub(crate) const MAX_SLOTS: usize = 256;
 
-/// This process's slot, set by a worker right after the fork. The supervisor takes no
-/// lock, so it never needs one.
-static SLOT: AtomicUsize = AtomicUsize::new(0);
-/// This process's owner word in the dedup cache: `slot << 32 | pid`.
-static OWNER: AtomicU64 = AtomicU64::new(0);
+/// An atomic integer type whose all-zero bytes are a valid value (zero).
+trait ZeroAtomic: Sized {}
+impl ZeroAtomic for AtomicU64 {}
+impl ZeroAtomic for AtomicU32 {}
 
-/// Record, in a freshly forked worker, which slot it occupies.
-pub(crate) fn set_slot(slot: usize) {
-    SLOT.store(slot, Relaxed);
-    OWNER.store(((slot as u64) << 32) | u64::from(std::process::id()), Relaxed);
-}
-
-fn my_slot() -> usize {
-    SLOT.load(Relaxed)
-}
-
-/// A zeroed, shared, anonymous mapping of `words` atomics, kept for the life of the
-/// process and of every process forked from it.
-fn map_words(words: usize) -> io::Result<&'static [AtomicU64]> {
-    let words = words.max(1);
-    let bytes = words
-        .checked_mul(8)
+/// A zeroed, shared, anonymous mapping of `n` atomics, kept for the life of the process
+/// and of every process forked from it.
+fn map<T: ZeroAtomic>(n: usize) -> io::Result<&'static [T]> {
+    let n = n.max(1);
+    let bytes = n
+        .checked_mul(std::mem::size_of::<T>())
         .and_then(NonZeroUsize::new)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shared memory size overflows"))?;
     // SAFETY: a new anonymous mapping with no address hint: it aliases nothing in this
@@ -67,54 +72,134 @@ fn map_words(words: usize) -> io::Result<&'static [AtomicU64]> {
             MapFlags::MAP_SHARED,
         )
     }?;
-    // SAFETY: the mapping is `words * 8` bytes, page-aligned (so aligned for AtomicU64),
-    // and zero-filled by the kernel; zero is a valid AtomicU64. It is never unmapped, so
-    // `'static` holds, and every process that shares it (forks of this one) accesses it
-    // only through these atomics, so there is no non-atomic access to race with.
-    Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<AtomicU64>(), words) })
+    // SAFETY: the mapping is `n * size_of::<T>()` bytes, page-aligned (so aligned for an
+    // atomic integer), and zero-filled by the kernel; zero is a valid value of every
+    // `ZeroAtomic`. It is never unmapped, so `'static` holds, and every process that
+    // shares it (forks of this one) accesses it only through these atomics of this one
+    // type, so there is no non-atomic or mixed-size access to race with.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<T>(), n) })
 }
 
-/// A cross-process spin lock: 0 when free, else its holder's slot + 1.
-#[derive(Debug, Clone, Copy)]
-struct ShmLock(&'static AtomicU64);
+fn map_words(words: usize) -> io::Result<&'static [AtomicU64]> {
+    map(words)
+}
 
-struct ShmGuard(&'static AtomicU64);
+/// Set in a lock word while a process sleeps on it: the unlocker must wake one.
+const WAITERS: u32 = 1 << 31;
+/// Spins before sleeping: the holder only does bookkeeping.
+const SPINS: u32 = 100;
+
+/// A cross-process lock: 0 when free, else its holder's slot + 1, with [`WAITERS`].
+#[derive(Debug, Clone, Copy)]
+struct ShmLock(&'static AtomicU32);
+
+struct ShmGuard(&'static AtomicU32);
 
 impl ShmLock {
-    fn lock(self) -> ShmGuard {
-        let me = my_slot() as u64 + 1;
-        let mut spins = 0u32;
-        while self.0.compare_exchange_weak(0, me, Acquire, Relaxed).is_err() {
-            // Held for a few hundred instructions: spin a little, then let the holder run
-            // (on 2 cores it may be waiting for this very CPU).
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+    fn lock(self, slot: usize) -> ShmGuard {
+        let me = slot as u32 + 1;
+        if self.0.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
+            return ShmGuard(self.0);
+        }
+        for _ in 0..SPINS {
+            std::hint::spin_loop();
+            if self.0.load(Relaxed) == 0 && self.0.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
+                return ShmGuard(self.0);
             }
         }
-        ShmGuard(self.0)
+        loop {
+            let cur = self.0.load(Relaxed);
+            if cur == 0 {
+                // Taken with the flag set: others may still sleep on the word.
+                if self.0.compare_exchange(0, me | WAITERS, Acquire, Relaxed).is_ok() {
+                    return ShmGuard(self.0);
+                }
+                continue;
+            }
+            if cur & WAITERS == 0
+                && self
+                    .0
+                    .compare_exchange(cur, cur | WAITERS, Relaxed, Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            sleep_on(self.0, cur | WAITERS);
+        }
     }
 
     /// Whether the (dead) process of `slot` holds the lock.
     fn held_by(self, slot: usize) -> bool {
-        self.0.load(Acquire) == slot as u64 + 1
+        self.0.load(Acquire) & !WAITERS == slot as u32 + 1
     }
 
     /// Release a lock whose holder, in `slot`, is dead.
     fn release_dead(self, slot: usize) -> bool {
-        self.0
-            .compare_exchange(slot as u64 + 1, 0, AcqRel, Relaxed)
-            .is_ok()
+        let mut cur = self.0.load(Acquire);
+        while cur & !WAITERS == slot as u32 + 1 {
+            match self.0.compare_exchange(cur, 0, AcqRel, Acquire) {
+                Ok(_) => {
+                    wake(self.0, i32::MAX);
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+        false
     }
 }
 
 impl Drop for ShmGuard {
     fn drop(&mut self) {
-        self.0.store(0, Release);
+        if self.0.swap(0, Release) & WAITERS != 0 {
+            wake(self.0, 1);
+        }
     }
 }
+
+/// Sleep while `word` holds `expected`, or for 10 ms at most (a waker may die).
+#[cfg(target_os = "linux")]
+fn sleep_on(word: &AtomicU32, expected: u32) {
+    use nix::libc;
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 10_000_000,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned u32 at `word` (an atomic in a live shared
+    // mapping), and sleeps only if it still equals `expected`; the kernel writes no user
+    // memory. Not FUTEX_PRIVATE: the word is shared with other processes. Any error
+    // (EAGAIN: the word changed; EINTR; ETIMEDOUT) just sends the caller round again.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &timeout as *const libc::timespec,
+        );
+    }
+}
+
+/// Wake up to `n` processes sleeping on `word`.
+#[cfg(target_os = "linux")]
+fn wake(word: &AtomicU32, n: i32) {
+    use nix::libc;
+    // SAFETY: FUTEX_WAKE only uses the address as a key to find sleepers; it reads and
+    // writes no user memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sleep_on(word: &AtomicU32, expected: u32) {
+    if word.load(Relaxed) == expected {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wake(_: &AtomicU32, _: i32) {}
 
 /// Per slot: the pid running in it (0: free) and whether it listens.
 #[derive(Debug, Clone, Copy)]
@@ -168,59 +253,24 @@ pub(crate) struct SharedFlow {
     /// Permits held, per slot.
     held: &'static [AtomicU64],
     limit: u64,
-}
-
-/// A held slot of a [`SharedFlow`]; released when dropped.
-#[derive(Debug)]
-pub(crate) struct SharedPermit(&'static AtomicU64);
-
-impl Drop for SharedPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Release);
-    }
+    /// The slot of the process using this handle.
+    slot: usize,
 }
 
 impl SharedFlow {
     /// A counter for `limit` concurrent executions.
     pub(crate) fn new(limit: usize) -> io::Result<SharedFlow> {
-        let words = map_words(1 + MAX_SLOTS)?;
         Ok(SharedFlow {
-            lock: ShmLock(&words[0]),
-            held: &words[1..],
+            lock: ShmLock(&map::<AtomicU32>(1)?[0]),
+            held: map_words(MAX_SLOTS)?,
             limit: limit as u64,
+            slot: 0,
         })
     }
 
-    /// A permit if fewer than `limit` are held across all workers.
-    pub(crate) fn try_acquire(&self) -> Option<SharedPermit> {
-        let mine = &self.held[my_slot()];
-        let _guard = self.lock.lock();
-        // Every grant happens under the lock, so the sum sees all of them; a release
-        // (outside the lock) seen late only makes this refuse, never over-grant.
-        let held: u64 = self.held.iter().map(|h| h.load(Acquire)).sum();
-        if held >= self.limit {
-            return None;
-        }
-        mine.fetch_add(1, Relaxed);
-        Some(SharedPermit(mine))
-    }
-
-    /// A permit within `wait`, polling with a growing pause (1 to 16 ms): processes share
-    /// no wake-up channel.
-    pub(crate) async fn acquire_within(&self, wait: Duration) -> Option<SharedPermit> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            if let Some(p) = self.try_acquire() {
-                return Some(p);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(16));
-        }
+    /// The handle of the worker in `slot`.
+    pub(crate) fn for_slot(&self, slot: usize) -> SharedFlow {
+        SharedFlow { slot, ..self.clone() }
     }
 
     /// The worker in `slot` died: give its permits back (and the lock, if it held it).
@@ -231,14 +281,51 @@ impl SharedFlow {
     }
 }
 
+impl Limit for SharedFlow {
+    /// A permit if fewer than `limit` are held across all workers.
+    fn try_acquire(&self) -> Option<Permit> {
+        let mine = &self.held[self.slot];
+        let _guard = self.lock.lock(self.slot);
+        // Every grant happens under the lock, so the sum sees all of them; a release
+        // (outside the lock) seen late only makes this refuse, never over-grant.
+        let held: u64 = self.held.iter().map(|h| h.load(Acquire)).sum();
+        if held >= self.limit {
+            return None;
+        }
+        mine.fetch_add(1, Relaxed);
+        Some(Permit::counted(mine))
+    }
+
+    /// A permit within `wait`, polling with a growing pause (1 to 16 ms): processes share
+    /// no wake-up channel.
+    fn acquire_within(&self, wait: Duration) -> AcquireFuture<'_> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut pause = Duration::from_millis(1);
+            loop {
+                if let Some(p) = self.try_acquire() {
+                    return Some(p);
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(pause.min(deadline - now)).await;
+                pause = (pause * 2).min(Duration::from_millis(16));
+            }
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Dedup cache
 
 // Header words.
 const DIRTY: usize = 0;
 const COUNT: usize = 1;
-/// Next free word of the arena (a position that only grows; the arena index is it modulo
-/// the arena's size).
+/// End of the last reservation in the arena (a position that only grows; the arena index
+/// is it modulo the arena's size). Never reset, not even by a clear: copies in flight
+/// check against it.
 const HEAD: usize = 2;
 const ORDER_START: usize = 3;
 const ORDER_LEN: usize = 4;
@@ -271,16 +358,29 @@ const O_POS: usize = 4;
 const O_LEN: usize = 5;
 const ITEM: usize = 6;
 
-/// The dedup cache of unstable-network mode in shared memory: the same rules as
-/// [`rpc_proto::DedupCache`] (run once, retries wait for the running call or get the
-/// stored answer, TTL, bounded in entries and bytes, oldest evicted first) for every
-/// worker at once.
+/// Where an answer's bytes are in the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Region {
+    pos: u64,
+    len: u64,
+}
+
+/// The dedup cache of unstable-network mode in shared memory, for every worker at once:
+/// the rules are [`DedupRules`] (the same code as the in-process cache); this is only
+/// where entries live.
 ///
 /// Layout: an open-addressing table (linear probing, backward-shift deletion) of
 /// running and finished calls; a queue of finished calls in completion order; a ring of
-/// answer bytes written in that same order, so the oldest answer is always the next one
-/// to be overwritten and eviction is popping the queue. A call running in a process that
-/// died counts as abandoned: the next request for its key runs it.
+/// answer bytes. A call running in a process that died counts as abandoned: the next
+/// request for its key runs it.
+///
+/// Answers are copied outside the lock. Completing reserves a region of the ring under
+/// the lock (evicting the answers it would overwrite), copies the answer in without the
+/// lock, and publishes it under the lock if no later reservation overran the region in
+/// the meantime. A reader finds the region under the lock, copies it out without the
+/// lock, and keeps the copy only if no reservation reached the region meanwhile (the
+/// reservation end, [`HEAD`], only grows; a fence pairs each writer's reservation with
+/// the readers of what it wrote). An answer found overrun reads as evicted.
 #[derive(Debug, Clone)]
 pub(crate) struct SharedDedup {
     lock: ShmLock,
@@ -292,14 +392,11 @@ pub(crate) struct SharedDedup {
     /// The instant timestamps count from: taken before the fork, so every worker has the
     /// same (the monotonic clock is system-wide).
     base: Instant,
-    config: DedupConfig,
-}
-
-/// What a retry waiting on a call in another process sees.
-pub(crate) enum Peek {
-    Done(Bytes),
-    Running,
-    Gone,
+    rules: DedupRules,
+    /// The slot of the process using this handle.
+    slot: usize,
+    /// Its owner word, `slot << 32 | pid`, written into the calls it runs.
+    owner: u64,
 }
 
 impl SharedDedup {
@@ -317,153 +414,101 @@ impl SharedDedup {
             .and_then(|n| n.checked_add(4096))
             .and_then(usize::checked_next_power_of_two)
             .ok_or_else(too_large)?;
-        let arena_words = config.max_bytes.div_ceil(8).max(1);
+        // Answers are padded to whole words: up to a word more each. With this much
+        // room, the ring never overwrites an answer the bounds in bytes and entries
+        // would keep (only completions racing out of order can).
+        let arena_words = config.max_bytes.div_ceil(8).checked_add(entries);
         let total = [
             buckets.checked_mul(BUCKET),
             entries.checked_mul(ITEM),
-            Some(arena_words),
+            arena_words,
         ]
         .into_iter()
-        .try_fold(1 + HEADER, |sum, n| n.and_then(|n| sum.checked_add(n)))
+        .try_fold(HEADER, |sum, n| n.and_then(|n| sum.checked_add(n)))
         .ok_or_else(too_large)?;
         let words = map_words(total)?;
-        let (lock, rest) = words.split_at(1);
-        let (header, rest) = rest.split_at(HEADER);
+        let (header, rest) = words.split_at(HEADER);
         let (table, rest) = rest.split_at(buckets * BUCKET);
         let (order, arena) = rest.split_at(entries * ITEM);
         Ok(SharedDedup {
-            lock: ShmLock(&lock[0]),
+            lock: ShmLock(&map::<AtomicU32>(1)?[0]),
             header,
             table,
             order,
             arena,
             control,
             base: Instant::now(),
-            config,
+            rules: DedupRules::new(config),
+            slot: 0,
+            owner: 0,
         })
+    }
+
+    /// The handle of the worker with `pid` in `slot`.
+    pub(crate) fn for_worker(&self, slot: usize, pid: u32) -> SharedDedup {
+        SharedDedup {
+            slot,
+            owner: ((slot as u64) << 32) | u64::from(pid),
+            ..self.clone()
+        }
     }
 
     fn nanos(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn locked(&self) -> (ShmGuard, Cache<'_>) {
-        let guard = self.lock.lock();
-        let cache = Cache { d: self };
-        if cache.h(DIRTY) != 0 {
+    fn instant(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
+    }
+
+    fn locked(&self) -> (ShmGuard, Table<'_>) {
+        let guard = self.lock.lock(self.slot);
+        let table = Table { d: self };
+        if table.h(DIRTY) != 0 {
             tracing::warn!("a worker died while updating the shared dedup cache; clearing it");
-            cache.clear();
+            table.clear();
         }
-        (guard, cache)
+        (guard, table)
     }
 
-    /// As [`rpc_proto::DedupCache::begin`]; `Wait` carries nothing (the waiter polls).
-    pub(crate) fn begin(&self, key: DedupKey, now: Instant) -> Begin<(), Bytes> {
-        let now = self.nanos(now);
-        let me = OWNER.load(Relaxed);
-        let (_guard, c) = self.locked();
-        match c.find(key) {
-            Ok(b) if c.b(b, B_STATE) == RUNNING => {
-                if self.control.alive(c.b(b, B_OWNER)) {
-                    return Begin::Wait(());
-                }
-                // Its process died: the call was abandoned; run it again.
-                c.set_b(b, B_OWNER, me);
-                Begin::Run
-            }
-            Ok(b) => {
-                if now.saturating_sub(c.b(b, B_AT)) < self.ttl() {
-                    return Begin::Cached(c.read(c.b(b, B_POS), c.b(b, B_LEN) as usize));
-                }
-                c.set_b(b, B_STATE, RUNNING);
-                c.set_b(b, B_OWNER, me);
-                Begin::Run
-            }
-            Err(_) => {
-                if c.full() {
-                    c.evict(now, None);
-                }
-                match c.find(key) {
-                    Err(b) if !c.full() => {
-                        c.insert(b, key, me);
-                        Begin::Run
-                    }
-                    // Full of running calls: run it without a record (not deduplicated).
-                    _ => {
-                        tracing::warn!(
-                            "the shared dedup cache is full of running calls; this one is not tracked"
-                        );
-                        Begin::Run
-                    }
-                }
-            }
+    /// The arena's size in words.
+    fn ring(&self) -> u64 {
+        self.arena.len() as u64
+    }
+
+    /// Copy `region` out, without the lock; `None` if a reservation overran it.
+    fn read(&self, region: Region) -> Option<Bytes> {
+        let n = self.ring();
+        let words = region.len.div_ceil(8);
+        let mut out = Vec::with_capacity((words * 8) as usize);
+        for k in 0..words {
+            out.extend_from_slice(
+                &self.arena[((region.pos + k) % n) as usize]
+                    .load(Relaxed)
+                    .to_le_bytes(),
+            );
         }
-    }
-
-    /// Store the answer of a call this process ran.
-    pub(crate) fn complete(&self, key: DedupKey, value: &[u8], now: Instant) {
-        let now = self.nanos(now);
-        let words = value.len().div_ceil(8) as u64;
-        let (_guard, c) = self.locked();
-        if words > self.arena.len() as u64 {
-            // Larger than the whole cache: kept by nobody (as DedupCache would evict it at once).
-            if let Ok(b) = c.find(key) {
-                c.remove(b);
-            }
-            return;
+        // Pairs with the writers' fence: if any word above came from a later
+        // reservation's writer, HEAD below shows that reservation.
+        fence(Acquire);
+        if self.header[HEAD].load(Relaxed) > region.pos + n {
+            return None;
         }
-        c.evict(now, Some(words));
-        let b = match c.find(key) {
-            Ok(b) => b,
-            Err(b) if !c.full() => {
-                c.insert(b, key, 0);
-                b
-            }
-            Err(_) => return,
-        };
-        let pos = c.h(HEAD);
-        c.write(pos, value);
-        c.set_h(HEAD, pos + words);
-        c.set_h(BYTES, c.h(BYTES) + value.len() as u64);
-        c.push(key, now, pos, value.len() as u64);
-        c.set_b(b, B_AT, now);
-        c.set_b(b, B_POS, pos);
-        c.set_b(b, B_LEN, value.len() as u64);
-        c.set_b(b, B_STATE, DONE);
+        out.truncate(region.len as usize);
+        Some(Bytes::from(out))
     }
 
-    /// Forget a call this process started and will not complete.
-    pub(crate) fn abandon(&self, key: DedupKey) {
-        let me = OWNER.load(Relaxed);
-        let (_guard, c) = self.locked();
-        if let Ok(b) = c.find(key) {
-            if c.b(b, B_STATE) == RUNNING && c.b(b, B_OWNER) == me {
-                c.remove(b);
-            }
+    /// Copy `value` into its reserved `region`, without the lock.
+    fn write(&self, region: Region, value: &[u8]) {
+        // Pairs with the readers' fence: the reservation (made before) is seen by any
+        // reader that sees these words.
+        fence(Release);
+        let n = self.ring();
+        for (k, chunk) in value.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.arena[((region.pos + k as u64) % n) as usize].store(u64::from_le_bytes(w), Relaxed);
         }
-    }
-
-    /// For a retry waiting on a running call: its answer, still running, or gone (its
-    /// process died, or it was abandoned).
-    pub(crate) fn peek(&self, key: DedupKey) -> Peek {
-        let (_guard, c) = self.locked();
-        match c.find(key) {
-            Ok(b) if c.b(b, B_STATE) == DONE => Peek::Done(c.read(c.b(b, B_POS), c.b(b, B_LEN) as usize)),
-            Ok(b) if self.control.alive(c.b(b, B_OWNER)) => Peek::Running,
-            _ => Peek::Gone,
-        }
-    }
-
-    /// Drop expired answers.
-    pub(crate) fn evict(&self, now: Instant) {
-        let now = self.nanos(now);
-        let (_guard, c) = self.locked();
-        c.evict(now, None);
-    }
-
-    /// Entries held, running ones included.
-    pub(crate) fn len(&self) -> usize {
-        self.header[COUNT].load(Relaxed) as usize
     }
 
     /// The worker in `slot` died. If it held the lock, the structure may be half-updated:
@@ -476,17 +521,98 @@ impl SharedDedup {
         self.lock.release_dead(slot)
     }
 
-    fn ttl(&self) -> u64 {
-        u64::try_from(self.config.ttl.as_nanos()).unwrap_or(u64::MAX)
-    }
-
     fn buckets(&self) -> usize {
         self.table.len() / BUCKET
     }
 }
 
-/// The cache while its lock is held: plain loads and stores (the lock orders them).
-struct Cache<'a> {
+impl Store for SharedDedup {
+    fn begin(&self, key: DedupKey, now: Instant, _: &mut dyn FnMut() -> Pending) -> Begin<Wait, Bytes> {
+        loop {
+            let region = {
+                let (_guard, mut t) = self.locked();
+                match self.rules.begin(&mut t, key, now, || self.owner) {
+                    Begin::Run => return Begin::Run,
+                    Begin::Wait(()) => return Begin::Wait(Wait::Poll),
+                    Begin::Cached(region) => region,
+                }
+            };
+            if let Some(answer) = self.read(region) {
+                return Begin::Cached(answer);
+            }
+            // Overrun while we copied: it is evicted; look again (it now runs).
+            let (_guard, mut t) = self.locked();
+            t.forget(key, region);
+        }
+    }
+
+    fn complete(&self, key: DedupKey, value: Bytes, now: Instant) {
+        let words = value.len().div_ceil(8) as u64;
+        let region = {
+            let (_guard, mut t) = self.locked();
+            if words > self.ring() || value.len() > self.rules.config().max_bytes {
+                // Larger than the whole cache: kept by nobody.
+                t.remove(key);
+                return;
+            }
+            self.rules.make_room(&mut t, value.len(), now);
+            // And the answers the reservation would overwrite.
+            while t
+                .oldest_pos()
+                .is_some_and(|pos| t.h(HEAD) + words > pos + self.ring())
+            {
+                self.rules.pop_oldest(&mut t);
+            }
+            let pos = t.h(HEAD);
+            t.set_h(HEAD, pos + words);
+            Region {
+                pos,
+                len: value.len() as u64,
+            }
+        };
+        self.write(region, &value);
+        let (_guard, mut t) = self.locked();
+        if t.h(HEAD) > region.pos + self.ring() {
+            // Overrun by another completion meanwhile: as if evicted at once.
+            t.remove(key);
+            return;
+        }
+        self.rules.complete(&mut t, key, region, value.len(), now);
+    }
+
+    fn abandon(&self, key: DedupKey) {
+        let (_guard, mut t) = self.locked();
+        self.rules.abandon(&mut t, key);
+    }
+
+    fn evict(&self, now: Instant) {
+        let (_guard, mut t) = self.locked();
+        self.rules.evict(&mut t, now);
+    }
+
+    fn len(&self) -> usize {
+        self.header[COUNT].load(Relaxed) as usize
+    }
+
+    fn peek(&self, key: DedupKey) -> Peek {
+        let region = {
+            let (_guard, t) = self.locked();
+            match t.get(key) {
+                Some(Slot::Done { answer, .. }) => answer,
+                Some(Slot::Running(owner)) if self.control.alive(owner) => return Peek::Running,
+                _ => return Peek::Gone,
+            }
+        };
+        match self.read(region) {
+            Some(answer) => Peek::Done(answer),
+            None => Peek::Gone,
+        }
+    }
+}
+
+/// The cache while its lock is held: plain loads and stores (the lock orders them). This
+/// is the store the rules work on.
+struct Table<'a> {
     d: &'a SharedDedup,
 }
 
@@ -499,7 +625,117 @@ fn hash(key: DedupKey) -> u64 {
     z ^ (z >> 31)
 }
 
-impl Cache<'_> {
+impl DedupStore for Table<'_> {
+    type Running = u64;
+    type Waiter = ();
+    type Answer = Region;
+
+    fn get(&self, key: DedupKey) -> Option<Slot<u64, Region>> {
+        let b = self.find(key).ok()?;
+        Some(match self.b(b, B_STATE) {
+            RUNNING => Slot::Running(self.b(b, B_OWNER)),
+            _ => Slot::Done {
+                answer: Region {
+                    pos: self.b(b, B_POS),
+                    len: self.b(b, B_LEN),
+                },
+                at: self.d.instant(self.b(b, B_AT)),
+                size: self.b(b, B_LEN) as usize,
+            },
+        })
+    }
+
+    fn put(&mut self, key: DedupKey, slot: Slot<u64, Region>) -> Result<(), Slot<u64, Region>> {
+        let b = match self.find(key) {
+            Ok(b) => b,
+            Err(_) if self.full() => return Err(slot),
+            Err(b) => {
+                self.insert(b, key);
+                b
+            }
+        };
+        match slot {
+            Slot::Running(owner) => {
+                self.set_b(b, B_OWNER, owner);
+                self.set_b(b, B_STATE, RUNNING);
+            }
+            Slot::Done { answer, at, .. } => {
+                self.set_b(b, B_AT, self.d.nanos(at));
+                self.set_b(b, B_POS, answer.pos);
+                self.set_b(b, B_LEN, answer.len);
+                self.set_b(b, B_STATE, DONE);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: DedupKey) {
+        if let Ok(b) = self.find(key) {
+            self.remove_at(b);
+        }
+    }
+
+    fn push(&mut self, f: Finished, answer: &Region) {
+        let cap = self.d.order.len() / ITEM;
+        if self.h(ORDER_LEN) as usize >= cap {
+            // The rules evict before pushing past `max_entries`, the queue's size.
+            self.d.rules.pop_oldest(self);
+        }
+        let i = (self.h(ORDER_START) as usize + self.h(ORDER_LEN) as usize) % cap;
+        self.set_o(i, O_HI, (f.key.0 >> 64) as u64);
+        self.set_o(i, O_LO, f.key.0 as u64);
+        self.set_o(i, O_MSGID, f.key.1);
+        self.set_o(i, O_AT, self.d.nanos(f.at));
+        self.set_o(i, O_POS, answer.pos);
+        self.set_o(i, O_LEN, f.size as u64);
+        self.set_h(ORDER_LEN, self.h(ORDER_LEN) + 1);
+        self.set_h(BYTES, self.h(BYTES) + f.size as u64);
+    }
+
+    fn oldest(&self) -> Option<Finished> {
+        if self.h(ORDER_LEN) == 0 {
+            return None;
+        }
+        let i = self.h(ORDER_START) as usize;
+        Some(Finished {
+            key: (
+                (u128::from(self.o(i, O_HI)) << 64) | u128::from(self.o(i, O_LO)),
+                self.o(i, O_MSGID),
+            ),
+            at: self.d.instant(self.o(i, O_AT)),
+            size: self.o(i, O_LEN) as usize,
+        })
+    }
+
+    fn pop(&mut self) {
+        if self.h(ORDER_LEN) == 0 {
+            return;
+        }
+        let cap = self.d.order.len() / ITEM;
+        let i = self.h(ORDER_START) as usize;
+        self.set_h(BYTES, self.h(BYTES).saturating_sub(self.o(i, O_LEN)));
+        self.set_h(ORDER_START, ((i + 1) % cap) as u64);
+        self.set_h(ORDER_LEN, self.h(ORDER_LEN) - 1);
+    }
+
+    fn finished(&self) -> usize {
+        self.h(ORDER_LEN) as usize
+    }
+
+    fn bytes(&self) -> usize {
+        self.h(BYTES) as usize
+    }
+
+    fn waiter(&self, owner: &u64) -> Option<()> {
+        self.d.control.alive(*owner).then_some(())
+    }
+
+    fn is_mine(&self, owner: &u64) -> bool {
+        *owner == self.d.owner
+    }
+}
+
+impl Table<'_> {
     fn h(&self, i: usize) -> u64 {
         self.d.header[i].load(Relaxed)
     }
@@ -522,6 +758,21 @@ impl Cache<'_> {
 
     fn set_o(&self, i: usize, f: usize, v: u64) {
         self.d.order[i * ITEM + f].store(v, Relaxed);
+    }
+
+    /// Where the oldest finished answer is in the arena.
+    fn oldest_pos(&self) -> Option<u64> {
+        (self.h(ORDER_LEN) > 0).then(|| self.o(self.h(ORDER_START) as usize, O_POS))
+    }
+
+    /// Remove `key`'s answer if it is still the one at `region` (a reader found it
+    /// overrun).
+    fn forget(&mut self, key: DedupKey, region: Region) {
+        if let Some(Slot::Done { answer, .. }) = self.get(key) {
+            if answer == region {
+                self.remove(key);
+            }
+        }
     }
 
     fn mask(&self) -> usize {
@@ -557,18 +808,19 @@ impl Cache<'_> {
         self.h(COUNT) as usize >= self.d.buckets() / 4 * 3
     }
 
-    fn insert(&self, b: usize, key: DedupKey, owner: u64) {
+    /// A new running entry for `key` in the empty bucket `b` (its state is written by
+    /// the caller).
+    fn insert(&self, b: usize, key: DedupKey) {
         self.set_b(b, B_HI, (key.0 >> 64) as u64);
         self.set_b(b, B_LO, key.0 as u64);
         self.set_b(b, B_MSGID, key.1);
-        self.set_b(b, B_OWNER, owner);
         self.set_b(b, B_STATE, RUNNING);
         self.set_h(COUNT, self.h(COUNT) + 1);
     }
 
     /// Backward-shift deletion: later entries of the probe run move up, so lookups never
     /// need tombstones.
-    fn remove(&self, mut hole: usize) {
+    fn remove_at(&self, mut hole: usize) {
         self.set_h(COUNT, self.h(COUNT).saturating_sub(1));
         let mask = self.mask();
         let mut j = hole;
@@ -598,69 +850,8 @@ impl Cache<'_> {
         }
     }
 
-    fn push(&self, key: DedupKey, at: u64, pos: u64, len: u64) {
-        let cap = self.d.order.len() / ITEM;
-        let i = (self.h(ORDER_START) as usize + self.h(ORDER_LEN) as usize) % cap;
-        self.set_o(i, O_HI, (key.0 >> 64) as u64);
-        self.set_o(i, O_LO, key.0 as u64);
-        self.set_o(i, O_MSGID, key.1);
-        self.set_o(i, O_AT, at);
-        self.set_o(i, O_POS, pos);
-        self.set_o(i, O_LEN, len);
-        self.set_h(ORDER_LEN, self.h(ORDER_LEN) + 1);
-    }
-
-    /// Pop the oldest answers while they are expired and, before pushing an answer of
-    /// `push` words, while the queue is full or the answer would overwrite them.
-    fn evict(&self, now: u64, push: Option<u64>) {
-        let cap = self.d.order.len() / ITEM;
-        let arena = self.d.arena.len() as u64;
-        let ttl = self.d.ttl();
-        while self.h(ORDER_LEN) > 0 {
-            let i = self.h(ORDER_START) as usize;
-            let (at, pos, len) = (self.o(i, O_AT), self.o(i, O_POS), self.o(i, O_LEN));
-            let expired = now.saturating_sub(at) >= ttl;
-            let queue_full = push.is_some() && self.h(ORDER_LEN) as usize >= cap;
-            let overwritten = push.is_some_and(|room| self.h(HEAD) + room > pos + arena);
-            if !expired && !queue_full && !overwritten {
-                break;
-            }
-            self.set_h(ORDER_START, ((i + 1) % cap) as u64);
-            self.set_h(ORDER_LEN, self.h(ORDER_LEN) - 1);
-            self.set_h(BYTES, self.h(BYTES).saturating_sub(len));
-            let key = (
-                (u128::from(self.o(i, O_HI)) << 64) | u128::from(self.o(i, O_LO)),
-                self.o(i, O_MSGID),
-            );
-            // The key may have run again since: remove only this answer.
-            if let Ok(b) = self.find(key) {
-                if self.b(b, B_STATE) == DONE && self.b(b, B_AT) == at && self.b(b, B_POS) == pos {
-                    self.remove(b);
-                }
-            }
-        }
-    }
-
-    fn write(&self, pos: u64, value: &[u8]) {
-        let n = self.d.arena.len() as u64;
-        for (k, chunk) in value.chunks(8).enumerate() {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.d.arena[((pos + k as u64) % n) as usize].store(u64::from_le_bytes(w), Relaxed);
-        }
-    }
-
-    fn read(&self, pos: u64, len: usize) -> Bytes {
-        let n = self.d.arena.len() as u64;
-        let mut out = Vec::with_capacity(len.next_multiple_of(8));
-        for k in 0..len.div_ceil(8) as u64 {
-            out.extend_from_slice(&self.d.arena[((pos + k) % n) as usize].load(Relaxed).to_le_bytes());
-        }
-        out.truncate(len);
-        Bytes::from(out)
-    }
-
-    /// Forget everything (after a worker died holding the lock).
+    /// Forget everything (after a worker died holding the lock). HEAD stays: copies in
+    /// flight check against it.
     fn clear(&self) {
         for b in 0..self.d.buckets() {
             self.set_b(b, B_STATE, EMPTY);
@@ -676,122 +867,167 @@ impl Cache<'_> {
 mod tests {
     use super::*;
 
-    /// The slot is process-wide: tests that set it take turns.
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn cache(config: DedupConfig) -> SharedDedup {
+    fn control() -> Control {
         let control = Control::new().unwrap();
-        set_slot(0);
         control.occupy(0, std::process::id());
-        SharedDedup::new(config, control).unwrap()
+        control
     }
 
-    #[test]
-    fn runs_once_then_waits_then_caches() {
-        let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
-        let c = cache(DedupConfig::default());
-        let t0 = Instant::now();
-        assert!(matches!(c.begin((1, 1), t0), Begin::Run));
-        assert!(matches!(c.begin((1, 1), t0), Begin::Wait(())));
-        assert!(matches!(c.peek((1, 1)), Peek::Running));
-        assert!(matches!(c.begin((2, 1), t0), Begin::Run));
-        c.complete((1, 1), b"answer", t0);
-        assert!(matches!(c.begin((1, 1), t0), Begin::Cached(b) if &b[..] == b"answer"));
-        assert!(matches!(c.peek((1, 1)), Peek::Done(b) if &b[..] == b"answer"));
-        assert_eq!(c.len(), 2);
-        c.abandon((2, 1));
-        assert!(matches!(c.peek((2, 1)), Peek::Gone));
-        assert!(matches!(c.begin((2, 1), t0), Begin::Run));
+    /// This process in slot 0.
+    fn cache(config: DedupConfig) -> SharedDedup {
+        SharedDedup::new(config, control())
+            .unwrap()
+            .for_worker(0, std::process::id())
     }
 
-    #[test]
-    fn expires_after_ttl() {
-        let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
-        let mut config = DedupConfig::default();
-        config.ttl = Duration::from_secs(60);
-        let c = cache(config);
-        let t0 = Instant::now();
-        assert!(matches!(c.begin((1, 1), t0), Begin::Run));
-        c.complete((1, 1), b"a", t0);
-        assert!(matches!(
-            c.begin((1, 1), t0 + Duration::from_secs(59)),
-            Begin::Cached(_)
-        ));
-        c.evict(t0 + Duration::from_secs(61));
-        assert_eq!(c.len(), 0);
-        assert!(matches!(
-            c.begin((1, 1), t0 + Duration::from_secs(61)),
-            Begin::Run
-        ));
-    }
+    /// The rules' suite, through the shared store's own paths.
+    mod suite {
+        use super::*;
 
-    #[test]
-    fn a_flood_of_keys_stays_bounded_and_keeps_the_newest() {
-        let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
-        let mut config = DedupConfig::default();
-        config.max_entries = 1000;
-        config.max_bytes = 50_000;
-        let c = cache(config);
-        let t0 = Instant::now();
-        for i in 0..100_000u64 {
-            let key = ((u128::from(i) << 70) | 7, i);
-            assert!(matches!(c.begin(key, t0), Begin::Run), "key {i}");
-            let answer = i.to_le_bytes().repeat(1 + (i % 13) as usize);
-            c.complete(key, &answer, t0);
-            assert!(c.len() <= 1000, "at {i}: {}", c.len());
-            assert!(c.header[BYTES].load(Relaxed) <= 50_000);
-            // A recent answer reads back intact (the ring wraps many times).
-            if i >= 5 {
-                let k = i - 5;
-                let key = ((u128::from(k) << 70) | 7, k);
-                let want = k.to_le_bytes().repeat(1 + (k % 13) as usize);
-                assert!(
-                    matches!(c.peek(key), Peek::Done(b) if b[..] == want[..]),
-                    "key {k}"
-                );
+        impl rpc_proto::dedup::SuiteCache for SharedDedup {
+            fn begin(&self, key: DedupKey, now: Instant) -> Begin<(), Vec<u8>> {
+                let mut pending = || -> Pending { unreachable!("the shared store keeps no channel") };
+                match Store::begin(self, key, now, &mut pending) {
+                    Begin::Run => Begin::Run,
+                    Begin::Wait(_) => Begin::Wait(()),
+                    Begin::Cached(v) => Begin::Cached(v.to_vec()),
+                }
+            }
+
+            fn complete(&self, key: DedupKey, value: &[u8], now: Instant) {
+                Store::complete(self, key, Bytes::copy_from_slice(value), now);
+            }
+
+            fn abandon(&self, key: DedupKey) {
+                Store::abandon(self, key);
+            }
+
+            fn evict(&self, now: Instant) {
+                Store::evict(self, now);
+            }
+
+            fn len(&self) -> usize {
+                Store::len(self)
+            }
+
+            fn bytes(&self) -> usize {
+                self.header[BYTES].load(Relaxed) as usize
             }
         }
-        assert!(matches!(c.begin((7, 0), t0), Begin::Run));
+
+        rpc_proto::dedup_suite!(super::cache);
+    }
+
+    #[test]
+    fn a_waiter_peeks_at_the_running_call() {
+        let c = cache(DedupConfig::default());
+        let t0 = Instant::now();
+        let mut none = || -> Pending { unreachable!() };
+        assert!(matches!(c.begin((1, 1), t0, &mut none), Begin::Run));
+        assert!(matches!(c.begin((1, 1), t0, &mut none), Begin::Wait(Wait::Poll)));
+        assert!(matches!(c.peek((1, 1)), Peek::Running));
+        c.complete((1, 1), Bytes::from_static(b"answer"), t0);
+        assert!(matches!(c.peek((1, 1)), Peek::Done(b) if &b[..] == b"answer"));
+        assert!(matches!(c.begin((2, 1), t0, &mut none), Begin::Run));
+        c.abandon((2, 1));
+        assert!(matches!(c.peek((2, 1)), Peek::Gone));
+    }
+
+    #[test]
+    fn answers_wrap_around_the_ring_intact() {
+        let mut config = DedupConfig::default();
+        config.max_bytes = 1000;
+        config.max_entries = 10;
+        let c = cache(config);
+        let t0 = Instant::now();
+        let mut none = || -> Pending { unreachable!() };
+        for i in 0..2000u64 {
+            let answer: Vec<u8> = (0..(i % 97) as u8).map(|b| b ^ i as u8).collect();
+            assert!(matches!(c.begin((3, i), t0, &mut none), Begin::Run));
+            c.complete((3, i), Bytes::from(answer.clone()), t0);
+            assert!(
+                matches!(c.peek((3, i)), Peek::Done(b) if b[..] == answer[..]),
+                "{i}"
+            );
+        }
+        assert!(c.header[HEAD].load(Relaxed) > 10 * c.ring(), "the ring wrapped");
     }
 
     #[test]
     fn a_dead_owner_abandons_and_a_dead_lock_holder_clears() {
-        let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
-        let c = cache(DedupConfig::default());
+        let shared = SharedDedup::new(DedupConfig::default(), control()).unwrap();
+        let c = shared.for_worker(0, std::process::id());
+        // Slot 3's process is gone (never occupied).
+        let dead = shared.for_worker(3, 1);
         let t0 = Instant::now();
-        // A call owned by slot 3, whose process is gone.
-        set_slot(3);
-        assert!(matches!(c.begin((9, 9), t0), Begin::Run));
-        set_slot(0);
+        let mut none = || -> Pending { unreachable!() };
+        assert!(matches!(dead.begin((9, 9), t0, &mut none), Begin::Run));
         assert!(matches!(c.peek((9, 9)), Peek::Gone));
-        assert!(matches!(c.begin((9, 9), t0), Begin::Run));
-        c.complete((9, 9), b"x", t0);
+        assert!(matches!(c.begin((9, 9), t0, &mut none), Begin::Run));
+        c.complete((9, 9), Bytes::from_static(b"x"), t0);
         // Slot 3 dies holding the lock.
         c.lock.0.store(4, Relaxed);
         assert!(c.reclaim(3));
-        assert!(matches!(c.begin((9, 9), t0), Begin::Run), "cleared");
+        assert!(matches!(c.begin((9, 9), t0, &mut none), Begin::Run), "cleared");
+    }
+
+    #[test]
+    fn an_overrun_answer_reads_as_evicted() {
+        let mut config = DedupConfig::default();
+        config.max_bytes = 64;
+        let c = cache(config);
+        let t0 = Instant::now();
+        let mut none = || -> Pending { unreachable!() };
+        assert!(matches!(c.begin((1, 1), t0, &mut none), Begin::Run));
+        c.complete((1, 1), Bytes::from_static(&[1; 16]), t0);
+        // A reservation beyond the ring's length past it (a completion racing with this
+        // reader) overruns it.
+        c.header[HEAD].fetch_add(c.ring(), Relaxed);
+        assert!(matches!(c.peek((1, 1)), Peek::Gone));
+        assert!(matches!(c.begin((1, 1), t0, &mut none), Begin::Run));
     }
 
     #[test]
     fn shared_flow_counts_every_slot() {
-        let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
         let f = SharedFlow::new(3).unwrap();
-        set_slot(0);
-        let a = f.try_acquire().unwrap();
-        set_slot(1);
-        let b = f.try_acquire().unwrap();
-        let c = f.try_acquire().unwrap();
-        assert!(f.try_acquire().is_none());
+        let (s0, s1) = (f.for_slot(0), f.for_slot(1));
+        let a = s0.try_acquire().unwrap();
+        let b = s1.try_acquire().unwrap();
+        let c = s1.try_acquire().unwrap();
+        assert!(s0.try_acquire().is_none());
         drop(a);
-        set_slot(0);
-        let d = f.try_acquire().unwrap();
-        assert!(f.try_acquire().is_none());
+        let d = s0.try_acquire().unwrap();
+        assert!(s1.try_acquire().is_none());
         // Slot 1 dies holding two permits.
         std::mem::forget((b, c));
         assert_eq!(f.reclaim(1), 2);
-        let _e = f.try_acquire().unwrap();
-        let _g = f.try_acquire().unwrap();
-        assert!(f.try_acquire().is_none());
+        let _e = s0.try_acquire().unwrap();
+        let _g = s0.try_acquire().unwrap();
+        assert!(s0.try_acquire().is_none());
         drop(d);
+    }
+
+    #[test]
+    fn a_contended_lock_sleeps_and_is_handed_over() {
+        let f = SharedFlow::new(1).unwrap();
+        let guard = f.lock.lock(0);
+        let waiter = {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let _g = f.lock.lock(1);
+            })
+        };
+        // The waiter flags the word once it sleeps; wait (bounded) for that.
+        let start = Instant::now();
+        while f.lock.0.load(Relaxed) & WAITERS == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the waiter never slept"
+            );
+            std::hint::spin_loop();
+        }
+        drop(guard);
+        waiter.join().unwrap();
+        assert_eq!(f.lock.0.load(Relaxed), 0);
     }
 }

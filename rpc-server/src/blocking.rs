@@ -1,0 +1,93 @@
+//! The blocking pool and panic capture.
+//!
+//! Sync handlers run on tokio's blocking pool (`spawn_blocking`) behind a semaphore
+//! ([`Config::blocking_threads`](crate::Config::blocking_threads)): tokio warns that "a
+//! semaphore or some other synchronization primitive should be used to limit the number
+//! of computations executed in parallel". Such work "cannot be aborted": a deadline or a
+//! cancellation drops the *reply* of a sync call, never its work, which runs to its end
+//! (and keeps its `max_flow` slot until then).
+//!
+//! A handler that panics, sync or async, answers [`ErrorCode::HandlerPanicked`] and the
+//! panic is logged; the connection and the server go on.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rpc_proto::{ErrorCode, ServerError};
+use tokio::sync::Semaphore;
+
+use crate::limits::Permit;
+use crate::method::{Reply, ReplyFuture, SyncJob};
+
+/// Where sync handlers run: tokio's blocking pool, at most `threads` at once.
+#[derive(Debug, Clone)]
+pub(crate) struct BlockingPool {
+    slots: Arc<Semaphore>,
+}
+
+impl BlockingPool {
+    /// A pool running at most `threads` jobs at once (at least one).
+    pub(crate) fn new(threads: usize) -> BlockingPool {
+        BlockingPool {
+            slots: Arc::new(Semaphore::new(threads.clamp(1, Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// Run `job` (of the method `name`) once a slot is free. Its `max_flow` permit, if
+    /// any, moves into the job with the pool's slot: both are released when the work
+    /// really ends, even if the caller has gone.
+    pub(crate) fn run(&self, job: SyncJob, name: &Arc<str>, flow: Option<Permit>) -> ReplyFuture {
+        let (name, slots) = (name.clone(), self.slots.clone());
+        Box::pin(async move {
+            // Unwrap: the semaphore is never closed.
+            let slot = slots.acquire_owned().await.unwrap();
+            let run = move || {
+                let r = catch_unwind(AssertUnwindSafe(job));
+                drop((slot, flow));
+                r
+            };
+            match tokio::task::spawn_blocking(run).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(p)) => panicked(&name, &*p),
+                Err(e) => Reply::err(ServerError::new(ErrorCode::Internal, e.to_string())),
+            }
+        })
+    }
+}
+
+/// The reply to a handler that panicked with `payload`; the panic is logged.
+pub(crate) fn panicked(method: &str, payload: &(dyn std::any::Any + Send)) -> Reply {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string panic payload>");
+    tracing::error!(method, panic = msg, "handler panicked");
+    Reply::err(ServerError::new(
+        ErrorCode::HandlerPanicked,
+        format!("handler {method} panicked"),
+    ))
+}
+
+/// An async handler's future, with panics turned into replies and its `max_flow` permit
+/// held until it completes or is dropped.
+pub(crate) struct Guarded {
+    pub(crate) fut: ReplyFuture,
+    pub(crate) name: Arc<str>,
+    pub(crate) _flow: Option<Permit>,
+}
+
+impl Future for Guarded {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let this = &mut *self;
+        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(p) => Poll::Ready(panicked(&this.name, &*p)),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The accept loop: listener → connection.
+//!
+//! [`Listener`] takes connections until the shutdown signal, gives each one its task (a
+//! [`Connection`]) and a connection permit, and at shutdown takes what is still queued,
+//! tells every connection to drain, and waits for them within the grace period. As in
+//! mini-redis's `server.rs`, each concern is a field.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::connection::Connection;
+use crate::Shared;
+
+/// A bound TCP socket listening with `backlog` pending connections at most (the kernel
+/// caps it at `net.core.somaxconn`). std's `TcpListener::bind` always asks for 128: a
+/// burst of connects beyond it waits 1–2 s for a SYN retransmission. Like std, it sets
+/// `SO_REUSEADDR` on Unix; `configure` may set more options before `bind`.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    backlog: u32,
+    configure: impl FnOnce(&socket2::Socket) -> io::Result<()>,
+) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    configure(&socket)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Server-side state of the accept loop.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    /// What every connection shares.
+    shared: Arc<Shared>,
+    /// The socket connections arrive on.
+    listener: TcpListener,
+    /// Bounds the connections served at once ([`Config::max_connections`]): a permit
+    /// moves into each connection's task and is given back when it ends. A connection
+    /// beyond the bound is closed at once and logged (the kernel completed its handshake
+    /// already; waiting for a permit would only hide it in the accept queue).
+    ///
+    /// [`Config::max_connections`]: crate::Config::max_connections
+    limit_connections: Arc<Semaphore>,
+    /// Every connection's task, drained at shutdown.
+    conns: JoinSet<()>,
+    /// Cancelled at shutdown: each connection stops reading and finishes its calls.
+    token: CancellationToken,
+}
+
+impl Listener {
+    /// The accept loop of `listener`, for the server `shared`.
+    pub(crate) fn new(shared: Arc<Shared>, listener: TcpListener) -> Listener {
+        let limit = shared.config.max_connections.max(1);
+        Listener {
+            shared,
+            listener,
+            limit_connections: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
+            conns: JoinSet::new(),
+            token: CancellationToken::new(),
+        }
+    }
+
+    /// Accept connections until `shutdown` completes; then take the queued ones, let
+    /// in-flight calls finish for up to the grace period, and close.
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let config = &self.shared.config;
+        let (max_connections, grace) = (config.max_connections, config.grace_period);
+        // The dedup cache's sweep of expired answers; a retry checks the TTL itself, so
+        // this only bounds how long expired answers hold memory.
+        let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
+        tokio::pin!(shutdown);
+        if let Ok(addr) = self.listener.local_addr() {
+            info!(%addr, worker = self.shared.worker, "listening");
+        }
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(_) = self.conns.join_next(), if !self.conns.is_empty() => continue,
+                _ = sweep.tick() => {
+                    self.shared.dedup.evict(tokio::time::Instant::now().into_std());
+                    continue;
+                }
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = self.limit_connections.clone().try_acquire_owned() else {
+                        warn!(%peer, max = max_connections, "too many connections; closing the new one");
+                        continue;
+                    };
+                    self.start(stream, peer, permit);
+                }
+                Err(e) if is_connection_error(&e) => debug!(error = %e, "accept"),
+                // EMFILE and the like: wait for connections to close (as hyper and axum
+                // do, so that the loop does not spin on an error that persists).
+                Err(e) => {
+                    error!("accept error: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        // The listener itself is needed to drain its queue: take the struct apart.
+        let Listener {
+            shared,
+            listener,
+            limit_connections,
+            mut conns,
+            token,
+        } = self;
+        match listener.into_std() {
+            Ok(listener) => drain_queue(&listener, |stream, peer| {
+                match limit_connections.clone().try_acquire_owned() {
+                    Ok(permit) => spawn(&shared, &mut conns, &token, stream, peer, permit),
+                    Err(_) => warn!(%peer, "could not take a queued connection at shutdown"),
+                }
+            }),
+            Err(e) => debug!(error = %e, "the accept queue could not be drained"),
+        }
+        info!(connections = conns.len(), "shutting down");
+        token.cancel();
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            warn!(connections = conns.len(), "grace period over; closing the rest");
+            conns.shutdown().await;
+        }
+    }
+
+    /// Give `stream` its task.
+    fn start(&mut self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        spawn(&self.shared, &mut self.conns, &self.token, stream, peer, permit);
+    }
+}
+
+/// Connections already in the accept queue would be reset when the listener closes (with
+/// SO_REUSEPORT, no other worker's listener takes them over): accept them all, without
+/// waiting, so that they drain with the rest and their first requests are answered
+/// ShuttingDown (which clients may retry) instead.
+fn drain_queue(listener: &std::net::TcpListener, mut take: impl FnMut(TcpStream, SocketAddr)) {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => match stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream))
+            {
+                Ok(stream) => take(stream, peer),
+                Err(e) => warn!(%peer, error = %e, "could not take a queued connection at shutdown"),
+            },
+            Err(e) if is_connection_error(&e) => {}
+            // WouldBlock: the queue is empty.
+            Err(_) => break,
+        }
+    }
+}
+
+/// Run a connection on its own task; `permit` is given back when it ends.
+fn spawn(
+    shared: &Arc<Shared>,
+    conns: &mut JoinSet<()>,
+    token: &CancellationToken,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(%peer, error = %e, "set_nodelay");
+    }
+    let conn = Connection::new(shared.clone(), peer);
+    let token = token.clone();
+    conns.spawn(async move {
+        conn.run(stream, token).await;
+        drop(permit);
+    });
+}
+
+/// Refused, aborted and reset connections are the peer's business: skip them.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// `bind` (used by `Builder::serve`, `Builder::run` and prefork's workers) listens
+    /// with the backlog asked for: 600 connects complete with nobody accepting, where
+    /// std's 128 would drop the SYN of the 130th (see `tests/backlog.rs`).
+    #[test]
+    fn bind_listens_with_the_backlog_asked_for() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 600, |_| Ok(())).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Vec<_> = (0..600)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("connect {i}: {e}"))
+            })
+            .collect();
+        assert_eq!(conns.len(), 600);
+    }
+}
