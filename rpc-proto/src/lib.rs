@@ -7,6 +7,14 @@
 //!
 //! # Layout
 //!
+//! - [`ServerConnection`] and [`ClientConnection`]: one connection's protocol on each side,
+//!   as state machines in quinn-proto's style. Bytes and the time go in; calls (through a
+//!   [`Service`]) or replies (through [`Replies`]), bytes to write and the next timer come
+//!   out. They decide the hello and the codec, framing (a fast one-pass path for the common
+//!   message, chosen inside), the size limit, deadlines, cancellation, draining, end of
+//!   input and heartbeats; and on the client, msgids, the in-flight table and, with
+//!   [`may_resend`], what may be sent again after a reconnect. The server's connection
+//!   task and both clients are loops that move bytes between a transport and these.
 //! - [`Framer`]: finds where each message ends in a byte stream, incrementally, with a size
 //!   limit checked from headers.
 //! - [`Message`]: parses one complete frame into a request, response or notification that
@@ -56,8 +64,7 @@ pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handshake::Hello;
 pub use message::{
     decode_error, encode_notification, encode_request, encode_response_err, encode_response_ok,
-    parse_bincode_request_prefix, parse_bincode_response_prefix, parse_request_prefix, parse_response_prefix,
-    peek_msgid, Message, NOTIFICATION, REQUEST, RESPONSE,
+    Message, NOTIFICATION, REQUEST, RESPONSE,
 };
 
 /// Method names starting with this prefix are reserved for the framework itself.

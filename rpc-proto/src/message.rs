@@ -306,7 +306,7 @@ fn parse_bincode(frame: &[u8]) -> Result<Message<'_>, ParseError> {
 /// request not complete yet, over `max`, malformed): the [`Framer`](crate::Framer) and
 /// [`Message::parse`] then take it, and report what is wrong. A message they would
 /// accept as a plain request is read here the same way.
-pub fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+pub(crate) fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
     let [0x94, 0x00, rest @ ..] = buf else {
         return None;
     };
@@ -333,7 +333,7 @@ pub fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usiz
 /// malformed): the [`Framer`](crate::Framer) and [`Message::parse`] then take it, and
 /// report what is wrong.
 #[inline]
-pub fn parse_bincode_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+pub(crate) fn parse_bincode_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
     let (frame, total) = bincode_frame(buf, max)?;
     match parse_bincode(frame) {
         Ok(request @ Message::Request { .. }) => Some((request, total)),
@@ -347,7 +347,7 @@ pub fn parse_bincode_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'
 /// `None` for anything else (an error reply, a reply not complete yet, over `max`, another
 /// message): the [`Framer`](crate::Framer) and [`Message::parse`] then take it.
 #[inline]
-pub fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+pub(crate) fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
     let [0x94, 0x01, rest @ ..] = buf else {
         return None;
     };
@@ -372,7 +372,7 @@ pub fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usi
 ///
 /// `None` for anything else, as [`parse_response_prefix`].
 #[inline]
-pub fn parse_bincode_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
+pub(crate) fn parse_bincode_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
     let (frame, total) = bincode_frame(buf, max)?;
     match parse_bincode(frame) {
         Ok(reply @ Message::Response { outcome: Ok(_), .. }) => Some((reply, total)),
@@ -391,7 +391,7 @@ fn bincode_frame(buf: &[u8], max: usize) -> Option<(&[u8], usize)> {
 }
 
 /// The msgid of the request at the start of `buf`, if the bytes there show one.
-pub fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
+pub(crate) fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
     match codec {
         Codec::Msgpack => {
             let (_, used) = read_array_len(buf)?;
