@@ -1,0 +1,307 @@
+//! The connection task of the async client: it moves bytes between the transport and the
+//! protocol, and keeps the timers the protocol asks for.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use super::state::{Deliver, SlotState, State};
+use super::Core;
+use crate::Error;
+
+/// Write buffers larger than this are given back to the allocator once written.
+const KEEP_BUFFER: usize = 256 * 1024;
+
+/// Open a connection and start the protocol on it (and say hello, with extensions).
+pub(super) async fn connect(core: &Core) -> Result<(TcpStream, BytesMut), Error> {
+    let config = &core.config;
+    let connect = async {
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
+        let mut stream = None;
+        for addr in &core.addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let mut stream = stream.ok_or(last)?;
+        stream.set_nodelay(true)?;
+        let rbuf = start(core, &mut stream).await?;
+        Ok::<_, Error>((stream, rbuf))
+    };
+    tokio::time::timeout(config.connect_timeout, connect)
+        .await
+        .map_err(|_| Error::Timeout(config.connect_timeout))?
+}
+
+/// Start the protocol on a new transport: no call can use it yet (`live` is `None`), so
+/// the hello, if any, is written and answered before the connection task takes over.
+/// Returns what was read after the server's hello.
+async fn start<T: AsyncRead + AsyncWrite + Unpin>(core: &Core, stream: &mut T) -> Result<BytesMut, Error> {
+    let mut hello = Vec::new();
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    {
+        let mut st = core.lock();
+        st.proto.start(Instant::now().into_std());
+        st.proto.take_transmit(Instant::now().into_std(), &mut hello);
+    }
+    if hello.is_empty() {
+        return Ok(rbuf);
+    }
+    stream.write_all(&hello).await?;
+    loop {
+        if stream.read_buf(&mut rbuf).await? == 0 {
+            return Err(Error::ConnectionClosed);
+        }
+        let mut st = core.lock();
+        let State { proto, slots, .. } = &mut *st;
+        proto
+            .handle_input(&mut rbuf, &mut Deliver { slots })
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if !proto.is_awaiting_hello() {
+            return Ok(rbuf);
+        }
+    }
+}
+
+/// Why the connection task stopped.
+enum End {
+    /// The connection failed or closed: the calls on it fail with this.
+    Lost(Error),
+    /// Every client handle is gone.
+    Abandoned,
+}
+
+/// The connection task: writes what callers queued, puts replies into their slots, fails
+/// calls past their deadline, pings when idle. The protocol decides all of it; this moves
+/// the bytes and keeps the timers.
+pub(super) struct Driver<T> {
+    core: Arc<Core>,
+    epoch: u64,
+    stream: T,
+    rbuf: BytesMut,
+    /// The bytes taken from the protocol, and how much of them is written.
+    out: Vec<u8>,
+    written: usize,
+    /// The deadline timer, and the deadline it is armed at.
+    timer: Timer,
+    armed: Option<std::time::Instant>,
+    ping: Timer,
+    /// The ping timer is in use.
+    pinging: bool,
+    /// The protocol's hint for the next read's size, as of the last read.
+    hint: usize,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
+    /// Make `stream` the live connection and spawn its task.
+    pub(super) fn start(core: &Arc<Core>, stream: T, rbuf: BytesMut) {
+        let (epoch, ping) = {
+            let mut st = core.lock();
+            st.epoch += 1;
+            st.live = Some(st.epoch);
+            st.task = None;
+            st.task_notified = false;
+            (st.epoch, st.proto.poll_ping())
+        };
+        let now = Instant::now();
+        let driver = Driver {
+            core: core.clone(),
+            epoch,
+            stream,
+            rbuf,
+            out: Vec::new(),
+            written: 0,
+            timer: Timer::new(now),
+            armed: None,
+            ping: Timer::new(ping.map_or(now, Instant::from_std)),
+            pinging: ping.is_some(),
+            hint: 0,
+        };
+        tokio::spawn(driver.run());
+    }
+
+    async fn run(mut self) {
+        let end = poll_fn(|cx| self.poll_drive(cx)).await;
+        if self.finish(end) {
+            // Nobody can call any more: flush what was queued (notifications, cancels).
+            let flush = self.stream.write_all(&self.out[self.written..]);
+            let _ = tokio::time::timeout(self.core.config.connect_timeout, flush).await;
+            debug!("client dropped, connection closed");
+        }
+    }
+
+    /// The connection is over: no call may use it any more. Returns whether what was
+    /// queued is to be flushed (every handle is gone) rather than dropped.
+    fn finish(&mut self, end: End) -> bool {
+        let mut st = self.core.lock();
+        let st = &mut *st;
+        if st.live == Some(self.epoch) {
+            st.live = None;
+            st.task = None;
+        }
+        match end {
+            End::Lost(error) => {
+                debug!(error = %error, "connection lost");
+                // Calls written and not yet answered fail, and so do those queued and
+                // never written (what is queued belongs to this connection).
+                let slots = &mut st.slots;
+                st.proto.handle_disconnect(|idx, deadline| {
+                    let slot = &mut slots[idx as usize];
+                    slot.state = SlotState::Failed(match &error {
+                        Error::Transport(e) => Error::Transport(io::Error::new(e.kind(), e.to_string())),
+                        Error::Protocol(p) => Error::Protocol(p.clone()),
+                        _ => Error::ConnectionClosed,
+                    });
+                    slot.deadline = deadline.map(Instant::from_std);
+                    slot.waker.wake_by_ref();
+                });
+                false
+            }
+            End::Abandoned => {
+                let mut rest = Vec::new();
+                st.proto.take_transmit(Instant::now().into_std(), &mut rest);
+                self.out.append(&mut rest);
+                true
+            }
+        }
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        loop {
+            let mut progress = false;
+            // Read what has arrived.
+            // Room for what the message being read still needs, and for a whole large reply
+            // when large replies have been coming: one read, not a small one then the rest.
+            let hint = self.hint;
+            if self.rbuf.capacity() - self.rbuf.len() < 4096usize.max(hint) {
+                self.rbuf.reserve((16 * 1024usize).max(self.rbuf.len()).max(hint));
+            }
+            let read = match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(End::Lost(Error::ConnectionClosed)),
+                Poll::Ready(Ok(_)) => true,
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Lost(e.into())),
+                Poll::Pending => false,
+            };
+            let mut st = self.core.lock();
+            let st = &mut *st;
+            if read {
+                progress = true;
+                let delivered = st
+                    .proto
+                    .handle_input(&mut self.rbuf, &mut Deliver { slots: &mut st.slots });
+                if let Err(e) = delivered {
+                    return Poll::Ready(End::Lost(Error::Protocol(e.to_string())));
+                }
+                self.hint = st.proto.read_hint(&self.rbuf);
+            }
+            if st.task.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
+                st.task = Some(cx.waker().clone());
+            }
+            if st.abandoned {
+                return Poll::Ready(End::Abandoned);
+            }
+            if self.written == self.out.len() {
+                // Everything handed over is written: take what callers queued since.
+                self.written = 0;
+                self.out.clear();
+                if self.out.capacity() > KEEP_BUFFER {
+                    self.out = Vec::new();
+                }
+                st.task_notified = false;
+                if st.proto.has_transmit() {
+                    // One clock read per batch: the heartbeat's and the new calls' deadlines.
+                    st.proto.take_transmit(Instant::now().into_std(), &mut self.out);
+                    let earliest = st.proto.poll_deadline();
+                    if earliest != self.armed {
+                        self.armed = earliest;
+                        if let Some(at) = earliest {
+                            self.timer.reset(Instant::from_std(at));
+                        }
+                    }
+                }
+            }
+            if self.written < self.out.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.written..]) {
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::Lost(e.into())),
+                    Poll::Pending => {}
+                }
+            }
+            if self.armed.is_some() && self.timer.fired(cx) {
+                // Fail the calls whose deadline passed; re-arm at the earliest one left.
+                let slots = &mut st.slots;
+                st.proto.handle_deadlines(Instant::now().into_std(), |idx| {
+                    let slot = &mut slots[idx as usize];
+                    // The caller puts its own timeout in the error.
+                    slot.state = SlotState::Failed(Error::Timeout(Duration::ZERO));
+                    slot.waker.wake_by_ref();
+                });
+                self.armed = st.proto.poll_deadline();
+                if let Some(at) = self.armed {
+                    self.timer.reset(Instant::from_std(at));
+                }
+                progress = true;
+            }
+            if self.pinging && self.ping.fired(cx) {
+                let writing = self.written < self.out.len();
+                if let Some(at) = st.proto.handle_ping(Instant::now().into_std(), writing) {
+                    self.ping.reset(Instant::from_std(at));
+                }
+                progress = true;
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// A tokio `Sleep` polled only when it needs to be: once after each reset (so that it
+/// wakes the task), and then only once it has elapsed. The connection task looks at its
+/// timers every time it runs; polling a `Sleep` each time would cost more than the rest
+/// of a small batch.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    registered: bool,
+}
+
+impl Timer {
+    fn new(at: Instant) -> Timer {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            registered: false,
+        }
+    }
+
+    fn reset(&mut self, at: Instant) {
+        self.sleep.as_mut().reset(at);
+        self.registered = false;
+    }
+
+    /// Whether the timer has fired; registers the task's waker when needed.
+    fn fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.registered && !self.sleep.is_elapsed() {
+            return false;
+        }
+        // Without coop budget the poll returns `Pending` without registering (and has the
+        // task woken to run again): then it must be polled again next time.
+        self.registered = tokio::task::coop::has_budget_remaining();
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+}
