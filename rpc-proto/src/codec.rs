@@ -186,7 +186,7 @@ impl<'a> ParamsEncoder<'a> {
     #[inline]
     pub fn count(&mut self, n: usize) {
         match self.codec {
-            Codec::Msgpack => crate::message::write_array_len(self.out, n as u32),
+            Codec::Msgpack => crate::wire::write_array_len(self.out, n as u32),
             Codec::Bincode => self.out.extend_from_slice(&(n as u32).to_le_bytes()),
         }
     }
@@ -334,7 +334,7 @@ impl<'a> Args<'a> {
     #[inline(never)]
     fn read_len(&mut self) -> Result<usize, ServerError> {
         let (n, used) =
-            crate::message::read_array_len(self.rest).ok_or_else(|| invalid("params must be an array"))?;
+            crate::wire::read_array_len(self.rest).ok_or_else(|| invalid("params must be an array"))?;
         self.rest = &self.rest[used..];
         self.count = Some(n);
         Ok(n)

@@ -41,6 +41,7 @@ mod error;
 mod framer;
 pub mod handshake;
 mod message;
+mod wire;
 
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
 pub use dedup::{Begin, DedupCache, DedupConfig};

@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::ser::{Impossible, Serialize, Serializer};
 
-use crate::message::{write_bin, write_str, write_uint};
+use crate::wire::{write_bin, write_str, write_uint};
 
 /// The value is not one this serializer writes: use rmp-serde.
 #[derive(Debug)]
