@@ -144,9 +144,11 @@ impl<'a> Cursor<'a> {
 /// The request extension: a map of small integer keys; key 1 is the timeout in µs.
 fn request_ext(c: &mut Cursor<'_>) -> Option<Option<Duration>> {
     let m = c.byte()?;
+    // Every map form: a peer's encoder may pick a wider one than the entries need.
     let n = match m {
         0x80..=0x8f => usize::from(m & 0x0f),
-        0xde => c.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))?,
+        0xde => usize::from(u16::from_be_bytes(c.array()?)),
+        0xdf => usize::try_from(u32::from_be_bytes(c.array()?)).ok()?,
         _ => return None,
     };
     let mut timeout = None;
@@ -391,6 +393,47 @@ pub fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
             buf.get(5..13)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
         }
+    }
+}
+
+/// Whether `buf`, which starts with a message whose headers declare it too large, could
+/// still show a request's msgid once a few more bytes arrive: its bytes so far are the
+/// start of a request whose msgid is not complete. At most 23 bytes (msgpack: a 5-byte
+/// array header, then the tag and the msgid of up to 9 bytes each) or 13 (bincode: the
+/// length, the tag and 8 bytes of msgid) are ever waited for.
+pub(crate) fn msgid_pending(codec: Codec, buf: &[u8]) -> bool {
+    match codec {
+        Codec::Msgpack => {
+            let Some((_, used)) = read_array_len(buf) else {
+                return false;
+            };
+            let mut rest = &buf[used..];
+            for field in [Some(u64::from(REQUEST)), None] {
+                let Some(&m) = rest.first() else {
+                    return true;
+                };
+                let len = match m {
+                    0x00..=0x7f => 1,
+                    0xcc | 0xd0 => 2,
+                    0xcd | 0xd1 => 3,
+                    0xce | 0xd2 => 5,
+                    0xcf | 0xd3 => 9,
+                    _ => return false,
+                };
+                let Some((head, tail)) = rest.split_at_checked(len) else {
+                    return true;
+                };
+                if field.is_some() && (Cursor { b: head }).uint() != field {
+                    return false;
+                }
+                rest = tail;
+            }
+            false
+        }
+        Codec::Bincode => match buf.get(4) {
+            None => true,
+            Some(&tag) => tag == REQUEST && buf.len() < 13,
+        },
     }
 }
 
@@ -771,6 +814,28 @@ mod tests {
             Message::Request { timeout, .. } => assert_eq!(timeout, Some(Duration::from_millis(2))),
             m => panic!("{m:?}"),
         }
+        // Every map form: map16 and map32 too, as other encoders may write them.
+        for ext in [
+            &hex!("81 01 05")[..],
+            &hex!("de 00 01 01 05"),
+            &hex!("df 00 00 00 01 01 05"),
+            &hex!("df 00 00 00 02 07 c0 01 05"),
+        ] {
+            let frame = [&hex!("95 00 01 a1 61 90")[..], ext].concat();
+            assert_eq!(
+                Framer::new(Codec::Msgpack, 1024).decode(&frame).unwrap(),
+                Some(frame.len())
+            );
+            match Message::parse(Codec::Msgpack, &frame) {
+                Ok(Message::Request { timeout, .. }) => {
+                    assert_eq!(timeout, Some(Duration::from_micros(5)), "{ext:02x?}");
+                }
+                other => panic!("{ext:02x?}: {other:?}"),
+            }
+        }
+        // A map32 declaring more entries than follow.
+        let frame = hex!("95 00 01 a1 61 90 df 00 00 00 02 01 05");
+        assert!(Message::parse(Codec::Msgpack, &frame).is_err());
         // Unknown extension keys are skipped.
         let frame = hex!("95 00 01 a1 61 90 82 07 a1 78 01 05");
         match Message::parse(Codec::Msgpack, &frame).unwrap() {
