@@ -39,6 +39,9 @@ mod codec;
 pub mod dedup;
 mod error;
 mod framer;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 mod message;
 mod wire;
