@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::error::{DecodeError, EncodeError, ErrorCode, ServerError};
 use crate::framer::value_len;
 
+mod bounded;
 mod scalar;
 
 /// The serialization used on a connection.
@@ -26,6 +27,24 @@ pub enum Codec {
 
 const BINCODE: bincode::config::Configuration = bincode::config::standard();
 
+/// bincode's own cap on what one decoded value may claim.
+///
+/// bincode counts, against this limit, the declared length of every string, byte buffer
+/// and collection it allocates for, and the in-memory size of every integer it reads,
+/// before it allocates; over the limit is an error, not an allocation. The value is the
+/// most any value that fits in a frame can claim (a frame holds at most `u32::MAX` bytes,
+/// and bincode claims at most 16 bytes per byte read, for a `u128` in a one-byte varint),
+/// so it never refuses a valid value; a declared length beyond it (such as anything above
+/// `isize::MAX`, which used to panic with "capacity overflow") is an error. It is a
+/// constant, so it cannot know the bytes actually present: [`bounded`] checks those.
+const BINCODE_LIMIT: usize = (u32::MAX as usize).saturating_mul(16);
+
+const BINCODE_DECODE: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<BINCODE_LIMIT>,
+> = bincode::config::standard().with_limit::<BINCODE_LIMIT>();
+
 /// How deeply arrays, maps and extensions may nest in one decoded msgpack value.
 ///
 /// Decoding recurses once per level. rmp-serde's own limit (1024) is too high: in a debug
@@ -33,13 +52,30 @@ const BINCODE: bincode::config::Configuration = bincode::config::standard();
 /// 1 KiB message of nested arrays aborted the whole process. 128 is serde_json's default.
 pub(crate) const MAX_DEPTH: usize = 128;
 
-/// Decode one msgpack value that fills `bytes`, with the nesting limit [`MAX_DEPTH`].
+/// Decode one msgpack value that fills `bytes`, with the nesting limit [`MAX_DEPTH`] and
+/// every declared count bounded by the bytes present ([`bounded`]).
 pub(crate) fn msgpack_from_slice<'a, T: serde::Deserialize<'a>>(
     bytes: &'a [u8],
 ) -> Result<T, rmp_serde::decode::Error> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
-    T::deserialize(&mut de)
+    bounded::deserialize(&mut de, bytes.len())
+}
+
+/// Decode one bincode value from the start of `bytes`, with every declared length bounded
+/// by the bytes present ([`bounded`]) and by [`BINCODE_LIMIT`]; returns it and the bytes
+/// it used.
+///
+/// The borrowing decoder: strings and bytes are checked against the input and copied out
+/// in one `memcpy` (the owning one allocates the declared length before reading).
+fn bincode_from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
+    let budget = bounded::Budget::new(bytes.len());
+    let seed = bounded::BoundedSeed::<std::marker::PhantomData<T>>::new(&budget);
+    Ok(bincode::serde::seed_decode_from_slice(
+        seed,
+        bytes,
+        BINCODE_DECODE,
+    )?)
 }
 
 impl Codec {
@@ -137,13 +173,11 @@ impl Codec {
                 let n = value_len(bytes)?;
                 Ok((msgpack_from_slice(&bytes[..n])?, n))
             }
-            // The borrowing decoder: bytes and strings are copied out in one `memcpy`
-            // (the owning one decodes a `Vec<u8>` element by element).
             Codec::Bincode => {
                 if let Ok(decoded) = scalar::bincode_decode_prefix(bytes) {
                     return Ok(decoded);
                 }
-                Ok(bincode::serde::borrow_decode_from_slice(bytes, BINCODE)?)
+                bincode_from_slice(bytes)
             }
         }
     }
@@ -186,7 +220,7 @@ impl<'a> ParamsEncoder<'a> {
     #[inline]
     pub fn count(&mut self, n: usize) {
         match self.codec {
-            Codec::Msgpack => crate::message::write_array_len(self.out, n as u32),
+            Codec::Msgpack => crate::wire::write_array_len(self.out, n as u32),
             Codec::Bincode => self.out.extend_from_slice(&(n as u32).to_le_bytes()),
         }
     }
@@ -334,8 +368,17 @@ impl<'a> Args<'a> {
     #[inline(never)]
     fn read_len(&mut self) -> Result<usize, ServerError> {
         let (n, used) =
-            crate::message::read_array_len(self.rest).ok_or_else(|| invalid("params must be an array"))?;
+            crate::wire::read_array_len(self.rest).ok_or_else(|| invalid("params must be an array"))?;
         self.rest = &self.rest[used..];
+        // Every msgpack value takes at least a byte: a count the bytes cannot hold is a lie
+        // (params that a framer delimited never have one), refused before anything is
+        // sized by it.
+        if n > self.rest.len() {
+            return Err(invalid(format!(
+                "params declare {n} arguments but hold only {} bytes",
+                self.rest.len()
+            )));
+        }
         self.count = Some(n);
         Ok(n)
     }

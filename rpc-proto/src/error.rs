@@ -221,7 +221,7 @@ pub enum DecodeError {
     #[error("{0}")]
     Msgpack(#[from] rmp_serde::decode::Error),
     /// bincode decoding failed.
-    #[error("{0}")]
+    #[error("{}", bincode_message(.0))]
     Bincode(#[from] bincode::error::DecodeError),
     /// The bytes did not hold one complete value.
     #[error("{0}")]
@@ -229,4 +229,17 @@ pub enum DecodeError {
     /// Bytes were left over after the value.
     #[error("{0} trailing bytes after the value")]
     Trailing(usize),
+}
+
+/// bincode's errors print as their `Debug` form; the two that a hostile length produces
+/// are said in words.
+fn bincode_message(e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as E;
+    match e {
+        E::UnexpectedEnd { additional } => {
+            format!("the value needs at least {additional} more bytes than are present")
+        }
+        E::LimitExceeded => "the value declares a length larger than any frame can hold".to_owned(),
+        other => other.to_string(),
+    }
 }

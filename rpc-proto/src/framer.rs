@@ -108,6 +108,14 @@ impl Framer {
             Codec::Bincode => self.decode_prefixed(buf),
         };
         match r {
+            // Too large, and the request's msgid is a few bytes away: wait for them, so
+            // that the error can name the request. The walk is kept where it was, so the
+            // next call finds the same header again.
+            Err(FrameError::TooLarge { msgid: None, .. })
+                if crate::message::msgid_pending(self.codec, buf) =>
+            {
+                return Ok(None);
+            }
             Ok(Some(_)) | Err(_) => self.reset(),
             Ok(None) => {}
         }
@@ -431,6 +439,46 @@ mod tests {
             Err(FrameError::TooLarge { msgid, .. }) => assert_eq!(msgid, Some(1 << 32)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn too_large_before_the_msgid_waits_for_the_msgid() {
+        // bincode: a 16 MiB frame's length arrives alone, then its request's msgid 42.
+        let msg = hex!("ffffff00 00 2a00000000000000 0000");
+        let mut f = Framer::new(Codec::Bincode, 1024);
+        for n in 0..13 {
+            assert_eq!(f.decode(&msg[..n]).unwrap(), None, "{n} bytes");
+        }
+        for n in 13..=msg.len() {
+            match f.decode(&msg[..n]) {
+                Err(FrameError::TooLarge { msgid, .. }) => assert_eq!(msgid, Some(42)),
+                other => panic!("{n} bytes: {other:?}"),
+            }
+        }
+        // msgpack: an array16 of 65 536 elements, then tag 0 and msgid 300 (uint16).
+        let msg = hex!("dc ff ff 00 cd 01 2c a1 6d");
+        let mut f = Framer::new(Codec::Msgpack, 1024);
+        for n in 3..7 {
+            assert_eq!(f.decode(&msg[..n]).unwrap(), None, "{n} bytes");
+        }
+        for n in 7..=msg.len() {
+            match f.decode(&msg[..n]) {
+                Err(FrameError::TooLarge { msgid, .. }) => assert_eq!(msgid, Some(300)),
+                other => panic!("{n} bytes: {other:?}"),
+            }
+        }
+        // Not a request (a response, a notification, a tag that is not an integer, a msgid
+        // that is not one): no msgid to wait for, the error at once.
+        let now = |codec, bytes: &[u8]| match Framer::new(codec, 1024).decode(bytes) {
+            Err(FrameError::TooLarge { msgid: None, .. }) => {}
+            other => panic!("{bytes:02x?}: {other:?}"),
+        };
+        now(Codec::Bincode, &hex!("ffffff00 01"));
+        now(Codec::Msgpack, &hex!("dc ff ff 01"));
+        now(Codec::Msgpack, &hex!("dc ff ff 02"));
+        now(Codec::Msgpack, &hex!("dd 00 01 00 00 a1"));
+        now(Codec::Msgpack, &hex!("dd 00 01 00 00 00 a1"));
+        now(Codec::Msgpack, &hex!("dd 00 01 00 00 cc 00 ff"));
     }
 
     #[test]

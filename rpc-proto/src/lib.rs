@@ -48,9 +48,13 @@ mod connection;
 pub mod dedup;
 mod error;
 mod framer;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 mod message;
 pub mod reserved;
+mod wire;
 
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
 pub use connection::client::{

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::codec::{Codec, EncodeValue, Params, ParamsEncoder};
 use crate::error::{EncodeError, ErrorCode, ParseError, ServerError};
 use crate::framer::value_len;
+use crate::wire::{read_array_len, write_str, write_uint};
 
 /// The message type tag of a request.
 pub const REQUEST: u8 = 0;
@@ -140,26 +141,14 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Read a msgpack array header: the count and the header's length.
-pub(crate) fn read_array_len(b: &[u8]) -> Option<(usize, usize)> {
-    match *b.first()? {
-        m @ 0x90..=0x9f => Some((usize::from(m & 0x0f), 1)),
-        0xdc => b
-            .get(1..3)
-            .map(|l| (usize::from(u16::from_be_bytes([l[0], l[1]])), 3)),
-        0xdd => b
-            .get(1..5)
-            .map(|l| (u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize, 5)),
-        _ => None,
-    }
-}
-
 /// The request extension: a map of small integer keys; key 1 is the timeout in µs.
 fn request_ext(c: &mut Cursor<'_>) -> Option<Option<Duration>> {
     let m = c.byte()?;
+    // Every map form: a peer's encoder may pick a wider one than the entries need.
     let n = match m {
         0x80..=0x8f => usize::from(m & 0x0f),
-        0xde => c.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))?,
+        0xde => usize::from(u16::from_be_bytes(c.array()?)),
+        0xdf => usize::try_from(u32::from_be_bytes(c.array()?)).ok()?,
         _ => return None,
     };
     let mut timeout = None;
@@ -407,6 +396,47 @@ pub(crate) fn peek_msgid(codec: Codec, buf: &[u8]) -> Option<u64> {
     }
 }
 
+/// Whether `buf`, which starts with a message whose headers declare it too large, could
+/// still show a request's msgid once a few more bytes arrive: its bytes so far are the
+/// start of a request whose msgid is not complete. At most 23 bytes (msgpack: a 5-byte
+/// array header, then the tag and the msgid of up to 9 bytes each) or 13 (bincode: the
+/// length, the tag and 8 bytes of msgid) are ever waited for.
+pub(crate) fn msgid_pending(codec: Codec, buf: &[u8]) -> bool {
+    match codec {
+        Codec::Msgpack => {
+            let Some((_, used)) = read_array_len(buf) else {
+                return false;
+            };
+            let mut rest = &buf[used..];
+            for field in [Some(u64::from(REQUEST)), None] {
+                let Some(&m) = rest.first() else {
+                    return true;
+                };
+                let len = match m {
+                    0x00..=0x7f => 1,
+                    0xcc | 0xd0 => 2,
+                    0xcd | 0xd1 => 3,
+                    0xce | 0xd2 => 5,
+                    0xcf | 0xd3 => 9,
+                    _ => return false,
+                };
+                let Some((head, tail)) = rest.split_at_checked(len) else {
+                    return true;
+                };
+                if field.is_some() && (Cursor { b: head }).uint() != field {
+                    return false;
+                }
+                rest = tail;
+            }
+            false
+        }
+        Codec::Bincode => match buf.get(4) {
+            None => true,
+            Some(&tag) => tag == REQUEST && buf.len() < 13,
+        },
+    }
+}
+
 /// Decode the error value of a response into a [`ServerError`].
 ///
 /// `[code, message]` (our shape, and what common clients send) maps directly; any other
@@ -437,82 +467,6 @@ pub fn decode_error(codec: Codec, raw: &[u8]) -> ServerError {
             Err(e) => ServerError::new(ErrorCode::Unknown, format!("undecodable error value: {e}")),
         },
     }
-}
-
-// The writers below are `#[inline]` with their common case first: they are called for
-// every call on both sides, from other crates too, where a call would cost more than the
-// byte it writes.
-
-#[inline]
-pub(crate) fn write_array_len(out: &mut Vec<u8>, n: u32) {
-    if n < 16 {
-        out.push(0x90 | n as u8);
-    } else if n <= u32::from(u16::MAX) {
-        out.push(0xdc);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0xdd);
-        out.extend_from_slice(&n.to_be_bytes());
-    }
-}
-
-#[inline]
-pub(crate) fn write_uint(out: &mut Vec<u8>, v: u64) {
-    if v < 0x80 {
-        out.push(v as u8);
-    } else {
-        write_wide_uint(out, v);
-    }
-}
-
-fn write_wide_uint(out: &mut Vec<u8>, v: u64) {
-    // Marker and bytes in one append each.
-    if let Ok(v) = u8::try_from(v) {
-        out.extend_from_slice(&[0xcc, v]);
-    } else if let Ok(v) = u16::try_from(v) {
-        let [a, b] = v.to_be_bytes();
-        out.extend_from_slice(&[0xcd, a, b]);
-    } else if let Ok(v) = u32::try_from(v) {
-        let [a, b, c, d] = v.to_be_bytes();
-        out.extend_from_slice(&[0xce, a, b, c, d]);
-    } else {
-        let [a, b, c, d, e, f, g, h] = v.to_be_bytes();
-        out.extend_from_slice(&[0xcf, a, b, c, d, e, f, g, h]);
-    }
-}
-
-/// A msgpack str (at most 4 GiB: longer ones are the caller's to refuse).
-#[inline]
-pub(crate) fn write_str(out: &mut Vec<u8>, s: &[u8]) {
-    if s.len() < 32 {
-        out.push(0xa0 | s.len() as u8);
-        out.extend_from_slice(s);
-    } else {
-        write_sized(out, s, Some(0xa0), [0xd9, 0xda, 0xdb]);
-    }
-}
-
-/// A msgpack bin (at most 4 GiB: longer ones are the caller's to refuse).
-pub(crate) fn write_bin(out: &mut Vec<u8>, b: &[u8]) {
-    write_sized(out, b, None, [0xc4, 0xc5, 0xc6]);
-}
-
-/// A str or bin: the fix form (str only), then 8, 16 and 32-bit lengths.
-fn write_sized(out: &mut Vec<u8>, bytes: &[u8], fix: Option<u8>, markers: [u8; 3]) {
-    let n = bytes.len();
-    match (n, fix) {
-        (0..=31, Some(fix)) => out.push(fix | n as u8),
-        (0..=0xff, _) => out.extend_from_slice(&[markers[0], n as u8]),
-        (0x100..=0xffff, _) => {
-            out.push(markers[1]);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(markers[2]);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(bytes);
 }
 
 /// Writes the 4-byte length prefix of a bincode frame once its body is complete.
@@ -860,6 +814,28 @@ mod tests {
             Message::Request { timeout, .. } => assert_eq!(timeout, Some(Duration::from_millis(2))),
             m => panic!("{m:?}"),
         }
+        // Every map form: map16 and map32 too, as other encoders may write them.
+        for ext in [
+            &hex!("81 01 05")[..],
+            &hex!("de 00 01 01 05"),
+            &hex!("df 00 00 00 01 01 05"),
+            &hex!("df 00 00 00 02 07 c0 01 05"),
+        ] {
+            let frame = [&hex!("95 00 01 a1 61 90")[..], ext].concat();
+            assert_eq!(
+                Framer::new(Codec::Msgpack, 1024).decode(&frame).unwrap(),
+                Some(frame.len())
+            );
+            match Message::parse(Codec::Msgpack, &frame) {
+                Ok(Message::Request { timeout, .. }) => {
+                    assert_eq!(timeout, Some(Duration::from_micros(5)), "{ext:02x?}");
+                }
+                other => panic!("{ext:02x?}: {other:?}"),
+            }
+        }
+        // A map32 declaring more entries than follow.
+        let frame = hex!("95 00 01 a1 61 90 df 00 00 00 02 01 05");
+        assert!(Message::parse(Codec::Msgpack, &frame).is_err());
         // Unknown extension keys are skipped.
         let frame = hex!("95 00 01 a1 61 90 82 07 a1 78 01 05");
         match Message::parse(Codec::Msgpack, &frame).unwrap() {

@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::ser::{Impossible, Serialize, Serializer};
 
-use crate::message::{write_bin, write_str, write_uint};
+use crate::wire::{write_bin, write_str, write_uint};
 
 /// The value is not one this serializer writes: use rmp-serde.
 #[derive(Debug)]
@@ -286,8 +286,11 @@ struct ScalarDe<'de> {
 
 impl<'de> ScalarDe<'de> {
     fn take(&mut self, n: usize) -> Result<&'de [u8], NotScalar> {
-        let b = self.bytes.get(self.pos..self.pos + n).ok_or(NotScalar)?;
-        self.pos += n;
+        // A declared length is at most `u32::MAX`, but on a 32-bit target that plus the
+        // position can still overflow.
+        let end = self.pos.checked_add(n).ok_or(NotScalar)?;
+        let b = self.bytes.get(self.pos..end).ok_or(NotScalar)?;
+        self.pos = end;
         Ok(b)
     }
 
