@@ -345,12 +345,14 @@ impl State {
     /// Write everything the protocol has queued.
     fn flush(&mut self) -> Result<(), Error> {
         self.wbuf.clear();
-        self.proto.take_transmit(Instant::now(), &mut self.wbuf);
+        // One clock read: when the batch is taken is as good as when it was written.
+        let now = Instant::now();
+        self.proto.take_transmit(now, &mut self.wbuf);
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::ConnectionClosed);
         };
         stream.write_all(&self.wbuf)?;
-        self.last_used = Instant::now();
+        self.last_used = now;
         Ok(())
     }
 

@@ -139,6 +139,7 @@ struct Attempt<'a, P: ?Sized, R> {
 impl<P: Params + ?Sized, R: DeserializeOwned> Future for Attempt<'_, P, R> {
     type Output = Attempted<R>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Attempted<R>> {
         let this = &mut *self;
         let codec = this.core.config.codec;

@@ -335,7 +335,7 @@ pub(crate) fn parse_bincode_request_prefix(buf: &[u8], max: usize) -> Option<(Me
 ///
 /// `None` for anything else (an error reply, a reply not complete yet, over `max`, another
 /// message): the [`Framer`](crate::Framer) and [`Message::parse`] then take it.
-#[inline]
+#[inline(always)]
 pub(crate) fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
     let [0x94, 0x01, rest @ ..] = buf else {
         return None;
@@ -360,7 +360,7 @@ pub(crate) fn parse_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'
 /// `max`.
 ///
 /// `None` for anything else, as [`parse_response_prefix`].
-#[inline]
+#[inline(always)]
 pub(crate) fn parse_bincode_response_prefix(buf: &[u8], max: usize) -> Option<(Message<'_>, usize)> {
     let (frame, total) = bincode_frame(buf, max)?;
     match parse_bincode(frame) {
@@ -594,7 +594,10 @@ pub fn encode_notification<P: Params + ?Sized>(
 /// # Errors
 ///
 /// When the result cannot be serialized.
-#[inline]
+// Always inlined: it is the server's per-call writer, called through `Transmit::ok` from
+// another crate, where LLVM otherwise leaves it out of line (about 25 instructions more
+// per call, measured with callgrind).
+#[inline(always)]
 pub fn encode_response_ok<V: EncodeValue + ?Sized>(
     codec: Codec,
     out: &mut Vec<u8>,

@@ -101,7 +101,6 @@ struct Io<'a, T> {
 /// The calls of one connection: the protocol's [`Service`].
 struct Calls {
     shared: Arc<Shared>,
-    peer: SocketAddr,
     /// The peer said hello: its pending calls can be cancelled (`rpc.cancel`).
     extended: bool,
     inflight: FuturesUnordered<InFlight>,
@@ -109,6 +108,10 @@ struct Calls {
     aborts: HashMap<u64, AbortHandle>,
     /// The boxes this connection's async calls run in, kept from one call to the next.
     slots: Slots,
+    /// The connection's span, carrying the peer: the parent of every event about it. Not
+    /// entered around each poll, which costs instructions on every call even with no
+    /// subscriber (tracing's `log` compatibility).
+    span: tracing::Span,
 }
 
 impl Connection {
@@ -123,11 +126,11 @@ impl Connection {
             proto: ServerConnection::new(proto_config, Instant::now().into_std()),
             calls: Calls {
                 shared,
-                peer,
                 extended: false,
                 inflight: FuturesUnordered::new(),
                 aborts: HashMap::new(),
                 slots: Slots::default(),
+                span: tracing::info_span!("connection", %peer),
             },
         }
     }
@@ -137,25 +140,21 @@ impl Connection {
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        let span = tracing::info_span!("connection", peer = %self.calls.peer);
-        async move {
-            info!("connection opened");
-            let result = self.serve(&mut stream, &shutdown).await;
-            // Cancel what is still running (async handlers are dropped here).
-            let cancelled = self.calls.inflight.len();
-            self.calls.inflight = FuturesUnordered::new();
-            if self.proto.should_linger() {
-                linger(&mut stream).await;
-            } else {
-                let _ = stream.shutdown().await;
-            }
-            match result {
-                Ok(()) => info!(cancelled, "connection closed"),
-                Err(e) => info!(cancelled, error = %e, "connection closed with an error"),
-            }
+        let span = self.calls.span.clone();
+        info!(parent: &span, "connection opened");
+        let result = self.serve(&mut stream, &shutdown).await;
+        // Cancel what is still running (async handlers are dropped here).
+        let cancelled = self.calls.inflight.len();
+        self.calls.inflight = FuturesUnordered::new();
+        if self.proto.should_linger() {
+            linger(&mut stream).await;
+        } else {
+            let _ = stream.shutdown().await;
         }
-        .instrument(span)
-        .await;
+        match result {
+            Ok(()) => info!(parent: &span, cancelled, "connection closed"),
+            Err(e) => info!(parent: &span, cancelled, error = %e, "connection closed with an error"),
+        }
     }
 
     async fn serve<T>(&mut self, stream: &mut T, shutdown: &CancellationToken) -> io::Result<()>
@@ -176,35 +175,75 @@ impl Connection {
         poll_fn(|cx| self.poll_serve(cx, &mut io)).await
     }
 
-    /// One turn of the connection: take input, collect finished calls, write, read, and
-    /// look at the timers, until nothing makes progress.
+    /// The connection's work at one wake-up: look at the shutdown signal and the heartbeat
+    /// timer, then read, hand what was read to the protocol, collect finished calls and
+    /// write, until reading would block.
     fn poll_serve<T>(&mut self, cx: &mut Context<'_>, io: &mut Io<'_, T>) -> Poll<io::Result<()>>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        loop {
-            let mut progress = false;
-            if !self.proto.is_draining() && io.cancelled.as_mut().poll(cx).is_ready() {
-                self.proto.start_drain();
-                // Requests that have arrived already are answered (ShuttingDown, which
-                // clients may retry) rather than reset by the close. A connection that has
-                // sent nothing yet (one taken from the accept queue at shutdown) is new to
-                // the reactor: give its first request a moment to be seen.
-                if self.proto.is_fresh() {
-                    io.grace = Some(Box::pin(tokio::time::sleep(FIRST_REQUEST_AT_SHUTDOWN)));
-                }
-                debug!(in_flight = self.calls.inflight.len(), "draining for shutdown");
+        if !self.proto.is_draining() && io.cancelled.as_mut().poll(cx).is_ready() {
+            self.proto.start_drain();
+            // Requests that have arrived already are answered (ShuttingDown, which clients
+            // may retry) rather than reset by the close. A connection that has sent nothing
+            // yet (one taken from the accept queue at shutdown) is new to the reactor: give
+            // its first request a moment to be seen.
+            if self.proto.is_fresh() {
+                io.grace = Some(Box::pin(tokio::time::sleep(FIRST_REQUEST_AT_SHUTDOWN)));
             }
-            if io.input {
+            debug!(parent: &self.calls.span, in_flight = self.calls.inflight.len(), "draining for shutdown");
+        }
+        while io.idle.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if self.proto.handle_timeout(now.into_std(), self.calls.inflight.len()) {
+                info!(parent: &self.calls.span, timeout = ?self.calls.shared.config.heartbeat_timeout, "no message within the heartbeat timeout; closing");
+                return Poll::Ready(Ok(()));
+            }
+            // Later than `now`, or never: the loop ends.
+            io.idle.as_mut().reset(to_tokio(self.proto.poll_timeout()));
+        }
+        if io.grace.as_mut().is_some_and(|g| g.as_mut().poll(cx).is_ready()) {
+            io.grace = None;
+        }
+        loop {
+            let mut again = false;
+            // Reading was tried and would block: the socket wakes us when there is more.
+            let mut read_blocked = false;
+            let in_flight = self.calls.inflight.len();
+            if self.proto.wants_read(in_flight) && !self.proto.has_held_input(in_flight) {
+                let buf = self.proto.read_buf();
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *io.stream), cx, buf) {
+                    Poll::Ready(Ok(0)) => {
+                        // End of input: no more requests, but the peer may still read.
+                        let partial = self.proto.handle_eof();
+                        if partial > 0 {
+                            warn!(parent: &self.calls.span, bytes = partial, "end of input in the middle of a message");
+                        }
+                        debug!(parent: &self.calls.span, in_flight, "end of input; answering what was received");
+                        io.grace = None;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        io.input = true;
+                        io.grace = None;
+                        // Read again once this is handled: until it would block.
+                        again = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => read_blocked = true,
+                }
+            }
+            if io.input || self.proto.has_held_input(in_flight) {
                 io.input = false;
                 let now = Instant::now().into_std();
                 if let Err(fatal) = self.proto.handle_input(now, &mut self.calls) {
                     match fatal {
-                        Fatal::Frame(e) => warn!(error = %e, "unreadable stream; closing after the replies"),
-                        Fatal::Hello => warn!("bad hello; closing"),
-                        _ => warn!(?fatal, "closing"),
+                        Fatal::Frame(e) => warn!(parent: &self.calls.span, error = %e, "unreadable stream; closing after the replies"),
+                        Fatal::Hello => warn!(parent: &self.calls.span, "bad hello; closing"),
+                        _ => warn!(parent: &self.calls.span, ?fatal, "closing"),
                     }
                 }
+                // Messages held at the limits are taken as soon as there is room.
+                again |= self.proto.has_held_input(self.calls.inflight.len());
             }
             // Collect every call that has finished meanwhile.
             if !self.calls.inflight.is_empty() {
@@ -215,68 +254,29 @@ impl Connection {
                 }
                 if finished {
                     self.restart_idle_clock();
+                    again |= self.proto.has_held_input(self.calls.inflight.len());
                 }
             }
-            if let Some(bytes) = self.proto.poll_transmit() {
+            // Write until done or the socket is full (then it wakes us).
+            while let Some(bytes) = self.proto.poll_transmit() {
                 match Pin::new(&mut *io.stream).poll_write(cx, bytes) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         self.proto.advance_transmit(n);
-                        progress = true;
+                        // Room in the write buffer again may let held messages in.
+                        again |= self.proto.has_held_input(self.calls.inflight.len());
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
+                    Poll::Pending => break,
                 }
             }
             let in_flight = self.calls.inflight.len();
-            if io.grace.is_some() && io.grace.as_mut().is_some_and(|g| g.as_mut().poll(cx).is_ready()) {
-                io.grace = None;
-            }
             if self.proto.is_done(in_flight) && io.grace.is_none() {
                 return Poll::Ready(Ok(()));
             }
-            if self.proto.has_held_input(in_flight) {
-                // Room again for the messages already read: take them before reading more.
-                io.input = true;
-                continue;
-            }
-            if self.proto.wants_read(in_flight) {
-                let buf = self.proto.read_buf();
-                match tokio_util::io::poll_read_buf(Pin::new(&mut *io.stream), cx, buf) {
-                    Poll::Ready(Ok(0)) => {
-                        // End of input: no more requests, but the peer may still read.
-                        let partial = self.proto.handle_eof();
-                        if partial > 0 {
-                            warn!(bytes = partial, "end of input in the middle of a message");
-                        }
-                        debug!(in_flight, "end of input; answering what was received");
-                        io.grace = None;
-                        progress = true;
-                    }
-                    Poll::Ready(Ok(_)) => {
-                        io.input = true;
-                        io.grace = None;
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
-                }
-            }
-            if io.idle.as_mut().poll(cx).is_ready() {
-                let now = Instant::now();
-                if self
-                    .proto
-                    .handle_timeout(now.into_std(), self.calls.inflight.len())
-                {
-                    info!(timeout = ?self.calls.shared.config.heartbeat_timeout, "no message within the heartbeat timeout; closing");
-                    return Poll::Ready(Ok(()));
-                }
-                if let Some(at) = self.proto.poll_timeout() {
-                    io.idle.as_mut().reset(to_tokio(Some(at)));
-                    progress = true;
-                }
-            }
-            if !progress {
+            // Room to read again (calls finished, replies written) but not tried yet.
+            again |= !read_blocked && self.proto.wants_read(in_flight);
+            if !again {
                 return Poll::Pending;
             }
         }
@@ -321,14 +321,14 @@ impl Service for Calls {
             .registry
             .dispatch(method, params, tx.codec(), &mut self.slots)
         {
-            Dispatch::Ready(reply) => write_reply(tx, msgid, reply),
+            Dispatch::Ready(reply) => write_reply(&self.span, tx, msgid, reply),
             Dispatch::Pending(fut) => self.push(msgid, fut, deadline),
         }
     }
 
     fn notification(&mut self, tx: &mut Transmit<'_>, method: &[u8], params: &[u8]) {
         if !self.shared.registry.contains(method) {
-            debug!(method = %String::from_utf8_lossy(method), "unknown notification ignored");
+            debug!(parent: &self.span, method = %String::from_utf8_lossy(method), "unknown notification ignored");
             return;
         }
         match self
@@ -345,7 +345,7 @@ impl Service for Calls {
     /// sync one runs on, its result discarded).
     fn cancel(&mut self, msgid: u64) {
         if let Some(h) = self.aborts.remove(&msgid) {
-            debug!(msgid, "call cancelled by the client");
+            debug!(parent: &self.span, msgid, "call cancelled by the client");
             h.abort();
         }
     }
@@ -358,12 +358,12 @@ impl Service for Calls {
         match event {
             ConnEvent::Hello(hello) => {
                 self.extended = true;
-                debug!(codec = ?hello.codec, session = ?hello.session, "hello");
+                debug!(parent: &self.span, codec = ?hello.codec, session = ?hello.session, "hello");
             }
-            ConnEvent::Malformed(e) => warn!(error = %e, "malformed message"),
-            ConnEvent::ErrorSent(msgid, e) => log_error(msgid, e),
-            ConnEvent::UnexpectedResponse(msgid) => debug!(msgid, "unexpected response ignored"),
-            ConnEvent::BadCancel(e) => debug!(error = %e, "bad rpc.cancel ignored"),
+            ConnEvent::Malformed(e) => warn!(parent: &self.span, error = %e, "malformed message"),
+            ConnEvent::ErrorSent(msgid, e) => log_error(&self.span, msgid, e),
+            ConnEvent::UnexpectedResponse(msgid) => debug!(parent: &self.span, msgid, "unexpected response ignored"),
+            ConnEvent::BadCancel(e) => debug!(parent: &self.span, error = %e, "bad rpc.cancel ignored"),
             _ => {}
         }
     }
@@ -413,11 +413,11 @@ impl Calls {
         });
         match begin {
             Begin::Cached(bytes) => {
-                debug!(msgid = key.1, "answer from the dedup cache");
+                debug!(parent: &self.span, msgid = key.1, "answer from the dedup cache");
                 tx.encoded(&bytes);
             }
             Begin::Wait(rx) => {
-                debug!(msgid = key.1, "retry joins the running call");
+                debug!(parent: &self.span, msgid = key.1, "retry joins the running call");
                 self.inflight
                     .push(InFlight::Other(Box::pin(wait_dedup(rx, key.1, tx.codec()))));
             }
@@ -438,7 +438,7 @@ impl Calls {
                     .dispatch(method, params, codec, &mut self.slots)
                 {
                     Dispatch::Ready(reply) => {
-                        let bytes = encode_reply(codec, msgid, reply);
+                        let bytes = encode_reply(&self.span, codec, msgid, reply);
                         cache.complete(key, bytes.clone(), bytes.len(), Instant::now().into_std());
                         let _ = chan.send(Some(bytes.clone()));
                         let mut guard = guard;
@@ -448,11 +448,12 @@ impl Calls {
                     }
                     Dispatch::Pending(fut) => {
                         let fut = with_deadline(fut, deadline);
-                        let span = tracing::Span::current();
+                        let span = self.span.clone();
+                        let events = span.clone();
                         tokio::spawn(
                             async move {
                                 let mut guard = guard;
-                                let bytes = encode_reply(codec, msgid, fut.await);
+                                let bytes = encode_reply(&events, codec, msgid, fut.await);
                                 cache.complete(key, bytes.clone(), bytes.len(), Instant::now().into_std());
                                 guard.done = true;
                                 let _ = chan.send(Some(bytes));
@@ -476,11 +477,11 @@ impl Calls {
                 if self.extended && !self.aborts.is_empty() {
                     self.aborts.remove(&msgid);
                 }
-                write_reply(tx, msgid, reply);
+                write_reply(&self.span, tx, msgid, reply);
             }
             Finished::Reply(None, reply) => {
                 if let Err(e) = reply.0 {
-                    debug!(error = %e, "notification failed");
+                    debug!(parent: &self.span, error = %e, "notification failed");
                 }
             }
             Finished::Encoded(bytes) => tx.encoded(&bytes),
@@ -489,15 +490,15 @@ impl Calls {
     }
 }
 
-fn log_error(msgid: u64, e: &ServerError) {
+fn log_error(span: &tracing::Span, msgid: u64, e: &ServerError) {
     match e.kind() {
         ErrorCode::HandlerError
         | ErrorCode::MethodNotFound
         | ErrorCode::InvalidParams
         | ErrorCode::Overloaded => {
-            debug!(msgid, code = e.code, error = %e.message, "error reply");
+            debug!(parent: span, msgid, code = e.code, error = %e.message, "error reply");
         }
-        _ => warn!(msgid, code = e.code, error = %e.message, "error reply"),
+        _ => warn!(parent: span, msgid, code = e.code, error = %e.message, "error reply"),
     }
 }
 
@@ -522,7 +523,7 @@ fn with_deadline(fut: ReplyFuture, deadline: Option<Instant>) -> ReplyFuture {
 /// Append the response to a finished call: its value, or its error (logged), or an
 /// `Internal` error when the value cannot be encoded.
 #[inline]
-fn write_reply(tx: &mut Transmit<'_>, msgid: u64, reply: Reply) {
+fn write_reply(span: &tracing::Span, tx: &mut Transmit<'_>, msgid: u64, reply: Reply) {
     let error = match reply.0 {
         Ok(value) => match tx.ok(msgid, &value) {
             Ok(()) => return,
@@ -530,12 +531,12 @@ fn write_reply(tx: &mut Transmit<'_>, msgid: u64, reply: Reply) {
         },
         Err(e) => e,
     };
-    log_error(msgid, &error);
+    log_error(span, msgid, &error);
     tx.err(msgid, &error);
 }
 
 /// The whole response frame for a reply, as stored in the dedup cache.
-fn encode_reply(codec: Codec, msgid: u64, reply: Reply) -> Bytes {
+fn encode_reply(span: &tracing::Span, codec: Codec, msgid: u64, reply: Reply) -> Bytes {
     let mut out = Vec::new();
     let error = match reply.0 {
         Ok(value) => match Transmit::encode_ok(codec, &mut out, msgid, &value) {
@@ -544,7 +545,7 @@ fn encode_reply(codec: Codec, msgid: u64, reply: Reply) -> Bytes {
         },
         Err(e) => e,
     };
-    log_error(msgid, &error);
+    log_error(span, msgid, &error);
     out.clear();
     Transmit::encode_err(codec, &mut out, msgid, &error);
     Bytes::from(out)

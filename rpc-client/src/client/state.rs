@@ -125,7 +125,7 @@ pub(super) struct Deliver<'a> {
 }
 
 impl Replies<u32> for Deliver<'_> {
-    #[inline]
+    #[inline(always)]
     fn reply(&mut self, r: ClientReply<'_, u32>) {
         let slot = &mut self.slots[r.token as usize];
         let big = r.frame.map(|frame| frame.slice_ref(r.part));

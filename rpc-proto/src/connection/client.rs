@@ -324,6 +324,7 @@ impl<T: Copy> ClientConnection<T> {
     /// Take everything queued for the transport, at `now`, by swapping it with `buf`
     /// (which must be empty; its capacity is kept for the next batch). The deadlines of the
     /// calls in it start now.
+    #[inline]
     pub fn take_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) {
         debug_assert!(buf.is_empty());
         mem::swap(&mut self.out, buf);
@@ -436,7 +437,7 @@ impl<T: Copy> ClientConnection<T> {
 
     /// Put the reply in `frame` into its caller's hands: `known` is its msgid and where its
     /// result starts when it was parsed already; otherwise it is parsed here.
-    #[inline]
+    #[inline(always)]
     fn put_frame<R: Replies<T>>(
         &mut self,
         replies: &mut R,
@@ -468,7 +469,7 @@ impl<T: Copy> ClientConnection<T> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn put<R: Replies<T>>(
         &mut self,
         replies: &mut R,

@@ -131,7 +131,7 @@ impl Transmit<'_> {
     /// # Errors
     ///
     /// When the value cannot be encoded: nothing was written, answer with an error.
-    #[inline]
+    #[inline(always)]
     pub fn ok<V: EncodeValue + ?Sized>(&mut self, msgid: u64, value: &V) -> Result<(), EncodeError> {
         encode_response_ok(self.codec, self.out, msgid, value)
     }
