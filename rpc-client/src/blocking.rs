@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use rpc_proto::{may_resend, ClientConnection, ClientReply, Codec, Failure, Param
 use serde::de::DeserializeOwned;
 
 use crate::config::new_session;
-use crate::reply;
+use crate::reply::{Decoder, NativeValue, Serde};
 use crate::{Config, Error};
 
 /// After this long unused, the connection is checked (one non-blocking peek) before a
@@ -122,15 +123,26 @@ enum Failed {
 }
 
 /// The one reply the blocking client waits for, decoded where it lies in the read buffer.
-struct Decode<R> {
+struct Decode<R, D> {
     codec: Codec,
     got: Option<Result<R, Error>>,
+    decoder: PhantomData<D>,
 }
 
-impl<R: DeserializeOwned> Replies<()> for Decode<R> {
+impl<R, D: Decoder<R>> Decode<R, D> {
+    fn new(codec: Codec) -> Decode<R, D> {
+        Decode {
+            codec,
+            got: None,
+            decoder: PhantomData,
+        }
+    }
+}
+
+impl<R, D: Decoder<R>> Replies<()> for Decode<R, D> {
     fn reply(&mut self, r: ClientReply<'_, ()>) {
         let outcome = if r.ok { Ok(r.part) } else { Err(r.part) };
-        self.got = Some(reply::decode(self.codec, outcome));
+        self.got = Some(D::decode(self.codec, outcome));
     }
 }
 
@@ -151,7 +163,7 @@ impl BlockingClient {
     /// When connecting fails.
     pub fn connect_with(addr: impl ToSocketAddrs, config: Config) -> Result<BlockingClient, Error> {
         let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
-        let session = config.unstable_network.then(new_session);
+        let session = config.unstable_network.then(new_session).transpose()?;
         let client = BlockingClient {
             addrs,
             session,
@@ -215,27 +227,45 @@ impl BlockingClient {
         params: P,
         opts: CallOptions,
     ) -> Result<R, Error> {
+        self.call_decoded::<P, R, Serde>(method, params, opts)
+    }
+
+    /// A call whose result `D` decodes.
+    fn call_decoded<P: Params, R, D: Decoder<R>>(
+        &self,
+        method: &str,
+        params: P,
+        opts: CallOptions,
+    ) -> Result<R, Error> {
         let timeout = opts.timeout.unwrap_or(self.config.timeout);
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
         let mut msgid = None;
         let mut backoff = self.config.reconnect_backoff;
         loop {
-            let (failure, error) = match st.round_trip(self, &mut msgid, method, &params, timeout, deadline) {
-                Ok(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
-                    // The call did not run; this connection is going away.
-                    st.stream = None;
-                    (Failure::Refused, Error::Remote(e))
-                }
-                Ok(r) => return r,
-                Err(Failed::NotSent(e)) => (Failure::NotSent, e),
-                Err(Failed::Sent(Error::Timeout(t))) => (Failure::TimedOut, Error::Timeout(t)),
-                Err(Failed::Sent(e)) => {
-                    // The stream may hold half a message: start afresh.
-                    st.stream = None;
-                    (Failure::Lost, e)
-                }
-            };
+            let (failure, error) =
+                match st.round_trip::<P, R, D>(self, &mut msgid, method, &params, timeout, deadline) {
+                    Ok(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
+                        // The call did not run; this connection is going away.
+                        st.stream = None;
+                        (Failure::Refused, Error::Remote(e))
+                    }
+                    Ok(r) => return r,
+                    // A call never sent fails fast when the server refuses; one to be sent
+                    // again keeps trying (the server may be restarting).
+                    Err(Failed::NotSent(e @ Error::Unavailable(_)))
+                        if !self.config.wait_for_ready && msgid.is_none() =>
+                    {
+                        return Err(e)
+                    }
+                    Err(Failed::NotSent(e)) => (Failure::NotSent, e),
+                    Err(Failed::Sent(Error::Timeout(t))) => (Failure::TimedOut, Error::Timeout(t)),
+                    Err(Failed::Sent(e)) => {
+                        // The stream may hold half a message: start afresh.
+                        st.stream = None;
+                        (Failure::Lost, e)
+                    }
+                };
             let resend = may_resend(failure, self.session.is_some(), opts.idempotent);
             if !resend || Instant::now() + backoff >= deadline {
                 return Err(error);
@@ -250,8 +280,10 @@ impl BlockingClient {
     /// # Errors
     ///
     /// As [`BlockingClient::call`].
+    /// The result is read natively from MessagePack: a str whose bytes are not UTF-8 stays a
+    /// `Value::String` (serde would make it `Value::Binary`).
     pub fn call_value(&self, method: &str, params: Vec<rmpv::Value>) -> Result<rmpv::Value, Error> {
-        self.call(method, params)
+        self.call_decoded::<_, _, NativeValue>(method, params, CallOptions::default())
     }
 
     /// Send a notification.
@@ -292,7 +324,7 @@ impl State {
             }
         }
         if self.stream.is_none() {
-            return Err(last.into());
+            return Err(crate::client::refused(last));
         }
         self.last_used = Instant::now();
         self.proto.handle_disconnect(|(), _| {});
@@ -300,10 +332,7 @@ impl State {
         if self.proto.is_awaiting_hello() {
             let said = self.set_timeouts(config.connect_timeout).and_then(|()| {
                 self.flush()?;
-                let mut none = Decode::<()> {
-                    codec: config.codec,
-                    got: None,
-                };
+                let mut none = Decode::<(), Serde>::new(config.codec);
                 while self.proto.is_awaiting_hello() {
                     self.read_more()?;
                     self.proto
@@ -358,7 +387,7 @@ impl State {
 
     /// Send the call and read until its reply, decoded (an error reply as
     /// [`Error::Remote`]).
-    fn round_trip<P: Params, R: DeserializeOwned>(
+    fn round_trip<P: Params, R, D: Decoder<R>>(
         &mut self,
         client: &BlockingClient,
         msgid: &mut Option<u64>,
@@ -375,10 +404,7 @@ impl State {
             .map_err(|e| Failed::NotSent(e.into()))?;
         *msgid = Some(id);
         self.flush().map_err(|e| Failed::Sent(transport(e, timeout)))?;
-        let mut decode = Decode {
-            codec: client.config.codec,
-            got: None,
-        };
+        let mut decode = Decode::<R, D>::new(client.config.codec);
         loop {
             self.proto
                 .handle_input(&mut self.rbuf, &mut decode)

@@ -41,11 +41,13 @@ use tracing::debug;
 mod driver;
 mod state;
 
+pub(crate) use driver::refused;
 use driver::{connect, Driver};
 use state::{SlotState, State};
 
 use crate::config::new_session;
 use crate::reply;
+use crate::reply::{Decoder, NativeValue, Serde};
 use crate::{Config, Error};
 
 /// An async client for any MessagePack-RPC server.
@@ -121,7 +123,7 @@ enum Attempted<R> {
 }
 
 /// One attempt at a call: writes it on the live connection, then waits for its reply.
-struct Attempt<'a, P: ?Sized, R> {
+struct Attempt<'a, P: ?Sized, R, D> {
     core: &'a Core,
     method: &'a str,
     /// `&mut` rather than `&` only so that the call's future is `Send` without `P: Sync`.
@@ -133,10 +135,10 @@ struct Attempt<'a, P: ?Sized, R> {
     timeout: Duration,
     /// The call's slot, once written.
     slot: Option<u32>,
-    result: PhantomData<fn() -> R>,
+    result: PhantomData<fn() -> (R, D)>,
 }
 
-impl<P: Params + ?Sized, R: DeserializeOwned> Future for Attempt<'_, P, R> {
+impl<P: Params + ?Sized, R, D: Decoder<R>> Future for Attempt<'_, P, R, D> {
     type Output = Attempted<R>;
 
     #[inline]
@@ -183,12 +185,12 @@ impl<P: Params + ?Sized, R: DeserializeOwned> Future for Attempt<'_, P, R> {
                 slot.state = SlotState::Waiting;
                 return Poll::Pending;
             }
-            SlotState::Replied { ok, big: None } => reply::decode(codec, outcome(ok, &slot.buf)),
+            SlotState::Replied { ok, big: None } => D::decode(codec, outcome(ok, &slot.buf)),
             SlotState::Replied { ok, big: Some(frame) } => {
                 st.free_slot(idx);
                 this.slot = None;
                 // A large reply is decoded without holding the lock.
-                return Poll::Ready(Attempted::Done(reply::decode(codec, outcome(ok, &frame))));
+                return Poll::Ready(Attempted::Done(D::decode(codec, outcome(ok, &frame))));
             }
             SlotState::Failed(e) => Err(e),
             SlotState::Free => Err(Error::Protocol("call slot lost".into())),
@@ -207,7 +209,7 @@ fn outcome(ok: bool, bytes: &[u8]) -> reply::Outcome<'_> {
     }
 }
 
-impl<P: ?Sized, R> Drop for Attempt<'_, P, R> {
+impl<P: ?Sized, R, D> Drop for Attempt<'_, P, R, D> {
     /// A call dropped before its reply (its future was dropped, or a `select!` chose
     /// something else): the connection forgets it and, with extensions, tells the server.
     fn drop(&mut self) {
@@ -244,7 +246,7 @@ impl Client {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no address").into());
         }
         let timeout = config.timeout;
-        let session = config.unstable_network.then(new_session);
+        let session = config.unstable_network.then(new_session).transpose()?;
         let proto = ClientConnection::new(config.proto(session), Instant::now().into_std());
         let core = Arc::new(Core {
             addrs,
@@ -300,10 +302,19 @@ impl Client {
     ///
     /// [`Error::Remote`] for an error reply; [`Error::Timeout`], [`Error::ConnectionClosed`]
     /// and [`Error::Transport`] when no reply came; encode and decode errors.
-    pub async fn call<P, R>(&self, method: &str, mut params: P) -> Result<R, Error>
+    pub async fn call<P, R>(&self, method: &str, params: P) -> Result<R, Error>
     where
         P: Params,
         R: DeserializeOwned,
+    {
+        self.call_decoded::<P, R, Serde>(method, params).await
+    }
+
+    /// A call whose result `D` decodes.
+    async fn call_decoded<P, R, D>(&self, method: &str, mut params: P) -> Result<R, Error>
+    where
+        P: Params,
+        D: Decoder<R>,
     {
         let core = self.core();
         let config = &core.config;
@@ -314,7 +325,7 @@ impl Client {
         let mut deadline = None;
         let mut backoff = config.reconnect_backoff;
         loop {
-            let attempt = Attempt {
+            let attempt = Attempt::<P, R, D> {
                 core,
                 method,
                 params: &mut params,
@@ -327,8 +338,11 @@ impl Client {
             let (failure, error) = match attempt.await {
                 Attempted::NotConnected => {
                     let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+                    // A call never sent fails fast when the server refuses; one to be sent
+                    // again keeps trying (the server may be restarting).
+                    let fail_fast = !config.wait_for_ready && msgid.is_none();
                     // Boxed: the slow path stays out of every call's future.
-                    Box::pin(self.reconnect(deadline)).await?;
+                    Box::pin(self.reconnect(deadline, fail_fast)).await?;
                     continue;
                 }
                 Attempted::Done(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
@@ -359,8 +373,10 @@ impl Client {
     /// # Errors
     ///
     /// As [`Client::call`].
+    /// The result is read natively from MessagePack: a str whose bytes are not UTF-8 stays a
+    /// `Value::String` (serde would make it `Value::Binary`).
     pub async fn call_value(&self, method: &str, params: Vec<rmpv::Value>) -> Result<rmpv::Value, Error> {
-        self.call(method, params).await
+        self.call_decoded::<_, _, NativeValue>(method, params).await
     }
 
     /// Send a notification: the server runs `method` and sends nothing back.
@@ -381,12 +397,13 @@ impl Client {
                     return Ok(());
                 }
             }
-            Box::pin(self.reconnect(deadline)).await?;
+            Box::pin(self.reconnect(deadline, !core.config.wait_for_ready)).await?;
         }
     }
 
-    /// Connect again (one caller at a time), with backoff until `deadline`.
-    async fn reconnect(&self, deadline: Instant) -> Result<(), Error> {
+    /// Connect again (one caller at a time), with backoff until `deadline`; with
+    /// `fail_fast`, a refused connection ends it at once ([`Error::Unavailable`]).
+    async fn reconnect(&self, deadline: Instant, fail_fast: bool) -> Result<(), Error> {
         let core = &self.handle.0;
         let _one_at_a_time = tokio::time::timeout_at(deadline, core.connecting.lock())
             .await
@@ -404,6 +421,7 @@ impl Client {
                     Driver::start(core, stream, rbuf);
                     return Ok(());
                 }
+                Ok(Err(e @ Error::Unavailable(_))) if fail_fast => return Err(e),
                 Ok(Err(e)) => {
                     debug!(error = %e, ?backoff, "reconnect failed");
                     if Instant::now() + backoff >= deadline {

@@ -41,6 +41,13 @@ pub struct Config {
     pub reconnect_backoff: Duration,
     /// Longest wait between reconnection attempts. Default: 1 s.
     pub reconnect_backoff_max: Duration,
+    /// What a call does when there is no connection and the server refuses a new one: with
+    /// `false`, the default, it fails at once with [`Error::Unavailable`](crate::Error::Unavailable)
+    /// (gRPC's default: fail fast); with `true` it keeps trying with backoff until the
+    /// server is there or the call's timeout passes (gRPC's `wait_for_ready`). A call
+    /// already sent that may be resent after the connection dropped always keeps trying
+    /// with backoff within its timeout (the server may be restarting).
+    pub wait_for_ready: bool,
 }
 
 impl Default for Config {
@@ -55,6 +62,7 @@ impl Default for Config {
             heartbeat_interval: Some(Duration::from_secs(20)),
             reconnect_backoff: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_secs(1),
+            wait_for_ready: false,
         }
     }
 }
@@ -76,24 +84,37 @@ impl Config {
     }
 }
 
-/// A fresh random session id: 128 bits from the standard library's randomly seeded
-/// hasher, mixed with the time, the process id and a counter.
-pub(crate) fn new_session() -> u128 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let half = |salt: u64| {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(salt);
-        h.write_u64(n);
-        h.write_u128(now);
-        h.write_u32(std::process::id());
-        h.finish()
-    };
-    (u128::from(half(1)) << 64) | u128::from(half(2))
+/// A fresh session id: 128 bits from the operating system's randomness.
+///
+/// A session id is a secret bearer of its cached answers: a server in unstable-network
+/// mode hands whoever presents it the stored replies of that session. So it must not be
+/// guessable (it used to be built from the standard library's hasher, the time and the
+/// process id).
+pub(crate) fn new_session() -> Result<u128, crate::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        crate::Error::Transport(std::io::Error::other(format!(
+            "no randomness from the operating system for the session id: {e}"
+        )))
+    })?;
+    Ok(u128::from_le_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_distinct_and_use_all_their_bits() {
+        let ids: Vec<u128> = (0..256).map(|_| new_session().unwrap()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len(), "a session id came twice");
+        // Every bit position is set in some ids and clear in others.
+        let (any, all) = ids
+            .iter()
+            .fold((0u128, u128::MAX), |(any, all), id| (any | id, all & id));
+        assert_eq!((any, all), (u128::MAX, 0));
+    }
 }

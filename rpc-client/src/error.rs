@@ -10,6 +10,10 @@ pub enum Error {
     /// Connecting, reading or writing failed.
     #[error("transport error: {0}")]
     Transport(#[from] io::Error),
+    /// The server refused the connection (it is down, or nothing listens there), and the
+    /// call was not sent: it did not run. See [`Config::wait_for_ready`](crate::Config::wait_for_ready).
+    #[error("the server is unavailable: {0}")]
+    Unavailable(#[source] io::Error),
     /// The connection closed while the call was in flight: the call may or may not have run.
     #[error("the connection closed before the reply arrived; the call may or may not have run")]
     ConnectionClosed,

@@ -475,26 +475,116 @@ async fn concurrent_callers_on_many_threads_get_their_own_replies() {
     let _ = stop.send(());
 }
 
+/// Issue 17: a call to a server that is down fails at once with `Unavailable` (it used to
+/// retry for the whole timeout: 14.3 s before `ConnectionRefused`), unless the client waits
+/// for the server (`wait_for_ready`), in which case it ends in its timeout.
 #[tokio::test]
-async fn a_reconnect_that_cannot_happen_ends_in_the_call_timeout() {
+async fn issue17_a_call_to_a_server_that_is_down_fails_fast() {
     let (listener, addr) = listen().await;
-    let client = Client::connect_with(addr, config()).await.unwrap();
+    // A timeout far longer than the bound the call is given below.
+    let mut long = config();
+    long.timeout = Duration::from_secs(60);
+    let client = Client::connect_with(addr, long).await.unwrap();
     let peer = Peer::accept(&listener).await;
     drop(listener);
     drop(peer);
-    let short = client.with_timeout(Duration::from_millis(200));
     // The drop may or may not have been seen yet: either the call fails with
-    // ConnectionClosed on the old connection, or it finds none and cannot reconnect.
+    // ConnectionClosed on the old connection, or it finds none and is refused.
+    let r = within("call", client.call::<_, i64>("x", ())).await;
+    assert!(
+        matches!(r, Err(Error::ConnectionClosed | Error::Unavailable(_))),
+        "{r:?}"
+    );
+    let r = within("call", client.call::<_, i64>("x", ())).await;
+    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+
+    // Waiting for the server: the call ends in its own timeout instead.
+    let (listener, addr) = listen().await;
+    let mut waiting = config();
+    waiting.wait_for_ready = true;
+    let client = Client::connect_with(addr, waiting).await.unwrap();
+    drop(Peer::accept(&listener).await);
+    drop(listener);
+    let short = client.with_timeout(Duration::from_millis(300));
     let r = within("call", short.call::<_, i64>("x", ())).await;
     assert!(
         matches!(
             r,
-            Err(Error::ConnectionClosed | Error::Transport(_) | Error::Timeout(_))
+            Err(Error::ConnectionClosed | Error::Timeout(_) | Error::Unavailable(_))
         ),
         "{r:?}"
     );
+    // It kept trying until its timeout (a lower bound: it cannot end sooner), then said why.
+    let start = std::time::Instant::now();
     let r = within("call", short.call::<_, i64>("x", ())).await;
-    assert!(matches!(r, Err(Error::Transport(_) | Error::Timeout(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Timeout(_) | Error::Unavailable(_))),
+        "{r:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// Issue 17, the blocking client: a call to a server that is down fails at once.
+#[tokio::test]
+async fn issue17_a_blocking_call_to_a_server_that_is_down_fails_fast() {
+    let (listener, addr) = listen().await;
+    let mut long = config();
+    long.timeout = Duration::from_secs(60);
+    let client = within(
+        "connect",
+        tokio::task::spawn_blocking(move || rpc_client::BlockingClient::connect_with(addr, long)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(Peer::accept(&listener).await);
+    drop(listener);
+    let r = within(
+        "two calls",
+        tokio::task::spawn_blocking(move || {
+            // The first may find the old connection (closed); the second has none.
+            let _ = client.call::<_, i64>("x", ());
+            client.call::<_, i64>("x", ())
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+}
+
+/// With `wait_for_ready`, a call made while the server is down is answered once it is back.
+#[tokio::test]
+async fn wait_for_ready_calls_once_the_server_is_back() {
+    let (listener, addr) = listen().await;
+    let mut waiting = config();
+    waiting.wait_for_ready = true;
+    let client = Client::connect_with(addr, waiting).await.unwrap();
+    drop(Peer::accept(&listener).await);
+    drop(listener);
+    // Make sure the client knows the connection is gone: this call fails on the old
+    // connection or waits out its short timeout for a new one.
+    let short = client.with_timeout(Duration::from_millis(100));
+    let _ = within("a call", short.call::<_, i64>("x", ())).await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<_, i64>("add", (1, 2)).await }
+    });
+    // Bounded check that it waits (it would fail at once without wait_for_ready).
+    let mut call = call;
+    if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), &mut call).await {
+        panic!("the call ended while the server was down: {r:?}");
+    }
+    // The server comes back on the same address: the call is sent and answered.
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let mut peer = Peer::accept(&listener).await;
+    let (msgid, method, _) = peer.request().await;
+    assert_eq!(method, "add");
+    peer.reply(msgid, 3i64).await;
+    assert_eq!(within("the call", call).await.unwrap().unwrap(), 3);
 }
 
 /// A call's future stays small: the reconnection path is boxed, out of the common path.
@@ -505,4 +595,85 @@ async fn a_call_future_is_small() {
     let call = client.call::<_, i64>("add", (1i64, 2i64));
     let size = std::mem::size_of_val(&call);
     assert!(size <= 384, "a call's future takes {size} bytes");
+}
+
+/// Read one whole message the client sent, raw.
+async fn raw_frame(peer: &mut Peer) -> Vec<u8> {
+    loop {
+        if let Some(n) = peer.framer.decode(&peer.rbuf).unwrap() {
+            return peer.rbuf.split_to(n).to_vec();
+        }
+        let n = within("read", peer.stream.read_buf(&mut peer.rbuf))
+            .await
+            .unwrap();
+        assert!(n > 0, "EOF");
+    }
+}
+
+/// Issue 17: a request a server sends to our client (Neovim's `rpcrequest`) is answered at
+/// once with method-not-found (it used to be ignored, and Neovim froze until our call timed
+/// out); the client's own call goes on.
+#[tokio::test]
+async fn issue17_a_request_from_the_server_is_answered_method_not_found() {
+    let (listener, addr) = listen().await;
+    let client = Client::connect_with(addr, config()).await.unwrap();
+    let mut peer = Peer::accept(&listener).await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<_, i64>("add", (1, 2)).await }
+    });
+    let (msgid, method, _) = peer.request().await;
+    assert_eq!(method, "add");
+    // [0, 7, "nvim_x", []]
+    peer.stream
+        .write_all(&[0x94, 0x00, 0x07, 0xa6, b'n', b'v', b'i', b'm', b'_', b'x', 0x90])
+        .await
+        .unwrap();
+    let frame = raw_frame(&mut peer).await;
+    let Message::Response {
+        msgid: 7,
+        outcome: Err(e),
+    } = Message::parse(Codec::Msgpack, &frame).unwrap()
+    else {
+        panic!("not an error response to 7: {frame:x?}")
+    };
+    let e = rpc_proto::decode_error(Codec::Msgpack, e);
+    assert_eq!(e.kind(), rpc_client::ErrorCode::MethodNotFound, "{e}");
+    peer.reply(msgid, 3i64).await;
+    assert_eq!(within("the call", call).await.unwrap().unwrap(), 3);
+}
+
+/// Issue 17: `call_value` keeps a msgpack str as `Value::String` even when its bytes are
+/// not UTF-8 (it used to become `Value::Binary`), with both clients.
+#[tokio::test]
+async fn issue17_call_value_keeps_a_str_that_is_not_utf8() {
+    let (listener, addr) = listen().await;
+    let client = Client::connect_with(addr, config()).await.unwrap();
+    let blocking = {
+        let config = config();
+        tokio::task::spawn_blocking(move || rpc_client::BlockingClient::connect_with(addr, config))
+    };
+    let mut peer = Peer::accept(&listener).await;
+    let mut bpeer = Peer::accept(&listener).await;
+    let blocking = within("connect", blocking).await.unwrap().unwrap();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call_value("s", vec![]).await }
+    });
+    let bcall = tokio::task::spawn_blocking(move || blocking.call_value("s", vec![]));
+    for peer in [&mut peer, &mut bpeer] {
+        let (msgid, _, _) = peer.request().await;
+        // [1, msgid, nil, str "\xff\xfe"]
+        let reply = [0x94, 0x01, msgid as u8, 0xc0, 0xa2, 0xff, 0xfe];
+        peer.stream.write_all(&reply).await.unwrap();
+    }
+    for r in [
+        within("the call", call).await.unwrap(),
+        within("the blocking call", bcall).await.unwrap(),
+    ] {
+        match r.unwrap() {
+            rmpv::Value::String(s) => assert_eq!(s.as_bytes(), [0xff, 0xfe]),
+            other => panic!("not a string: {other:?}"),
+        }
+    }
 }

@@ -67,8 +67,8 @@ pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, Ser
 pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handshake::Hello;
 pub use message::{
-    decode_error, encode_notification, encode_request, encode_response_err, encode_response_ok, Message,
-    NOTIFICATION, REQUEST, RESPONSE,
+    decode_error, encode_notification, encode_request, encode_response_err, encode_response_err_shaped,
+    encode_response_ok, ErrorShape, Message, NOTIFICATION, REQUEST, RESPONSE,
 };
 
 /// Method names starting with this prefix are reserved for the framework itself.

@@ -632,6 +632,47 @@ pub fn encode_response_ok<V: EncodeValue + ?Sized>(
 
 /// Append an error response `[1, msgid, [code, message], nil]` to `out`.
 pub fn encode_response_err(codec: Codec, out: &mut Vec<u8>, msgid: u64, error: &ServerError) {
+    encode_response_err_shaped(codec, out, msgid, error, ErrorShape::CodeAndMessage);
+}
+
+/// How an error is written for a peer that did not say hello (a plain MessagePack-RPC
+/// client). The spec leaves the error element's shape open, and peers read it differently.
+/// A peer that said hello always gets `[code, message]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorShape {
+    /// `[code, message]`: read correctly by the common Python and npm clients, pynvim and
+    /// aio-msgpack-rpc. The default.
+    #[default]
+    CodeAndMessage,
+    /// The message alone, as a string: what Go's net/rpc clients on ugorji's codec
+    /// (`MsgpackSpecRpc`) decode; `[code, message]` is a decode failure for them.
+    Message,
+    /// Neovim's `[type, message]`: type 1 (validation) for a wrong method or arguments, 0
+    /// (exception) for everything else; Neovim shows the message only for these two types.
+    TypeAndMessage,
+}
+
+/// Append an error response in `shape` (msgpack only: bincode peers are ours and always
+/// get `[code, message]`).
+pub fn encode_response_err_shaped(
+    codec: Codec,
+    out: &mut Vec<u8>,
+    msgid: u64,
+    error: &ServerError,
+    shape: ErrorShape,
+) {
+    if codec == Codec::Msgpack && shape != ErrorShape::CodeAndMessage {
+        out.extend_from_slice(&[0x94, RESPONSE]);
+        write_uint(out, msgid);
+        if shape == ErrorShape::TypeAndMessage {
+            let validation = matches!(error.kind(), ErrorCode::MethodNotFound | ErrorCode::InvalidParams);
+            out.extend_from_slice(&[0x92, u8::from(validation)]);
+        }
+        write_str(out, error.message.as_bytes());
+        out.push(0xc0);
+        return;
+    }
     let prefix = Prefix::begin(codec, out);
     match codec {
         Codec::Msgpack => {

@@ -36,7 +36,7 @@ use rpc_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::dedup::Waiter;
@@ -87,10 +87,11 @@ pub(crate) struct Connection {
 }
 
 /// The socket and the timers of [`Connection::serve`].
-struct Io<'a, T> {
+struct Io<'a, 't, T> {
     stream: &'a mut T,
-    idle: Pin<Box<Sleep>>,
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    // Pinned on the stack of `serve`: no allocation per connection.
+    idle: Pin<&'a mut Sleep>,
+    cancelled: Pin<&'a mut WaitForCancellationFuture<'t>>,
     /// At shutdown, the time a connection that has sent nothing yet gets for its first
     /// request.
     grace: Option<Pin<Box<Sleep>>>,
@@ -122,6 +123,7 @@ impl Connection {
         proto_config.max_in_flight = config.max_in_flight_per_connection;
         proto_config.write_buffer_high_water = config.write_buffer_high_water;
         proto_config.heartbeat_timeout = config.heartbeat_timeout;
+        proto_config.error_shape = config.plain_error_shape;
         Connection {
             proto: ServerConnection::new(proto_config, Instant::now().into_std()),
             calls: Calls {
@@ -148,8 +150,6 @@ impl Connection {
         self.calls.inflight = FuturesUnordered::new();
         if self.proto.should_linger() {
             linger(&mut stream).await;
-        } else {
-            let _ = stream.shutdown().await;
         }
         match result {
             Ok(()) => info!(parent: &span, cancelled, "connection closed"),
@@ -161,14 +161,18 @@ impl Connection {
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
+        // One timer for the connection, re-armed only when it fires: the protocol's
+        // heartbeat deadline only moves later in between.
+        let idle = tokio::time::sleep_until(to_tokio(self.proto.poll_timeout()));
+        tokio::pin!(idle);
+        // One future for the whole connection: a new `cancelled()` per turn would lock the
+        // token's waiter list twice more per wake-up.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let mut io = Io {
             stream,
-            // One timer for the connection, re-armed only when it fires: the protocol's
-            // heartbeat deadline only moves later in between.
-            idle: Box::pin(tokio::time::sleep_until(to_tokio(self.proto.poll_timeout()))),
-            // One future for the whole connection: a new `cancelled()` per turn would lock
-            // the token's waiter list twice more per wake-up.
-            cancelled: Box::pin(shutdown.clone().cancelled_owned()),
+            idle,
+            cancelled,
             grace: None,
             input: false,
         };
@@ -178,7 +182,7 @@ impl Connection {
     /// The connection's work at one wake-up: look at the shutdown signal and the heartbeat
     /// timer, then read, hand what was read to the protocol, collect finished calls and
     /// write, until reading would block.
-    fn poll_serve<T>(&mut self, cx: &mut Context<'_>, io: &mut Io<'_, T>) -> Poll<io::Result<()>>
+    fn poll_serve<T>(&mut self, cx: &mut Context<'_>, io: &mut Io<'_, '_, T>) -> Poll<io::Result<()>>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
@@ -195,7 +199,10 @@ impl Connection {
         }
         while io.idle.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            if self.proto.handle_timeout(now.into_std(), self.calls.inflight.len()) {
+            if self
+                .proto
+                .handle_timeout(now.into_std(), self.calls.inflight.len())
+            {
                 info!(parent: &self.calls.span, timeout = ?self.calls.shared.config.heartbeat_timeout, "no message within the heartbeat timeout; closing");
                 return Poll::Ready(Ok(()));
             }
@@ -237,7 +244,9 @@ impl Connection {
                 let now = Instant::now().into_std();
                 if let Err(fatal) = self.proto.handle_input(now, &mut self.calls) {
                     match fatal {
-                        Fatal::Frame(e) => warn!(parent: &self.calls.span, error = %e, "unreadable stream; closing after the replies"),
+                        Fatal::Frame(e) => {
+                            warn!(parent: &self.calls.span, error = %e, "unreadable stream; closing after the replies")
+                        }
                         Fatal::Hello => warn!(parent: &self.calls.span, "bad hello; closing"),
                         _ => warn!(parent: &self.calls.span, ?fatal, "closing"),
                     }
@@ -362,7 +371,9 @@ impl Service for Calls {
             }
             ConnEvent::Malformed(e) => warn!(parent: &self.span, error = %e, "malformed message"),
             ConnEvent::ErrorSent(msgid, e) => log_error(&self.span, msgid, e),
-            ConnEvent::UnexpectedResponse(msgid) => debug!(parent: &self.span, msgid, "unexpected response ignored"),
+            ConnEvent::UnexpectedResponse(msgid) => {
+                debug!(parent: &self.span, msgid, "unexpected response ignored")
+            }
             ConnEvent::BadCancel(e) => debug!(parent: &self.span, error = %e, "bad rpc.cancel ignored"),
             _ => {}
         }

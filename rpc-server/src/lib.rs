@@ -55,7 +55,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, ToSocketAddrs};
 
 pub use method::{Method, Reply, ReplyFuture, SyncJob};
-pub use rpc_proto::{Args, Codec, DedupConfig, ErrorCode, FromArgs, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
+pub use rpc_proto::{
+    Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, ServerError, DEFAULT_MAX_MESSAGE_SIZE,
+};
 pub use run::WorkerRuntime;
 
 use dedup::Dedup;
@@ -87,6 +89,11 @@ pub struct Config {
     /// its calls is running, is closed. Our clients send `rpc.ping` when idle; a plain
     /// client is simply closed. Default: 60 s.
     pub heartbeat_timeout: Duration,
+    /// How errors are written for plain MessagePack-RPC peers (those that did not send our
+    /// hello): `[code, message]`, the message alone (Go's net/rpc clients), or Neovim's
+    /// `[type, message]`. Peers that said hello always get `[code, message]`. Default:
+    /// [`ErrorShape::CodeAndMessage`].
+    pub plain_error_shape: ErrorShape,
     /// "Unstable network" mode: calls from a client session (our client, with
     /// `unstable_network` on) run at most once per msgid, and a retry gets the first
     /// answer. Functions may opt in or out one by one. Default: off.
@@ -125,6 +132,7 @@ impl Default for Config {
             write_buffer_high_water: 1024 * 1024,
             grace_period: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),
+            plain_error_shape: ErrorShape::CodeAndMessage,
             unstable_network: false,
             dedup: DedupConfig::default(),
             prefork: None,
@@ -229,6 +237,12 @@ impl Builder {
     /// See [`Config::heartbeat_timeout`].
     pub fn heartbeat_timeout(mut self, d: Duration) -> Builder {
         self.config.heartbeat_timeout = d;
+        self
+    }
+
+    /// See [`Config::plain_error_shape`].
+    pub fn plain_error_shape(mut self, shape: ErrorShape) -> Builder {
+        self.config.plain_error_shape = shape;
         self
     }
 

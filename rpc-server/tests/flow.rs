@@ -789,6 +789,8 @@ async fn client_heartbeat_keeps_an_idle_connection_open() {
     let proxy = Proxy::start(server.addr).await;
     let mut config = ClientConfig::default();
     config.heartbeat_interval = Some(HEARTBEAT / 3);
+    // The ping goes only to a server that answered our hello.
+    config.extensions = true;
     let client = connect(proxy.addr, config).await;
     let v: i64 = within("add", client.call("add", (1, 2))).await.unwrap();
     assert_eq!(v, 3);
@@ -804,6 +806,27 @@ async fn client_heartbeat_keeps_an_idle_connection_open() {
         },
         "the same connection all along"
     );
+}
+
+/// Issue 17: the idle `rpc.ping` goes only to servers that answered our hello (a plain
+/// server such as Neovim answers each one with an error event). A plain client is closed
+/// when idle, and its next call connects again. (Before the fix the ping kept this
+/// connection open, and `server_closed` stayed 0.)
+#[tokio::test(start_paused = true)]
+async fn issue17_no_ping_without_a_hello() {
+    let server = TestServer::start(builder().heartbeat_timeout(HEARTBEAT)).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut config = ClientConfig::default();
+    config.heartbeat_interval = Some(HEARTBEAT / 3);
+    let client = connect(proxy.addr, config).await;
+    let v: i64 = within("add", client.call("add", (1, 2))).await.unwrap();
+    assert_eq!(v, 3);
+
+    tokio::time::sleep(HEARTBEAT * 2).await; // No ping: the server closes the connection.
+    assert_eq!(proxy.stats().server_closed, 1, "no ping reached the server");
+    let v: i64 = within("add", client.call("add", (3, 4))).await.unwrap();
+    assert_eq!(v, 7);
+    assert_eq!(proxy.stats().accepted, 2);
 }
 
 #[tokio::test(start_paused = true)]

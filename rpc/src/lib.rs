@@ -68,7 +68,7 @@
 
 pub use rpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig, Error};
 pub use rpc_macros::{declare, register};
-pub use rpc_proto::{Codec, ErrorCode, ServerError};
+pub use rpc_proto::{Codec, ErrorCode, ErrorShape, ServerError};
 pub use rpc_server::{
     BuildError, Builder, Config as ServerConfig, Error as ServeError, Method, Reply, Server, WorkerRuntime,
 };

@@ -36,7 +36,9 @@ pub(super) async fn connect(core: &Core) -> Result<(TcpStream, BytesMut), Error>
                 Err(e) => last = e,
             }
         }
-        let mut stream = stream.ok_or(last)?;
+        let Some(mut stream) = stream else {
+            return Err(refused(last));
+        };
         stream.set_nodelay(true)?;
         let rbuf = start(core, &mut stream).await?;
         Ok::<_, Error>((stream, rbuf))
@@ -44,6 +46,16 @@ pub(super) async fn connect(core: &Core) -> Result<(TcpStream, BytesMut), Error>
     tokio::time::timeout(config.connect_timeout, connect)
         .await
         .map_err(|_| Error::Timeout(config.connect_timeout))?
+}
+
+/// A failed connection attempt as an error: [`Error::Unavailable`] when the server refused
+/// it (nothing listens there), a transport error otherwise.
+pub(crate) fn refused(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        Error::Unavailable(e)
+    } else {
+        Error::Transport(e)
+    }
 }
 
 /// Start the protocol on a new transport: no call can use it yet (`live` is `None`), so

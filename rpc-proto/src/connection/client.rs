@@ -532,10 +532,12 @@ impl<T: Copy> ClientConnection<T> {
         self.earliest = next;
     }
 
-    /// When the idle ping is next due.
+    /// When the idle ping is next due: only to a server that answered our hello. A plain
+    /// MessagePack-RPC server does not know `rpc.ping` (Neovim answers each one with an
+    /// error event); it may close an idle connection, and the next call connects again.
     pub fn poll_ping(&self) -> Option<Instant> {
         let interval = self.config.heartbeat_interval?;
-        Some(self.last_write + interval)
+        self.config.hello.then(|| self.last_write + interval)
     }
 
     /// The ping timer fired at `now`; `writing` says whether the transport still has bytes
@@ -543,6 +545,9 @@ impl<T: Copy> ClientConnection<T> {
     /// when to look again.
     pub fn handle_ping(&mut self, now: Instant, writing: bool) -> Option<Instant> {
         let interval = self.config.heartbeat_interval?;
+        if !self.config.hello {
+            return None;
+        }
         if now.duration_since(self.last_write) >= interval && !writing {
             if self.out.is_empty() {
                 // Encoding an empty array cannot fail.
@@ -970,6 +975,14 @@ mod tests {
         let mut rbuf = BytesMut::from(&input[..16]);
         let r = small.handle_input(&mut rbuf, &mut Got::default());
         assert!(matches!(r, Err(ProtocolError::Frame(_))), "{r:?}");
+    }
+
+    #[test]
+    fn no_ping_to_a_plain_server() {
+        let (mut c, t0) = conn(Codec::Msgpack, false);
+        assert_eq!(c.poll_ping(), None);
+        assert_eq!(c.handle_ping(t0 + Duration::from_secs(3600), false), None);
+        assert!(!c.has_transmit());
     }
 
     #[test]

@@ -24,7 +24,8 @@ use crate::error::{EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 use crate::framer::Framer;
 use crate::handshake::Hello;
 use crate::message::{
-    encode_response_err, encode_response_ok, parse_bincode_request_prefix, parse_request_prefix, Message,
+    encode_response_err, encode_response_err_shaped, encode_response_ok, parse_bincode_request_prefix,
+    parse_request_prefix, ErrorShape, Message,
 };
 use crate::reserved::CANCEL;
 
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     /// No complete message for this long, while no call is in flight: the connection is
     /// closed.
     pub heartbeat_timeout: Duration,
+    /// How errors are written for a peer that did not say hello.
+    pub error_shape: ErrorShape,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             max_in_flight: 1024,
             write_buffer_high_water: 1024 * 1024,
             heartbeat_timeout: Duration::from_secs(60),
+            error_shape: ErrorShape::default(),
         }
     }
 }
@@ -118,6 +122,7 @@ pub enum ConnEvent<'a> {
 pub struct Transmit<'a> {
     out: &'a mut Vec<u8>,
     codec: Codec,
+    shape: ErrorShape,
 }
 
 impl Transmit<'_> {
@@ -136,9 +141,9 @@ impl Transmit<'_> {
         encode_response_ok(self.codec, self.out, msgid, value)
     }
 
-    /// Answer `msgid` with an error.
+    /// Answer `msgid` with an error (in the shape the peer reads).
     pub fn err(&mut self, msgid: u64, error: &ServerError) {
-        encode_response_err(self.codec, self.out, msgid, error);
+        encode_response_err_shaped(self.codec, self.out, msgid, error, self.shape);
     }
 
     /// Append a whole response encoded earlier (by [`Transmit::encode_ok`] or
@@ -203,6 +208,9 @@ pub struct ServerConnection {
     framing: bool,
     /// The size of the last large message read (0 before the first).
     large: usize,
+    /// How this connection's errors are written: the configured shape for a plain peer,
+    /// `[code, message]` once the peer said hello.
+    shape: ErrorShape,
     /// When the last complete message arrived or the last call in flight ended.
     last_message: Instant,
     /// The heartbeat timer is not to fire before this (calls were in flight when it last did).
@@ -214,6 +222,7 @@ impl ServerConnection {
     pub fn new(config: ServerConfig, now: Instant) -> ServerConnection {
         ServerConnection {
             framer: Framer::new(Codec::Msgpack, config.max_message_size),
+            shape: config.error_shape,
             config,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(READ_CHUNK),
@@ -303,7 +312,7 @@ impl ServerConnection {
                 if let Some(msgid) = e.msgid() {
                     let error = e.to_server_error();
                     service.event(ConnEvent::ErrorSent(msgid, &error));
-                    encode_response_err(self.framer.codec(), &mut self.out, msgid, &error);
+                    encode_response_err_shaped(self.framer.codec(), &mut self.out, msgid, &error, self.shape);
                 }
             }
         }
@@ -319,6 +328,7 @@ impl ServerConnection {
                         self.rbuf.advance(n);
                         self.framer.set_codec(hello.codec);
                         self.extended = true;
+                        self.shape = ErrorShape::CodeAndMessage;
                         self.session = hello.session;
                         Hello::new(hello.codec)
                             .with_session(hello.session)
@@ -414,6 +424,7 @@ impl ServerConnection {
                 let mut tx = Transmit {
                     out: &mut self.out,
                     codec,
+                    shape: self.shape,
                 };
                 service.request(&mut tx, request);
             }
@@ -429,6 +440,7 @@ impl ServerConnection {
                 let mut tx = Transmit {
                     out: &mut self.out,
                     codec,
+                    shape: self.shape,
                 };
                 service.notification(&mut tx, method, params);
             }
@@ -444,7 +456,7 @@ impl ServerConnection {
 
     fn send_error<S: Service>(&mut self, service: &mut S, msgid: u64, e: &ServerError) {
         service.event(ConnEvent::ErrorSent(msgid, e));
-        encode_response_err(self.framer.codec(), &mut self.out, msgid, e);
+        encode_response_err_shaped(self.framer.codec(), &mut self.out, msgid, e, self.shape);
     }
 
     /// Where to put the replies of calls that finished after their request was handled.
@@ -452,6 +464,7 @@ impl ServerConnection {
         Transmit {
             out: &mut self.out,
             codec: self.framer.codec(),
+            shape: self.shape,
         }
     }
 
@@ -595,6 +608,7 @@ mod tests {
             max_in_flight: 4,
             write_buffer_high_water: 4096,
             heartbeat_timeout: Duration::from_secs(60),
+            error_shape: ErrorShape::default(),
         }
     }
 
@@ -764,6 +778,48 @@ mod tests {
         );
         assert!(conn.should_linger());
         assert!(!conn.wants_read(0));
+    }
+
+    #[test]
+    fn errors_take_the_configured_shape_for_plain_peers_only() {
+        let now = Instant::now();
+        let nope = request(Codec::Msgpack, 6, "nope", (0, 0), None);
+        let expect = |shape| {
+            let mut config = config();
+            config.error_shape = shape;
+            let mut conn = ServerConnection::new(config, now);
+            run(&mut conn, &mut Recorder::default(), &nope, &[], now)
+        };
+        // [1, 6, [1, "method not found: nope"], nil] (method not found is our code 1)
+        let mut msg = b"method not found: nope".to_vec();
+        let mut str_ = vec![0xa0 | msg.len() as u8];
+        str_.append(&mut msg);
+        let code_and_message = [&hex!("94 01 06 92 01")[..], &str_, &hex!("c0")].concat();
+        assert_eq!(expect(ErrorShape::CodeAndMessage), code_and_message);
+        // Go's net/rpc: the message alone.
+        assert_eq!(
+            expect(ErrorShape::Message),
+            [&hex!("94 01 06")[..], &str_, &hex!("c0")].concat()
+        );
+        // Neovim: [1 (validation), message]; a handler's error would be [0, message].
+        assert_eq!(
+            expect(ErrorShape::TypeAndMessage),
+            [&hex!("94 01 06 92 01")[..], &str_, &hex!("c0")].concat()
+        );
+        let mut out = Vec::new();
+        let failed = ServerError::new(ErrorCode::HandlerError, "x");
+        encode_response_err_shaped(Codec::Msgpack, &mut out, 6, &failed, ErrorShape::TypeAndMessage);
+        assert_eq!(out, hex!("94 01 06 92 00 a1 78 c0"));
+        // A peer that said hello gets [code, message] whatever the setting.
+        let mut config = config();
+        config.error_shape = ErrorShape::Message;
+        let mut conn = ServerConnection::new(config, now);
+        let mut input = Vec::new();
+        Hello::new(Codec::Msgpack).encode(&mut input);
+        let hello_len = input.len();
+        input.extend(&nope);
+        let out = run(&mut conn, &mut Recorder::default(), &input, &[], now);
+        assert_eq!(&out[hello_len..], &code_and_message[..]);
     }
 
     #[test]
