@@ -160,8 +160,8 @@ pub enum ProtocolError {
 struct Entry<T> {
     msgid: u64,
     token: T,
-    timeout: Duration,
-    /// Started when the request is handed to the transport.
+    /// Started when the request is handed to the transport (the timeout waits in
+    /// `fresh` until then: entries stay small).
     deadline: Option<Instant>,
 }
 
@@ -183,7 +183,7 @@ pub struct ClientConnection<T> {
     waiting: Waiting<T>,
     /// Msgids of calls queued since the last [`ClientConnection::take_transmit`]: their
     /// deadlines start then (one clock read per batch, not per call).
-    fresh: Vec<u64>,
+    fresh: Vec<(u64, Duration)>,
     /// The earliest deadline of a call in flight, as last computed.
     earliest: Option<Instant>,
     /// When requests were last taken for the transport.
@@ -277,11 +277,10 @@ impl<T: Copy> ClientConnection<T> {
         self.waiting.insert(Entry {
             msgid,
             token,
-            timeout,
             deadline,
         });
         if deadline.is_none() {
-            self.fresh.push(msgid);
+            self.fresh.push((msgid, timeout));
         } else if self.earliest.is_none_or(|e| deadline < Some(e)) {
             self.earliest = deadline;
         }
@@ -332,10 +331,10 @@ impl<T: Copy> ClientConnection<T> {
             return;
         }
         self.last_write = now;
-        for msgid in self.fresh.drain(..) {
+        for (msgid, timeout) in self.fresh.drain(..) {
             // A call forgotten since it was queued holds nothing to time.
             if let Some(entry) = self.waiting.get_mut(msgid) {
-                let deadline = *entry.deadline.get_or_insert(now + entry.timeout);
+                let deadline = *entry.deadline.get_or_insert(now + timeout);
                 if self.earliest.is_none_or(|e| deadline < e) {
                     self.earliest = Some(deadline);
                 }
@@ -667,7 +666,9 @@ impl<T: Copy> Waiting<T> {
     }
 
     fn grow(&mut self) {
-        let size = (self.ring.len() * 2).max(64);
+        // Small at first (a blocking client has one call in flight; a client per request
+        // should not pay for a large table), doubling with the calls in flight.
+        let size = (self.ring.len() * 2).max(8);
         let old = mem::replace(&mut self.ring, vec![None; size]);
         let entries: Vec<Entry<T>> = old
             .into_iter()
@@ -975,6 +976,52 @@ mod tests {
         let mut rbuf = BytesMut::from(&input[..16]);
         let r = small.handle_input(&mut rbuf, &mut Got::default());
         assert!(matches!(r, Err(ProtocolError::Frame(_))), "{r:?}");
+    }
+
+    #[test]
+    fn waiting_calls_by_msgid_with_collisions_and_growth() {
+        let entry = |msgid: u64| Entry {
+            msgid,
+            token: msgid as u32,
+            deadline: None,
+        };
+        let mut w = Waiting::<u32>::default();
+        assert!(w.remove(1).is_none());
+        // A long call (msgid 1), then many short ones whose msgids come round the ring.
+        w.insert(Entry {
+            msgid: 1,
+            token: 100,
+            deadline: None,
+        });
+        for id in 2..2000u64 {
+            w.insert(entry(id));
+            assert_eq!(w.remove(id).map(|e| e.token), Some(id as u32), "msgid {id}");
+            assert!(w.remove(id).is_none(), "msgid {id} removed twice");
+        }
+        // Calls colliding with msgid 1 in a small ring, all in flight at once.
+        let colliding: Vec<u64> = (1..=40).map(|k| 1 + 8 * k).collect();
+        for &id in &colliding {
+            w.insert(entry(id));
+        }
+        assert_eq!(w.len, 41);
+        assert_eq!(w.iter().count(), 41);
+        // Grown past the collisions, or kept in the overflow map: every one is found.
+        for &id in colliding.iter().rev() {
+            assert_eq!(w.get_mut(id).map(|e| e.token), Some(id as u32), "msgid {id}");
+            assert_eq!(w.remove(id).map(|e| e.token), Some(id as u32), "msgid {id}");
+        }
+        assert_eq!(w.remove(1).map(|e| e.token), Some(100));
+        assert_eq!(w.len, 0);
+        assert!(w.overflow.is_empty());
+        assert!(w.remove(0).is_none(), "msgid 0 is never a call");
+        // Drain hands back everything, ring and overflow alike.
+        for id in [3u64, 3 + 8, 3 + 16, 5] {
+            w.insert(entry(id));
+        }
+        let mut drained: Vec<u64> = w.drain().into_iter().map(|e| e.msgid).collect();
+        drained.sort_unstable();
+        assert_eq!(drained, [3, 5, 11, 19]);
+        assert_eq!(w.len, 0);
     }
 
     #[test]
