@@ -83,7 +83,7 @@ pub mod service {
     }
 }
 
-/// Where the test aids [`service::gate`] and [`service::journal`] report, set once by the
+/// Where the test aids [`service::gate()`] and [`service::journal()`] report, set once by the
 /// server's `--gate` and `--journal` flags (never by a client).
 pub mod probes {
     use std::io::{self, Write};
