@@ -514,11 +514,10 @@ impl ServerConnection {
         self.last_message = now;
     }
 
-    /// When [`ServerConnection::handle_timeout`] is next due, while reading.
+    /// When [`ServerConnection::handle_timeout`] is next due. It stays due after end of
+    /// input too: a peer that half-closed and then stops reading its answers is closed at
+    /// the heartbeat timeout like any other.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.reading {
-            return None;
-        }
         let due = self.last_message + self.config.heartbeat_timeout;
         Some(self.not_before.map_or(due, |n| n.max(due)))
     }
@@ -867,6 +866,30 @@ mod tests {
         assert_eq!(take(&mut conn), hex!("94 01 01 c0 07"));
         assert!(conn.is_done(0));
         assert!(!conn.should_linger());
+    }
+
+    #[test]
+    fn a_half_closed_peer_that_stops_reading_meets_the_heartbeat() {
+        let t0 = Instant::now();
+        let hb = config().heartbeat_timeout;
+        let mut conn = ServerConnection::new(config(), t0);
+        let mut svc = Recorder::default();
+        run(
+            &mut conn,
+            &mut svc,
+            &request(Codec::Msgpack, 1, "slow", (0, 0), None),
+            &[],
+            t0,
+        );
+        conn.handle_eof();
+        // The call ends; its answer waits, unread.
+        let t1 = t0 + Duration::from_secs(5);
+        conn.transmit().ok(1, &7u8).unwrap();
+        conn.calls_idle(t1);
+        assert!(!conn.is_done(0), "an answer waits");
+        assert_eq!(conn.poll_timeout(), Some(t1 + hb));
+        assert!(!conn.handle_timeout(t1 + hb - Duration::from_millis(1), 0));
+        assert!(conn.handle_timeout(t1 + hb, 0), "closed at the heartbeat timeout");
     }
 
     #[test]
