@@ -51,6 +51,27 @@ impl Stream for TcpStream {
     }
 }
 
+#[cfg(unix)]
+impl Stream for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+
+    fn is_closed(&self) -> bool {
+        if self.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let closed = match socket2::SockRef::from(self).peek(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        closed || self.set_nonblocking(false).is_err()
+    }
+}
+
 /// Options of one call of the blocking client.
 #[derive(Debug, Clone, Copy, Default)]
 #[non_exhaustive]
@@ -90,6 +111,9 @@ impl CallOptions {
 /// ```
 pub struct BlockingClient {
     addrs: Vec<SocketAddr>,
+    /// A Unix-domain socket to connect to instead (then `addrs` is empty).
+    #[cfg(unix)]
+    unix: Option<std::path::PathBuf>,
     config: Config,
     session: Option<u128>,
     /// Boxed: the protocol's state is large, the client a handle.
@@ -163,9 +187,43 @@ impl BlockingClient {
     /// When connecting fails.
     pub fn connect_with(addr: impl ToSocketAddrs, config: Config) -> Result<BlockingClient, Error> {
         let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
+        BlockingClient::start(addrs, None, config)
+    }
+
+    /// Connect to the Unix-domain socket `path` (a server's `run_unix`) with the default
+    /// [`Config`].
+    ///
+    /// # Errors
+    ///
+    /// When connecting fails ([`Error::Unavailable`] when nothing listens there).
+    #[cfg(unix)]
+    pub fn connect_unix(path: impl AsRef<std::path::Path>) -> Result<BlockingClient, Error> {
+        BlockingClient::connect_unix_with(path, Config::default())
+    }
+
+    /// Connect to the Unix-domain socket `path` with `config`.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::connect_unix`].
+    #[cfg(unix)]
+    pub fn connect_unix_with(
+        path: impl AsRef<std::path::Path>,
+        config: Config,
+    ) -> Result<BlockingClient, Error> {
+        BlockingClient::start(Vec::new(), Some(path.as_ref().to_owned()), config)
+    }
+
+    fn start(
+        addrs: Vec<SocketAddr>,
+        #[cfg_attr(not(unix), allow(unused_variables))] unix: Option<std::path::PathBuf>,
+        config: Config,
+    ) -> Result<BlockingClient, Error> {
         let session = config.unstable_network.then(new_session).transpose()?;
         let client = BlockingClient {
             addrs,
+            #[cfg(unix)]
+            unix,
             session,
             state: Mutex::new(Box::new(State {
                 stream: None,
@@ -177,7 +235,7 @@ impl BlockingClient {
             })),
             config,
         };
-        client.lock().connect(&client.addrs, &client.config)?;
+        client.lock().connect(&client)?;
         Ok(client)
     }
 
@@ -307,13 +365,21 @@ impl BlockingClient {
 }
 
 impl State {
-    fn connect(&mut self, addrs: &[SocketAddr], config: &Config) -> Result<(), Error> {
+    fn connect(&mut self, client: &BlockingClient) -> Result<(), Error> {
+        let config = &client.config;
         self.stream = None;
         self.rbuf.start = 0;
         self.rbuf.end = 0;
         self.timeouts = None;
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
-        for addr in addrs {
+        #[cfg(unix)]
+        if let Some(path) = &client.unix {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => self.stream = Some(Box::new(s)),
+                Err(e) => last = e,
+            }
+        }
+        for addr in &client.addrs {
             match TcpStream::connect_timeout(addr, config.connect_timeout) {
                 Ok(s) => {
                     s.set_nodelay(true)?;
@@ -355,8 +421,7 @@ impl State {
             self.stream = None;
         }
         if self.stream.is_none() {
-            self.connect(&client.addrs, &client.config)
-                .map_err(Failed::NotSent)?;
+            self.connect(client).map_err(Failed::NotSent)?;
         }
         Ok(())
     }

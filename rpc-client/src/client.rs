@@ -41,8 +41,8 @@ use tracing::debug;
 mod driver;
 mod state;
 
+use driver::connect;
 pub(crate) use driver::refused;
-use driver::{connect, Driver};
 use state::{SlotState, State};
 
 use crate::config::new_session;
@@ -100,6 +100,9 @@ impl Drop for Handle {
 
 struct Core {
     addrs: Vec<SocketAddr>,
+    /// A Unix-domain socket to connect to instead (then `addrs` is empty).
+    #[cfg(unix)]
+    unix: Option<std::path::PathBuf>,
     config: Config,
     session: Option<u128>,
     state: Mutex<State>,
@@ -245,18 +248,51 @@ impl Client {
         if addrs.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no address").into());
         }
+        Client::start(addrs, None, config).await
+    }
+
+    /// Connect to the Unix-domain socket `path` (a server's `run_unix`) with the default
+    /// [`Config`]: the same protocol, with no TCP in the way.
+    ///
+    /// # Errors
+    ///
+    /// When connecting fails ([`Error::Unavailable`] when nothing listens there).
+    #[cfg(unix)]
+    pub async fn connect_unix(path: impl AsRef<std::path::Path>) -> Result<Client, Error> {
+        Client::connect_unix_with(path, Config::default()).await
+    }
+
+    /// Connect to the Unix-domain socket `path` with `config`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect_unix`].
+    #[cfg(unix)]
+    pub async fn connect_unix_with(
+        path: impl AsRef<std::path::Path>,
+        config: Config,
+    ) -> Result<Client, Error> {
+        Client::start(Vec::new(), Some(path.as_ref().to_owned()), config).await
+    }
+
+    async fn start(
+        addrs: Vec<SocketAddr>,
+        #[cfg_attr(not(unix), allow(unused_variables))] unix: Option<std::path::PathBuf>,
+        config: Config,
+    ) -> Result<Client, Error> {
         let timeout = config.timeout;
         let session = config.unstable_network.then(new_session).transpose()?;
         let proto = ClientConnection::new(config.proto(session), Instant::now().into_std());
         let core = Arc::new(Core {
             addrs,
+            #[cfg(unix)]
+            unix,
             session,
             config,
             state: Mutex::new(State::new(proto)),
             connecting: tokio::sync::Mutex::new(()),
         });
-        let (stream, rbuf) = connect(&core).await?;
-        Driver::start(&core, stream, rbuf);
+        connect(&core).await?;
         Ok(Client {
             handle: Arc::new(Handle(core)),
             timeout,
@@ -287,9 +323,15 @@ impl Client {
         self.handle.0.session
     }
 
-    /// The address this client connects to (the first one its name resolved to).
+    /// The address this client connects to (the first one its name resolved to); the
+    /// unspecified address `0.0.0.0:0` for a client of a Unix-domain socket.
     pub fn addr(&self) -> SocketAddr {
-        self.handle.0.addrs[0]
+        self.handle
+            .0
+            .addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     fn core(&self) -> &Core {
@@ -417,10 +459,7 @@ impl Client {
             let attempt = tokio::time::timeout_at(deadline, connect(core));
             match attempt.await {
                 Err(_) => return Err(Error::Timeout(self.timeout)),
-                Ok(Ok((stream, rbuf))) => {
-                    Driver::start(core, stream, rbuf);
-                    return Ok(());
-                }
+                Ok(Ok(())) => return Ok(()),
                 Ok(Err(e @ Error::Unavailable(_))) if fail_fast => return Err(e),
                 Ok(Err(e)) => {
                     debug!(error = %e, ?backoff, "reconnect failed");

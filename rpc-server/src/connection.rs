@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -116,7 +115,7 @@ struct Calls {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Connection {
+    pub(crate) fn new(shared: Arc<Shared>, peer: &dyn std::fmt::Display) -> Connection {
         let config = &shared.config;
         let mut proto_config = ServerConfig::default();
         proto_config.max_message_size = config.max_message_size;

@@ -120,6 +120,9 @@ pub struct Config {
     /// `net.core.somaxconn`. A listener passed to [`Server::run`] keeps its own.
     /// Default: 1024.
     pub backlog: u32,
+    /// The file mode of a Unix-domain socket the server binds ([`Server::run_unix`]): who
+    /// may connect. Default: `0o660` (the owner and the group).
+    pub unix_socket_mode: u32,
 }
 
 impl Default for Config {
@@ -133,6 +136,7 @@ impl Default for Config {
             grace_period: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),
             plain_error_shape: ErrorShape::CodeAndMessage,
+            unix_socket_mode: 0o660,
             unstable_network: false,
             dedup: DedupConfig::default(),
             prefork: None,
@@ -237,6 +241,12 @@ impl Builder {
     /// See [`Config::heartbeat_timeout`].
     pub fn heartbeat_timeout(mut self, d: Duration) -> Builder {
         self.config.heartbeat_timeout = d;
+        self
+    }
+
+    /// See [`Config::unix_socket_mode`].
+    pub fn unix_socket_mode(mut self, mode: u32) -> Builder {
+        self.config.unix_socket_mode = mode;
         self
     }
 
@@ -347,6 +357,23 @@ impl Builder {
         server.run(listener, shutdown).await;
         Ok(())
     }
+
+    /// Build, bind the Unix-domain socket `path` and serve until `shutdown` completes (see
+    /// [`Server::run_unix`]).
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be built or the socket cannot be bound.
+    #[cfg(unix)]
+    pub async fn serve_unix(
+        self,
+        path: impl AsRef<std::path::Path>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let server = self.build()?;
+        server.run_unix(path, shutdown).await?;
+        Ok(())
+    }
 }
 
 /// What a deployment mode supplies when it builds a server ([`Builder::build_with`]).
@@ -401,5 +428,26 @@ impl Server {
     /// let in-flight calls finish for up to [`Config::grace_period`], and close.
     pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         Listener::new(self.shared.clone(), listener).run(shutdown).await;
+    }
+
+    /// Bind the Unix-domain socket `path` and serve it until `shutdown` completes, as
+    /// [`Server::run`] does a TCP listener: the same protocol, limits and shutdown. A
+    /// socket file left by a server that is gone (connecting to it is refused) is replaced;
+    /// a live one is an error. The file gets [`Config::unix_socket_mode`] and is removed
+    /// when the server stops. Clients connect with `Client::connect_unix(path)`.
+    ///
+    /// # Errors
+    ///
+    /// When `path` cannot be bound: a server listens there already (`AddrInUse`), the path
+    /// is another kind of file, or the directory is not writable.
+    #[cfg(unix)]
+    pub async fn run_unix(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let incoming = listener::UnixIncoming::bind(path.as_ref(), self.shared.config.unix_socket_mode)?;
+        Listener::new(self.shared.clone(), incoming).run(shutdown).await;
+        Ok(())
     }
 }

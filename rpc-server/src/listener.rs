@@ -5,12 +5,14 @@
 //! tells every connection to drain, and waits for them within the grace period. As in
 //! mini-redis's `server.rs`, each concern is a field.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -40,13 +42,53 @@ pub(crate) fn bind(
     Ok(socket.into())
 }
 
+/// Where connections come from: a TCP listener, or (Unix) a Unix-domain one. The
+/// connection task is the same for every kind: it is generic over the stream.
+pub(crate) trait Incoming: Send + 'static {
+    /// A connection's byte stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Who is at the other end, for the logs.
+    type Peer: fmt::Display + Send;
+    /// The next connection.
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+    /// What the listener listens on, for the logs.
+    fn local(&self) -> String;
+    /// At shutdown: hand every connection already queued to `take`, without waiting.
+    fn drain_queue(self, take: impl FnMut(Self::Stream, Self::Peer));
+}
+
+impl Incoming for TcpListener {
+    type Stream = TcpStream;
+    type Peer = SocketAddr;
+
+    async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "set_nodelay");
+        }
+        Ok((stream, peer))
+    }
+
+    fn local(&self) -> String {
+        self.local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string())
+    }
+
+    fn drain_queue(self, take: impl FnMut(TcpStream, SocketAddr)) {
+        match self.into_std() {
+            Ok(listener) => drain_queue(&listener, take),
+            Err(e) => debug!(error = %e, "the accept queue could not be drained"),
+        }
+    }
+}
+
 /// Server-side state of the accept loop.
 #[derive(Debug)]
-pub(crate) struct Listener {
+pub(crate) struct Listener<L> {
     /// What every connection shares.
     shared: Arc<Shared>,
     /// The socket connections arrive on.
-    listener: TcpListener,
+    listener: L,
     /// Bounds the connections served at once ([`Config::max_connections`]): a permit
     /// moves into each connection's task and is given back when it ends. A connection
     /// beyond the bound is closed at once and logged (the kernel completed its handshake
@@ -60,9 +102,9 @@ pub(crate) struct Listener {
     token: CancellationToken,
 }
 
-impl Listener {
+impl<L: Incoming> Listener<L> {
     /// The accept loop of `listener`, for the server `shared`.
-    pub(crate) fn new(shared: Arc<Shared>, listener: TcpListener) -> Listener {
+    pub(crate) fn new(shared: Arc<Shared>, listener: L) -> Listener<L> {
         let limit = shared.config.max_connections.max(1);
         Listener {
             shared,
@@ -82,9 +124,7 @@ impl Listener {
         // this only bounds how long expired answers hold memory.
         let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
         tokio::pin!(shutdown);
-        if let Ok(addr) = self.listener.local_addr() {
-            info!(%addr, worker = self.shared.worker, "listening");
-        }
+        info!(addr = %self.listener.local(), worker = self.shared.worker, "listening");
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -121,15 +161,12 @@ impl Listener {
             mut conns,
             token,
         } = self;
-        match listener.into_std() {
-            Ok(listener) => drain_queue(&listener, |stream, peer| {
-                match limit_connections.clone().try_acquire_owned() {
-                    Ok(permit) => spawn(&shared, &mut conns, &token, stream, peer, permit),
-                    Err(_) => warn!(%peer, "could not take a queued connection at shutdown"),
-                }
-            }),
-            Err(e) => debug!(error = %e, "the accept queue could not be drained"),
-        }
+        listener.drain_queue(
+            |stream, peer| match limit_connections.clone().try_acquire_owned() {
+                Ok(permit) => spawn(&shared, &mut conns, &token, stream, peer, permit),
+                Err(_) => warn!(%peer, "could not take a queued connection at shutdown"),
+            },
+        );
         info!(connections = conns.len(), "shutting down");
         token.cancel();
         let drain = async { while conns.join_next().await.is_some() {} };
@@ -140,7 +177,7 @@ impl Listener {
     }
 
     /// Give `stream` its task.
-    fn start(&mut self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    fn start(&mut self, stream: L::Stream, peer: L::Peer, permit: OwnedSemaphorePermit) {
         spawn(&self.shared, &mut self.conns, &self.token, stream, peer, permit);
     }
 }
@@ -154,6 +191,7 @@ fn drain_queue(listener: &std::net::TcpListener, mut take: impl FnMut(TcpStream,
         match listener.accept() {
             Ok((stream, peer)) => match stream
                 .set_nonblocking(true)
+                .and_then(|()| stream.set_nodelay(true))
                 .and_then(|()| TcpStream::from_std(stream))
             {
                 Ok(stream) => take(stream, peer),
@@ -167,18 +205,18 @@ fn drain_queue(listener: &std::net::TcpListener, mut take: impl FnMut(TcpStream,
 }
 
 /// Run a connection on its own task; `permit` is given back when it ends.
-fn spawn(
+fn spawn<S, P>(
     shared: &Arc<Shared>,
     conns: &mut JoinSet<()>,
     token: &CancellationToken,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: S,
+    peer: P,
     permit: OwnedSemaphorePermit,
-) {
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!(%peer, error = %e, "set_nodelay");
-    }
-    let conn = Connection::new(shared.clone(), peer);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: fmt::Display,
+{
+    let conn = Connection::new(shared.clone(), &peer);
     let token = token.clone();
     conns.spawn(async move {
         conn.run(stream, token).await;
@@ -213,4 +251,109 @@ mod tests {
             .collect();
         assert_eq!(conns.len(), 600);
     }
+}
+
+#[cfg(unix)]
+pub(crate) use self::unix::UnixIncoming;
+
+#[cfg(unix)]
+mod unix {
+    use std::path::{Path, PathBuf};
+
+    use tokio::net::{UnixListener, UnixStream};
+
+    use super::*;
+
+    /// A Unix-domain listener, and the path it owns: the socket file is removed when the
+    /// listener is (after a graceful shutdown).
+    #[derive(Debug)]
+    pub(crate) struct UnixIncoming {
+        listener: UnixListener,
+        path: PathBuf,
+    }
+
+    /// A Unix peer, for the logs: its credentials when the kernel gives them.
+    #[derive(Debug)]
+    pub(crate) struct UnixPeer(Option<tokio::net::unix::UCred>);
+
+    impl fmt::Display for UnixPeer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match &self.0 {
+                Some(c) => write!(f, "unix:pid={:?},uid={},gid={}", c.pid(), c.uid(), c.gid()),
+                None => f.write_str("unix"),
+            }
+        }
+    }
+
+    impl UnixIncoming {
+        /// Bind `path` with file mode `mode`. A socket file left by a server that is gone
+        /// (connecting to it is refused) is replaced; a live one is an error
+        /// (`AddrInUse`), as is any other file there.
+        pub(crate) fn bind(path: &Path, mode: u32) -> io::Result<UnixIncoming> {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                if !meta.file_type().is_socket() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} exists and is not a socket", path.display()),
+                    ));
+                }
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("a server listens on {} already", path.display()),
+                        ))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        info!(path = %path.display(), "replacing a stale socket file");
+                        std::fs::remove_file(path)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            Ok(UnixIncoming {
+                listener,
+                path: path.to_owned(),
+            })
+        }
+    }
+
+    impl Drop for UnixIncoming {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    impl Incoming for UnixIncoming {
+        type Stream = UnixStream;
+        type Peer = UnixPeer;
+
+        async fn accept(&self) -> io::Result<(UnixStream, UnixPeer)> {
+            let (stream, _) = self.listener.accept().await?;
+            let cred = stream.peer_cred().ok();
+            Ok((stream, UnixPeer(cred)))
+        }
+
+        fn local(&self) -> String {
+            format!("unix:{}", self.path.display())
+        }
+
+        fn drain_queue(self, mut take: impl FnMut(UnixStream, UnixPeer)) {
+            loop {
+                match self.listener.accept().now_or_never() {
+                    Some(Ok((stream, _))) => {
+                        let cred = stream.peer_cred().ok();
+                        take(stream, UnixPeer(cred));
+                    }
+                    Some(Err(e)) if is_connection_error(&e) => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    use futures_util::FutureExt;
 }

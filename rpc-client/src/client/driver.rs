@@ -21,10 +21,18 @@ use crate::Error;
 /// Write buffers larger than this are given back to the allocator once written.
 const KEEP_BUFFER: usize = 256 * 1024;
 
-/// Open a connection and start the protocol on it (and say hello, with extensions).
-pub(super) async fn connect(core: &Core) -> Result<(TcpStream, BytesMut), Error> {
+/// Open a connection, start the protocol on it (and say hello, with extensions) and
+/// spawn its connection task.
+pub(super) async fn connect(core: &Arc<Core>) -> Result<(), Error> {
     let config = &core.config;
     let connect = async {
+        #[cfg(unix)]
+        if let Some(path) = &core.unix {
+            let mut stream = tokio::net::UnixStream::connect(path).await.map_err(refused)?;
+            let rbuf = start(core, &mut stream).await?;
+            Driver::start(core, stream, rbuf);
+            return Ok(());
+        }
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
         let mut stream = None;
         for addr in &core.addrs {
@@ -41,7 +49,8 @@ pub(super) async fn connect(core: &Core) -> Result<(TcpStream, BytesMut), Error>
         };
         stream.set_nodelay(true)?;
         let rbuf = start(core, &mut stream).await?;
-        Ok::<_, Error>((stream, rbuf))
+        Driver::start(core, stream, rbuf);
+        Ok::<_, Error>(())
     };
     tokio::time::timeout(config.connect_timeout, connect)
         .await
@@ -49,9 +58,13 @@ pub(super) async fn connect(core: &Core) -> Result<(TcpStream, BytesMut), Error>
 }
 
 /// A failed connection attempt as an error: [`Error::Unavailable`] when the server refused
-/// it (nothing listens there), a transport error otherwise.
+/// it (nothing listens there; for a Unix socket, also no socket file), a transport error
+/// otherwise.
 pub(crate) fn refused(e: io::Error) -> Error {
-    if e.kind() == io::ErrorKind::ConnectionRefused {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+    ) {
         Error::Unavailable(e)
     } else {
         Error::Transport(e)
