@@ -66,11 +66,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&[ctl, cut], body)) = data.split_first_chunk::<2>().map(|(c, b)| (c, b)) else {
         return;
     };
-    let codec = if ctl & 1 == 0 {
-        Codec::Msgpack
-    } else {
-        Codec::Bincode
-    };
+    let codec = rpc_fuzz::codec(ctl);
     let hello = ctl & 2 != 0 || codec == Codec::Bincode;
     let whole = run(codec, hello, body, None);
     let at = usize::from(cut) * body.len() / 256;

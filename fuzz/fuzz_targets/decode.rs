@@ -5,16 +5,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::Codec;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, data)) = data.split_first() else {
         return;
     };
-    let codec = if ctl & 1 == 0 {
-        Codec::Msgpack
-    } else {
-        Codec::Bincode
-    };
+    let codec = rpc_fuzz::codec(ctl);
     rpc_fuzz::decode_all(codec, data);
 });

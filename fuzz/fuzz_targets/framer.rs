@@ -5,17 +5,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::{Codec, Framer, Message};
+use rpc_proto::{Framer, Message};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, data)) = data.split_first() else {
         return;
     };
-    let codec = if ctl & 1 == 0 {
-        Codec::Msgpack
-    } else {
-        Codec::Bincode
-    };
+    let codec = rpc_fuzz::codec(ctl);
     let max = [16usize, 64, 1024, 1 << 20][usize::from((ctl >> 1) & 3)];
     let step = usize::from(ctl >> 3) + 1;
 

@@ -5,18 +5,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::{decode_error, Codec, Framer, Message};
+use rpc_proto::{decode_error, Framer, Message};
 use serde_bytes::ByteBuf;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, data)) = data.split_first() else {
         return;
     };
-    let codec = if ctl & 1 == 0 {
-        Codec::Msgpack
-    } else {
-        Codec::Bincode
-    };
+    let codec = rpc_fuzz::codec(ctl);
     let frame = match Framer::new(codec, 1 << 20).decode(data) {
         Ok(Some(n)) => &data[..n],
         _ => data,

@@ -67,11 +67,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&[ctl, cut], body)) = data.split_first_chunk::<2>().map(|(c, b)| (c, b)) else {
         return;
     };
-    let codec = if ctl & 1 == 0 {
-        Codec::Msgpack
-    } else {
-        Codec::Bincode
-    };
+    let codec = rpc_fuzz::codec(ctl);
     let mut stream = Vec::new();
     if ctl & 2 != 0 || codec == Codec::Bincode {
         Hello::new(codec)

@@ -110,3 +110,12 @@ pub fn decode_args(codec: Codec, params: &[u8]) {
     let _ = <(Choice, HashMap<String, u32>, Vec<String>)>::from_args(&mut Args::new(codec, params));
     let _ = Args::new(codec, params).values();
 }
+
+/// The codec a control byte's low bit picks: 0 msgpack, 1 bincode.
+pub fn codec(ctl: u8) -> Codec {
+    if ctl & 1 == 0 {
+        Codec::Msgpack
+    } else {
+        Codec::Bincode
+    }
+}

@@ -31,6 +31,23 @@ pub(crate) trait Stream: Read + Write + Send {
     fn is_closed(&self) -> bool;
 }
 
+/// A non-blocking peek on an idle stream: end of stream or an error (other than "nothing
+/// yet") means the peer closed it. Any failure to switch modes counts as closed too.
+fn peer_closed(
+    set_nonblocking: impl Fn(bool) -> io::Result<()>,
+    peek: impl FnOnce() -> io::Result<usize>,
+) -> bool {
+    if set_nonblocking(true).is_err() {
+        return true;
+    }
+    let closed = match peek() {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    closed || set_nonblocking(false).is_err()
+}
+
 impl Stream for TcpStream {
     fn set_timeouts(&self, t: Duration) -> io::Result<()> {
         self.set_read_timeout(Some(t))?;
@@ -38,16 +55,7 @@ impl Stream for TcpStream {
     }
 
     fn is_closed(&self) -> bool {
-        if self.set_nonblocking(true).is_err() {
-            return true;
-        }
-        let mut b = [0u8; 1];
-        let closed = match self.peek(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        };
-        closed || self.set_nonblocking(false).is_err()
+        peer_closed(|on| self.set_nonblocking(on), || self.peek(&mut [0u8; 1]))
     }
 }
 
@@ -59,16 +67,11 @@ impl Stream for std::os::unix::net::UnixStream {
     }
 
     fn is_closed(&self) -> bool {
-        if self.set_nonblocking(true).is_err() {
-            return true;
-        }
         let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        let closed = match socket2::SockRef::from(self).peek(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        };
-        closed || self.set_nonblocking(false).is_err()
+        peer_closed(
+            |on| self.set_nonblocking(on),
+            || socket2::SockRef::from(self).peek(&mut b),
+        )
     }
 }
 

@@ -29,8 +29,8 @@ use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rpc_proto::{
-    Begin, Codec, ConnEvent, ErrorCode, Fatal, Request, ServerConfig, ServerConnection, ServerError, Service,
-    Transmit,
+    encode_response_err, encode_response_ok, Begin, Codec, ConnEvent, ErrorCode, Fatal, Request,
+    ServerConfig, ServerConnection, ServerError, Service, Transmit,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -558,7 +558,7 @@ fn write_error(span: &tracing::Span, tx: &mut Transmit<'_>, msgid: u64, error: &
 fn encode_reply(span: &tracing::Span, codec: Codec, msgid: u64, reply: Reply) -> Bytes {
     let mut out = Vec::new();
     let error = match reply.0 {
-        Ok(value) => match Transmit::encode_ok(codec, &mut out, msgid, &value) {
+        Ok(value) => match encode_response_ok(codec, &mut out, msgid, &value) {
             Ok(()) => return Bytes::from(out),
             Err(e) => ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}")),
         },
@@ -566,7 +566,7 @@ fn encode_reply(span: &tracing::Span, codec: Codec, msgid: u64, reply: Reply) ->
     };
     log_error(span, msgid, &error);
     out.clear();
-    Transmit::encode_err(codec, &mut out, msgid, &error);
+    encode_response_err(codec, &mut out, msgid, &error);
     Bytes::from(out)
 }
 
@@ -576,7 +576,7 @@ async fn wait_dedup(rx: Waiter, msgid: u64, codec: Codec) -> Finished {
         None => {
             let e = ServerError::new(ErrorCode::Internal, "the original call was abandoned; retry");
             let mut out = Vec::new();
-            Transmit::encode_err(codec, &mut out, msgid, &e);
+            encode_response_err(codec, &mut out, msgid, &e);
             Finished::Encoded(out.into())
         }
     }

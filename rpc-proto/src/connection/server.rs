@@ -24,8 +24,8 @@ use crate::error::{EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 use crate::framer::Framer;
 use crate::handshake::Hello;
 use crate::message::{
-    encode_response_err, encode_response_err_shaped, encode_response_ok, parse_bincode_request_prefix,
-    parse_request_prefix, ErrorShape, Message,
+    encode_response_err_shaped, encode_response_ok, parse_bincode_request_prefix, parse_request_prefix,
+    ErrorShape, Message,
 };
 use crate::reserved::CANCEL;
 
@@ -146,30 +146,11 @@ impl Transmit<'_> {
         encode_response_err_shaped(self.codec, self.out, msgid, error, self.shape);
     }
 
-    /// Append a whole response encoded earlier (by [`Transmit::encode_ok`] or
-    /// [`Transmit::encode_err`], in this codec).
+    /// Append a whole response encoded earlier in this codec (by
+    /// [`encode_response_ok`](crate::encode_response_ok) or
+    /// [`encode_response_err`](crate::encode_response_err): the dedup cache keeps them).
     pub fn encoded(&mut self, frame: &[u8]) {
         self.out.extend_from_slice(frame);
-    }
-
-    /// Encode a response into `out` rather than the connection, to be kept (the dedup
-    /// cache) and sent later with [`Transmit::encoded`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Transmit::ok`].
-    pub fn encode_ok<V: EncodeValue + ?Sized>(
-        codec: Codec,
-        out: &mut Vec<u8>,
-        msgid: u64,
-        value: &V,
-    ) -> Result<(), EncodeError> {
-        encode_response_ok(codec, out, msgid, value)
-    }
-
-    /// Encode an error response into `out`, as [`Transmit::encode_ok`].
-    pub fn encode_err(codec: Codec, out: &mut Vec<u8>, msgid: u64, error: &ServerError) {
-        encode_response_err(codec, out, msgid, error);
     }
 }
 
@@ -703,7 +684,7 @@ mod tests {
                 let out = run(&mut c, &mut s, &input, &[cut], now);
                 let mut expect = Vec::new();
                 Hello::new(codec).with_session(Some(42)).encode(&mut expect);
-                Transmit::encode_ok(codec, &mut expect, 5, &3i64).unwrap();
+                encode_response_ok(codec, &mut expect, 5, &3i64).unwrap();
                 assert_eq!(out, expect, "{codec:?} cut at {cut}");
             }
             let _ = run(&mut conn, &mut svc, &input, &[], now);
