@@ -23,4 +23,4 @@ pub use blocking::{BlockingClient, CallOptions};
 pub use client::Client;
 pub use config::Config;
 pub use error::Error;
-pub use rpc_proto::{Codec, ErrorCode, Params, ServerError};
+pub use rpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};

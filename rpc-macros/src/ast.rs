@@ -15,6 +15,42 @@ pub(crate) struct Arg {
     pub(crate) ident: Option<Ident>,
     /// The argument's type, as the generated module must spell it (see [`rebase`]).
     pub(crate) ty: Type,
+    /// Where the argument comes from.
+    pub(crate) role: Role,
+}
+
+/// Where an argument's value comes from.
+pub(crate) enum Role {
+    /// The wire: the caller sends it.
+    Wire,
+    /// The server's state of this type: `State<T>` (not on the wire).
+    State(Type),
+    /// The call's `Context` (not on the wire).
+    Context,
+}
+
+impl Role {
+    /// What a type written as an argument is: `State<T>` and `Context` (by their last
+    /// path segment, as `rpc::State<T>` or imported) are the framework's.
+    fn of(ty: &Type) -> Role {
+        let Type::Path(p) = ty else { return Role::Wire };
+        if p.qself.is_some() {
+            return Role::Wire;
+        }
+        let Some(last) = p.path.segments.last() else {
+            return Role::Wire;
+        };
+        match &last.arguments {
+            PathArguments::None if last.ident == "Context" => Role::Context,
+            PathArguments::AngleBracketed(a) if last.ident == "State" && a.args.len() == 1 => {
+                match &a.args[0] {
+                    GenericArgument::Type(t) => Role::State(t.clone()),
+                    _ => Role::Wire,
+                }
+            }
+            _ => Role::Wire,
+        }
+    }
 }
 
 impl Arg {
@@ -67,6 +103,11 @@ pub(crate) struct Function {
 }
 
 impl Function {
+    /// The arguments on the wire, in order.
+    pub(crate) fn wire_args(&self) -> impl Iterator<Item = &Arg> {
+        self.args.iter().filter(|a| matches!(a.role, Role::Wire))
+    }
+
     pub(crate) fn from_signature(sig: &Signature) -> Function {
         let mut has_receiver = false;
         let mut args = Vec::new();
@@ -78,9 +119,11 @@ impl Function {
                         Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Some(p.ident.clone()),
                         _ => None,
                     };
+                    let ty = rebase(&pt.ty);
                     args.push(Arg {
                         ident,
-                        ty: rebase(&pt.ty),
+                        role: Role::of(&ty),
+                        ty,
                     });
                 }
             }

@@ -47,8 +47,8 @@ pub(crate) fn bind(
 pub(crate) trait Incoming: Send + 'static {
     /// A connection's byte stream.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Who is at the other end, for the logs.
-    type Peer: fmt::Display + Send;
+    /// Who is at the other end.
+    type Peer: Into<crate::Peer> + fmt::Display + Send;
     /// The next connection.
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
     /// What the listener listens on, for the logs.
@@ -100,6 +100,8 @@ pub(crate) struct Listener<L> {
     conns: JoinSet<()>,
     /// Cancelled at shutdown: each connection stops reading and finishes its calls.
     token: CancellationToken,
+    /// What the listener listens on, for the calls' contexts.
+    name: Arc<str>,
 }
 
 impl<L: Incoming> Listener<L> {
@@ -108,10 +110,11 @@ impl<L: Incoming> Listener<L> {
         let limit = shared.config.max_connections.max(1);
         Listener {
             shared,
-            listener,
             limit_connections: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
             conns: JoinSet::new(),
             token: CancellationToken::new(),
+            name: Arc::from(listener.local()),
+            listener,
         }
     }
 
@@ -160,10 +163,11 @@ impl<L: Incoming> Listener<L> {
             limit_connections,
             mut conns,
             token,
+            name,
         } = self;
         listener.drain_queue(
             |stream, peer| match limit_connections.clone().try_acquire_owned() {
-                Ok(permit) => spawn(&shared, &mut conns, &token, stream, peer, permit),
+                Ok(permit) => spawn(&shared, &mut conns, &token, &name, stream, peer, permit),
                 Err(_) => warn!(%peer, "could not take a queued connection at shutdown"),
             },
         );
@@ -178,7 +182,15 @@ impl<L: Incoming> Listener<L> {
 
     /// Give `stream` its task.
     fn start(&mut self, stream: L::Stream, peer: L::Peer, permit: OwnedSemaphorePermit) {
-        spawn(&self.shared, &mut self.conns, &self.token, stream, peer, permit);
+        spawn(
+            &self.shared,
+            &mut self.conns,
+            &self.token,
+            &self.name,
+            stream,
+            peer,
+            permit,
+        );
     }
 }
 
@@ -209,14 +221,15 @@ fn spawn<S, P>(
     shared: &Arc<Shared>,
     conns: &mut JoinSet<()>,
     token: &CancellationToken,
+    listener: &Arc<str>,
     stream: S,
     peer: P,
     permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    P: fmt::Display,
+    P: Into<crate::Peer> + fmt::Display,
 {
-    let conn = Connection::new(shared.clone(), &peer);
+    let conn = Connection::new(shared.clone(), peer.into(), listener.clone());
     let token = token.clone();
     conns.spawn(async move {
         conn.run(stream, token).await;
@@ -281,6 +294,16 @@ mod unix {
             match &self.0 {
                 Some(c) => write!(f, "unix:pid={:?},uid={},gid={}", c.pid(), c.uid(), c.gid()),
                 None => f.write_str("unix"),
+            }
+        }
+    }
+
+    impl From<UnixPeer> for crate::Peer {
+        fn from(p: UnixPeer) -> crate::Peer {
+            crate::Peer::Unix {
+                uid: p.0.map(|c| c.uid()),
+                gid: p.0.map(|c| c.gid()),
+                pid: p.0.and_then(|c| c.pid()),
             }
         }
     }
