@@ -222,8 +222,9 @@ impl Builder {
     /// ```
     /// use std::collections::HashMap;
     /// use std::sync::Mutex;
-    /// use rpc_server::{Method, Server, State};
+    /// use rpc_server::Server;
     ///
+    /// // Functions take it as `State<Store>` (`#[register] fn get(store: State<Store>, ..)`).
     /// #[derive(Default)]
     /// struct Store(Mutex<HashMap<String, String>>);
     ///

@@ -700,7 +700,7 @@ pub fn is_refused(e: &ServerError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{encode_response_err, encode_response_ok};
+    use crate::message::{encode_request, encode_response_err, encode_response_ok};
     use hex_literal::hex;
 
     /// Records every reply: token, ok, the part's bytes, whether it came as `Bytes`.
