@@ -195,7 +195,10 @@ pub async fn async_calls(client: &rpc::Client) -> Result<(), rpc::Error> {
     println!("by name  add(40, 2)         = {by_name}");
     let value = client.call_value("add", vec![1.into(), 1.into()]).await?;
     println!("dynamic  add(1, 1)          = {value}");
-    println!("async    whoami()           = {}", api::whoami::call(client).await?);
+    println!(
+        "async    whoami()           = {}",
+        api::whoami::call(client).await?
+    );
     api::kv_put::call(client, "greeting".into(), "hello".into()).await?;
     println!(
         "async    kv_get(\"greeting\") = {:?}",

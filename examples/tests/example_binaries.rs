@@ -96,10 +96,22 @@ fn server_example_stops_on_term() {
     // The functions of the state/context issue: stable names and signatures.
     let me = examples::api::whoami::call_blocking(&client).unwrap();
     assert!(me.starts_with("127.0.0.1:"), "{me}");
-    assert_eq!(examples::api::kv_put::call_blocking(&client, "k".into(), "v".into()).unwrap(), None);
-    assert_eq!(examples::api::kv_put::call_blocking(&client, "k".into(), "w".into()).unwrap(), Some("v".into()));
-    assert_eq!(examples::api::kv_get::call_blocking(&client, "k".into()).unwrap(), Some("w".into()));
-    assert_eq!(examples::api::kv_get::call_blocking(&client, "x".into()).unwrap(), None);
+    assert_eq!(
+        examples::api::kv_put::call_blocking(&client, "k".into(), "v".into()).unwrap(),
+        None
+    );
+    assert_eq!(
+        examples::api::kv_put::call_blocking(&client, "k".into(), "w".into()).unwrap(),
+        Some("v".into())
+    );
+    assert_eq!(
+        examples::api::kv_get::call_blocking(&client, "k".into()).unwrap(),
+        Some("w".into())
+    );
+    assert_eq!(
+        examples::api::kv_get::call_blocking(&client, "x".into()).unwrap(),
+        None
+    );
     let pid = server.0.id();
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -479,13 +479,20 @@ fn each_worker_has_its_own_state() {
             }
         }
         let mut clients = by_worker.into_values();
-        let (a, b) = (clients.next().unwrap(), clients.next().expect("two workers answered"));
+        let (a, b) = (
+            clients.next().unwrap(),
+            clients.next().expect("two workers answered"),
+        );
         let put = examples::api::kv_put::call(&a, "k".into(), "on a".into());
         assert_eq!(within("kv_put", put).await.unwrap(), None);
         let get = examples::api::kv_get::call(&a, "k".into());
         assert_eq!(within("kv_get", get).await.unwrap(), Some("on a".into()));
         let get = examples::api::kv_get::call(&b, "k".into());
-        assert_eq!(within("kv_get", get).await.unwrap(), None, "another worker's state");
+        assert_eq!(
+            within("kv_get", get).await.unwrap(),
+            None,
+            "another worker's state"
+        );
     });
 }
 

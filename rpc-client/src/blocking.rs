@@ -496,6 +496,7 @@ impl State {
 
     /// Send the call and read until its reply, decoded (an error reply as
     /// [`Error::Remote`]).
+    #[allow(clippy::too_many_arguments)]
     fn round_trip<P: Params, R, D: Decoder<R>>(
         &mut self,
         client: &BlockingClient,

@@ -24,7 +24,7 @@ pub(crate) enum Role {
     /// The wire: the caller sends it.
     Wire,
     /// The server's state of this type: `State<T>` (not on the wire).
-    State(Type),
+    State(Box<Type>),
     /// The call's `Context` (not on the wire).
     Context,
 }
@@ -44,7 +44,7 @@ impl Role {
             PathArguments::None if last.ident == "Context" => Role::Context,
             PathArguments::AngleBracketed(a) if last.ident == "State" && a.args.len() == 1 => {
                 match &a.args[0] {
-                    GenericArgument::Type(t) => Role::State(t.clone()),
+                    GenericArgument::Type(t) => Role::State(Box::new(t.clone())),
                     _ => Role::Wire,
                 }
             }
@@ -108,7 +108,19 @@ impl Function {
         self.args.iter().filter(|a| matches!(a.role, Role::Wire))
     }
 
+    /// A free function, seen from its generated module (its types rebased).
     pub(crate) fn from_signature(sig: &Signature) -> Function {
+        Function::read(sig, true)
+    }
+
+    /// A method of an impl-block service: its generated items sit beside the impl, so its
+    /// types are kept as written.
+    pub(crate) fn from_method(sig: &Signature) -> Function {
+        Function::read(sig, false)
+    }
+
+    fn read(sig: &Signature, rebased: bool) -> Function {
+        let rebase = |t: &Type| if rebased { rebase(t) } else { t.clone() };
         let mut has_receiver = false;
         let mut args = Vec::new();
         for input in &sig.inputs {
@@ -144,7 +156,9 @@ impl Function {
             }
         };
         let mut generics = sig.generics.clone();
-        Rebase.visit_generics_mut(&mut generics);
+        if rebased {
+            Rebase.visit_generics_mut(&mut generics);
+        }
         Function {
             ident: sig.ident.clone(),
             is_async: sig.asyncness.is_some(),

@@ -175,7 +175,7 @@ fn span_of(ty: &Type) -> Span {
 }
 
 /// `::rpc::__private::#f::<#ty>`, spanned on `ty`.
-fn on(ty: &Type, f: &str) -> TokenStream {
+pub(crate) fn on(ty: &Type, f: &str) -> TokenStream {
     let f = Ident::new(f, Span::call_site());
     quote_spanned!(span_of(ty)=> ::rpc::__private::#f::<#ty>)
 }
@@ -279,6 +279,29 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
 
 /// `method()`: decode the arguments, call the function, wrap the result.
 fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenStream {
+    let method = method_expr(f, opts, &quote!(self::NAME), Target::Free);
+    quote! {
+        /// The server-side registration: pass it to `Builder::register`.
+        #item_vis fn method() -> ::rpc::__private::Method {
+            #method
+        }
+    }
+}
+
+/// What a [`method_expr`] calls.
+#[derive(Clone, Copy)]
+pub(crate) enum Target {
+    /// The free function `super::NAME`, from the generated module.
+    Free,
+    /// The method of that name on `__rpc_service`, an `Arc<Self>` in scope (an impl-block
+    /// service).
+    Method,
+}
+
+/// The expression making the [`Method`] of `f`, served under `name` (an expression of type
+/// `&'static str`): decode the arguments, call the function, wrap the result; with the
+/// checks on the user's types first.
+pub(crate) fn method_expr(f: &Function, opts: &Options, name: &TokenStream, target: Target) -> TokenStream {
     let ident = &f.ident;
     let count = f.wire_args().count();
     let locals: Vec<Ident> = (0..f.args.len())
@@ -319,7 +342,7 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
             Role::State(t) => {
                 let state = format_ident!("__rpc_state{}", i);
                 let get = on(t, "get_state");
-                Some(quote!(let #state = #get(__rpc_states, self::NAME)?;))
+                Some(quote!(let #state = #get(__rpc_states, #name)?;))
             }
             _ => None,
         })
@@ -381,16 +404,28 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
         // Spanned on `async`: "this future is not `Send`" points there.
         let span = f.async_span;
         let reply = reply(quote!(__rpc_out));
-        let job = quote! {
-            ::core::result::Result::Ok(super::#ident(#(#locals),*))
+        let job = match target {
+            Target::Free => quote!(::core::result::Result::Ok(super::#ident(#(#locals),*))),
+            Target::Method => quote! {
+                let __rpc_this = ::std::sync::Arc::clone(&__rpc_service);
+                ::core::result::Result::Ok(async move { __rpc_this.#ident(#(#locals),*).await })
+            },
         };
         // The future's type is known here: the server runs it in a box it keeps from
         // one call to the next (no allocation for a call ready at its first poll). The
         // constructor's `Send` bound checks the future, spanned on `async`.
         (quote!(async_parts), job, quote!(, |__rpc_out| #reply), span)
     } else {
-        let reply = reply(quote!(super::#ident(#(#locals),*)));
+        let (this, call) = match target {
+            Target::Free => (quote!(), quote!(super::#ident(#(#locals),*))),
+            Target::Method => (
+                quote!(let __rpc_this = ::std::sync::Arc::clone(&__rpc_service);),
+                quote!(__rpc_this.#ident(#(#locals),*)),
+            ),
+        };
+        let reply = reply(call);
         let job = quote! {
+            #this
             ::core::result::Result::Ok(::std::boxed::Box::new(move || #reply))
         };
         (quote!(sync_parts), job, quote!(), Span::call_site())
@@ -399,7 +434,7 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
     // bound on the future is what fails for a future that is not `Send`.
     let registration = quote_spanned! {span=>
         ::rpc::__private::Method::#ctor(
-            self::NAME,
+            #name,
             move |__rpc_args: &mut ::rpc::__private::Args<'_>, __rpc_call: &::rpc::__private::Call<'_>| {
                 __rpc_args.expect(#count)?;
                 #(#lets)*
@@ -408,29 +443,38 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
             #reply_fn
         )
     };
+    // A method's closure owns its own handle on the service.
+    let registration = match target {
+        Target::Free => registration,
+        Target::Method => quote! {{
+            let __rpc_service = ::std::sync::Arc::clone(&__rpc_service);
+            #registration
+        }},
+    };
     // A function taking states is made when the server is built, from its states.
     let registration = if state_binds.is_empty() {
         registration
     } else {
         quote! {
-            ::rpc::__private::Method::bind(self::NAME, |__rpc_states: &::rpc::__private::States| {
+            ::rpc::__private::Method::bind(#name, move |__rpc_states: &::rpc::__private::States| {
                 #(#state_binds)*
                 ::core::result::Result::Ok(#registration)
             })
         }
     };
-    quote! {
-        /// The server-side registration: pass it to `Builder::register`.
-        #item_vis fn method() -> ::rpc::__private::Method {
-            #(#checks();)*
-            #out_checks
-            #registration
-            #takes_context
-            #max_flow
-            #max_flow_wait
-            #unstable_network
-        }
-    }
+    // The whole expression owns a handle too: a `bind` closure moves it in.
+    let own_handle = matches!(target, Target::Method)
+        .then(|| quote!(let __rpc_service = ::std::sync::Arc::clone(&__rpc_service);));
+    quote! {{
+        #(#checks();)*
+        #out_checks
+        #own_handle
+        #registration
+        #takes_context
+        #max_flow
+        #max_flow_wait
+        #unstable_network
+    }}
 }
 
 /// The module of an invalid function: the same items with the types that can be kept and

@@ -62,7 +62,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 pub use context::Call;
 pub use context::{Context, Peer};
 pub use layer::{BoxError, CallRequest, RpcService};
-pub use method::{Method, Reply, ReplyFuture, SyncJob};
+pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};
 pub use rpc_proto::{
     Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -273,6 +273,19 @@ impl Builder {
     /// Serve `method`.
     pub fn register(mut self, method: Method) -> Builder {
         self.methods.push(method);
+        self
+    }
+
+    /// Serve every method of `service` (an impl block with `#[rpc::service]`), all calls
+    /// sharing the one instance. Under prefork each worker has its own copy of it, made
+    /// by `fork`.
+    pub fn service<S: Service>(self, service: S) -> Builder {
+        self.service_arc(Arc::new(service))
+    }
+
+    /// [`Builder::service`] with an instance the rest of the program keeps a handle on.
+    pub fn service_arc<S: Service>(mut self, service: Arc<S>) -> Builder {
+        self.methods.extend(service.methods());
         self
     }
 

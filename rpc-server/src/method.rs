@@ -239,6 +239,13 @@ where
     }
 }
 
+/// A set of methods served together, sharing one instance: what `#[rpc::service]`
+/// implements for an impl block. Give one to [`Builder::service`](crate::Builder::service).
+pub trait Service: Send + Sync + 'static {
+    /// The methods, each holding a handle on the instance.
+    fn methods(self: Arc<Self>) -> Vec<Method>;
+}
+
 /// A function to serve under a name.
 ///
 /// `#[register]` generates one for each annotated function (`add::method()`); the

@@ -67,7 +67,7 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 pub use rpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig, Error};
-pub use rpc_macros::{declare, register};
+pub use rpc_macros::{declare, register, service};
 pub use rpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
 pub use rpc_server::{
     layers, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context, Error as ServeError,
@@ -91,7 +91,7 @@ pub mod __private {
     use serde::Serialize;
 
     pub use rpc_proto::{Args, EncodeError, Params, ParamsEncoder};
-    pub use rpc_server::{BuildError, Call, Method, Reply, State, States};
+    pub use rpc_server::{BuildError, Call, Method, Reply, Service, State, States};
 
     use crate::{BlockingClient, Client, Error, ServerError};
 
