@@ -38,10 +38,11 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::context::CallParts;
 use crate::context::{ConnInfo, Peer};
 use crate::dedup::Waiter;
 use crate::method::{Reply, ReplyFuture};
-use crate::registry::{CallParts, Dispatch, Slots};
+use crate::registry::{Dispatch, Slots};
 use crate::Shared;
 
 /// After an unreadable stream, how long (and how much) to drain before closing, so the
@@ -322,23 +323,20 @@ impl Service for Calls {
             msgid,
             method,
             params,
-            deadline: std_deadline,
+            deadline,
             session,
-            metadata,
             ..
         } = request;
-        let deadline = std_deadline.map(Instant::from_std);
-        let parts = CallParts {
-            msgid: Some(msgid),
-            deadline: std_deadline,
-            metadata,
-            conn: &self.conn,
-        };
+        let deadline = deadline.map(Instant::from_std);
         if let Some(session) = session {
             if self.shared.registry.dedup(method) {
-                return self.dedup_call(tx, (session, msgid), method, params, deadline, metadata);
+                return self.dedup_call(tx, (session, msgid), &request, deadline);
             }
         }
+        let parts = CallParts {
+            request: Some(&request),
+            conn: &self.conn,
+        };
         match self
             .shared
             .registry
@@ -355,9 +353,7 @@ impl Service for Calls {
             return;
         }
         let parts = CallParts {
-            msgid: None,
-            deadline: None,
-            metadata: None,
+            request: None,
             conn: &self.conn,
         };
         match self
@@ -439,11 +435,10 @@ impl Calls {
         &mut self,
         tx: &mut Transmit<'_>,
         key: (u128, u64),
-        method: &[u8],
-        params: &[u8],
+        request: &Request<'_>,
         deadline: Option<Instant>,
-        metadata: Option<&[u8]>,
     ) {
+        let (method, params) = (request.method, request.params);
         let cache = self.shared.dedup.clone();
         let mut chan = None;
         let begin = cache.begin(key, Instant::now().into_std(), || {
@@ -473,9 +468,7 @@ impl Calls {
                     done: false,
                 };
                 let parts = CallParts {
-                    msgid: Some(msgid),
-                    deadline: deadline.map(Instant::into_std),
-                    metadata,
+                    request: Some(request),
                     conn: &self.conn,
                 };
                 match self

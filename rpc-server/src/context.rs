@@ -98,17 +98,36 @@ impl ConnInfo {
     }
 }
 
-/// One call, as dispatch sees it: borrowed, built on the stack for every call, and made
-/// into a [`Context`] only for a function that asks for one. Generated code passes it
-/// through; users never build one.
+/// What the connection knows of a call besides its method and params: the request (its
+/// msgid, deadline and metadata), or none for a notification, and the connection.
+#[derive(Clone, Copy)]
+pub(crate) struct CallParts<'a> {
+    pub(crate) request: Option<&'a rpc_proto::Request<'a>>,
+    pub(crate) conn: &'a Arc<ConnInfo>,
+}
+
+impl CallParts<'_> {
+    pub(crate) fn msgid(&self) -> Option<u64> {
+        self.request.map(|r| r.msgid)
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.request.and_then(|r| r.deadline)
+    }
+
+    pub(crate) fn metadata(&self) -> Option<&[u8]> {
+        self.request.and_then(|r| r.metadata)
+    }
+}
+
+/// One call, as dispatch sees it: borrowed, built on the stack for every call (a few
+/// words), and made into a [`Context`] only for a function that asks for one. Generated
+/// code passes it through; users never build one.
 #[doc(hidden)]
 #[derive(Clone, Copy)]
 pub struct Call<'a> {
     pub(crate) method: &'a Arc<str>,
-    pub(crate) msgid: Option<u64>,
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) metadata: Option<&'a [u8]>,
-    pub(crate) conn: &'a Arc<ConnInfo>,
+    pub(crate) parts: CallParts<'a>,
     /// The call's cancellation, when its function takes a context.
     pub(crate) cancel: Option<&'a CancellationToken>,
     /// A context built already (by the layer path).
@@ -119,7 +138,7 @@ impl fmt::Debug for Call<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Call")
             .field("method", &self.method)
-            .field("msgid", &self.msgid)
+            .field("msgid", &self.parts.msgid())
             .finish_non_exhaustive()
     }
 }
@@ -132,10 +151,7 @@ impl Call<'_> {
         }
         Context::new(
             self.method.clone(),
-            self.msgid,
-            self.deadline,
-            self.metadata,
-            self.conn.clone(),
+            self.parts,
             self.cancel.cloned().unwrap_or_default(),
         )
     }
@@ -182,15 +198,8 @@ impl fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(
-        method: Arc<str>,
-        msgid: Option<u64>,
-        deadline: Option<Instant>,
-        metadata: Option<&[u8]>,
-        conn: Arc<ConnInfo>,
-        cancel: CancellationToken,
-    ) -> Context {
-        let metadata = match metadata.map(Metadata::decode) {
+    pub(crate) fn new(method: Arc<str>, parts: CallParts<'_>, cancel: CancellationToken) -> Context {
+        let metadata = match parts.metadata().map(Metadata::decode) {
             None => Metadata::new(),
             Some(Ok(m)) => m,
             Some(Err(e)) => {
@@ -200,10 +209,10 @@ impl Context {
         };
         Context(Arc::new(Inner {
             method,
-            msgid,
-            deadline,
+            msgid: parts.msgid(),
+            deadline: parts.deadline(),
             metadata,
-            conn,
+            conn: parts.conn.clone(),
             cancel,
         }))
     }

@@ -22,9 +22,10 @@ use rpc_proto::{Codec, ErrorCode, ServerError};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::context::CallParts;
 use crate::context::{CancelOnDrop, Context};
 use crate::method::Reply;
-use crate::registry::{CallParts, Dispatch, Table};
+use crate::registry::{Dispatch, Table};
 
 /// The error type of services in the stack.
 pub type BoxError = tower::BoxError;
@@ -126,14 +127,7 @@ impl Layered {
     ) -> Dispatch {
         let name = table.name_of(method);
         let token = tokio_util::sync::CancellationToken::new();
-        let context = Context::new(
-            name,
-            parts.msgid,
-            parts.deadline,
-            parts.metadata,
-            parts.conn.clone(),
-            token.clone(),
-        );
+        let context = Context::new(name, parts, token.clone());
         let request = CallRequest {
             context,
             params: Bytes::copy_from_slice(params),

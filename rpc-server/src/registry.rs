@@ -44,7 +44,7 @@ use crate::blocking::{panicked, BlockingPool, Guarded};
 use crate::limits::{overloaded, Limit, LocalLimit, Permit};
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{Call, CancelOnDrop, ConnInfo};
+use crate::context::{Call, CallParts, CancelOnDrop, ConnInfo};
 use crate::layer::{CallRequest, LayerFn, Layered};
 use crate::method::{Kind, Method, Reply, ReplyFuture, Slot, SyncJob};
 use crate::state::States;
@@ -98,16 +98,6 @@ impl Slots {
         }
         &mut self.boxes[index]
     }
-}
-
-/// What the connection knows of a call besides its method and params.
-#[derive(Clone, Copy)]
-pub(crate) struct CallParts<'a> {
-    /// `None` for a notification.
-    pub(crate) msgid: Option<u64>,
-    pub(crate) deadline: Option<std::time::Instant>,
-    pub(crate) metadata: Option<&'a [u8]>,
-    pub(crate) conn: &'a Arc<ConnInfo>,
 }
 
 /// Every method of a server, immutable once built: dispatch takes no lock.
@@ -252,7 +242,6 @@ impl Registry {
     /// Decode the arguments and start the call. An async handler is polled once here: if
     /// it finishes at once, no task or queue is involved. `slots` are the calling
     /// connection's.
-    #[inline]
     pub(crate) fn dispatch(
         &self,
         method: &[u8],
@@ -274,10 +263,7 @@ impl Registry {
         }
         let call = Call {
             method: &entry.name,
-            msgid: parts.msgid,
-            deadline: parts.deadline,
-            metadata: parts.metadata,
-            conn: parts.conn,
+            parts,
             cancel: None,
             context: None,
         };
@@ -314,10 +300,7 @@ impl Table {
         let token = CancellationToken::new();
         let call = Call {
             method: &entry.name,
-            msgid: parts.msgid,
-            deadline: parts.deadline,
-            metadata: parts.metadata,
-            conn: parts.conn,
+            parts,
             cancel: Some(&token),
             context: None,
         };
@@ -345,8 +328,10 @@ impl Table {
     }
 
     /// Decode the arguments of a call to `entry` and start it. `slots` are the calling
-    /// connection's kept boxes (none on the layered path: each call is boxed).
-    #[inline]
+    /// connection's kept boxes (none on the layered path: each call is boxed). Always
+    /// inlined: it is the body of every dispatch (callgrind: 12 instructions a call more
+    /// as a function of its own).
+    #[inline(always)]
     fn run(
         &self,
         entry: &Entry,
@@ -425,10 +410,10 @@ impl Table {
         let conn = ConnInfo::unknown();
         let call = Call {
             method: &entry.name,
-            msgid: ctx.msgid(),
-            deadline: ctx.deadline(),
-            metadata: None,
-            conn: &conn,
+            parts: CallParts {
+                request: None,
+                conn: &conn,
+            },
             cancel: None,
             context: Some(ctx),
         };
@@ -488,9 +473,7 @@ mod tests {
     ) -> Dispatch {
         let conn = ConnInfo::unknown();
         let parts = CallParts {
-            msgid: Some(1),
-            deadline: None,
-            metadata: None,
+            request: None,
             conn: &conn,
         };
         registry.dispatch(method, params, codec, slots, parts)
