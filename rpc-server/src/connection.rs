@@ -41,6 +41,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::dedup::Waiter;
 use crate::method::{Reply, ReplyFuture};
 use crate::registry::{Dispatch, Slots};
+use crate::tls::TlsIdentity;
 use crate::Shared;
 
 /// After an unreadable stream, how long (and how much) to drain before closing, so the
@@ -112,6 +113,8 @@ struct Calls {
     /// entered around each poll, which costs instructions on every call even with no
     /// subscriber (tracing's `log` compatibility).
     span: tracing::Span,
+    /// The client's TLS identity (mutual TLS), for the per-call context.
+    tls: Option<Arc<TlsIdentity>>,
 }
 
 impl Connection {
@@ -132,8 +135,18 @@ impl Connection {
                 aborts: HashMap::new(),
                 slots: Slots::default(),
                 span: tracing::info_span!("connection", %peer),
+                tls: None,
             },
         }
+    }
+
+    /// The client's TLS identity, after a handshake in which it presented a certificate.
+    pub(crate) fn with_tls(mut self, identity: Option<Arc<TlsIdentity>>) -> Connection {
+        self.calls.tls = identity;
+        if let Some(identity) = self.calls.tls() {
+            debug!(parent: &self.calls.span, subject = %identity.subject, sans = ?identity.sans, "TLS client identity");
+        }
+        self
     }
 
     /// Serve the connection on `stream` until it closes; then cancel what still runs.
@@ -381,6 +394,12 @@ impl Service for Calls {
 }
 
 impl Calls {
+    /// The client's TLS identity: the subject and alternative names of the certificate it
+    /// presented (mutual TLS); `None` on a plain connection or without a client certificate.
+    pub(crate) fn tls(&self) -> Option<&Arc<TlsIdentity>> {
+        self.tls.as_ref()
+    }
+
     /// Queue a pending call, wrapped with its deadline and, on extended connections, an
     /// abort handle for `rpc.cancel`.
     fn push(&mut self, msgid: u64, fut: ReplyFuture, deadline: Option<Instant>) {

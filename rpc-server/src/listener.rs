@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::connection::Connection;
+use crate::tls::Acceptor;
 use crate::Shared;
 
 /// A bound TCP socket listening with `backlog` pending connections at most (the kernel
@@ -100,6 +101,8 @@ pub(crate) struct Listener<L> {
     conns: JoinSet<()>,
     /// Cancelled at shutdown: each connection stops reading and finishes its calls.
     token: CancellationToken,
+    /// TLS: each connection's task runs the handshake before serving.
+    tls: Option<Acceptor>,
 }
 
 impl<L: Incoming> Listener<L> {
@@ -112,7 +115,14 @@ impl<L: Incoming> Listener<L> {
             limit_connections: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
             conns: JoinSet::new(),
             token: CancellationToken::new(),
+            tls: None,
         }
+    }
+
+    /// Serve TLS on every connection (with `Some`).
+    pub(crate) fn with_tls(mut self, tls: Option<Acceptor>) -> Listener<L> {
+        self.tls = tls;
+        self
     }
 
     /// Accept connections until `shutdown` completes; then take the queued ones, let
@@ -124,7 +134,7 @@ impl<L: Incoming> Listener<L> {
         // this only bounds how long expired answers hold memory.
         let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
         tokio::pin!(shutdown);
-        info!(addr = %self.listener.local(), worker = self.shared.worker, "listening");
+        info!(addr = %self.listener.local(), worker = self.shared.worker, tls = self.tls.is_some(), "listening");
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -160,10 +170,11 @@ impl<L: Incoming> Listener<L> {
             limit_connections,
             mut conns,
             token,
+            tls,
         } = self;
         listener.drain_queue(
             |stream, peer| match limit_connections.clone().try_acquire_owned() {
-                Ok(permit) => spawn(&shared, &mut conns, &token, stream, peer, permit),
+                Ok(permit) => spawn(&shared, &mut conns, &token, tls.as_ref(), stream, peer, permit),
                 Err(_) => warn!(%peer, "could not take a queued connection at shutdown"),
             },
         );
@@ -178,7 +189,16 @@ impl<L: Incoming> Listener<L> {
 
     /// Give `stream` its task.
     fn start(&mut self, stream: L::Stream, peer: L::Peer, permit: OwnedSemaphorePermit) {
-        spawn(&self.shared, &mut self.conns, &self.token, stream, peer, permit);
+        let tls = self.tls.as_ref();
+        spawn(
+            &self.shared,
+            &mut self.conns,
+            &self.token,
+            tls,
+            stream,
+            peer,
+            permit,
+        );
     }
 }
 
@@ -204,11 +224,15 @@ fn drain_queue(listener: &std::net::TcpListener, mut take: impl FnMut(TcpStream,
     }
 }
 
-/// Run a connection on its own task; `permit` is given back when it ends.
+/// Run a connection on its own task; `permit` is given back when it ends. With `tls`, the
+/// task runs the handshake first (never the accept loop: a slow or silent client must not
+/// hold up the others), bounded by the handshake timeout; a failed one closes only this
+/// connection.
 fn spawn<S, P>(
     shared: &Arc<Shared>,
     conns: &mut JoinSet<()>,
     token: &CancellationToken,
+    tls: Option<&Acceptor>,
     stream: S,
     peer: P,
     permit: OwnedSemaphorePermit,
@@ -218,10 +242,25 @@ fn spawn<S, P>(
 {
     let conn = Connection::new(shared.clone(), &peer);
     let token = token.clone();
-    conns.spawn(async move {
-        conn.run(stream, token).await;
-        drop(permit);
-    });
+    match tls {
+        None => {
+            conns.spawn(async move {
+                conn.run(stream, token).await;
+                drop(permit);
+            });
+        }
+        Some(tls) => {
+            let tls = tls.clone();
+            let peer = peer.to_string();
+            conns.spawn(async move {
+                match tls.handshake(stream).await {
+                    Ok((stream, identity)) => conn.with_tls(identity).run(stream, token).await,
+                    Err(e) => info!(%peer, error = %e, "TLS handshake failed; closing"),
+                }
+                drop(permit);
+            });
+        }
+    }
 }
 
 /// Refused, aborted and reset connections are the peer's business: skip them.
