@@ -254,7 +254,10 @@ fn spawn<S, P>(
             let peer = peer.to_string();
             conns.spawn(async move {
                 match tls.handshake(stream).await {
-                    Ok((stream, identity)) => conn.with_tls(identity).run(stream, token).await,
+                    Ok((mut stream, identity)) => {
+                        conn.with_tls(identity).run(&mut stream, token).await;
+                        stream.close().await;
+                    }
                     Err(e) => info!(%peer, error = %e, "TLS handshake failed; closing"),
                 }
                 drop(permit);

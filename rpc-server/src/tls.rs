@@ -17,14 +17,16 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -302,7 +304,7 @@ impl fmt::Debug for Acceptor {
 impl Acceptor {
     /// Run the server's half of the handshake on `stream`, within the handshake timeout;
     /// then the client's identity, when it presented a certificate.
-    pub(crate) async fn handshake<S>(&self, stream: S) -> io::Result<(TlsStream<S>, Option<Arc<TlsIdentity>>)>
+    pub(crate) async fn handshake<S>(&self, stream: S) -> io::Result<(Tls<S>, Option<Arc<TlsIdentity>>)>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -321,7 +323,50 @@ impl Acceptor {
             .and_then(|chain| chain.first())
             .and_then(|leaf| TlsIdentity::from_der(leaf))
             .map(Arc::new);
-        Ok((stream, identity))
+        Ok((Tls(stream), identity))
+    }
+}
+
+/// A connection's TLS stream. A client that closes without TLS's `close_notify` is read as
+/// a plain end of input, as over TCP (rustls reports `UnexpectedEof`): MessagePack-RPC
+/// messages delimit themselves, so a cut message is still seen as one, and a client that
+/// is gone is not logged as an error.
+#[derive(Debug)]
+pub(crate) struct Tls<S>(TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Tls<S> {
+    /// Close the TLS session (`close_notify`, then the TCP write half) once the
+    /// connection is over, so that the client reads a clean end. Bounded: a client that
+    /// reads nothing any more cannot hold the task.
+    pub(crate) async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.0.shutdown()).await;
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tls<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.0).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tls<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

@@ -66,11 +66,14 @@
 //! time.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
-pub use rpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig, Error};
+pub use rpc_client::{
+    BlockingClient, CallOptions, Client, ClientTls, Config as ClientConfig, Error, TlsCause,
+};
 pub use rpc_macros::{declare, register};
 pub use rpc_proto::{Codec, ErrorCode, ErrorShape, ServerError};
 pub use rpc_server::{
-    BuildError, Builder, Config as ServerConfig, Error as ServeError, Method, Reply, Server, WorkerRuntime,
+    BuildError, Builder, Config as ServerConfig, Error as ServeError, Method, Reply, Server, TlsConfig,
+    TlsConfigError, TlsIdentity, WorkerRuntime,
 };
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
