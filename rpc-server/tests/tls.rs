@@ -12,9 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use rpc_client::{BlockingClient, Client, ClientTls, Codec, Config, Error, ErrorCode, TlsCause};
 use rpc_server::{Method, Server, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,7 +55,8 @@ impl Ca {
 
     fn issue(&self, cn: &str, sans: &[&str], edit: impl FnOnce(&mut CertificateParams)) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         edit(&mut params);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -151,8 +150,16 @@ async fn both_clients_and_both_codecs_over_tls() {
     let by_name = format!("localhost:{}", server.addr.port());
     for codec in [Codec::Msgpack, Codec::Bincode] {
         for addr in [&by_ip, &by_name] {
-            assert_eq!(add_async(addr, ca.client_tls(), config(codec)).await.unwrap(), 5, "{codec:?} {addr}");
-            assert_eq!(add_blocking(addr, ca.client_tls(), config(codec)).await.unwrap(), 5, "{codec:?} {addr}");
+            assert_eq!(
+                add_async(addr, ca.client_tls(), config(codec)).await.unwrap(),
+                5,
+                "{codec:?} {addr}"
+            );
+            assert_eq!(
+                add_blocking(addr, ca.client_tls(), config(codec)).await.unwrap(),
+                5,
+                "{codec:?} {addr}"
+            );
         }
         let tls = ca.client_tls().server_name("localhost");
         let client = within("connect", Client::connect_tls_with(&by_ip, tls, config(codec)))
@@ -167,7 +174,9 @@ async fn both_clients_and_both_codecs_over_tls() {
         for (i, sum) in sums.into_iter().enumerate() {
             assert_eq!(sum.unwrap(), i as i64 + 1);
         }
-        let e = within("nope", client.call::<_, i64>("nope", ())).await.unwrap_err();
+        let e = within("nope", client.call::<_, i64>("nope", ()))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::MethodNotFound));
     }
 }
@@ -233,7 +242,11 @@ async fn server_certificate_problems_are_refused_with_their_cause() {
     let other_ca = Ca::new("another CA");
     let cases = [
         (addr.clone(), other_ca.client_tls(), TlsCause::UnknownIssuer),
-        (addr.clone(), ca.client_tls().server_name("rpc.example.com"), TlsCause::NameMismatch),
+        (
+            addr.clone(),
+            ca.client_tls().server_name("rpc.example.com"),
+            TlsCause::NameMismatch,
+        ),
         (
             format!("localhost:{}", expired.addr.port()),
             ca.client_tls(),
@@ -241,7 +254,9 @@ async fn server_certificate_problems_are_refused_with_their_cause() {
         ),
     ];
     for (addr, tls, expected) in cases {
-        let e = add_async(&addr, tls.clone(), Config::default()).await.unwrap_err();
+        let e = add_async(&addr, tls.clone(), Config::default())
+            .await
+            .unwrap_err();
         assert!(e.to_string().starts_with("tls: "), "{e}");
         assert!(std::error::Error::source(&e).is_some(), "{e} keeps its source");
         assert_eq!(cause(Err(e)), expected, "async, {addr}");
@@ -283,15 +298,28 @@ async fn a_plaintext_client_on_the_tls_port_is_closed_while_tls_clients_are_serv
     .await
     .unwrap_err();
     assert!(
-        matches!(e, Error::ConnectionClosed | Error::Protocol(_) | Error::Transport(_)),
+        matches!(
+            e,
+            Error::ConnectionClosed | Error::Protocol(_) | Error::Transport(_)
+        ),
         "{e:?}"
     );
 
     // The TLS client connected before is still served, and new ones too.
     let sum: i64 = within("add", client.call("add", (2, 2))).await.unwrap();
     assert_eq!(sum, 4);
-    assert_eq!(add_async(&addr, ca.client_tls(), Config::default()).await.unwrap(), 5);
-    assert_eq!(add_blocking(&addr, ca.client_tls(), Config::default()).await.unwrap(), 5);
+    assert_eq!(
+        add_async(&addr, ca.client_tls(), Config::default())
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        add_blocking(&addr, ca.client_tls(), Config::default())
+            .await
+            .unwrap(),
+        5
+    );
 }
 
 /// Read until the server closes the connection (end of stream or a reset); what it sends
