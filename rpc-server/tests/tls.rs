@@ -385,3 +385,74 @@ async fn a_reconnect_does_the_handshake_again() {
         .unwrap();
     assert_eq!(sum, 7);
 }
+
+/// The blocking client's check of an idle connection reads what the server sent (session
+/// tickets, then `close_notify`) instead of peeking at the socket: a connection the server
+/// closed as idle is replaced, and the call goes through. Real time, as the plain test in
+/// `flow.rs`: the client checks a connection only after 1 s unused.
+#[tokio::test]
+async fn the_blocking_client_replaces_a_tls_connection_closed_as_idle() {
+    let ca = Ca::new("test CA");
+    let server = Server::builder()
+        .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+        .heartbeat_timeout(Duration::from_millis(1200))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let tls = tls_config(&ca.server());
+    let (_stop, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        server
+            .run_tls(listener, tls, async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    // A forwarder that says when the server closes a connection.
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap().to_string();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let mut accepted = 0usize;
+    let (accepted_tx, accepted_rx) = std::sync::mpsc::channel();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = front.accept().await {
+            accepted += 1;
+            let _ = accepted_tx.send(accepted);
+            let server = TcpStream::connect(upstream).await.unwrap();
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+
+    let tls = ca.client_tls().server_name("localhost");
+    let client = within(
+        "connect",
+        tokio::task::spawn_blocking(move || BlockingClient::connect_tls(&addr, tls).unwrap()),
+    )
+    .await
+    .unwrap();
+    let client = std::sync::Arc::new(client);
+    let c = client.clone();
+    let v: i64 = within("add", tokio::task::spawn_blocking(move || c.call("add", (1, 2))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, 3);
+    within("the server to close the idle connection", closed.recv())
+        .await
+        .unwrap();
+    let c = client.clone();
+    let v: i64 = within("add", tokio::task::spawn_blocking(move || c.call("add", (3, 4))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, 7);
+    assert_eq!(accepted_rx.try_iter().last(), Some(2), "one reconnect");
+}
