@@ -67,13 +67,37 @@ pub mod service {
         Ok(key)
     }
 
-    /// The server with every example function registered.
-    ///
-    /// # Errors
-    ///
-    /// Never in practice: the names are distinct.
+    /// The caller's address as the server sees it (`127.0.0.1:41234`, or `unix:uid=..`
+    /// on a Unix socket), from the call's context.
+    #[register]
+    pub fn whoami(ctx: rpc::Context) -> String {
+        ctx.peer().to_string()
+    }
+
+    /// The key-value store `kv_put` and `kv_get` share: the server's state. Under
+    /// `--workers`, each worker process has its own.
+    #[derive(Debug, Default)]
+    pub struct Kv(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+    /// Sets `key` to `value`; returns the value it had.
+    #[register]
+    pub fn kv_put(kv: rpc::State<Kv>, key: String, value: String) -> Option<String> {
+        kv.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key, value)
+    }
+
+    /// The value of `key`.
+    #[register]
+    pub async fn kv_get(kv: rpc::State<Kv>, key: String) -> Option<String> {
+        kv.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
+    }
+
+    /// The server with every example function registered, and the state they share.
     pub fn builder() -> rpc::Builder {
         rpc::Server::builder()
+            .state_with(Kv::default)
+            .register(whoami::method())
+            .register(kv_put::method())
+            .register(kv_get::method())
             .register(add::method())
             .register(fib_async::method())
             .register(fib_sync::method())
@@ -135,6 +159,12 @@ pub mod api {
         pub async fn gate() -> u32;
         /// Test aid: one journal line per execution.
         pub fn journal(key: u64) -> u64;
+        /// The caller's address, as the server sees it.
+        pub fn whoami() -> String;
+        /// Sets `key` to `value`; returns the value it had.
+        pub fn kv_put(key: String, value: String) -> Option<String>;
+        /// The value of `key`.
+        pub async fn kv_get(key: String) -> Option<String>;
     }
 }
 
@@ -165,6 +195,15 @@ pub async fn async_calls(client: &rpc::Client) -> Result<(), rpc::Error> {
     println!("by name  add(40, 2)         = {by_name}");
     let value = client.call_value("add", vec![1.into(), 1.into()]).await?;
     println!("dynamic  add(1, 1)          = {value}");
+    println!(
+        "async    whoami()           = {}",
+        api::whoami::call(client).await?
+    );
+    api::kv_put::call(client, "greeting".into(), "hello".into()).await?;
+    println!(
+        "async    kv_get(\"greeting\") = {:?}",
+        api::kv_get::call(client, "greeting".into()).await?
+    );
 
     let start = Instant::now();
     let calls: Vec<_> = (0..1000i64)

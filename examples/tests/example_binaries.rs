@@ -91,6 +91,8 @@ fn client_example_calls_server_example() {
         "async    fib_async(50)      = 12586269025",
         "async    fib_sync(25)       = 75025",
         "sum = 999000",
+        "async    whoami()           = 127.0.0.1:",
+        "async    kv_get(\"greeting\") = Some(\"hello\")",
         "all calls succeeded",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
@@ -171,6 +173,25 @@ fn server_example_stops_on_term() {
     let (mut server, addr) = start_server();
     let client = rpc::BlockingClient::connect(addr.as_str()).unwrap();
     assert_eq!(examples::api::add::call_blocking(&client, 1, 2).unwrap(), 3);
+    // The functions of the state/context issue: stable names and signatures.
+    let me = examples::api::whoami::call_blocking(&client).unwrap();
+    assert!(me.starts_with("127.0.0.1:"), "{me}");
+    assert_eq!(
+        examples::api::kv_put::call_blocking(&client, "k".into(), "v".into()).unwrap(),
+        None
+    );
+    assert_eq!(
+        examples::api::kv_put::call_blocking(&client, "k".into(), "w".into()).unwrap(),
+        Some("v".into())
+    );
+    assert_eq!(
+        examples::api::kv_get::call_blocking(&client, "k".into()).unwrap(),
+        Some("w".into())
+    );
+    assert_eq!(
+        examples::api::kv_get::call_blocking(&client, "x".into()).unwrap(),
+        None
+    );
     let pid = server.0.id();
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -509,6 +509,42 @@ fn every_worker_serves_tls() {
     });
 }
 
+/// `State<T>` under prefork (issue 11): each worker builds its own (`state_with`), so a
+/// value put through one worker is seen by calls on that worker and not on another.
+#[test]
+fn each_worker_has_its_own_state() {
+    run(async {
+        let server = Server::prefork(&[]);
+        // Connections held open, by worker, until two workers have one.
+        let mut by_worker: BTreeMap<usize, Client> = BTreeMap::new();
+        for _ in 0..200 {
+            let client = within("connect", Client::connect_with(server.addr, client_config()))
+                .await
+                .unwrap();
+            let (index, _) = worker_of(&client).await;
+            by_worker.entry(index).or_insert(client);
+            if by_worker.len() == 2 {
+                break;
+            }
+        }
+        let mut clients = by_worker.into_values();
+        let (a, b) = (
+            clients.next().unwrap(),
+            clients.next().expect("two workers answered"),
+        );
+        let put = examples::api::kv_put::call(&a, "k".into(), "on a".into());
+        assert_eq!(within("kv_put", put).await.unwrap(), None);
+        let get = examples::api::kv_get::call(&a, "k".into());
+        assert_eq!(within("kv_get", get).await.unwrap(), Some("on a".into()));
+        let get = examples::api::kv_get::call(&b, "k".into());
+        assert_eq!(
+            within("kv_get", get).await.unwrap(),
+            None,
+            "another worker's state"
+        );
+    });
+}
+
 #[test]
 fn one_process_answers_rpc_worker_with_index_0() {
     run(async {

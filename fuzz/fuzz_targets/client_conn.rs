@@ -35,7 +35,7 @@ fn run(codec: Codec, hello: bool, stream: &[u8], cut: Option<usize>) -> (Vec<(u3
     let mut conn = ClientConnection::<u32>::new(config, now);
     conn.start(now);
     for token in 0..16u32 {
-        let _ = conn.send_request(None, "m", &(token,), Duration::from_secs(1), None, token);
+        let _ = conn.send_request(None, "m", &(token,), Duration::from_secs(1), None, None, token);
     }
     let mut out = Vec::new();
     conn.take_transmit(now, &mut out);

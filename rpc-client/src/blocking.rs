@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rpc_proto::{may_resend, ClientConnection, ClientReply, Codec, Failure, Params, ReadBuf, Replies};
+use rpc_proto::{
+    may_resend, ClientConnection, ClientReply, Codec, Failure, Metadata, Params, ReadBuf, Replies,
+};
 use serde::de::DeserializeOwned;
 
 use crate::config::new_session;
@@ -79,13 +81,16 @@ impl Stream for std::os::unix::net::UnixStream {
 }
 
 /// Options of one call of the blocking client.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct CallOptions {
     /// The call's timeout; `None` for the client's configured one.
     pub timeout: Option<Duration>,
     /// Resend the call after a reconnect if the connection drops before the reply.
     pub idempotent: bool,
+    /// The call's metadata; `None` for the client's own
+    /// ([`BlockingClient::with_metadata`]). Needs the extensions, as there.
+    pub metadata: Option<Metadata>,
 }
 
 impl CallOptions {
@@ -98,6 +103,12 @@ impl CallOptions {
     /// Options marking the call idempotent.
     pub fn idempotent(mut self) -> CallOptions {
         self.idempotent = true;
+        self
+    }
+
+    /// Options with the call's metadata.
+    pub fn metadata(mut self, metadata: Metadata) -> CallOptions {
+        self.metadata = Some(metadata);
         self
     }
 }
@@ -125,6 +136,8 @@ pub struct BlockingClient {
     tls: Option<Connector>,
     config: Config,
     session: Option<u128>,
+    /// Metadata sent with every call, encoded.
+    metadata: Option<Vec<u8>>,
     /// Boxed: the protocol's state is large, the client a handle.
     state: Mutex<Box<State>>,
 }
@@ -276,6 +289,7 @@ impl BlockingClient {
             unix,
             tls,
             session,
+            metadata: None,
             state: Mutex::new(Box::new(State {
                 stream: None,
                 proto: ClientConnection::new(config.proto(session), Instant::now()),
@@ -288,6 +302,23 @@ impl BlockingClient {
         };
         client.lock().connect(&client)?;
         Ok(client)
+    }
+
+    /// The client with `metadata` sent with every call (string pairs the server's
+    /// handlers and layers read from their `Context`, like gRPC metadata);
+    /// [`CallOptions::metadata`] sets it for one call. Metadata is an extension: the client
+    /// must be configured with [`Config::extensions`] (or bincode, or unstable-network
+    /// mode), and the server built with this framework.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NeedsExtensions`] when the client does not use the extensions.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Result<BlockingClient, Error> {
+        if !self.config.uses_hello() {
+            return Err(Error::NeedsExtensions("call metadata"));
+        }
+        self.metadata = Some(metadata.encode());
+        Ok(self)
     }
 
     /// The session id, in unstable-network mode.
@@ -348,41 +379,51 @@ impl BlockingClient {
     ) -> Result<R, Error> {
         let timeout = opts.timeout.unwrap_or(self.config.timeout);
         let deadline = Instant::now() + timeout;
+        let own;
+        let metadata = match &opts.metadata {
+            None => self.metadata.as_deref(),
+            Some(_) if !self.config.uses_hello() => return Err(Error::NeedsExtensions("call metadata")),
+            Some(md) => {
+                own = md.encode();
+                Some(&own[..])
+            }
+        };
         let mut st = self.lock();
         let mut msgid = None;
         let mut backoff = self.config.reconnect_backoff;
         loop {
-            let (failure, error) =
-                match st.round_trip::<P, R, D>(self, &mut msgid, method, &params, timeout, deadline) {
-                    Ok(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
-                        // The call did not run; this connection is going away.
-                        st.stream = None;
-                        (Failure::Refused, Error::Remote(e))
-                    }
-                    Ok(r) => return r,
-                    // A certificate or settings problem does not go away by trying again.
-                    Err(
-                        Failed::NotSent(e @ Error::Tls { cause, .. })
-                        | Failed::Sent(e @ Error::Tls { cause, .. }),
-                    ) if !cause.is_transient() => {
-                        st.stream = None;
-                        return Err(e);
-                    }
-                    // A call never sent fails fast when the server refuses; one to be sent
-                    // again keeps trying (the server may be restarting).
-                    Err(Failed::NotSent(e @ Error::Unavailable(_)))
-                        if !self.config.wait_for_ready && msgid.is_none() =>
-                    {
-                        return Err(e)
-                    }
-                    Err(Failed::NotSent(e)) => (Failure::NotSent, e),
-                    Err(Failed::Sent(Error::Timeout(t))) => (Failure::TimedOut, Error::Timeout(t)),
-                    Err(Failed::Sent(e)) => {
-                        // The stream may hold half a message: start afresh.
-                        st.stream = None;
-                        (Failure::Lost, e)
-                    }
-                };
+            let (failure, error) = match st
+                .round_trip::<P, R, D>(self, &mut msgid, method, &params, timeout, deadline, metadata)
+            {
+                Ok(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
+                    // The call did not run; this connection is going away.
+                    st.stream = None;
+                    (Failure::Refused, Error::Remote(e))
+                }
+                Ok(r) => return r,
+                // A certificate or settings problem does not go away by trying again.
+                Err(
+                    Failed::NotSent(e @ Error::Tls { cause, .. })
+                    | Failed::Sent(e @ Error::Tls { cause, .. }),
+                ) if !cause.is_transient() => {
+                    st.stream = None;
+                    return Err(e);
+                }
+                // A call never sent fails fast when the server refuses; one to be sent
+                // again keeps trying (the server may be restarting).
+                Err(Failed::NotSent(e @ Error::Unavailable(_)))
+                    if !self.config.wait_for_ready && msgid.is_none() =>
+                {
+                    return Err(e)
+                }
+                Err(Failed::NotSent(e)) => (Failure::NotSent, e),
+                Err(Failed::Sent(Error::Timeout(t))) => (Failure::TimedOut, Error::Timeout(t)),
+                Err(Failed::Sent(e)) => {
+                    // The stream may hold half a message: start afresh.
+                    st.stream = None;
+                    (Failure::Lost, e)
+                }
+            };
             let resend = may_resend(failure, self.session.is_some(), opts.idempotent);
             if !resend || Instant::now() + backoff >= deadline {
                 return Err(error);
@@ -514,6 +555,7 @@ impl State {
 
     /// Send the call and read until its reply, decoded (an error reply as
     /// [`Error::Remote`]).
+    #[allow(clippy::too_many_arguments)]
     fn round_trip<P: Params, R, D: Decoder<R>>(
         &mut self,
         client: &BlockingClient,
@@ -522,12 +564,13 @@ impl State {
         params: &P,
         timeout: Duration,
         deadline: Instant,
+        metadata: Option<&[u8]>,
     ) -> Result<Result<R, Error>, Failed> {
         self.ensure_connected(client)?;
         self.set_timeouts(timeout).map_err(Failed::NotSent)?;
         let id = self
             .proto
-            .send_request(*msgid, method, params, timeout, Some(deadline), ())
+            .send_request(*msgid, method, params, timeout, Some(deadline), metadata, ())
             .map_err(|e| Failed::NotSent(e.into()))?;
         *msgid = Some(id);
         self.flush().map_err(|e| Failed::Sent(transport(e, timeout)))?;

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rpc_proto::{may_resend, ClientConnection, Failure, Params};
+use rpc_proto::{may_resend, ClientConnection, Failure, Metadata, Params};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::debug;
@@ -72,6 +72,8 @@ pub struct Client {
     handle: Arc<Handle>,
     timeout: Duration,
     idempotent: bool,
+    /// Metadata sent with every call of this handle, encoded.
+    metadata: Option<Arc<[u8]>>,
 }
 
 impl fmt::Debug for Client {
@@ -140,6 +142,7 @@ struct Attempt<'a, P: ?Sized, R, D> {
     /// Kept across attempts too: the deadline the first one got.
     deadline: &'a mut Option<Instant>,
     timeout: Duration,
+    metadata: Option<&'a [u8]>,
     /// The call's slot, once written.
     slot: Option<u32>,
     result: PhantomData<fn() -> (R, D)>,
@@ -165,6 +168,7 @@ impl<P: Params + ?Sized, R, D: Decoder<R>> Future for Attempt<'_, P, R, D> {
                 &*this.params,
                 this.timeout,
                 this.deadline.map(Instant::into_std),
+                this.metadata,
                 slot,
             );
             match sent {
@@ -352,6 +356,7 @@ impl Client {
             handle: Arc::new(Handle(core)),
             timeout,
             idempotent: false,
+            metadata: None,
         })
     }
 
@@ -371,6 +376,27 @@ impl Client {
             idempotent: true,
             ..self.clone()
         }
+    }
+
+    /// A handle on the same connection whose calls carry `metadata` (string pairs the
+    /// server's handlers and layers read from their `Context`, like gRPC metadata). For a
+    /// single call, make a handle for it: `add::call(&client.with_metadata(md)?, 1, 2)`.
+    ///
+    /// Metadata is an extension, sent after the hello: the client must be configured with
+    /// [`Config::extensions`] (or bincode, or unstable-network mode), and the server built
+    /// with this framework. It counts in the message size.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NeedsExtensions`] when the client does not use the extensions.
+    pub fn with_metadata(&self, metadata: Metadata) -> Result<Client, Error> {
+        if !self.handle.0.config.uses_hello() {
+            return Err(Error::NeedsExtensions("call metadata"));
+        }
+        Ok(Client {
+            metadata: Some(Arc::from(metadata.encode())),
+            ..self.clone()
+        })
     }
 
     /// The session id, in unstable-network mode.
@@ -429,6 +455,7 @@ impl Client {
                 msgid: &mut msgid,
                 deadline: &mut deadline,
                 timeout: self.timeout,
+                metadata: self.metadata.as_deref(),
                 slot: None,
                 result: PhantomData,
             };

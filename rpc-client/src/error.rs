@@ -36,6 +36,12 @@ pub enum Error {
     /// The server sent something that is not valid MessagePack-RPC.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The call needs this framework's extensions (call metadata does), and the client
+    /// was configured without them ([`Config::extensions`](crate::Config::extensions)).
+    #[error(
+        "{0} needs the extensions: set Config::extensions (the server must be built with this framework)"
+    )]
+    NeedsExtensions(&'static str),
     /// TLS failed: the handshake (an unknown CA, a name mismatch, an expired certificate,
     /// a client certificate required or refused...), or the TLS settings could not be
     /// used. `cause` says which; `source` is the underlying error (a `rustls::Error` for a

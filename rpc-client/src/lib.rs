@@ -24,5 +24,5 @@ pub use blocking::{BlockingClient, CallOptions};
 pub use client::Client;
 pub use config::Config;
 pub use error::Error;
-pub use rpc_proto::{Codec, ErrorCode, Params, ServerError};
+pub use rpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
 pub use tls::{ClientTls, TlsCause};

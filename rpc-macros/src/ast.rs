@@ -15,6 +15,42 @@ pub(crate) struct Arg {
     pub(crate) ident: Option<Ident>,
     /// The argument's type, as the generated module must spell it (see [`rebase`]).
     pub(crate) ty: Type,
+    /// Where the argument comes from.
+    pub(crate) role: Role,
+}
+
+/// Where an argument's value comes from.
+pub(crate) enum Role {
+    /// The wire: the caller sends it.
+    Wire,
+    /// The server's state of this type: `State<T>` (not on the wire).
+    State(Box<Type>),
+    /// The call's `Context` (not on the wire).
+    Context,
+}
+
+impl Role {
+    /// What a type written as an argument is: `State<T>` and `Context` (by their last
+    /// path segment, as `rpc::State<T>` or imported) are the framework's.
+    fn of(ty: &Type) -> Role {
+        let Type::Path(p) = ty else { return Role::Wire };
+        if p.qself.is_some() {
+            return Role::Wire;
+        }
+        let Some(last) = p.path.segments.last() else {
+            return Role::Wire;
+        };
+        match &last.arguments {
+            PathArguments::None if last.ident == "Context" => Role::Context,
+            PathArguments::AngleBracketed(a) if last.ident == "State" && a.args.len() == 1 => {
+                match &a.args[0] {
+                    GenericArgument::Type(t) => Role::State(Box::new(t.clone())),
+                    _ => Role::Wire,
+                }
+            }
+            _ => Role::Wire,
+        }
+    }
 }
 
 impl Arg {
@@ -67,7 +103,24 @@ pub(crate) struct Function {
 }
 
 impl Function {
+    /// The arguments on the wire, in order.
+    pub(crate) fn wire_args(&self) -> impl Iterator<Item = &Arg> {
+        self.args.iter().filter(|a| matches!(a.role, Role::Wire))
+    }
+
+    /// A free function, seen from its generated module (its types rebased).
     pub(crate) fn from_signature(sig: &Signature) -> Function {
+        Function::read(sig, true)
+    }
+
+    /// A method of an impl-block service: its generated items sit beside the impl, so its
+    /// types are kept as written.
+    pub(crate) fn from_method(sig: &Signature) -> Function {
+        Function::read(sig, false)
+    }
+
+    fn read(sig: &Signature, rebased: bool) -> Function {
+        let rebase = |t: &Type| if rebased { rebase(t) } else { t.clone() };
         let mut has_receiver = false;
         let mut args = Vec::new();
         for input in &sig.inputs {
@@ -78,9 +131,11 @@ impl Function {
                         Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Some(p.ident.clone()),
                         _ => None,
                     };
+                    let ty = rebase(&pt.ty);
                     args.push(Arg {
                         ident,
-                        ty: rebase(&pt.ty),
+                        role: Role::of(&ty),
+                        ty,
                     });
                 }
             }
@@ -101,7 +156,9 @@ impl Function {
             }
         };
         let mut generics = sig.generics.clone();
-        Rebase.visit_generics_mut(&mut generics);
+        if rebased {
+            Rebase.visit_generics_mut(&mut generics);
+        }
         Function {
             ident: sig.ident.clone(),
             is_async: sig.asyncness.is_some(),

@@ -23,6 +23,8 @@ pub(crate) struct Options {
 pub(crate) enum Place {
     Register,
     Declare,
+    /// A method of an impl-block service (`#[rpc(..)]` on it).
+    Service,
 }
 
 impl Place {
@@ -31,12 +33,13 @@ impl Place {
         match self {
             Place::Register => "a registered function",
             Place::Declare => "a declared function",
+            Place::Service => "a service method",
         }
     }
 
     fn allowed(self) -> &'static str {
         match self {
-            Place::Register => {
+            Place::Register | Place::Service => {
                 "`name = \"...\"`, `max_flow = N`, `max_flow_wait = \"50ms\"`, `unstable_network`"
             }
             Place::Declare => "`name = \"...\"`",
@@ -87,8 +90,8 @@ pub(crate) fn parse_options(
     for KeyValue { key, value } in pairs {
         let name = key.to_string();
         let known = match (name.as_str(), place) {
-            ("name", _) | ("max_flow" | "max_flow_wait", Place::Register) => true,
-            ("unstable_network", Place::Register) => {
+            ("name", _) | ("max_flow" | "max_flow_wait", Place::Register | Place::Service) => true,
+            ("unstable_network", Place::Register | Place::Service) => {
                 let on = match &value {
                     None => Ok(true),
                     Some(Expr::Lit(ExprLit {

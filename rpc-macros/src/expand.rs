@@ -24,7 +24,7 @@ use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{Attribute, Ident, ItemFn, LitStr, Type, Visibility};
 
-use crate::ast::{Function, Output};
+use crate::ast::{Arg, Function, Output, Role};
 use crate::attr::{self, Declarations, Options, Place};
 use crate::valid;
 
@@ -175,7 +175,7 @@ fn span_of(ty: &Type) -> Span {
 }
 
 /// `::rpc::__private::#f::<#ty>`, spanned on `ty`.
-fn on(ty: &Type, f: &str) -> TokenStream {
+pub(crate) fn on(ty: &Type, f: &str) -> TokenStream {
     let f = Ident::new(f, Span::call_site());
     quote_spanned!(span_of(ty)=> ::rpc::__private::#f::<#ty>)
 }
@@ -188,12 +188,13 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
         item_vis,
     } = frame(vis, attrs, f, opts);
     let ident = &f.ident;
-    let count = f.args.len();
-    let types: Vec<&Type> = f.args.iter().map(|a| &a.ty).collect();
+    // The stubs have the arguments on the wire only: not `State<T>` or `Context`.
+    let wire: Vec<&Arg> = f.wire_args().collect();
+    let count = wire.len();
+    let types: Vec<&Type> = wire.iter().map(|a| &a.ty).collect();
     // The stubs take the function's own argument names, except `NAME`, which would be a
     // pattern matching the constant.
-    let binds: Vec<Ident> = f
-        .args
+    let binds: Vec<Ident> = wire
         .iter()
         .enumerate()
         .map(|(i, a)| match &a.ident {
@@ -278,12 +279,79 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
 
 /// `method()`: decode the arguments, call the function, wrap the result.
 fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenStream {
+    let method = method_expr(f, opts, &quote!(self::NAME), Target::Free);
+    quote! {
+        /// The server-side registration: pass it to `Builder::register`.
+        #item_vis fn method() -> ::rpc::__private::Method {
+            #method
+        }
+    }
+}
+
+/// What a [`method_expr`] calls.
+#[derive(Clone, Copy)]
+pub(crate) enum Target {
+    /// The free function `super::NAME`, from the generated module.
+    Free,
+    /// The method of that name on `__rpc_service`, an `Arc<Self>` in scope (an impl-block
+    /// service).
+    Method,
+}
+
+/// The expression making the [`Method`] of `f`, served under `name` (an expression of type
+/// `&'static str`): decode the arguments, call the function, wrap the result; with the
+/// checks on the user's types first.
+pub(crate) fn method_expr(f: &Function, opts: &Options, name: &TokenStream, target: Target) -> TokenStream {
     let ident = &f.ident;
-    let count = f.args.len();
-    let locals: Vec<Ident> = (0..count).map(|i| format_ident!("__rpc_arg{}", i)).collect();
-    let checks = f.args.iter().map(|a| on(&a.ty, "assert_arg"));
-    let next = f.args.iter().map(|a| on(&a.ty, "next_arg"));
-    let names = f.args.iter().enumerate().map(|(i, a)| a.name(i));
+    let count = f.wire_args().count();
+    let locals: Vec<Ident> = (0..f.args.len())
+        .map(|i| format_ident!("__rpc_arg{}", i))
+        .collect();
+    let checks = f.args.iter().map(|a| match &a.role {
+        Role::Wire => on(&a.ty, "assert_arg"),
+        Role::State(t) => on(t, "assert_state"),
+        Role::Context => on(&a.ty, "assert_context"),
+    });
+    // Each argument in order: decoded from the wire, the state (taken when the server is
+    // built), or the call's context.
+    let mut wire_index = 0;
+    let lets: Vec<TokenStream> = f
+        .args
+        .iter()
+        .zip(&locals)
+        .enumerate()
+        .map(|(i, (a, local))| match &a.role {
+            Role::Wire => {
+                let next = on(&a.ty, "next_arg");
+                let name = a.name(wire_index);
+                wire_index += 1;
+                quote!(let #local = #next(__rpc_args, #name)?;)
+            }
+            Role::State(_) => {
+                let state = format_ident!("__rpc_state{}", i);
+                quote!(let #local = ::core::clone::Clone::clone(&#state);)
+            }
+            Role::Context => quote!(let #local = __rpc_call.context();),
+        })
+        .collect();
+    let state_binds: Vec<TokenStream> = f
+        .args
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match &a.role {
+            Role::State(t) => {
+                let state = format_ident!("__rpc_state{}", i);
+                let get = on(t, "get_state");
+                Some(quote!(let #state = #get(__rpc_states, #name)?;))
+            }
+            _ => None,
+        })
+        .collect();
+    let takes_context = f
+        .args
+        .iter()
+        .any(|a| matches!(a.role, Role::Context))
+        .then(|| quote!(.takes_context()));
     // `reply(out)`: the `Reply` for the function's output `out`.
     let (out_checks, reply): (TokenStream, Box<dyn Fn(TokenStream) -> TokenStream>) = match &f.output {
         Output::Unit => (
@@ -336,44 +404,77 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
         // Spanned on `async`: "this future is not `Send`" points there.
         let span = f.async_span;
         let reply = reply(quote!(__rpc_out));
-        let job = quote! {
-            ::core::result::Result::Ok(super::#ident(#(#locals),*))
+        let job = match target {
+            Target::Free => quote!(::core::result::Result::Ok(super::#ident(#(#locals),*))),
+            Target::Method => quote! {
+                let __rpc_this = ::std::sync::Arc::clone(&__rpc_service);
+                ::core::result::Result::Ok(async move { __rpc_this.#ident(#(#locals),*).await })
+            },
         };
         // The future's type is known here: the server runs it in a box it keeps from
         // one call to the next (no allocation for a call ready at its first poll). The
         // constructor's `Send` bound checks the future, spanned on `async`.
         (quote!(async_parts), job, quote!(, |__rpc_out| #reply), span)
     } else {
-        let reply = reply(quote!(super::#ident(#(#locals),*)));
+        let (this, call) = match target {
+            Target::Free => (quote!(), quote!(super::#ident(#(#locals),*))),
+            Target::Method => (
+                quote!(let __rpc_this = ::std::sync::Arc::clone(&__rpc_service);),
+                quote!(__rpc_this.#ident(#(#locals),*)),
+            ),
+        };
+        let reply = reply(call);
         let job = quote! {
+            #this
             ::core::result::Result::Ok(::std::boxed::Box::new(move || #reply))
         };
-        (quote!(sync_raw), job, quote!(), Span::call_site())
+        (quote!(sync_parts), job, quote!(), Span::call_site())
     };
     // An async function's registration is spanned on `async`: the constructor's `Send`
     // bound on the future is what fails for a future that is not `Send`.
     let registration = quote_spanned! {span=>
         ::rpc::__private::Method::#ctor(
-            self::NAME,
-            |__rpc_args: &mut ::rpc::__private::Args<'_>| {
+            #name,
+            move |__rpc_args: &mut ::rpc::__private::Args<'_>, __rpc_call: &::rpc::__private::Call<'_>| {
                 __rpc_args.expect(#count)?;
-                #(let #locals = #next(__rpc_args, #names)?;)*
+                #(#lets)*
                 #job
             }
             #reply_fn
         )
     };
-    quote! {
-        /// The server-side registration: pass it to `Builder::register`.
-        #item_vis fn method() -> ::rpc::__private::Method {
-            #(#checks();)*
-            #out_checks
+    // A method's closure owns its own handle on the service.
+    let registration = match target {
+        Target::Free => registration,
+        Target::Method => quote! {{
+            let __rpc_service = ::std::sync::Arc::clone(&__rpc_service);
             #registration
-            #max_flow
-            #max_flow_wait
-            #unstable_network
+        }},
+    };
+    // A function taking states is made when the server is built, from its states.
+    let registration = if state_binds.is_empty() {
+        registration
+    } else {
+        quote! {
+            ::rpc::__private::Method::bind(#name, move |__rpc_states: &::rpc::__private::States| {
+                #(#state_binds)*
+                ::core::result::Result::Ok(#registration)
+            })
         }
-    }
+    };
+    // The whole expression owns a handle too: a `bind` closure moves it in.
+    let own_handle = matches!(target, Target::Method)
+        .then(|| quote!(let __rpc_service = ::std::sync::Arc::clone(&__rpc_service);));
+    quote! {{
+        #(#checks();)*
+        #out_checks
+        #own_handle
+        #registration
+        #takes_context
+        #max_flow
+        #max_flow_wait
+        #unstable_network
+    }}
 }
 
 /// The module of an invalid function: the same items with the types that can be kept and
@@ -395,7 +496,7 @@ fn fallback(
         item_vis,
     } = frame(vis, attrs, f, opts);
     let (impl_generics, _, where_clause) = f.generics.split_for_impl();
-    let types = f.args.iter().map(|a| &a.ty);
+    let types: Vec<&Type> = f.wire_args().map(|a| &a.ty).collect();
     let out_ty = match &f.output {
         Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t) => quote!(()),
         other => other.client_type(),

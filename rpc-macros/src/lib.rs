@@ -12,6 +12,7 @@
 mod ast;
 mod attr;
 mod expand;
+mod service;
 mod valid;
 
 use proc_macro::TokenStream;
@@ -31,4 +32,13 @@ pub fn register(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn declare(input: TokenStream) -> TokenStream {
     expand::declare(input.into()).into()
+}
+
+/// Serve every `pub` method taking `&self` of an impl block, with the instance shared by
+/// all calls, and generate typed clients `{Type}Client` and `{Type}BlockingClient`.
+///
+/// See the `rpc` crate for the full documentation.
+#[proc_macro_attribute]
+pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
+    service::service(args.into(), input.into()).into()
 }

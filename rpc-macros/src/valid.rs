@@ -62,13 +62,28 @@ pub(crate) fn signature(sig: &Signature, place: Place, errors: &mut Vec<syn::Err
     }
     for input in &sig.inputs {
         let pt = match input {
+            FnArg::Receiver(r) if matches!(place, Place::Service) => {
+                let shared_ref = r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none();
+                if !shared_ref {
+                    let msg = if r.mutability.is_some() && r.reference.is_some() {
+                        "a service method takes `&self`, not `&mut self`: the service is shared by every \
+                         call at once; keep what changes behind a `Mutex` or an atomic"
+                    } else {
+                        "a service method takes `&self`: the service is shared by every call (an `Arc`), \
+                         never consumed by one"
+                    };
+                    error(errors, r, msg);
+                }
+                continue;
+            }
             FnArg::Receiver(r) => {
                 error(
                     errors,
                     r,
                     format_args!(
                         "{what} cannot take `self`: the server has no instance to call it on; make \
-                         it a free function, and keep shared state in a `static`"
+                         it a free function taking `State<T>`, or serve an impl block with \
+                         `#[rpc::service]`"
                     ),
                 );
                 continue;

@@ -32,11 +32,13 @@ pub enum ErrorCode {
     ShuttingDown,
     /// An internal server error, such as a result that could not be encoded.
     Internal,
+    /// The caller did not prove who it is (a middleware's token check failed, say).
+    Unauthenticated,
 }
 
 impl ErrorCode {
     /// Every known code, in numeric order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::Unknown,
         ErrorCode::MethodNotFound,
         ErrorCode::InvalidParams,
@@ -48,6 +50,7 @@ impl ErrorCode {
         ErrorCode::DeadlineExceeded,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::Unauthenticated,
     ];
 
     /// The number sent on the wire.
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => 8,
             ErrorCode::ShuttingDown => 9,
             ErrorCode::Internal => 10,
+            ErrorCode::Unauthenticated => 11,
         }
     }
 
@@ -86,6 +90,7 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => "deadline exceeded",
             ErrorCode::ShuttingDown => "shutting down",
             ErrorCode::Internal => "internal error",
+            ErrorCode::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -211,6 +216,9 @@ pub enum EncodeError {
     /// A method name longer than the bincode envelope allows (65 535 bytes).
     #[error("method name too long")]
     MethodTooLong,
+    /// Call metadata larger than a message can carry (4 GiB).
+    #[error("call metadata too long")]
+    MetadataTooLong,
 }
 
 /// A value could not be decoded.

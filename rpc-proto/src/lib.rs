@@ -53,6 +53,7 @@ mod framer;
 pub mod fuzzing;
 pub mod handshake;
 mod message;
+mod metadata;
 pub mod reserved;
 mod wire;
 
@@ -67,9 +68,10 @@ pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, Ser
 pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handshake::Hello;
 pub use message::{
-    decode_error, encode_notification, encode_request, encode_response_err, encode_response_err_shaped,
-    encode_response_ok, ErrorShape, Message, NOTIFICATION, REQUEST, RESPONSE,
+    decode_error, encode_notification, encode_request, encode_request_ext, encode_response_err,
+    encode_response_err_shaped, encode_response_ok, ErrorShape, Message, NOTIFICATION, REQUEST, RESPONSE,
 };
+pub use metadata::{Metadata, MetadataError};
 
 /// Method names starting with this prefix are reserved for the framework itself.
 pub const RESERVED_PREFIX: &str = reserved::PREFIX;

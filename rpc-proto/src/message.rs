@@ -21,7 +21,8 @@ pub const NOTIFICATION: u8 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
     /// `[0, msgid, method, params]`, or with our extension
-    /// `[0, msgid, method, params, {1: timeout_us}]` (only after a [hello](crate::Hello)).
+    /// `[0, msgid, method, params, {1: timeout_us, 2: metadata}]` (only after a
+    /// [hello](crate::Hello)).
     Request {
         /// Echoed back unchanged in the response.
         msgid: u64,
@@ -31,6 +32,9 @@ pub enum Message<'a> {
         params: &'a [u8],
         /// The caller's timeout, relative to when the request arrives.
         timeout: Option<Duration>,
+        /// The call's [metadata](crate::Metadata), raw: a msgpack map (not checked further
+        /// until it is read).
+        metadata: Option<&'a [u8]>,
     },
     /// `[1, msgid, error, result]`.
     Response {
@@ -141,8 +145,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The request extension: a map of small integer keys; key 1 is the timeout in µs.
-fn request_ext(c: &mut Cursor<'_>) -> Option<Option<Duration>> {
+/// The request extension: a map of small integer keys; key 1 is the timeout in µs, key 2
+/// the call's metadata (a map). Unknown keys are skipped.
+fn request_ext<'a>(c: &mut Cursor<'a>) -> Option<(Option<Duration>, Option<&'a [u8]>)> {
     let m = c.byte()?;
     // Every map form: a peer's encoder may pick a wider one than the entries need.
     let n = match m {
@@ -152,18 +157,29 @@ fn request_ext(c: &mut Cursor<'_>) -> Option<Option<Duration>> {
         _ => return None,
     };
     let mut timeout = None;
+    let mut metadata = None;
     for _ in 0..n {
         let key = c.uint()?;
         if key == EXT_TIMEOUT {
             timeout = Some(Duration::from_micros(c.uint()?));
+        } else if key == EXT_METADATA {
+            metadata = Some(c.value().filter(|v| is_map(v))?);
         } else {
             c.value()?;
         }
     }
-    Some(timeout)
+    Some((timeout, metadata))
+}
+
+/// Whether a whole msgpack value is a map.
+fn is_map(v: &[u8]) -> bool {
+    matches!(v.first(), Some(0x80..=0x8f | 0xde | 0xdf))
 }
 
 const EXT_TIMEOUT: u64 = 1;
+const EXT_METADATA: u64 = 2;
+/// The bincode tag of a request carrying metadata.
+const BINCODE_REQUEST_METADATA: u8 = 3;
 
 fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
     let Some((len, used)) = read_array_len(frame) else {
@@ -190,16 +206,17 @@ fn parse_msgpack(frame: &[u8]) -> Result<Message<'_>, ParseError> {
                 .ok_or_else(|| ParseError::new("method must be a str or bin", Some(msgid)))?;
             let params = if len == 4 { c.last() } else { c.value() }
                 .ok_or_else(|| ParseError::new("params are missing", Some(msgid)))?;
-            let timeout = if len == 5 {
+            let (timeout, metadata) = if len == 5 {
                 request_ext(&mut c).ok_or_else(|| ParseError::new("bad request extension", Some(msgid)))?
             } else {
-                None
+                (None, None)
             };
             Ok(Message::Request {
                 msgid,
                 method,
                 params,
                 timeout,
+                metadata,
             })
         }
         RESPONSE => {
@@ -259,15 +276,24 @@ fn parse_bincode(frame: &[u8]) -> Result<Message<'_>, ParseError> {
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
     };
     match tag {
-        REQUEST => {
+        REQUEST | BINCODE_REQUEST_METADATA => {
             let msgid = u64le(&mut c).ok_or_else(|| ParseError::new("truncated msgid", None))?;
             let us = u64le(&mut c).ok_or_else(|| ParseError::new("truncated timeout", Some(msgid)))?;
             let method = read_bincode_method(&mut c, Some(msgid))?;
+            let metadata = if tag == BINCODE_REQUEST_METADATA {
+                let bad = || ParseError::new("bad request metadata", Some(msgid));
+                let n = c.array::<4>().ok_or_else(bad)?;
+                let n = usize::try_from(u32::from_le_bytes(n)).map_err(|_| bad())?;
+                Some(c.take(n).filter(|v| is_map(v)).ok_or_else(bad)?)
+            } else {
+                None
+            };
             Ok(Message::Request {
                 msgid,
                 method,
                 params: c.b,
                 timeout: (us != 0).then(|| Duration::from_micros(us)),
+                metadata,
             })
         }
         RESPONSE => {
@@ -310,6 +336,7 @@ pub(crate) fn parse_request_prefix(buf: &[u8], max: usize) -> Option<(Message<'_
         method,
         params: &c.b[..n],
         timeout: None,
+        metadata: None,
     };
     Some((request, total))
 }
@@ -506,6 +533,7 @@ fn bincode_method(out: &mut Vec<u8>, method: &str) -> Result<(), EncodeError> {
 /// # Errors
 ///
 /// When a parameter cannot be serialized.
+#[inline]
 pub fn encode_request<P: Params + ?Sized>(
     codec: Codec,
     out: &mut Vec<u8>,
@@ -514,27 +542,71 @@ pub fn encode_request<P: Params + ?Sized>(
     params: &P,
     timeout: Option<Duration>,
 ) -> Result<(), EncodeError> {
+    encode_request_ext(codec, out, msgid, method, params, timeout, None)
+}
+
+/// [`encode_request`] with the call's [metadata](crate::Metadata), as
+/// [`Metadata::encode`](crate::Metadata::encode) wrote it: in the extension element
+/// (msgpack) or a request of tag 3 (bincode). Like the timeout, only for a server that
+/// answered our hello.
+///
+/// # Errors
+///
+/// When a parameter cannot be serialized.
+pub fn encode_request_ext<P: Params + ?Sized>(
+    codec: Codec,
+    out: &mut Vec<u8>,
+    msgid: u64,
+    method: &str,
+    params: &P,
+    timeout: Option<Duration>,
+    metadata: Option<&[u8]>,
+) -> Result<(), EncodeError> {
     let start = out.len();
     let prefix = Prefix::begin(codec, out);
     let us = timeout.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
     let r = (|| {
         match codec {
             Codec::Msgpack => {
-                out.extend_from_slice(&[if us.is_some() { 0x95 } else { 0x94 }, REQUEST]);
+                let ext = us.is_some() || metadata.is_some();
+                out.extend_from_slice(&[if ext { 0x95 } else { 0x94 }, REQUEST]);
                 write_uint(out, msgid);
                 write_str(out, method.as_bytes());
             }
             Codec::Bincode => {
-                out.push(REQUEST);
+                out.push(if metadata.is_some() {
+                    BINCODE_REQUEST_METADATA
+                } else {
+                    REQUEST
+                });
                 out.extend_from_slice(&msgid.to_le_bytes());
                 out.extend_from_slice(&us.unwrap_or(0).to_le_bytes());
                 bincode_method(out, method)?;
+                if let Some(md) = metadata {
+                    let n = u32::try_from(md.len()).map_err(|_| EncodeError::MetadataTooLong)?;
+                    out.extend_from_slice(&n.to_le_bytes());
+                    out.extend_from_slice(md);
+                }
             }
         }
         params.encode_params(&mut ParamsEncoder::new(codec, out))?;
-        if let (Some(us), Codec::Msgpack) = (us, codec) {
-            out.extend_from_slice(&[0x81, EXT_TIMEOUT as u8]);
-            write_uint(out, us);
+        if codec == Codec::Msgpack {
+            match (us, metadata) {
+                (None, None) => {}
+                (Some(us), None) => {
+                    out.extend_from_slice(&[0x81, EXT_TIMEOUT as u8]);
+                    write_uint(out, us);
+                }
+                (us, Some(md)) => {
+                    out.push(if us.is_some() { 0x82 } else { 0x81 });
+                    if let Some(us) = us {
+                        out.push(EXT_TIMEOUT as u8);
+                        write_uint(out, us);
+                    }
+                    out.push(EXT_METADATA as u8);
+                    out.extend_from_slice(md);
+                }
+            }
         }
         Ok(())
     })();
@@ -715,6 +787,7 @@ mod tests {
                 method: b"add",
                 params: &hex!("92 02 03"),
                 timeout: None,
+                metadata: None,
             }
         );
     }
@@ -838,6 +911,48 @@ mod tests {
     }
 
     #[test]
+    fn request_metadata_with_each_codec() {
+        let md = crate::Metadata::new().with("token", "s3cret").encode();
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            for timeout in [None, Some(Duration::from_millis(3))] {
+                let mut out = Vec::new();
+                encode_request_ext(codec, &mut out, 9, "get", &("k",), timeout, Some(&md)).unwrap();
+                let len = Framer::new(codec, 1024).decode(&out).unwrap();
+                assert_eq!(len, Some(out.len()), "{codec:?}");
+                match Message::parse(codec, &out).unwrap() {
+                    Message::Request {
+                        msgid,
+                        method,
+                        params,
+                        timeout: t,
+                        metadata,
+                    } => {
+                        assert_eq!((msgid, method, t), (9, &b"get"[..], timeout), "{codec:?}");
+                        assert_eq!(metadata, Some(&md[..]), "{codec:?}");
+                        let (k,): (String,) =
+                            crate::FromArgs::from_args(&mut crate::Args::new(codec, params)).unwrap();
+                        assert_eq!(k, "k");
+                    }
+                    m => panic!("{m:?}"),
+                }
+            }
+        }
+        // msgpack: exactly the extension map, metadata under key 2.
+        let mut out = Vec::new();
+        encode_request_ext(Codec::Msgpack, &mut out, 1, "f", &(), None, Some(&hex!("80"))).unwrap();
+        assert_eq!(out, hex!("95 00 01 a1 66 90 81 02 80"));
+        // Metadata that is not a map is a bad extension.
+        let e = Message::parse(Codec::Msgpack, &hex!("95 00 01 a1 66 90 81 02 a1 78")).unwrap_err();
+        assert_eq!(e.msgid, Some(1));
+        // bincode: a length beyond the frame is an error, not a read past it.
+        let mut out = Vec::new();
+        encode_request_ext(Codec::Bincode, &mut out, 1, "f", &(), None, Some(&hex!("80"))).unwrap();
+        let at = 4 + 1 + 8 + 8 + 2 + 1;
+        out[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Message::parse(Codec::Bincode, &out).unwrap_err().msgid, Some(1));
+    }
+
+    #[test]
     fn request_timeout_extension() {
         let mut out = Vec::new();
         encode_request(
@@ -919,6 +1034,7 @@ mod tests {
             method,
             params,
             timeout,
+            ..
         } = Message::parse(c, &out).unwrap()
         else {
             panic!()

@@ -196,7 +196,15 @@ fn connections(codec: Codec) -> (rpc_proto::ServerConnection, rpc_proto::ClientC
     let mut client = rpc_proto::ClientConnection::<u32>::new(config, now);
     client.start(now);
     for token in 0..4u32 {
-        let _ = client.send_request(None, "m", &(1,), std::time::Duration::from_secs(1), None, token);
+        let _ = client.send_request(
+            None,
+            "m",
+            &(1,),
+            std::time::Duration::from_secs(1),
+            None,
+            None,
+            token,
+        );
     }
     (server, client)
 }

@@ -38,9 +38,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::context::{ConnInfo, Peer};
 use crate::dedup::Waiter;
 use crate::method::{Reply, ReplyFuture};
-use crate::registry::{Dispatch, Slots};
+use crate::registry::{CallParts, Dispatch, Slots};
 use crate::tls::TlsIdentity;
 use crate::Shared;
 
@@ -109,6 +110,8 @@ struct Calls {
     aborts: HashMap<u64, AbortHandle>,
     /// The boxes this connection's async calls run in, kept from one call to the next.
     slots: Slots,
+    /// The connection's facts, for the calls' contexts.
+    conn: Arc<ConnInfo>,
     /// The connection's span, carrying the peer: the parent of every event about it. Not
     /// entered around each poll, which costs instructions on every call even with no
     /// subscriber (tracing's `log` compatibility).
@@ -118,7 +121,7 @@ struct Calls {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, peer: &dyn std::fmt::Display) -> Connection {
+    pub(crate) fn new(shared: Arc<Shared>, peer: Peer, listener: Arc<str>) -> Connection {
         let config = &shared.config;
         let mut proto_config = ServerConfig::default();
         proto_config.max_message_size = config.max_message_size;
@@ -135,6 +138,11 @@ impl Connection {
                 aborts: HashMap::new(),
                 slots: Slots::default(),
                 span: tracing::info_span!("connection", %peer),
+                conn: Arc::new(ConnInfo {
+                    peer,
+                    listener,
+                    session: None,
+                }),
                 tls: None,
             },
         }
@@ -327,20 +335,27 @@ impl Service for Calls {
             msgid,
             method,
             params,
-            deadline,
+            deadline: std_deadline,
             session,
+            metadata,
             ..
         } = request;
-        let deadline = deadline.map(Instant::from_std);
+        let deadline = std_deadline.map(Instant::from_std);
+        let parts = CallParts {
+            msgid: Some(msgid),
+            deadline: std_deadline,
+            metadata,
+            conn: &self.conn,
+        };
         if let Some(session) = session {
             if self.shared.registry.dedup(method) {
-                return self.dedup_call(tx, (session, msgid), method, params, deadline);
+                return self.dedup_call(tx, (session, msgid), method, params, deadline, metadata);
             }
         }
         match self
             .shared
             .registry
-            .dispatch(method, params, tx.codec(), &mut self.slots)
+            .dispatch(method, params, tx.codec(), &mut self.slots, parts)
         {
             Dispatch::Ready(reply) => write_reply(&self.span, tx, msgid, reply),
             Dispatch::Pending(fut) => self.push(msgid, fut, deadline),
@@ -352,10 +367,16 @@ impl Service for Calls {
             debug!(parent: &self.span, method = %String::from_utf8_lossy(method), "unknown notification ignored");
             return;
         }
+        let parts = CallParts {
+            msgid: None,
+            deadline: None,
+            metadata: None,
+            conn: &self.conn,
+        };
         match self
             .shared
             .registry
-            .dispatch(method, params, tx.codec(), &mut self.slots)
+            .dispatch(method, params, tx.codec(), &mut self.slots, parts)
         {
             Dispatch::Ready(reply) => self.finish(tx, Finished::Reply(None, reply)),
             Dispatch::Pending(fut) => self.inflight.push(InFlight::Call { msgid: None, fut }),
@@ -380,6 +401,13 @@ impl Service for Calls {
         match event {
             ConnEvent::Hello(hello) => {
                 self.extended = true;
+                if hello.session.is_some() {
+                    self.conn = Arc::new(ConnInfo {
+                        peer: self.conn.peer.clone(),
+                        listener: self.conn.listener.clone(),
+                        session: hello.session,
+                    });
+                }
                 debug!(parent: &self.span, codec = ?hello.codec, session = ?hello.session, "hello");
             }
             ConnEvent::Malformed(e) => warn!(parent: &self.span, error = %e, "malformed message"),
@@ -433,6 +461,7 @@ impl Calls {
         method: &[u8],
         params: &[u8],
         deadline: Option<Instant>,
+        metadata: Option<&[u8]>,
     ) {
         let cache = self.shared.dedup.clone();
         let mut chan = None;
@@ -462,10 +491,16 @@ impl Calls {
                     key,
                     done: false,
                 };
+                let parts = CallParts {
+                    msgid: Some(msgid),
+                    deadline: deadline.map(Instant::into_std),
+                    metadata,
+                    conn: &self.conn,
+                };
                 match self
                     .shared
                     .registry
-                    .dispatch(method, params, codec, &mut self.slots)
+                    .dispatch(method, params, codec, &mut self.slots, parts)
                 {
                     Dispatch::Ready(reply) => {
                         let bytes = encode_reply(&self.span, codec, msgid, reply);

@@ -40,7 +40,10 @@
 
 mod blocking;
 mod connection;
+mod context;
 mod dedup;
+mod layer;
+pub mod layers;
 mod limits;
 mod listener;
 mod method;
@@ -48,6 +51,7 @@ mod method;
 mod prefork;
 mod registry;
 mod run;
+mod state;
 mod tls;
 
 use std::future::Future;
@@ -57,11 +61,19 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, ToSocketAddrs};
 
-pub use method::{Method, Reply, ReplyFuture, SyncJob};
+#[doc(hidden)]
+pub use context::Call;
+pub use context::{Context, Peer};
+pub use layer::{BoxError, CallRequest, RpcService};
+pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};
 pub use rpc_proto::{
-    Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, ServerError, DEFAULT_MAX_MESSAGE_SIZE,
+    Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
+    DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use run::WorkerRuntime;
+pub use state::State;
+#[doc(hidden)]
+pub use state::States;
 pub use tls::{TlsConfig, TlsConfigError, TlsIdentity};
 
 use dedup::Dedup;
@@ -158,6 +170,15 @@ pub enum BuildError {
     /// Two methods were registered under one name.
     #[error("two functions are registered under the name {0:?}")]
     DuplicateMethod(String),
+    /// A function takes a `State<T>` and the builder was given no `T`
+    /// ([`Builder::state`]).
+    #[error("{function} takes State<{ty}>, but the server was given no {ty}: add .state(..) to the builder")]
+    MissingState {
+        /// The function's RPC name.
+        function: String,
+        /// The state's type.
+        ty: &'static str,
+    },
 }
 
 /// A server could not be built or could not listen.
@@ -185,14 +206,95 @@ pub enum Error {
 pub struct Builder {
     methods: Vec<Method>,
     config: Config,
+    states: state::StateSources,
+    layers: Layers,
     /// Serve TLS ([`Builder::tls`]).
     tls: Option<TlsConfig>,
 }
 
+/// The layers given to a builder, outermost first.
+#[derive(Clone, Default)]
+struct Layers(Vec<layer::LayerFn>);
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} layers", self.0.len())
+    }
+}
+
 impl Builder {
+    /// Give the functions that take a `State<T>` their `T` (one value per type; several
+    /// types may be given). The value is shared by every call (an `Arc` inside
+    /// [`State`]); under prefork, each worker gets a copy made by `fork` (see
+    /// [`Builder::state_with`] for values that must be made in each worker).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::sync::Mutex;
+    /// use rpc_server::Server;
+    ///
+    /// // Functions take it as `State<Store>` (`#[register] fn get(store: State<Store>, ..)`).
+    /// #[derive(Default)]
+    /// struct Store(Mutex<HashMap<String, String>>);
+    ///
+    /// let server = Server::builder().state(Store::default()).build().unwrap();
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Builder {
+        self.states.value(value);
+        self
+    }
+
+    /// Like [`Builder::state`], for a value the rest of the program keeps a handle on:
+    /// the functions' `State<T>` and `value` are the same `T`.
+    pub fn shared_state<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Builder {
+        self.states.shared(value);
+        self
+    }
+
+    /// Like [`Builder::state`], with the value made by `make` when the server is built:
+    /// in each worker process under prefork (a database pool, anything holding threads
+    /// or sockets, which do not survive a fork).
+    pub fn state_with<T, F>(mut self, make: F) -> Builder
+    where
+        T: Send + Sync + 'static,
+        F: Fn() -> T + Send + Sync + 'static,
+    {
+        self.states.make(make);
+        self
+    }
+
+    /// Put a tower [`Layer`](tower::Layer) around dispatch: every call of a user method
+    /// (sync or async) goes through it as a [`CallRequest`], and its response is the
+    /// function's [`Reply`]. The first layer given is the outermost, as with tower's
+    /// `ServiceBuilder`. See [`layers`] for a token check, per-method timeouts and
+    /// request logging. A server with no layer does not pay for any of this.
+    pub fn layer<L>(mut self, layer: L) -> Builder
+    where
+        L: tower::Layer<RpcService> + Send + Sync + 'static,
+        L::Service: tower::Service<CallRequest, Response = Reply> + Clone + Send + Sync + 'static,
+        <L::Service as tower::Service<CallRequest>>::Error: Into<BoxError>,
+        <L::Service as tower::Service<CallRequest>>::Future: Send + 'static,
+    {
+        self.layers.0.push(layer::layer_fn(layer));
+        self
+    }
+
     /// Serve `method`.
     pub fn register(mut self, method: Method) -> Builder {
         self.methods.push(method);
+        self
+    }
+
+    /// Serve every method of `service` (an impl block with `#[rpc::service]`), all calls
+    /// sharing the one instance. Under prefork each worker has its own copy of it, made
+    /// by `fork`.
+    pub fn service<S: Service>(self, service: S) -> Builder {
+        self.service_arc(Arc::new(service))
+    }
+
+    /// [`Builder::service`] with an instance the rest of the program keeps a handle on.
+    pub fn service_arc<S: Service>(mut self, service: Arc<S>) -> Builder {
+        self.methods.extend(service.methods());
         self
     }
 
@@ -322,7 +424,8 @@ impl Builder {
     /// # Errors
     ///
     /// [`BuildError::DuplicateMethod`] when two methods share a name (including the
-    /// reserved `rpc.ping`).
+    /// reserved `rpc.ping`); [`BuildError::MissingState`] when a function takes a state
+    /// the builder was not given.
     pub fn build(self) -> Result<Server, BuildError> {
         self.build_with(Parts::default())
     }
@@ -330,12 +433,17 @@ impl Builder {
     /// Build with what a deployment mode supplies (prefork: the worker's index, shared
     /// limits and dedup store); [`Builder::build`] is one process.
     pub(crate) fn build_with(self, parts: Parts<'_>) -> Result<Server, BuildError> {
+        let states = self.states.build();
         let registry = Registry::build(
             self.methods,
-            self.config.blocking_threads,
-            self.config.unstable_network,
-            parts.worker,
-            parts.limit,
+            registry::Setup {
+                blocking_threads: self.config.blocking_threads,
+                unstable_network: self.config.unstable_network,
+                worker: parts.worker,
+                limit: parts.limit,
+                states: &states,
+                layers: &self.layers.0,
+            },
         )?;
         let dedup = match parts.dedup {
             Some(store) => Dedup::new(store),

@@ -48,8 +48,8 @@ pub(crate) fn bind(
 pub(crate) trait Incoming: Send + 'static {
     /// A connection's byte stream.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Who is at the other end, for the logs.
-    type Peer: fmt::Display + Send;
+    /// Who is at the other end.
+    type Peer: Into<crate::Peer> + fmt::Display + Send;
     /// The next connection.
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
     /// What the listener listens on, for the logs.
@@ -103,6 +103,8 @@ pub(crate) struct Listener<L> {
     token: CancellationToken,
     /// TLS: each connection's task runs the handshake before serving.
     tls: Option<Acceptor>,
+    /// What the listener listens on, for the calls' contexts.
+    name: Arc<str>,
 }
 
 impl<L: Incoming> Listener<L> {
@@ -111,11 +113,12 @@ impl<L: Incoming> Listener<L> {
         let limit = shared.config.max_connections.max(1);
         Listener {
             shared,
-            listener,
             limit_connections: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
             conns: JoinSet::new(),
             token: CancellationToken::new(),
             tls: None,
+            name: Arc::from(listener.local()),
+            listener,
         }
     }
 
@@ -170,11 +173,21 @@ impl<L: Incoming> Listener<L> {
             limit_connections,
             mut conns,
             token,
+            name,
             tls,
         } = self;
         listener.drain_queue(
             |stream, peer| match limit_connections.clone().try_acquire_owned() {
-                Ok(permit) => spawn(&shared, &mut conns, &token, tls.as_ref(), stream, peer, permit),
+                Ok(permit) => spawn(
+                    &shared,
+                    &mut conns,
+                    &token,
+                    &name,
+                    tls.as_ref(),
+                    stream,
+                    peer,
+                    permit,
+                ),
                 Err(_) => warn!(%peer, "could not take a queued connection at shutdown"),
             },
         );
@@ -194,6 +207,7 @@ impl<L: Incoming> Listener<L> {
             &self.shared,
             &mut self.conns,
             &self.token,
+            &self.name,
             tls,
             stream,
             peer,
@@ -228,19 +242,27 @@ fn drain_queue(listener: &std::net::TcpListener, mut take: impl FnMut(TcpStream,
 /// task runs the handshake first (never the accept loop: a slow or silent client must not
 /// hold up the others), bounded by the handshake timeout; a failed one closes only this
 /// connection.
+#[allow(clippy::too_many_arguments)] // The accept loop's parts, lent: a struct would only rename them.
 fn spawn<S, P>(
     shared: &Arc<Shared>,
     conns: &mut JoinSet<()>,
     token: &CancellationToken,
+    listener: &Arc<str>,
     tls: Option<&Acceptor>,
     stream: S,
     peer: P,
     permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    P: fmt::Display,
+    P: Into<crate::Peer> + fmt::Display,
 {
-    let conn = Connection::new(shared.clone(), &peer);
+    // For the log of a failed handshake (no allocation on plain connections).
+    let peer_name = if tls.is_some() {
+        peer.to_string()
+    } else {
+        String::new()
+    };
+    let conn = Connection::new(shared.clone(), peer.into(), listener.clone());
     let token = token.clone();
     match tls {
         None => {
@@ -251,7 +273,7 @@ fn spawn<S, P>(
         }
         Some(tls) => {
             let tls = tls.clone();
-            let peer = peer.to_string();
+            let peer = peer_name;
             conns.spawn(async move {
                 match tls.handshake(stream).await {
                     Ok((mut stream, identity)) => {
@@ -323,6 +345,16 @@ mod unix {
             match &self.0 {
                 Some(c) => write!(f, "unix:pid={:?},uid={},gid={}", c.pid(), c.uid(), c.gid()),
                 None => f.write_str("unix"),
+            }
+        }
+    }
+
+    impl From<UnixPeer> for crate::Peer {
+        fn from(p: UnixPeer) -> crate::Peer {
+            crate::Peer::Unix {
+                uid: p.0.map(|c| c.uid()),
+                gid: p.0.map(|c| c.gid()),
+                pid: p.0.and_then(|c| c.pid()),
             }
         }
     }

@@ -13,7 +13,10 @@ use rpc_proto::{Args, Codec, EncodeError, EncodeValue, ErrorCode, FromArgs, Serv
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use crate::context::{Call, Context as CallContext};
 use crate::registry::Dispatch;
+use crate::state::States;
+use crate::BuildError;
 
 /// What a handler produced: a value to encode, or a wire error.
 ///
@@ -124,8 +127,10 @@ pub type SyncJob = Box<dyn FnOnce() -> Reply + Send + 'static>;
 /// The work of an async call, with its arguments already decoded.
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
 
-type SyncFn = dyn Fn(&mut Args<'_>) -> Result<SyncJob, ServerError> + Send + Sync;
-type AsyncFn = dyn Fn(&mut Args<'_>) -> Result<ReplyFuture, ServerError> + Send + Sync;
+type SyncFn = dyn Fn(&mut Args<'_>, &Call<'_>) -> Result<SyncJob, ServerError> + Send + Sync;
+type AsyncFn = dyn Fn(&mut Args<'_>, &Call<'_>) -> Result<ReplyFuture, ServerError> + Send + Sync;
+/// Makes a method from the server's states, when it is built.
+type BindFn = dyn Fn(&States) -> Result<Method, BuildError> + Send + Sync;
 
 #[derive(Clone)]
 pub(crate) enum Kind {
@@ -133,6 +138,8 @@ pub(crate) enum Kind {
     Async(Arc<AsyncFn>),
     /// An async function whose future type is known (`async_fn`, `try_async_fn`).
     TypedAsync(Arc<dyn TypedAsync>),
+    /// A function taking states: made into one of the others when the server is built.
+    Unbound(Arc<BindFn>),
 }
 
 /// The box a connection keeps for one method's calls (see [`TypedAsync`]).
@@ -146,11 +153,16 @@ pub(crate) type Slot = Option<Box<dyn Any + Send>>;
 pub(crate) trait TypedAsync: Send + Sync {
     /// Decode the arguments and make the call's future, boxed on its own (the path for
     /// calls under `max_flow`, which are polled only once a slot is taken).
-    fn boxed(&self, args: &mut Args<'_>) -> Result<ReplyFuture, ServerError>;
+    fn boxed(&self, args: &mut Args<'_>, call: &Call<'_>) -> Result<ReplyFuture, ServerError>;
 
     /// Decode the arguments and poll the call once (with a no-op waker) in the box kept
     /// in `slot`, made on first use. A call still pending takes the box along.
-    fn start_in(&self, args: &mut Args<'_>, slot: &mut Slot) -> Result<Dispatch, ServerError>;
+    fn start_in(
+        &self,
+        args: &mut Args<'_>,
+        call: &Call<'_>,
+        slot: &mut Slot,
+    ) -> Result<Dispatch, ServerError>;
 }
 
 /// [`TypedAsync`] for `call`, which decodes the arguments and makes the future; its output
@@ -183,17 +195,22 @@ impl<Fut: Future> Future for Resumed<Fut> {
 
 impl<C, Fut> TypedAsync for TypedAsyncFn<C, Fut>
 where
-    C: Fn(&mut Args<'_>) -> Result<Fut, ServerError> + Send + Sync,
+    C: Fn(&mut Args<'_>, &Call<'_>) -> Result<Fut, ServerError> + Send + Sync,
     Fut: Future + Send + 'static,
 {
-    fn boxed(&self, args: &mut Args<'_>) -> Result<ReplyFuture, ServerError> {
-        let fut = (self.call)(args)?;
+    fn boxed(&self, args: &mut Args<'_>, call: &Call<'_>) -> Result<ReplyFuture, ServerError> {
+        let fut = (self.call)(args, call)?;
         let reply = self.reply;
         Ok(Box::pin(async move { reply(fut.await) }))
     }
 
-    fn start_in(&self, args: &mut Args<'_>, slot: &mut Slot) -> Result<Dispatch, ServerError> {
-        let fut = (self.call)(args)?;
+    fn start_in(
+        &self,
+        args: &mut Args<'_>,
+        call: &Call<'_>,
+        slot: &mut Slot,
+    ) -> Result<Dispatch, ServerError> {
+        let fut = (self.call)(args, call)?;
         let kept = match slot.as_mut().and_then(|b| b.downcast_mut::<Kept<Fut>>()) {
             Some(kept) => kept,
             // Unwrap: the box was just made with this type.
@@ -222,6 +239,13 @@ where
     }
 }
 
+/// A set of methods served together, sharing one instance: what `#[rpc::service]`
+/// implements for an impl block. Give one to [`Builder::service`](crate::Builder::service).
+pub trait Service: Send + Sync + 'static {
+    /// The methods, each holding a handle on the instance.
+    fn methods(self: Arc<Self>) -> Vec<Method>;
+}
+
 /// A function to serve under a name.
 ///
 /// `#[register]` generates one for each annotated function (`add::method()`); the
@@ -241,6 +265,9 @@ pub struct Method {
     pub(crate) max_flow: Option<usize>,
     pub(crate) max_flow_wait: Option<Duration>,
     pub(crate) unstable_network: Option<bool>,
+    /// The function takes a [`Context`](crate::Context): its calls get a cancellation
+    /// token.
+    pub(crate) context: bool,
 }
 
 impl fmt::Debug for Method {
@@ -248,6 +275,7 @@ impl fmt::Debug for Method {
         f.debug_struct("Method")
             .field("name", &self.name)
             .field("sync", &matches!(self.kind, Kind::Sync(_)))
+            .field("context", &self.context)
             .field("max_flow", &self.max_flow)
             .field("max_flow_wait", &self.max_flow_wait)
             .field("unstable_network", &self.unstable_network)
@@ -262,13 +290,86 @@ impl Method {
     where
         F: Fn(&mut Args<'_>) -> Result<SyncJob, ServerError> + Send + Sync + 'static,
     {
+        Method::sync_parts(name, move |args, _| f(args))
+    }
+
+    /// [`Method::sync_raw`] whose `f` also sees the call (what `#[register]` generates).
+    #[doc(hidden)]
+    pub fn sync_parts<F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        F: Fn(&mut Args<'_>, &Call<'_>) -> Result<SyncJob, ServerError> + Send + Sync + 'static,
+    {
+        Method::of(name, Kind::Sync(Arc::new(f)))
+    }
+
+    fn of(name: impl Into<Cow<'static, str>>, kind: Kind) -> Method {
         Method {
             name: name.into(),
-            kind: Kind::Sync(Arc::new(f)),
+            kind,
             max_flow: None,
             max_flow_wait: None,
             unstable_network: None,
+            context: false,
         }
+    }
+
+    /// A method made when the server is built, from its states (what `#[register]`
+    /// generates for a function taking `State<T>`): `bind` takes the states it needs, and
+    /// fails with [`BuildError::MissingState`] when one is missing. The options set on the
+    /// returned method (name aside) are replaced by the ones set on this one.
+    #[doc(hidden)]
+    pub fn bind<F>(name: impl Into<Cow<'static, str>>, bind: F) -> Method
+    where
+        F: Fn(&States) -> Result<Method, BuildError> + Send + Sync + 'static,
+    {
+        Method::of(name, Kind::Unbound(Arc::new(bind)))
+    }
+
+    /// Mark the function as taking a [`Context`](crate::Context) (what `#[register]`
+    /// generates): its calls get a cancellation token.
+    #[doc(hidden)]
+    pub fn takes_context(mut self) -> Method {
+        self.context = true;
+        self
+    }
+
+    /// A sync closure taking the call's [`Context`](crate::Context) and its arguments as
+    /// one tuple; it runs on the blocking pool.
+    ///
+    /// ```
+    /// use rpc_server::{Context, Method};
+    ///
+    /// let whoami = Method::sync_context_fn("whoami", |ctx: Context, (): ()| ctx.peer().to_string());
+    /// ```
+    pub fn sync_context_fn<A, R, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(CallContext, A) -> R + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        Method::sync_parts(name, move |args, call| {
+            let a = A::from_args(args)?;
+            let (f, ctx) = (f.clone(), call.context());
+            Ok(Box::new(move || Reply::ok(f(ctx, a))))
+        })
+        .takes_context()
+    }
+
+    /// An async closure taking the call's [`Context`](crate::Context) and its arguments as
+    /// one tuple.
+    pub fn async_context_fn<A, R, Fut, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs,
+        R: Serialize + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        F: Fn(CallContext, A) -> Fut + Send + Sync + 'static,
+    {
+        let call = TypedAsyncFn {
+            call: move |args: &mut Args<'_>, call: &Call<'_>| Ok(f(call.context(), A::from_args(args)?)),
+            reply: Reply::ok::<R>,
+        };
+        Method::typed_async(name, call).takes_context()
     }
 
     /// An async function taking raw [`Args`]: `f` decodes the arguments and returns the
@@ -277,13 +378,10 @@ impl Method {
     where
         F: Fn(&mut Args<'_>) -> Result<ReplyFuture, ServerError> + Send + Sync + 'static,
     {
-        Method {
-            name: name.into(),
-            kind: Kind::Async(Arc::new(f)),
-            max_flow: None,
-            max_flow_wait: None,
-            unstable_network: None,
-        }
+        Method::of(
+            name,
+            Kind::Async(Arc::new(move |args: &mut Args<'_>, _: &Call<'_>| f(args))),
+        )
     }
 
     /// A sync closure taking its arguments as one tuple; it runs on the blocking pool.
@@ -327,7 +425,7 @@ impl Method {
         F: Fn(A) -> Fut + Send + Sync + 'static,
     {
         let call = TypedAsyncFn {
-            call: move |args: &mut Args<'_>| Ok(f(A::from_args(args)?)),
+            call: move |args: &mut Args<'_>, _: &Call<'_>| Ok(f(A::from_args(args)?)),
             reply: Reply::ok::<R>,
         };
         Method::typed_async(name, call)
@@ -343,7 +441,7 @@ impl Method {
         F: Fn(A) -> Fut + Send + Sync + 'static,
     {
         let call = TypedAsyncFn {
-            call: move |args: &mut Args<'_>| Ok(f(A::from_args(args)?)),
+            call: move |args: &mut Args<'_>, _: &Call<'_>| Ok(f(A::from_args(args)?)),
             reply: Reply::from_result::<T, E>,
         };
         Method::typed_async(name, call)
@@ -360,20 +458,14 @@ impl Method {
         reply: fn(Fut::Output) -> Reply,
     ) -> Method
     where
-        C: Fn(&mut Args<'_>) -> Result<Fut, ServerError> + Send + Sync + 'static,
+        C: Fn(&mut Args<'_>, &Call<'_>) -> Result<Fut, ServerError> + Send + Sync + 'static,
         Fut: Future + Send + 'static,
     {
         Method::typed_async(name, TypedAsyncFn { call, reply })
     }
 
     fn typed_async(name: impl Into<Cow<'static, str>>, call: impl TypedAsync + 'static) -> Method {
-        Method {
-            name: name.into(),
-            kind: Kind::TypedAsync(Arc::new(call)),
-            max_flow: None,
-            max_flow_wait: None,
-            unstable_network: None,
-        }
+        Method::of(name, Kind::TypedAsync(Arc::new(call)))
     }
 
     /// At most `n` executions of this function run at once; call `n + 1` is answered

@@ -42,7 +42,12 @@ use rpc_proto::{Args, Codec, ServerError};
 
 use crate::blocking::{panicked, BlockingPool, Guarded};
 use crate::limits::{overloaded, Limit, LocalLimit, Permit};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{Call, CancelOnDrop, ConnInfo};
+use crate::layer::{CallRequest, LayerFn, Layered};
 use crate::method::{Kind, Method, Reply, ReplyFuture, Slot, SyncJob};
+use crate::state::States;
 use crate::BuildError;
 
 /// Reserved method answering `nil`: our clients' heartbeat.
@@ -62,12 +67,15 @@ fn worker_info(index: usize) -> BTreeMap<&'static str, u64> {
 /// Makes the `max_flow` limit of a method, from its name and limit; see `Parts`.
 pub(crate) type MakeLimit<'a> = &'a dyn Fn(&str, usize) -> Arc<dyn Limit>;
 
+#[derive(Clone)]
 struct Entry {
     kind: Kind,
     /// The `max_flow` limit, if any. Permits travel with the execution.
     flow: Option<Arc<dyn Limit>>,
     flow_wait: Option<Duration>,
     dedup: bool,
+    /// The function takes a context: its calls get a cancellation token.
+    context: bool,
     name: Arc<str>,
     /// Where this method's box is in a connection's [`Slots`].
     index: usize,
@@ -92,8 +100,26 @@ impl Slots {
     }
 }
 
+/// What the connection knows of a call besides its method and params.
+#[derive(Clone, Copy)]
+pub(crate) struct CallParts<'a> {
+    /// `None` for a notification.
+    pub(crate) msgid: Option<u64>,
+    pub(crate) deadline: Option<std::time::Instant>,
+    pub(crate) metadata: Option<&'a [u8]>,
+    pub(crate) conn: &'a Arc<ConnInfo>,
+}
+
 /// Every method of a server, immutable once built: dispatch takes no lock.
 pub(crate) struct Registry {
+    table: Table,
+    /// The server's layers around dispatch, if it has any.
+    layered: Option<Layered>,
+}
+
+/// The methods, by name, and where sync ones run.
+#[derive(Clone)]
+pub(crate) struct Table {
     /// The methods, at their `index`.
     entries: Vec<Entry>,
     /// Each method's index in `entries`, by name.
@@ -104,9 +130,12 @@ pub(crate) struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut names: Vec<_> = self.entries.iter().map(|e| &*e.name).collect();
+        let mut names: Vec<_> = self.table.entries.iter().map(|e| &*e.name).collect();
         names.sort_unstable();
-        f.debug_struct("Registry").field("methods", &names).finish()
+        f.debug_struct("Registry")
+            .field("methods", &names)
+            .field("layered", &self.layered.is_some())
+            .finish()
     }
 }
 
@@ -124,6 +153,19 @@ enum Work {
     Sync(SyncJob),
 }
 
+/// How a registry is built: besides the methods, what the builder and the deployment
+/// mode supply.
+pub(crate) struct Setup<'a> {
+    pub(crate) blocking_threads: usize,
+    pub(crate) unstable_network: bool,
+    /// The index `rpc.worker` answers.
+    pub(crate) worker: usize,
+    /// Makes each `max_flow` limit (default: a semaphore).
+    pub(crate) limit: Option<MakeLimit<'a>>,
+    pub(crate) states: &'a States,
+    pub(crate) layers: &'a [LayerFn],
+}
+
 impl Registry {
     /// The registry of `methods`, for tests: one process, semaphores for `max_flow`.
     #[cfg(test)]
@@ -132,25 +174,35 @@ impl Registry {
         blocking_threads: usize,
         unstable_network: bool,
     ) -> Result<Registry, BuildError> {
-        Registry::build(methods, blocking_threads, unstable_network, 0, None)
+        Registry::build(
+            methods,
+            Setup {
+                blocking_threads,
+                unstable_network,
+                worker: 0,
+                limit: None,
+                states: &States::empty(),
+                layers: &[],
+            },
+        )
     }
 
-    /// The registry of `methods` plus the reserved ones. `worker` is the index
-    /// `rpc.worker` answers; `limit` makes each `max_flow` limit (default: a semaphore).
-    pub(crate) fn build(
-        methods: Vec<Method>,
-        blocking_threads: usize,
-        unstable_network: bool,
-        worker: usize,
-        limit: Option<MakeLimit<'_>>,
-    ) -> Result<Registry, BuildError> {
+    /// The registry of `methods` plus the reserved ones. Methods taking states get them
+    /// here.
+    pub(crate) fn build(methods: Vec<Method>, setup: Setup<'_>) -> Result<Registry, BuildError> {
         let mut map = HashMap::with_capacity_and_hasher(methods.len() + 2, BuildHasherDefault::default());
         let mut entries = Vec::with_capacity(methods.len() + 2);
+        let worker = setup.worker;
         let ping = Method::async_raw(PING, |_| Ok(Box::pin(std::future::ready(Reply::ok(())))));
         let worker = Method::async_raw(WORKER, move |_| {
             Ok(Box::pin(std::future::ready(Reply::ok(worker_info(worker)))))
         });
-        for (index, m) in [ping, worker].into_iter().chain(methods).enumerate() {
+        for (index, mut m) in [ping, worker].into_iter().chain(methods).enumerate() {
+            while let Kind::Unbound(bind) = &m.kind {
+                let bound = bind(setup.states)?;
+                m.kind = bound.kind;
+                m.context |= bound.context;
+            }
             let key: Box<[u8]> = m.name.as_bytes().into();
             if map.contains_key(&key) || *key == *CANCEL {
                 return Err(BuildError::DuplicateMethod(m.name.into_owned()));
@@ -160,37 +212,80 @@ impl Registry {
             map.insert(key, index);
             entries.push(Entry {
                 kind: m.kind,
-                flow: m.max_flow.map(|n| match limit {
+                flow: m.max_flow.map(|n| match setup.limit {
                     Some(make) => make(&m.name, n),
                     None => Arc::new(LocalLimit::new(n)) as Arc<dyn Limit>,
                 }),
                 flow_wait: m.max_flow_wait,
-                dedup: !is_reserved && m.unstable_network.unwrap_or(unstable_network),
+                dedup: !is_reserved && m.unstable_network.unwrap_or(setup.unstable_network),
+                context: m.context,
                 name: Arc::from(&*m.name),
                 index,
             });
         }
-        Ok(Registry {
+        let table = Table {
             entries,
             methods: map,
-            blocking: BlockingPool::new(blocking_threads),
-        })
+            blocking: BlockingPool::new(setup.blocking_threads),
+        };
+        let layered = (!setup.layers.is_empty()).then(|| Layered::new(Arc::new(table.clone()), setup.layers));
+        Ok(Registry { table, layered })
     }
 
     /// Whether any method goes through the dedup cache.
     pub(crate) fn any_dedup(&self) -> bool {
-        self.entries.iter().any(|e| e.dedup)
+        self.table.entries.iter().any(|e| e.dedup)
     }
 
     pub(crate) fn contains(&self, method: &[u8]) -> bool {
-        self.methods.contains_key(method)
+        self.table.methods.contains_key(method)
     }
 
     /// Whether calls of `method` from a session go through the dedup cache.
     pub(crate) fn dedup(&self, method: &[u8]) -> bool {
-        self.methods.get(method).is_some_and(|&i| self.entries[i].dedup)
+        self.table
+            .methods
+            .get(method)
+            .is_some_and(|&i| self.table.entries[i].dedup)
     }
 
+    /// Decode the arguments and start the call. An async handler is polled once here: if
+    /// it finishes at once, no task or queue is involved. `slots` are the calling
+    /// connection's.
+    #[inline]
+    pub(crate) fn dispatch(
+        &self,
+        method: &[u8],
+        params: &[u8],
+        codec: Codec,
+        slots: &mut Slots,
+        parts: CallParts<'_>,
+    ) -> Dispatch {
+        if let Some(layered) = &self.layered {
+            if !method.starts_with(rpc_proto::RESERVED_PREFIX.as_bytes()) {
+                return layered.dispatch(&self.table, method, params, codec, parts);
+            }
+        }
+        let Some(entry) = self.table.entry(method, &mut slots.last) else {
+            return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
+        };
+        if entry.context {
+            return self.table.run_with_context(entry, params, codec, slots, parts);
+        }
+        let call = Call {
+            method: &entry.name,
+            msgid: parts.msgid,
+            deadline: parts.deadline,
+            metadata: parts.metadata,
+            conn: parts.conn,
+            cancel: None,
+            context: None,
+        };
+        self.table.run(entry, params, codec, Some(slots), &call)
+    }
+}
+
+impl Table {
     /// The entry for `method`. `last` is the calling connection's last method, tried
     /// first: a connection mostly calls one method many times in a row (a pipelined
     /// batch), and one comparison then replaces hashing the name and probing the table
@@ -206,20 +301,67 @@ impl Registry {
         Some(&self.entries[index])
     }
 
-    /// Decode the arguments and start the call. An async handler is polled once here: if
-    /// it finishes at once, no task or queue is involved. `slots` are the calling
-    /// connection's.
-    pub(crate) fn dispatch(&self, method: &[u8], params: &[u8], codec: Codec, slots: &mut Slots) -> Dispatch {
-        let Some(entry) = self.entry(method, &mut slots.last) else {
-            return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
+    /// A call of a function that takes a context: with a cancellation token, cancelled
+    /// when the call is dropped before it finishes (a cancel, a deadline, a reset).
+    fn run_with_context(
+        &self,
+        entry: &Entry,
+        params: &[u8],
+        codec: Codec,
+        slots: &mut Slots,
+        parts: CallParts<'_>,
+    ) -> Dispatch {
+        let token = CancellationToken::new();
+        let call = Call {
+            method: &entry.name,
+            msgid: parts.msgid,
+            deadline: parts.deadline,
+            metadata: parts.metadata,
+            conn: parts.conn,
+            cancel: Some(&token),
+            context: None,
         };
+        match self.run(entry, params, codec, Some(slots), &call) {
+            Dispatch::Pending(fut) => Dispatch::Pending(Box::pin(CancelOnDrop {
+                fut,
+                token: Some(token),
+            })),
+            ready => ready,
+        }
+    }
+
+    /// The name of `method` as a shared string: its entry's, or a new one for a method
+    /// that does not exist.
+    pub(crate) fn name_of(&self, method: &[u8]) -> Arc<str> {
+        match self.lookup(method) {
+            Some(e) => e.name.clone(),
+            None => Arc::from(String::from_utf8_lossy(method)),
+        }
+    }
+
+    /// The entry for `method`, by name only.
+    fn lookup(&self, method: &[u8]) -> Option<&Entry> {
+        self.methods.get(method).map(|&i| &self.entries[i])
+    }
+
+    /// Decode the arguments of a call to `entry` and start it. `slots` are the calling
+    /// connection's kept boxes (none on the layered path: each call is boxed).
+    #[inline]
+    fn run(
+        &self,
+        entry: &Entry,
+        params: &[u8],
+        codec: Codec,
+        slots: Option<&mut Slots>,
+        call: &Call<'_>,
+    ) -> Dispatch {
         let mut args = Args::new(codec, params);
-        let work = match &entry.kind {
+        let work = match (&entry.kind, slots) {
             // Without `max_flow`, nothing stands between decoding and the first poll: the
             // call runs in the connection's kept box.
-            Kind::TypedAsync(call) if entry.flow.is_none() => {
+            (Kind::TypedAsync(f), Some(slots)) if entry.flow.is_none() => {
                 let slot = slots.get(entry.index);
-                return match catch_unwind(AssertUnwindSafe(|| call.start_in(&mut args, slot))) {
+                return match catch_unwind(AssertUnwindSafe(|| f.start_in(&mut args, call, slot))) {
                     Ok(Ok(Dispatch::Ready(reply))) => Dispatch::Ready(reply),
                     Ok(Ok(Dispatch::Pending(fut))) => Dispatch::Pending(Box::pin(Guarded {
                         fut,
@@ -234,21 +376,23 @@ impl Registry {
                     }
                 };
             }
-            Kind::TypedAsync(call) => match catch_unwind(AssertUnwindSafe(|| call.boxed(&mut args))) {
+            (Kind::TypedAsync(f), _) => match catch_unwind(AssertUnwindSafe(|| f.boxed(&mut args, call))) {
                 Ok(Ok(fut)) => Work::Async(fut),
                 Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
                 Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
             },
-            Kind::Async(f) => match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
+            (Kind::Async(f), _) => match catch_unwind(AssertUnwindSafe(|| f(&mut args, call))) {
                 Ok(Ok(fut)) => Work::Async(fut),
                 Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
                 Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
             },
-            Kind::Sync(f) => match catch_unwind(AssertUnwindSafe(|| f(&mut args))) {
+            (Kind::Sync(f), _) => match catch_unwind(AssertUnwindSafe(|| f(&mut args, call))) {
                 Ok(Ok(job)) => Work::Sync(job),
                 Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
                 Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
             },
+            // Bound when the registry was built.
+            (Kind::Unbound(_), _) => unreachable!("a method left unbound"),
         };
         let Some(flow) = &entry.flow else {
             return start(work, &entry.name, None, &self.blocking);
@@ -270,6 +414,25 @@ impl Registry {
                 None => overloaded(&name),
             }
         }))
+    }
+
+    /// A call on the layered path, once the layers let it through: the innermost service.
+    pub(crate) fn call(&self, request: &CallRequest) -> Dispatch {
+        let ctx = &request.context;
+        let Some(entry) = self.lookup(ctx.method().as_bytes()) else {
+            return Dispatch::Ready(Reply::err(ServerError::method_not_found(ctx.method().as_bytes())));
+        };
+        let conn = ConnInfo::unknown();
+        let call = Call {
+            method: &entry.name,
+            msgid: ctx.msgid(),
+            deadline: ctx.deadline(),
+            metadata: None,
+            conn: &conn,
+            cancel: None,
+            context: Some(ctx),
+        };
+        self.run(entry, &request.params, request.codec, None, &call)
     }
 }
 
@@ -316,6 +479,23 @@ mod tests {
         out
     }
 
+    fn dispatch(
+        registry: &Registry,
+        method: &[u8],
+        params: &[u8],
+        codec: Codec,
+        slots: &mut Slots,
+    ) -> Dispatch {
+        let conn = ConnInfo::unknown();
+        let parts = CallParts {
+            msgid: Some(1),
+            deadline: None,
+            metadata: None,
+            conn: &conn,
+        };
+        registry.dispatch(method, params, codec, slots, parts)
+    }
+
     fn ready(d: Dispatch) -> Reply {
         match d {
             Dispatch::Ready(reply) => reply,
@@ -360,16 +540,16 @@ mod tests {
         )
         .unwrap();
         let mut slots = Slots::default();
-        let first = registry.dispatch(b"add", &params((1, 2)), Codec::Msgpack, &mut slots);
+        let first = dispatch(&registry, b"add", &params((1, 2)), Codec::Msgpack, &mut slots);
         assert_eq!(encoded(ready(first)), [3]);
         let at = kept(&slots).expect("a kept box");
         for i in 0..3 {
-            let d = registry.dispatch(b"add", &params((i, 10)), Codec::Msgpack, &mut slots);
+            let d = dispatch(&registry, b"add", &params((i, 10)), Codec::Msgpack, &mut slots);
             assert_eq!(encoded(ready(d)), [10 + i as u8]);
             assert_eq!(kept(&slots), Some(at), "the same box every time");
         }
         // Bad arguments: an error, and the box stays.
-        let d = registry.dispatch(b"add", &params(("x", 1)), Codec::Msgpack, &mut slots);
+        let d = dispatch(&registry, b"add", &params(("x", 1)), Codec::Msgpack, &mut slots);
         assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::InvalidParams);
         assert_eq!(kept(&slots), Some(at));
     }
@@ -387,15 +567,15 @@ mod tests {
         .unwrap();
         let mut slots = Slots::default();
         for i in 0..3 {
-            let d = registry.dispatch(b"add", &params((i, 1)), Codec::Msgpack, &mut slots);
+            let d = dispatch(&registry, b"add", &params((i, 1)), Codec::Msgpack, &mut slots);
             assert_eq!(encoded(ready(d)), [i as u8 + 1]);
-            let d = registry.dispatch(b"add", &params((i, 2)), Codec::Msgpack, &mut slots);
+            let d = dispatch(&registry, b"add", &params((i, 2)), Codec::Msgpack, &mut slots);
             assert_eq!(encoded(ready(d)), [i as u8 + 2]);
-            let d = registry.dispatch(b"neg", &params((1,)), Codec::Msgpack, &mut slots);
+            let d = dispatch(&registry, b"neg", &params((1,)), Codec::Msgpack, &mut slots);
             assert_eq!(encoded(ready(d)), [0xff]);
-            let d = registry.dispatch(b"ad", &params((1, 1)), Codec::Msgpack, &mut slots);
+            let d = dispatch(&registry, b"ad", &params((1, 1)), Codec::Msgpack, &mut slots);
             assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::MethodNotFound);
-            let d = registry.dispatch(b"rpc.ping", &params(()), Codec::Msgpack, &mut slots);
+            let d = dispatch(&registry, b"rpc.ping", &params(()), Codec::Msgpack, &mut slots);
             assert_eq!(encoded(ready(d)), [0xc0]);
         }
     }
@@ -415,7 +595,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let mut running = Vec::new();
         for n in 1..=3 {
-            match registry.dispatch(b"twice", &params((n,)), Codec::Msgpack, &mut slots) {
+            match dispatch(&registry, b"twice", &params((n,)), Codec::Msgpack, &mut slots) {
                 Dispatch::Pending(fut) => running.push(fut),
                 Dispatch::Ready(_) => panic!("ready at the first poll"),
             }
@@ -434,10 +614,10 @@ mod tests {
         let registry =
             Registry::new(vec![Method::async_fn("boom", |(n,): (i64,)| boom(n))], 1, false).unwrap();
         let mut slots = Slots::default();
-        let d = registry.dispatch(b"boom", &params((-1,)), Codec::Msgpack, &mut slots);
+        let d = dispatch(&registry, b"boom", &params((-1,)), Codec::Msgpack, &mut slots);
         assert_eq!(ready(d).error().unwrap().kind(), ErrorCode::HandlerPanicked);
         assert_eq!(kept(&slots), None);
-        let d = registry.dispatch(b"boom", &params((7,)), Codec::Msgpack, &mut slots);
+        let d = dispatch(&registry, b"boom", &params((7,)), Codec::Msgpack, &mut slots);
         assert_eq!(encoded(ready(d)), [7]);
         assert!(kept(&slots).is_some());
     }

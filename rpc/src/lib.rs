@@ -69,11 +69,11 @@
 pub use rpc_client::{
     BlockingClient, CallOptions, Client, ClientTls, Config as ClientConfig, Error, TlsCause,
 };
-pub use rpc_macros::{declare, register};
-pub use rpc_proto::{Codec, ErrorCode, ErrorShape, ServerError};
+pub use rpc_macros::{declare, register, service};
+pub use rpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
 pub use rpc_server::{
-    BuildError, Builder, Config as ServerConfig, Error as ServeError, Method, Reply, Server, TlsConfig,
-    TlsConfigError, TlsIdentity, WorkerRuntime,
+    layers, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context, Error as ServeError,
+    Method, Peer, Reply, RpcService, Server, State, TlsConfig, TlsConfigError, TlsIdentity, WorkerRuntime,
 };
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
@@ -93,7 +93,7 @@ pub mod __private {
     use serde::Serialize;
 
     pub use rpc_proto::{Args, EncodeError, Params, ParamsEncoder};
-    pub use rpc_server::{Method, Reply};
+    pub use rpc_server::{BuildError, Call, Method, Reply, Service, State, States};
 
     use crate::{BlockingClient, Client, Error, ServerError};
 
@@ -140,6 +140,41 @@ pub mod __private {
 
     /// Compile-time check of an error type.
     pub const fn assert_error<E: RpcError>() {}
+
+    /// A type a function takes as `State<T>`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a server state",
+        label = "not `Send + Sync + 'static`",
+        note = "a `State<T>` is shared by every call, on every thread: `T` must be `Send + Sync + 'static` \
+                (wrap what changes in a `Mutex` or an atomic)"
+    )]
+    pub trait RpcState: Send + Sync + 'static {}
+    #[diagnostic::do_not_recommend]
+    impl<T: Send + Sync + 'static> RpcState for T {}
+
+    /// Compile-time check of a state type.
+    pub const fn assert_state<T: RpcState>() {}
+
+    /// The framework's `Context`, as an argument.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not `rpc::Context`",
+        label = "an argument of a type named `Context` is taken as the call's context",
+        note = "use `rpc::Context`, or rename your own type: it cannot travel on the wire under this name"
+    )]
+    pub trait IsContext {}
+    impl IsContext for rpc_server::Context {}
+
+    /// Compile-time check of a context argument.
+    pub const fn assert_context<T: IsContext>() {}
+
+    /// The state of type `T` of the server being built, for the function `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::MissingState`] when the server has none.
+    pub fn get_state<T: RpcState>(states: &States, name: &str) -> Result<State<T>, BuildError> {
+        states.get::<T>(name)
+    }
 
     /// Decode the next argument.
     ///

@@ -24,7 +24,7 @@ use crate::error::{EncodeError, ErrorCode, ServerError};
 use crate::framer::Framer;
 use crate::handshake::Hello;
 use crate::message::{
-    encode_notification, encode_request, encode_response_err, parse_bincode_response_prefix,
+    encode_notification, encode_request_ext, encode_response_err, parse_bincode_response_prefix,
     parse_response_prefix, Message,
 };
 use crate::reserved::{CANCEL, PING};
@@ -246,12 +246,15 @@ impl<T: Copy> ClientConnection<T> {
     /// Queue a request: `msgid` is `None` for a new call (one is allocated) or the msgid of
     /// an earlier attempt (a call sent again keeps it, as the server's dedup key);
     /// `deadline` is the earlier attempt's, if any (otherwise it starts `timeout` from when
-    /// the request is taken for the transport). Returns the msgid.
+    /// the request is taken for the transport). `metadata` is the call's
+    /// [metadata](crate::Metadata), encoded; it is sent only with the extensions (the
+    /// hello), and dropped otherwise. Returns the msgid.
     ///
     /// # Errors
     ///
     /// When the params cannot be encoded: nothing was queued.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub fn send_request<P: Params + ?Sized>(
         &mut self,
         msgid: Option<u64>,
@@ -259,6 +262,7 @@ impl<T: Copy> ClientConnection<T> {
         params: &P,
         timeout: Duration,
         deadline: Option<Instant>,
+        metadata: Option<&[u8]>,
         token: T,
     ) -> Result<u64, EncodeError> {
         let msgid = msgid.unwrap_or_else(|| {
@@ -266,13 +270,14 @@ impl<T: Copy> ClientConnection<T> {
             self.next_id
         });
         let sent_timeout = self.config.hello.then_some(timeout);
-        encode_request(
+        encode_request_ext(
             self.config.codec,
             &mut self.out,
             msgid,
             method,
             params,
             sent_timeout,
+            metadata.filter(|_| self.config.hello),
         )?;
         self.waiting.insert(Entry {
             msgid,
@@ -695,7 +700,7 @@ pub fn is_refused(e: &ServerError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{encode_response_err, encode_response_ok};
+    use crate::message::{encode_request, encode_response_err, encode_response_ok};
     use hex_literal::hex;
 
     /// Records every reply: token, ok, the part's bytes, whether it came as `Bytes`.
@@ -728,7 +733,7 @@ mod tests {
     fn plain_request_bytes_and_reply_at_every_split_point() {
         let (mut c, now) = conn(Codec::Msgpack, false);
         let id = c
-            .send_request(None, "add", &(2, 3), Duration::from_secs(1), None, 10)
+            .send_request(None, "add", &(2, 3), Duration::from_secs(1), None, None, 10)
             .unwrap();
         assert_eq!(id, 1);
         // No hello, no timeout element: exactly the spec's request.
@@ -743,7 +748,7 @@ mod tests {
         );
         for cut in 0..=input.len() {
             let (mut c, now) = conn(Codec::Msgpack, false);
-            c.send_request(None, "add", &(2, 3), Duration::from_secs(1), None, 10)
+            c.send_request(None, "add", &(2, 3), Duration::from_secs(1), None, None, 10)
                 .unwrap();
             take(&mut c, now);
             let mut got = Got::default();
@@ -764,7 +769,7 @@ mod tests {
             assert!(c.is_awaiting_hello());
             let mut expect = Vec::new();
             Hello::new(codec).with_session(Some(7)).encode(&mut expect);
-            c.send_request(None, "add", &(1, 2), Duration::from_millis(1500), None, 3)
+            c.send_request(None, "add", &(1, 2), Duration::from_millis(1500), None, None, 3)
                 .unwrap();
             encode_request(
                 codec,
@@ -786,7 +791,7 @@ mod tests {
             encode_response_ok(codec, &mut input, 1, &3i64).unwrap();
             for cut in 0..=input.len() {
                 let (mut c, now) = conn(codec, true);
-                c.send_request(None, "add", &(1, 2), Duration::from_secs(1), None, 3)
+                c.send_request(None, "add", &(1, 2), Duration::from_secs(1), None, None, 3)
                     .unwrap();
                 take(&mut c, now);
                 let mut got = Got::default();
@@ -825,10 +830,10 @@ mod tests {
             .unwrap();
         take(&mut c, t0);
         let a = c
-            .send_request(None, "slow", &(1,), Duration::from_secs(2), None, 1)
+            .send_request(None, "slow", &(1,), Duration::from_secs(2), None, None, 1)
             .unwrap();
         let b = c
-            .send_request(None, "slow", &(2,), Duration::from_secs(5), None, 2)
+            .send_request(None, "slow", &(2,), Duration::from_secs(5), None, None, 2)
             .unwrap();
         assert_eq!(
             c.poll_deadline(),
@@ -867,11 +872,11 @@ mod tests {
     fn disconnect_ends_every_call_and_a_resent_call_keeps_its_msgid_and_deadline() {
         let (mut c, t0) = conn(Codec::Msgpack, false);
         let a = c
-            .send_request(None, "f", &(1,), Duration::from_secs(3), None, 1)
+            .send_request(None, "f", &(1,), Duration::from_secs(3), None, None, 1)
             .unwrap();
         take(&mut c, t0);
         let b = c
-            .send_request(None, "f", &(2,), Duration::from_secs(3), None, 2)
+            .send_request(None, "f", &(2,), Duration::from_secs(3), None, None, 2)
             .unwrap();
         let mut lost = Vec::new();
         c.handle_disconnect(|t, d| lost.push((t, d)));
@@ -893,12 +898,12 @@ mod tests {
         c.start(t1);
         let deadline = Some(t0 + Duration::from_secs(3));
         assert_eq!(
-            c.send_request(Some(a), "f", &(1,), Duration::from_secs(3), deadline, 1)
+            c.send_request(Some(a), "f", &(1,), Duration::from_secs(3), deadline, None, 1)
                 .unwrap(),
             a
         );
         assert_eq!(
-            c.send_request(None, "f", &(3,), Duration::from_secs(3), None, 3)
+            c.send_request(None, "f", &(3,), Duration::from_secs(3), None, None, 3)
                 .unwrap(),
             b + 1
         );
@@ -911,7 +916,7 @@ mod tests {
     fn forgetting_a_call_cancels_it_with_extensions_only() {
         let (mut plain, now) = conn(Codec::Msgpack, false);
         let id = plain
-            .send_request(None, "f", &(1,), Duration::from_secs(1), None, 1)
+            .send_request(None, "f", &(1,), Duration::from_secs(1), None, None, 1)
             .unwrap();
         take(&mut plain, now);
         assert!(plain.forget(id));
@@ -919,7 +924,7 @@ mod tests {
         assert!(!plain.forget(id), "forgotten once");
         let (mut ext, now) = conn(Codec::Msgpack, true);
         let id = ext
-            .send_request(None, "f", &(1,), Duration::from_secs(1), None, 1)
+            .send_request(None, "f", &(1,), Duration::from_secs(1), None, None, 1)
             .unwrap();
         take(&mut ext, now);
         assert!(ext.forget(id));
@@ -953,7 +958,7 @@ mod tests {
     #[test]
     fn large_replies_come_as_bytes_and_the_limit_holds() {
         let (mut c, now) = conn(Codec::Msgpack, false);
-        c.send_request(None, "echo", &(1,), Duration::from_secs(1), None, 5)
+        c.send_request(None, "echo", &(1,), Duration::from_secs(1), None, None, 5)
             .unwrap();
         take(&mut c, now);
         let big = vec![7u8; 4000];

@@ -81,6 +81,9 @@ pub struct Request<'a> {
     pub deadline: Option<Instant>,
     /// The client's session id, from its hello (unstable-network mode).
     pub session: Option<u128>,
+    /// The call's [metadata](crate::Metadata), raw (a msgpack map; read it with
+    /// [`Metadata::decode`](crate::Metadata::decode)).
+    pub metadata: Option<&'a [u8]>,
 }
 
 /// What the server does with the calls of a connection.
@@ -390,6 +393,7 @@ impl ServerConnection {
                 method,
                 params,
                 timeout,
+                metadata,
             }) => {
                 if self.draining {
                     let e = ServerError::new(ErrorCode::ShuttingDown, "the server is shutting down; retry");
@@ -401,6 +405,7 @@ impl ServerConnection {
                     params,
                     deadline: timeout.map(|t| now + t),
                     session: self.session,
+                    metadata,
                 };
                 let mut tx = Transmit {
                     out: &mut self.out,

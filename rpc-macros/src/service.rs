@@ -1,0 +1,323 @@
+//! `#[service]` on an impl block: every `pub` method taking `&self` is served, with the
+//! instance shared by all calls; typed clients `{Type}Client` (async) and
+//! `{Type}BlockingClient` are generated beside it.
+//!
+//! The generated items sit beside the impl block (a module cannot go inside one), so the
+//! types are used as written, without the rebasing `#[register]` does.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, ImplItem, ImplItemFn, ItemImpl, Lit, LitStr, Meta, Token, Type, Visibility};
+
+use crate::ast::{Arg, Function};
+use crate::attr::{self, Options, Place};
+use crate::expand::{method_expr, on, Target};
+use crate::valid;
+
+fn combine(errors: Vec<syn::Error>) -> TokenStream {
+    let mut it = errors.into_iter();
+    let Some(mut first) = it.next() else {
+        return TokenStream::new();
+    };
+    for e in it {
+        first.combine(e);
+    }
+    first.into_compile_error()
+}
+
+/// `prefix = "kv"`.
+fn parse_prefix(args: TokenStream, errors: &mut Vec<syn::Error>) -> Option<String> {
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(syn::Error::new(
+                e.span(),
+                format!("{e}; expected `#[service]` or `#[service(prefix = \"kv\")]`"),
+            ));
+            return None;
+        }
+    };
+    let mut prefix = None;
+    for meta in metas {
+        match &meta {
+            Meta::NameValue(nv) if nv.path.is_ident("prefix") => match &nv.value {
+                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) if !s.value().is_empty() => {
+                    prefix = Some(s.value())
+                }
+                other => errors.push(syn::Error::new_spanned(
+                    other,
+                    "`prefix` takes a non-empty string, as in `prefix = \"kv\"`",
+                )),
+            },
+            other => errors.push(syn::Error::new_spanned(
+                other,
+                "unknown option; expected `prefix = \"...\"`",
+            )),
+        }
+    }
+    prefix
+}
+
+/// A served method: its function, options and RPC name.
+struct Served {
+    func: Function,
+    opts: Options,
+    name: LitStr,
+    docs: Vec<syn::Attribute>,
+}
+
+pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut errors = Vec::new();
+    let prefix = parse_prefix(args, &mut errors);
+    let mut item: ItemImpl = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(e) => {
+            errors.push(syn::Error::new(
+                e.span(),
+                format!("`#[service]` goes on an inherent `impl Type {{ .. }}` block ({e})"),
+            ));
+            let errors = combine(errors);
+            return quote!(#input #errors);
+        }
+    };
+    if let Some((_, path, _)) = &item.trait_ {
+        errors.push(syn::Error::new_spanned(
+            path,
+            "`#[service]` goes on an inherent impl block (`impl Kv { .. }`), not a trait impl",
+        ));
+    }
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        errors.push(syn::Error::new_spanned(
+            &item.generics,
+            "a service cannot be generic: the server serves one concrete type",
+        ));
+    }
+    let self_ty = item.self_ty.clone();
+    let type_ident = match &*self_ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
+        _ => None,
+    };
+    let Some(type_ident) = type_ident else {
+        errors.push(syn::Error::new_spanned(
+            &self_ty,
+            "`#[service]` needs a named type (`impl Kv { .. }`)",
+        ));
+        let errors = combine(errors);
+        return quote!(#input #errors);
+    };
+
+    let mut served = Vec::new();
+    for it in &mut item.items {
+        let ImplItem::Fn(m) = it else { continue };
+        // `#[rpc(..)]` options are ours: taken off the method in any case.
+        let mut opts = Options::default();
+        let mut rpc_attrs = Vec::new();
+        m.attrs.retain(|a| {
+            if a.path().is_ident("rpc") {
+                rpc_attrs.push(a.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let is_served = matches!(m.vis, Visibility::Public(_)) && m.sig.receiver().is_some();
+        if !is_served {
+            for a in &rpc_attrs {
+                errors.push(syn::Error::new_spanned(
+                    a,
+                    "`#[rpc(..)]` on a method that is not served: only `pub` methods taking `&self` are",
+                ));
+            }
+            continue;
+        }
+        for a in &rpc_attrs {
+            match a.meta.require_list() {
+                Ok(list) => attr::parse_options(list.tokens.clone(), Place::Service, &mut opts, &mut errors),
+                Err(e) => errors.push(syn::Error::new(
+                    e.span(),
+                    "expected `#[rpc(name = \"...\")]`: options go in parentheses",
+                )),
+            }
+        }
+        served.push(read_method(m, opts, prefix.as_deref(), &mut errors));
+    }
+    let served: Vec<Served> = served.into_iter().flatten().collect();
+
+    if !errors.is_empty() {
+        // The impl as written, and no generated items: code using the clients gets errors
+        // of its own, after these.
+        let errors = combine(errors);
+        return quote!(#item #errors);
+    }
+
+    let methods: Vec<TokenStream> = served
+        .iter()
+        .map(|s| {
+            let name = &s.name;
+            method_expr(&s.func, &s.opts, &quote!(#name), Target::Method)
+        })
+        .collect();
+    let client = format_ident!("{}Client", type_ident);
+    let blocking = format_ident!("{}BlockingClient", type_ident);
+    let stubs: Vec<(TokenStream, TokenStream)> = served.iter().map(stub).collect();
+    let (async_stubs, blocking_stubs): (Vec<_>, Vec<_>) = stubs.into_iter().unzip();
+    let client_doc =
+        format!("Calls the `{type_ident}` service through an async client (generated by `#[rpc::service]`).");
+    let blocking_doc = format!(
+        "Calls the `{type_ident}` service through a blocking client (generated by `#[rpc::service]`)."
+    );
+    quote! {
+        #item
+
+        impl ::rpc::__private::Service for #self_ty {
+            fn methods(self: ::std::sync::Arc<Self>) -> ::std::vec::Vec<::rpc::__private::Method> {
+                let __rpc_service = self;
+                ::std::vec![#(#methods),*]
+            }
+        }
+
+        #[doc = #client_doc]
+        #[derive(Debug, Clone)]
+        #[allow(unreachable_pub, dead_code)]
+        pub struct #client {
+            client: ::rpc::Client,
+        }
+
+        #[allow(unreachable_pub, dead_code, clippy::too_many_arguments)]
+        impl #client {
+            /// Call the service through `client`.
+            pub fn new(client: ::rpc::Client) -> Self {
+                #client { client }
+            }
+
+            /// The client the calls go through.
+            pub fn client(&self) -> &::rpc::Client {
+                &self.client
+            }
+
+            #(#async_stubs)*
+        }
+
+        #[doc = #blocking_doc]
+        #[derive(Debug)]
+        #[allow(unreachable_pub, dead_code)]
+        pub struct #blocking {
+            client: ::rpc::BlockingClient,
+        }
+
+        #[allow(unreachable_pub, dead_code, clippy::too_many_arguments)]
+        impl #blocking {
+            /// Call the service through `client`.
+            pub fn new(client: ::rpc::BlockingClient) -> Self {
+                #blocking { client }
+            }
+
+            /// The client the calls go through.
+            pub fn client(&self) -> &::rpc::BlockingClient {
+                &self.client
+            }
+
+            #(#blocking_stubs)*
+        }
+    }
+}
+
+fn read_method(
+    m: &ImplItemFn,
+    opts: Options,
+    prefix: Option<&str>,
+    errors: &mut Vec<syn::Error>,
+) -> Option<Served> {
+    let before = errors.len();
+    valid::signature(&m.sig, Place::Service, errors);
+    if errors.len() != before {
+        return None;
+    }
+    let func = Function::from_method(&m.sig);
+    let base = func.ident.unraw().to_string();
+    let name = match (&opts.name, prefix) {
+        (Some(n), _) => n.clone(),
+        (None, Some(p)) => LitStr::new(&format!("{p}.{base}"), func.ident.span()),
+        (None, None) => LitStr::new(&base, func.ident.span()),
+    };
+    let docs = m
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+    Some(Served {
+        func,
+        opts,
+        name,
+        docs,
+    })
+}
+
+/// The async and blocking client methods of one served method.
+fn stub(s: &Served) -> (TokenStream, TokenStream) {
+    let f = &s.func;
+    let ident = &f.ident;
+    let name = &s.name;
+    let docs = &s.docs;
+    let wire: Vec<&Arg> = f.wire_args().collect();
+    let binds: Vec<syn::Ident> = wire
+        .iter()
+        .enumerate()
+        .map(|(i, a)| a.ident.clone().unwrap_or_else(|| format_ident!("__rpc_arg{}", i)))
+        .collect();
+    let types: Vec<&Type> = wire.iter().map(|a| &a.ty).collect();
+    let out_ty = f.output.client_type();
+    let span = out_ty.span();
+    let count = wire.len();
+    let fields = (0..count).map(syn::Index::from);
+    let assert_args: Vec<TokenStream> = types.iter().map(|t| on(t, "assert_arg")).collect();
+    let push_args = types.iter().map(|t| on(t, "push_arg"));
+    // As the `#[register]` stubs: the params encoded by reference, each through a function
+    // bounded on the type as written (one error, on the type, for a type that cannot go).
+    let params_ty = quote! {
+        struct __RpcParams<'__rpc>(#(&'__rpc #types,)* ::core::marker::PhantomData<&'__rpc ()>);
+
+        impl ::rpc::__private::Params for __RpcParams<'_> {
+            fn encode_params(
+                &self,
+                __rpc_enc: &mut ::rpc::__private::ParamsEncoder<'_>,
+            ) -> ::core::result::Result<(), ::rpc::__private::EncodeError> {
+                #(#assert_args();)*
+                __rpc_enc.count(#count);
+                #(#push_args(__rpc_enc, self.#fields)?;)*
+                ::core::result::Result::Ok(())
+            }
+        }
+    };
+    let params = quote!(__RpcParams(#(&#binds,)* ::core::marker::PhantomData));
+    let call_async =
+        quote_spanned!(span=> ::rpc::__private::call::<_, #out_ty>(&self.client, #name, #params).await);
+    let call_blocking =
+        quote_spanned!(span=> ::rpc::__private::call_blocking::<_, #out_ty>(&self.client, #name, #params));
+    let doc_name = format!("Calls `{}` on the server.", name.value());
+    (
+        quote! {
+            #(#docs)*
+            #[doc = ""]
+            #[doc = #doc_name]
+            pub async fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+                #params_ty
+                #call_async
+            }
+        },
+        quote! {
+            #(#docs)*
+            #[doc = ""]
+            #[doc = #doc_name]
+            pub fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+                #params_ty
+                #call_blocking
+            }
+        },
+    )
+}

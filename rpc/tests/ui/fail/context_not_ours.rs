@@ -1,0 +1,11 @@
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Context {
+    pub user: String,
+}
+
+#[rpc::register]
+fn hello(ctx: Context) -> String {
+    ctx.user
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+pub struct Svc;
+
+pub struct NotSerde;
+
+#[rpc::service]
+impl Svc {
+    pub fn opaque(&self, x: NotSerde) -> u8 {
+        let _ = x;
+        0
+    }
+}
+
+fn main() {}

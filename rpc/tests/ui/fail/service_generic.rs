@@ -1,0 +1,19 @@
+pub struct Store<T>(Vec<T>);
+
+#[rpc::service]
+impl<T: Send + Sync + 'static> Store<T> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+pub struct Plain;
+
+#[rpc::service]
+impl Plain {
+    pub fn pick<T: Default>(&self) -> u8 {
+        0
+    }
+}
+
+fn main() {}

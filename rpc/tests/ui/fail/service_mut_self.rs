@@ -1,0 +1,16 @@
+#[derive(Default)]
+pub struct Counter(u64);
+
+#[rpc::service]
+impl Counter {
+    pub fn bump(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+
+    pub fn take(self) -> u64 {
+        self.0
+    }
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use std::cell::Cell;
+
+use rpc::State;
+
+#[rpc::register]
+fn count(counter: State<Cell<u64>>) -> u64 {
+    counter.get()
+}
+
+fn main() {}
