@@ -7,6 +7,16 @@
 //! cargo run --release --example server &
 //! cargo run --release --example client -- --addr 127.0.0.1:25000
 //! ```
+//!
+//! Over TLS: `--tls-ca FILE` (the CA that issued the server's certificate, PEM), with
+//! `--tls-server-name NAME` when the certificate does not name the host of `--addr`, and
+//! `--tls-cert FILE --tls-key FILE` to present a client certificate (mutual TLS):
+//!
+//! ```not_rust
+//! cargo run --release --example client -- --addr 127.0.0.1:25000 --tls-ca ca.crt --tls-server-name localhost
+//! ```
+
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -16,19 +26,55 @@ struct Args {
     /// Address of the server.
     #[arg(long, default_value = "127.0.0.1:25000")]
     addr: String,
+    /// Connect with TLS, trusting this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// With --tls-ca: the name the server's certificate must be valid for (default: the
+    /// host of --addr).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
+    /// With --tls-ca: present this client certificate chain (PEM; needs --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl Args {
+    /// The TLS settings, with --tls-ca.
+    fn tls(&self) -> Result<Option<rpc::ClientTls>, rpc::Error> {
+        let Some(ca) = &self.tls_ca else { return Ok(None) };
+        let mut tls = rpc::ClientTls::from_ca_file(ca)?;
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.server_name(name.as_str());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.client_cert(cert, key)?;
+        }
+        Ok(Some(tls))
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let args = Args::parse();
 
+    let tls = args.tls()?;
+
     // The blocking client needs no runtime at all.
-    let blocking = rpc::BlockingClient::connect(args.addr.as_str())?;
+    let blocking = match &tls {
+        Some(tls) => rpc::BlockingClient::connect_tls(&args.addr, tls.clone())?,
+        None => rpc::BlockingClient::connect(args.addr.as_str())?,
+    };
     examples::blocking_calls(&blocking)?;
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let client = rpc::Client::connect(args.addr.as_str()).await?;
+        let client = match tls {
+            Some(tls) => rpc::Client::connect_tls(&args.addr, tls).await?,
+            None => rpc::Client::connect(args.addr.as_str()).await?,
+        };
         examples::async_calls(&client).await
     })?;
     println!("all calls succeeded");

@@ -6,6 +6,7 @@
 //! ```not_rust
 //! cargo run --release --example server -- --addr 127.0.0.1:25000
 //! cargo run --release --example server -- --addr 127.0.0.1:25000 --workers 4 --bind-core
+//! cargo run --release --example server -- --tls-cert server.crt --tls-key server.key
 //! ```
 //!
 //! It prints `listening on ADDR` once it accepts connections (so `--addr 127.0.0.1:0` works
@@ -14,6 +15,10 @@
 //! `--unstable-network` turns the dedup cache on (clients in unstable-network mode get
 //! each call run once, however often they resend it); `--heartbeat-timeout SECS` closes
 //! connections silent for that long (default 60).
+//!
+//! `--tls-cert FILE --tls-key FILE` serves TLS (PEM files: the certificate chain and its
+//! key; with prefork, every worker serves it); `--tls-client-ca FILE` also requires each
+//! client to present a certificate issued by that CA (mutual TLS).
 //!
 //! `--workers N` serves from N forked worker processes sharing the port (Unix; 0: one per
 //! core), `--bind-core` pins each to a core. The process started is then the supervisor:
@@ -51,6 +56,15 @@ struct Args {
     /// Test aid: the file the `journal` function appends to.
     #[arg(long, value_name = "FILE")]
     journal: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM; needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With --tls-cert: require client certificates issued by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// No `#[tokio::main]`: prefork must fork before any runtime or thread exists, so
@@ -70,6 +84,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bind_core(args.bind_core);
     if let Some(workers) = args.workers {
         builder = builder.prefork(workers);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let mut tls = rpc::TlsConfig::from_pem_files(cert, key)?;
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.client_ca(ca)?;
+        }
+        builder = builder.tls(tls);
     }
     builder.run_with(args.addr.as_str(), |addr| {
         println!("listening on {addr}");

@@ -1,4 +1,9 @@
-//! Runs the real `server` example binary on port 0 and the `client` example against it.
+//! Runs the real `server` example binary on port 0 and the `client` example against it,
+//! plain and over mutual TLS.
+
+#[path = "common/pki.rs"]
+#[allow(dead_code)]
+mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -31,8 +36,14 @@ impl Drop for KillOnDrop {
 
 /// Start the server on port 0 and read the address it prints.
 fn start_server() -> (KillOnDrop, String) {
+    start_server_with(&[])
+}
+
+/// [`start_server`] with more flags.
+fn start_server_with(extra: &[&std::ffi::OsStr]) -> (KillOnDrop, String) {
     let mut child = Command::new(example("server"))
         .args(["--addr", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the server example");
@@ -85,6 +96,75 @@ fn client_example_calls_server_example() {
         "all calls succeeded",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+/// The TLS flags of both examples: the server requires a client certificate from the CA
+/// (`--tls-client-ca`), the client presents one and checks the server as `localhost`.
+#[test]
+fn client_example_calls_server_example_over_mutual_tls() {
+    let pki = pki::Pki::new("examples");
+    let (_server, addr) = start_server_with(&[
+        "--tls-cert".as_ref(),
+        pki.server_cert.as_os_str(),
+        "--tls-key".as_ref(),
+        pki.server_key.as_os_str(),
+        "--tls-client-ca".as_ref(),
+        pki.ca.as_os_str(),
+    ]);
+    let tls = |cmd: &mut Command| {
+        cmd.args(["--addr", &addr, "--tls-server-name", "localhost", "--tls-ca"])
+            .arg(&pki.ca);
+    };
+    let out = client_output(
+        Command::new(example("client"))
+            .tap(tls)
+            .arg("--tls-cert")
+            .arg(&pki.client_cert)
+            .arg("--tls-key")
+            .arg(&pki.client_key),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all calls succeeded"), "{stdout}");
+
+    // Without a client certificate the server refuses, and the client says why.
+    let out = client_output(Command::new(example("client")).tap(tls));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("ClientCertificateRequired"), "{stderr}");
+}
+
+/// Run `cmd` to its end (bounded) and collect its output.
+fn client_output(cmd: &mut Command) -> std::process::Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the client example");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("client finished")
+        .unwrap()
+}
+
+/// `f(self)`, then `self`: for a command built in steps.
+trait Tap {
+    fn tap(&mut self, f: impl FnOnce(&mut Self)) -> &mut Self;
+}
+
+impl Tap for Command {
+    fn tap(&mut self, f: impl FnOnce(&mut Command)) -> &mut Command {
+        f(self);
+        self
     }
 }
 

@@ -20,6 +20,10 @@
 #[allow(dead_code, unreachable_pub)]
 mod proxy;
 
+#[path = "common/pki.rs"]
+#[allow(dead_code)]
+mod pki;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -457,6 +461,51 @@ fn connections_spread_over_the_workers() {
         }
         let children = server.children();
         assert_eq!(children.len(), WORKERS, "children {children:?}");
+    });
+}
+
+/// `--tls-cert`/`--tls-key` with `--workers`: every worker serves TLS (each makes its
+/// acceptor from the settings loaded before the fork); a plaintext connection is closed.
+#[test]
+fn every_worker_serves_tls() {
+    run(async {
+        let pki = pki::Pki::new("prefork");
+        let (cert, key) = (
+            pki.server_cert.to_str().unwrap(),
+            pki.server_key.to_str().unwrap(),
+        );
+        let server = Server::prefork(&["--tls-cert", cert, "--tls-key", key]);
+        let addr = server.addr.to_string();
+        let mut seen = BTreeMap::new();
+        for _ in 0..1000 {
+            let attempt = async {
+                let client = Client::connect_tls_with(&addr, pki.client_tls(), client_config()).await?;
+                let w: HashMap<String, u64> = client.call("rpc.worker", ()).await?;
+                Ok::<_, rpc::Error>((w["index"] as usize, w["pid"] as u32))
+            };
+            // A connection queued at a listener that is closing is reset: try again.
+            if let Ok((index, pid)) = within("rpc.worker over TLS", attempt).await {
+                seen.insert(index, pid);
+            }
+            if seen.len() == WORKERS {
+                break;
+            }
+        }
+        assert_eq!(
+            seen.keys().copied().collect::<Vec<_>>(),
+            (0..WORKERS).collect::<Vec<_>>(),
+            "every worker answered over TLS\n{}",
+            server.log()
+        );
+        let mut plain = TcpStream::connect(server.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut plain, b"\x94\x00\x01\xa3add\x92\x02\x03")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        within("the plaintext connection to close", async {
+            while !matches!(plain.read(&mut buf).await, Ok(0) | Err(_)) {}
+        })
+        .await;
     });
 }
 

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 
 use crate::config::new_session;
 use crate::reply::{Decoder, NativeValue, Serde};
-use crate::{Config, Error};
+use crate::tls::Connector;
+use crate::{ClientTls, Config, Error};
 
 /// After this long unused, the connection is checked (one non-blocking peek) before a
 /// call is sent on it, so that a connection the server closed as idle is replaced instead
@@ -24,13 +25,15 @@ use crate::{Config, Error};
 const STALE_AFTER: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 64 * 1024;
 
-/// A byte stream the blocking client can call over: TCP today; anything with blocking
-/// reads and writes, a timeout and a way to tell that the peer closed it.
+/// A byte stream the blocking client can call over: TCP, a Unix-domain socket, TLS over
+/// TCP (`tls.rs`); anything with blocking reads and writes, a timeout and a way to tell
+/// that the peer closed it.
 pub(crate) trait Stream: Read + Write + Send {
     /// Set the read and write timeouts.
     fn set_timeouts(&self, t: Duration) -> io::Result<()>;
-    /// A non-blocking check: has the peer closed the stream?
-    fn is_closed(&self) -> bool;
+    /// A non-blocking check: has the peer closed the stream? (`&mut`: TLS must read what
+    /// has arrived to tell.)
+    fn is_closed(&mut self) -> bool;
 }
 
 /// A non-blocking peek on an idle stream: end of stream or an error (other than "nothing
@@ -56,7 +59,7 @@ impl Stream for TcpStream {
         self.set_write_timeout(Some(t))
     }
 
-    fn is_closed(&self) -> bool {
+    fn is_closed(&mut self) -> bool {
         peer_closed(|on| self.set_nonblocking(on), || self.peek(&mut [0u8; 1]))
     }
 }
@@ -68,11 +71,11 @@ impl Stream for std::os::unix::net::UnixStream {
         self.set_write_timeout(Some(t))
     }
 
-    fn is_closed(&self) -> bool {
+    fn is_closed(&mut self) -> bool {
         let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         peer_closed(
             |on| self.set_nonblocking(on),
-            || socket2::SockRef::from(self).peek(&mut b),
+            || socket2::SockRef::from(&*self).peek(&mut b),
         )
     }
 }
@@ -128,6 +131,9 @@ pub struct BlockingClient {
     /// A Unix-domain socket to connect to instead (then `addrs` is empty).
     #[cfg(unix)]
     unix: Option<std::path::PathBuf>,
+    /// TLS over the TCP connection ([`BlockingClient::connect_tls`]); every reconnect does
+    /// the handshake again.
+    tls: Option<Connector>,
     config: Config,
     session: Option<u128>,
     /// Metadata sent with every call, encoded.
@@ -203,7 +209,47 @@ impl BlockingClient {
     /// When connecting fails.
     pub fn connect_with(addr: impl ToSocketAddrs, config: Config) -> Result<BlockingClient, Error> {
         let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
-        BlockingClient::start(addrs, None, config)
+        BlockingClient::start(addrs, None, None, config)
+    }
+
+    /// Connect to `addr` (`host:port`) over TLS with the default [`Config`], as the async
+    /// client's `connect_tls` does: rustls's blocking stream, no runtime.
+    ///
+    /// ```no_run
+    /// use rpc_client::{BlockingClient, ClientTls};
+    ///
+    /// let tls = ClientTls::from_ca_file("ca.crt")?;
+    /// let client = BlockingClient::connect_tls("localhost:25000", tls)?;
+    /// let sum: i64 = client.call("add", (1, 2))?;
+    /// # Ok::<(), rpc_client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tls`] when the handshake fails, naming the cause; otherwise as
+    /// [`BlockingClient::connect`]. A client certificate the server refuses after the
+    /// handshake (TLS 1.3) fails the first call with [`Error::Tls`].
+    pub fn connect_tls(addr: &str, tls: ClientTls) -> Result<BlockingClient, Error> {
+        BlockingClient::connect_tls_with(addr, tls, Config::default())
+    }
+
+    /// [`BlockingClient::connect_tls`] with `config`.
+    ///
+    /// ```no_run
+    /// use rpc_client::{BlockingClient, ClientTls, Config};
+    ///
+    /// let tls = ClientTls::from_ca_file("ca.crt")?.server_name("localhost");
+    /// let client = BlockingClient::connect_tls_with("127.0.0.1:25000", tls, Config::default())?;
+    /// # Ok::<(), rpc_client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::connect_tls`].
+    pub fn connect_tls_with(addr: &str, tls: ClientTls, config: Config) -> Result<BlockingClient, Error> {
+        let connector = tls.connector(addr)?;
+        let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
+        BlockingClient::start(addrs, None, Some(connector), config)
     }
 
     /// Connect to the Unix-domain socket `path` (a server's `run_unix`) with the default
@@ -227,12 +273,13 @@ impl BlockingClient {
         path: impl AsRef<std::path::Path>,
         config: Config,
     ) -> Result<BlockingClient, Error> {
-        BlockingClient::start(Vec::new(), Some(path.as_ref().to_owned()), config)
+        BlockingClient::start(Vec::new(), Some(path.as_ref().to_owned()), None, config)
     }
 
     fn start(
         addrs: Vec<SocketAddr>,
         #[cfg_attr(not(unix), allow(unused_variables))] unix: Option<std::path::PathBuf>,
+        tls: Option<Connector>,
         config: Config,
     ) -> Result<BlockingClient, Error> {
         let session = config.unstable_network.then(new_session).transpose()?;
@@ -240,6 +287,7 @@ impl BlockingClient {
             addrs,
             #[cfg(unix)]
             unix,
+            tls,
             session,
             metadata: None,
             state: Mutex::new(Box::new(State {
@@ -353,6 +401,14 @@ impl BlockingClient {
                     (Failure::Refused, Error::Remote(e))
                 }
                 Ok(r) => return r,
+                // A certificate or settings problem does not go away by trying again.
+                Err(
+                    Failed::NotSent(e @ Error::Tls { cause, .. })
+                    | Failed::Sent(e @ Error::Tls { cause, .. }),
+                ) if !cause.is_transient() => {
+                    st.stream = None;
+                    return Err(e);
+                }
                 // A call never sent fails fast when the server refuses; one to be sent
                 // again keeps trying (the server may be restarting).
                 Err(Failed::NotSent(e @ Error::Unavailable(_)))
@@ -427,7 +483,10 @@ impl State {
             match TcpStream::connect_timeout(addr, config.connect_timeout) {
                 Ok(s) => {
                     s.set_nodelay(true)?;
-                    self.stream = Some(Box::new(s));
+                    self.stream = Some(match &client.tls {
+                        Some(tls) => Box::new(tls.connect_blocking(s, config.connect_timeout)?),
+                        None => Box::new(s),
+                    });
                     break;
                 }
                 Err(e) => last = e,
@@ -461,7 +520,7 @@ impl State {
 
     /// Connect if there is no connection, or if the idle one turns out closed.
     fn ensure_connected(&mut self, client: &BlockingClient) -> Result<(), Failed> {
-        if self.last_used.elapsed() > STALE_AFTER && self.stream.as_ref().is_some_and(|s| s.is_closed()) {
+        if self.last_used.elapsed() > STALE_AFTER && self.stream.as_mut().is_some_and(|s| s.is_closed()) {
             self.stream = None;
         }
         if self.stream.is_none() {

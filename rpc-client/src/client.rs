@@ -48,7 +48,8 @@ use state::{SlotState, State};
 use crate::config::new_session;
 use crate::reply;
 use crate::reply::{Decoder, NativeValue, Serde};
-use crate::{Config, Error};
+use crate::tls::Connector;
+use crate::{ClientTls, Config, Error};
 
 /// An async client for any MessagePack-RPC server.
 ///
@@ -105,6 +106,9 @@ struct Core {
     /// A Unix-domain socket to connect to instead (then `addrs` is empty).
     #[cfg(unix)]
     unix: Option<std::path::PathBuf>,
+    /// TLS over the TCP connection ([`Client::connect_tls`]): each connection, the first
+    /// and every reconnect, does a full handshake.
+    tls: Option<Connector>,
     config: Config,
     session: Option<u128>,
     state: Mutex<State>,
@@ -252,7 +256,56 @@ impl Client {
         if addrs.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no address").into());
         }
-        Client::start(addrs, None, config).await
+        Client::start(addrs, None, None, config).await
+    }
+
+    /// Connect to `addr` (`host:port`) over TLS with the default [`Config`]. The server's
+    /// certificate must be issued by a CA `tls` trusts and be valid for the host of `addr`
+    /// (or for [`ClientTls::server_name`]). Every reconnect does the handshake again.
+    ///
+    /// ```no_run
+    /// use rpc_client::{Client, ClientTls};
+    ///
+    /// # async fn demo() -> Result<(), rpc_client::Error> {
+    /// let tls = ClientTls::from_ca_file("ca.crt")?;
+    /// let client = Client::connect_tls("localhost:25000", tls).await?;
+    /// let sum: i64 = client.call("add", (1, 2)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tls`] when the handshake fails, naming the cause (an unknown CA, a name
+    /// mismatch, an expired certificate...); otherwise as [`Client::connect`]. A server
+    /// that requires a client certificate may refuse one only after the handshake (TLS
+    /// 1.3): then the first call fails with [`Error::Tls`].
+    pub async fn connect_tls(addr: &str, tls: ClientTls) -> Result<Client, Error> {
+        Client::connect_tls_with(addr, tls, Config::default()).await
+    }
+
+    /// [`Client::connect_tls`] with `config`.
+    ///
+    /// ```no_run
+    /// use rpc_client::{Client, ClientTls, Codec, Config};
+    ///
+    /// # async fn demo() -> Result<(), rpc_client::Error> {
+    /// let mut config = Config::default();
+    /// config.codec = Codec::Bincode;
+    /// let tls = ClientTls::from_ca_file("ca.crt")?.server_name("localhost");
+    /// let client = Client::connect_tls_with("127.0.0.1:25000", tls, config).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect_tls`].
+    pub async fn connect_tls_with(addr: &str, tls: ClientTls, config: Config) -> Result<Client, Error> {
+        let connector = tls.connector(addr)?;
+        let addrs: Vec<_> = tokio::net::lookup_host(addr).await?.collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no address").into());
+        }
+        Client::start(addrs, None, Some(connector), config).await
     }
 
     /// Connect to the Unix-domain socket `path` (a server's `run_unix`) with the default
@@ -276,12 +329,13 @@ impl Client {
         path: impl AsRef<std::path::Path>,
         config: Config,
     ) -> Result<Client, Error> {
-        Client::start(Vec::new(), Some(path.as_ref().to_owned()), config).await
+        Client::start(Vec::new(), Some(path.as_ref().to_owned()), None, config).await
     }
 
     async fn start(
         addrs: Vec<SocketAddr>,
         #[cfg_attr(not(unix), allow(unused_variables))] unix: Option<std::path::PathBuf>,
+        tls: Option<Connector>,
         config: Config,
     ) -> Result<Client, Error> {
         let timeout = config.timeout;
@@ -291,6 +345,7 @@ impl Client {
             addrs,
             #[cfg(unix)]
             unix,
+            tls,
             session,
             config,
             state: Mutex::new(State::new(proto)),
@@ -488,6 +543,8 @@ impl Client {
                 Err(_) => return Err(Error::Timeout(self.timeout)),
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e @ Error::Unavailable(_))) if fail_fast => return Err(e),
+                // A certificate or settings problem does not go away by trying again.
+                Ok(Err(e @ Error::Tls { cause, .. })) if !cause.is_transient() => return Err(e),
                 Ok(Err(e)) => {
                     debug!(error = %e, ?backoff, "reconnect failed");
                     if Instant::now() + backoff >= deadline {

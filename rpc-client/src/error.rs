@@ -1,15 +1,19 @@
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_proto::{DecodeError, EncodeError, ErrorCode, ServerError};
+
+use crate::tls::TlsCause;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Connecting, reading or writing failed.
+    /// Connecting, reading or writing failed. (`From<io::Error>` is in `tls.rs`: an I/O
+    /// error carrying a TLS failure becomes [`Error::Tls`].)
     #[error("transport error: {0}")]
-    Transport(#[from] io::Error),
+    Transport(#[source] io::Error),
     /// The server refused the connection (it is down, or nothing listens there), and the
     /// call was not sent: it did not run. See [`Config::wait_for_ready`](crate::Config::wait_for_ready).
     #[error("the server is unavailable: {0}")]
@@ -38,6 +42,18 @@ pub enum Error {
         "{0} needs the extensions: set Config::extensions (the server must be built with this framework)"
     )]
     NeedsExtensions(&'static str),
+    /// TLS failed: the handshake (an unknown CA, a name mismatch, an expired certificate,
+    /// a client certificate required or refused...), or the TLS settings could not be
+    /// used. `cause` says which; `source` is the underlying error (a `rustls::Error` for a
+    /// handshake refused by either side).
+    #[error("tls: {cause}")]
+    Tls {
+        /// What failed.
+        cause: TlsCause,
+        /// The underlying error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {

@@ -18,9 +18,11 @@ mod client;
 mod config;
 mod error;
 mod reply;
+mod tls;
 
 pub use blocking::{BlockingClient, CallOptions};
 pub use client::Client;
 pub use config::Config;
 pub use error::Error;
 pub use rpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
+pub use tls::{ClientTls, TlsCause};

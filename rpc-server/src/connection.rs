@@ -43,6 +43,7 @@ use crate::context::{ConnInfo, Peer};
 use crate::dedup::Waiter;
 use crate::method::{Reply, ReplyFuture};
 use crate::registry::{Dispatch, Slots};
+use crate::tls::TlsIdentity;
 use crate::Shared;
 
 /// After an unreadable stream, how long (and how much) to drain before closing, so the
@@ -140,9 +141,21 @@ impl Connection {
                     peer,
                     listener,
                     session: None,
+                    tls: None,
                 }),
             },
         }
+    }
+
+    /// The client's TLS identity, after a handshake in which it presented a certificate.
+    pub(crate) fn with_tls(mut self, identity: Option<Arc<TlsIdentity>>) -> Connection {
+        if let Some(identity) = &identity {
+            debug!(parent: &self.calls.span, subject = %identity.subject, sans = ?identity.sans, "TLS client identity");
+        }
+        let mut info = (*self.calls.conn).clone();
+        info.tls = identity;
+        self.calls.conn = Arc::new(info);
+        self
     }
 
     /// Serve the connection on `stream` until it closes; then cancel what still runs.
@@ -385,11 +398,9 @@ impl Service for Calls {
             ConnEvent::Hello(hello) => {
                 self.extended = true;
                 if hello.session.is_some() {
-                    self.conn = Arc::new(ConnInfo {
-                        peer: self.conn.peer.clone(),
-                        listener: self.conn.listener.clone(),
-                        session: hello.session,
-                    });
+                    let mut info = (*self.conn).clone();
+                    info.session = hello.session;
+                    self.conn = Arc::new(info);
                 }
                 debug!(parent: &self.span, codec = ?hello.codec, session = ?hello.session, "hello");
             }

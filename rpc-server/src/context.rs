@@ -16,6 +16,7 @@ use rpc_proto::Metadata;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::method::{Reply, ReplyFuture};
+use crate::tls::TlsIdentity;
 
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,13 +74,15 @@ impl From<SocketAddr> for Peer {
 }
 
 /// The facts of a connection, shared by its calls' contexts.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: Peer,
     /// What the listener listens on ("127.0.0.1:5000", "unix:/run/x.sock").
     pub(crate) listener: Arc<str>,
     /// The client's session id, from its hello.
     pub(crate) session: Option<u128>,
+    /// The client certificate's identity (mutual TLS).
+    pub(crate) tls: Option<Arc<TlsIdentity>>,
 }
 
 impl ConnInfo {
@@ -92,6 +95,7 @@ impl ConnInfo {
                     peer: Peer::Unknown,
                     listener: Arc::from(""),
                     session: None,
+                    tls: None,
                 })
             })
             .clone()
@@ -249,6 +253,12 @@ impl Context {
     /// `"unix:/run/app.sock"`.
     pub fn listener(&self) -> &str {
         &self.0.conn.listener
+    }
+
+    /// The identity in the client's certificate (subject and alternative names), on a
+    /// TLS connection whose client presented one (mutual TLS).
+    pub fn tls_identity(&self) -> Option<&TlsIdentity> {
+        self.0.conn.tls.as_deref()
     }
 
     /// The client's session id (unstable-network mode), if it opened one.

@@ -1,13 +1,14 @@
 //! The tokio side of the server: listener, connections, dispatch, blocking pool, shutdown.
 //!
 //! Most users reach this through the `rpc` crate and `#[register]`. This crate serves
-//! [`Method`]s (built by the macro or by hand) over MessagePack-RPC on TCP.
+//! [`Method`]s (built by the macro or by hand) over MessagePack-RPC on TCP (plain or TLS) and Unix-domain sockets.
 //!
 //! # Layout
 //!
 //! - [`Method`]: one function and how it runs (sync on the blocking pool, or async).
 //! - [`Builder`] and [`Config`]: collect methods and settings, then [`Builder::build`].
 //! - [`Server::run`]: accept connections until the shutdown future completes, then drain.
+//! - [`TlsConfig`]: serve TLS, optionally requiring client certificates (mutual TLS).
 //!
 //! A request goes through the files in this order: `listener.rs` (the accept loop, one
 //! task per connection) → `connection.rs` (reads requests, writes replies) →
@@ -16,7 +17,8 @@
 //! back to `connection.rs` with the [`Reply`]. `dedup.rs` is the dedup cache of
 //! unstable-network mode; `run.rs` the sync entry point [`Builder::run`]; `prefork.rs`
 //! the prefork supervisor, which builds each worker's server with its shared-memory
-//! limits and dedup store.
+//! limits and dedup store; `tls.rs` the TLS settings and the handshake each connection's
+//! task runs before `connection.rs` takes over.
 //!
 //! # Example
 //!
@@ -50,6 +52,7 @@ mod prefork;
 mod registry;
 mod run;
 mod state;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -71,6 +74,7 @@ pub use run::WorkerRuntime;
 pub use state::State;
 #[doc(hidden)]
 pub use state::States;
+pub use tls::{TlsConfig, TlsConfigError, TlsIdentity};
 
 use dedup::Dedup;
 use listener::Listener;
@@ -191,6 +195,9 @@ pub enum Error {
     /// runtime or a thread was started before [`Builder::run`].
     #[error("prefork needs a single-threaded process, but it has {0} threads: call Builder::run before starting a runtime or a thread")]
     Threads(usize),
+    /// The TLS settings could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsConfigError),
 }
 
 /// Collects methods and settings.
@@ -201,6 +208,8 @@ pub struct Builder {
     config: Config,
     states: state::StateSources,
     layers: Layers,
+    /// Serve TLS ([`Builder::tls`]).
+    tls: Option<TlsConfig>,
 }
 
 /// The layers given to a builder, outermost first.
@@ -388,6 +397,28 @@ impl Builder {
         self
     }
 
+    /// Serve TLS on TCP: [`Builder::serve`], [`Builder::run`] (in one process and under
+    /// prefork, where every worker serves it) and [`Server::run`] of the built server
+    /// all make each new connection do a TLS handshake first (in the connection's own
+    /// task, within [`TlsConfig::handshake_timeout`]). A Unix-domain socket
+    /// ([`Server::run_unix`]) is still served plain.
+    ///
+    /// ```no_run
+    /// use rpc_server::{Server, TlsConfig};
+    ///
+    /// fn main() -> Result<(), rpc_server::Error> {
+    ///     Server::builder()
+    ///         .sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///         .tls(TlsConfig::from_pem_files("server.crt", "server.key")?)
+    ///         .prefork(0)
+    ///         .run("0.0.0.0:25000")
+    /// }
+    /// ```
+    pub fn tls(mut self, tls: TlsConfig) -> Builder {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Check the methods and build the server.
     ///
     /// # Errors
@@ -425,6 +456,7 @@ impl Builder {
                 config: self.config,
                 worker: parts.worker,
             }),
+            tls: self.tls,
         })
     }
 
@@ -514,6 +546,8 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone)]
 pub struct Server {
     shared: Arc<Shared>,
+    /// Serve TLS on TCP ([`Builder::tls`]).
+    tls: Option<TlsConfig>,
 }
 
 impl Server {
@@ -533,9 +567,38 @@ impl Server {
     }
 
     /// Accept connections on `listener` until `shutdown` completes; then stop accepting,
-    /// let in-flight calls finish for up to [`Config::grace_period`], and close.
+    /// let in-flight calls finish for up to [`Config::grace_period`], and close. With
+    /// [`Builder::tls`], every connection is TLS (as with [`Server::run_tls`]).
     pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        Listener::new(self.shared.clone(), listener).run(shutdown).await;
+        Listener::new(self.shared.clone(), listener)
+            .with_tls(self.tls.as_ref().map(TlsConfig::acceptor))
+            .run(shutdown)
+            .await;
+    }
+
+    /// Serve TLS on `listener` (bound by you) until `shutdown` completes, as
+    /// [`Server::run`] serves plain TCP: the same protocol, limits and shutdown. Each
+    /// connection's task runs the handshake first, within
+    /// [`TlsConfig::handshake_timeout`] and holding one of [`Config::max_connections`]; a
+    /// failed handshake (a plaintext client, a client certificate refused) is logged
+    /// with its cause and closes that connection only. `tls` is used instead of any
+    /// [`Builder::tls`].
+    ///
+    /// ```no_run
+    /// use rpc_server::{Server, TlsConfig};
+    ///
+    /// # async fn demo() -> Result<(), rpc_server::Error> {
+    /// let tls = TlsConfig::from_pem_files("server.crt", "server.key")?;
+    /// let server = Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:25000").await?;
+    /// server.run_tls(listener, tls, async { tokio::signal::ctrl_c().await.ok(); }).await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_tls(&self, listener: TcpListener, tls: TlsConfig, shutdown: impl Future<Output = ()>) {
+        Listener::new(self.shared.clone(), listener)
+            .with_tls(Some(tls.acceptor()))
+            .run(shutdown)
+            .await;
     }
 
     /// Bind the Unix-domain socket `path` and serve it until `shutdown` completes, as

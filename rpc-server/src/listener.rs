@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::connection::Connection;
+use crate::tls::Acceptor;
 use crate::Shared;
 
 /// A bound TCP socket listening with `backlog` pending connections at most (the kernel
@@ -100,6 +101,8 @@ pub(crate) struct Listener<L> {
     conns: JoinSet<()>,
     /// Cancelled at shutdown: each connection stops reading and finishes its calls.
     token: CancellationToken,
+    /// TLS: each connection's task runs the handshake before serving.
+    tls: Option<Acceptor>,
     /// What the listener listens on, for the calls' contexts.
     name: Arc<str>,
 }
@@ -113,9 +116,16 @@ impl<L: Incoming> Listener<L> {
             limit_connections: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
             conns: JoinSet::new(),
             token: CancellationToken::new(),
+            tls: None,
             name: Arc::from(listener.local()),
             listener,
         }
+    }
+
+    /// Serve TLS on every connection (with `Some`).
+    pub(crate) fn with_tls(mut self, tls: Option<Acceptor>) -> Listener<L> {
+        self.tls = tls;
+        self
     }
 
     /// Accept connections until `shutdown` completes; then take the queued ones, let
@@ -127,7 +137,7 @@ impl<L: Incoming> Listener<L> {
         // this only bounds how long expired answers hold memory.
         let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
         tokio::pin!(shutdown);
-        info!(addr = %self.listener.local(), worker = self.shared.worker, "listening");
+        info!(addr = %self.listener.local(), worker = self.shared.worker, tls = self.tls.is_some(), "listening");
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -164,10 +174,20 @@ impl<L: Incoming> Listener<L> {
             mut conns,
             token,
             name,
+            tls,
         } = self;
         listener.drain_queue(
             |stream, peer| match limit_connections.clone().try_acquire_owned() {
-                Ok(permit) => spawn(&shared, &mut conns, &token, &name, stream, peer, permit),
+                Ok(permit) => spawn(
+                    &shared,
+                    &mut conns,
+                    &token,
+                    &name,
+                    tls.as_ref(),
+                    stream,
+                    peer,
+                    permit,
+                ),
                 Err(_) => warn!(%peer, "could not take a queued connection at shutdown"),
             },
         );
@@ -182,11 +202,13 @@ impl<L: Incoming> Listener<L> {
 
     /// Give `stream` its task.
     fn start(&mut self, stream: L::Stream, peer: L::Peer, permit: OwnedSemaphorePermit) {
+        let tls = self.tls.as_ref();
         spawn(
             &self.shared,
             &mut self.conns,
             &self.token,
             &self.name,
+            tls,
             stream,
             peer,
             permit,
@@ -216,12 +238,17 @@ fn drain_queue(listener: &std::net::TcpListener, mut take: impl FnMut(TcpStream,
     }
 }
 
-/// Run a connection on its own task; `permit` is given back when it ends.
+/// Run a connection on its own task; `permit` is given back when it ends. With `tls`, the
+/// task runs the handshake first (never the accept loop: a slow or silent client must not
+/// hold up the others), bounded by the handshake timeout; a failed one closes only this
+/// connection.
+#[allow(clippy::too_many_arguments)] // The accept loop's parts, lent: a struct would only rename them.
 fn spawn<S, P>(
     shared: &Arc<Shared>,
     conns: &mut JoinSet<()>,
     token: &CancellationToken,
     listener: &Arc<str>,
+    tls: Option<&Acceptor>,
     stream: S,
     peer: P,
     permit: OwnedSemaphorePermit,
@@ -229,12 +256,36 @@ fn spawn<S, P>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: Into<crate::Peer> + fmt::Display,
 {
+    // For the log of a failed handshake (no allocation on plain connections).
+    let peer_name = if tls.is_some() {
+        peer.to_string()
+    } else {
+        String::new()
+    };
     let conn = Connection::new(shared.clone(), peer.into(), listener.clone());
     let token = token.clone();
-    conns.spawn(async move {
-        conn.run(stream, token).await;
-        drop(permit);
-    });
+    match tls {
+        None => {
+            conns.spawn(async move {
+                conn.run(stream, token).await;
+                drop(permit);
+            });
+        }
+        Some(tls) => {
+            let tls = tls.clone();
+            let peer = peer_name;
+            conns.spawn(async move {
+                match tls.handshake(stream).await {
+                    Ok((mut stream, identity)) => {
+                        conn.with_tls(identity).run(&mut stream, token).await;
+                        stream.close().await;
+                    }
+                    Err(e) => info!(%peer, error = %e, "TLS handshake failed; closing"),
+                }
+                drop(permit);
+            });
+        }
+    }
 }
 
 /// Refused, aborted and reset connections are the peer's business: skip them.

@@ -66,12 +66,14 @@
 //! time.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
-pub use rpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig, Error};
+pub use rpc_client::{
+    BlockingClient, CallOptions, Client, ClientTls, Config as ClientConfig, Error, TlsCause,
+};
 pub use rpc_macros::{declare, register, service};
 pub use rpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
 pub use rpc_server::{
     layers, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context, Error as ServeError,
-    Method, Peer, Reply, RpcService, Server, State, WorkerRuntime,
+    Method, Peer, Reply, RpcService, Server, State, TlsConfig, TlsConfigError, TlsIdentity, WorkerRuntime,
 };
 
 /// The dynamic value type for calls by name: `rmpv::Value`.

@@ -48,6 +48,12 @@ pub(super) async fn connect(core: &Arc<Core>) -> Result<(), Error> {
             return Err(refused(last));
         };
         stream.set_nodelay(true)?;
+        if let Some(tls) = &core.tls {
+            let mut stream = tls.connect(stream).await?;
+            let rbuf = start(core, &mut stream).await?;
+            Driver::start(core, stream, rbuf);
+            return Ok(());
+        }
         let rbuf = start(core, &mut stream).await?;
         Driver::start(core, stream, rbuf);
         Ok::<_, Error>(())
@@ -188,6 +194,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                     slot.state = SlotState::Failed(match &error {
                         Error::Transport(e) => Error::Transport(io::Error::new(e.kind(), e.to_string())),
                         Error::Protocol(p) => Error::Protocol(p.clone()),
+                        Error::Tls { cause, source } => Error::Tls {
+                            cause: *cause,
+                            source: source.clone(),
+                        },
                         _ => Error::ConnectionClosed,
                     });
                     slot.deadline = deadline.map(Instant::from_std);
