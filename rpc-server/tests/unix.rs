@@ -31,7 +31,16 @@ fn socket_path(name: &str) -> (PathBuf, PathBuf) {
 
 /// Serve `add` on `path`; returns once the socket file exists.
 async fn serve(path: &Path, mode: Option<u32>) -> (oneshot::Sender<()>, JoinHandle<std::io::Result<()>>) {
-    let mut builder = Server::builder().register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b));
+    let mut builder = Server::builder()
+        .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+        // The peer's credentials, as a handler sees them (SO_PEERCRED).
+        .register(Method::sync_context_fn(
+            "peer",
+            |ctx: rpc_server::Context, (): ()| match ctx.peer() {
+                rpc_server::Peer::Unix { uid, gid, pid } => (*uid, *gid, *pid, ctx.listener().to_owned()),
+                other => panic!("not a Unix peer: {other}"),
+            },
+        ));
     if let Some(mode) = mode {
         builder = builder.unix_socket_mode(mode);
     }
@@ -73,6 +82,14 @@ async fn both_clients_and_both_codecs_over_a_unix_socket() {
         let client = connect(&path, config.clone()).await;
         let v: i64 = within("add", client.call("add", (2, 3))).await.unwrap();
         assert_eq!(v, 5, "{codec:?}");
+        let (uid, gid, pid, listener): (Option<u32>, Option<u32>, Option<i32>, String) =
+            within("peer", client.call("peer", ())).await.unwrap();
+        // /proc/self belongs to this process's effective user and group.
+        let me = std::fs::metadata("/proc/self").unwrap();
+        assert_eq!(uid, Some(std::os::unix::fs::MetadataExt::uid(&me)));
+        assert_eq!(gid, Some(std::os::unix::fs::MetadataExt::gid(&me)));
+        assert_eq!(pid, Some(std::process::id() as i32));
+        assert_eq!(listener, format!("unix:{}", path.display()));
         let e = within("nope", client.call::<_, i64>("nope", ()))
             .await
             .unwrap_err();

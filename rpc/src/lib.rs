@@ -59,6 +59,51 @@
 //! rule is a compile error on the token at fault, and a type that does not qualify is one
 //! on the type as written.
 //!
+//! # State, context and impl-block services
+//!
+//! An argument of type [`State<T>`] is the server's state of type `T`, given once to
+//! [`Builder::state`]; one of type [`Context`] is the call's facts (peer, metadata,
+//! deadline, cancellation). Neither is on the wire: the stubs take the other arguments only.
+//! `#[service]` on an impl block serves every `pub` method taking `&self`, the instance
+//! shared by all calls, and generates `{Type}Client` and `{Type}BlockingClient`:
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use rpc::{register, Context, Server, State};
+//!
+//! #[derive(Default)]
+//! pub struct Hits(AtomicU64);
+//!
+//! #[register]
+//! fn hit(hits: State<Hits>, ctx: Context) -> u64 {
+//!     let _caller = ctx.peer();
+//!     hits.0.fetch_add(1, Ordering::SeqCst) + 1
+//! }
+//!
+//! #[derive(Default)]
+//! pub struct Counter(AtomicU64);
+//!
+//! #[rpc::service(prefix = "counter")]
+//! impl Counter {
+//!     /// Served as "counter.bump"; `CounterClient::bump(&self, by)` calls it.
+//!     pub fn bump(&self, by: u64) -> u64 {
+//!         self.0.fetch_add(by, Ordering::SeqCst) + by
+//!     }
+//! }
+//!
+//! fn main() {
+//!     let server = Server::builder()
+//!         .state(Hits::default())
+//!         .register(hit::method())
+//!         .service(Counter::default())
+//!         .build()
+//!         .unwrap();
+//! }
+//! ```
+//!
+//! Call metadata ([`Metadata`], [`Client::with_metadata`]) and tower layers around dispatch
+//! ([`Builder::layer`], [`layers`]) complete the picture; see the README.
+//!
 //! # Without the macro
 //!
 //! [`Method::sync_fn`], [`Method::async_fn`] (and their `try_` forms) build the same thing
