@@ -12,6 +12,7 @@
 # `callgrind_control -i on|off`); the calls in the window are counted from callgrind's own
 # call counts of a function that runs once per call (PER_CALL, a regex over symbol names),
 # so nothing else needs to agree. Prints instructions, calls and instructions per call.
+# SERVER_ARGS adds arguments to `bench server` (for example `--layers 1`).
 set -euo pipefail
 bench="$(realpath "$1")"
 side="$2"
@@ -24,7 +25,7 @@ mkfifo "$work/stdin"
 
 vg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out")
 if [[ "$side" == server ]]; then
-    server=("${vg[@]}" "$bench" server --system ours --addr 127.0.0.1:0)
+    server=("${vg[@]}" "$bench" server --system ours --addr 127.0.0.1:0 ${SERVER_ARGS:-})
     per_call="${per_call:-Registry::dispatch|registry::Registry::dispatch}"
 else
     server=("$bench" server --system ours --addr 127.0.0.1:0)

@@ -42,6 +42,10 @@ pub(crate) struct ServerArgs {
     /// through the supervisor, with N workers (1 included).
     #[arg(long, default_value_t = 1)]
     pub(crate) workers: usize,
+    /// Ours only: put this many pass-through tower layers around dispatch (what the
+    /// layered path costs, with layers that do nothing themselves).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) layers: usize,
 }
 
 /// Our server's functions and settings, as [`our_server`] builds them.
@@ -64,9 +68,14 @@ fn our_builder() -> Builder {
         ))
 }
 
-/// Our server with the benchmark's functions, for one process.
-pub(crate) fn our_server() -> Result<Server> {
-    Ok(our_builder().build()?)
+/// Our server with the benchmark's functions, for one process, with `layers`
+/// pass-through layers.
+pub(crate) fn our_server(layers: usize) -> Result<Server> {
+    let mut builder = our_builder();
+    for _ in 0..layers {
+        builder = builder.layer(tower::layer::util::Identity::new());
+    }
+    Ok(builder.build()?)
 }
 
 fn announce(addr: SocketAddr) -> Result<()> {
@@ -110,7 +119,7 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
             announce(listener.local_addr()?)?;
             match kind {
                 ServerKind::Ours => {
-                    our_server()?.run(listener, std::future::pending()).await;
+                    our_server(args.layers)?.run(listener, std::future::pending()).await;
                     Ok(())
                 }
                 ServerKind::Tonic => serve_tonic(listener).await,
