@@ -34,11 +34,14 @@ pub enum ErrorCode {
     Internal,
     /// The caller did not prove who it is (a middleware's token check failed, say).
     Unauthenticated,
+    /// The server's rules do not allow this call on this connection (a method served only
+    /// over the Unix socket, called over TCP, say).
+    PermissionDenied,
 }
 
 impl ErrorCode {
     /// Every known code, in numeric order.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Unknown,
         ErrorCode::MethodNotFound,
         ErrorCode::InvalidParams,
@@ -51,6 +54,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
         ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
     ];
 
     /// The number sent on the wire.
@@ -68,6 +72,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => 9,
             ErrorCode::Internal => 10,
             ErrorCode::Unauthenticated => 11,
+            ErrorCode::PermissionDenied => 12,
         }
     }
 
@@ -91,6 +96,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting down",
             ErrorCode::Internal => "internal error",
             ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission denied",
         }
     }
 }

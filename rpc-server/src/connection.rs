@@ -39,11 +39,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::context::CallParts;
-use crate::context::{ConnInfo, Peer};
+use crate::context::ConnInfo;
 use crate::dedup::Waiter;
 use crate::method::{Reply, ReplyFuture};
 use crate::registry::{Dispatch, Slots};
-use crate::tls::TlsIdentity;
 use crate::Shared;
 
 /// After an unreadable stream, how long (and how much) to drain before closing, so the
@@ -120,7 +119,8 @@ struct Calls {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, peer: Peer, listener: Arc<str>) -> Connection {
+    /// A connection of the server `shared`, with the facts the listener gathered.
+    pub(crate) fn new(shared: Arc<Shared>, info: ConnInfo) -> Connection {
         let config = &shared.config;
         let mut proto_config = ServerConfig::default();
         proto_config.max_message_size = config.max_message_size;
@@ -128,6 +128,10 @@ impl Connection {
         proto_config.write_buffer_high_water = config.write_buffer_high_water;
         proto_config.heartbeat_timeout = config.heartbeat_timeout;
         proto_config.error_shape = config.plain_error_shape;
+        let span = tracing::info_span!("connection", peer = %info.peer);
+        if let Some(identity) = &info.tls {
+            debug!(parent: &span, subject = %identity.subject, sans = ?identity.sans, "TLS client identity");
+        }
         Connection {
             proto: ServerConnection::new(proto_config, Instant::now().into_std()),
             calls: Calls {
@@ -136,26 +140,10 @@ impl Connection {
                 inflight: FuturesUnordered::new(),
                 aborts: HashMap::new(),
                 slots: Slots::default(),
-                span: tracing::info_span!("connection", %peer),
-                conn: Arc::new(ConnInfo {
-                    peer,
-                    listener,
-                    session: None,
-                    tls: None,
-                }),
+                span,
+                conn: Arc::new(info),
             },
         }
-    }
-
-    /// The client's TLS identity, after a handshake in which it presented a certificate.
-    pub(crate) fn with_tls(mut self, identity: Option<Arc<TlsIdentity>>) -> Connection {
-        if let Some(identity) = &identity {
-            debug!(parent: &self.calls.span, subject = %identity.subject, sans = ?identity.sans, "TLS client identity");
-        }
-        let mut info = (*self.calls.conn).clone();
-        info.tls = identity;
-        self.calls.conn = Arc::new(info);
-        self
     }
 
     /// Serve the connection on `stream` until it closes; then cancel what still runs.
@@ -545,7 +533,9 @@ fn log_error(span: &tracing::Span, msgid: u64, e: &ServerError) {
         ErrorCode::HandlerError
         | ErrorCode::MethodNotFound
         | ErrorCode::InvalidParams
-        | ErrorCode::Overloaded => {
+        | ErrorCode::Overloaded
+        // Logged at info with the rule where it is refused.
+        | ErrorCode::PermissionDenied => {
             debug!(parent: span, msgid, code = e.code, error = %e.message, "error reply");
         }
         _ => warn!(parent: span, msgid, code = e.code, error = %e.message, "error reply"),

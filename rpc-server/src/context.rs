@@ -16,6 +16,7 @@ use rpc_proto::Metadata;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::method::{Reply, ReplyFuture};
+use crate::rules::Denied;
 use crate::tls::TlsIdentity;
 
 /// Who is at the other end of a connection.
@@ -83,6 +84,9 @@ pub(crate) struct ConnInfo {
     pub(crate) session: Option<u128>,
     /// The client certificate's identity (mutual TLS).
     pub(crate) tls: Option<Arc<TlsIdentity>>,
+    /// The methods the server's rules refuse on this connection; `None` when it may call
+    /// every method (always, on a server without per-method rules).
+    pub(crate) denied: Option<Arc<Denied>>,
 }
 
 impl ConnInfo {
@@ -96,6 +100,7 @@ impl ConnInfo {
                     listener: Arc::from(""),
                     session: None,
                     tls: None,
+                    denied: None,
                 })
             })
             .clone()

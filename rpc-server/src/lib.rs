@@ -42,6 +42,7 @@ mod blocking;
 mod connection;
 mod context;
 mod dedup;
+mod endpoint;
 mod layer;
 pub mod layers;
 mod limits;
@@ -50,6 +51,7 @@ mod method;
 #[cfg(unix)]
 mod prefork;
 mod registry;
+pub mod rules;
 mod run;
 mod state;
 mod tls;
@@ -64,12 +66,14 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 #[doc(hidden)]
 pub use context::Call;
 pub use context::{Context, Peer};
+pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};
 pub use layer::{BoxError, CallRequest, RpcService};
 pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};
 pub use rpc_proto::{
     Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
     DEFAULT_MAX_MESSAGE_SIZE,
 };
+pub use rules::Rules;
 pub use run::WorkerRuntime;
 pub use state::State;
 #[doc(hidden)]
@@ -77,8 +81,9 @@ pub use state::States;
 pub use tls::{TlsConfig, TlsConfigError, TlsIdentity};
 
 use dedup::Dedup;
-use listener::Listener;
+use listener::{Bound, Listener};
 use registry::Registry;
+use rules::ServerRules;
 
 /// Server settings. Every field has a documented default ([`Config::default`]).
 #[derive(Debug, Clone)]
@@ -198,6 +203,10 @@ pub enum Error {
     /// The TLS settings could not be loaded.
     #[error("tls: {0}")]
     Tls(#[from] TlsConfigError),
+    /// Nothing to listen on: serving the listeners given with [`Builder::listen`], but
+    /// none was.
+    #[error("no listener: give the server at least one with Builder::listen")]
+    NoListener,
 }
 
 /// Collects methods and settings.
@@ -210,6 +219,10 @@ pub struct Builder {
     layers: Layers,
     /// Serve TLS ([`Builder::tls`]).
     tls: Option<TlsConfig>,
+    /// Where to listen ([`Builder::listen`]), in order.
+    listeners: Vec<Endpoint>,
+    /// Who may connect and call what ([`Builder::rules`]).
+    rules: Rules,
 }
 
 /// The layers given to a builder, outermost first.
@@ -398,10 +411,12 @@ impl Builder {
     }
 
     /// Serve TLS on TCP: [`Builder::serve`], [`Builder::run`] (in one process and under
-    /// prefork, where every worker serves it) and [`Server::run`] of the built server
-    /// all make each new connection do a TLS handshake first (in the connection's own
-    /// task, within [`TlsConfig::handshake_timeout`]). A Unix-domain socket
-    /// ([`Server::run_unix`]) is still served plain.
+    /// prefork, where every worker serves it), [`Server::run`] of the built server, and
+    /// every TCP address given to [`Builder::listen`] without TLS settings of its own all
+    /// make each new connection do a TLS handshake first (in the connection's own task,
+    /// within [`TlsConfig::handshake_timeout`]). A Unix-domain socket is still served
+    /// plain. To serve plain TCP and TLS at once, give the TLS address its own settings
+    /// ([`Builder::listen_tls`]) instead.
     ///
     /// ```no_run
     /// use rpc_server::{Server, TlsConfig};
@@ -416,6 +431,75 @@ impl Builder {
     /// ```
     pub fn tls(mut self, tls: TlsConfig) -> Builder {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Listen on `endpoint` too: a TCP address (`"0.0.0.0:5000"`), a Unix socket
+    /// (`"unix:/run/app.sock"`), or any [`Endpoint`]. Call it once per listener, in any
+    /// mix of TCP, TLS and Unix; every listener feeds the same methods, and one
+    /// connection limit ([`Config::max_connections`]), one shutdown signal and one grace
+    /// period cover them all. Serve them with [`Builder::serve_listeners`],
+    /// [`Builder::bind`] or [`Builder::run_listeners`] (also under prefork, where every
+    /// worker serves every listener); [`Builder::serve`] and [`Builder::run`] serve their
+    /// own address first and these after it.
+    ///
+    /// Each connection's [`Context::listener`] names its listener, and
+    /// [rules](Builder::rules) can tell them apart.
+    ///
+    /// ```no_run
+    /// use rpc_server::{Server, TlsConfig};
+    ///
+    /// fn main() -> Result<(), rpc_server::Error> {
+    ///     Server::builder()
+    ///         .sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///         .listen("127.0.0.1:25000")
+    ///         .listen_tls("0.0.0.0:25001", TlsConfig::from_pem_files("server.crt", "server.key")?)
+    ///         .listen("unix:/run/app/rpc.sock")
+    ///         .run_listeners()
+    /// }
+    /// ```
+    pub fn listen(mut self, endpoint: impl Into<Endpoint>) -> Builder {
+        self.listeners.push(endpoint.into());
+        self
+    }
+
+    /// Listen with TLS on the TCP address `addr`, with these settings (see
+    /// [`Builder::listen`]).
+    pub fn listen_tls(self, addr: impl Into<String>, tls: TlsConfig) -> Builder {
+        self.listen(Endpoint::tls(addr, tls))
+    }
+
+    /// Listen on the Unix-domain socket `path` (see [`Builder::listen`] and
+    /// [`Server::run_unix`]: a stale file is replaced, the file gets
+    /// [`Config::unix_socket_mode`] and is removed at shutdown; under prefork the
+    /// supervisor binds it once, every worker accepts on it, and the supervisor removes
+    /// it when it exits).
+    pub fn listen_unix(self, path: impl Into<std::path::PathBuf>) -> Builder {
+        self.listen(Endpoint::unix(path))
+    }
+
+    /// Who may connect, and who may call what (see [`rules`]). Replaces any rules given
+    /// before. A server without rules (the default) checks nothing, per connection or
+    /// per call.
+    ///
+    /// ```
+    /// use rpc_server::rules::{Match, Rules};
+    /// use rpc_server::{Server, Transport};
+    ///
+    /// let server = Server::builder()
+    ///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///     .sync_fn("admin_reset", |(): ()| ())
+    ///     .rules(
+    ///         Rules::new()
+    ///             .allow(Match::any().from("10.0.0.0/8".parse()?))
+    ///             .deny(Match::any().on(Transport::Tcp).on(Transport::Tls))
+    ///             .methods_only("admin_*", Match::any().on(Transport::Unix)),
+    ///     )
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn rules(mut self, rules: Rules) -> Builder {
+        self.rules = rules;
         self
     }
 
@@ -434,6 +518,7 @@ impl Builder {
     /// limits and dedup store); [`Builder::build`] is one process.
     pub(crate) fn build_with(self, parts: Parts<'_>) -> Result<Server, BuildError> {
         let states = self.states.build();
+        let method_rules = self.rules.rules().iter().any(|r| r.methods().is_some());
         let registry = Registry::build(
             self.methods,
             registry::Setup {
@@ -443,8 +528,11 @@ impl Builder {
                 limit: parts.limit,
                 states: &states,
                 layers: &self.layers.0,
+                method_rules,
             },
         )?;
+        let rules =
+            (!self.rules.is_empty()).then(|| Arc::new(ServerRules::new(self.rules, registry.names())));
         let dedup = match parts.dedup {
             Some(store) => Dedup::new(store),
             None => Dedup::local(self.config.dedup),
@@ -455,64 +543,105 @@ impl Builder {
                 dedup: Arc::new(dedup),
                 config: self.config,
                 worker: parts.worker,
+                rules,
             }),
             tls: self.tls,
         })
     }
 
-    /// Build, bind `addr` and serve until `shutdown` completes.
+    /// Build and bind every listener given with [`Builder::listen`], without accepting
+    /// yet: the addresses actually bound (port 0 resolved) are known before serving
+    /// ([`Listening::local_addrs`]), then [`Listening::serve`].
+    ///
+    /// ```no_run
+    /// use rpc_server::Server;
+    ///
+    /// # async fn demo() -> Result<(), rpc_server::Error> {
+    /// let listening = Server::builder()
+    ///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///     .listen("127.0.0.1:0")
+    ///     .listen_unix("/tmp/app.sock")
+    ///     .bind()
+    ///     .await?;
+    /// println!("listening on {}", listening.local_addrs()[0]);
+    /// listening.serve(async { tokio::signal::ctrl_c().await.ok(); }).await;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
-    /// When the server cannot be built or the address cannot be bound.
-    pub async fn serve(
-        self,
-        addr: impl ToSocketAddrs,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), Error> {
-        let backlog = self.config.backlog;
+    /// When the server cannot be built, no listener was given ([`Error::NoListener`]),
+    /// or one cannot be bound (the error names it; those bound already are closed).
+    pub async fn bind(mut self) -> Result<Listening, Error> {
+        let endpoints = std::mem::take(&mut self.listeners);
+        let (tls, backlog, unix_mode) = (
+            self.tls.clone(),
+            self.config.backlog,
+            self.config.unix_socket_mode,
+        );
         let server = self.build()?;
-        // As std's bind: the first address that binds.
-        let mut last = None;
-        let mut bound = None;
-        for addr in tokio::net::lookup_host(addr).await? {
-            match listener::bind(addr, backlog, |_| Ok(())) {
-                Ok(l) => {
-                    bound = Some(l);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let listener = match bound {
-            Some(l) => TcpListener::from_std(l)?,
-            None => {
-                return Err(last
-                    .unwrap_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidInput, "the address resolved to nothing")
-                    })
-                    .into())
-            }
+        let options = endpoint::BindOptions {
+            tls: tls.as_ref(),
+            backlog,
+            unix_mode,
         };
-        server.run(listener, shutdown).await;
+        Listening::bind(server, &endpoints, &options).await
+    }
+
+    /// Build, bind every listener given with [`Builder::listen`], and serve them all until
+    /// `shutdown` completes (see [`Listening::serve`]).
+    ///
+    /// ```no_run
+    /// use rpc_server::Server;
+    ///
+    /// # async fn demo() -> Result<(), rpc_server::Error> {
+    /// Server::builder()
+    ///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///     .listen("0.0.0.0:25000")
+    ///     .listen("unix:/run/app/rpc.sock")
+    ///     .serve_listeners(async { tokio::signal::ctrl_c().await.ok(); })
+    ///     .await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::bind`].
+    pub async fn serve_listeners(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        self.bind().await?.serve(shutdown).await;
         Ok(())
     }
 
+    /// Build, bind `addr` and serve until `shutdown` completes; with listeners given
+    /// ([`Builder::listen`]), those too, after `addr`.
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be built or an address cannot be bound.
+    pub async fn serve(
+        mut self,
+        addr: impl ToSocketAddrs,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let addrs: Vec<_> = tokio::net::lookup_host(addr).await?.collect();
+        self.listeners.insert(0, Endpoint::resolved(addrs));
+        self.serve_listeners(shutdown).await
+    }
+
     /// Build, bind the Unix-domain socket `path` and serve until `shutdown` completes (see
-    /// [`Server::run_unix`]).
+    /// [`Server::run_unix`]); with listeners given ([`Builder::listen`]), those too.
     ///
     /// # Errors
     ///
     /// When the server cannot be built or the socket cannot be bound.
     #[cfg(unix)]
     pub async fn serve_unix(
-        self,
+        mut self,
         path: impl AsRef<std::path::Path>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        let server = self.build()?;
-        server.run_unix(path, shutdown).await?;
-        Ok(())
+        self.listeners.insert(0, Endpoint::unix(path.as_ref()));
+        self.serve_listeners(shutdown).await
     }
 }
 
@@ -540,6 +669,8 @@ pub(crate) struct Shared {
     /// Which worker process this is (prefork; 0 in one process). `rpc.worker` answers
     /// it: the registry's handler was given the same index when the server was built.
     pub(crate) worker: usize,
+    /// Who may connect and call what; `None` without rules (nothing is checked).
+    pub(crate) rules: Option<Arc<ServerRules>>,
 }
 
 /// A built server: serve it with [`Server::run`].
@@ -570,8 +701,8 @@ impl Server {
     /// let in-flight calls finish for up to [`Config::grace_period`], and close. With
     /// [`Builder::tls`], every connection is TLS (as with [`Server::run_tls`]).
     pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        Listener::new(self.shared.clone(), listener)
-            .with_tls(self.tls.as_ref().map(TlsConfig::acceptor))
+        let bound = Bound::tcp(listener, self.tls.as_ref().map(TlsConfig::acceptor));
+        Listener::new(self.shared.clone(), vec![bound])
             .run(shutdown)
             .await;
     }
@@ -595,8 +726,8 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub async fn run_tls(&self, listener: TcpListener, tls: TlsConfig, shutdown: impl Future<Output = ()>) {
-        Listener::new(self.shared.clone(), listener)
-            .with_tls(Some(tls.acceptor()))
+        let bound = Bound::tcp(listener, Some(tls.acceptor()));
+        Listener::new(self.shared.clone(), vec![bound])
             .run(shutdown)
             .await;
     }
@@ -618,7 +749,9 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let incoming = listener::UnixIncoming::bind(path.as_ref(), self.shared.config.unix_socket_mode)?;
-        Listener::new(self.shared.clone(), incoming).run(shutdown).await;
+        Listener::new(self.shared.clone(), vec![Bound::unix(incoming)])
+            .run(shutdown)
+            .await;
         Ok(())
     }
 }

@@ -1,6 +1,11 @@
 //! Prefork mode ([`Builder::run`](crate::Builder::run) with
 //! [`Config::prefork`](crate::Config::prefork)): a supervisor process forks N workers that
 //! all listen on one port with `SO_REUSEPORT`; the kernel spreads connections between them.
+//! With several listeners ([`Builder::listen`](crate::Builder::listen)), every worker
+//! serves every one: each TCP or TLS port is reserved by the supervisor and bound by every
+//! worker with `SO_REUSEPORT`; a Unix socket is bound once, by the supervisor (stale file
+//! replaced, mode set), inherited by every worker across the fork (they all accept on the
+//! one socket), and its file removed by the supervisor when it exits.
 //!
 //! The model is gunicorn's and nginx's master/worker design:
 //!
@@ -43,9 +48,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
+use crate::endpoint::{bind_error, bind_first, Kind};
 use crate::limits::Limit;
+use crate::listener::{Bound, Listener, UnixSocket};
 use crate::run::WorkerRuntime;
-use crate::{Builder, Error, Parts};
+use crate::{Builder, Error, LocalAddr, Parts, TlsConfig};
 use shm::{Control, SharedDedup, SharedFlow};
 
 /// Most workers (TTIN stops here): during a rolling restart each has two slots.
@@ -69,25 +76,70 @@ pub(crate) struct Settings {
     pub(crate) backlog: u32,
 }
 
+/// What every worker listens on, set up by the supervisor before the first fork.
+#[derive(Debug)]
+enum Planned {
+    /// A TCP port every worker binds with `SO_REUSEPORT`; TLS with settings.
+    Tcp {
+        addr: SocketAddr,
+        tls: Option<TlsConfig>,
+    },
+    /// A Unix socket the supervisor bound, inherited by every worker.
+    Unix(UnixSocket),
+}
+
 /// Fork the workers and supervise them until TERM or INT; `on_listening` is called once,
-/// with the real address, when every first worker listens.
+/// with what each listener listens on (ports resolved), when every first worker listens.
 pub(crate) fn run(
-    builder: Builder,
-    addr: SocketAddr,
+    mut builder: Builder,
     settings: Settings,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(&[LocalAddr]),
 ) -> Result<(), Error> {
     check_single_thread()?;
     // Check the methods once, here, rather than in every worker.
     let uses_dedup = builder.clone().build()?.shared.registry.any_dedup();
-    // Choose the port once: a bound, never listening socket holds it (it receives no
-    // connections) for as long as the supervisor lives, and every worker binds it too.
-    let reserve = reuseport_socket(addr)?;
-    reserve.bind(&addr.into())?;
-    let addr = reserve
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("the reserved socket has no IP address"))?;
+    let endpoints = std::mem::take(&mut builder.listeners);
+    let mut listeners = Vec::with_capacity(endpoints.len());
+    let mut reserve = Vec::new();
+    let mut local = Vec::with_capacity(endpoints.len());
+    for endpoint in &endpoints {
+        let planned = match &endpoint.0 {
+            Kind::Tcp { addr, tls } => {
+                let tls = tls.clone().or_else(|| builder.tls.clone());
+                // Choose the port once: a bound, never listening socket holds it (it
+                // receives no connections) for as long as the supervisor lives, and every
+                // worker binds it too.
+                let socket = addr
+                    .resolve()
+                    .and_then(|addrs| {
+                        bind_first(&addrs, |a| {
+                            let socket = reuseport_socket(a)?;
+                            socket.bind(&a.into())?;
+                            Ok(socket)
+                        })
+                    })
+                    .map_err(|e| bind_error(endpoint, e))?;
+                let addr = socket
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("the reserved socket has no IP address"))?;
+                reserve.push(socket);
+                local.push(if tls.is_some() {
+                    LocalAddr::Tls(addr)
+                } else {
+                    LocalAddr::Tcp(addr)
+                });
+                Planned::Tcp { addr, tls }
+            }
+            Kind::Unix(path) => {
+                let socket = UnixSocket::bind(path, builder.config.unix_socket_mode)
+                    .map_err(|e| bind_error(endpoint, e))?;
+                local.push(LocalAddr::Unix(path.clone()));
+                Planned::Unix(socket)
+            }
+        };
+        listeners.push(planned);
+    }
 
     // Shared memory, set up before the first fork so that every worker maps it.
     let control = Control::new()?;
@@ -115,7 +167,8 @@ pub(crate) fn run(
     let supervisor = Supervisor {
         grace: builder.config.grace_period,
         builder,
-        addr,
+        listeners,
+        local,
         settings,
         control,
         flows,
@@ -130,7 +183,7 @@ pub(crate) fn run(
         stopping: None,
         failed: None,
         announced: false,
-        reserve: Some(reserve),
+        reserve,
         signals: Some(Signals::new()?),
     };
     supervisor.supervise(on_listening)
@@ -174,7 +227,7 @@ fn reuseport(socket: &Socket) -> io::Result<()> {
     Ok(())
 }
 
-/// A worker's listener: its own socket in the port's `SO_REUSEPORT` group.
+/// A worker's TCP listener: its own socket in the port's `SO_REUSEPORT` group.
 fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     TcpListener::from_std(crate::listener::bind(addr, backlog, reuseport)?)
 }
@@ -303,7 +356,11 @@ struct Backoff {
 #[derive(Debug)]
 struct Supervisor {
     builder: Builder,
-    addr: SocketAddr,
+    /// What every worker listens on (the Unix sockets are bound here, and their files
+    /// removed when the supervisor is dropped).
+    listeners: Vec<Planned>,
+    /// The same, as `on_listening` is told.
+    local: Vec<LocalAddr>,
     settings: Settings,
     grace: Duration,
     control: Control,
@@ -323,24 +380,31 @@ struct Supervisor {
     /// A worker could not start before the server was announced: the error to return.
     failed: Option<String>,
     announced: bool,
-    /// Dropped by each child right after the fork: not the worker's to keep.
-    reserve: Option<Socket>,
+    /// The reserved TCP ports; dropped by each child right after the fork: not the
+    /// worker's to keep.
+    reserve: Vec<Socket>,
     signals: Option<Signals>,
 }
 
 impl Supervisor {
-    fn supervise(mut self, on_listening: impl FnOnce(SocketAddr)) -> Result<(), Error> {
+    fn supervise(mut self, on_listening: impl FnOnce(&[LocalAddr])) -> Result<(), Error> {
         let mut on_listening = Some(on_listening);
-        info!(addr = %self.addr, workers = self.desired, pid = self.me.as_raw(), "prefork supervisor started");
+        let addrs = self
+            .local
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        info!(addr = %addrs, workers = self.desired, pid = self.me.as_raw(), "prefork supervisor started");
         loop {
             let now = Instant::now();
             self.reap(now);
             self.refresh_ready();
             if !self.announced && self.stopping.is_none() && self.all_ready() {
                 self.announced = true;
-                info!(addr = %self.addr, workers = self.desired, "every worker listens");
+                info!(addr = %addrs, workers = self.desired, "every worker listens");
                 if let Some(f) = on_listening.take() {
-                    f(self.addr);
+                    f(&self.local);
                 }
                 // Whatever the callback printed must not be printed again by a child.
                 let _ = io::stdout().flush();
@@ -588,14 +652,22 @@ impl Supervisor {
         // child never returns into the supervisor's loop: it runs the worker and exits.
         match unsafe { fork() }? {
             ForkResult::Child => {
-                // Not the supervisor's: the reserved socket and the signal reader.
-                self.reserve = None;
+                // Not the supervisor's: the reserved sockets and the signal reader.
+                self.reserve.clear();
                 self.signals = None;
+                // The listeners, taken over (this process never returns to the
+                // supervisor's code): a Unix socket's file is the supervisor's to remove.
+                let mut listeners = std::mem::take(&mut self.listeners);
+                for l in &mut listeners {
+                    if let Planned::Unix(socket) = l {
+                        socket.disown();
+                    }
+                }
                 let launch = Launch {
                     builder: self.builder.clone(),
                     flows: self.flows.clone(),
                     dedup: self.dedup.clone(),
-                    addr: self.addr,
+                    listeners,
                     index,
                     slot,
                     supervisor: self.me,
@@ -650,7 +722,7 @@ struct Launch {
     builder: Builder,
     flows: HashMap<String, SharedFlow>,
     dedup: Option<SharedDedup>,
-    addr: SocketAddr,
+    listeners: Vec<Planned>,
     index: usize,
     slot: usize,
     supervisor: Pid,
@@ -732,13 +804,13 @@ fn worker(l: Launch) -> i32 {
             return 1;
         }
     };
-    let code = runtime.block_on(serve(&l, server));
+    let code = runtime.block_on(serve(l, server));
     // A sync handler still running after the grace period cannot be stopped: do not wait.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
 }
 
-async fn serve(l: &Launch, server: crate::Server) -> i32 {
+async fn serve(l: Launch, server: crate::Server) -> i32 {
     use tokio::signal::unix::{signal, SignalKind};
     let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
@@ -758,17 +830,35 @@ async fn serve(l: &Launch, server: crate::Server) -> i32 {
         error!(error = %e, "could not unblock TERM and INT");
         return 1;
     }
-    let listener = match listen(l.addr, l.backlog) {
-        Ok(listener) => listener,
-        Err(e) => {
-            error!(addr = %l.addr, error = %e, "could not listen");
-            return 1;
-        }
-    };
+    let mut bound = Vec::with_capacity(l.listeners.len());
+    for planned in l.listeners {
+        let listener = match planned {
+            Planned::Tcp { addr, tls } => match listen(addr, l.backlog) {
+                Ok(listener) => Bound::tcp(listener, tls.as_ref().map(TlsConfig::acceptor)),
+                Err(e) => {
+                    error!(%addr, error = %e, "could not listen");
+                    return 1;
+                }
+            },
+            Planned::Unix(socket) => {
+                let path = socket.path().display().to_string();
+                match socket.into_incoming() {
+                    Ok(incoming) => Bound::unix(incoming),
+                    Err(e) => {
+                        error!(%path, error = %e, "could not take over the Unix socket");
+                        return 1;
+                    }
+                }
+            }
+        };
+        bound.push(listener);
+    }
     l.control.set_ready(l.slot);
     let _ = kill(l.supervisor, Signal::SIGUSR1);
-    info!(addr = %l.addr, "worker listening");
-    server.run(listener, stop_signal(term, int, l.supervisor)).await;
+    info!(listeners = bound.len(), "worker listening");
+    Listener::new(server.shared.clone(), bound)
+        .run(stop_signal(term, int, l.supervisor))
+        .await;
     info!("worker stopped");
     0
 }

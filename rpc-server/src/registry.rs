@@ -103,8 +103,18 @@ impl Slots {
 /// Every method of a server, immutable once built: dispatch takes no lock.
 pub(crate) struct Registry {
     table: Table,
+    /// What calls go through besides the table (layers, per-method rules), if anything:
+    /// one test on the common path, as for layers alone before.
+    guards: Option<Box<Guards>>,
+}
+
+/// What a server's calls go through before the table, when it has any of it.
+struct Guards {
     /// The server's layers around dispatch, if it has any.
     layered: Option<Layered>,
+    /// The server has per-method rules: a connection's refused methods
+    /// (`ConnInfo::denied`) are answered "permission denied".
+    rules: bool,
 }
 
 /// The methods, by name, and where sync ones run.
@@ -124,7 +134,11 @@ impl std::fmt::Debug for Registry {
         names.sort_unstable();
         f.debug_struct("Registry")
             .field("methods", &names)
-            .field("layered", &self.layered.is_some())
+            .field(
+                "layered",
+                &self.guards.as_ref().is_some_and(|g| g.layered.is_some()),
+            )
+            .field("rules", &self.guards.as_ref().is_some_and(|g| g.rules))
             .finish()
     }
 }
@@ -154,6 +168,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) limit: Option<MakeLimit<'a>>,
     pub(crate) states: &'a States,
     pub(crate) layers: &'a [LayerFn],
+    /// The server has per-method rules.
+    pub(crate) method_rules: bool,
 }
 
 impl Registry {
@@ -173,6 +189,7 @@ impl Registry {
                 limit: None,
                 states: &States::empty(),
                 layers: &[],
+                method_rules: false,
             },
         )
     }
@@ -219,7 +236,18 @@ impl Registry {
             blocking: BlockingPool::new(setup.blocking_threads),
         };
         let layered = (!setup.layers.is_empty()).then(|| Layered::new(Arc::new(table.clone()), setup.layers));
-        Ok(Registry { table, layered })
+        let guards = (layered.is_some() || setup.method_rules).then(|| {
+            Box::new(Guards {
+                layered,
+                rules: setup.method_rules,
+            })
+        });
+        Ok(Registry { table, guards })
+    }
+
+    /// Every method's index and name (the reserved ones included).
+    pub(crate) fn names(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.table.entries.iter().map(|e| (e.index, &*e.name))
     }
 
     /// Whether any method goes through the dedup cache.
@@ -250,9 +278,16 @@ impl Registry {
         slots: &mut Slots,
         parts: CallParts<'_>,
     ) -> Dispatch {
-        if let Some(layered) = &self.layered {
-            if !method.starts_with(rpc_proto::RESERVED_PREFIX.as_bytes()) {
-                return layered.dispatch(&self.table, method, params, codec, parts);
+        if let Some(guards) = &self.guards {
+            if guards.rules {
+                if let Some(refused) = self.table.refused(method, parts) {
+                    return refused;
+                }
+            }
+            if let Some(layered) = &guards.layered {
+                if !method.starts_with(rpc_proto::RESERVED_PREFIX.as_bytes()) {
+                    return layered.dispatch(&self.table, method, params, codec, parts);
+                }
             }
         }
         let Some(entry) = self.table.entry(method, &mut slots.last) else {
@@ -285,6 +320,31 @@ impl Table {
         let &index = self.methods.get(method)?;
         *last = index;
         Some(&self.entries[index])
+    }
+
+    /// "Permission denied" when the server's rules refuse `method` on the calling
+    /// connection; `None` to go on. Out of line: only servers with per-method rules come
+    /// here.
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, method: &[u8], parts: CallParts<'_>) -> Option<Dispatch> {
+        let denied = parts.conn.denied.as_ref()?;
+        let entry = self.lookup(method)?;
+        let refusal = denied.refusal(entry.index)?;
+        tracing::info!(
+            method = %entry.name,
+            peer = %parts.conn.peer,
+            listener = %parts.conn.listener,
+            rule = %refusal,
+            "call refused by a rule"
+        );
+        Some(Dispatch::Ready(Reply::err(ServerError::new(
+            rpc_proto::ErrorCode::PermissionDenied,
+            format!(
+                "permission denied: {} may not be called on this connection",
+                entry.name
+            ),
+        ))))
     }
 
     /// A call of a function that takes a context: with a cancellation token, cancelled

@@ -5,9 +5,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-
-use crate::{Builder, Error};
+use crate::endpoint::{bind_all_std, BindOptions, StdBound};
+use crate::{Builder, Endpoint, Error, Listening, LocalAddr};
 
 /// The tokio runtime each prefork worker builds ([`Config::worker_runtime`](crate::Config::worker_runtime)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,16 +96,62 @@ impl Builder {
     ///
     /// As [`Builder::run`].
     pub fn run_with(
-        self,
+        mut self,
         addr: impl std::net::ToSocketAddrs,
         on_listening: impl FnOnce(SocketAddr),
     ) -> Result<(), Error> {
-        let addr = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the address resolved to nothing"))?;
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(
+                io::Error::new(io::ErrorKind::InvalidInput, "the address resolved to nothing").into(),
+            );
+        }
+        self.listeners.insert(0, Endpoint::resolved(addrs));
+        self.run_listeners_with(|local| {
+            if let Some(addr) = local.first().and_then(LocalAddr::socket_addr) {
+                on_listening(addr);
+            }
+        })
+    }
+
+    /// [`Builder::run`] for the listeners given with [`Builder::listen`]: every one of them
+    /// served by this process, or under prefork by every worker (TCP and TLS listeners
+    /// with `SO_REUSEPORT` in each worker; a Unix socket bound once by the supervisor,
+    /// which every worker accepts on, and which the supervisor removes when it exits).
+    ///
+    /// ```no_run
+    /// use rpc_server::{Method, Server};
+    ///
+    /// fn main() -> Result<(), rpc_server::Error> {
+    ///     Server::builder()
+    ///         .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+    ///         .listen("0.0.0.0:25000")
+    ///         .listen("unix:/run/app/rpc.sock")
+    ///         .prefork(2)
+    ///         .run_listeners()
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::run`]; [`Error::NoListener`] when no listener was given.
+    pub fn run_listeners(self) -> Result<(), Error> {
+        self.run_listeners_with(|_| {})
+    }
+
+    /// Like [`Builder::run_listeners`], calling `on_listening` with what each listener
+    /// listens on (port 0 resolved), in the order given, once connections are accepted
+    /// (under prefork: once every first worker listens, in the supervisor).
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::run_listeners`].
+    pub fn run_listeners_with(self, on_listening: impl FnOnce(&[LocalAddr])) -> Result<(), Error> {
+        if self.listeners.is_empty() {
+            return Err(Error::NoListener);
+        }
         match self.config.prefork {
-            None => self.run_single(addr, on_listening),
+            None => self.run_single(on_listening),
             #[cfg(unix)]
             Some(workers) => {
                 let settings = crate::prefork::Settings {
@@ -119,24 +164,33 @@ impl Builder {
                     runtime: self.config.worker_runtime.clone(),
                     backlog: self.config.backlog,
                 };
-                crate::prefork::run(self, addr, settings, on_listening)
+                crate::prefork::run(self, settings, on_listening)
             }
             #[cfg(not(unix))]
             Some(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "prefork needs Unix").into()),
         }
     }
 
-    fn run_single(self, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<(), Error> {
-        let backlog = self.config.backlog;
+    fn run_single(mut self, on_listening: impl FnOnce(&[LocalAddr])) -> Result<(), Error> {
+        let endpoints = std::mem::take(&mut self.listeners);
+        let (tls, backlog, unix_mode) = (
+            self.tls.clone(),
+            self.config.backlog,
+            self.config.unix_socket_mode,
+        );
         let server = self.build()?;
-        let listener = crate::listener::bind(addr, backlog, |_| Ok(()))?;
-        let local = listener.local_addr()?;
+        let options = BindOptions {
+            tls: tls.as_ref(),
+            backlog,
+            unix_mode,
+        };
+        let bound = bind_all_std(&endpoints, &options)?;
+        let local: Vec<LocalAddr> = bound.iter().map(StdBound::local).collect();
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        // The socket listens already: connections queue until the runtime accepts them.
-        on_listening(local);
+        // The sockets listen already: connections queue until the runtime accepts them.
+        on_listening(&local);
         runtime.block_on(async move {
-            let listener = TcpListener::from_std(listener)?;
-            server.run(listener, shutdown_signal()).await;
+            Listening::from_std(server, bound)?.serve(shutdown_signal()).await;
             Ok::<_, io::Error>(())
         })?;
         // A sync handler still running after the grace period cannot be stopped: do not wait.

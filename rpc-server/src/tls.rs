@@ -397,6 +397,20 @@ pub struct TlsIdentity {
 }
 
 impl TlsIdentity {
+    /// An identity with this subject and these alternative names: for checking
+    /// [rules](crate::rules::Rules::refuses_connection) without a handshake.
+    ///
+    /// ```
+    /// let alice = rpc_server::TlsIdentity::new("CN=alice,O=Example", ["alice.example.com"]);
+    /// assert_eq!(alice.sans, ["alice.example.com"]);
+    /// ```
+    pub fn new(subject: impl Into<String>, sans: impl IntoIterator<Item = impl Into<String>>) -> TlsIdentity {
+        TlsIdentity {
+            subject: subject.into(),
+            sans: sans.into_iter().map(Into::into).collect(),
+        }
+    }
+
     /// The identity in a DER certificate; `None` if it cannot be read (it was verified
     /// already, so in practice it always can).
     pub(crate) fn from_der(cert: &[u8]) -> Option<TlsIdentity> {
