@@ -103,8 +103,10 @@ impl Slots {
 /// Every method of a server, immutable once built: dispatch takes no lock.
 pub(crate) struct Registry {
     table: Table,
-    /// What calls go through besides the table (layers, per-method rules), if anything:
-    /// one test on the common path, as for layers alone before.
+    /// What calls go through besides the table (per-method rules, layers), if anything.
+    /// Tested once per call, as layers alone were before rules existed: a server without
+    /// either takes the same path as then (one comparison with memory; callgrind counts
+    /// the same instructions per call as before rules).
     guards: Option<Box<Guards>>,
 }
 
@@ -115,6 +117,47 @@ struct Guards {
     /// The server has per-method rules: a connection's refused methods
     /// (`ConnInfo::denied`) are answered "permission denied".
     rules: bool,
+}
+
+impl Registry {
+    /// A call of a user method on a server with guards: refused (per-method rules), or
+    /// through the layers, or straight to the table. Out of line, so that the common
+    /// path's code stays as it is without guards.
+    ///
+    /// It takes what the layers alone took (not the connection's kept boxes: passing
+    /// them cost the common path 6 instructions a call, in register moves), so a call that
+    /// is let through runs as on the layered path, its future boxed.
+    #[inline(never)]
+    fn dispatch_guarded(&self, method: &[u8], params: &[u8], codec: Codec, parts: CallParts<'_>) -> Dispatch {
+        let (table, Some(guards)) = (&self.table, &self.guards) else {
+            unreachable!("dispatch_guarded without guards")
+        };
+        if guards.rules {
+            if let Some(refused) = table.refused(method, parts) {
+                return refused;
+            }
+        }
+        if let Some(layered) = &guards.layered {
+            return layered.dispatch(table, method, params, codec, parts);
+        }
+        let Some(entry) = table.lookup(method) else {
+            return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
+        };
+        let token = entry.context.then(CancellationToken::new);
+        let call = Call {
+            method: &entry.name,
+            parts,
+            cancel: token.as_ref(),
+            context: None,
+        };
+        match (table.run(entry, params, codec, None, &call), token) {
+            (Dispatch::Pending(fut), Some(token)) => Dispatch::Pending(Box::pin(CancelOnDrop {
+                fut,
+                token: Some(token),
+            })),
+            (dispatch, _) => dispatch,
+        }
+    }
 }
 
 /// The methods, by name, and where sync ones run.
@@ -235,10 +278,10 @@ impl Registry {
             methods: map,
             blocking: BlockingPool::new(setup.blocking_threads),
         };
-        let layered = (!setup.layers.is_empty()).then(|| Layered::new(Arc::new(table.clone()), setup.layers));
-        let guards = (layered.is_some() || setup.method_rules).then(|| {
+        let layers = (!setup.layers.is_empty()).then(|| Layered::new(Arc::new(table.clone()), setup.layers));
+        let guards = (layers.is_some() || setup.method_rules).then(|| {
             Box::new(Guards {
-                layered,
+                layered: layers,
                 rules: setup.method_rules,
             })
         });
@@ -278,17 +321,8 @@ impl Registry {
         slots: &mut Slots,
         parts: CallParts<'_>,
     ) -> Dispatch {
-        if let Some(guards) = &self.guards {
-            if guards.rules {
-                if let Some(refused) = self.table.refused(method, parts) {
-                    return refused;
-                }
-            }
-            if let Some(layered) = &guards.layered {
-                if !method.starts_with(rpc_proto::RESERVED_PREFIX.as_bytes()) {
-                    return layered.dispatch(&self.table, method, params, codec, parts);
-                }
-            }
+        if self.guards.is_some() && !method.starts_with(rpc_proto::RESERVED_PREFIX.as_bytes()) {
+            return self.dispatch_guarded(method, params, codec, parts);
         }
         let Some(entry) = self.table.entry(method, &mut slots.last) else {
             return Dispatch::Ready(Reply::err(ServerError::method_not_found(method)));
@@ -323,10 +357,7 @@ impl Table {
     }
 
     /// "Permission denied" when the server's rules refuse `method` on the calling
-    /// connection; `None` to go on. Out of line: only servers with per-method rules come
-    /// here.
-    #[cold]
-    #[inline(never)]
+    /// connection; `None` to go on.
     fn refused(&self, method: &[u8], parts: CallParts<'_>) -> Option<Dispatch> {
         let denied = parts.conn.denied.as_ref()?;
         let entry = self.lookup(method)?;
