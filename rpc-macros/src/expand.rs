@@ -60,7 +60,7 @@ pub(crate) fn register(args: TokenStream, input: TokenStream) -> TokenStream {
     // `#[cfg]` written after `#[register]` must remove the module along with the function.
     let cfgs: Vec<_> = item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
     let module = if errors.len() == before {
-        module(&item.vis, &cfgs, &func, &opts, true)
+        module(&item.vis, &cfgs, &func, &opts, Some(&first_doc_line(&item.attrs)))
     } else {
         fallback(&item.vis, &cfgs, &func, &opts, true)
     };
@@ -102,7 +102,7 @@ pub(crate) fn declare(input: TokenStream) -> TokenStream {
         valid::signature(&d.sig, Place::Declare, &mut errors);
         let func = Function::from_signature(&d.sig);
         out.extend(if errors.len() == before {
-            module(&d.vis, &attrs, &func, &opts, false)
+            module(&d.vis, &attrs, &func, &opts, None)
         } else {
             fallback(&d.vis, &attrs, &func, &opts, false)
         });
@@ -181,7 +181,14 @@ pub(crate) fn on(ty: &Type, f: &str) -> TokenStream {
 }
 
 /// The module of a valid function: its name, stubs and (with `server`) registration.
-fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, server: bool) -> TokenStream {
+/// With `server` (the doc line of the function), `method()` too.
+fn module(
+    vis: &Visibility,
+    attrs: &[&Attribute],
+    f: &Function,
+    opts: &Options,
+    server: Option<&str>,
+) -> TokenStream {
     let Frame {
         head,
         prelude,
@@ -226,7 +233,7 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
     };
     let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
     let blocking_doc = format!("Call `{}` on a server, through a blocking client.", ident.unraw());
-    let registration = server.then(|| registration(f, opts, &item_vis));
+    let registration = server.map(|doc| registration(f, opts, &item_vis, doc));
 
     quote! {
         #head {
@@ -278,8 +285,8 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
 }
 
 /// `method()`: decode the arguments, call the function, wrap the result.
-fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenStream {
-    let method = method_expr(f, opts, &quote!(self::NAME), Target::Free);
+fn registration(f: &Function, opts: &Options, item_vis: &TokenStream, doc: &str) -> TokenStream {
+    let method = method_expr(f, opts, &quote!(self::NAME), Target::Free, doc);
     quote! {
         /// The server-side registration: pass it to `Builder::register`.
         #item_vis fn method() -> ::rpc::__private::Method {
@@ -301,8 +308,26 @@ pub(crate) enum Target {
 /// The expression making the [`Method`] of `f`, served under `name` (an expression of type
 /// `&'static str`): decode the arguments, call the function, wrap the result; with the
 /// checks on the user's types first.
-pub(crate) fn method_expr(f: &Function, opts: &Options, name: &TokenStream, target: Target) -> TokenStream {
+pub(crate) fn method_expr(
+    f: &Function,
+    opts: &Options,
+    name: &TokenStream,
+    target: Target,
+    doc: &str,
+) -> TokenStream {
     let ident = &f.ident;
+    // What `rpc.methods` says: the wire arguments and the return type as written.
+    let described_args = f.wire_args().enumerate().map(|(i, a)| {
+        let n = a.name(i);
+        let t = type_text(&a.ty);
+        quote!((#n, #t))
+    });
+    let returns = match &f.output {
+        Output::Unit => "()".to_owned(),
+        Output::Plain(t) => type_text(t),
+        Output::Fallible { full, .. } => type_text(full),
+    };
+    let describe = quote!(.describe(&[#(#described_args),*], #returns, #doc));
     let count = f.wire_args().count();
     let locals: Vec<Ident> = (0..f.args.len())
         .map(|i| format_ident!("__rpc_arg{}", i))
@@ -471,10 +496,54 @@ pub(crate) fn method_expr(f: &Function, opts: &Options, name: &TokenStream, targ
         #own_handle
         #registration
         #takes_context
+        #describe
         #max_flow
         #max_flow_wait
         #unstable_network
     }}
+}
+
+/// A type as written, for people: `Vec<u8>`, not `Vec < u8 >`.
+fn type_text(ty: &Type) -> String {
+    let raw = quote!(#ty).to_string();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ' ' {
+            let prev = out.chars().last();
+            let next = chars.peek().copied();
+            // Keep a space only between two words (`dyn Trait`, `impl Send`) and after `,`.
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '\'');
+            if (word(prev) && word(next)) || prev == Some(',') {
+                out.push(' ');
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The first line of the doc comments in `attrs`.
+pub(crate) fn first_doc_line(attrs: &[Attribute]) -> String {
+    for a in attrs {
+        if !a.path().is_ident("doc") {
+            continue;
+        }
+        if let syn::Meta::NameValue(nv) = &a.meta {
+            if let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) = &nv.value
+            {
+                let line = s.value().trim().to_owned();
+                if !line.is_empty() {
+                    return line;
+                }
+            }
+        }
+    }
+    String::new()
 }
 
 /// The module of an invalid function: the same items with the types that can be kept and

@@ -15,7 +15,7 @@ use syn::{Expr, ExprLit, ImplItem, ImplItemFn, ItemImpl, Lit, LitStr, Meta, Toke
 
 use crate::ast::{Arg, Function};
 use crate::attr::{self, Options, Place};
-use crate::expand::{method_expr, on, Target};
+use crate::expand::{first_doc_line, method_expr, on, Target};
 use crate::valid;
 
 fn combine(errors: Vec<syn::Error>) -> TokenStream {
@@ -158,7 +158,13 @@ pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
         .iter()
         .map(|s| {
             let name = &s.name;
-            method_expr(&s.func, &s.opts, &quote!(#name), Target::Method)
+            method_expr(
+                &s.func,
+                &s.opts,
+                &quote!(#name),
+                Target::Method,
+                &first_doc_line(&s.docs),
+            )
         })
         .collect();
     let client = format_ident!("{}Client", type_ident);

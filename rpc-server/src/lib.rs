@@ -434,6 +434,7 @@ impl Builder {
     /// limits and dedup store); [`Builder::build`] is one process.
     pub(crate) fn build_with(self, parts: Parts<'_>) -> Result<Server, BuildError> {
         let states = self.states.build();
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let registry = Registry::build(
             self.methods,
             registry::Setup {
@@ -443,6 +444,7 @@ impl Builder {
                 limit: parts.limit,
                 states: &states,
                 layers: &self.layers.0,
+                draining: draining.clone(),
             },
         )?;
         let dedup = match parts.dedup {
@@ -455,6 +457,7 @@ impl Builder {
                 dedup: Arc::new(dedup),
                 config: self.config,
                 worker: parts.worker,
+                draining,
             }),
             tls: self.tls,
         })
@@ -540,6 +543,8 @@ pub(crate) struct Shared {
     /// Which worker process this is (prefork; 0 in one process). `rpc.worker` answers
     /// it: the registry's handler was given the same index when the server was built.
     pub(crate) worker: usize,
+    /// Set once shutdown begins: `rpc.health` answers "draining" (its handler shares it).
+    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A built server: serve it with [`Server::run`].

@@ -268,6 +268,16 @@ pub struct Method {
     /// The function takes a [`Context`](crate::Context): its calls get a cancellation
     /// token.
     pub(crate) context: bool,
+    /// What `rpc.methods` says of it: wire arguments, return type, doc line.
+    pub(crate) signature: Option<Arc<Signature>>,
+}
+
+/// A method's signature and doc line, for `rpc.methods`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Signature {
+    pub(crate) args: Vec<(String, String)>,
+    pub(crate) returns: String,
+    pub(crate) doc: String,
 }
 
 impl fmt::Debug for Method {
@@ -276,6 +286,7 @@ impl fmt::Debug for Method {
             .field("name", &self.name)
             .field("sync", &matches!(self.kind, Kind::Sync(_)))
             .field("context", &self.context)
+            .field("signature", &self.signature)
             .field("max_flow", &self.max_flow)
             .field("max_flow_wait", &self.max_flow_wait)
             .field("unstable_network", &self.unstable_network)
@@ -310,7 +321,31 @@ impl Method {
             max_flow_wait: None,
             unstable_network: None,
             context: false,
+            signature: None,
         }
+    }
+
+    /// Describe the method for the reserved `rpc.methods` call: its wire arguments (name
+    /// and Rust type as written), its return type and the first line of its doc.
+    /// `#[register]` and `#[rpc::service]` fill this in; for a method built from a closure,
+    /// call it by hand, or `rpc.methods` shows its types as `?`.
+    ///
+    /// ```
+    /// use rpc_server::Method;
+    ///
+    /// let add = Method::sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///     .describe(&[("a", "i64"), ("b", "i64")], "i64", "Adds two numbers.");
+    /// ```
+    pub fn describe(mut self, args: &[(&str, &str)], returns: &str, doc: &str) -> Method {
+        self.signature = Some(Arc::new(Signature {
+            args: args
+                .iter()
+                .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+                .collect(),
+            returns: returns.to_owned(),
+            doc: doc.lines().next().unwrap_or_default().trim().to_owned(),
+        }));
+        self
     }
 
     /// A method made when the server is built, from its states (what `#[register]`

@@ -115,6 +115,7 @@ pub use rpc_client::{
     BlockingClient, CallOptions, Client, ClientTls, Config as ClientConfig, Error, TlsCause,
 };
 pub use rpc_macros::{declare, register, service};
+pub use rpc_proto::reserved::MethodDescription;
 pub use rpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
 pub use rpc_server::{
     layers, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context, Error as ServeError,

@@ -452,3 +452,121 @@ async fn layers_run_outermost_first() {
     assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
     assert_eq!(*order.lock().unwrap(), ["outer", "inner"]);
 }
+
+// ---- Introspection --------------------------------------------------------------------
+
+/// Adds two numbers.
+///
+/// More text that `rpc.methods` leaves out.
+#[register]
+fn add_documented(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[tokio::test]
+async fn rpc_methods_describes_every_method() {
+    let addr = start(
+        builder()
+            .register(add_documented::method())
+            .register(rpc::Method::async_fn("closure", |(n,): (u32,)| async move { n })),
+    )
+    .await;
+    for codec in [Codec::Msgpack, Codec::Bincode] {
+        let client = Client::connect_with(addr, config(codec)).await.unwrap();
+        let methods: Vec<rpc::MethodDescription> = client.call("rpc.methods", ()).await.unwrap();
+        let find = |name: &str| {
+            methods
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} missing from {methods:?}"))
+        };
+        let add = find("add_documented");
+        assert_eq!(add.args, [("a".into(), "i64".into()), ("b".into(), "i64".into())]);
+        assert_eq!(
+            (add.returns.as_str(), add.sync, add.doc.as_str()),
+            ("i64", true, "Adds two numbers.")
+        );
+        assert_eq!(add.signature(), "add_documented(a: i64, b: i64) -> i64");
+        // State and Context are not on the wire: not listed.
+        let put = find("kv_put");
+        assert_eq!(
+            put.signature(),
+            "kv_put(key: String, value: String) -> Option<String>"
+        );
+        let get = find("kv_get");
+        assert!(!get.sync);
+        assert_eq!(find("facts").args.len(), 1);
+        // A closure: types unknown.
+        let closure = find("closure");
+        assert_eq!((closure.returns.as_str(), closure.args.len()), ("?", 1));
+        assert_eq!(closure.args[0].1, "?");
+        // Reserved methods are not listed; the list is sorted.
+        assert!(methods.iter().all(|m| !m.name.starts_with("rpc.")));
+        let mut names: Vec<&str> = methods.iter().map(|m| m.name.as_str()).collect();
+        let sorted = {
+            let mut n = names.clone();
+            n.sort_unstable();
+            n
+        };
+        assert_eq!(names, sorted);
+        names.dedup();
+    }
+}
+
+#[tokio::test]
+async fn rpc_health_says_serving_then_draining() {
+    let seen = Arc::new(Seen::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::builder()
+        .register(slow::method())
+        .shared_state(seen.clone())
+        .grace_period(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // With the extensions: dropping the held call below cancels it on the server.
+    let client = Client::connect_with(addr, config(Codec::Msgpack)).await.unwrap();
+    let health: String = client.call("rpc.health", ()).await.unwrap();
+    assert_eq!(health, "serving");
+    // A call in flight keeps the connection through the drain.
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { slow::call(&client).await }
+    });
+    timeout(LIMIT, seen.started.notified()).await.unwrap();
+    stop.send(()).unwrap();
+    // Asked until the drain is seen (the connection sees the signal on its next wake-up).
+    let mut last = String::new();
+    for _ in 0..1000 {
+        last = timeout(LIMIT, client.call("rpc.health", ()))
+            .await
+            .unwrap()
+            .unwrap();
+        if last == "draining" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(last, "draining");
+    // Other calls are refused while draining (the client then finds the port closed).
+    // (It may be resent: a short timeout bounds the retries.)
+    let e = add::call(&client.with_timeout(Duration::from_millis(300)), 1, 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, rpc::Error::Unavailable(_) | rpc::Error::Timeout(_))
+            || e.code() == Some(ErrorCode::ShuttingDown),
+        "{e}"
+    );
+    held.abort();
+    drop(client);
+    timeout(LIMIT, task).await.unwrap().unwrap();
+}
