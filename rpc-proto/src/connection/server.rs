@@ -838,7 +838,7 @@ mod tests {
         run(
             &mut conn,
             &mut svc,
-            &request(Codec::Msgpack, 5, crate::reserved::HEALTH, (), None),
+            &request(Codec::Msgpack, 5, crate::reserved::HEALTH, (0, 0), None),
             &[],
             now,
         );
