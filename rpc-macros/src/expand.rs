@@ -5,6 +5,11 @@
 //! absolute path (`::rpc::__private::…`, `::core::result::Result`), so user items named
 //! `Result` or `Box`, or a `#![no_implicit_prelude]`, change nothing.
 //!
+//! For a `Result<T, E>` whose `E` is written, the stubs return `rpc::CallError<E>`. Whether
+//! the server sends `E` as the error's data (`E: Serialize`) and whether the stubs decode it
+//! (`E: DeserializeOwned`) are chosen by autoref specialization on the concrete type, so `E`
+//! needs neither.
+//!
 //! Type errors land on the user's own tokens: each body that needs a bound on a user type
 //! first calls `::rpc::__private::assert_*::<T>()` with `T` as written, then uses `T` only
 //! through `__private` functions bounded by the same trait. rustc reports a failed bound
@@ -223,8 +228,34 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
             quote_spanned!(span_of(t)=> ::rpc::__private::call_blocking::<_, #t>(#params)),
         ),
     };
+    // A written `E`: the stubs return `CallError<E>`, decoding the error's data into an `E`
+    // when `E` is `DeserializeOwned` (autoref specialization on the concrete type: no bound
+    // is asked of `E`).
+    let (err_ty, call_async, call_blocking) = match f.output.written_error() {
+        Some(e) => {
+            let to_call_error = quote_spanned! {span_of(e)=>
+                |__rpc_e: ::rpc::Error| {
+                    #[allow(unused_imports)]
+                    use ::rpc::__private::{TypedStub as _, UntypedStub as _};
+                    (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
+                }
+            };
+            (
+                quote!(::rpc::CallError<#e>),
+                quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
+                quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
+            )
+        }
+        None => (quote!(::rpc::Error), call_async, call_blocking),
+    };
     let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
     let blocking_doc = format!("Call `{}` on a server, through a blocking client.", ident.unraw());
+    let errors_doc = if f.output.written_error().is_some() {
+        "When the call fails or the server answers with an error: the function's own error is \
+         `CallError::Handler` when the server sent it as data."
+    } else {
+        "When the call fails or the server answers with an error."
+    };
     let registration = server.then(|| registration(f, opts, &item_vis));
 
     quote! {
@@ -237,11 +268,11 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
             ///
             /// # Errors
             ///
-            /// When the call fails or the server answers with an error.
+            #[doc = #errors_doc]
             #item_vis async fn call(
                 __rpc_client: &::rpc::Client,
                 #(#binds: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
                 #call_async
             }
@@ -250,11 +281,11 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
             ///
             /// # Errors
             ///
-            /// When the call fails or the server answers with an error.
+            #[doc = #errors_doc]
             #item_vis fn call_blocking(
                 __rpc_client: &::rpc::BlockingClient,
                 #(#binds: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
                 #call_blocking
             }
@@ -298,17 +329,27 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
         Output::Fallible { ok, err, full } => {
             let assert_ok = on(ok, "assert_return");
             let reply_ok = on(ok, "reply");
-            let (assert_err, reply_err) = match err {
+            // `E` is sent as the error's data when it is `Serialize`, as its message alone
+            // otherwise: autoref specialization on `E`'s concrete type (inferred from the
+            // function's output, so aliases such as `io::Result<T>` get it too).
+            let (assert_err, span) = match err {
                 Some(e) => {
                     let assert = on(e, "assert_error");
-                    (quote!(#assert();), on(e, "reply_error"))
+                    (quote!(#assert();), span_of(e))
                 }
                 // `io::Result<T>` and the like: `E` is not written, so the bound goes on the
                 // whole type.
-                None => (
-                    quote!(),
-                    quote_spanned!(span_of(full)=> ::rpc::__private::reply_error),
-                ),
+                None => (quote!(), span_of(full)),
+            };
+            // `__rpc_err` spanned on `E` too: a failed `Display` bound is then reported on
+            // `E`, where `assert_error`'s identical error is, and rustc shows one.
+            let reply_err = move || {
+                let err = Ident::new("__rpc_err", span);
+                quote_spanned! {span=> {
+                    #[allow(unused_imports)]
+                    use ::rpc::__private::{DisplayReply as _, TypedReply as _};
+                    (&::rpc::__private::ErrorReply::of(&#err)).reply_error(#err)
+                }}
             };
             let (ok_path, err_path) = (
                 quote_spanned!(span_of(full)=> ::core::result::Result::Ok),
@@ -317,10 +358,11 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
             (
                 quote!(#assert_ok(); #assert_err),
                 Box::new(move |out| {
+                    let reply_err = reply_err();
                     quote! {
                         match #out {
                             #ok_path(__rpc_ok) => #reply_ok(__rpc_ok),
-                            #err_path(__rpc_err) => #reply_err(__rpc_err),
+                            #err_path(__rpc_err) => #reply_err,
                         }
                     }
                 }),
@@ -400,6 +442,10 @@ fn fallback(
         Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t) => quote!(()),
         other => other.client_type(),
     };
+    let err_ty = match f.output.written_error() {
+        Some(e) if !borrows_or_hides(e) => quote!(::rpc::CallError<#e>),
+        _ => quote!(::rpc::Error),
+    };
     let method = server.then(|| {
         quote! {
             #item_vis fn method() -> ::rpc::__private::Method {
@@ -416,14 +462,14 @@ fn fallback(
             #item_vis async fn call #impl_generics(
                 _: &::rpc::Client,
                 #(_: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> #where_clause {
+            ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
 
             #item_vis fn call_blocking #impl_generics(
                 _: &::rpc::BlockingClient,
                 #(_: #types2),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> #where_clause {
+            ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
         }
