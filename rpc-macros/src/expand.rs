@@ -341,14 +341,17 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenSt
                 // whole type.
                 None => (quote!(), span_of(full)),
             };
-            // `__rpc_err` spanned on `E` too: a failed `Display` bound is then reported on
-            // `E`, where `assert_error`'s identical error is, and rustc shows one.
+            // Spanned on `E`: a failed `Display` bound is then reported on `E`, where
+            // `assert_error`'s identical error is, and rustc shows one. The error is bound
+            // again inside, so that every local the block names has the block's own span
+            // (`E` may come from another macro, with another hygiene context).
             let reply_err = move || {
-                let err = Ident::new("__rpc_err", span);
+                let bound = quote!(__rpc_err);
                 quote_spanned! {span=> {
                     #[allow(unused_imports)]
                     use ::rpc::__private::{DisplayReply as _, TypedReply as _};
-                    (&::rpc::__private::ErrorReply::of(&#err)).reply_error(#err)
+                    let __rpc_e = #bound;
+                    (&::rpc::__private::ErrorReply::of(&__rpc_e)).reply_error(__rpc_e)
                 }}
             };
             let (ok_path, err_path) = (

@@ -94,6 +94,20 @@ fn boxed(c: &rpc::BlockingClient) -> Result<String, Box<dyn std::error::Error + 
 
 fn main() {
     let _ = [get::method(), get_async::method(), opaque::method(), send_only::method(), io_alias::method()];
+    let _ = [via_macro::method(), via_macro_opaque::method()];
     let _ = typed;
     let _ = boxed;
 }
+
+/// The error type handed over by another macro, with its own hygiene.
+macro_rules! fallible_service {
+    ($name:ident, $e:ty) => {
+        #[rpc::register]
+        fn $name(x: u64) -> Result<u64, $e> {
+            Ok(x)
+        }
+    };
+}
+
+fallible_service!(via_macro, TodoError);
+fallible_service!(via_macro_opaque, Opaque);
