@@ -5,6 +5,11 @@
 //! absolute path (`::rpc::__private::…`, `::core::result::Result`), so user items named
 //! `Result` or `Box`, or a `#![no_implicit_prelude]`, change nothing.
 //!
+//! For a `Result<T, E>` whose `E` is written, the stubs return `rpc::CallError<E>`. Whether
+//! the server sends `E` as the error's data (`E: Serialize`) and whether the stubs decode it
+//! (`E: DeserializeOwned`) are chosen by autoref specialization on the concrete type, so `E`
+//! needs neither.
+//!
 //! Type errors land on the user's own tokens: each body that needs a bound on a user type
 //! first calls `::rpc::__private::assert_*::<T>()` with `T` as written, then uses `T` only
 //! through `__private` functions bounded by the same trait. rustc reports a failed bound
@@ -231,8 +236,34 @@ fn module(
             quote_spanned!(span_of(t)=> ::rpc::__private::call_blocking::<_, #t>(#params)),
         ),
     };
+    // A written `E`: the stubs return `CallError<E>`, decoding the error's data into an `E`
+    // when `E` is `DeserializeOwned` (autoref specialization on the concrete type: no bound
+    // is asked of `E`).
+    let (err_ty, call_async, call_blocking) = match f.output.written_error() {
+        Some(e) => {
+            let to_call_error = quote_spanned! {span_of(e)=>
+                |__rpc_e: ::rpc::Error| {
+                    #[allow(unused_imports)]
+                    use ::rpc::__private::{TypedStub as _, UntypedStub as _};
+                    (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
+                }
+            };
+            (
+                quote!(::rpc::CallError<#e>),
+                quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
+                quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
+            )
+        }
+        None => (quote!(::rpc::Error), call_async, call_blocking),
+    };
     let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
     let blocking_doc = format!("Call `{}` on a server, through a blocking client.", ident.unraw());
+    let errors_doc = if f.output.written_error().is_some() {
+        "When the call fails or the server answers with an error: the function's own error is \
+         `CallError::Handler` when the server sent it as data."
+    } else {
+        "When the call fails or the server answers with an error."
+    };
     let registration = server.map(|doc| registration(f, opts, &item_vis, doc));
 
     quote! {
@@ -245,11 +276,11 @@ fn module(
             ///
             /// # Errors
             ///
-            /// When the call fails or the server answers with an error.
+            #[doc = #errors_doc]
             #item_vis async fn call(
                 __rpc_client: &::rpc::Client,
                 #(#binds: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
                 #call_async
             }
@@ -258,11 +289,11 @@ fn module(
             ///
             /// # Errors
             ///
-            /// When the call fails or the server answers with an error.
+            #[doc = #errors_doc]
             #item_vis fn call_blocking(
                 __rpc_client: &::rpc::BlockingClient,
                 #(#binds: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
                 #call_blocking
             }
@@ -391,17 +422,30 @@ pub(crate) fn method_expr(
         Output::Fallible { ok, err, full } => {
             let assert_ok = on(ok, "assert_return");
             let reply_ok = on(ok, "reply");
-            let (assert_err, reply_err) = match err {
+            // `E` is sent as the error's data when it is `Serialize`, as its message alone
+            // otherwise: autoref specialization on `E`'s concrete type (inferred from the
+            // function's output, so aliases such as `io::Result<T>` get it too).
+            let (assert_err, span) = match err {
                 Some(e) => {
                     let assert = on(e, "assert_error");
-                    (quote!(#assert();), on(e, "reply_error"))
+                    (quote!(#assert();), span_of(e))
                 }
                 // `io::Result<T>` and the like: `E` is not written, so the bound goes on the
                 // whole type.
-                None => (
-                    quote!(),
-                    quote_spanned!(span_of(full)=> ::rpc::__private::reply_error),
-                ),
+                None => (quote!(), span_of(full)),
+            };
+            // Spanned on `E`: a failed `Display` bound is then reported on `E`, where
+            // `assert_error`'s identical error is, and rustc shows one. The error is bound
+            // again inside, so that every local the block names has the block's own span
+            // (`E` may come from another macro, with another hygiene context).
+            let reply_err = move || {
+                let bound = quote!(__rpc_err);
+                quote_spanned! {span=> {
+                    #[allow(unused_imports)]
+                    use ::rpc::__private::{DisplayReply as _, TypedReply as _};
+                    let __rpc_e = #bound;
+                    (&::rpc::__private::ErrorReply::of(&__rpc_e)).reply_error(__rpc_e)
+                }}
             };
             let (ok_path, err_path) = (
                 quote_spanned!(span_of(full)=> ::core::result::Result::Ok),
@@ -410,10 +454,11 @@ pub(crate) fn method_expr(
             (
                 quote!(#assert_ok(); #assert_err),
                 Box::new(move |out| {
+                    let reply_err = reply_err();
                     quote! {
                         match #out {
                             #ok_path(__rpc_ok) => #reply_ok(__rpc_ok),
-                            #err_path(__rpc_err) => #reply_err(__rpc_err),
+                            #err_path(__rpc_err) => #reply_err,
                         }
                     }
                 }),
@@ -570,6 +615,10 @@ fn fallback(
         Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t) => quote!(()),
         other => other.client_type(),
     };
+    let err_ty = match f.output.written_error() {
+        Some(e) if !borrows_or_hides(e) => quote!(::rpc::CallError<#e>),
+        _ => quote!(::rpc::Error),
+    };
     let method = server.then(|| {
         quote! {
             #item_vis fn method() -> ::rpc::__private::Method {
@@ -586,14 +635,14 @@ fn fallback(
             #item_vis async fn call #impl_generics(
                 _: &::rpc::Client,
                 #(_: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> #where_clause {
+            ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
 
             #item_vis fn call_blocking #impl_generics(
                 _: &::rpc::BlockingClient,
                 #(_: #types2),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> #where_clause {
+            ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
         }

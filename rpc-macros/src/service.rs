@@ -305,13 +305,31 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
         quote_spanned!(span=> ::rpc::__private::call::<_, #out_ty>(&self.client, #name, #params).await);
     let call_blocking =
         quote_spanned!(span=> ::rpc::__private::call_blocking::<_, #out_ty>(&self.client, #name, #params));
+    // A written `E`: `CallError<E>`, as the `#[register]` stubs.
+    let (err_ty, call_async, call_blocking) = match f.output.written_error() {
+        Some(e) => {
+            let to_call_error = quote_spanned! {e.span()=>
+                |__rpc_e: ::rpc::Error| {
+                    #[allow(unused_imports)]
+                    use ::rpc::__private::{TypedStub as _, UntypedStub as _};
+                    (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
+                }
+            };
+            (
+                quote!(::rpc::CallError<#e>),
+                quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
+                quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
+            )
+        }
+        None => (quote!(::rpc::Error), call_async, call_blocking),
+    };
     let doc_name = format!("Calls `{}` on the server.", name.value());
     (
         quote! {
             #(#docs)*
             #[doc = ""]
             #[doc = #doc_name]
-            pub async fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            pub async fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, #err_ty> {
                 #params_ty
                 #call_async
             }
@@ -320,7 +338,7 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
             #(#docs)*
             #[doc = ""]
             #[doc = #doc_name]
-            pub fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            pub fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, #err_ty> {
                 #params_ty
                 #call_blocking
             }

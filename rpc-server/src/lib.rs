@@ -107,7 +107,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// How errors are written for plain MessagePack-RPC peers (those that did not send our
     /// hello): `[code, message]`, the message alone (Go's net/rpc clients), or Neovim's
-    /// `[type, message]`. Peers that said hello always get `[code, message]`. Default:
+    /// `[type, message]`. Peers that said hello always get `[code, message]`. Only
+    /// `[code, message]` carries a typed error's data, as `[code, message, data]`. Default:
     /// [`ErrorShape::CodeAndMessage`].
     pub plain_error_shape: ErrorShape,
     /// "Unstable network" mode: calls from a client session (our client, with
