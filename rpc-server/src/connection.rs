@@ -164,7 +164,8 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Unpin,
     {
         let span = self.calls.span.clone();
-        info!(parent: &span, "connection opened");
+        // Debug, not info: at scale, connections come and go all the time.
+        debug!(parent: &span, "connection opened");
         let result = self.serve(&mut stream, &shutdown).await;
         // Cancel what is still running (async handlers are dropped here).
         let cancelled = self.calls.inflight.len();
@@ -173,8 +174,8 @@ impl Connection {
             linger(&mut stream).await;
         }
         match result {
-            Ok(()) => info!(parent: &span, cancelled, "connection closed"),
-            Err(e) => info!(parent: &span, cancelled, error = %e, "connection closed with an error"),
+            Ok(()) => debug!(parent: &span, cancelled, "connection closed"),
+            Err(e) => debug!(parent: &span, cancelled, error = %e, "connection closed with an error"),
         }
     }
 

@@ -520,6 +520,43 @@ impl Builder {
     }
 }
 
+/// Completes when the process is asked to stop: ctrl-c (INT) or TERM (what `kill`,
+/// systemd and Kubernetes send). Give it to [`Builder::serve`] or [`Server::run`] so that
+/// a stop drains the calls in flight instead of killing them (exit status 143).
+///
+/// ```no_run
+/// use rpc_server::{shutdown_signal, Method, Server};
+///
+/// # async fn demo() -> Result<(), rpc_server::Error> {
+/// Server::builder()
+///     .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+///     .serve("127.0.0.1:25000", shutdown_signal())
+///     .await
+/// # }
+/// ```
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for TERM; stopping on ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// What a deployment mode supplies when it builds a server ([`Builder::build_with`]).
 /// The default is one process: worker 0, semaphores, a dedup map in this process.
 #[derive(Default)]

@@ -175,8 +175,9 @@ pub use rpc_macros::{declare, register, service};
 pub use rpc_proto::reserved::MethodDescription;
 pub use rpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
 pub use rpc_server::{
-    layers, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context, Error as ServeError,
-    Method, Peer, Reply, RpcService, Server, State, TlsConfig, TlsConfigError, TlsIdentity, WorkerRuntime,
+    layers, shutdown_signal, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context,
+    DedupConfig, Error as ServeError, Method, Peer, Reply, RpcService, Server, Service, State, TlsConfig,
+    TlsConfigError, TlsIdentity, WorkerRuntime,
 };
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
