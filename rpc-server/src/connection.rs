@@ -347,6 +347,11 @@ impl Service for Calls {
                 return self.dedup_call(tx, (session, msgid), &request, deadline);
             }
         }
+        // The per-call span, only when someone listens at debug for `rpc_server::call`:
+        // otherwise this is one check of a cached interest.
+        if tracing::enabled!(target: CALL_TARGET, tracing::Level::DEBUG) {
+            return self.traced_request(tx, &request, deadline);
+        }
         let parts = CallParts {
             request: Some(&request),
             conn: &self.conn,
@@ -416,7 +421,61 @@ impl Service for Calls {
     }
 }
 
+/// The target of the per-call spans: `RUST_LOG=rpc_server::call=debug` shows them.
+pub(crate) const CALL_TARGET: &str = "rpc_server::call";
+
+/// How a finished call is recorded on its span.
+fn record_outcome(span: &tracing::Span, reply: &Reply, started: std::time::Instant) {
+    let outcome = match reply.error() {
+        None => "ok",
+        Some(e) => e.kind().name(),
+    };
+    span.record("outcome", outcome);
+    span.record("duration_us", started.elapsed().as_micros() as u64);
+}
+
 impl Calls {
+    /// [`Service::request`] with a span for the call: method, msgid, peer and codec, and on
+    /// close its duration and outcome. The handler runs inside it (its own events nest),
+    /// sync ones too (the blocking pool enters the span it was given the job in).
+    #[cold]
+    fn traced_request(&mut self, tx: &mut Transmit<'_>, request: &Request<'_>, deadline: Option<Instant>) {
+        let span = tracing::debug_span!(
+            target: CALL_TARGET,
+            parent: &self.span,
+            "call",
+            method = %String::from_utf8_lossy(request.method),
+            msgid = request.msgid,
+            peer = %self.conn.peer,
+            codec = ?tx.codec(),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let parts = CallParts {
+            request: Some(request),
+            conn: &self.conn,
+        };
+        let registry = &self.shared.registry;
+        let slots = &mut self.slots;
+        let dispatched =
+            span.in_scope(|| registry.dispatch(request.method, request.params, tx.codec(), slots, parts));
+        match dispatched {
+            Dispatch::Ready(reply) => {
+                record_outcome(&span, &reply, started);
+                write_reply(&self.span, tx, request.msgid, reply);
+            }
+            Dispatch::Pending(fut) => {
+                let fut: ReplyFuture = Box::pin(async move {
+                    let reply = fut.instrument(span.clone()).await;
+                    record_outcome(&span, &reply, started);
+                    reply
+                });
+                self.push(request.msgid, fut, deadline);
+            }
+        }
+    }
+
     /// Queue a pending call, wrapped with its deadline and, on extended connections, an
     /// abort handle for `rpc.cancel`.
     fn push(&mut self, msgid: u64, fut: ReplyFuture, deadline: Option<Instant>) {

@@ -570,3 +570,80 @@ async fn rpc_health_says_serving_then_draining() {
     drop(client);
     timeout(LIMIT, task).await.unwrap().unwrap();
 }
+
+// ---- Per-call tracing -----------------------------------------------------------------
+
+#[register]
+fn traced_sync(n: i64) -> i64 {
+    tracing::info!(n, "inside the sync handler");
+    n
+}
+
+#[register]
+async fn traced_async(n: i64) -> Result<i64, String> {
+    tokio::task::yield_now().await;
+    tracing::info!(n, "inside the async handler");
+    if n < 0 {
+        Err("negative".into())
+    } else {
+        Ok(n)
+    }
+}
+
+#[test]
+fn each_call_has_a_span_with_its_outcome_and_the_handler_s_events_nest_in_it() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_env_filter("rpc_server::call=debug,services=info")
+        .finish();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let addr = start(
+                Server::builder()
+                    .register(traced_sync::method())
+                    .register(traced_async::method()),
+            )
+            .await;
+            let client = Client::connect(addr).await.unwrap();
+            assert_eq!(traced_sync::call(&client, 7).await.unwrap(), 7);
+            assert_eq!(traced_async::call(&client, 8).await.unwrap(), 8);
+            assert!(traced_async::call(&client, -1).await.is_err());
+        });
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{log}"))
+            .to_owned()
+    };
+    // The handlers' events, inside their call's span (sync ones too, on the blocking pool).
+    let sync_event = line("inside the sync handler");
+    assert!(sync_event.contains("call{method=traced_sync"), "{sync_event}");
+    let async_event = line("inside the async handler n=8");
+    assert!(async_event.contains("call{method=traced_async"), "{async_event}");
+    // Each span's close carries its outcome and duration.
+    let closes: Vec<&str> = log.lines().filter(|l| l.contains("close")).collect();
+    assert_eq!(closes.len(), 3, "{log}");
+    assert!(
+        closes
+            .iter()
+            .any(|l| l.contains("traced_sync") && l.contains("outcome=\"ok\"")),
+        "{log}"
+    );
+    assert!(
+        closes.iter().any(|l| l.contains("traced_async")
+            && l.contains("outcome=\"handler error\"")
+            && l.contains("duration_us=")),
+        "{log}"
+    );
+}
