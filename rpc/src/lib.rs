@@ -66,7 +66,7 @@
 //! time.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
-pub use rpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig, Error};
+pub use rpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig, Error, ForeignError};
 pub use rpc_macros::{declare, register};
 pub use rpc_proto::{Codec, ErrorCode, ErrorShape, ServerError};
 pub use rpc_server::{
