@@ -112,7 +112,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// How errors are written for plain MessagePack-RPC peers (those that did not send our
     /// hello): `[code, message]`, the message alone (Go's net/rpc clients), or Neovim's
-    /// `[type, message]`. Peers that said hello always get `[code, message]`. Default:
+    /// `[type, message]`. Peers that said hello always get `[code, message]`. Only
+    /// `[code, message]` carries a typed error's data, as `[code, message, data]`. Default:
     /// [`ErrorShape::CodeAndMessage`].
     pub plain_error_shape: ErrorShape,
     /// "Unstable network" mode: calls from a client session (our client, with
@@ -519,6 +520,7 @@ impl Builder {
     pub(crate) fn build_with(self, parts: Parts<'_>) -> Result<Server, BuildError> {
         let states = self.states.build();
         let method_rules = self.rules.rules().iter().any(|r| r.methods().is_some());
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let registry = Registry::build(
             self.methods,
             registry::Setup {
@@ -529,6 +531,7 @@ impl Builder {
                 states: &states,
                 layers: &self.layers.0,
                 method_rules,
+                draining: draining.clone(),
             },
         )?;
         let rules =
@@ -544,6 +547,7 @@ impl Builder {
                 config: self.config,
                 worker: parts.worker,
                 rules,
+                draining,
             }),
             tls: self.tls,
         })
@@ -645,6 +649,43 @@ impl Builder {
     }
 }
 
+/// Completes when the process is asked to stop: ctrl-c (INT) or TERM (what `kill`,
+/// systemd and Kubernetes send). Give it to [`Builder::serve`] or [`Server::run`] so that
+/// a stop drains the calls in flight instead of killing them (exit status 143).
+///
+/// ```no_run
+/// use rpc_server::{shutdown_signal, Method, Server};
+///
+/// # async fn demo() -> Result<(), rpc_server::Error> {
+/// Server::builder()
+///     .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+///     .serve("127.0.0.1:25000", shutdown_signal())
+///     .await
+/// # }
+/// ```
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for TERM; stopping on ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// What a deployment mode supplies when it builds a server ([`Builder::build_with`]).
 /// The default is one process: worker 0, semaphores, a dedup map in this process.
 #[derive(Default)]
@@ -671,6 +712,8 @@ pub(crate) struct Shared {
     pub(crate) worker: usize,
     /// Who may connect and call what; `None` without rules (nothing is checked).
     pub(crate) rules: Option<Arc<ServerRules>>,
+    /// Set once shutdown begins: `rpc.health` answers "draining" (its handler shares it).
+    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A built server: serve it with [`Server::run`].

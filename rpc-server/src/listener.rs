@@ -277,6 +277,7 @@ impl Listener {
             });
         }
         info!(connections = conns.len(), "shutting down");
+        shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         token.cancel();
         let drain = async { while conns.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
