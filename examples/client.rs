@@ -15,6 +15,9 @@
 //! ```not_rust
 //! cargo run --release --example client -- --addr 127.0.0.1:25000 --tls-ca ca.crt --tls-server-name localhost
 //! ```
+//!
+//! Over a Unix-domain socket (the server's `--unix PATH`): `--addr unix:PATH`; it then also
+//! calls `admin_info`, which the example server serves over a Unix socket only.
 
 use std::path::PathBuf;
 
@@ -23,7 +26,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(about = "Call the example server")]
 struct Args {
-    /// Address of the server.
+    /// Address of the server: HOST:PORT, or unix:PATH for a Unix-domain socket.
     #[arg(long, default_value = "127.0.0.1:25000")]
     addr: String,
     /// Connect with TLS, trusting this CA (PEM).
@@ -61,19 +64,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
 
     let tls = args.tls()?;
+    let unix = args.addr.strip_prefix("unix:").map(PathBuf::from);
+    if unix.is_some() && tls.is_some() {
+        return Err("--tls-ca: TLS is served on TCP addresses only, not on unix:PATH".into());
+    }
 
     // The blocking client needs no runtime at all.
-    let blocking = match &tls {
-        Some(tls) => rpc::BlockingClient::connect_tls(&args.addr, tls.clone())?,
-        None => rpc::BlockingClient::connect(args.addr.as_str())?,
+    let blocking = match (&tls, &unix) {
+        (Some(tls), _) => rpc::BlockingClient::connect_tls(&args.addr, tls.clone())?,
+        (None, Some(path)) => rpc::BlockingClient::connect_unix(path)?,
+        (None, None) => rpc::BlockingClient::connect(args.addr.as_str())?,
     };
     examples::blocking_calls(&blocking)?;
+    if unix.is_some() {
+        println!(
+            "blocking admin_info()       = {:?}",
+            examples::api::admin_info::call_blocking(&blocking)?
+        );
+    }
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let client = match tls {
-            Some(tls) => rpc::Client::connect_tls(&args.addr, tls).await?,
-            None => rpc::Client::connect(args.addr.as_str()).await?,
+        let client = match (tls, &unix) {
+            (Some(tls), _) => rpc::Client::connect_tls(&args.addr, tls).await?,
+            (None, Some(path)) => rpc::Client::connect_unix(path).await?,
+            (None, None) => rpc::Client::connect(args.addr.as_str()).await?,
         };
         examples::async_calls(&client).await
     })?;

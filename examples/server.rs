@@ -7,6 +7,8 @@
 //! cargo run --release --example server -- --addr 127.0.0.1:25000
 //! cargo run --release --example server -- --addr 127.0.0.1:25000 --workers 4 --bind-core
 //! cargo run --release --example server -- --tls-cert server.crt --tls-key server.key
+//! cargo run --release --example server -- --addr 127.0.0.1:25000 --unix /tmp/rpc.sock \
+//!     --tls-addr 0.0.0.0:25001 --tls-cert server.crt --tls-key server.key --allow 10.0.0.0/8
 //! ```
 //!
 //! It prints `listening on ADDR` once it accepts connections (so `--addr 127.0.0.1:0` works
@@ -17,8 +19,20 @@
 //! connections silent for that long (default 60).
 //!
 //! `--tls-cert FILE --tls-key FILE` serves TLS (PEM files: the certificate chain and its
-//! key; with prefork, every worker serves it); `--tls-client-ca FILE` also requires each
-//! client to present a certificate issued by that CA (mutual TLS).
+//! key; with prefork, every worker serves it): on `--tls-addr ADDR` when given (then
+//! `--addr` stays plain TCP and both are served), else on `--addr` itself.
+//! `--tls-client-ca FILE` also requires each client to present a certificate issued by
+//! that CA (mutual TLS).
+//!
+//! `--unix PATH` serves a Unix-domain socket too (with prefork, every worker accepts on
+//! it); `--addr unix:PATH` makes the main address one. The `admin_*` functions
+//! (`admin_info`) are served over a Unix socket only: over TCP or TLS they answer 12
+//! "permission denied". `--allow CIDR` (repeatable) refuses TCP and TLS peers outside
+//! every CIDR given (Unix peers are not affected).
+//!
+//! It prints `listening on ADDR` for `--addr` first, then one line for each other
+//! listener: `listening on ADDR (tls)` for `--tls-addr`, `listening on unix:PATH` for
+//! `--unix`.
 //!
 //! `--workers N` serves from N forked worker processes sharing the port (Unix; 0: one per
 //! core), `--bind-core` pins each to a core. The process started is then the supervisor:
@@ -65,17 +79,43 @@ struct Args {
     /// With --tls-cert: require client certificates issued by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Serve TLS on this address (with --tls-cert and --tls-key), besides --addr (which
+    /// then stays plain TCP). Without it, --tls-cert makes --addr itself TLS.
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    tls_addr: Option<String>,
+    /// Serve a Unix-domain socket at this path too.
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Accept TCP and TLS peers from this network only (repeatable: any of them).
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<rpc::rules::Cidr>,
+}
+
+impl Args {
+    /// Who may connect (`--allow`), and `admin_*` over a Unix socket only.
+    fn rules(&self) -> rpc::Rules {
+        use rpc::rules::Match;
+        use rpc::Transport;
+        let mut rules = rpc::Rules::new();
+        if !self.allow.is_empty() {
+            for cidr in &self.allow {
+                rules = rules.allow(Match::any().from(*cidr));
+            }
+            rules = rules.deny(Match::any().on(Transport::Tcp).on(Transport::Tls));
+        }
+        rules.methods_only("admin_*", Match::any().on(Transport::Unix))
+    }
 }
 
 /// No `#[tokio::main]`: prefork must fork before any runtime or thread exists, so
-/// `run_with` builds the runtime itself (in each worker, or in this one process).
+/// `run_listeners_with` builds the runtime itself (in each worker, or in this one process).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_tracing();
     let args = Args::parse();
-    if let Some(addr) = args.gate {
+    if let Some(addr) = args.gate.clone() {
         examples::probes::set_gate(addr);
     }
-    if let Some(path) = args.journal {
+    if let Some(path) = args.journal.clone() {
         examples::probes::set_journal(path);
     }
     let mut builder = examples::service::builder()
@@ -85,15 +125,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(workers) = args.workers {
         builder = builder.prefork(workers);
     }
+    builder = builder.rules(args.rules());
+    let mut main = rpc::Endpoint::from(args.addr.as_str());
+    let mut tls_listener = None;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let mut tls = rpc::TlsConfig::from_pem_files(cert, key)?;
         if let Some(ca) = &args.tls_client_ca {
             tls = tls.client_ca(ca)?;
         }
-        builder = builder.tls(tls);
+        match &args.tls_addr {
+            Some(addr) => tls_listener = Some(rpc::Endpoint::tls(addr.as_str(), tls)),
+            // As before --tls-addr existed: the main address is TLS.
+            None => main = rpc::Endpoint::tls(args.addr.as_str(), tls),
+        }
     }
-    builder.run_with(args.addr.as_str(), |addr| {
-        println!("listening on {addr}");
+    builder = builder.listen(main);
+    if let Some(tls) = tls_listener {
+        builder = builder.listen(tls);
+    }
+    if let Some(path) = &args.unix {
+        builder = builder.listen_unix(path);
+    }
+    builder.run_listeners_with(|listeners| {
+        // The main address first, as `listening on ADDR` (tests read that line).
+        for (i, local) in listeners.iter().enumerate() {
+            match local.transport() {
+                rpc::Transport::Tls if i > 0 => println!("listening on {local} (tls)"),
+                _ => println!("listening on {local}"),
+            }
+        }
         let _ = std::io::stdout().flush();
     })?;
     Ok(())

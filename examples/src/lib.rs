@@ -74,6 +74,18 @@ pub mod service {
         ctx.peer().to_string()
     }
 
+    /// What a server administrator may see (served over a Unix socket only: the example
+    /// server's rules refuse `admin_*` elsewhere): this process's id, the listener the
+    /// call came on, and the caller.
+    #[register]
+    pub fn admin_info(ctx: rpc::Context) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::from([
+            ("pid".to_owned(), std::process::id().to_string()),
+            ("listener".to_owned(), ctx.listener().to_owned()),
+            ("peer".to_owned(), ctx.peer().to_string()),
+        ])
+    }
+
     /// The key-value store `kv_put` and `kv_get` share: the server's state. Under
     /// `--workers`, each worker process has its own.
     #[derive(Debug, Default)]
@@ -96,6 +108,7 @@ pub mod service {
         rpc::Server::builder()
             .state_with(Kv::default)
             .register(whoami::method())
+            .register(admin_info::method())
             .register(kv_put::method())
             .register(kv_get::method())
             .register(add::method())
@@ -165,6 +178,8 @@ pub mod api {
         pub fn kv_put(key: String, value: String) -> Option<String>;
         /// The value of `key`.
         pub async fn kv_get(key: String) -> Option<String>;
+        /// This process, the call's listener and its caller (over a Unix socket only).
+        pub fn admin_info() -> std::collections::BTreeMap<String, String>;
     }
 }
 

@@ -176,9 +176,10 @@ pub use rpc_macros::{declare, register, service};
 pub use rpc_proto::reserved::MethodDescription;
 pub use rpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
 pub use rpc_server::{
-    layers, shutdown_signal, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context,
-    DedupConfig, Error as ServeError, Method, Peer, Reply, RpcService, Server, Service, State, TlsConfig,
-    TlsConfigError, TlsIdentity, WorkerRuntime,
+    layers, rules, shutdown_signal, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig,
+    Context, DedupConfig, Endpoint, Error as ServeError, Listening, LocalAddr, Method, Peer, Reply,
+    RpcService, Rules, Server, Service, State, TlsConfig, TlsConfigError, TlsIdentity, Transport,
+    WorkerRuntime,
 };
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
