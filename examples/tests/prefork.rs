@@ -112,6 +112,8 @@ async fn within<F: Future>(what: &str, fut: F) -> F::Output {
 struct Server {
     child: Option<Child>,
     addr: SocketAddr,
+    /// The lines it prints after the first (one per further listener).
+    lines: std_mpsc::Receiver<String>,
     log: Arc<Mutex<String>>,
     /// Reads the log until every process holding the pipe (supervisor and workers) exits.
     reader: Option<std::thread::JoinHandle<()>>,
@@ -147,17 +149,21 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std_mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
+        let line = rx.recv_timeout(WAIT).expect("the server printed its address");
         let mut server = Server {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
+            lines: rx,
             log,
             reader: Some(reader),
         };
-        let line = rx.recv_timeout(WAIT).expect("the server printed its address");
         server.addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -176,6 +182,13 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// The next line it printed (a further listener's `listening on` line).
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no further line within {WAIT:?}\n{}", self.log()))
     }
 
     fn signal(&self, s: Signal) {
@@ -510,6 +523,163 @@ fn every_worker_serves_tls() {
         })
         .await;
     });
+}
+
+/// A worker stopped with SIGSTOP (so that the other one must accept), continued when
+/// dropped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGCONT);
+    }
+}
+
+/// Several listeners under prefork (issue 12), with two workers: TCP (`--addr`), TLS
+/// (`--tls-addr`) and a Unix socket (`--unix`). Every worker serves every listener: over
+/// TCP and TLS, new connections reach both (`SO_REUSEPORT`); the Unix socket, bound once
+/// by the supervisor, is accepted on by each worker while the other is stopped, also after
+/// a rolling restart (the new workers inherit it). `admin_*` answers over the Unix socket
+/// only. TERM stops everything and the supervisor removes the socket file.
+#[test]
+fn every_worker_serves_tcp_tls_and_the_unix_socket() {
+    run(async {
+        let pki = pki::Pki::new("prefork-listeners");
+        let sock = pki.dir.join("rpc.sock");
+        let (cert, key) = (
+            pki.server_cert.to_str().unwrap(),
+            pki.server_key.to_str().unwrap(),
+        );
+        let mut server = Server::start(&[
+            "--workers",
+            "2",
+            "--tls-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--unix",
+            sock.to_str().unwrap(),
+        ]);
+        let tls_line = server.next_line();
+        let tls = tls_line
+            .strip_prefix("listening on ")
+            .and_then(|l| l.strip_suffix(" (tls)"))
+            .unwrap_or_else(|| panic!("unexpected line {tls_line:?}"))
+            .to_owned();
+        let unix_name = format!("unix:{}", sock.display());
+        assert_eq!(server.next_line(), format!("listening on {unix_name}"));
+        assert!(sock.exists());
+
+        // TCP and TLS: the kernel spreads new connections over both workers.
+        let by_index = workers(server.addr, 2).await;
+        assert_eq!(by_index.keys().copied().collect::<Vec<_>>(), [0, 1]);
+        let mut over_tls = BTreeMap::new();
+        for _ in 0..1000 {
+            let attempt = async {
+                let settings = pki.client_tls().server_name("localhost");
+                let client = Client::connect_tls_with(&tls, settings, client_config()).await?;
+                worker_of_checked(&client).await
+            };
+            if let Ok((index, pid)) = within("rpc.worker over TLS", attempt).await {
+                over_tls.insert(index, pid);
+            }
+            if over_tls.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            over_tls,
+            by_index,
+            "both workers answer over TLS\n{}",
+            server.log()
+        );
+
+        // The Unix socket: each worker accepts on it (the other one stopped).
+        let over_unix = |workers: BTreeMap<usize, u32>| {
+            let sock = sock.clone();
+            async move {
+                for (&index, &pid) in &workers {
+                    let others: Vec<_> = workers.iter().filter(|(i, _)| **i != index).collect();
+                    let _stopped: Vec<Stopped> = others.iter().map(|(_, p)| Stopped::new(**p)).collect();
+                    let client = within(
+                        "connect over the Unix socket",
+                        Client::connect_unix_with(&sock, client_config()),
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(
+                        worker_of(&client).await,
+                        (index, pid),
+                        "the running worker accepted"
+                    );
+                }
+            }
+        };
+        over_unix(by_index.clone()).await;
+
+        // admin_* over the Unix socket only.
+        let unix = within("connect", Client::connect_unix_with(&sock, client_config()))
+            .await
+            .unwrap();
+        let info = within("admin_info", examples::api::admin_info::call(&unix))
+            .await
+            .unwrap();
+        assert_eq!(info["listener"], unix_name);
+        for (what, client) in [
+            (
+                "tcp",
+                Client::connect_with(server.addr, client_config()).await.unwrap(),
+            ),
+            (
+                "tls",
+                Client::connect_tls_with(&tls, pki.client_tls().server_name("localhost"), client_config())
+                    .await
+                    .unwrap(),
+            ),
+        ] {
+            let e = within("admin_info", examples::api::admin_info::call(&client))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.remote().map(|r| r.kind()),
+                Some(ErrorCode::PermissionDenied),
+                "{what}: {e}"
+            );
+        }
+        drop(unix);
+
+        // HUP: the new workers inherit the Unix socket.
+        let old: BTreeSet<u32> = by_index.values().copied().collect();
+        server.signal(Signal::SIGHUP);
+        until("the old workers to exit", || {
+            old.iter().all(|&p| state(p).is_none())
+        })
+        .await;
+        let new = workers(server.addr, 2).await;
+        assert!(new.values().all(|p| !old.contains(p)), "{new:?} replaced {old:?}");
+        over_unix(new).await;
+
+        server.signal(Signal::SIGTERM);
+        let status = server.wait_exit();
+        assert!(status.success(), "{status}\n{}", server.log());
+        assert!(!sock.exists(), "the supervisor removes the socket file");
+    });
+}
+
+/// `rpc.worker` on `client`'s connection, as a result (a connection reset while a worker
+/// starts or stops is an error to retry, not a failure).
+async fn worker_of_checked(client: &Client) -> Result<(usize, u32), rpc::Error> {
+    let w: HashMap<String, u64> = client.call("rpc.worker", ()).await?;
+    Ok((w["index"] as usize, w["pid"] as u32))
 }
 
 /// `State<T>` under prefork (issue 11): each worker builds its own (`state_with`), so a

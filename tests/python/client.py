@@ -16,12 +16,19 @@ It checks that a server speaks plain MessagePack-RPC as third-party peers do:
 Every message from the server must be a 4-element response: a server must not send
 notifications or anything else to a client that did not ask for them.
 
-Usage: client.py --addr HOST:PORT [--timeout SECONDS]
+Usage: client.py --addr HOST:PORT|unix:PATH [--tls-ca FILE [--tls-server-name NAME]]
+                 [--timeout SECONDS]
+
+--addr unix:PATH connects over a Unix-domain socket (socket.AF_UNIX); --tls-ca FILE
+speaks TLS with the standard `ssl` module, trusting that CA (the server name defaults to
+the host of --addr).
+
 Prints OK and exits 0, or prints the failure to stderr and exits 1.
 """
 
 import argparse
 import socket
+import ssl
 import sys
 
 import msgpack
@@ -34,10 +41,21 @@ class Failure(Exception):
 
 
 class Conn:
-    def __init__(self, addr, timeout):
-        host, _, port = addr.rpartition(":")
-        self.sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, addr, timeout, tls_ca=None, server_name=None):
+        if addr.startswith("unix:"):
+            if tls_ca:
+                raise Failure("TLS over a Unix socket is not served")
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(addr[len("unix:"):])
+        else:
+            host, _, port = addr.rpartition(":")
+            host = host.strip("[]")
+            self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls_ca:
+                ctx = ssl.create_default_context(cafile=tls_ca)
+                self.sock = ctx.wrap_socket(self.sock, server_hostname=server_name or host)
         self.packer = msgpack.Packer(use_bin_type=True)
         # raw=False: str -> str, bin -> bytes, so the two stay distinguishable.
         self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 * 1024 * 1024)
@@ -100,8 +118,8 @@ def expect_ok(what, outcome, want):
         raise Failure(f"{what}: expected {short(want)} ({type(want).__name__}), got {short(result)} ({type(result).__name__})")
 
 
-def run(addr, timeout):
-    c = Conn(addr, timeout)
+def run(addr, timeout, tls_ca=None, server_name=None):
+    c = Conn(addr, timeout, tls_ca, server_name)
 
     # pynvim's first message: a notification with a bin method name. It must be ignored;
     # any reply to it fails the first `reply` below.
@@ -143,11 +161,13 @@ def run(addr, timeout):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--addr", required=True, help="HOST:PORT of the server")
+    ap.add_argument("--addr", required=True, help="HOST:PORT of the server, or unix:PATH")
+    ap.add_argument("--tls-ca", help="speak TLS, trusting this CA (PEM)")
+    ap.add_argument("--tls-server-name", help="with --tls-ca: the name the certificate must be valid for")
     ap.add_argument("--timeout", type=float, default=20.0, help="per-read timeout in seconds")
     args = ap.parse_args()
     try:
-        run(args.addr, args.timeout)
+        run(args.addr, args.timeout, args.tls_ca, args.tls_server_name)
     except (Failure, OSError, ValueError, msgpack.UnpackException) as e:
         print(f"FAIL: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
