@@ -9,6 +9,9 @@
 //! - [`Builder`] and [`Config`]: collect methods and settings, then [`Builder::build`].
 //! - [`Server::run`]: accept connections until the shutdown future completes, then drain.
 //! - [`TlsConfig`]: serve TLS, optionally requiring client certificates (mutual TLS).
+//! - [`Builder::listen`] and [`Endpoint`]: several listeners at once (TCP, TLS, Unix), served
+//!   by [`Builder::serve_listeners`], [`Builder::bind`] or [`Builder::run_listeners`].
+//! - [`rules`]: who may connect (by listener, address, uid, TLS identity) and call what.
 //!
 //! A request goes through the files in this order: `listener.rs` (the accept loop, one
 //! task per connection) → `connection.rs` (reads requests, writes replies) →
@@ -18,7 +21,9 @@
 //! unstable-network mode; `run.rs` the sync entry point [`Builder::run`]; `prefork.rs`
 //! the prefork supervisor, which builds each worker's server with its shared-memory
 //! limits and dedup store; `tls.rs` the TLS settings and the handshake each connection's
-//! task runs before `connection.rs` takes over.
+//! task runs before `connection.rs` takes over; `endpoint.rs` where to listen and the
+//! binding of every listener; `rules.rs` the connection and per-method rules, checked by
+//! `listener.rs` at accept (and after a TLS handshake) and by `registry.rs` at dispatch.
 //!
 //! # Example
 //!
@@ -95,8 +100,8 @@ pub struct Config {
     /// How many sync handlers may run on the blocking pool at once; more wait for a slot.
     /// Default: 128.
     pub blocking_threads: usize,
-    /// Connections served at once; a connection beyond it is closed at once and logged.
-    /// Default: 10 000.
+    /// Connections served at once, over every listener of the server; a connection beyond
+    /// it is closed at once and logged. Default: 10 000.
     pub max_connections: usize,
     /// Calls running at once on one connection; beyond it the server stops reading that
     /// connection until some finish. Default: 1024.
@@ -142,8 +147,9 @@ pub struct Config {
     /// `net.core.somaxconn`. A listener passed to [`Server::run`] keeps its own.
     /// Default: 1024.
     pub backlog: u32,
-    /// The file mode of a Unix-domain socket the server binds ([`Server::run_unix`]): who
-    /// may connect. Default: `0o660` (the owner and the group).
+    /// The file mode of a Unix-domain socket the server binds ([`Server::run_unix`],
+    /// [`Builder::listen_unix`]): who may connect. Default: `0o660` (the owner and the
+    /// group).
     pub unix_socket_mode: u32,
 }
 

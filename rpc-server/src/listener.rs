@@ -1,9 +1,11 @@
 //! The accept loop: listener → connection.
 //!
-//! [`Listener`] takes connections until the shutdown signal, gives each one its task (a
-//! [`Connection`]) and a connection permit, and at shutdown takes what is still queued,
-//! tells every connection to drain, and waits for them within the grace period. As in
-//! mini-redis's `server.rs`, each concern is a field.
+//! [`Listener`] takes connections from every listener of the server (TCP, TLS, Unix) until
+//! the shutdown signal, checks the connection rules, gives each one its task (a
+//! [`Connection`]) and a connection permit (one limit for all the listeners), and at
+//! shutdown takes what is still queued on each, tells every connection to drain, and waits
+//! for them within the grace period. As in mini-redis's `server.rs`, each concern is a
+//! field.
 
 use std::future::{poll_fn, Future};
 use std::io;

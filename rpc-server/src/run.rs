@@ -47,7 +47,8 @@ impl Builder {
     }
 
     /// Build and serve `addr` until TERM or INT (ctrl-c), from a plain `fn main`: this
-    /// builds the runtime itself, so call it with none running.
+    /// builds the runtime itself, so call it with none running. Listeners given with
+    /// [`Builder::listen`] are served too, after `addr` (see [`Builder::run_listeners`]).
     ///
     /// In one process (the default) it binds, builds a multi-thread runtime and runs
     /// [`Server::run`](crate::Server::run). With [`Builder::prefork`] this process becomes
