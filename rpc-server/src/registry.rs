@@ -151,13 +151,14 @@ struct Guards {
 
 impl Registry {
     /// A call of a user method on a server with guards: refused (per-method rules), or
-    /// through the layers, or straight to the table. Out of line, so that the common
-    /// path's code stays as it is without guards.
+    /// through the layers, or straight to the table.
     ///
     /// It takes what the layers alone took (not the connection's kept boxes: passing
     /// them cost the common path 6 instructions a call, in register moves), so a call that
-    /// is let through runs as on the layered path, its future boxed.
-    #[inline(never)]
+    /// is let through runs as on the layered path, its future boxed. Inlined (callgrind,
+    /// server 1 x 64: 817 instructions per call without guards, against 827 before rules
+    /// and 818 with this out of line; with one layer 3 710, against 3 690 and 3 733).
+    #[inline(always)]
     fn dispatch_guarded(&self, method: &[u8], params: &[u8], codec: Codec, parts: CallParts<'_>) -> Dispatch {
         let (table, Some(guards)) = (&self.table, &self.guards) else {
             unreachable!("dispatch_guarded without guards")

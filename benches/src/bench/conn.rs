@@ -8,6 +8,7 @@ use tarpc::tokio_serde::formats::Bincode;
 
 use crate::grpc;
 use crate::raw;
+use crate::secure;
 use crate::system::{OurCodec, Payload, Variant, Workload};
 use crate::tarpc_svc::BenchClient as TarpcClient;
 use crate::Result;
@@ -55,6 +56,32 @@ impl AsyncConn {
                     .await?;
                 AsyncConn::Tonic(grpc::BenchClient::new(channel))
             }
+            Variant::TonicTls => {
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(secure::ca_pem()?))
+                    .domain_name("localhost");
+                let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                    .tls_config(tls)?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?;
+                AsyncConn::Tonic(grpc::BenchClient::new(channel))
+            }
+            Variant::OursTls => {
+                let tls = rpc_client::ClientTls::from_ca_pem(&secure::ca_pem()?)?.server_name("localhost");
+                AsyncConn::Ours(
+                    rpc_client::Client::connect_tls_with(
+                        &addr.to_string(),
+                        tls,
+                        our_config(OurCodec::Msgpack),
+                    )
+                    .await?,
+                )
+            }
+            Variant::OursUnix => AsyncConn::Ours(
+                rpc_client::Client::connect_unix_with(secure::unix_path(), our_config(OurCodec::Msgpack))
+                    .await?,
+            ),
             Variant::Tarpc => {
                 let mut connect = tarpc::serde_transport::tcp::connect(addr, Bincode::default);
                 connect.config_mut().max_frame_length(TARPC_MAX_FRAME);

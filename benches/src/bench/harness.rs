@@ -64,8 +64,9 @@ pub(crate) struct RunArgs {
     pub(crate) prefork_workers: usize,
     /// Clients to run (comma-separated: ours-async-msgpack, ours-async-bincode,
     /// ours-blocking-msgpack, ours-blocking-bincode, ours-prefork-async-msgpack, tonic,
-    /// tarpc, raw-std, raw-tokio); the default is all. Ratios need tonic and the raw
-    /// floors in the run.
+    /// tarpc, raw-std, raw-tokio, ours-tls, ours-unix, tonic-tls); the default is all.
+    /// Ratios need tonic and the raw floors in the run. The TLS and Unix-socket clients
+    /// run `add` only, sequential and 1 × 64.
     #[arg(long, value_delimiter = ',')]
     pub(crate) clients: Vec<String>,
     /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records); the default
@@ -164,6 +165,15 @@ pub(crate) struct Context {
 /// Run everything and write the report.
 pub(crate) fn run(mut args: RunArgs) -> Result<()> {
     args.apply_quick();
+    // The TLS certificate and the Unix socket of the run go when it ends (the servers,
+    // dropped before this, have stopped).
+    struct Cleanup;
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            crate::secure::cleanup();
+        }
+    }
+    let _cleanup = Cleanup;
     let started = Instant::now();
     let load_start = procfs::loadavg();
     let tree = procfs::tree();

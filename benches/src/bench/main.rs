@@ -25,6 +25,7 @@ mod placement;
 mod procfs;
 mod raw;
 mod report;
+mod secure;
 mod server;
 mod system;
 mod tarpc_svc;

@@ -46,6 +46,25 @@ pub(crate) struct ServerArgs {
     /// layered path costs, with layers that do nothing themselves).
     #[arg(long, default_value_t = 0)]
     pub(crate) layers: usize,
+    /// The certificate chain of `ours-tls` and `tonic-tls` (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
+    /// The socket of `ours-unix` (which then prints `PORT 0`).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) unix: Option<std::path::PathBuf>,
+}
+
+impl ServerArgs {
+    /// The certificate and key files, for a TLS system.
+    fn tls_files(&self) -> Result<(&std::path::Path, &std::path::Path)> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Ok((c, k)),
+            _ => Err(format!("--system {} needs --tls-cert and --tls-key", self.system.arg()).into()),
+        }
+    }
 }
 
 /// Our server's functions and settings, as [`our_server`] builds them.
@@ -71,11 +90,15 @@ fn our_builder() -> Builder {
 /// Our server with the benchmark's functions, for one process, with `layers`
 /// pass-through layers.
 pub(crate) fn our_server(layers: usize) -> Result<Server> {
+    Ok(our_layered_builder(layers).build()?)
+}
+
+fn our_layered_builder(layers: usize) -> Builder {
     let mut builder = our_builder();
     for _ in 0..layers {
         builder = builder.layer(tower::layer::util::Identity::new());
     }
-    Ok(builder.build()?)
+    builder
 }
 
 fn announce(addr: SocketAddr) -> Result<()> {
@@ -109,6 +132,17 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
         std::process::exit(0);
     });
     match args.system {
+        ServerKind::OursUnix => {
+            let path = args.unix.clone().ok_or("--system ours-unix needs --unix PATH")?;
+            let builder = our_layered_builder(args.layers).listen_unix(path);
+            placement::runtime()?.block_on(async move {
+                let listening = builder.bind().await?;
+                println!("PORT 0");
+                std::io::stdout().flush()?;
+                listening.serve(std::future::pending()).await;
+                Ok(())
+            })
+        }
         ServerKind::RawStd => {
             let listener = std::net::TcpListener::bind(args.addr)?;
             announce(listener.local_addr()?)?;
@@ -124,10 +158,21 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
                         .await;
                     Ok(())
                 }
-                ServerKind::Tonic => serve_tonic(listener).await,
+                ServerKind::OursTls => {
+                    let (cert, key) = args.tls_files()?;
+                    let tls = rpc_server::TlsConfig::from_pem_files(cert, key)?;
+                    our_server(args.layers)?
+                        .run_tls(listener, tls, std::future::pending())
+                        .await;
+                    Ok(())
+                }
+                ServerKind::Tonic => serve_tonic(listener, None).await,
+                ServerKind::TonicTls => serve_tonic(listener, Some(args.tls_files()?)).await,
                 ServerKind::Tarpc => serve_tarpc(listener).await,
                 ServerKind::RawTokio => crate::raw::serve_tokio(listener).await,
-                ServerKind::RawStd | ServerKind::OursPrefork => unreachable!("served above"),
+                ServerKind::RawStd | ServerKind::OursPrefork | ServerKind::OursUnix => {
+                    unreachable!("served above")
+                }
             }
         }),
     }
@@ -207,11 +252,20 @@ pub(crate) fn watch_stdin(args: &WatchArgs) -> Result<()> {
     Ok(())
 }
 
-async fn serve_tonic(listener: tokio::net::TcpListener) -> Result<()> {
+/// tonic, over TLS with `tls` (certificate and key files).
+async fn serve_tonic(
+    listener: tokio::net::TcpListener,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<()> {
     // tonic sets TCP_NODELAY only on the sockets it accepts itself; with our own listener
     // the incoming stream has to be told.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
         .serve_with_incoming(crate::grpc::BenchServer::new(crate::grpc::Service), incoming)
         .await?;
     Ok(())
@@ -264,6 +318,16 @@ impl ServerProc {
         }
         if kind == ServerKind::OursPrefork {
             cmd.args(["--workers", &workers.to_string()]);
+        }
+        if kind.is_tls() {
+            let pki = crate::secure::pki()?;
+            cmd.arg("--tls-cert")
+                .arg(&pki.cert)
+                .arg("--tls-key")
+                .arg(&pki.key);
+        }
+        if kind == ServerKind::OursUnix {
+            cmd.arg("--unix").arg(crate::secure::unix_path());
         }
         let mut child = cmd
             .stdin(Stdio::piped())

@@ -22,16 +22,25 @@ pub(crate) enum ServerKind {
     RawStd,
     /// Length-prefixed echo on tokio, a task per connection.
     RawTokio,
+    /// Our server (as `ours`) over TLS, with the run's certificate (see `secure`).
+    OursTls,
+    /// Our server (as `ours`) on a Unix-domain socket.
+    OursUnix,
+    /// tonic (as `tonic`) over TLS, with the same certificate as `ours-tls`.
+    TonicTls,
 }
 
 impl ServerKind {
-    pub(crate) const ALL: [ServerKind; 6] = [
+    pub(crate) const ALL: [ServerKind; 9] = [
         ServerKind::Ours,
         ServerKind::OursPrefork,
         ServerKind::Tonic,
         ServerKind::Tarpc,
         ServerKind::RawStd,
         ServerKind::RawTokio,
+        ServerKind::OursTls,
+        ServerKind::OursUnix,
+        ServerKind::TonicTls,
     ];
 
     /// The name on the command line.
@@ -43,7 +52,15 @@ impl ServerKind {
             ServerKind::Tarpc => "tarpc",
             ServerKind::RawStd => "raw-std",
             ServerKind::RawTokio => "raw-tokio",
+            ServerKind::OursTls => "ours-tls",
+            ServerKind::OursUnix => "ours-unix",
+            ServerKind::TonicTls => "tonic-tls",
         }
+    }
+
+    /// Served over TLS (with the run's certificate).
+    pub(crate) fn is_tls(self) -> bool {
+        matches!(self, ServerKind::OursTls | ServerKind::TonicTls)
     }
 }
 
@@ -76,10 +93,16 @@ pub(crate) enum Variant {
     Tarpc,
     RawStd,
     RawTokio,
+    /// Our async `Client` (msgpack) over TLS.
+    OursTls,
+    /// Our async `Client` (msgpack) over a Unix-domain socket.
+    OursUnix,
+    /// tonic over TLS.
+    TonicTls,
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 9] = [
+    pub(crate) const ALL: [Variant; 12] = [
         Variant::OursAsync(OurCodec::Msgpack),
         Variant::OursAsync(OurCodec::Bincode),
         Variant::OursBlocking(OurCodec::Msgpack),
@@ -89,6 +112,9 @@ impl Variant {
         Variant::Tarpc,
         Variant::RawStd,
         Variant::RawTokio,
+        Variant::OursTls,
+        Variant::OursUnix,
+        Variant::TonicTls,
     ];
 
     pub(crate) fn server(self) -> ServerKind {
@@ -99,6 +125,9 @@ impl Variant {
             Variant::Tarpc => ServerKind::Tarpc,
             Variant::RawStd => ServerKind::RawStd,
             Variant::RawTokio => ServerKind::RawTokio,
+            Variant::OursTls => ServerKind::OursTls,
+            Variant::OursUnix => ServerKind::OursUnix,
+            Variant::TonicTls => ServerKind::TonicTls,
         }
     }
 
@@ -128,6 +157,11 @@ impl Variant {
         match self {
             // One call at a time per client: sequential, or one thread per connection.
             Variant::OursBlocking(_) => mode.in_flight == 1,
+            // What a transport adds to a call: `add`, sequential and 1 × 64.
+            Variant::OursTls | Variant::OursUnix | Variant::TonicTls => {
+                workload == Workload::Add
+                    && (mode.sequential || (mode.connections, mode.in_flight) == (1, 64))
+            }
             _ => true,
         }
     }
@@ -144,6 +178,9 @@ impl Variant {
             Variant::Tarpc => "tarpc",
             Variant::RawStd => "raw-std",
             Variant::RawTokio => "raw-tokio",
+            Variant::OursTls => "ours-tls",
+            Variant::OursUnix => "ours-unix",
+            Variant::TonicTls => "tonic-tls",
         }
     }
 
@@ -158,6 +195,9 @@ impl Variant {
             Variant::Tarpc => "tarpc (bincode)",
             Variant::RawStd => "raw TCP std",
             Variant::RawTokio => "raw TCP tokio",
+            Variant::OursTls => "ours async msgpack, TLS",
+            Variant::OursUnix => "ours async msgpack, Unix socket",
+            Variant::TonicTls => "tonic (gRPC), TLS",
         }
     }
 }
