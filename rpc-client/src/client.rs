@@ -496,7 +496,8 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// As [`Client::call`].
+    /// As [`Client::call`]. A function's own error comes as [`Error::Remote`], its data (when
+    /// it sent some) a value too: [`ServerError::data_value`](rpc_proto::ServerError::data_value).
     /// The result is read natively from MessagePack: a str whose bytes are not UTF-8 stays a
     /// `Value::String` (serde would make it `Value::Binary`).
     pub async fn call_value(&self, method: &str, params: Vec<rmpv::Value>) -> Result<rmpv::Value, Error> {

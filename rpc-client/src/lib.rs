@@ -14,6 +14,7 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 mod blocking;
+mod call_error;
 mod client;
 mod config;
 mod error;
@@ -21,6 +22,7 @@ mod reply;
 mod tls;
 
 pub use blocking::{BlockingClient, CallOptions};
+pub use call_error::CallError;
 pub use client::Client;
 pub use config::Config;
 pub use error::Error;

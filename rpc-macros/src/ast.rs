@@ -69,8 +69,9 @@ pub(crate) enum Output {
     /// A value of this type.
     Plain(Type),
     /// `Result<T, E>` (any type whose last path segment is `Result`): `T` on success,
-    /// `E`'s `Display` as a handler error. `err` is `None` for aliases that fix `E`, such as
-    /// `io::Result<T>`.
+    /// `E`'s `Display` as a handler error, with `E` itself as its data when `E` is
+    /// `Serialize`. `err` is `None` for aliases that fix `E`, such as `io::Result<T>`: their
+    /// stubs return `rpc::Error`, the others `rpc::CallError<E>`.
     Fallible {
         ok: Type,
         err: Option<Box<Type>>,
@@ -84,6 +85,15 @@ impl Output {
         match self {
             Output::Unit => quote::quote!(()),
             Output::Plain(t) | Output::Fallible { ok: t, .. } => quote::quote!(#t),
+        }
+    }
+
+    /// The function's own error type, when it is written out: the stubs then return
+    /// `rpc::CallError<E>`.
+    pub(crate) fn written_error(&self) -> Option<&Type> {
+        match self {
+            Output::Fallible { err: Some(e), .. } => Some(e),
+            _ => None,
         }
     }
 }

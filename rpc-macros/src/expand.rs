@@ -5,6 +5,11 @@
 //! absolute path (`::rpc::__private::…`, `::core::result::Result`), so user items named
 //! `Result` or `Box`, or a `#![no_implicit_prelude]`, change nothing.
 //!
+//! For a `Result<T, E>` whose `E` is written, the stubs return `rpc::CallError<E>`. Whether
+//! the server sends `E` as the error's data (`E: Serialize`) and whether the stubs decode it
+//! (`E: DeserializeOwned`) are chosen by autoref specialization on the concrete type, so `E`
+//! needs neither.
+//!
 //! Type errors land on the user's own tokens: each body that needs a bound on a user type
 //! first calls `::rpc::__private::assert_*::<T>()` with `T` as written, then uses `T` only
 //! through `__private` functions bounded by the same trait. rustc reports a failed bound
@@ -60,7 +65,7 @@ pub(crate) fn register(args: TokenStream, input: TokenStream) -> TokenStream {
     // `#[cfg]` written after `#[register]` must remove the module along with the function.
     let cfgs: Vec<_> = item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
     let module = if errors.len() == before {
-        module(&item.vis, &cfgs, &func, &opts, true)
+        module(&item.vis, &cfgs, &func, &opts, Some(&first_doc_line(&item.attrs)))
     } else {
         fallback(&item.vis, &cfgs, &func, &opts, true)
     };
@@ -102,7 +107,7 @@ pub(crate) fn declare(input: TokenStream) -> TokenStream {
         valid::signature(&d.sig, Place::Declare, &mut errors);
         let func = Function::from_signature(&d.sig);
         out.extend(if errors.len() == before {
-            module(&d.vis, &attrs, &func, &opts, false)
+            module(&d.vis, &attrs, &func, &opts, None)
         } else {
             fallback(&d.vis, &attrs, &func, &opts, false)
         });
@@ -181,7 +186,14 @@ pub(crate) fn on(ty: &Type, f: &str) -> TokenStream {
 }
 
 /// The module of a valid function: its name, stubs and (with `server`) registration.
-fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, server: bool) -> TokenStream {
+/// With `server` (the doc line of the function), `method()` too.
+fn module(
+    vis: &Visibility,
+    attrs: &[&Attribute],
+    f: &Function,
+    opts: &Options,
+    server: Option<&str>,
+) -> TokenStream {
     let Frame {
         head,
         prelude,
@@ -224,9 +236,35 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
             quote_spanned!(span_of(t)=> ::rpc::__private::call_blocking::<_, #t>(#params)),
         ),
     };
+    // A written `E`: the stubs return `CallError<E>`, decoding the error's data into an `E`
+    // when `E` is `DeserializeOwned` (autoref specialization on the concrete type: no bound
+    // is asked of `E`).
+    let (err_ty, call_async, call_blocking) = match f.output.written_error() {
+        Some(e) => {
+            let to_call_error = quote_spanned! {span_of(e)=>
+                |__rpc_e: ::rpc::Error| {
+                    #[allow(unused_imports)]
+                    use ::rpc::__private::{TypedStub as _, UntypedStub as _};
+                    (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
+                }
+            };
+            (
+                quote!(::rpc::CallError<#e>),
+                quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
+                quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
+            )
+        }
+        None => (quote!(::rpc::Error), call_async, call_blocking),
+    };
     let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
     let blocking_doc = format!("Call `{}` on a server, through a blocking client.", ident.unraw());
-    let registration = server.then(|| registration(f, opts, &item_vis));
+    let errors_doc = if f.output.written_error().is_some() {
+        "When the call fails or the server answers with an error: the function's own error is \
+         `CallError::Handler` when the server sent it as data."
+    } else {
+        "When the call fails or the server answers with an error."
+    };
+    let registration = server.map(|doc| registration(f, opts, &item_vis, doc));
 
     quote! {
         #head {
@@ -238,11 +276,11 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
             ///
             /// # Errors
             ///
-            /// When the call fails or the server answers with an error.
+            #[doc = #errors_doc]
             #item_vis async fn call(
                 __rpc_client: &::rpc::Client,
                 #(#binds: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
                 #call_async
             }
@@ -251,11 +289,11 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
             ///
             /// # Errors
             ///
-            /// When the call fails or the server answers with an error.
+            #[doc = #errors_doc]
             #item_vis fn call_blocking(
                 __rpc_client: &::rpc::BlockingClient,
                 #(#binds: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
                 #call_blocking
             }
@@ -278,8 +316,8 @@ fn module(vis: &Visibility, attrs: &[&Attribute], f: &Function, opts: &Options, 
 }
 
 /// `method()`: decode the arguments, call the function, wrap the result.
-fn registration(f: &Function, opts: &Options, item_vis: &TokenStream) -> TokenStream {
-    let method = method_expr(f, opts, &quote!(self::NAME), Target::Free);
+fn registration(f: &Function, opts: &Options, item_vis: &TokenStream, doc: &str) -> TokenStream {
+    let method = method_expr(f, opts, &quote!(self::NAME), Target::Free, doc);
     quote! {
         /// The server-side registration: pass it to `Builder::register`.
         #item_vis fn method() -> ::rpc::__private::Method {
@@ -301,8 +339,26 @@ pub(crate) enum Target {
 /// The expression making the [`Method`] of `f`, served under `name` (an expression of type
 /// `&'static str`): decode the arguments, call the function, wrap the result; with the
 /// checks on the user's types first.
-pub(crate) fn method_expr(f: &Function, opts: &Options, name: &TokenStream, target: Target) -> TokenStream {
+pub(crate) fn method_expr(
+    f: &Function,
+    opts: &Options,
+    name: &TokenStream,
+    target: Target,
+    doc: &str,
+) -> TokenStream {
     let ident = &f.ident;
+    // What `rpc.methods` says: the wire arguments and the return type as written.
+    let described_args = f.wire_args().enumerate().map(|(i, a)| {
+        let n = a.name(i);
+        let t = type_text(&a.ty);
+        quote!((#n, #t))
+    });
+    let returns = match &f.output {
+        Output::Unit => "()".to_owned(),
+        Output::Plain(t) => type_text(t),
+        Output::Fallible { full, .. } => type_text(full),
+    };
+    let describe = quote!(.describe(&[#(#described_args),*], #returns, #doc));
     let count = f.wire_args().count();
     let locals: Vec<Ident> = (0..f.args.len())
         .map(|i| format_ident!("__rpc_arg{}", i))
@@ -366,17 +422,30 @@ pub(crate) fn method_expr(f: &Function, opts: &Options, name: &TokenStream, targ
         Output::Fallible { ok, err, full } => {
             let assert_ok = on(ok, "assert_return");
             let reply_ok = on(ok, "reply");
-            let (assert_err, reply_err) = match err {
+            // `E` is sent as the error's data when it is `Serialize`, as its message alone
+            // otherwise: autoref specialization on `E`'s concrete type (inferred from the
+            // function's output, so aliases such as `io::Result<T>` get it too).
+            let (assert_err, span) = match err {
                 Some(e) => {
                     let assert = on(e, "assert_error");
-                    (quote!(#assert();), on(e, "reply_error"))
+                    (quote!(#assert();), span_of(e))
                 }
                 // `io::Result<T>` and the like: `E` is not written, so the bound goes on the
                 // whole type.
-                None => (
-                    quote!(),
-                    quote_spanned!(span_of(full)=> ::rpc::__private::reply_error),
-                ),
+                None => (quote!(), span_of(full)),
+            };
+            // Spanned on `E`: a failed `Display` bound is then reported on `E`, where
+            // `assert_error`'s identical error is, and rustc shows one. The error is bound
+            // again inside, so that every local the block names has the block's own span
+            // (`E` may come from another macro, with another hygiene context).
+            let reply_err = move || {
+                let bound = quote!(__rpc_err);
+                quote_spanned! {span=> {
+                    #[allow(unused_imports)]
+                    use ::rpc::__private::{DisplayReply as _, TypedReply as _};
+                    let __rpc_e = #bound;
+                    (&::rpc::__private::ErrorReply::of(&__rpc_e)).reply_error(__rpc_e)
+                }}
             };
             let (ok_path, err_path) = (
                 quote_spanned!(span_of(full)=> ::core::result::Result::Ok),
@@ -385,10 +454,11 @@ pub(crate) fn method_expr(f: &Function, opts: &Options, name: &TokenStream, targ
             (
                 quote!(#assert_ok(); #assert_err),
                 Box::new(move |out| {
+                    let reply_err = reply_err();
                     quote! {
                         match #out {
                             #ok_path(__rpc_ok) => #reply_ok(__rpc_ok),
-                            #err_path(__rpc_err) => #reply_err(__rpc_err),
+                            #err_path(__rpc_err) => #reply_err,
                         }
                     }
                 }),
@@ -471,10 +541,54 @@ pub(crate) fn method_expr(f: &Function, opts: &Options, name: &TokenStream, targ
         #own_handle
         #registration
         #takes_context
+        #describe
         #max_flow
         #max_flow_wait
         #unstable_network
     }}
+}
+
+/// A type as written, for people: `Vec<u8>`, not `Vec < u8 >`.
+fn type_text(ty: &Type) -> String {
+    let raw = quote!(#ty).to_string();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ' ' {
+            let prev = out.chars().last();
+            let next = chars.peek().copied();
+            // Keep a space only between two words (`dyn Trait`, `impl Send`) and after `,`.
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '\'');
+            if (word(prev) && word(next)) || prev == Some(',') {
+                out.push(' ');
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The first line of the doc comments in `attrs`.
+pub(crate) fn first_doc_line(attrs: &[Attribute]) -> String {
+    for a in attrs {
+        if !a.path().is_ident("doc") {
+            continue;
+        }
+        if let syn::Meta::NameValue(nv) = &a.meta {
+            if let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) = &nv.value
+            {
+                let line = s.value().trim().to_owned();
+                if !line.is_empty() {
+                    return line;
+                }
+            }
+        }
+    }
+    String::new()
 }
 
 /// The module of an invalid function: the same items with the types that can be kept and
@@ -501,6 +615,10 @@ fn fallback(
         Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t) => quote!(()),
         other => other.client_type(),
     };
+    let err_ty = match f.output.written_error() {
+        Some(e) if !borrows_or_hides(e) => quote!(::rpc::CallError<#e>),
+        _ => quote!(::rpc::Error),
+    };
     let method = server.then(|| {
         quote! {
             #item_vis fn method() -> ::rpc::__private::Method {
@@ -517,14 +635,14 @@ fn fallback(
             #item_vis async fn call #impl_generics(
                 _: &::rpc::Client,
                 #(_: #types),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> #where_clause {
+            ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
 
             #item_vis fn call_blocking #impl_generics(
                 _: &::rpc::BlockingClient,
                 #(_: #types2),*
-            ) -> ::core::result::Result<#out_ty, ::rpc::Error> #where_clause {
+            ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
         }

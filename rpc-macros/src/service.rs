@@ -15,7 +15,7 @@ use syn::{Expr, ExprLit, ImplItem, ImplItemFn, ItemImpl, Lit, LitStr, Meta, Toke
 
 use crate::ast::{Arg, Function};
 use crate::attr::{self, Options, Place};
-use crate::expand::{method_expr, on, Target};
+use crate::expand::{first_doc_line, method_expr, on, Target};
 use crate::valid;
 
 fn combine(errors: Vec<syn::Error>) -> TokenStream {
@@ -158,7 +158,13 @@ pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
         .iter()
         .map(|s| {
             let name = &s.name;
-            method_expr(&s.func, &s.opts, &quote!(#name), Target::Method)
+            method_expr(
+                &s.func,
+                &s.opts,
+                &quote!(#name),
+                Target::Method,
+                &first_doc_line(&s.docs),
+            )
         })
         .collect();
     let client = format_ident!("{}Client", type_ident);
@@ -299,13 +305,31 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
         quote_spanned!(span=> ::rpc::__private::call::<_, #out_ty>(&self.client, #name, #params).await);
     let call_blocking =
         quote_spanned!(span=> ::rpc::__private::call_blocking::<_, #out_ty>(&self.client, #name, #params));
+    // A written `E`: `CallError<E>`, as the `#[register]` stubs.
+    let (err_ty, call_async, call_blocking) = match f.output.written_error() {
+        Some(e) => {
+            let to_call_error = quote_spanned! {e.span()=>
+                |__rpc_e: ::rpc::Error| {
+                    #[allow(unused_imports)]
+                    use ::rpc::__private::{TypedStub as _, UntypedStub as _};
+                    (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
+                }
+            };
+            (
+                quote!(::rpc::CallError<#e>),
+                quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
+                quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
+            )
+        }
+        None => (quote!(::rpc::Error), call_async, call_blocking),
+    };
     let doc_name = format!("Calls `{}` on the server.", name.value());
     (
         quote! {
             #(#docs)*
             #[doc = ""]
             #[doc = #doc_name]
-            pub async fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            pub async fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, #err_ty> {
                 #params_ty
                 #call_async
             }
@@ -314,7 +338,7 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
             #(#docs)*
             #[doc = ""]
             #[doc = #doc_name]
-            pub fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, ::rpc::Error> {
+            pub fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, #err_ty> {
                 #params_ty
                 #call_blocking
             }

@@ -2,7 +2,12 @@
 
 use std::fmt;
 
-/// The stable numeric codes sent in the `[code, message]` error of a response.
+use serde::de::DeserializeOwned;
+
+use crate::codec::{Codec, EncodeValue};
+
+/// The stable numeric codes sent in the `[code, message]` (or `[code, message, data]`) error
+/// of a response.
 ///
 /// The numbers never change meaning; new codes are only ever added. Codes that a server
 /// does not know (from a third-party peer) are kept as plain integers in
@@ -16,7 +21,8 @@ pub enum ErrorCode {
     MethodNotFound,
     /// The arguments did not match the function: wrong count or wrong types.
     InvalidParams,
-    /// The function ran and returned an error; the message is the error's `Display`.
+    /// The function ran and returned an error; the message is the error's `Display`, and
+    /// the data, when the error type is `Serialize`, the error itself.
     HandlerError,
     /// The function panicked. The panic message is logged on the server, not sent.
     HandlerPanicked,
@@ -101,27 +107,142 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// An error as it travels on the wire: `[code, message]`.
+/// An error as it travels on the wire: `[code, message]`, or `[code, message, data]`.
+///
+/// The data is the value of a function's own error type (the `E` of its `Result<T, E>`,
+/// when `E` is `Serialize`), encoded with the connection's codec; [`ServerError::decode_data`]
+/// turns it back into an `E`. A plain peer reads the code and the message as the first two
+/// elements, and may ignore the third. An error has no data unless it was given some
+/// ([`ServerError::with_data`]) or received some.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
     /// The numeric code; see [`ErrorCode`] for ours.
     pub code: i64,
     /// A human-readable message.
     pub message: String,
+    /// Boxed: most errors have none, and a `ServerError` is the error half of the results
+    /// of the per-call path (argument decoding), which stay small.
+    data: Option<Box<ErrorData>>,
+}
+
+/// A [`ServerError`]'s data: one value, encoded with `codec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ErrorData {
+    codec: Codec,
+    bytes: Box<[u8]>,
 }
 
 impl ServerError {
     /// An error with one of our codes.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ServerError {
+        ServerError::with_code(code.as_i64(), message)
+    }
+
+    /// An error with any numeric code, such as a third-party server's.
+    ///
+    /// ```
+    /// use rpc_proto::{ErrorCode, ServerError};
+    ///
+    /// let e = ServerError::with_code(-32601, "no such method");
+    /// assert_eq!((e.code, e.kind()), (-32601, ErrorCode::Unknown));
+    /// ```
+    pub fn with_code(code: i64, message: impl Into<String>) -> ServerError {
         ServerError {
-            code: code.as_i64(),
+            code,
             message: message.into(),
+            data: None,
         }
+    }
+
+    /// The same error carrying `data`, encoded with `codec`: it is sent as the third element
+    /// of the error, `[code, message, data]`, on a connection that uses `codec` (to a peer
+    /// that reads errors as `[code, message]`), and left out on any other.
+    ///
+    /// ```
+    /// use rpc_proto::{Codec, ErrorCode, ServerError};
+    ///
+    /// let e = ServerError::new(ErrorCode::HandlerError, "todo 42 not found")
+    ///     .with_data(Codec::Msgpack, &42u64)
+    ///     .unwrap();
+    /// assert_eq!(e.data(), Some(&[42u8][..]));
+    /// assert_eq!(e.decode_data::<u64>().unwrap().unwrap(), 42);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When `data`'s `Serialize` implementation fails.
+    pub fn with_data<V: EncodeValue + ?Sized>(
+        mut self,
+        codec: Codec,
+        data: &V,
+    ) -> Result<ServerError, EncodeError> {
+        let mut bytes = Vec::new();
+        data.encode_value(codec, &mut bytes)?;
+        self.set_data(codec, bytes);
+        Ok(self)
+    }
+
+    /// Attach data already encoded with `codec`: one whole value (the caller checked it).
+    pub(crate) fn set_data(&mut self, codec: Codec, bytes: impl Into<Box<[u8]>>) {
+        self.data = Some(Box::new(ErrorData {
+            codec,
+            bytes: bytes.into(),
+        }));
     }
 
     /// The code as one of ours, or [`ErrorCode::Unknown`].
     pub fn kind(&self) -> ErrorCode {
         ErrorCode::from_i64(self.code).unwrap_or(ErrorCode::Unknown)
+    }
+
+    /// The error's data, encoded with [`ServerError::data_codec`], if it has any.
+    pub fn data(&self) -> Option<&[u8]> {
+        self.data.as_ref().map(|d| &*d.bytes)
+    }
+
+    /// The codec the data is encoded with (the connection's, for an error received).
+    pub fn data_codec(&self) -> Option<Codec> {
+        self.data.as_ref().map(|d| d.codec)
+    }
+
+    /// The data, if it is encoded with `codec`: what a connection using `codec` sends.
+    pub(crate) fn data_in(&self, codec: Codec) -> Option<&[u8]> {
+        self.data.as_ref().filter(|d| d.codec == codec).map(|d| &*d.bytes)
+    }
+
+    /// The data decoded as a `T`: `None` when the error has no data.
+    ///
+    /// A server built with `rpc` sends the data only for a [`ErrorCode::HandlerError`]
+    /// whose function's error type is `Serialize`: decode it as that type.
+    ///
+    /// # Errors
+    ///
+    /// `Some(Err(_))` when the data is not a `T`.
+    pub fn decode_data<T: DeserializeOwned>(&self) -> Option<Result<T, DecodeError>> {
+        let d = self.data.as_deref()?;
+        Some(d.codec.decode(&d.bytes))
+    }
+
+    /// The data as a dynamic MessagePack value, for callers that do not know its type
+    /// (such as `call_value`'s): `None` when the error has no data.
+    ///
+    /// A msgpack str whose bytes are not UTF-8 stays a `Value::String`.
+    ///
+    /// # Errors
+    ///
+    /// `Some(Err(_))` when the data is bincode, whose values do not describe themselves:
+    /// decode it into its type with [`ServerError::decode_data`].
+    pub fn data_value(&self) -> Option<Result<rmpv::Value, DecodeError>> {
+        let d = self.data.as_deref()?;
+        Some(match d.codec {
+            Codec::Msgpack => {
+                rmpv::decode::read_value_with_max_depth(&mut &*d.bytes, crate::codec::MAX_DEPTH)
+                    .map_err(|e| DecodeError::Msgpack(rmp_serde::decode::Error::Uncategorized(e.to_string())))
+            }
+            Codec::Bincode => Err(DecodeError::Bincode(bincode::error::DecodeError::Other(
+                "bincode values do not describe themselves: decode the data into its type",
+            ))),
+        })
     }
 
     /// "method not found: NAME".

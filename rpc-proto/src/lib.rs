@@ -20,7 +20,8 @@
 //! - [`Message`]: parses one complete frame into a request, response or notification that
 //!   borrows its method and params from the frame; `encode_*` write them.
 //! - [`Codec`], [`Args`], [`Params`]: how argument and result values become bytes.
-//! - [`ServerError`], [`ErrorCode`]: the `[code, message]` errors on the wire.
+//! - [`ServerError`], [`ErrorCode`]: the `[code, message]` errors on the wire (`[code, message,
+//!   data]` for a function's own error, its data in the connection's codec).
 //! - [`Hello`]: the opt-in handshake that selects the bincode codec and carries a session.
 //! - [`DedupCache`]: the completed-response cache of "unstable network" mode; it takes the
 //!   time as an argument, so tests never sleep.

@@ -466,13 +466,15 @@ pub(crate) fn msgid_pending(codec: Codec, buf: &[u8]) -> bool {
 
 /// Decode the error value of a response into a [`ServerError`].
 ///
-/// `[code, message]` (our shape, and what common clients send) maps directly; any other
-/// shape from a third-party server becomes [`ErrorCode::Unknown`] with the value printed as
-/// the message.
+/// `[code, message]` (our shape, and what common clients send) maps directly, and so does
+/// `[code, message, data]`, whose data is kept as raw bytes in `codec`
+/// ([`ServerError::decode_data`]); any other shape from a third-party server becomes
+/// [`ErrorCode::Unknown`] with the value printed as the message. In bincode, the data is
+/// whatever follows `(code, message)`.
 pub fn decode_error(codec: Codec, raw: &[u8]) -> ServerError {
     match codec {
         Codec::Msgpack => match crate::codec::msgpack_from_slice::<rmpv::Value>(raw) {
-            Ok(rmpv::Value::Array(v)) if v.len() == 2 && v[0].is_i64() || v.len() == 2 && v[0].is_u64() => {
+            Ok(rmpv::Value::Array(v)) if matches!(v.len(), 2 | 3) && (v[0].is_i64() || v[0].is_u64()) => {
                 let code = v[0].as_i64().unwrap_or(i64::MAX);
                 let message = match &v[1] {
                     rmpv::Value::String(s) => {
@@ -480,7 +482,13 @@ pub fn decode_error(codec: Codec, raw: &[u8]) -> ServerError {
                     }
                     other => other.to_string(),
                 };
-                ServerError { code, message }
+                let mut e = ServerError::with_code(code, message);
+                if v.len() == 3 {
+                    if let Some(data) = last_of_three(raw) {
+                        e.set_data(codec, data);
+                    }
+                }
+                e
             }
             Ok(rmpv::Value::String(s)) => ServerError::new(
                 ErrorCode::Unknown,
@@ -489,11 +497,27 @@ pub fn decode_error(codec: Codec, raw: &[u8]) -> ServerError {
             Ok(other) => ServerError::new(ErrorCode::Unknown, other.to_string()),
             Err(e) => ServerError::new(ErrorCode::Unknown, format!("undecodable error value: {e}")),
         },
-        Codec::Bincode => match Codec::Bincode.decode::<(i64, String)>(raw) {
-            Ok((code, message)) => ServerError { code, message },
+        Codec::Bincode => match Codec::Bincode.decode_prefix::<(i64, String)>(raw) {
+            Ok(((code, message), used)) => {
+                let mut e = ServerError::with_code(code, message);
+                if used < raw.len() {
+                    e.set_data(codec, &raw[used..]);
+                }
+                e
+            }
             Err(e) => ServerError::new(ErrorCode::Unknown, format!("undecodable error value: {e}")),
         },
     }
+}
+
+/// The raw third element of `raw`, a msgpack array of three values that decoded as one
+/// value (so every length in it is within the bytes present).
+fn last_of_three(raw: &[u8]) -> Option<&[u8]> {
+    let (_, mut at) = read_array_len(raw)?;
+    for _ in 0..2 {
+        at += value_len(raw.get(at..)?).ok()?;
+    }
+    raw.get(at..).filter(|d| !d.is_empty())
 }
 
 /// Writes the 4-byte length prefix of a bincode frame once its body is complete.
@@ -702,31 +726,36 @@ pub fn encode_response_ok<V: EncodeValue + ?Sized>(
     }
 }
 
-/// Append an error response `[1, msgid, [code, message], nil]` to `out`.
+/// Append an error response `[1, msgid, [code, message], nil]` to `out`, or
+/// `[1, msgid, [code, message, data], nil]` when the error carries data in `codec`.
 pub fn encode_response_err(codec: Codec, out: &mut Vec<u8>, msgid: u64, error: &ServerError) {
     encode_response_err_shaped(codec, out, msgid, error, ErrorShape::CodeAndMessage);
 }
 
 /// How an error is written for a peer that did not say hello (a plain MessagePack-RPC
 /// client). The spec leaves the error element's shape open, and peers read it differently.
-/// A peer that said hello always gets `[code, message]`.
+/// A peer that said hello always gets `[code, message]` (with the data, when there is any).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorShape {
     /// `[code, message]`: read correctly by the common Python and npm clients, pynvim and
-    /// aio-msgpack-rpc. The default.
+    /// aio-msgpack-rpc. The default. An error with data is `[code, message, data]`: the
+    /// code and the message stay the first two elements.
     #[default]
     CodeAndMessage,
     /// The message alone, as a string: what Go's net/rpc clients on ugorji's codec
-    /// (`MsgpackSpecRpc`) decode; `[code, message]` is a decode failure for them.
+    /// (`MsgpackSpecRpc`) decode; `[code, message]` is a decode failure for them. Never
+    /// carries data.
     Message,
     /// Neovim's `[type, message]`: type 1 (validation) for a wrong method or arguments, 0
     /// (exception) for everything else; Neovim shows the message only for these two types.
+    /// Never carries data.
     TypeAndMessage,
 }
 
 /// Append an error response in `shape` (msgpack only: bincode peers are ours and always
-/// get `[code, message]`).
+/// get `[code, message]`). The error's data goes along in the shape `[code, message, data]`
+/// (bincode: after the code and the message) when it is encoded with `codec`.
 pub fn encode_response_err_shaped(
     codec: Codec,
     out: &mut Vec<u8>,
@@ -745,15 +774,17 @@ pub fn encode_response_err_shaped(
         out.push(0xc0);
         return;
     }
+    let data = error.data_in(codec);
     let prefix = Prefix::begin(codec, out);
     match codec {
         Codec::Msgpack => {
             out.extend_from_slice(&[0x94, RESPONSE]);
             write_uint(out, msgid);
-            out.push(0x92);
+            out.push(if data.is_some() { 0x93 } else { 0x92 });
             // Unwrap: writing an integer to a Vec cannot fail.
             rmp::encode::write_sint(out, error.code).unwrap();
             write_str(out, error.message.as_bytes());
+            out.extend_from_slice(data.unwrap_or_default());
             out.push(0xc0);
         }
         Codec::Bincode => {
@@ -764,6 +795,7 @@ pub fn encode_response_err_shaped(
             Codec::Bincode
                 .encode(out, &(error.code, error.message.as_str()))
                 .unwrap();
+            out.extend_from_slice(data.unwrap_or_default());
         }
     }
     prefix.end(codec, out);
@@ -847,6 +879,103 @@ mod tests {
         assert_eq!(msgid, 3);
         let e = decode_error(Codec::Msgpack, outcome.unwrap_err());
         assert_eq!((e.kind(), e.message.as_str()), (ErrorCode::MethodNotFound, "no"));
+    }
+
+    /// Issue 11 (typed errors): `[code, message, data]`, the data in the connection's codec.
+    #[test]
+    fn error_response_with_data() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        enum TodoError {
+            NotFound(u64),
+        }
+        let error = ServerError::new(ErrorCode::HandlerError, "no")
+            .with_data(Codec::Msgpack, &TodoError::NotFound(42))
+            .unwrap();
+        let mut out = Vec::new();
+        encode_response_err(Codec::Msgpack, &mut out, 3, &error);
+        // [1, 3, [3, "no", {"NotFound": 42}], nil]: code and message first.
+        assert_eq!(
+            out,
+            hex!("94 01 03 93 03 a2 6e 6f 81 a8 4e 6f 74 46 6f 75 6e 64 2a c0")
+        );
+        let Message::Response { outcome, .. } = Message::parse(Codec::Msgpack, &out).unwrap() else {
+            panic!()
+        };
+        let e = decode_error(Codec::Msgpack, outcome.unwrap_err());
+        assert_eq!(e, error);
+        assert_eq!(
+            e.decode_data::<TodoError>().unwrap().unwrap(),
+            TodoError::NotFound(42)
+        );
+        let value = e.data_value().unwrap().unwrap();
+        assert_eq!(value.as_map().unwrap()[0].0.as_str(), Some("NotFound"));
+        assert!(e.decode_data::<String>().unwrap().is_err());
+
+        // bincode: the data follows (code, message) in the frame.
+        let error = ServerError::new(ErrorCode::HandlerError, "no")
+            .with_data(Codec::Bincode, &TodoError::NotFound(42))
+            .unwrap();
+        let mut out = Vec::new();
+        encode_response_err(Codec::Bincode, &mut out, 3, &error);
+        let Message::Response { outcome, .. } = Message::parse(Codec::Bincode, &out).unwrap() else {
+            panic!()
+        };
+        let e = decode_error(Codec::Bincode, outcome.unwrap_err());
+        assert_eq!((e.code, e.message.as_str()), (3, "no"));
+        assert_eq!(e.data_codec(), Some(Codec::Bincode));
+        assert_eq!(
+            e.decode_data::<TodoError>().unwrap().unwrap(),
+            TodoError::NotFound(42)
+        );
+        assert!(e.data_value().unwrap().is_err(), "bincode is not self-describing");
+
+        // Data in another codec than the connection's is left out.
+        let mut out = Vec::new();
+        encode_response_err(Codec::Msgpack, &mut out, 3, &error);
+        assert_eq!(out, hex!("94 01 03 92 03 a2 6e 6f c0"));
+        let e = decode_error(Codec::Msgpack, &hex!("92 03 a2 6e 6f"));
+        assert_eq!((e.data(), e.decode_data::<u8>().is_none()), (None, true));
+        let mut out = Vec::new();
+        let with_msgpack = ServerError::new(ErrorCode::HandlerError, "no")
+            .with_data(Codec::Msgpack, &1u8)
+            .unwrap();
+        encode_response_err(Codec::Bincode, &mut out, 3, &with_msgpack);
+        let Message::Response { outcome, .. } = Message::parse(Codec::Bincode, &out).unwrap() else {
+            panic!()
+        };
+        assert_eq!(decode_error(Codec::Bincode, outcome.unwrap_err()).data(), None);
+
+        // The shapes for plain peers that read no array never carry the data.
+        let error = ServerError::new(ErrorCode::HandlerError, "no")
+            .with_data(Codec::Msgpack, &7u8)
+            .unwrap();
+        for (shape, want) in [
+            (ErrorShape::Message, &hex!("94 01 03 a2 6e 6f c0")[..]),
+            (
+                ErrorShape::TypeAndMessage,
+                &hex!("94 01 03 92 00 a2 6e 6f c0")[..],
+            ),
+            (
+                ErrorShape::CodeAndMessage,
+                &hex!("94 01 03 93 03 a2 6e 6f 07 c0")[..],
+            ),
+        ] {
+            let mut out = Vec::new();
+            encode_response_err_shaped(Codec::Msgpack, &mut out, 3, &error, shape);
+            assert_eq!(out, want, "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn third_party_error_with_a_third_element() {
+        // [-32000, "bad", [1, 2]] from another implementation: code, message and data kept.
+        let e = decode_error(Codec::Msgpack, &hex!("93 d1 83 00 a3 62 61 64 92 01 02"));
+        assert_eq!((e.code, e.message.as_str()), (-32000, "bad"));
+        assert_eq!(e.data(), Some(&hex!("92 01 02")[..]));
+        assert_eq!(e.decode_data::<Vec<u8>>().unwrap().unwrap(), [1, 2]);
+        // Four elements is another shape.
+        let e = decode_error(Codec::Msgpack, &hex!("94 01 a1 78 c0 c0"));
+        assert_eq!((e.kind(), e.data()), (ErrorCode::Unknown, None));
     }
 
     #[test]

@@ -41,11 +41,17 @@ impl BlockingPool {
     /// really ends, even if the caller has gone.
     pub(crate) fn run(&self, job: SyncJob, name: &Arc<str>, flow: Option<Permit>) -> ReplyFuture {
         let (name, slots) = (name.clone(), self.slots.clone());
+        // The caller's subscriber and span (a call's, when per-call tracing is on): the job
+        // runs in them, so its events go where an async handler's do, nested in the call.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let span = tracing::Span::current();
         Box::pin(async move {
             // Unwrap: the semaphore is never closed.
             let slot = slots.acquire_owned().await.unwrap();
             let run = move || {
-                let r = catch_unwind(AssertUnwindSafe(job));
+                let r = tracing::dispatcher::with_default(&dispatch, || {
+                    span.in_scope(|| catch_unwind(AssertUnwindSafe(job)))
+                });
                 drop((slot, flow));
                 r
             };

@@ -29,7 +29,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rpc_proto::{
-    encode_response_err, encode_response_ok, Begin, Codec, ConnEvent, ErrorCode, Fatal, Request,
+    encode_response_err, encode_response_ok, Begin, Codec, ConnEvent, EncodeError, ErrorCode, Fatal, Request,
     ServerConfig, ServerConnection, ServerError, Service, Transmit,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,7 +41,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::context::CallParts;
 use crate::context::{ConnInfo, Peer};
 use crate::dedup::Waiter;
-use crate::method::{Reply, ReplyFuture};
+use crate::method::{Failure, Reply, ReplyFuture};
 use crate::registry::{Dispatch, Slots};
 use crate::tls::TlsIdentity;
 use crate::Shared;
@@ -164,7 +164,8 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Unpin,
     {
         let span = self.calls.span.clone();
-        info!(parent: &span, "connection opened");
+        // Debug, not info: at scale, connections come and go all the time.
+        debug!(parent: &span, "connection opened");
         let result = self.serve(&mut stream, &shutdown).await;
         // Cancel what is still running (async handlers are dropped here).
         let cancelled = self.calls.inflight.len();
@@ -173,8 +174,8 @@ impl Connection {
             linger(&mut stream).await;
         }
         match result {
-            Ok(()) => info!(parent: &span, cancelled, "connection closed"),
-            Err(e) => info!(parent: &span, cancelled, error = %e, "connection closed with an error"),
+            Ok(()) => debug!(parent: &span, cancelled, "connection closed"),
+            Err(e) => debug!(parent: &span, cancelled, error = %e, "connection closed with an error"),
         }
     }
 
@@ -346,6 +347,11 @@ impl Service for Calls {
                 return self.dedup_call(tx, (session, msgid), &request, deadline);
             }
         }
+        // The per-call span, only when someone listens at debug for `rpc_server::call`:
+        // otherwise this is one check of a cached interest.
+        if tracing::enabled!(target: CALL_TARGET, tracing::Level::DEBUG) {
+            return self.traced_request(tx, &request, deadline);
+        }
         let parts = CallParts {
             request: Some(&request),
             conn: &self.conn,
@@ -415,7 +421,61 @@ impl Service for Calls {
     }
 }
 
+/// The target of the per-call spans: `RUST_LOG=rpc_server::call=debug` shows them.
+pub(crate) const CALL_TARGET: &str = "rpc_server::call";
+
+/// How a finished call is recorded on its span.
+fn record_outcome(span: &tracing::Span, reply: &Reply, started: std::time::Instant) {
+    let outcome = match reply.error() {
+        None => "ok",
+        Some(e) => e.kind().name(),
+    };
+    span.record("outcome", outcome);
+    span.record("duration_us", started.elapsed().as_micros() as u64);
+}
+
 impl Calls {
+    /// [`Service::request`] with a span for the call: method, msgid, peer and codec, and on
+    /// close its duration and outcome. The handler runs inside it (its own events nest),
+    /// sync ones too (the blocking pool enters the span it was given the job in).
+    #[cold]
+    fn traced_request(&mut self, tx: &mut Transmit<'_>, request: &Request<'_>, deadline: Option<Instant>) {
+        let span = tracing::debug_span!(
+            target: CALL_TARGET,
+            parent: &self.span,
+            "call",
+            method = %String::from_utf8_lossy(request.method),
+            msgid = request.msgid,
+            peer = %self.conn.peer,
+            codec = ?tx.codec(),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let parts = CallParts {
+            request: Some(request),
+            conn: &self.conn,
+        };
+        let registry = &self.shared.registry;
+        let slots = &mut self.slots;
+        let dispatched =
+            span.in_scope(|| registry.dispatch(request.method, request.params, tx.codec(), slots, parts));
+        match dispatched {
+            Dispatch::Ready(reply) => {
+                record_outcome(&span, &reply, started);
+                write_reply(&self.span, tx, request.msgid, reply);
+            }
+            Dispatch::Pending(fut) => {
+                let fut: ReplyFuture = Box::pin(async move {
+                    let reply = fut.instrument(span.clone()).await;
+                    record_outcome(&span, &reply, started);
+                    reply
+                });
+                self.push(request.msgid, fut, deadline);
+            }
+        }
+    }
+
     /// Queue a pending call, wrapped with its deadline and, on extended connections, an
     /// abort handle for `rpc.cancel`.
     fn push(&mut self, msgid: u64, fut: ReplyFuture, deadline: Option<Instant>) {
@@ -531,7 +591,7 @@ impl Calls {
             }
             Finished::Reply(None, reply) => {
                 if let Err(e) = reply.0 {
-                    debug!(parent: &self.span, error = %e, "notification failed");
+                    debug!(parent: &self.span, error = %e.error, "notification failed");
                 }
             }
             Finished::Encoded(bytes) => tx.encoded(&bytes),
@@ -574,35 +634,48 @@ fn with_deadline(fut: ReplyFuture, deadline: Option<Instant>) -> ReplyFuture {
 /// `Internal` error when the value cannot be encoded.
 #[inline(always)]
 fn write_reply(span: &tracing::Span, tx: &mut Transmit<'_>, msgid: u64, reply: Reply) {
-    let error = match reply.0 {
+    let failure = match reply.0 {
         Ok(value) => match tx.ok(msgid, &value) {
             Ok(()) => return,
-            Err(e) => ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}")),
+            Err(e) => unencodable(e),
         },
-        Err(e) => e,
+        Err(failure) => failure,
     };
-    write_error(span, tx, msgid, &error);
+    write_error(span, tx, msgid, failure);
 }
 
 /// The error half of [`write_reply`], out of line: kept out of the common path, whose
 /// code stays small (callgrind counted 6 instructions more per call when it was inlined).
+// The box is the reply's own: handing it on moves a pointer, and the inlined caller never
+// unboxes it.
+#[allow(clippy::boxed_local)]
 #[cold]
 #[inline(never)]
-fn write_error(span: &tracing::Span, tx: &mut Transmit<'_>, msgid: u64, error: &ServerError) {
-    log_error(span, msgid, error);
-    tx.err(msgid, error);
+fn write_error(span: &tracing::Span, tx: &mut Transmit<'_>, msgid: u64, failure: Box<Failure>) {
+    let error = failure.into_error(tx.codec());
+    log_error(span, msgid, &error);
+    tx.err(msgid, &error);
+}
+
+/// The `Internal` error for a result that could not be encoded.
+#[cold]
+#[inline(never)]
+fn unencodable(e: EncodeError) -> Box<Failure> {
+    let error = ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}"));
+    Box::new(Failure { error, data: None })
 }
 
 /// The whole response frame for a reply, as stored in the dedup cache.
 fn encode_reply(span: &tracing::Span, codec: Codec, msgid: u64, reply: Reply) -> Bytes {
     let mut out = Vec::new();
-    let error = match reply.0 {
+    let failure = match reply.0 {
         Ok(value) => match encode_response_ok(codec, &mut out, msgid, &value) {
             Ok(()) => return Bytes::from(out),
-            Err(e) => ServerError::new(ErrorCode::Internal, format!("result could not be encoded: {e}")),
+            Err(e) => unencodable(e),
         },
-        Err(e) => e,
+        Err(failure) => failure,
     };
+    let error = failure.into_error(codec);
     log_error(span, msgid, &error);
     out.clear();
     encode_response_err(codec, &mut out, msgid, &error);

@@ -107,7 +107,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// How errors are written for plain MessagePack-RPC peers (those that did not send our
     /// hello): `[code, message]`, the message alone (Go's net/rpc clients), or Neovim's
-    /// `[type, message]`. Peers that said hello always get `[code, message]`. Default:
+    /// `[type, message]`. Peers that said hello always get `[code, message]`. Only
+    /// `[code, message]` carries a typed error's data, as `[code, message, data]`. Default:
     /// [`ErrorShape::CodeAndMessage`].
     pub plain_error_shape: ErrorShape,
     /// "Unstable network" mode: calls from a client session (our client, with
@@ -434,6 +435,7 @@ impl Builder {
     /// limits and dedup store); [`Builder::build`] is one process.
     pub(crate) fn build_with(self, parts: Parts<'_>) -> Result<Server, BuildError> {
         let states = self.states.build();
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let registry = Registry::build(
             self.methods,
             registry::Setup {
@@ -443,6 +445,7 @@ impl Builder {
                 limit: parts.limit,
                 states: &states,
                 layers: &self.layers.0,
+                draining: draining.clone(),
             },
         )?;
         let dedup = match parts.dedup {
@@ -455,6 +458,7 @@ impl Builder {
                 dedup: Arc::new(dedup),
                 config: self.config,
                 worker: parts.worker,
+                draining,
             }),
             tls: self.tls,
         })
@@ -516,6 +520,43 @@ impl Builder {
     }
 }
 
+/// Completes when the process is asked to stop: ctrl-c (INT) or TERM (what `kill`,
+/// systemd and Kubernetes send). Give it to [`Builder::serve`] or [`Server::run`] so that
+/// a stop drains the calls in flight instead of killing them (exit status 143).
+///
+/// ```no_run
+/// use rpc_server::{shutdown_signal, Method, Server};
+///
+/// # async fn demo() -> Result<(), rpc_server::Error> {
+/// Server::builder()
+///     .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+///     .serve("127.0.0.1:25000", shutdown_signal())
+///     .await
+/// # }
+/// ```
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for TERM; stopping on ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// What a deployment mode supplies when it builds a server ([`Builder::build_with`]).
 /// The default is one process: worker 0, semaphores, a dedup map in this process.
 #[derive(Default)]
@@ -540,6 +581,8 @@ pub(crate) struct Shared {
     /// Which worker process this is (prefork; 0 in one process). `rpc.worker` answers
     /// it: the registry's handler was given the same index when the server was built.
     pub(crate) worker: usize,
+    /// Set once shutdown begins: `rpc.health` answers "draining" (its handler shares it).
+    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A built server: serve it with [`Server::run`].

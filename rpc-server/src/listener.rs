@@ -192,6 +192,7 @@ impl<L: Incoming> Listener<L> {
             },
         );
         info!(connections = conns.len(), "shutting down");
+        shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         token.cancel();
         let drain = async { while conns.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {

@@ -21,8 +21,9 @@ use crate::BuildError;
 /// What a handler produced: a value to encode, or a wire error.
 ///
 /// The value is kept unencoded so the connection encodes it once, straight into its write
-/// buffer, with whichever codec the connection uses.
-pub struct Reply(pub(crate) Result<Value, ServerError>);
+/// buffer, with whichever codec the connection uses; so is a typed error's data
+/// ([`Reply::typed_err`]).
+pub struct Reply(pub(crate) Result<Value, Box<Failure>>);
 
 impl Reply {
     /// A successful result.
@@ -32,7 +33,7 @@ impl Reply {
 
     /// An error result.
     pub fn err(error: ServerError) -> Reply {
-        Reply(Err(error))
+        Reply(Err(Box::new(Failure { error, data: None })))
     }
 
     /// `Ok(v)` as a result, `Err(e)` as a [`ErrorCode::HandlerError`] with `e`'s message.
@@ -43,9 +44,54 @@ impl Reply {
         }
     }
 
-    /// The error, if this reply is one.
+    /// A function's own error `e`, as a [`ErrorCode::HandlerError`] with `e`'s message
+    /// and, as the error's data, `e` itself, encoded with the connection's codec: the
+    /// caller gets `[3, message, data]` and its typed stub decodes `e` back
+    /// (`rpc::CallError::Handler`).
+    ///
+    /// ```
+    /// use rpc_server::Reply;
+    ///
+    /// #[derive(Debug, serde::Serialize)]
+    /// enum TodoError {
+    ///     NotFound(u64),
+    /// }
+    ///
+    /// impl std::fmt::Display for TodoError {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         match self {
+    ///             TodoError::NotFound(id) => write!(f, "todo {id} not found"),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let reply = Reply::typed_err(TodoError::NotFound(42));
+    /// assert_eq!(reply.error().unwrap().message, "todo 42 not found");
+    /// ```
+    pub fn typed_err<E: Serialize + fmt::Display + Send + 'static>(e: E) -> Reply {
+        let error = ServerError::new(ErrorCode::HandlerError, e.to_string());
+        Reply(Err(Box::new(Failure {
+            error,
+            data: Some(Box::new(e)),
+        })))
+    }
+
+    /// `Ok(v)` as a result, `Err(e)` as [`Reply::typed_err`].
+    pub fn from_typed_result<T, E>(r: Result<T, E>) -> Reply
+    where
+        T: Serialize + Send + 'static,
+        E: Serialize + fmt::Display + Send + 'static,
+    {
+        match r {
+            Ok(v) => Reply::ok(v),
+            Err(e) => Reply::typed_err(e),
+        }
+    }
+
+    /// The error, if this reply is one. A typed error's data is not encoded yet: it is
+    /// not in the `ServerError` returned here.
     pub fn error(&self) -> Option<&ServerError> {
-        self.0.as_ref().err()
+        self.0.as_ref().err().map(|f| &f.error)
     }
 }
 
@@ -53,8 +99,41 @@ impl fmt::Debug for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Ok(_) => f.write_str("Reply(Ok(..))"),
-            Err(e) => write!(f, "Reply(Err({e:?}))"),
+            Err(e) => write!(f, "Reply(Err({:?}))", e.error),
         }
+    }
+}
+
+/// An error reply: boxed in [`Reply`], which stays as small as a value on the success path.
+pub(crate) struct Failure {
+    pub(crate) error: ServerError,
+    /// A typed error's value, to be encoded as the error's data with the connection's codec.
+    pub(crate) data: Option<Box<dyn EncodeValue>>,
+}
+
+impl Failure {
+    /// The error to write on a connection using `codec`, its data encoded. Data that cannot
+    /// be encoded is left out (the message still says what went wrong).
+    pub(crate) fn into_error(self, codec: Codec) -> ServerError {
+        let Some(data) = self.data else {
+            return self.error;
+        };
+        match self.error.clone().with_data(codec, &*data) {
+            Ok(error) => error,
+            Err(e) => {
+                tracing::warn!(error = %e, "a handler's error could not be encoded as data; sent without it");
+                self.error
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Failure")
+            .field("error", &self.error)
+            .field("data", &self.data.is_some())
+            .finish()
     }
 }
 
@@ -268,6 +347,16 @@ pub struct Method {
     /// The function takes a [`Context`](crate::Context): its calls get a cancellation
     /// token.
     pub(crate) context: bool,
+    /// What `rpc.methods` says of it: wire arguments, return type, doc line.
+    pub(crate) signature: Option<Arc<Signature>>,
+}
+
+/// A method's signature and doc line, for `rpc.methods`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Signature {
+    pub(crate) args: Vec<(String, String)>,
+    pub(crate) returns: String,
+    pub(crate) doc: String,
 }
 
 impl fmt::Debug for Method {
@@ -276,6 +365,7 @@ impl fmt::Debug for Method {
             .field("name", &self.name)
             .field("sync", &matches!(self.kind, Kind::Sync(_)))
             .field("context", &self.context)
+            .field("signature", &self.signature)
             .field("max_flow", &self.max_flow)
             .field("max_flow_wait", &self.max_flow_wait)
             .field("unstable_network", &self.unstable_network)
@@ -310,7 +400,31 @@ impl Method {
             max_flow_wait: None,
             unstable_network: None,
             context: false,
+            signature: None,
         }
+    }
+
+    /// Describe the method for the reserved `rpc.methods` call: its wire arguments (name
+    /// and Rust type as written), its return type and the first line of its doc.
+    /// `#[register]` and `#[rpc::service]` fill this in; for a method built from a closure,
+    /// call it by hand, or `rpc.methods` shows its types as `?`.
+    ///
+    /// ```
+    /// use rpc_server::Method;
+    ///
+    /// let add = Method::sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///     .describe(&[("a", "i64"), ("b", "i64")], "i64", "Adds two numbers.");
+    /// ```
+    pub fn describe(mut self, args: &[(&str, &str)], returns: &str, doc: &str) -> Method {
+        self.signature = Some(Arc::new(Signature {
+            args: args
+                .iter()
+                .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+                .collect(),
+            returns: returns.to_owned(),
+            doc: doc.lines().next().unwrap_or_default().trim().to_owned(),
+        }));
+        self
     }
 
     /// A method made when the server is built, from its states (what `#[register]`
@@ -400,7 +514,8 @@ impl Method {
     }
 
     /// Like [`Method::sync_fn`] for a closure returning `Result<T, E>`: an `Err` reaches the
-    /// caller as [`ErrorCode::HandlerError`] with `E`'s message.
+    /// caller as [`ErrorCode::HandlerError`] with `E`'s message. For an `E` that is
+    /// `Serialize`, [`Method::typed_sync_fn`] sends the error itself too.
     pub fn try_sync_fn<A, T, E, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
     where
         A: FromArgs + Send + 'static,
@@ -431,7 +546,8 @@ impl Method {
         Method::typed_async(name, call)
     }
 
-    /// Like [`Method::async_fn`] for a future resolving to `Result<T, E>`.
+    /// Like [`Method::async_fn`] for a future resolving to `Result<T, E>`. For an `E` that is
+    /// `Serialize`, [`Method::typed_async_fn`] sends the error itself too.
     pub fn try_async_fn<A, T, E, Fut, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
     where
         A: FromArgs,
@@ -443,6 +559,60 @@ impl Method {
         let call = TypedAsyncFn {
             call: move |args: &mut Args<'_>, _: &Call<'_>| Ok(f(A::from_args(args)?)),
             reply: Reply::from_result::<T, E>,
+        };
+        Method::typed_async(name, call)
+    }
+
+    /// Like [`Method::try_sync_fn`] for an error type that is also `Serialize`: an `Err(e)`
+    /// reaches the caller as [`ErrorCode::HandlerError`] with `e`'s message and `e` itself
+    /// as the error's data ([`Reply::typed_err`]), which a typed stub decodes back into
+    /// `rpc::CallError::Handler(e)`.
+    ///
+    /// ```
+    /// use rpc_server::Method;
+    ///
+    /// let get = Method::typed_sync_fn("get", |(id,): (u64,)| -> Result<String, String> {
+    ///     Err(format!("todo {id} not found"))
+    /// });
+    /// assert_eq!(get.name(), "get");
+    /// ```
+    pub fn typed_sync_fn<A, T, E, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Serialize + fmt::Display + Send + 'static,
+        F: Fn(A) -> Result<T, E> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        Method::sync_raw(name, move |args| {
+            let a = A::from_args(args)?;
+            let f = f.clone();
+            Ok(Box::new(move || Reply::from_typed_result(f(a))))
+        })
+    }
+
+    /// Like [`Method::try_async_fn`] for an error type that is also `Serialize`, as
+    /// [`Method::typed_sync_fn`].
+    ///
+    /// ```
+    /// use rpc_server::Method;
+    ///
+    /// let get = Method::typed_async_fn("get", |(id,): (u64,)| async move {
+    ///     if id == 1 { Ok("write the tests".to_owned()) } else { Err(format!("todo {id} not found")) }
+    /// });
+    /// assert_eq!(get.name(), "get");
+    /// ```
+    pub fn typed_async_fn<A, T, E, Fut, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs,
+        T: Serialize + Send + 'static,
+        E: Serialize + fmt::Display + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+    {
+        let call = TypedAsyncFn {
+            call: move |args: &mut Args<'_>, _: &Call<'_>| Ok(f(A::from_args(args)?)),
+            reply: Reply::from_typed_result::<T, E>,
         };
         Method::typed_async(name, call)
     }

@@ -34,10 +34,12 @@ impl Hasher for NameHasher {
     }
 }
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use rpc_proto::reserved::MethodDescription;
 use rpc_proto::{Args, Codec, ServerError};
 
 use crate::blocking::{panicked, BlockingPool, Guarded};
@@ -62,6 +64,34 @@ pub(crate) const WORKER: &str = rpc_proto::reserved::WORKER;
 /// The answer of `rpc.worker`: which worker process serves the connection.
 fn worker_info(index: usize) -> BTreeMap<&'static str, u64> {
     BTreeMap::from([("index", index as u64), ("pid", u64::from(std::process::id()))])
+}
+
+/// Reserved method answering `"serving"` or `"draining"`.
+pub(crate) const HEALTH: &str = rpc_proto::reserved::HEALTH;
+/// Reserved method answering the methods' descriptions.
+pub(crate) const METHODS: &str = rpc_proto::reserved::METHODS;
+
+/// The answer of `rpc.methods`: every user method, by name.
+fn describe(methods: &[Method]) -> Vec<MethodDescription> {
+    let mut out: Vec<MethodDescription> = methods
+        .iter()
+        .map(|m| {
+            let mut d = MethodDescription::new(&*m.name);
+            d.sync = matches!(m.kind, Kind::Sync(_));
+            d.max_flow = m.max_flow;
+            match &m.signature {
+                Some(s) => {
+                    d.args.clone_from(&s.args);
+                    d.returns.clone_from(&s.returns);
+                    d.doc.clone_from(&s.doc);
+                }
+                None => d.args = vec![("?".into(), "?".into())],
+            }
+            d
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Makes the `max_flow` limit of a method, from its name and limit; see `Parts`.
@@ -154,6 +184,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) limit: Option<MakeLimit<'a>>,
     pub(crate) states: &'a States,
     pub(crate) layers: &'a [LayerFn],
+    /// Set when the server starts draining: `rpc.health` says so.
+    pub(crate) draining: Arc<AtomicBool>,
 }
 
 impl Registry {
@@ -173,6 +205,7 @@ impl Registry {
                 limit: None,
                 states: &States::empty(),
                 layers: &[],
+                draining: Arc::default(),
             },
         )
     }
@@ -187,18 +220,38 @@ impl Registry {
         let worker = Method::async_raw(WORKER, move |_| {
             Ok(Box::pin(std::future::ready(Reply::ok(worker_info(worker)))))
         });
-        for (index, mut m) in [ping, worker].into_iter().chain(methods).enumerate() {
+        let draining = setup.draining.clone();
+        let health = Method::async_raw(HEALTH, move |_| {
+            let state = if draining.load(Ordering::Relaxed) {
+                "draining"
+            } else {
+                "serving"
+            };
+            Ok(Box::pin(std::future::ready(Reply::ok(state))))
+        });
+        // Methods taking states get them now: then each is sync or async, as `rpc.methods`
+        // says.
+        let mut methods = methods;
+        for m in &mut methods {
             while let Kind::Unbound(bind) = &m.kind {
                 let bound = bind(setup.states)?;
                 m.kind = bound.kind;
                 m.context |= bound.context;
             }
+        }
+        let descriptions = Arc::new(describe(&methods));
+        let list = Method::async_raw(METHODS, move |_| {
+            Ok(Box::pin(std::future::ready(Reply::ok((*descriptions).clone()))))
+        });
+        let reserved = [ping, worker, health, list];
+        let reserved_count = reserved.len();
+        for (index, m) in reserved.into_iter().chain(methods).enumerate() {
             let key: Box<[u8]> = m.name.as_bytes().into();
             if map.contains_key(&key) || *key == *CANCEL {
                 return Err(BuildError::DuplicateMethod(m.name.into_owned()));
             }
             // Reserved methods answer about this process: never from the cache.
-            let is_reserved = *key == *PING.as_bytes() || *key == *WORKER.as_bytes();
+            let is_reserved = index < reserved_count;
             map.insert(key, index);
             entries.push(Entry {
                 kind: m.kind,
@@ -488,7 +541,7 @@ mod tests {
 
     /// Where the kept box of the first user method is, if there is one.
     fn kept(slots: &Slots) -> Option<*const u8> {
-        let slot = slots.boxes.get(2)?.as_ref()?;
+        let slot = slots.boxes.get(4)?.as_ref()?;
         Some(&**slot as *const (dyn std::any::Any + Send) as *const u8)
     }
 

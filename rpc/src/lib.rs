@@ -42,7 +42,9 @@
 //! - `add::NAME`: the name it is served under (the function's, or `#[register(name = "..")]`);
 //! - `add::method()`: the [`Method`] to pass to [`Builder::register`];
 //! - `add::call(&Client, a, b).await` and `add::call_blocking(&BlockingClient, a, b)`: typed
-//!   stubs with the function's own argument types, returning `Result<T, rpc::Error>`.
+//!   stubs with the function's own argument types, returning `Result<T, rpc::Error>`, or
+//!   `Result<T, rpc::CallError<E>>` for a function returning `Result<T, E>` (see
+//!   [Typed errors](#typed-errors)).
 //!
 //! A crate that only calls the service gets the same stubs from [`declare!`] with the
 //! signatures alone.
@@ -51,8 +53,9 @@
 //! Send + 'static`, since one side encodes what the other decodes: derive both, and use owned
 //! types (`String`, not `&str`). A function may also return `Result<T, E>` with
 //! `E: Display`: the error reaches the caller as [`ErrorCode::HandlerError`] carrying `E`'s
-//! message. A return type whose last path segment is `Result` (`Result`, `io::Result`,
-//! `anyhow::Result`) is treated this way. An async function's future must be `Send`.
+//! message, and `E` itself when it is `Serialize` (below). A return type whose last path
+//! segment is `Result` (`Result`, `io::Result`, `anyhow::Result`) is treated this way. An
+//! async function's future must be `Send`.
 //!
 //! Options: `name = "..."`, `max_flow = N`. Register functions at module level: the
 //! generated module refers to the function through `super::`. A signature that breaks a
@@ -104,6 +107,60 @@
 //! Call metadata ([`Metadata`], [`Client::with_metadata`]) and tower layers around dispatch
 //! ([`Builder::layer`], [`layers`]) complete the picture; see the README.
 //!
+//! # Typed errors
+//!
+//! When a function's error type is `Serialize` (as well as `Display`), the server sends the
+//! error itself along with its message, as `[3, message, data]` with `data` encoded in the
+//! connection's codec, and the stubs decode it back: they return
+//! `Result<T, `[`CallError<E>`]`>`, whose [`CallError::Handler`] holds the function's own
+//! error and [`CallError::Rpc`] everything else. No bound is added: an `E` that is only
+//! `Display` is sent as its message, as before, and then never comes back as `Handler`.
+//!
+//! ```no_run
+//! use rpc::{register, CallError};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! pub enum TodoError {
+//!     NotFound(u64),
+//! }
+//!
+//! impl std::fmt::Display for TodoError {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+//!         match self {
+//!             TodoError::NotFound(id) => write!(f, "todo {id} not found"),
+//!         }
+//!     }
+//! }
+//!
+//! #[register]
+//! fn get(id: u64) -> Result<String, TodoError> {
+//!     Err(TodoError::NotFound(id))
+//! }
+//!
+//! # async fn demo(client: rpc::Client) -> Result<(), rpc::Error> {
+//! match get::call(&client, 42).await {
+//!     Ok(title) => println!("{title}"),
+//!     Err(CallError::Handler(TodoError::NotFound(id))) => println!("no todo {id}"),
+//!     Err(CallError::Rpc(e)) => return Err(e), // transport, timeout, overloaded...
+//! }
+//! // `?` still converts to `rpc::Error` (the function's error as a `Remote` handler error).
+//! let title: String = get::call(&client, 1).await?;
+//! # Ok(()) }
+//! # fn main() {}
+//! ```
+//!
+//! A plain MessagePack-RPC peer reads the code and the message as the first two elements,
+//! as it always has; the shapes for peers that read no array
+//! ([`ErrorShape::Message`], [`ErrorShape::TypeAndMessage`]) never carry the data. Callers
+//! by name get it from the remote error: [`ServerError::decode_data`] into a type, or
+//! [`ServerError::data_value`] as a dynamic value (msgpack), and [`CallError::from_error`]
+//! turns any [`Error`] into a `CallError<E>`. A one-parameter alias such as
+//! `app::Result<T>` does not name `E`: its stubs return `rpc::Error` (the data is still
+//! sent). `declare!` keeps the error type it is given. Without the macro,
+//! [`Method::typed_sync_fn`] and [`Method::typed_async_fn`] send the error's data; the
+//! `try_` forms send its message only.
+//!
 //! # Without the macro
 //!
 //! [`Method::sync_fn`], [`Method::async_fn`] (and their `try_` forms) build the same thing
@@ -112,13 +169,15 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 pub use rpc_client::{
-    BlockingClient, CallOptions, Client, ClientTls, Config as ClientConfig, Error, TlsCause,
+    BlockingClient, CallError, CallOptions, Client, ClientTls, Config as ClientConfig, Error, TlsCause,
 };
 pub use rpc_macros::{declare, register, service};
+pub use rpc_proto::reserved::MethodDescription;
 pub use rpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
 pub use rpc_server::{
-    layers, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context, Error as ServeError,
-    Method, Peer, Reply, RpcService, Server, State, TlsConfig, TlsConfigError, TlsIdentity, WorkerRuntime,
+    layers, shutdown_signal, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig, Context,
+    DedupConfig, Error as ServeError, Method, Peer, Reply, RpcService, Server, Service, State, TlsConfig,
+    TlsConfigError, TlsIdentity, WorkerRuntime,
 };
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
@@ -133,6 +192,7 @@ pub use rmpv::Value;
 #[doc(hidden)]
 pub mod __private {
     use core::fmt::Display;
+    use core::marker::PhantomData;
 
     use serde::de::DeserializeOwned;
     use serde::Serialize;
@@ -140,7 +200,7 @@ pub mod __private {
     pub use rpc_proto::{Args, EncodeError, Params, ParamsEncoder};
     pub use rpc_server::{BuildError, Call, Method, Reply, Service, State, States};
 
-    use crate::{BlockingClient, Client, Error, ServerError};
+    use crate::{BlockingClient, CallError, Client, Error, ServerError};
 
     /// An argument type of a registered or declared function.
     #[diagnostic::on_unimplemented(
@@ -171,7 +231,8 @@ pub mod __private {
         message = "`{Self}` cannot be the error type of an RPC function",
         label = "does not implement `Display`",
         note = "the `E` of `Result<T, E>` must implement `std::fmt::Display`: its message reaches the \
-                caller as an `ErrorCode::HandlerError`"
+                caller as an `ErrorCode::HandlerError` (with the error itself as data when `E` is also \
+                `Serialize`)"
     )]
     pub trait RpcError: Display {}
     #[diagnostic::do_not_recommend]
@@ -247,6 +308,90 @@ pub mod __private {
     /// A function's `Err(e)`, as an `ErrorCode::HandlerError` with `e`'s message.
     pub fn reply_error<E: RpcError>(error: E) -> Reply {
         Reply::from_result::<(), E>(Err(error))
+    }
+
+    /// Picks how a function's `Err(e)` is sent, by autoref specialization on the concrete
+    /// `E` (`(&ErrorReply::of(&e)).reply_error(e)` with [`TypedReply`] and [`DisplayReply`]
+    /// in scope): with `e` as the error's data when `E` is `Serialize` ([`TypedReply`], found
+    /// without an autoref), with its message alone otherwise ([`DisplayReply`], on
+    /// `&ErrorReply`). Users' `E` never needs `Serialize`.
+    #[derive(Debug)]
+    pub struct ErrorReply<E>(PhantomData<fn(E)>);
+
+    impl<E> ErrorReply<E> {
+        /// The selector for `error`'s type.
+        pub fn of(_error: &E) -> ErrorReply<E> {
+            ErrorReply(PhantomData)
+        }
+    }
+
+    /// The typed half of [`ErrorReply`]: `E` is also sent as the error's data.
+    pub trait TypedReply<E> {
+        /// `Reply::typed_err(error)`.
+        fn reply_error(&self, error: E) -> Reply;
+    }
+
+    impl<E: Serialize + Display + Send + 'static> TypedReply<E> for ErrorReply<E> {
+        fn reply_error(&self, error: E) -> Reply {
+            Reply::typed_err(error)
+        }
+    }
+
+    /// The `Display`-only half of [`ErrorReply`]: today's `[code, message]`.
+    pub trait DisplayReply<E> {
+        /// [`reply_error`]`(error)`. The bound sits on the method, not the impl, so that an
+        /// `E` that is not `Display` fails it with [`RpcError`]'s message, as
+        /// [`assert_error`] does (and rustc shows the two as one).
+        fn reply_error(&self, error: E) -> Reply
+        where
+            E: RpcError;
+    }
+
+    impl<E> DisplayReply<E> for &ErrorReply<E> {
+        fn reply_error(&self, error: E) -> Reply
+        where
+            E: RpcError,
+        {
+            reply_error(error)
+        }
+    }
+
+    /// Picks what a stub's error becomes, by autoref specialization on the concrete `E` as
+    /// [`ErrorReply`] does: [`CallError::from_error`] when `E` is `DeserializeOwned`
+    /// ([`TypedStub`]), always [`CallError::Rpc`] otherwise ([`UntypedStub`]).
+    #[derive(Debug)]
+    pub struct StubError<E>(PhantomData<fn() -> E>);
+
+    impl<E> StubError<E> {
+        /// The selector for `E`.
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> StubError<E> {
+            StubError(PhantomData)
+        }
+    }
+
+    /// The typed half of [`StubError`].
+    pub trait TypedStub<E> {
+        /// `CallError::from_error(error)`.
+        fn call_error(&self, error: Error) -> CallError<E>;
+    }
+
+    impl<E: DeserializeOwned> TypedStub<E> for StubError<E> {
+        fn call_error(&self, error: Error) -> CallError<E> {
+            CallError::from_error(error)
+        }
+    }
+
+    /// The untyped half of [`StubError`]: the data cannot become an `E`.
+    pub trait UntypedStub<E> {
+        /// `CallError::Rpc(error)`.
+        fn call_error(&self, error: Error) -> CallError<E>;
+    }
+
+    impl<E> UntypedStub<E> for &StubError<E> {
+        fn call_error(&self, error: Error) -> CallError<E> {
+            CallError::Rpc(error)
+        }
     }
 
     /// The async stub's call.

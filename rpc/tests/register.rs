@@ -314,16 +314,19 @@ async fn result_errors_reach_the_caller_as_handler_errors() {
     let (addr, _stop) = start().await;
     each_codec(addr, |c, _| async move {
         assert_eq!(parse_int::call(&c, "17".to_owned()).await.unwrap(), 17);
+        // `ParseIntError` is only `Display`: its message, and no `CallError::Handler`.
         let e = parse_int::call(&c, "seventeen".to_owned()).await.unwrap_err();
         let expected = "seventeen".parse::<i64>().unwrap_err().to_string();
-        assert_eq!(remote_error(&e), (ErrorCode::HandlerError, expected));
+        assert_eq!(
+            remote_error(e.rpc().unwrap()),
+            (ErrorCode::HandlerError, expected)
+        );
 
+        // `String` is `Serialize`: the caller gets it back as the function's own error.
         assert_eq!(checked_div::call(&c, 9, 3).await.unwrap(), 3);
         let e = checked_div::call(&c, 9, 0).await.unwrap_err();
-        assert_eq!(
-            remote_error(&e),
-            (ErrorCode::HandlerError, "cannot divide 9 by zero".to_owned())
-        );
+        assert_eq!(e.code(), Some(ErrorCode::HandlerError));
+        assert_eq!(e.into_handler().as_deref(), Some("cannot divide 9 by zero"));
 
         let e = open::call(&c, "/nowhere".to_owned()).await.unwrap_err();
         assert_eq!(
@@ -423,10 +426,11 @@ async fn declared_stubs_call_registered_functions() {
         assert_eq!(api::times::call(&c, 3, 4).await.unwrap(), 12);
         assert_eq!(api::answer::call(&c).await.unwrap(), 42);
         // The declared `Result<T, E>` is the served one: the client sees `T`, and `E`
-        // arrives as a handler error.
+        // arrives as the function's own error.
         assert_eq!(api::checked_div::call(&c, 8, 2).await.unwrap(), 4);
         let e = api::checked_div::call(&c, 8, 0).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::HandlerError));
+        assert!(matches!(e, rpc::CallError::Handler(m) if m == "cannot divide 8 by zero"));
         let e = api::missing::call(&c, 1).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::MethodNotFound));
     })
@@ -457,10 +461,7 @@ async fn blocking_stubs_from_a_blocking_thread() {
             .unwrap();
             assert_eq!(mid, Point { x: 2.0, y: 2.0 });
             let e = checked_div::call_blocking(&c, 1, 0).unwrap_err();
-            assert_eq!(
-                remote_error(&e),
-                (ErrorCode::HandlerError, "cannot divide 1 by zero".to_owned())
-            );
+            assert_eq!(e.into_handler().as_deref(), Some("cannot divide 1 by zero"));
             // Declared stubs too.
             assert_eq!(api::add::call_blocking(&c, 1, 1).unwrap(), 2);
             assert_eq!(api::times::call_blocking(&c, 2, 5).unwrap(), 10);

@@ -62,9 +62,34 @@ impl Kv {
         self.map.lock().unwrap().len()
     }
 
+    /// A typed error, as for `#[register]`.
+    pub async fn must_get(&self, key: String) -> Result<String, KvError> {
+        self.map
+            .lock()
+            .unwrap()
+            .get(&key)
+            .cloned()
+            .ok_or(KvError::Missing(key))
+    }
+
     /// Not served: private.
     fn helper(&self) -> usize {
         self.map.lock().unwrap().len()
+    }
+}
+
+/// The error of `Kv::must_get`.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum KvError {
+    /// No such key.
+    Missing(String),
+}
+
+impl std::fmt::Display for KvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::Missing(k) => write!(f, "no key {k}"),
+        }
     }
 }
 

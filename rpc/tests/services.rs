@@ -452,3 +452,198 @@ async fn layers_run_outermost_first() {
     assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
     assert_eq!(*order.lock().unwrap(), ["outer", "inner"]);
 }
+
+// ---- Introspection --------------------------------------------------------------------
+
+/// Adds two numbers.
+///
+/// More text that `rpc.methods` leaves out.
+#[register]
+fn add_documented(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[tokio::test]
+async fn rpc_methods_describes_every_method() {
+    let addr = start(
+        builder()
+            .register(add_documented::method())
+            .register(rpc::Method::async_fn("closure", |(n,): (u32,)| async move { n })),
+    )
+    .await;
+    for codec in [Codec::Msgpack, Codec::Bincode] {
+        let client = Client::connect_with(addr, config(codec)).await.unwrap();
+        let methods: Vec<rpc::MethodDescription> = client.call("rpc.methods", ()).await.unwrap();
+        let find = |name: &str| {
+            methods
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} missing from {methods:?}"))
+        };
+        let add = find("add_documented");
+        assert_eq!(add.args, [("a".into(), "i64".into()), ("b".into(), "i64".into())]);
+        assert_eq!(
+            (add.returns.as_str(), add.sync, add.doc.as_str()),
+            ("i64", true, "Adds two numbers.")
+        );
+        assert_eq!(add.signature(), "add_documented(a: i64, b: i64) -> i64");
+        // State and Context are not on the wire: not listed.
+        let put = find("kv_put");
+        assert_eq!(
+            put.signature(),
+            "kv_put(key: String, value: String) -> Option<String>"
+        );
+        let get = find("kv_get");
+        assert!(!get.sync);
+        assert_eq!(find("facts").args.len(), 1);
+        // A closure: types unknown.
+        let closure = find("closure");
+        assert_eq!((closure.returns.as_str(), closure.args.len()), ("?", 1));
+        assert_eq!(closure.args[0].1, "?");
+        // Reserved methods are not listed; the list is sorted.
+        assert!(methods.iter().all(|m| !m.name.starts_with("rpc.")));
+        let mut names: Vec<&str> = methods.iter().map(|m| m.name.as_str()).collect();
+        let sorted = {
+            let mut n = names.clone();
+            n.sort_unstable();
+            n
+        };
+        assert_eq!(names, sorted);
+        names.dedup();
+    }
+}
+
+#[tokio::test]
+async fn rpc_health_says_serving_then_draining() {
+    let seen = Arc::new(Seen::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::builder()
+        .register(slow::method())
+        .shared_state(seen.clone())
+        .grace_period(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // With the extensions: dropping the held call below cancels it on the server.
+    let client = Client::connect_with(addr, config(Codec::Msgpack)).await.unwrap();
+    let health: String = client.call("rpc.health", ()).await.unwrap();
+    assert_eq!(health, "serving");
+    // A call in flight keeps the connection through the drain.
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { slow::call(&client).await }
+    });
+    timeout(LIMIT, seen.started.notified()).await.unwrap();
+    stop.send(()).unwrap();
+    // Asked until the drain is seen (the connection sees the signal on its next wake-up).
+    let mut last = String::new();
+    for _ in 0..1000 {
+        last = timeout(LIMIT, client.call("rpc.health", ()))
+            .await
+            .unwrap()
+            .unwrap();
+        if last == "draining" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(last, "draining");
+    // Other calls are refused while draining (the client then finds the port closed).
+    // (It may be resent: a short timeout bounds the retries.)
+    let e = add::call(&client.with_timeout(Duration::from_millis(300)), 1, 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, rpc::Error::Unavailable(_) | rpc::Error::Timeout(_))
+            || e.code() == Some(ErrorCode::ShuttingDown),
+        "{e}"
+    );
+    held.abort();
+    drop(client);
+    timeout(LIMIT, task).await.unwrap().unwrap();
+}
+
+// ---- Per-call tracing -----------------------------------------------------------------
+
+#[register]
+fn traced_sync(n: i64) -> i64 {
+    tracing::info!(n, "inside the sync handler");
+    n
+}
+
+#[register]
+async fn traced_async(n: i64) -> Result<i64, String> {
+    tokio::task::yield_now().await;
+    tracing::info!(n, "inside the async handler");
+    if n < 0 {
+        Err("negative".into())
+    } else {
+        Ok(n)
+    }
+}
+
+#[test]
+fn each_call_has_a_span_with_its_outcome_and_the_handler_s_events_nest_in_it() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_env_filter("rpc_server::call=debug,services=info")
+        .finish();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let addr = start(
+                Server::builder()
+                    .register(traced_sync::method())
+                    .register(traced_async::method()),
+            )
+            .await;
+            let client = Client::connect(addr).await.unwrap();
+            assert_eq!(traced_sync::call(&client, 7).await.unwrap(), 7);
+            assert_eq!(traced_async::call(&client, 8).await.unwrap(), 8);
+            assert!(traced_async::call(&client, -1).await.is_err());
+        });
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{log}"))
+            .to_owned()
+    };
+    // The handlers' events, inside their call's span (sync ones too, on the blocking pool).
+    let sync_event = line("inside the sync handler");
+    assert!(sync_event.contains("call{method=traced_sync"), "{sync_event}");
+    let async_event = line("inside the async handler n=8");
+    assert!(async_event.contains("call{method=traced_async"), "{async_event}");
+    // Each span's close carries its outcome and duration.
+    let closes: Vec<&str> = log.lines().filter(|l| l.contains("close")).collect();
+    assert_eq!(closes.len(), 3, "{log}");
+    assert!(
+        closes
+            .iter()
+            .any(|l| l.contains("traced_sync") && l.contains("outcome=\"ok\"")),
+        "{log}"
+    );
+    assert!(
+        closes.iter().any(|l| l.contains("traced_async")
+            && l.contains("outcome=\"handler error\"")
+            && l.contains("duration_us=")),
+        "{log}"
+    );
+}

@@ -105,6 +105,13 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
     let mut md = String::new();
     let w = &mut md;
     let _ = writeln!(w, "# Benchmark report\n");
+    if a.quick {
+        let _ = writeln!(
+            w,
+            "**`--quick`: a smoke run of the tool. Its figures come from a few hundred calls and \
+             mean nothing; no target is judged. Run without `--quick` to measure.**\n"
+        );
+    }
     let _ = writeln!(
         w,
         "- Machine: {} CPUs, {}, Linux {}",
@@ -246,24 +253,27 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
         }
         let _ = writeln!(w);
     }
-    let _ = writeln!(w, "## Targets\n");
-    let _ = writeln!(w, "| target | measured | limit | result |");
-    let _ = writeln!(w, "|---|---:|---:|---|");
-    for t in targets(&table) {
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {} |",
-            t.name,
-            t.measured,
-            t.limit,
-            match t.pass {
-                Some(true) => "pass",
-                Some(false) => "**FAIL**",
-                None => "not measured",
-            }
-        );
+    // A quick run's figures cannot judge a target: none is shown.
+    if !a.quick {
+        let _ = writeln!(w, "## Targets\n");
+        let _ = writeln!(w, "| target | measured | limit | result |");
+        let _ = writeln!(w, "|---|---:|---:|---|");
+        for t in targets(&table) {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} |",
+                t.name,
+                t.measured,
+                t.limit,
+                match t.pass {
+                    Some(true) => "pass",
+                    Some(false) => "**FAIL**",
+                    None => "not measured",
+                }
+            );
+        }
+        let _ = writeln!(w);
     }
-    let _ = writeln!(w);
     if a.out.is_some() {
         let _ = writeln!(w, "## Charts\n");
         for (file, what) in crate::charts::CHARTS {

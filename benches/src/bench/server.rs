@@ -119,7 +119,9 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
             announce(listener.local_addr()?)?;
             match kind {
                 ServerKind::Ours => {
-                    our_server(args.layers)?.run(listener, std::future::pending()).await;
+                    our_server(args.layers)?
+                        .run(listener, std::future::pending())
+                        .await;
                     Ok(())
                 }
                 ServerKind::Tonic => serve_tonic(listener).await,

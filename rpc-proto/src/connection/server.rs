@@ -395,7 +395,8 @@ impl ServerConnection {
                 timeout,
                 metadata,
             }) => {
-                if self.draining {
+                // `rpc.health` is answered while draining: it says so.
+                if self.draining && method != crate::reserved::HEALTH.as_bytes() {
                     let e = ServerError::new(ErrorCode::ShuttingDown, "the server is shutting down; retry");
                     return self.send_error(service, msgid, &e);
                 }
@@ -833,6 +834,15 @@ mod tests {
         );
         assert!(svc.requests.is_empty(), "never dispatched");
         assert!(conn.is_done(0));
+        // `rpc.health` still reaches the service, which answers "draining".
+        run(
+            &mut conn,
+            &mut svc,
+            &request(Codec::Msgpack, 5, crate::reserved::HEALTH, (0, 0), None),
+            &[],
+            now,
+        );
+        assert_eq!(svc.requests.len(), 1);
     }
 
     #[test]

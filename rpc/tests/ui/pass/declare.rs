@@ -15,8 +15,14 @@ pub mod api {
         pub(crate) fn nothing();
     }
 
-    pub(crate) async fn use_private(client: &rpc::Client) -> Result<u8, rpc::Error> {
+    /// The declared error type is kept: `CallError<String>`.
+    pub(crate) async fn use_private(client: &rpc::Client) -> Result<u8, rpc::CallError<String>> {
         fallible::call(client, String::new()).await
+    }
+
+    /// And `?` still turns it into an `rpc::Error`.
+    pub(crate) fn use_private_blocking(client: &rpc::BlockingClient) -> Result<u8, rpc::Error> {
+        Ok(fallible::call_blocking(client, String::new())?)
     }
 }
 
@@ -34,6 +40,7 @@ fn use_blocking(client: &rpc::BlockingClient) -> Result<Point, rpc::Error> {
 
 fn main() {
     assert_eq!(api::add::NAME, "add");
+    let _ = api::use_private_blocking;
     let _ = use_stubs;
     let _ = use_blocking;
 }
