@@ -214,6 +214,9 @@ impl Failure {
                     if let Some(known) = rpc_client::ErrorCode::from_i64(e.code) {
                         j["name"] = known.name().into();
                     }
+                    if let Some(data) = error_data(e) {
+                        j["data"] = data;
+                    }
                     j
                 }
                 Failure::Server(m) => json!({"kind": "server", "message": m}),
@@ -223,10 +226,24 @@ impl Failure {
             print_json(&json!({ "error": error }));
         } else {
             match self {
-                Failure::Remote(e) => eprintln!("error {}: {}", e.code, e.message),
+                Failure::Remote(e) => {
+                    eprintln!("error {}: {}", e.code, e.message);
+                    if let Some(data) = error_data(e) {
+                        eprintln!("data: {data}");
+                    }
+                }
                 Failure::Server(m) | Failure::Transport(m) | Failure::Usage(m) => eprintln!("rpc: {m}"),
             }
         }
+    }
+}
+
+/// The data of an error (`[code, message, data]`), as JSON. bincode data cannot be read
+/// without its type, which `rpc.methods` does not give: it is left out.
+fn error_data(e: &ServerError) -> Option<Json> {
+    match e.data_value()? {
+        Ok(v) => Some(json::to_json(&v)),
+        Err(_) => None,
     }
 }
 

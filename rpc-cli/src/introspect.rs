@@ -137,24 +137,19 @@ impl MethodInfo {
         })
     }
 
-    /// The signature as `rpc list` prints it: `add(a: i64, b: i64) -> i64`, without
-    /// `-> ()` for a method that returns nothing.
+    /// The signature as `rpc list` prints it, as the server's own `MethodDescription`
+    /// does: `add(a: i64, b: i64) -> i64`, `ping() -> ()`.
     ///
     /// ```
     /// # use rpc_cli::introspect::MethodInfo;
     /// # let mut m = MethodInfo::parse(&rmpv::Value::Map(vec![("name".into(), "ping".into())]))?;
     /// m.returns = "()".into();
-    /// assert_eq!(m.signature(), "ping()");
+    /// assert_eq!(m.signature(), "ping() -> ()");
     /// # Ok::<(), rpc_cli::introspect::IntrospectError>(())
     /// ```
     pub fn signature(&self) -> String {
         let args: Vec<String> = self.args.iter().map(|(n, t)| format!("{n}: {t}")).collect();
-        let mut s = format!("{}({})", self.name, args.join(", "));
-        if self.returns != "()" {
-            s.push_str(" -> ");
-            s.push_str(&self.returns);
-        }
-        s
+        format!("{}({}) -> {}", self.name, args.join(", "), self.returns)
     }
 
     /// What `rpc describe` prints: the signature, then how it runs, then its doc line.
@@ -238,7 +233,7 @@ mod tests {
                 "add(a: i64, b: i64) -> i64",
                 "closure(0: ?) -> ?",
                 "fib_sync(n: u64) -> u64",
-                "unit()"
+                "unit() -> ()"
             ]
         );
         let m = MethodInfo::parse(&method("fib_sync", &[("n", "u64")], "u64", true, Some(100))).unwrap();

@@ -1,8 +1,8 @@
 //! The `rpc` binary end to end: run as a process against servers started here (an
 //! rpc-server with `add`, `echo`, a failing method and a notification sink, over TCP, a Unix
-//! socket and TLS), against a fake server that speaks raw MessagePack and answers
-//! `rpc.methods` (for `list` and `describe`, until servers of ours answer it), and
-//! against the Python spec server (`call` only).
+//! socket and TLS; its `rpc.methods` for `list`, `describe` and bincode), against a fake
+//! server that speaks raw MessagePack and answers `rpc.methods` its own way, or not at all,
+//! and against the Python spec server (`call` only).
 //!
 //! No test sleeps to synchronise: servers are bound before the binary starts, and every
 //! wait (a process, a notification, the Python server's port) is bounded.
@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rpc_server::{Method, Server, TlsConfig};
+use rpc_server::{Codec, ErrorCode, Method, Reply, Server, ServerError, TlsConfig};
 use serde_json::{json, Value as Json};
 
 /// The longest any `rpc` process may run before it is killed and the test fails.
@@ -98,8 +98,9 @@ fn expect_code(out: &Out, code: i32) {
 
 // ----- a server of ours, in this process -----
 
-/// An rpc-server on its own runtime: `add`, `concat`, `echo` (any value back, bin stays
-/// bin), `fail` (error 3 "boom") and `note` (sends its argument to `notes`).
+/// An rpc-server on its own runtime: `add`, `concat` (`max_flow` 50), `echo` (any value
+/// back, bin stays bin; a closure left undescribed, so `rpc.methods` shows `?`), `fail`
+/// (error 3 "boom") and `note` (sends its argument to `notes`).
 struct TestServer {
     addr: String,
     notes: mpsc::Receiver<String>,
@@ -115,13 +116,41 @@ fn server() -> Server {
 fn server_with_notes() -> (Server, mpsc::Receiver<String>) {
     let (tx, notes) = mpsc::channel();
     let server = Server::builder()
-        .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
-        .register(Method::sync_fn("concat", |(a, b): (String, String)| a + &b))
+        .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b).describe(
+            &[("a", "i64"), ("b", "i64")],
+            "i64",
+            "Adds two numbers.",
+        ))
+        .register(
+            Method::sync_fn("concat", |(a, b): (String, String)| a + &b)
+                .describe(&[("a", "String"), ("b", "String")], "String", "")
+                .max_flow(50),
+        )
         .register(Method::sync_fn("echo", |(v,): (rmpv::Value,)| v))
-        .register(Method::try_sync_fn("fail", |(): ()| Err::<(), _>("boom")))
-        .register(Method::sync_fn("note", move |(s,): (String,)| {
-            let _ = tx.send(s);
+        // An error with data: `[3, "not found", {"id": 42}]`.
+        .register(Method::sync_raw("lookup", |_| {
+            Ok(Box::new(|| {
+                let data = rmpv::Value::Map(vec![("id".into(), 42.into())]);
+                let e = ServerError::new(ErrorCode::HandlerError, "not found")
+                    .with_data(Codec::Msgpack, &data)
+                    .unwrap();
+                Reply::err(e)
+            }))
         }))
+        .register(
+            Method::try_sync_fn("fail", |(): ()| Err::<(), _>("boom")).describe(
+                &[],
+                "Result<(), String>",
+                "",
+            ),
+        )
+        .register(
+            Method::async_fn("note", move |(s,): (String,)| {
+                let _ = tx.send(s);
+                async {}
+            })
+            .describe(&[("s", "String")], "()", "Records a note."),
+        )
         .build()
         .unwrap();
     (server, notes)
@@ -232,6 +261,13 @@ fn a_remote_error_exits_1_with_its_code_and_message() {
     let out = rpc(&["call", &s.addr, "add", r#"["one", 2]"#]);
     expect_code(&out, 1);
     assert!(out.stderr.starts_with("error 2: "), "{out:?}");
+    // The error's data, when it has some.
+    let out = rpc(&["call", &s.addr, "lookup"]);
+    expect_code(&out, 1);
+    assert_eq!(out.stderr, "error 3: not found\ndata: {\"id\":42}\n");
+    let out = rpc(&["call", &s.addr, "lookup", "--json"]);
+    expect_code(&out, 1);
+    assert_eq!(out.json()["error"]["data"], json!({"id": 42}));
 }
 
 #[test]
@@ -549,28 +585,18 @@ fn methods_answer() -> rmpv::Value {
 /// A server speaking raw MessagePack-RPC on blocking sockets, one thread per connection:
 /// it answers `rpc.methods` with [`methods_answer`] (or, `introspection: false`, with
 /// "method not found" as a server without it does), and "method not found" to any other
-/// call. A connection that opens with bincode's hello (0xc1, never a msgpack byte) is
-/// forwarded to `upstream`, a server of ours: so bincode calls, whose types come from
-/// `rpc.methods`, can be run before our servers answer it.
+/// call.
 struct FakeServer {
     addr: String,
 }
 
-fn fake_server(introspection: bool, upstream: Option<String>) -> FakeServer {
+fn fake_server(introspection: bool) -> FakeServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { return };
-            let upstream = upstream.clone();
-            thread::spawn(move || {
-                let mut first = [0u8; 1];
-                match conn.peek(&mut first) {
-                    Ok(1) if first[0] == 0xc1 => forward(conn, &upstream.expect("no upstream for bincode")),
-                    Ok(1) => answer(conn, introspection),
-                    _ => {}
-                }
-            });
+            thread::spawn(move || answer(conn, introspection));
         }
     });
     FakeServer { addr }
@@ -606,23 +632,9 @@ fn answer(conn: TcpStream, introspection: bool) {
     }
 }
 
-/// Copy bytes both ways between `conn` and `upstream` until either side closes.
-fn forward(conn: TcpStream, upstream: &str) {
-    let up = TcpStream::connect(upstream).unwrap();
-    let (mut c_read, mut u_write) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
-    let back = thread::spawn(move || {
-        let _ = std::io::copy(&mut c_read, &mut u_write);
-        let _ = u_write.shutdown(std::net::Shutdown::Write);
-    });
-    let (mut u_read, mut c_write) = (up, conn);
-    let _ = std::io::copy(&mut u_read, &mut c_write);
-    let _ = c_write.shutdown(std::net::Shutdown::Write);
-    let _ = back.join();
-}
-
 #[test]
 fn list_prints_sorted_signatures() {
-    let fake = fake_server(true, None);
+    let fake = fake_server(true);
     let out = rpc(&["list", &fake.addr]);
     expect_code(&out, 0);
     assert_eq!(
@@ -631,9 +643,9 @@ fn list_prints_sorted_signatures() {
          closure(0: ?) -> ?\n\
          concat(a: String, b: String) -> String\n\
          echo(v: Point) -> Point\n\
-         fail()\n\
+         fail() -> ()\n\
          fib_sync(n: u64) -> u64\n\
-         note(s: &str)\n"
+         note(s: &str) -> ()\n"
     );
     let out = rpc(&["list", &fake.addr, "--json"]);
     expect_code(&out, 0);
@@ -656,7 +668,7 @@ fn list_prints_sorted_signatures() {
 
 #[test]
 fn describe_prints_one_method() {
-    let fake = fake_server(true, None);
+    let fake = fake_server(true);
     let out = rpc(&["describe", &fake.addr, "fib_sync"]);
     expect_code(&out, 0);
     assert_eq!(
@@ -676,8 +688,50 @@ fn describe_prints_one_method() {
 }
 
 #[test]
+fn list_and_describe_our_server() {
+    let s = start_server();
+    let out = rpc(&["list", &s.addr]);
+    expect_code(&out, 0);
+    assert_eq!(
+        out.stdout,
+        "add(a: i64, b: i64) -> i64\n\
+         concat(a: String, b: String) -> String\n\
+         echo(?: ?) -> ?\n\
+         fail() -> Result<(), String>\n\
+         lookup(?: ?) -> ?\n\
+         note(s: String) -> ()\n"
+    );
+    let out = rpc(&["describe", &s.addr, "add"]);
+    expect_code(&out, 0);
+    assert_eq!(
+        out.stdout,
+        "add(a: i64, b: i64) -> i64\n  sync (runs on the blocking pool), no max_flow\n  Adds two numbers.\n"
+    );
+    let out = rpc(&["describe", &s.addr, "note"]);
+    expect_code(&out, 0);
+    assert_eq!(
+        out.stdout,
+        "note(s: String) -> ()\n  async, no max_flow\n  Records a note.\n"
+    );
+    let out = rpc(&["describe", &s.addr, "concat", "--json"]);
+    expect_code(&out, 0);
+    assert_eq!(
+        out.json(),
+        json!({
+            "name": "concat",
+            "args": [["a", "String"], ["b", "String"]],
+            "returns": "String",
+            "sync": true,
+            "max_flow": 50,
+            "doc": "",
+            "signature": "concat(a: String, b: String) -> String",
+        })
+    );
+}
+
+#[test]
 fn list_without_introspection_says_so() {
-    let fake = fake_server(false, None);
+    let fake = fake_server(false);
     for cmd in [&["list", &fake.addr][..], &["describe", &fake.addr, "add"][..]] {
         let out = rpc(cmd);
         expect_code(&out, 1);
@@ -698,46 +752,46 @@ fn list_without_introspection_says_so() {
 #[test]
 fn bincode_calls_are_typed_by_rpc_methods() {
     let s = start_server();
-    let fake = fake_server(true, Some(s.addr.clone()));
-    let out = rpc(&["--codec", "bincode", "call", &fake.addr, "add", "[40, 2]"]);
+    let out = rpc(&["--codec", "bincode", "call", &s.addr, "add", "[40, 2]"]);
     expect_code(&out, 0);
     assert_eq!(out.stdout, "42\n");
     let out = rpc(&[
-        "--codec", "bincode", "call", &fake.addr, "concat", "\"a\"", "\"b\"", "--json",
+        "--codec", "bincode", "call", &s.addr, "concat", "\"a\"", "\"b\"", "--json",
     ]);
     expect_code(&out, 0);
     assert_eq!(out.json(), json!({"result": "ab"}));
     // A remote error comes back in bincode too.
-    let out = rpc(&["--codec", "bincode", "call", &fake.addr, "fail"]);
+    let out = rpc(&["--codec", "bincode", "call", &s.addr, "fail"]);
     expect_code(&out, 1);
     assert_eq!(out.stderr, "error 3: boom\n");
     // Arguments are checked against the signature before anything is sent.
-    let out = rpc(&["--codec", "bincode", "call", &fake.addr, "add", "[1, 2, 3]"]);
+    let out = rpc(&["--codec", "bincode", "call", &s.addr, "add", "[1, 2, 3]"]);
     expect_code(&out, 64);
     assert!(
         out.stderr
             .contains("add(a: i64, b: i64) -> i64 takes 2 argument(s), 3 given"),
         "{out:?}"
     );
-    let out = rpc(&["--codec", "bincode", "call", &fake.addr, "add", r#"[1, "2"]"#]);
+    let out = rpc(&["--codec", "bincode", "call", &s.addr, "add", r#"[1, "2"]"#]);
     expect_code(&out, 64);
     assert!(
         out.stderr
             .contains("argument b of add(a: i64, b: i64) -> i64: expected i64, got \"2\""),
         "{out:?}"
     );
-    // A type of the application: bincode cannot do without its fields.
-    let out = rpc(&["--codec", "bincode", "call", &fake.addr, "echo", "{}"]);
+    // A type rpc does not know (`?`: a closure the server has no types for): bincode
+    // cannot do without it.
+    let out = rpc(&["--codec", "bincode", "call", &s.addr, "echo", "{}"]);
     expect_code(&out, 64);
     assert!(out.stderr.contains("use --codec msgpack"), "{out:?}");
-    let out = rpc(&["--codec", "bincode", "notify", &fake.addr, "note", "\"bin\""]);
+    let out = rpc(&["--codec", "bincode", "notify", &s.addr, "note", "\"bin\""]);
     expect_code(&out, 0);
     assert_eq!(s.notes.recv_timeout(PROCESS_LIMIT).unwrap(), "bin");
     let out = rpc(&[
         "--codec",
         "bincode",
         "load",
-        &fake.addr,
+        &s.addr,
         "add",
         "[1, 2]",
         "--duration",
