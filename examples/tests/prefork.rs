@@ -260,6 +260,9 @@ fn parent_of(pid: u32) -> Option<u32> {
 fn client_config() -> ClientConfig {
     let mut config = ClientConfig::default();
     config.timeout = Duration::from_secs(20);
+    // Plain clients of our server: its codes are ours (`Overloaded`, and a `shutting down`
+    // refusal resent during a roll), which a server that did not answer a hello cannot show.
+    config.our_server = true;
     config.reconnect_backoff = Duration::from_millis(1);
     config.reconnect_backoff_max = Duration::from_millis(20);
     config

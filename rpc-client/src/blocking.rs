@@ -15,6 +15,8 @@ use rpc_proto::{
 use serde::de::DeserializeOwned;
 
 use crate::config::new_session;
+use crate::foreign::decode_reply;
+use crate::handlers::{notify, Handlers, Incoming};
 use crate::reply::{Decoder, NativeValue, Serde};
 use crate::tls::Connector;
 use crate::{ClientTls, Config, Error};
@@ -119,7 +121,11 @@ impl CallOptions {
 /// time: the fastest path for sequential calls. It is `Sync`; calls from several threads
 /// take turns. After a transport error the next call reconnects; calls that are safe to
 /// resend (unstable-network mode, [`CallOptions::idempotent`], or refused by a server
-/// shutting down) are resent, with backoff, within their timeout.
+/// of ours shutting down) are resent, with backoff, within their timeout.
+///
+/// It reads only while a call waits for its reply, so requests and notifications the
+/// server sends ([`Config::on_request`], [`Config::on_notification`]) are handled then, on
+/// the calling thread, and answered at once; between calls they wait.
 ///
 /// ```no_run
 /// let client = rpc_client::BlockingClient::connect("127.0.0.1:25000")?;
@@ -168,27 +174,45 @@ enum Failed {
     Sent(Error),
 }
 
-/// The one reply the blocking client waits for, decoded where it lies in the read buffer.
-struct Decode<R, D> {
+/// The one reply the blocking client waits for, decoded where it lies in the read buffer;
+/// and what the server sends of its own accord, queued for its handlers.
+struct Decode<'a, R, D> {
     codec: Codec,
+    /// Whether the server's error codes are ours ([`ClientConnection::is_server_ours`]).
+    ours: bool,
     got: Option<Result<R, Error>>,
+    handlers: &'a Handlers,
+    incoming: Vec<Incoming>,
     decoder: PhantomData<D>,
 }
 
-impl<R, D: Decoder<R>> Decode<R, D> {
-    fn new(codec: Codec) -> Decode<R, D> {
+impl<'a, R, D: Decoder<R>> Decode<'a, R, D> {
+    fn new(codec: Codec, ours: bool, handlers: &'a Handlers) -> Decode<'a, R, D> {
         Decode {
             codec,
+            ours,
             got: None,
+            handlers,
+            incoming: Vec::new(),
             decoder: PhantomData,
         }
     }
 }
 
-impl<R, D: Decoder<R>> Replies<()> for Decode<R, D> {
+impl<R, D: Decoder<R>> Replies<()> for Decode<'_, R, D> {
     fn reply(&mut self, r: ClientReply<'_, ()>) {
         let outcome = if r.ok { Ok(r.part) } else { Err(r.part) };
-        self.got = Some(D::decode(self.codec, outcome));
+        self.got = Some(decode_reply::<R, D>(self.codec, self.ours, outcome));
+    }
+
+    fn request(&mut self, msgid: u64, method: &[u8], params: &[u8]) -> bool {
+        self.handlers
+            .request(self.codec, msgid, method, params, &mut self.incoming)
+    }
+
+    fn notification(&mut self, method: &[u8], params: &[u8]) {
+        self.handlers
+            .notification(self.codec, method, params, &mut self.incoming);
     }
 }
 
@@ -502,7 +526,10 @@ impl State {
         if self.proto.is_awaiting_hello() {
             let said = self.set_timeouts(config.connect_timeout).and_then(|()| {
                 self.flush()?;
-                let mut none = Decode::<(), Serde>::new(config.codec);
+                // Nothing is served before the hello is answered (a server that answers
+                // it is ours, and ours sends no requests).
+                let no_handlers = Handlers::default();
+                let mut none = Decode::<(), Serde>::new(config.codec, true, &no_handlers);
                 while self.proto.is_awaiting_hello() {
                     self.read_more()?;
                     self.proto
@@ -575,14 +602,24 @@ impl State {
             .map_err(|e| Failed::NotSent(e.into()))?;
         *msgid = Some(id);
         self.flush().map_err(|e| Failed::Sent(transport(e, timeout)))?;
-        let mut decode = Decode::<R, D>::new(client.config.codec);
+        let ours = self.proto.is_server_ours();
+        let mut decode = Decode::<R, D>::new(client.config.codec, ours, &client.config.handlers);
         loop {
             self.proto
                 .handle_input(&mut self.rbuf, &mut decode)
                 .map_err(|e| Failed::Sent(Error::Protocol(e.to_string())))?;
+            if !decode.incoming.is_empty() {
+                self.serve(&mut decode.incoming);
+            }
             if let Some(r) = decode.got.take() {
-                // A server's request answered meanwhile (we serve none) goes out with the
-                // next call.
+                if self.proto.has_transmit() {
+                    // Answers to the server's requests read with the reply (it may be
+                    // waiting for them) go out now; if that fails, the next call connects
+                    // again, and this one has its reply.
+                    if self.flush().is_err() {
+                        self.stream = None;
+                    }
+                }
                 return Ok(r);
             }
             if Instant::now() >= deadline {
@@ -598,6 +635,21 @@ impl State {
                 self.proto.forget(id);
                 Failed::Sent(transport(e, timeout))
             })?;
+        }
+    }
+
+    /// Run the handlers of what the server sent, in the order it came, on the calling
+    /// thread; the answers are queued for the transport.
+    fn serve(&mut self, incoming: &mut Vec<Incoming>) {
+        for incoming in incoming.drain(..) {
+            match incoming {
+                Incoming::Notification(handler, params) => notify(&*handler, params),
+                Incoming::Request(request) => {
+                    let msgid = request.msgid;
+                    let answer = request.run();
+                    self.proto.respond(msgid, answer.as_ref());
+                }
+            }
         }
     }
 

@@ -138,7 +138,9 @@ impl<E: fmt::Display> From<CallError<E>> for Error {
     /// handler error the server sent, without its data (the message is `E`'s).
     fn from(e: CallError<E>) -> Error {
         match e {
-            CallError::Handler(e) => Error::Remote(ServerError::new(ErrorCode::HandlerError, e.to_string())),
+            CallError::Handler(e) => {
+                Error::Remote(Box::new(ServerError::new(ErrorCode::HandlerError, e.to_string())))
+            }
             CallError::Rpc(e) => e,
         }
     }

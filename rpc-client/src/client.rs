@@ -46,6 +46,7 @@ pub(crate) use driver::refused;
 use state::{SlotState, State};
 
 use crate::config::new_session;
+use crate::foreign::foreign;
 use crate::reply;
 use crate::reply::{Decoder, NativeValue, Serde};
 use crate::tls::Connector;
@@ -58,8 +59,13 @@ use crate::{ClientTls, Config, Error};
 /// flight fails at once with [`Error::ConnectionClosed`] and the next call reconnects
 /// (with exponential backoff, within the call's timeout). Calls that are safe to resend
 /// are resent on the new connection: with `unstable_network` (the server answers a
-/// retry from its dedup cache), calls made through [`Client::idempotent`], and calls the
-/// server refused because it was shutting down.
+/// retry from its dedup cache), calls made through [`Client::idempotent`], and calls a
+/// server of ours refused because it was shutting down.
+///
+/// Requests and notifications the server sends are handed to the handlers registered with
+/// [`Config::on_request`](crate::Config::on_request) and
+/// [`Config::on_notification`](crate::Config::on_notification), and requests with none are
+/// answered method-not-found, all without holding up the calls.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), rpc_client::Error> {
@@ -195,6 +201,11 @@ impl<P: Params + ?Sized, R, D: Decoder<R>> Future for Attempt<'_, P, R, D> {
                 slot.waker.clone_from(cx.waker());
                 slot.state = SlotState::Waiting;
                 return Poll::Pending;
+            }
+            // An error from a server that is not ours has codes of its own (only error
+            // replies ask).
+            SlotState::Replied { ok: false, big } if !st.proto.is_server_ours() => {
+                Err(foreign(big.as_deref().unwrap_or(&slot.buf)))
             }
             SlotState::Replied { ok, big: None } => D::decode(codec, outcome(ok, &slot.buf)),
             SlotState::Replied { ok, big: Some(frame) } => {
@@ -423,8 +434,10 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`Error::Remote`] for an error reply; [`Error::Timeout`], [`Error::ConnectionClosed`]
-    /// and [`Error::Transport`] when no reply came; encode and decode errors.
+    /// [`Error::Remote`] for an error reply from a server that answered our hello (codes
+    /// ours), [`Error::Foreign`] from any other (codes its own); [`Error::Timeout`],
+    /// [`Error::ConnectionClosed`] and [`Error::Transport`] when no reply came; encode and
+    /// decode errors.
     pub async fn call<P, R>(&self, method: &str, params: P) -> Result<R, Error>
     where
         P: Params,

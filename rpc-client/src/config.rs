@@ -1,6 +1,9 @@
+use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_proto::{Codec, DEFAULT_MAX_MESSAGE_SIZE};
+use rpc_proto::{Codec, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
+
+use crate::handlers::Handlers;
 
 /// Client settings, shared by the async and the blocking client.
 #[derive(Debug, Clone)]
@@ -24,7 +27,22 @@ pub struct Config {
     /// it passes), and a call given up on is cancelled on the server. Only for servers built
     /// with this framework: a plain MessagePack-RPC server does not understand the hello.
     /// Default: off.
+    ///
+    /// See [`Config::our_server`] for how error codes are read without the hello.
     pub extensions: bool,
+    /// Whether a server that was not sent the hello (`extensions` off, MessagePack) is read
+    /// as one of ours. A plain client cannot tell our server from any other.
+    ///
+    /// - `true`, the default (what a client of this framework's servers expects): an error
+    ///   reply is [`Error::Remote`](crate::Error::Remote) with [`ErrorCode`](crate::ErrorCode)
+    ///   names, typed errors decode, and a call refused as `shutting down` is sent again.
+    /// - `false`, for a third-party server such as Neovim: its error replies are reported
+    ///   with its own codes ([`Error::Foreign`](crate::Error::Foreign)): Neovim's validation
+    ///   error `[1, "Invalid buffer id"]` prints as `server error 1: Invalid buffer id`, not
+    ///   as our method-not-found, and its code 9 is not a refusal to resend.
+    ///
+    /// With the hello it has no effect: a server that answered it is ours.
+    pub our_server: bool,
     /// "Unstable network" mode (turns `extensions` on): the client opens a session with a
     /// random 128-bit id; a call whose connection drops is resent after reconnecting, and
     /// a server in unstable-network mode runs each call once and answers retries from its
@@ -48,6 +66,9 @@ pub struct Config {
     /// already sent that may be resent after the connection dropped always keeps trying
     /// with backoff within its timeout (the server may be restarting).
     pub wait_for_ready: bool,
+    /// What the client serves when the server calls it: set with [`Config::on_request`]
+    /// and [`Config::on_notification`].
+    pub(crate) handlers: Handlers,
 }
 
 impl Default for Config {
@@ -58,16 +79,77 @@ impl Default for Config {
             codec: Codec::Msgpack,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             extensions: false,
+            our_server: true,
             unstable_network: false,
             heartbeat_interval: Some(Duration::from_secs(20)),
             reconnect_backoff: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_secs(1),
             wait_for_ready: false,
+            handlers: Handlers::default(),
         }
     }
 }
 
 impl Config {
+    /// Answer the server's requests for `method` with `handler` (replacing any handler
+    /// given for it before). A MessagePack-RPC server may call its client: Neovim does,
+    /// through `rpcrequest`, and waits (blocking every client) until it is answered. The
+    /// handler gets the request's params (an array, read as a dynamic value) and its
+    /// `Ok(result)` or `Err(error)` goes back as `[1, msgid, nil, result]` or
+    /// `[1, msgid, [code, message], nil]` (for Neovim, code 0 is an exception and 1 a
+    /// validation error). A request for a method with no handler is answered at once with
+    /// method-not-found; a handler that panics is answered as error 4, handler panicked.
+    ///
+    /// When it runs: the async [`Client`](crate::Client) runs it on tokio's blocking pool
+    /// as soon as the request is read, so it may take its time and may even call the server
+    /// back (`tokio::runtime::Handle::current().block_on(client.call(..))`) without
+    /// holding up the connection; several run at once, and the client keeps at most 1 024
+    /// waiting for an answer (beyond that, the server is answered `overloaded`). The
+    /// [`BlockingClient`](crate::BlockingClient) has no thread of its own: it runs the
+    /// handler when it reads, that is only while one of its calls waits for a reply, on
+    /// the calling thread. Its handlers must not call the same `BlockingClient` (that call
+    /// would wait for the one in progress). Server requests are served with MessagePack
+    /// only (a bincode server is ours, and ours sends none).
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), rpc_client::Error> {
+    /// use rpc_client::{BlockingClient, Config, ServerError};
+    ///
+    /// let mut config = Config::default();
+    /// config.on_request("plus_one", |params| match params[0].as_i64() {
+    ///     Some(n) => Ok((n + 1).into()),
+    ///     None => Err(ServerError { code: 1, message: "plus_one takes a number".into() }),
+    /// });
+    /// let nvim = BlockingClient::connect_with("127.0.0.1:6666", config)?;
+    /// // Neovim may now `rpcrequest(chan, "plus_one", 41)` while a call of ours waits.
+    /// let v = nvim.call_value("nvim_eval", vec!["1 + 1".into()])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_request<F>(&mut self, method: impl Into<String>, handler: F) -> &mut Config
+    where
+        F: Fn(rmpv::Value) -> Result<rmpv::Value, ServerError> + Send + Sync + 'static,
+    {
+        self.handlers.add_request(method.into(), Arc::new(handler));
+        self
+    }
+
+    /// Hand the server's notifications of `method` to `handler` (replacing any handler
+    /// given for it before); notifications with no handler are ignored. Neovim sends its
+    /// events (`nvim_buf_lines_event`, ...) and `rpcnotify` this way.
+    ///
+    /// When it runs: the async [`Client`](crate::Client) runs it on its connection task,
+    /// in the order the notifications arrived, so it must be quick and must not block (hand
+    /// longer work to a channel or a task of your own): while it runs, no reply reaches
+    /// its caller. The [`BlockingClient`](crate::BlockingClient) runs it, in order, when it
+    /// reads, that is only while one of its calls waits for a reply.
+    pub fn on_notification<F>(&mut self, method: impl Into<String>, handler: F) -> &mut Config
+    where
+        F: Fn(rmpv::Value) + Send + Sync + 'static,
+    {
+        self.handlers.add_notification(method.into(), Arc::new(handler));
+        self
+    }
+
     /// Whether the client sends a hello (and may use the extensions).
     pub(crate) fn uses_hello(&self) -> bool {
         self.extensions || self.unstable_network || self.codec != Codec::Msgpack
@@ -78,6 +160,7 @@ impl Config {
         let mut c = rpc_proto::ClientConfig::new(self.codec);
         c.max_message_size = self.max_message_size;
         c.hello = self.uses_hello();
+        c.our_server = self.our_server;
         c.session = session;
         c.heartbeat_interval = self.heartbeat_interval;
         c

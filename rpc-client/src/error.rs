@@ -5,6 +5,7 @@ use std::time::Duration;
 use rpc_proto::{DecodeError, EncodeError, ErrorCode, ServerError};
 
 use crate::tls::TlsCause;
+use crate::ForeignError;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,16 @@ pub enum Error {
     /// No reply within the call's timeout.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
-    /// The server answered with an error.
+    /// A server of ours (one that answered our hello) answered with an error: its code is
+    /// one of ours ([`Error::code`]).
     #[error("remote error: {0}")]
-    Remote(ServerError),
+    Remote(Box<ServerError>),
+    /// A server that did not answer our hello (a third-party one, or ours called without
+    /// the hello) answered with an error: its code is that server's own, and is not read
+    /// as one of ours. Boxed: it carries the whole error value, and every call's `Result`
+    /// would otherwise be twice as large.
+    #[error("{0}")]
+    Foreign(Box<ForeignError>),
     /// The arguments could not be encoded.
     #[error("could not encode the arguments: {0}")]
     Encode(#[from] EncodeError),
@@ -57,7 +65,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// The remote error's code, if the server answered with an error.
+    /// The error's code as one of ours, if a server of ours answered with an error
+    /// ([`Error::Remote`]). `None` for a [foreign](Error::Foreign) error: its code is that
+    /// server's own ([`Error::raw_code`]).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Remote(e) => Some(e.kind()),
@@ -65,11 +75,45 @@ impl Error {
         }
     }
 
-    /// The remote error, if the server answered with one.
-    pub fn remote(&self) -> Option<&ServerError> {
+    /// The code of an error reply as it came on the wire, from any server: ours
+    /// ([`Error::Remote`]) or another ([`Error::Foreign`], when its error has a code).
+    pub fn raw_code(&self) -> Option<i64> {
         match self {
-            Error::Remote(e) => Some(e),
+            Error::Remote(e) => Some(e.code),
+            Error::Foreign(e) => e.code,
             _ => None,
         }
+    }
+
+    /// The remote error, if a server of ours answered with one.
+    pub fn remote(&self) -> Option<&ServerError> {
+        match self {
+            Error::Remote(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// The error, if a server that did not answer our hello answered with one.
+    pub fn foreign(&self) -> Option<&ForeignError> {
+        match self {
+            Error::Foreign(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every call's `Result` carries an `Error`: a foreign error's value is boxed so that
+    /// it stays as small as before it existed (the per-call path moves it around).
+    #[test]
+    fn an_error_stays_small() {
+        assert!(
+            std::mem::size_of::<Error>() <= 40,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
     }
 }

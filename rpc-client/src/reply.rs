@@ -12,7 +12,7 @@ pub(crate) type Outcome<'a> = Result<&'a [u8], &'a [u8]>;
 pub(crate) fn decode<R: DeserializeOwned>(codec: Codec, outcome: Outcome<'_>) -> Result<R, Error> {
     match outcome {
         Ok(bytes) => Ok(codec.decode_framed(bytes)?),
-        Err(bytes) => Err(Error::Remote(decode_error(codec, bytes))),
+        Err(bytes) => Err(Error::Remote(Box::new(decode_error(codec, bytes)))),
     }
 }
 

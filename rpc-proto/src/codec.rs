@@ -247,13 +247,18 @@ pub trait Params {
     fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError>;
 }
 
+// The forwarders below are on every call's path: `#[inline]` so that they are inlined
+// wherever the call is compiled, whatever codegen unit the compiler put them in (left out
+// of line, they cost the async client about 40 instructions per call under callgrind).
 impl<P: Params + ?Sized> Params for &P {
+    #[inline]
     fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError> {
         (**self).encode_params(enc)
     }
 }
 
 impl<T: Serialize> Params for [T] {
+    #[inline]
     fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError> {
         enc.count(self.len());
         self.iter().try_for_each(|v| enc.push(v))
@@ -261,6 +266,7 @@ impl<T: Serialize> Params for [T] {
 }
 
 impl<T: Serialize> Params for Vec<T> {
+    #[inline]
     fn encode_params(&self, enc: &mut ParamsEncoder<'_>) -> Result<(), EncodeError> {
         self.as_slice().encode_params(enc)
     }

@@ -61,7 +61,7 @@ mod wire;
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
 pub use connection::client::{
     is_refused, may_resend, ClientConfig, ClientConnection, Failure, ProtocolError, ReadBuf, Replies,
-    Reply as ClientReply, INLINE_REPLY,
+    Reply as ClientReply, INLINE_REPLY, MAX_SERVING,
 };
 pub use connection::server::{ConnEvent, Fatal, Request, ServerConfig, ServerConnection, Service, Transmit};
 pub use dedup::{Begin, DedupCache, DedupConfig};

@@ -233,6 +233,14 @@ fn extensions() -> ClientConfig {
     config
 }
 
+/// A plain client (no hello) that reads our server's error codes as ours (issue 17: a
+/// server that did not answer a hello has codes of its own otherwise).
+fn plain_ours() -> ClientConfig {
+    let mut config = ClientConfig::default();
+    config.our_server = true;
+    config
+}
+
 /// Run blocking client code off the runtime, bounded.
 async fn blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     within(what, tokio::task::spawn_blocking(f)).await.unwrap()
@@ -389,7 +397,7 @@ async fn wave(
 
 async fn max_flow_waves(method: Method, probe: &Probe) {
     let server = TestServer::start(builder().register(method.max_flow(LIMIT))).await;
-    let client = connect(server.addr, ClientConfig::default()).await;
+    let client = connect(server.addr, plain_ours()).await;
     for _ in 0..2 {
         for (i, r) in wave(&client, "gated", probe, 200).await {
             assert_eq!(r.unwrap(), i);
@@ -420,7 +428,7 @@ async fn max_flow_slots_survive_panics_and_errors() {
             flaky_async("gated", &probe)
         };
         let server = TestServer::start(builder().register(method.max_flow(LIMIT))).await;
-        let client = connect(server.addr, ClientConfig::default()).await;
+        let client = connect(server.addr, plain_ours()).await;
         let (mut ok, mut panicked, mut failed) = (0, 0, 0);
         for _ in 0..2 {
             for (i, r) in wave(&client, "gated", &probe, 200).await {
@@ -447,7 +455,7 @@ async fn max_flow_slots_survive_panics_and_errors() {
 async fn max_flow_wait_waits_for_a_slot_then_refuses() {
     let wait = Duration::from_millis(100);
     let server = TestServer::start(builder().register(nap().max_flow(1).max_flow_wait(wait))).await;
-    let client = connect(server.addr, ClientConfig::default()).await;
+    let client = connect(server.addr, plain_ours()).await;
 
     // The slot frees within the wait: the second call gets in when it does.
     let t0 = Instant::now();

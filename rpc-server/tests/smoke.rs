@@ -36,6 +36,7 @@ async fn async_client_round_trips() {
     for codec in [Codec::Msgpack, Codec::Bincode] {
         let mut cfg = Config::default();
         cfg.codec = codec;
+        cfg.our_server = true; // no hello with msgpack: say the codes are ours
         let c = Client::connect_with(addr, cfg).await.unwrap();
         let v: i64 = c.call("add", (2, 3)).await.unwrap();
         assert_eq!(v, 5);
@@ -70,6 +71,7 @@ async fn blocking_client_round_trips() {
         for codec in [Codec::Msgpack, Codec::Bincode] {
             let mut cfg = Config::default();
             cfg.codec = codec;
+            cfg.our_server = true; // no hello with msgpack: say the codes are ours
             let c = BlockingClient::connect_with(addr, cfg).unwrap();
             let v: i64 = c.call("add", (2, 3)).unwrap();
             assert_eq!(v, 5);

@@ -169,7 +169,8 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 pub use rpc_client::{
-    BlockingClient, CallError, CallOptions, Client, ClientTls, Config as ClientConfig, Error, TlsCause,
+    BlockingClient, CallError, CallOptions, Client, ClientTls, Config as ClientConfig, Error, ForeignError,
+    TlsCause,
 };
 pub use rpc_macros::{declare, register, service};
 pub use rpc_proto::reserved::MethodDescription;

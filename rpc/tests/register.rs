@@ -244,6 +244,7 @@ async fn start() -> (SocketAddr, oneshot::Sender<()>) {
 async fn connect(addr: SocketAddr, codec: Codec) -> Client {
     let mut config = ClientConfig::default();
     config.codec = codec;
+    config.our_server = true; // no hello with msgpack: say the codes are ours
     timeout(LIMIT, Client::connect_with(addr, config))
         .await
         .expect("connect in time")
@@ -444,6 +445,7 @@ async fn blocking_stubs_from_a_blocking_thread() {
         for codec in [Codec::Msgpack, Codec::Bincode] {
             let mut config = ClientConfig::default();
             config.codec = codec;
+            config.our_server = true;
             let c = BlockingClient::connect_with(addr, config).expect("connect");
             assert_eq!(add::call_blocking(&c, 2, 3).unwrap(), 5);
             assert_eq!(double::call_blocking(&c, 8).unwrap(), 16);

@@ -155,16 +155,16 @@ async fn call_raw_tokio(c: &mut raw::TokioConn, p: &Payload) -> Result<()> {
 /// A blocking client connection.
 #[derive(Debug)]
 pub(crate) enum BlockingConn {
-    Ours(rpc_client::BlockingClient),
+    Ours(Box<rpc_client::BlockingClient>),
     Raw(raw::StdConn),
 }
 
 impl BlockingConn {
     pub(crate) fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<BlockingConn> {
         Ok(match variant {
-            Variant::OursBlocking(codec) => {
-                BlockingConn::Ours(rpc_client::BlockingClient::connect_with(addr, our_config(codec))?)
-            }
+            Variant::OursBlocking(codec) => BlockingConn::Ours(Box::new(
+                rpc_client::BlockingClient::connect_with(addr, our_config(codec))?,
+            )),
             Variant::RawStd => BlockingConn::Raw(raw::StdConn::connect(addr, payload)?),
             _ => return Err(format!("{variant} is not a blocking client").into()),
         })

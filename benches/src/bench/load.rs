@@ -98,7 +98,7 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
                                     .unwrap_or_else(|p| p.into_inner())
                                     .get_or_insert_with(|| e.to_string());
                                 // A call that fails at once must not spin the loop.
-                                if e.code().is_none() {
+                                if e.raw_code().is_none() {
                                     tokio::time::sleep(Duration::from_millis(10)).await;
                                     now = Instant::now();
                                 }

@@ -16,6 +16,7 @@ use tracing::debug;
 
 use super::state::{Deliver, SlotState, State};
 use super::Core;
+use crate::handlers::{notify, Handlers, Incoming};
 use crate::Error;
 
 /// Write buffers larger than this are given back to the allocator once written.
@@ -98,8 +99,16 @@ async fn start<T: AsyncRead + AsyncWrite + Unpin>(core: &Core, stream: &mut T) -
         }
         let mut st = core.lock();
         let State { proto, slots, .. } = &mut *st;
+        // Nothing is served before the connection task runs (a server that answers our
+        // hello is ours, and ours sends no requests): method-not-found, as with no handler.
+        let mut deliver = Deliver {
+            slots,
+            codec: core.config.codec,
+            handlers: &Handlers::default(),
+            incoming: &mut Vec::new(),
+        };
         proto
-            .handle_input(&mut rbuf, &mut Deliver { slots })
+            .handle_input(&mut rbuf, &mut deliver)
             .map_err(|e| Error::Protocol(e.to_string()))?;
         if !proto.is_awaiting_hello() {
             return Ok(rbuf);
@@ -134,6 +143,9 @@ pub(super) struct Driver<T> {
     pinging: bool,
     /// The protocol's hint for the next read's size, as of the last read.
     hint: usize,
+    /// Requests and notifications from the server that the last read brought, for their
+    /// handlers.
+    incoming: Vec<Incoming>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
@@ -160,6 +172,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             ping: Timer::new(ping.map_or(now, Instant::from_std)),
             pinging: ping.is_some(),
             hint: 0,
+            incoming: Vec::new(),
         };
         tokio::spawn(driver.run());
     }
@@ -230,18 +243,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Lost(e.into())),
                 Poll::Pending => false,
             };
-            let mut st = self.core.lock();
-            let st = &mut *st;
+            let mut guard = self.core.lock();
             if read {
                 progress = true;
-                let delivered = st
-                    .proto
-                    .handle_input(&mut self.rbuf, &mut Deliver { slots: &mut st.slots });
+                let st = &mut *guard;
+                let delivered = st.proto.handle_input(
+                    &mut self.rbuf,
+                    &mut Deliver {
+                        slots: &mut st.slots,
+                        codec: self.core.config.codec,
+                        handlers: &self.core.config.handlers,
+                        incoming: &mut self.incoming,
+                    },
+                );
                 if let Err(e) = delivered {
                     return Poll::Ready(End::Lost(Error::Protocol(e.to_string())));
                 }
                 self.hint = st.proto.read_hint(&self.rbuf);
+                if !self.incoming.is_empty() {
+                    // Handlers run without the lock: calls go on meanwhile.
+                    drop(guard);
+                    serve(&self.core, self.epoch, &mut self.incoming);
+                    guard = self.core.lock();
+                }
             }
+            let st = &mut *guard;
             if st.task.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
                 st.task = Some(cx.waker().clone());
             }
@@ -302,6 +328,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             }
             if !progress {
                 return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Run the handlers of what the server sent on connection `epoch`: a request on the
+/// blocking pool (it may take its time, or call the server back), its answer queued on
+/// the connection if it is still the live one; a notification here, in the order they
+/// came. Not generic, and out of line: compiled once, never on a call's path.
+#[cold]
+#[inline(never)]
+fn serve(core: &Arc<Core>, epoch: u64, incoming: &mut Vec<Incoming>) {
+    for incoming in incoming.drain(..) {
+        match incoming {
+            Incoming::Notification(handler, params) => notify(&*handler, params),
+            Incoming::Request(request) => {
+                let core = core.clone();
+                tokio::task::spawn_blocking(move || {
+                    let msgid = request.msgid;
+                    let answer = request.run();
+                    let mut st = core.lock();
+                    // An answer for a connection that is gone is dropped (the protocol
+                    // forgets the requests of a transport when it ends; the epoch guards
+                    // against a msgid the next connection's server reuses).
+                    if st.live == Some(epoch) && st.proto.respond(msgid, answer.as_ref()) {
+                        st.wake_writer();
+                    }
+                });
             }
         }
     }

@@ -5,9 +5,10 @@ use std::mem;
 use std::task::Waker;
 
 use bytes::Bytes;
-use rpc_proto::{ClientConnection, ClientReply, Replies};
+use rpc_proto::{ClientConnection, ClientReply, Codec, Replies};
 use tokio::time::Instant;
 
+use crate::handlers::{Handlers, Incoming};
 use crate::Error;
 
 /// The state every call and the connection task share.
@@ -119,9 +120,14 @@ impl State {
     }
 }
 
-/// Puts each reply into its caller's slot and wakes the caller.
+/// Puts each reply into its caller's slot and wakes the caller; queues what the server
+/// sends of its own accord, when the client has a handler for it.
 pub(super) struct Deliver<'a> {
     pub(super) slots: &'a mut [Slot],
+    pub(super) codec: Codec,
+    pub(super) handlers: &'a Handlers,
+    /// Requests and notifications from the server to run once the lock is released.
+    pub(super) incoming: &'a mut Vec<Incoming>,
 }
 
 impl Replies<u32> for Deliver<'_> {
@@ -139,5 +145,19 @@ impl Replies<u32> for Deliver<'_> {
         if let SlotState::Waiting = mem::replace(&mut slot.state, SlotState::Replied { ok: r.ok, big }) {
             slot.waker.wake_by_ref();
         }
+    }
+
+    // Out of line, as everything for what the server sends of its own accord: the reply
+    // loop above is the per-call path.
+    #[inline(never)]
+    fn request(&mut self, msgid: u64, method: &[u8], params: &[u8]) -> bool {
+        self.handlers
+            .request(self.codec, msgid, method, params, self.incoming)
+    }
+
+    #[inline(never)]
+    fn notification(&mut self, method: &[u8], params: &[u8]) {
+        self.handlers
+            .notification(self.codec, method, params, self.incoming);
     }
 }

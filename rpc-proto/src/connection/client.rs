@@ -5,8 +5,10 @@
 //! caller's token, each call's deadline (started when the request is handed to the
 //! transport, as a duration relative to `now`), `rpc.cancel` for calls given up on, the
 //! idle `rpc.ping`, framing of replies (the one-pass path for a success reply is chosen
-//! inside), the size limit, requests a server sends us, and the one rule of what may be
-//! sent again after a reconnect ([`may_resend`]).
+//! inside), the size limit, requests and notifications a server sends us (handed to the
+//! caller when it serves them, answered method-not-found otherwise), whether the server's
+//! error codes are ours ([`ClientConnection::is_server_ours`]), and the one rule of what
+//! may be sent again after a reconnect ([`may_resend`]).
 //!
 //! It outlives the transports under it: after a disconnect ([`ClientConnection::handle_disconnect`])
 //! the I/O layer connects again and calls [`ClientConnection::start`]; msgids keep counting,
@@ -19,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::codec::{Codec, Params};
+use crate::codec::{Codec, EncodeValue, Params};
 use crate::error::{EncodeError, ErrorCode, ServerError};
 use crate::framer::Framer;
 use crate::handshake::Hello;
 use crate::message::{
-    encode_notification, encode_request_ext, encode_response_err, parse_bincode_response_prefix,
-    parse_response_prefix, Message,
+    encode_notification, encode_request_ext, encode_response_err, encode_response_ok,
+    parse_bincode_response_prefix, parse_response_prefix, Message,
 };
 use crate::reserved::{CANCEL, PING};
 
@@ -46,6 +48,9 @@ pub struct ClientConfig {
     /// Send the hello: the server then knows our extensions (timeouts travel with each
     /// request, `rpc.cancel`, `rpc.ping`). Only for servers of this framework.
     pub hello: bool,
+    /// The server is known to be one of ours even without the hello (the caller says so):
+    /// its error codes are ours ([`ClientConnection::is_server_ours`]).
+    pub our_server: bool,
     /// The session id carried in the hello (unstable-network mode).
     pub session: Option<u128>,
     /// Send `rpc.ping` after this long without writing anything (servers that answered our
@@ -61,6 +66,7 @@ impl ClientConfig {
             codec,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             hello: codec != Codec::Msgpack,
+            our_server: false,
             session: None,
             heartbeat_interval: Some(Duration::from_secs(20)),
         }
@@ -68,10 +74,34 @@ impl ClientConfig {
 }
 
 /// What the client does with replies: the calls' side of [`ClientConnection::handle_input`].
+///
+/// It also hears what a server sends of its own accord (Neovim's `rpcrequest` and
+/// `rpcnotify`): by default a request is answered at once with method-not-found and a
+/// notification is ignored.
 pub trait Replies<T> {
     /// The reply to a call.
     fn reply(&mut self, reply: Reply<'_, T>);
+
+    /// A request the server sent us, `[0, msgid, method, params]` (`params` raw, in the
+    /// connection's codec). Return `true` to take it: then the caller answers it, on this
+    /// transport, with [`ClientConnection::respond`]. `false` (the default: the caller
+    /// serves nothing under that name) has it answered at once with method-not-found,
+    /// rather than left waiting (Neovim blocks on it).
+    fn request(&mut self, msgid: u64, method: &[u8], params: &[u8]) -> bool {
+        let _ = (msgid, method, params);
+        false
+    }
+
+    /// A notification the server sent us, `[2, method, params]`. Ignored by default.
+    fn notification(&mut self, method: &[u8], params: &[u8]) {
+        let _ = (method, params);
+    }
 }
+
+/// At most this many requests from the server may wait for the caller's answer at once;
+/// beyond it a request is answered `overloaded` at once, so that a server sending requests
+/// without end cannot grow the client without bound.
+pub const MAX_SERVING: usize = 1024;
 
 /// A reply, as handed to [`Replies::reply`].
 #[derive(Debug)]
@@ -188,6 +218,9 @@ pub struct ClientConnection<T> {
     earliest: Option<Instant>,
     /// When requests were last taken for the transport.
     last_write: Instant,
+    /// Msgids of requests from the server taken by the caller ([`Replies::request`]) and
+    /// not answered yet, on the current transport.
+    serving: Vec<u64>,
 }
 
 impl<T: Copy> ClientConnection<T> {
@@ -205,6 +238,7 @@ impl<T: Copy> ClientConnection<T> {
             fresh: Vec::new(),
             earliest: None,
             last_write: now,
+            serving: Vec::new(),
         }
     }
 
@@ -219,6 +253,18 @@ impl<T: Copy> ClientConnection<T> {
         self.config.hello
     }
 
+    /// Whether the server is one of ours: it answered our hello, or the caller said so
+    /// ([`ClientConfig::our_server`]). Only then are the codes of its error replies ours
+    /// ([`ErrorCode`]; a `shutting down` refusal among them, see [`is_refused`]); any other
+    /// server (a third-party MessagePack-RPC server, which cannot be told from ours called
+    /// without the hello) has codes of its own: Neovim's `[1, "Invalid buffer id"]` is its
+    /// validation error, not our method-not-found. With the hello on, no reply is handed
+    /// over before the server's hello has been read (one that does not answer it is a
+    /// [`ProtocolError::Hello`]), so every reply comes from a server that answered.
+    pub fn is_server_ours(&self) -> bool {
+        self.config.hello || self.config.our_server
+    }
+
     /// A new transport is up, at `now`: queue the hello if we send one. Calls of an
     /// earlier transport must have been failed ([`ClientConnection::handle_disconnect`]).
     pub fn start(&mut self, now: Instant) {
@@ -228,6 +274,7 @@ impl<T: Copy> ClientConnection<T> {
         self.fresh.clear();
         self.earliest = None;
         self.last_write = now;
+        self.serving.clear();
         self.awaiting_hello = self.config.hello;
         if self.config.hello {
             Hello::new(self.config.codec)
@@ -456,21 +503,67 @@ impl<T: Copy> ClientConnection<T> {
                     Ok(result) => self.put(replies, msgid, true, result, shared),
                     Err(error) => self.put(replies, msgid, false, error, shared),
                 },
-                Ok(Message::Request { msgid, method, .. }) => {
-                    // A server calling us (Neovim's `rpcrequest`): we serve nothing, so it
-                    // is told at once rather than left waiting for our call to time out.
-                    encode_response_err(
-                        self.config.codec,
-                        &mut self.out,
-                        msgid,
-                        &ServerError::method_not_found(method),
-                    );
-                }
-                // Notifications from the server are ignored; so is a message that does
-                // not parse (the framer found where it ends: the stream is still in step).
-                Ok(Message::Notification { .. }) | Err(_) => {}
+                Ok(Message::Request {
+                    msgid,
+                    method,
+                    params,
+                    ..
+                }) => self.server_request(replies, msgid, method, params),
+                Ok(Message::Notification { method, params }) => replies.notification(method, params),
+                // A message that does not parse is ignored (the framer found where it
+                // ends: the stream is still in step).
+                Err(_) => {}
             },
         }
+    }
+
+    /// A server calling us (Neovim's `rpcrequest`): handed to the caller if it serves the
+    /// method, otherwise answered at once with method-not-found rather than left waiting
+    /// (Neovim blocks every client until it is answered). Out of line: never on a reply's
+    /// path.
+    #[inline(never)]
+    fn server_request<R: Replies<T>>(&mut self, replies: &mut R, msgid: u64, method: &[u8], params: &[u8]) {
+        let error = if self.serving.len() >= MAX_SERVING {
+            ServerError::new(
+                ErrorCode::Overloaded,
+                format!("{MAX_SERVING} requests from the server are waiting for an answer already"),
+            )
+        } else if replies.request(msgid, method, params) {
+            self.serving.push(msgid);
+            return;
+        } else {
+            ServerError::method_not_found(method)
+        };
+        encode_response_err(self.config.codec, &mut self.out, msgid, &error);
+    }
+
+    /// Answer the server's request `msgid`, taken by [`Replies::request`] on the current
+    /// transport: `[1, msgid, nil, result]` or `[1, msgid, error, nil]`. A result that
+    /// cannot be encoded is answered as an internal error. Returns whether it was answered:
+    /// `false` when `msgid` is not waiting for an answer (its transport is gone, or it was
+    /// answered already), and then nothing is queued.
+    pub fn respond<V: EncodeValue + ?Sized>(
+        &mut self,
+        msgid: u64,
+        outcome: Result<&V, &ServerError>,
+    ) -> bool {
+        let Some(at) = self.serving.iter().position(|&id| id == msgid) else {
+            return false;
+        };
+        self.serving.swap_remove(at);
+        let codec = self.config.codec;
+        let encoded = match outcome {
+            Ok(result) => encode_response_ok(codec, &mut self.out, msgid, result),
+            Err(error) => {
+                encode_response_err(codec, &mut self.out, msgid, error);
+                Ok(())
+            }
+        };
+        if let Err(e) = encoded {
+            let error = ServerError::new(ErrorCode::Internal, format!("could not encode the result: {e}"));
+            encode_response_err(codec, &mut self.out, msgid, &error);
+        }
+        true
     }
 
     #[inline(always)]
@@ -499,6 +592,8 @@ impl<T: Copy> ClientConnection<T> {
     /// are dropped.
     pub fn handle_disconnect(&mut self, mut lost: impl FnMut(T, Option<Instant>)) {
         self.out.clear();
+        // Requests of the lost transport can no longer be answered.
+        self.serving.clear();
         self.fresh.clear();
         self.earliest = None;
         self.awaiting_hello = false;
@@ -953,6 +1048,147 @@ mod tests {
             crate::decode_error(Codec::Msgpack, e).kind(),
             ErrorCode::MethodNotFound
         );
+    }
+
+    /// Serves `ask`: records the requests and notifications the connection hands over.
+    #[derive(Default)]
+    struct Serving {
+        requests: Vec<(u64, Vec<u8>, Vec<u8>)>,
+        notifications: Vec<(Vec<u8>, Vec<u8>)>,
+    }
+
+    impl Replies<u32> for Serving {
+        fn reply(&mut self, _: Reply<'_, u32>) {}
+
+        fn request(&mut self, msgid: u64, method: &[u8], params: &[u8]) -> bool {
+            self.requests.push((msgid, method.to_vec(), params.to_vec()));
+            method == b"ask"
+        }
+
+        fn notification(&mut self, method: &[u8], params: &[u8]) {
+            self.notifications.push((method.to_vec(), params.to_vec()));
+        }
+    }
+
+    fn response_to(out: &[u8]) -> (u64, Result<&[u8], &[u8]>) {
+        match Message::parse(Codec::Msgpack, out) {
+            Ok(Message::Response { msgid, outcome }) => (msgid, outcome),
+            other => panic!("not a response: {other:?} {out:x?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_from_the_server_is_handed_over_when_served_and_answered_once() {
+        let (mut c, now) = conn(Codec::Msgpack, false);
+        assert!(!c.is_server_ours());
+        // [0, 7, "ask", [1]], [0, 8, "other", []], [2, "note", ["hi"]]
+        let mut rbuf = BytesMut::from(
+            &hex!(
+                "94 00 07 a3 61 73 6b 91 01  94 00 08 a5 6f 74 68 65 72 90  93 02 a4 6e 6f 74 65 91 a2 68 69"
+            )[..],
+        );
+        let mut s = Serving::default();
+        c.handle_input(&mut rbuf, &mut s).unwrap();
+        assert_eq!(
+            s.requests,
+            [
+                (7, b"ask".to_vec(), hex!("91 01").to_vec()),
+                (8, b"other".to_vec(), hex!("90").to_vec())
+            ]
+        );
+        assert_eq!(
+            s.notifications,
+            [(b"note".to_vec(), hex!("91 a2 68 69").to_vec())]
+        );
+        // Only the one not served is answered at once.
+        let out = take(&mut c, now);
+        let (8, Err(e)) = response_to(&out) else {
+            panic!("{out:x?}")
+        };
+        assert_eq!(
+            crate::decode_error(Codec::Msgpack, e).kind(),
+            ErrorCode::MethodNotFound
+        );
+        // The caller answers 7, once; a msgid never handed over is not answered.
+        assert!(!c.respond(9, Ok(&2i64)));
+        assert!(c.respond(7, Ok(&2i64)));
+        assert!(!c.respond(7, Ok(&2i64)), "answered twice");
+        assert_eq!(take(&mut c, now), hex!("94 01 07 c0 02"));
+        // An error answer, and a result that cannot be encoded (an internal error).
+        c.handle_input(&mut BytesMut::from(&hex!("94 00 0a a3 61 73 6b 90")[..]), &mut s)
+            .unwrap();
+        assert!(c.respond::<i64>(10, Err(&ServerError::with_code(0, "no"))));
+        assert_eq!(take(&mut c, now), hex!("94 01 0a 92 00 a2 6e 6f c0"));
+        struct Unencodable;
+        impl serde::Serialize for Unencodable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("nope"))
+            }
+        }
+        c.handle_input(&mut BytesMut::from(&hex!("94 00 0b a3 61 73 6b 90")[..]), &mut s)
+            .unwrap();
+        assert!(c.respond(11, Ok(&Unencodable)));
+        let out = take(&mut c, now);
+        let (11, Err(e)) = response_to(&out) else {
+            panic!("{out:x?}")
+        };
+        assert_eq!(crate::decode_error(Codec::Msgpack, e).kind(), ErrorCode::Internal);
+        // A request of a transport that is gone is never answered on the next one.
+        c.handle_input(&mut BytesMut::from(&hex!("94 00 0c a3 61 73 6b 90")[..]), &mut s)
+            .unwrap();
+        c.handle_disconnect(|_, _| {});
+        c.start(now);
+        assert!(!c.respond(12, Ok(&1i64)));
+        assert!(!c.has_transmit());
+    }
+
+    #[test]
+    fn requests_waiting_for_the_caller_are_bounded() {
+        let (mut c, now) = conn(Codec::Msgpack, false);
+        let mut s = Serving::default();
+        let mut input = Vec::new();
+        for msgid in 1..=MAX_SERVING as u64 + 1 {
+            input.extend_from_slice(&[0x94, 0x00, 0xcd]);
+            input.extend_from_slice(&(msgid as u16).to_be_bytes());
+            input.extend_from_slice(&hex!("a3 61 73 6b 90"));
+        }
+        c.handle_input(&mut BytesMut::from(&input[..]), &mut s).unwrap();
+        assert_eq!(
+            s.requests.len(),
+            MAX_SERVING,
+            "the one past the bound is not handed over"
+        );
+        let out = take(&mut c, now);
+        let (msgid, Err(e)) = response_to(&out) else {
+            panic!("{out:x?}")
+        };
+        assert_eq!(msgid, MAX_SERVING as u64 + 1);
+        assert_eq!(
+            crate::decode_error(Codec::Msgpack, e).kind(),
+            ErrorCode::Overloaded
+        );
+        // Answering one makes room again.
+        assert!(c.respond(1, Ok(&())));
+        take(&mut c, now);
+        c.handle_input(
+            &mut BytesMut::from(&hex!("94 00 cd ff ff a3 61 73 6b 90")[..]),
+            &mut s,
+        )
+        .unwrap();
+        assert!(!c.has_transmit());
+        assert_eq!(s.requests.len(), MAX_SERVING + 1);
+    }
+
+    #[test]
+    fn only_a_server_that_answered_the_hello_or_is_said_to_be_is_ours() {
+        assert!(!conn(Codec::Msgpack, false).0.is_server_ours());
+        let (mut c, _) = conn(Codec::Msgpack, true);
+        c.handle_input(&mut hello_bytes(Codec::Msgpack), &mut Got::default())
+            .unwrap();
+        assert!(c.is_server_ours());
+        let mut config = ClientConfig::new(Codec::Msgpack);
+        config.our_server = true;
+        assert!(ClientConnection::<u32>::new(config, Instant::now()).is_server_ours());
     }
 
     #[test]
