@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rpc_client::{ClientTls, Codec, Config, ServerError, TlsCause};
+use rpc_client::{ClientTls, Codec, Config, TlsCause};
 use serde_json::{json, Value as Json};
 
 use crate::connect::{Connection, Target};
@@ -166,7 +166,7 @@ fn seconds(s: &str) -> Result<Duration, String> {
 #[derive(Debug)]
 enum Failure {
     /// The server answered with an error.
-    Remote(ServerError),
+    Remote(Box<RemoteError>),
     /// The server answered, not with what was needed (no introspection, no such method).
     Server(String),
     /// No answer: refused, timeout, TLS, connection lost.
@@ -184,7 +184,10 @@ impl Failure {
             msg.push_str(&format!(" ({source})"));
         }
         match e {
-            E::Remote(r) => Failure::Remote(r),
+            E::Remote(_) | E::Foreign(_) => match RemoteError::of(&e) {
+                Some(r) => Failure::Remote(Box::new(r)),
+                None => Failure::Transport(msg),
+            },
             E::Tls {
                 cause: TlsCause::Config,
                 ..
@@ -209,16 +212,7 @@ impl Failure {
     fn report(&self, as_json: bool) {
         if as_json {
             let error = match self {
-                Failure::Remote(e) => {
-                    let mut j = json!({"kind": "remote", "code": e.code, "message": e.message});
-                    if let Some(known) = rpc_client::ErrorCode::from_i64(e.code) {
-                        j["name"] = known.name().into();
-                    }
-                    if let Some(data) = error_data(e) {
-                        j["data"] = data;
-                    }
-                    j
-                }
+                Failure::Remote(e) => e.to_json(),
                 Failure::Server(m) => json!({"kind": "server", "message": m}),
                 Failure::Transport(m) => json!({"kind": "transport", "message": m}),
                 Failure::Usage(m) => json!({"kind": "usage", "message": m}),
@@ -227,8 +221,8 @@ impl Failure {
         } else {
             match self {
                 Failure::Remote(e) => {
-                    eprintln!("error {}: {}", e.code, e.message);
-                    if let Some(data) = error_data(e) {
+                    eprintln!("{e}");
+                    if let Some(data) = &e.data {
                         eprintln!("data: {data}");
                     }
                 }
@@ -238,12 +232,70 @@ impl Failure {
     }
 }
 
-/// The data of an error (`[code, message, data]`), as JSON. bincode data cannot be read
-/// without its type, which `rpc.methods` does not give: it is left out.
-fn error_data(e: &ServerError) -> Option<Json> {
-    match e.data_value()? {
-        Ok(v) => Some(json::to_json(&v)),
-        Err(_) => None,
+/// An error reply, from a server of ours (one that answered the hello: bincode) or any
+/// other (MessagePack, where `rpc` sends no hello, so that any server understands it).
+#[derive(Debug)]
+struct RemoteError {
+    /// The code: `[code, message, ...]`'s first element; none for another shape.
+    code: Option<i64>,
+    message: String,
+    /// The code's name, for a server of ours: another server's codes are its own.
+    name: Option<&'static str>,
+    /// `[code, message, data]`'s third element.
+    data: Option<Json>,
+    /// The whole error value, when it does not have the `[code, message]` shape.
+    value: Option<Json>,
+}
+
+impl RemoteError {
+    fn of(e: &rpc_client::Error) -> Option<RemoteError> {
+        if let Some(ours) = e.remote() {
+            return Some(RemoteError {
+                code: Some(ours.code),
+                message: ours.message.clone(),
+                name: rpc_client::ErrorCode::from_i64(ours.code).map(rpc_client::ErrorCode::name),
+                // bincode data cannot be read without its type, which `rpc.methods` does
+                // not give: it is left out.
+                data: ours.data_value().and_then(Result::ok).map(|v| json::to_json(&v)),
+                value: None,
+            });
+        }
+        let foreign = e.foreign()?;
+        let data = match &foreign.value {
+            rmpv::Value::Array(items) if foreign.code.is_some() => items.get(2).map(json::to_json),
+            _ => None,
+        };
+        Some(RemoteError {
+            code: foreign.code,
+            message: foreign.message.clone(),
+            name: None,
+            data,
+            value: foreign.code.is_none().then(|| json::to_json(&foreign.value)),
+        })
+    }
+
+    fn to_json(&self) -> Json {
+        let mut j = json!({"kind": "remote", "code": self.code, "message": self.message});
+        for (key, v) in [
+            ("name", self.name.map(Json::from)),
+            ("data", self.data.clone()),
+            ("value", self.value.clone()),
+        ] {
+            if let Some(v) = v {
+                j[key] = v;
+            }
+        }
+        j
+    }
+}
+
+impl std::fmt::Display for RemoteError {
+    /// `error CODE: MESSAGE`, or `error: MESSAGE` for an error without a code.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "error {code}: {}", self.message),
+            None => write!(f, "error: {}", self.message),
+        }
     }
 }
 
@@ -299,6 +351,10 @@ impl GlobalArgs {
         let mut config = Config::default();
         config.timeout = self.timeout;
         config.connect_timeout = self.timeout;
+        // `rpc` cannot tell a server of ours from any other without the hello, which only
+        // bincode sends: error codes are read as the server's own (no names, and code 9 is
+        // not taken for our "shutting down" and resent to a server that may have run it).
+        config.our_server = false;
         config.codec = match self.codec {
             CodecArg::Msgpack => Codec::Msgpack,
             CodecArg::Bincode => Codec::Bincode,
@@ -330,9 +386,10 @@ fn methods(conn: &Connection) -> Result<Vec<MethodInfo>, Failure> {
     let client = conn.blocking().map_err(connect_error(&conn))?;
     match client.call_value(METHODS, Vec::new()) {
         Ok(v) => MethodInfo::parse_all(&v).map_err(|e| Failure::Server(e.to_string())),
-        Err(rpc_client::Error::Remote(e)) => Err(Failure::Server(format!(
-            "{} does not support introspection: it answered {METHODS} with error {}: {}",
-            conn.target, e.code, e.message
+        Err(e) if RemoteError::of(&e).is_some() => Err(Failure::Server(format!(
+            "{} does not support introspection: it answered {METHODS} with {}",
+            conn.target,
+            RemoteError::of(&e).map(|r| r.to_string()).unwrap_or_default()
         ))),
         Err(e) => Err(Failure::client(e, &format!("{METHODS} failed"))),
     }

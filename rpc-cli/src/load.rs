@@ -81,8 +81,9 @@ impl LoadOptions {
 pub struct Report {
     /// Calls that succeeded.
     pub ok: u64,
-    /// Failed calls by cause: the remote error's code (`"3"`) or the kind of local failure
-    /// (`"timeout"`, `"connection closed"`, `"unavailable"`, `"transport"`...).
+    /// Failed calls by cause: the error reply's code (`"3"`; `"error"` for an error without
+    /// a code) or the kind of local failure (`"timeout"`, `"connection closed"`,
+    /// `"unavailable"`, `"transport"`...).
     pub errors: BTreeMap<String, u64>,
     /// Whether some calls failed without an answer from the server (transport errors).
     pub transport_errors: bool,
@@ -167,11 +168,9 @@ impl Report {
             let by: Vec<String> = self
                 .errors
                 .iter()
+                // Codes as numbers: another server's codes are its own, not ours.
                 .map(|(code, n)| match code.parse::<i64>() {
-                    Ok(c) => match rpc_client::ErrorCode::from_i64(c) {
-                        Some(known) => format!("error {c} ({known}): {n}"),
-                        None => format!("error {c}: {n}"),
-                    },
+                    Ok(c) => format!("error {c}: {n}"),
                     Err(_) => format!("{code}: {n}"),
                 })
                 .collect();
@@ -199,6 +198,7 @@ impl Report {
 fn error_key(e: &Error) -> (String, bool) {
     match e {
         Error::Remote(r) => (r.code.to_string(), true),
+        Error::Foreign(f) => (f.code.map_or_else(|| "error".into(), |c| c.to_string()), true),
         Error::Timeout(_) => ("timeout".into(), false),
         Error::ConnectionClosed => ("connection closed".into(), false),
         Error::Unavailable(_) => ("unavailable".into(), false),
@@ -414,7 +414,7 @@ mod tests {
         assert!((j["p50_us"].as_f64().unwrap() - 200.0).abs() < 1.0, "{j}");
         assert!((j["max_us"].as_f64().unwrap() - 400.0).abs() < 1.0, "{j}");
         let s = report.summary();
-        assert!(s.contains("error 3 (handler error): 2, timeout: 1"), "{s}");
+        assert!(s.contains("errors: error 3: 2, timeout: 1"), "{s}");
         assert!(s.contains("p99.9"), "{s}");
     }
 }
