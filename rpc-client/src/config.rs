@@ -118,8 +118,9 @@ impl Config {
     /// let mut config = Config::default();
     /// config.on_request("plus_one", |params| match params[0].as_i64() {
     ///     Some(n) => Ok((n + 1).into()),
-    ///     None => Err(ServerError { code: 1, message: "plus_one takes a number".into() }),
+    ///     None => Err(ServerError::with_code(1, "plus_one takes a number")),
     /// });
+    /// config.our_server = false; // Neovim's error codes are its own
     /// let nvim = BlockingClient::connect_with("127.0.0.1:6666", config)?;
     /// // Neovim may now `rpcrequest(chan, "plus_one", 41)` while a call of ours waits.
     /// let v = nvim.call_value("nvim_eval", vec!["1 + 1".into()])?;
