@@ -204,7 +204,7 @@ fn error_key(e: &Error) -> (String, bool) {
         Error::Unavailable(_) => ("unavailable".into(), false),
         Error::Tls { .. } => ("tls".into(), false),
         Error::Protocol(_) => ("protocol".into(), false),
-        Error::Decode(_) => ("decode".into(), false),
+        Error::Decode(_) | Error::Result(_) => ("decode".into(), false),
         Error::Encode(_) => ("encode".into(), false),
         _ => ("transport".into(), false),
     }

@@ -392,6 +392,7 @@ impl BlockingClient {
         opts: CallOptions,
     ) -> Result<R, Error> {
         self.call_decoded::<P, R, Serde>(method, params, opts)
+            .map_err(|e| crate::error::name_result::<R>(method, e))
     }
 
     /// A call whose result `D` decodes.

@@ -443,7 +443,9 @@ impl Client {
         P: Params,
         R: DeserializeOwned,
     {
-        self.call_decoded::<P, R, Serde>(method, params).await
+        self.call_decoded::<P, R, Serde>(method, params)
+            .await
+            .map_err(|e| crate::error::name_result::<R>(method, e))
     }
 
     /// A call whose result `D` decodes.

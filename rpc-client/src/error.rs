@@ -41,6 +41,10 @@ pub enum Error {
     /// The result could not be decoded into the expected type.
     #[error("could not decode the result: {0}")]
     Decode(#[from] DecodeError),
+    /// The result of a call did not decode as the type asked for: the method and the type
+    /// are named. Boxed: rare, and every call's `Result` stays small.
+    #[error(transparent)]
+    Result(Box<ResultError>),
     /// The server sent something that is not valid MessagePack-RPC.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -116,4 +120,33 @@ mod tests {
             std::mem::size_of::<Error>()
         );
     }
+}
+
+/// A call's error, with the method and the expected type named when its result did not
+/// decode. Out of line: the error path only.
+#[cold]
+#[inline(never)]
+pub(crate) fn name_result<R>(method: &str, e: Error) -> Error {
+    match e {
+        Error::Decode(source) => Error::Result(Box::new(ResultError {
+            method: method.to_owned(),
+            expected: std::any::type_name::<R>(),
+            source,
+        })),
+        e => e,
+    }
+}
+
+/// A result that did not decode as the type asked for ([`Error::Result`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the result of {method} did not decode as {expected}: {source}")]
+#[non_exhaustive]
+pub struct ResultError {
+    /// The method called.
+    pub method: String,
+    /// The type asked for.
+    pub expected: &'static str,
+    /// Why it did not decode.
+    #[source]
+    pub source: DecodeError,
 }

@@ -37,7 +37,7 @@ pub use blocking::{BlockingClient, CallOptions};
 pub use call_error::CallError;
 pub use client::Client;
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, ResultError};
 pub use foreign::ForeignError;
 pub use rpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
 pub use tls::{ClientTls, TlsCause};

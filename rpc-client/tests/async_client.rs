@@ -677,3 +677,42 @@ async fn issue17_call_value_keeps_a_str_that_is_not_utf8() {
         }
     }
 }
+
+/// A by-name call whose result does not decode names the method and the type asked for.
+#[tokio::test]
+async fn a_result_of_the_wrong_type_names_the_method_and_the_type() {
+    let server = rpc_server::Server::builder()
+        .register(rpc_server::Method::sync_fn("greet", |(): ()| "hello".to_string()))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+    let client = rpc_client::Client::connect(addr).await.unwrap();
+    let e = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.call::<_, i64>("greet", ()),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    let rpc_client::Error::Result(r) = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!((r.method.as_str(), r.expected), ("greet", "i64"));
+    let text = e.to_string();
+    assert!(
+        text.starts_with("the result of greet did not decode as i64"),
+        "{text}"
+    );
+    let blocking = tokio::task::spawn_blocking(move || {
+        let c = rpc_client::BlockingClient::connect(addr).unwrap();
+        c.call::<_, u32>("greet", ()).unwrap_err().to_string()
+    })
+    .await
+    .unwrap();
+    assert!(
+        blocking.starts_with("the result of greet did not decode as u32"),
+        "{blocking}"
+    );
+}

@@ -446,7 +446,7 @@ impl<'a> Args<'a> {
                 self.index += 1;
                 Ok(v)
             }
-            Err(e) => Err(invalid(format!("argument {} ({name}): {e}", self.index))),
+            Err(e) => Err(argument_error::<T>(self.codec, self.index, name, self.rest, &e)),
         }
     }
 
@@ -473,6 +473,61 @@ fn invalid(msg: impl Into<String>) -> ServerError {
     ServerError::new(ErrorCode::InvalidParams, msg)
 }
 
+/// The error of an argument that did not decode as a `T`, in words: "argument 0 (a):
+/// expected i64, got a string", not the decoder's msgpack markers.
+#[cold]
+#[inline(never)]
+fn argument_error<T>(codec: Codec, index: usize, name: &str, value: &[u8], e: &DecodeError) -> ServerError {
+    let expected = short_type_name(std::any::type_name::<T>());
+    let got = match codec {
+        Codec::Msgpack => value.first().map(|&m| msgpack_kind(m)),
+        Codec::Bincode => None,
+    };
+    let mismatch = matches!(
+        e,
+        DecodeError::Msgpack(rmp_serde::decode::Error::TypeMismatch(_) | rmp_serde::decode::Error::Syntax(_))
+    );
+    match got {
+        Some(got) if mismatch => invalid(format!(
+            "argument {index} ({name}): expected {expected}, got {got}"
+        )),
+        _ => invalid(format!("argument {index} ({name}): expected {expected}: {e}")),
+    }
+}
+
+/// `alloc::vec::Vec<alloc::string::String>` as `Vec<String>`.
+fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut word = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            out.push_str(word.rsplit("::").next().unwrap_or(&word));
+            word.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(word.rsplit("::").next().unwrap_or(&word));
+    out
+}
+
+/// What a msgpack value is, from its first byte.
+fn msgpack_kind(marker: u8) -> &'static str {
+    match marker {
+        0x00..=0x7f | 0xcc..=0xcf | 0xd0..=0xd3 | 0xe0..=0xff => "an integer",
+        0x80..=0x8f | 0xde | 0xdf => "a map",
+        0x90..=0x9f | 0xdc | 0xdd => "an array",
+        0xa0..=0xbf | 0xd9..=0xdb => "a string",
+        0xc0 => "nil",
+        0xc2 | 0xc3 => "a boolean",
+        0xc4..=0xc6 => "binary data",
+        0xca | 0xcb => "a float",
+        0xc7..=0xc9 | 0xd4..=0xd8 => "an extension value",
+        0xc1 => "an invalid byte",
+    }
+}
+
 /// Out of line: [`Args::expect`] is inlined, and this error is rare.
 #[cold]
 #[inline(never)]
@@ -496,6 +551,40 @@ pub trait FromArgs: Sized {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_argument_of_the_wrong_type_is_named_in_words() {
+        let mut out = Vec::new();
+        ("x", 1.5f64, vec!["a".to_string()], ())
+            .encode_params(&mut ParamsEncoder::new(Codec::Msgpack, &mut out))
+            .unwrap();
+        let mut args = Args::new(Codec::Msgpack, &out);
+        args.expect(4).unwrap();
+        let e = args.next::<i64>("a").unwrap_err();
+        assert_eq!(e.message, "argument 0 (a): expected i64, got a string");
+        assert_eq!(e.kind(), ErrorCode::InvalidParams);
+        let mut args = Args::new(Codec::Msgpack, &out);
+        args.expect(4).unwrap();
+        args.next::<String>("a").unwrap();
+        let e = args.next::<bool>("b").unwrap_err();
+        assert_eq!(e.message, "argument 1 (b): expected bool, got a float");
+        args.next::<f64>("b").unwrap();
+        let e = args.next::<Vec<u64>>("c").unwrap_err();
+        assert!(
+            e.message.starts_with("argument 2 (c): expected Vec<u64>"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("marker"), "{}", e.message);
+        assert_eq!(
+            short_type_name("alloc::vec::Vec<alloc::string::String>"),
+            "Vec<String>"
+        );
+        assert_eq!(
+            short_type_name("core::option::Option<(i64, u8)>"),
+            "Option<(i64, u8)>"
+        );
+    }
 
     fn params<P: Params>(codec: Codec, p: P) -> Vec<u8> {
         let mut out = Vec::new();
