@@ -186,7 +186,8 @@ impl Connection {
             grace: None,
             input: false,
         };
-        poll_fn(|cx| self.poll_serve(cx, &mut io)).await
+        // Handlers run inside: their panics are logged once, by the server.
+        poll_fn(|cx| crate::blocking::handlers_run(|| self.poll_serve(cx, &mut io))).await
     }
 
     /// The connection's work at one wake-up: look at the shutdown signal and the heartbeat

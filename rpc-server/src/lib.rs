@@ -524,6 +524,7 @@ impl Builder {
     /// Build with what a deployment mode supplies (prefork: the worker's index, shared
     /// limits and dedup store); [`Builder::build`] is one process.
     pub(crate) fn build_with(self, parts: Parts<'_>) -> Result<Server, BuildError> {
+        blocking::install_panic_hook();
         let states = self.states.build();
         let method_rules = self.rules.rules().iter().any(|r| r.methods().is_some());
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
