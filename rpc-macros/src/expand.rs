@@ -33,7 +33,7 @@ use crate::ast::{Arg, Function, Output, Role};
 use crate::attr::{self, Declarations, Options, Place};
 use crate::valid;
 
-fn combine(errors: Vec<syn::Error>) -> TokenStream {
+pub(crate) fn combine(errors: Vec<syn::Error>) -> TokenStream {
     let mut it = errors.into_iter();
     let Some(mut first) = it.next() else {
         return TokenStream::new();
@@ -202,7 +202,6 @@ fn module(
     let ident = &f.ident;
     // The stubs have the arguments on the wire only: not `State<T>` or `Context`.
     let wire: Vec<&Arg> = f.wire_args().collect();
-    let count = wire.len();
     let types: Vec<&Type> = wire.iter().map(|a| &a.ty).collect();
     // The stubs take the function's own argument names, except `NAME`, which would be a
     // pattern matching the constant.
@@ -215,9 +214,7 @@ fn module(
         })
         .collect();
     let out_ty = f.output.client_type();
-    let fields = (0..count).map(syn::Index::from);
-    let assert_args: Vec<_> = types.iter().map(|t| on(t, "assert_arg")).collect();
-    let push_args = types.iter().map(|t| on(t, "push_arg"));
+    let params_struct = params_struct(&types);
     let params = quote!(__rpc_client, self::NAME, __RpcParams(#(&#binds,)* ::core::marker::PhantomData));
     let (assert_out, call_async, call_blocking) = match &f.output {
         Output::Unit => (
@@ -236,26 +233,7 @@ fn module(
             quote_spanned!(span_of(t)=> ::rpc::__private::call_blocking::<_, #t>(#params)),
         ),
     };
-    // A written `E`: the stubs return `CallError<E>`, decoding the error's data into an `E`
-    // when `E` is `DeserializeOwned` (autoref specialization on the concrete type: no bound
-    // is asked of `E`).
-    let (err_ty, call_async, call_blocking) = match f.output.written_error() {
-        Some(e) => {
-            let to_call_error = quote_spanned! {span_of(e)=>
-                |__rpc_e: ::rpc::Error| {
-                    #[allow(unused_imports)]
-                    use ::rpc::__private::{TypedStub as _, UntypedStub as _};
-                    (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
-                }
-            };
-            (
-                quote!(::rpc::CallError<#e>),
-                quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
-                quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
-            )
-        }
-        None => (quote!(::rpc::Error), call_async, call_blocking),
-    };
+    let (err_ty, call_async, call_blocking) = typed_error_stubs(f, call_async, call_blocking);
     let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
     let blocking_doc = format!("Call `{}` on a server, through a blocking client.", ident.unraw());
     let errors_doc = if f.output.written_error().is_some() {
@@ -298,21 +276,59 @@ fn module(
                 #call_blocking
             }
 
-            struct __RpcParams<'__rpc>(#(&'__rpc #types,)* ::core::marker::PhantomData<&'__rpc ()>);
+            #params_struct
+        }
+    }
+}
 
-            impl ::rpc::__private::Params for __RpcParams<'_> {
-                fn encode_params(
-                    &self,
-                    __rpc_enc: &mut ::rpc::__private::ParamsEncoder<'_>,
-                ) -> ::core::result::Result<(), ::rpc::__private::EncodeError> {
-                    #(#assert_args();)*
-                    __rpc_enc.count(#count);
-                    #(#push_args(__rpc_enc, self.#fields)?;)*
-                    ::core::result::Result::Ok(())
-                }
+/// `__RpcParams`, the stubs' params: the wire arguments encoded by reference, each through
+/// a function bounded on the type as written (one error, on the type, for a type that
+/// cannot go). Build it with `__RpcParams(&a, &b, PhantomData)`.
+pub(crate) fn params_struct(types: &[&Type]) -> TokenStream {
+    let count = types.len();
+    let fields = (0..count).map(syn::Index::from);
+    let assert_args = types.iter().map(|t| on(t, "assert_arg"));
+    let push_args = types.iter().map(|t| on(t, "push_arg"));
+    quote! {
+        struct __RpcParams<'__rpc>(#(&'__rpc #types,)* ::core::marker::PhantomData<&'__rpc ()>);
+
+        impl ::rpc::__private::Params for __RpcParams<'_> {
+            fn encode_params(
+                &self,
+                __rpc_enc: &mut ::rpc::__private::ParamsEncoder<'_>,
+            ) -> ::core::result::Result<(), ::rpc::__private::EncodeError> {
+                #(#assert_args();)*
+                __rpc_enc.count(#count);
+                #(#push_args(__rpc_enc, self.#fields)?;)*
+                ::core::result::Result::Ok(())
             }
         }
     }
+}
+
+/// The stubs' error type and calls for `f`: with a written `E`, `CallError<E>`, the error's
+/// data decoded into an `E` when `E` is `DeserializeOwned` (autoref specialization on the
+/// concrete type: no bound is asked of `E`); otherwise `rpc::Error` and the calls as they are.
+pub(crate) fn typed_error_stubs(
+    f: &Function,
+    call_async: TokenStream,
+    call_blocking: TokenStream,
+) -> (TokenStream, TokenStream, TokenStream) {
+    let Some(e) = f.output.written_error() else {
+        return (quote!(::rpc::Error), call_async, call_blocking);
+    };
+    let to_call_error = quote_spanned! {span_of(e)=>
+        |__rpc_e: ::rpc::Error| {
+            #[allow(unused_imports)]
+            use ::rpc::__private::{TypedStub as _, UntypedStub as _};
+            (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
+        }
+    };
+    (
+        quote!(::rpc::CallError<#e>),
+        quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
+        quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
+    )
 }
 
 /// `method()`: decode the arguments, call the function, wrap the result.

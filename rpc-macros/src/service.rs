@@ -15,19 +15,8 @@ use syn::{Expr, ExprLit, ImplItem, ImplItemFn, ItemImpl, Lit, LitStr, Meta, Toke
 
 use crate::ast::{Arg, Function};
 use crate::attr::{self, Options, Place};
-use crate::expand::{first_doc_line, method_expr, on, Target};
+use crate::expand::{combine, first_doc_line, method_expr, params_struct, typed_error_stubs, Target};
 use crate::valid;
-
-fn combine(errors: Vec<syn::Error>) -> TokenStream {
-    let mut it = errors.into_iter();
-    let Some(mut first) = it.next() else {
-        return TokenStream::new();
-    };
-    for e in it {
-        first.combine(e);
-    }
-    first.into_compile_error()
-}
 
 /// `prefix = "kv"`.
 fn parse_prefix(args: TokenStream, errors: &mut Vec<syn::Error>) -> Option<String> {
@@ -279,50 +268,13 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
     let types: Vec<&Type> = wire.iter().map(|a| &a.ty).collect();
     let out_ty = f.output.client_type();
     let span = out_ty.span();
-    let count = wire.len();
-    let fields = (0..count).map(syn::Index::from);
-    let assert_args: Vec<TokenStream> = types.iter().map(|t| on(t, "assert_arg")).collect();
-    let push_args = types.iter().map(|t| on(t, "push_arg"));
-    // As the `#[register]` stubs: the params encoded by reference, each through a function
-    // bounded on the type as written (one error, on the type, for a type that cannot go).
-    let params_ty = quote! {
-        struct __RpcParams<'__rpc>(#(&'__rpc #types,)* ::core::marker::PhantomData<&'__rpc ()>);
-
-        impl ::rpc::__private::Params for __RpcParams<'_> {
-            fn encode_params(
-                &self,
-                __rpc_enc: &mut ::rpc::__private::ParamsEncoder<'_>,
-            ) -> ::core::result::Result<(), ::rpc::__private::EncodeError> {
-                #(#assert_args();)*
-                __rpc_enc.count(#count);
-                #(#push_args(__rpc_enc, self.#fields)?;)*
-                ::core::result::Result::Ok(())
-            }
-        }
-    };
+    let params_ty = params_struct(&types);
     let params = quote!(__RpcParams(#(&#binds,)* ::core::marker::PhantomData));
     let call_async =
         quote_spanned!(span=> ::rpc::__private::call::<_, #out_ty>(&self.client, #name, #params).await);
     let call_blocking =
         quote_spanned!(span=> ::rpc::__private::call_blocking::<_, #out_ty>(&self.client, #name, #params));
-    // A written `E`: `CallError<E>`, as the `#[register]` stubs.
-    let (err_ty, call_async, call_blocking) = match f.output.written_error() {
-        Some(e) => {
-            let to_call_error = quote_spanned! {e.span()=>
-                |__rpc_e: ::rpc::Error| {
-                    #[allow(unused_imports)]
-                    use ::rpc::__private::{TypedStub as _, UntypedStub as _};
-                    (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
-                }
-            };
-            (
-                quote!(::rpc::CallError<#e>),
-                quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
-                quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
-            )
-        }
-        None => (quote!(::rpc::Error), call_async, call_blocking),
-    };
+    let (err_ty, call_async, call_blocking) = typed_error_stubs(f, call_async, call_blocking);
     let doc_name = format!("Calls `{}` on the server.", name.value());
     (
         quote! {

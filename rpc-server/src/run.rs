@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::endpoint::{bind_all_std, BindOptions, StdBound};
-use crate::{Builder, Endpoint, Error, Listening, LocalAddr};
+use crate::{shutdown_signal, Builder, Endpoint, Error, Listening, LocalAddr};
 
 /// The tokio runtime each prefork worker builds ([`Config::worker_runtime`](crate::Config::worker_runtime)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,26 +198,4 @@ impl Builder {
         runtime.shutdown_timeout(Duration::from_millis(100));
         Ok(())
     }
-}
-
-/// TERM or INT.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot handle TERM; stopping on ctrl-c only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
