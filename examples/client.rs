@@ -46,9 +46,9 @@ struct Args {
 
 impl Args {
     /// The TLS settings, with --tls-ca.
-    fn tls(&self) -> Result<Option<rpc::ClientTls>, rpc::Error> {
+    fn tls(&self) -> Result<Option<easyrpc::ClientTls>, easyrpc::Error> {
         let Some(ca) = &self.tls_ca else { return Ok(None) };
-        let mut tls = rpc::ClientTls::from_ca_file(ca)?;
+        let mut tls = easyrpc::ClientTls::from_ca_file(ca)?;
         if let Some(name) = &self.tls_server_name {
             tls = tls.server_name(name.as_str());
         }
@@ -71,9 +71,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The blocking client needs no runtime at all.
     let blocking = match (&tls, &unix) {
-        (Some(tls), _) => rpc::BlockingClient::connect_tls(&args.addr, tls.clone())?,
-        (None, Some(path)) => rpc::BlockingClient::connect_unix(path)?,
-        (None, None) => rpc::BlockingClient::connect(args.addr.as_str())?,
+        (Some(tls), _) => easyrpc::BlockingClient::connect_tls(&args.addr, tls.clone())?,
+        (None, Some(path)) => easyrpc::BlockingClient::connect_unix(path)?,
+        (None, None) => easyrpc::BlockingClient::connect(args.addr.as_str())?,
     };
     examples::blocking_calls(&blocking)?;
     if unix.is_some() {
@@ -86,9 +86,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let client = match (tls, &unix) {
-            (Some(tls), _) => rpc::Client::connect_tls(&args.addr, tls).await?,
-            (None, Some(path)) => rpc::Client::connect_unix(path).await?,
-            (None, None) => rpc::Client::connect(args.addr.as_str()).await?,
+            (Some(tls), _) => easyrpc::Client::connect_tls(&args.addr, tls).await?,
+            (None, Some(path)) => easyrpc::Client::connect_unix(path).await?,
+            (None, None) => easyrpc::Client::connect(args.addr.as_str()).await?,
         };
         examples::async_calls(&client).await
     })?;

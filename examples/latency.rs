@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let api = &examples::api::add::call_blocking;
-    let blocking = rpc::BlockingClient::connect(addr.as_str())?;
+    let blocking = easyrpc::BlockingClient::connect(addr.as_str())?;
     report(
         "blocking client, add (sync fn)",
         measure(args.calls, || {
@@ -89,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = rpc::Client::connect(addr.as_str()).await?;
+        let client = easyrpc::Client::connect(addr.as_str()).await?;
         for (what, f) in [
             ("async client, add (sync fn)", 0),
             ("async client, fib_async(1)", 1),
@@ -108,7 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             report(what, samples);
         }
-        Ok::<_, rpc::Error>(())
+        Ok::<_, easyrpc::Error>(())
     })?;
     Ok(())
 }

@@ -23,13 +23,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await
     });
 
-    let blocking = tokio::task::spawn_blocking(move || -> Result<(), rpc::Error> {
-        let client = rpc::BlockingClient::connect(addr)?;
+    let blocking = tokio::task::spawn_blocking(move || -> Result<(), easyrpc::Error> {
+        let client = easyrpc::BlockingClient::connect(addr)?;
         examples::blocking_calls(&client)
     });
     blocking.await??;
 
-    let client = rpc::Client::connect(addr).await?;
+    let client = easyrpc::Client::connect(addr).await?;
     examples::async_calls(&client).await?;
 
     let _ = stop.send(());

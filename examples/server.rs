@@ -88,15 +88,15 @@ struct Args {
     unix: Option<PathBuf>,
     /// Accept TCP and TLS peers from this network only (repeatable: any of them).
     #[arg(long, value_name = "CIDR")]
-    allow: Vec<rpc::rules::Cidr>,
+    allow: Vec<easyrpc::rules::Cidr>,
 }
 
 impl Args {
     /// Who may connect (`--allow`), and `admin_*` over a Unix socket only.
-    fn rules(&self) -> rpc::Rules {
-        use rpc::rules::Match;
-        use rpc::Transport;
-        let mut rules = rpc::Rules::new();
+    fn rules(&self) -> easyrpc::Rules {
+        use easyrpc::rules::Match;
+        use easyrpc::Transport;
+        let mut rules = easyrpc::Rules::new();
         if !self.allow.is_empty() {
             for cidr in &self.allow {
                 rules = rules.allow(Match::any().from(*cidr));
@@ -126,17 +126,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.prefork(workers);
     }
     builder = builder.rules(args.rules());
-    let mut main = rpc::Endpoint::from(args.addr.as_str());
+    let mut main = easyrpc::Endpoint::from(args.addr.as_str());
     let mut tls_listener = None;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let mut tls = rpc::TlsConfig::from_pem_files(cert, key)?;
+        let mut tls = easyrpc::TlsConfig::from_pem_files(cert, key)?;
         if let Some(ca) = &args.tls_client_ca {
             tls = tls.client_ca(ca)?;
         }
         match &args.tls_addr {
-            Some(addr) => tls_listener = Some(rpc::Endpoint::tls(addr.as_str(), tls)),
+            Some(addr) => tls_listener = Some(easyrpc::Endpoint::tls(addr.as_str(), tls)),
             // As before --tls-addr existed: the main address is TLS.
-            None => main = rpc::Endpoint::tls(args.addr.as_str(), tls),
+            None => main = easyrpc::Endpoint::tls(args.addr.as_str(), tls),
         }
     }
     builder = builder.listen(main);
@@ -150,7 +150,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The main address first, as `listening on ADDR` (tests read that line).
         for (i, local) in listeners.iter().enumerate() {
             match local.transport() {
-                rpc::Transport::Tls if i > 0 => println!("listening on {local} (tls)"),
+                easyrpc::Transport::Tls if i > 0 => println!("listening on {local} (tls)"),
                 _ => println!("listening on {local}"),
             }
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rpc_fuzz::{sample, Choice};
-use rpc_proto::{
+use easyrpc_proto::{
     encode_notification, encode_request, encode_response_err, encode_response_ok, Codec, ErrorCode, Hello,
     ServerError,
 };
@@ -141,7 +141,7 @@ fn main() {
             server_conn.push([&[ctl, 128][..], &all].concat());
         }
         let mut hello = Vec::new();
-        rpc_proto::Hello::new(codec).encode(&mut hello);
+        easyrpc_proto::Hello::new(codec).encode(&mut hello);
         client_conn.push([&[bit, 100][..], &all].concat());
         client_conn.push([&[bit | 2, 100][..], &hello, &all].concat());
         for msg in messages(codec) {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use benches::Record;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rpc_proto::{encode_request, encode_response_ok, Args, Codec, Framer, FromArgs, Message};
+use easyrpc_proto::{encode_request, encode_response_ok, Args, Codec, Framer, FromArgs, Message};
 use serde::de::DeserializeOwned;
 use serde_bytes::{ByteBuf, Bytes};
 

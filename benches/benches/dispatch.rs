@@ -20,13 +20,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use rpc_proto::{encode_request, encode_response_ok, Args, Codec, Framer, FromArgs, Message};
+use easyrpc_proto::{encode_request, encode_response_ok, Args, Codec, Framer, FromArgs, Message};
 
 const CODECS: [(&str, Codec); 2] = [("msgpack", Codec::Msgpack), ("bincode", Codec::Bincode)];
 
-type Handler = fn(&mut Args<'_>) -> Result<i64, rpc_proto::ServerError>;
+type Handler = fn(&mut Args<'_>) -> Result<i64, easyrpc_proto::ServerError>;
 
-fn add(args: &mut Args<'_>) -> Result<i64, rpc_proto::ServerError> {
+fn add(args: &mut Args<'_>) -> Result<i64, easyrpc_proto::ServerError> {
     let (a, b) = <(i64, i64)>::from_args(args)?;
     Ok(a.wrapping_add(b))
 }
@@ -75,8 +75,8 @@ fn start_server() -> std::net::SocketAddr {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let server = rpc_server::Server::builder()
-                .register(rpc_server::Method::async_fn(
+            let server = easyrpc_server::Server::builder()
+                .register(easyrpc_server::Method::async_fn(
                     "add",
                     |(a, b): (i64, i64)| async move { a.wrapping_add(b) },
                 ))
@@ -98,9 +98,9 @@ fn round_trip(c: &mut Criterion) {
     let addr = start_server();
     let mut g = c.benchmark_group("round_trip");
     for (cname, codec) in CODECS {
-        let mut cfg = rpc_client::Config::default();
+        let mut cfg = easyrpc_client::Config::default();
         cfg.codec = codec;
-        let blocking = rpc_client::BlockingClient::connect_with(addr, cfg.clone()).unwrap();
+        let blocking = easyrpc_client::BlockingClient::connect_with(addr, cfg.clone()).unwrap();
         g.bench_function(BenchmarkId::new("blocking", cname), |b| {
             b.iter(|| {
                 let v: i64 = blocking.call("add", (1i64, 2i64)).unwrap();
@@ -111,7 +111,9 @@ fn round_trip(c: &mut Criterion) {
             .enable_all()
             .build()
             .unwrap();
-        let client = rt.block_on(rpc_client::Client::connect_with(addr, cfg)).unwrap();
+        let client = rt
+            .block_on(easyrpc_client::Client::connect_with(addr, cfg))
+            .unwrap();
         g.bench_function(BenchmarkId::new("async", cname), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {

@@ -187,7 +187,7 @@ fn prefork_server_serves_from_its_workers_and_stops_with_its_stdin() {
     // `PORT` is printed once every worker listens: both are there.
     let workers = forked_children(pid);
     assert_eq!(workers.len(), 2, "workers of {pid}: {workers:?}");
-    let client = rpc_client::BlockingClient::connect(("127.0.0.1", port)).expect("connect");
+    let client = easyrpc_client::BlockingClient::connect(("127.0.0.1", port)).expect("connect");
     let sum: i64 = client.call("add", (1i64, 2i64)).expect("add");
     assert_eq!(sum, 3);
     // A worker answers, not the supervisor.

@@ -9,7 +9,7 @@ use serde_bytes::ByteBuf;
 
 /// The served functions.
 pub mod service {
-    use rpc::register;
+    use easyrpc::register;
     use serde_bytes::ByteBuf;
 
     /// Adds two numbers.
@@ -70,7 +70,7 @@ pub mod service {
     /// The caller's address as the server sees it (`127.0.0.1:41234`, or `unix:uid=..`
     /// on a Unix socket), from the call's context.
     #[register]
-    pub fn whoami(ctx: rpc::Context) -> String {
+    pub fn whoami(ctx: easyrpc::Context) -> String {
         ctx.peer().to_string()
     }
 
@@ -78,7 +78,7 @@ pub mod service {
     /// server's rules refuse `admin_*` elsewhere): this process's id, the listener the
     /// call came on, and the caller.
     #[register]
-    pub fn admin_info(ctx: rpc::Context) -> std::collections::BTreeMap<String, String> {
+    pub fn admin_info(ctx: easyrpc::Context) -> std::collections::BTreeMap<String, String> {
         std::collections::BTreeMap::from([
             ("pid".to_owned(), std::process::id().to_string()),
             ("listener".to_owned(), ctx.listener().to_owned()),
@@ -93,19 +93,19 @@ pub mod service {
 
     /// Sets `key` to `value`; returns the value it had.
     #[register]
-    pub fn kv_put(kv: rpc::State<Kv>, key: String, value: String) -> Option<String> {
+    pub fn kv_put(kv: easyrpc::State<Kv>, key: String, value: String) -> Option<String> {
         kv.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key, value)
     }
 
     /// The value of `key`.
     #[register]
-    pub async fn kv_get(kv: rpc::State<Kv>, key: String) -> Option<String> {
+    pub async fn kv_get(kv: easyrpc::State<Kv>, key: String) -> Option<String> {
         kv.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
     }
 
     /// The server with every example function registered, and the state they share.
-    pub fn builder() -> rpc::Builder {
-        rpc::Server::builder()
+    pub fn builder() -> easyrpc::Builder {
+        easyrpc::Server::builder()
             .state_with(Kv::default)
             .register(whoami::method())
             .register(admin_info::method())
@@ -159,7 +159,7 @@ pub mod probes {
 
 /// The same functions, declared by signature only: what a client crate writes.
 pub mod api {
-    rpc::declare! {
+    easyrpc::declare! {
         /// Adds two numbers.
         pub fn add(a: i64, b: i64) -> i64;
         /// Fibonacci on the runtime.
@@ -188,7 +188,7 @@ pub mod api {
 /// # Errors
 ///
 /// The first failed call.
-pub async fn async_calls(client: &rpc::Client) -> Result<(), rpc::Error> {
+pub async fn async_calls(client: &easyrpc::Client) -> Result<(), easyrpc::Error> {
     println!(
         "async    add(2, 3)          = {}",
         api::add::call(client, 2, 3).await?
@@ -245,7 +245,7 @@ pub async fn async_calls(client: &rpc::Client) -> Result<(), rpc::Error> {
 /// # Errors
 ///
 /// The first failed call.
-pub fn blocking_calls(client: &rpc::BlockingClient) -> Result<(), rpc::Error> {
+pub fn blocking_calls(client: &easyrpc::BlockingClient) -> Result<(), easyrpc::Error> {
     println!(
         "blocking add(2, 3)          = {}",
         api::add::call_blocking(client, 2, 3)?

@@ -171,7 +171,7 @@ impl Tap for Command {
 #[test]
 fn server_example_stops_on_term() {
     let (mut server, addr) = start_server();
-    let client = rpc::BlockingClient::connect(addr.as_str()).unwrap();
+    let client = easyrpc::BlockingClient::connect(addr.as_str()).unwrap();
     assert_eq!(examples::api::add::call_blocking(&client, 1, 2).unwrap(), 3);
     // The functions of the state/context issue: stable names and signatures.
     let me = examples::api::whoami::call_blocking(&client).unwrap();

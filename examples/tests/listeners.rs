@@ -24,7 +24,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rpc::ErrorCode;
+use easyrpc::ErrorCode;
 
 /// The bound on any single wait.
 const WAIT: Duration = Duration::from_secs(60);
@@ -183,14 +183,14 @@ fn assert_success(what: &str, out: &std::process::Output) -> String {
 
 /// `admin_info` over a new connection of the blocking client: its listener, or the error.
 fn admin_info(
-    connect: impl FnOnce() -> Result<rpc::BlockingClient, rpc::Error>,
-) -> Result<String, rpc::Error> {
+    connect: impl FnOnce() -> Result<easyrpc::BlockingClient, easyrpc::Error>,
+) -> Result<String, easyrpc::Error> {
     let client = connect()?;
     let info = examples::api::admin_info::call_blocking(&client)?;
     Ok(info["listener"].clone())
 }
 
-fn assert_permission_denied(what: &str, r: Result<String, rpc::Error>) {
+fn assert_permission_denied(what: &str, r: Result<String, easyrpc::Error>) {
     let e = r.expect_err(what);
     assert_eq!(
         e.remote().map(|r| r.kind()),
@@ -246,16 +246,16 @@ fn one_process_serves_tcp_tls_and_unix_at_once() {
 
     // admin_* over the Unix socket only.
     assert_eq!(
-        admin_info(|| rpc::BlockingClient::connect_unix(&sock)).unwrap(),
+        admin_info(|| easyrpc::BlockingClient::connect_unix(&sock)).unwrap(),
         unix_addr
     );
     assert_permission_denied(
         "admin_info over TCP",
-        admin_info(|| rpc::BlockingClient::connect(tcp.as_str())),
+        admin_info(|| easyrpc::BlockingClient::connect(tcp.as_str())),
     );
     assert_permission_denied(
         "admin_info over TLS",
-        admin_info(|| rpc::BlockingClient::connect_tls(&tls, pki.client_tls().server_name("localhost"))),
+        admin_info(|| easyrpc::BlockingClient::connect_tls(&tls, pki.client_tls().server_name("localhost"))),
     );
 
     // TERM: every listener stops, the socket file goes.
@@ -291,12 +291,12 @@ fn allow_refuses_tcp_peers_outside_its_networks() {
     let mut buf = [0u8; 16];
     let n = raw.read(&mut buf);
     assert!(matches!(n, Ok(0) | Err(_)), "closed without a byte: {n:?}");
-    let e = rpc::BlockingClient::connect(tcp.as_str())
+    let e = easyrpc::BlockingClient::connect(tcp.as_str())
         .and_then(|c| examples::api::add::call_blocking(&c, 1, 2))
         .unwrap_err();
     assert!(e.remote().is_none(), "refused, not answered: {e:?}");
 
-    let client = rpc::BlockingClient::connect_unix(&sock).unwrap();
+    let client = easyrpc::BlockingClient::connect_unix(&sock).unwrap();
     assert_eq!(examples::api::add::call_blocking(&client, 1, 2).unwrap(), 3);
     drop(server);
     let _ = std::fs::remove_dir_all(dir);

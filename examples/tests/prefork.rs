@@ -35,11 +35,11 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use easyrpc::{Client, ClientConfig, ErrorCode};
+use easyrpc_proto::{encode_request, Codec, Framer, Hello, Message, Params};
 use futures_util::StreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rpc::{Client, ClientConfig, ErrorCode};
-use rpc_proto::{encode_request, Codec, Framer, Hello, Message, Params};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -296,7 +296,7 @@ async fn probe(addr: SocketAddr) -> (usize, u32) {
         let attempt = async {
             let client = Client::connect_with(addr, client_config()).await?;
             let w: HashMap<String, u64> = client.call("rpc.worker", ()).await?;
-            Ok::<_, rpc::Error>((w["index"] as usize, w["pid"] as u32))
+            Ok::<_, easyrpc::Error>((w["index"] as usize, w["pid"] as u32))
         };
         match within("rpc.worker on a new connection", attempt).await {
             Ok(w) => return w,
@@ -497,7 +497,7 @@ fn every_worker_serves_tls() {
             let attempt = async {
                 let client = Client::connect_tls_with(&addr, pki.client_tls(), client_config()).await?;
                 let w: HashMap<String, u64> = client.call("rpc.worker", ()).await?;
-                Ok::<_, rpc::Error>((w["index"] as usize, w["pid"] as u32))
+                Ok::<_, easyrpc::Error>((w["index"] as usize, w["pid"] as u32))
             };
             // A connection queued at a listener that is closing is reset: try again.
             if let Ok((index, pid)) = within("rpc.worker over TLS", attempt).await {
@@ -677,7 +677,7 @@ fn every_worker_serves_tcp_tls_and_the_unix_socket() {
 
 /// `rpc.worker` on `client`'s connection, as a result (a connection reset while a worker
 /// starts or stops is an error to retry, not a failure).
-async fn worker_of_checked(client: &Client) -> Result<(usize, u32), rpc::Error> {
+async fn worker_of_checked(client: &Client) -> Result<(usize, u32), easyrpc::Error> {
     let w: HashMap<String, u64> = client.call("rpc.worker", ()).await?;
     Ok((w["index"] as usize, w["pid"] as u32))
 }
@@ -779,8 +779,11 @@ fn bind_core_pins_each_worker_and_its_threads_to_one_core() {
 fn prefork_refuses_a_process_that_has_threads() {
     let _turn = serial();
     // The test harness runs this on a thread of its own: the process has several.
-    let err = rpc::Server::builder().prefork(2).run("127.0.0.1:0").unwrap_err();
-    assert!(matches!(err, rpc::ServeError::Threads(n) if n > 1), "{err}");
+    let err = easyrpc::Server::builder()
+        .prefork(2)
+        .run("127.0.0.1:0")
+        .unwrap_err();
+    assert!(matches!(err, easyrpc::ServeError::Threads(n) if n > 1), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -979,7 +982,7 @@ fn workers_die_with_the_supervisor() {
 // max_flow across workers
 
 /// `n` calls of `gate` spread over `clients`; returns their tasks.
-fn fire(clients: &[Client], n: usize, calls: &mut JoinSet<Result<u32, rpc::Error>>) {
+fn fire(clients: &[Client], n: usize, calls: &mut JoinSet<Result<u32, easyrpc::Error>>) {
     for i in 0..n {
         let client = clients[i % clients.len()].clone();
         calls.spawn(async move { client.call::<_, u32>("gate", ()).await });
@@ -990,7 +993,7 @@ fn fire(clients: &[Client], n: usize, calls: &mut JoinSet<Result<u32, rpc::Error
 /// Overloaded (counted), waiting until every one is one or the other.
 async fn admitted(
     gate: &mut Gate,
-    calls: &mut JoinSet<Result<u32, rpc::Error>>,
+    calls: &mut JoinSet<Result<u32, easyrpc::Error>>,
     n: usize,
 ) -> (Vec<(TcpStream, u32)>, usize) {
     let mut held = Vec::new();
@@ -1267,8 +1270,9 @@ impl Raw {
                 let Ok(Message::Response { msgid, outcome }) = Message::parse(Codec::Msgpack, &frame) else {
                     panic!("not a response: {frame:?}");
                 };
-                let result = outcome
-                    .unwrap_or_else(|e| panic!("error reply {:?}", rmp_serde::from_slice::<rpc::Value>(e)));
+                let result = outcome.unwrap_or_else(|e| {
+                    panic!("error reply {:?}", rmp_serde::from_slice::<easyrpc::Value>(e))
+                });
                 return (msgid, rmp_serde::from_slice(result).unwrap());
             }
             self.fill();

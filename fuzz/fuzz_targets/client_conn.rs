@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::{decode_error, ClientConfig, ClientConnection, ClientReply, Codec, Replies};
+use easyrpc_proto::{decode_error, ClientConfig, ClientConnection, ClientReply, Codec, Replies};
 
 #[derive(Default)]
 struct Got(Vec<(u32, bool, Vec<u8>)>);

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::{Framer, Message};
+use easyrpc_proto::{Framer, Message};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, data)) = data.split_first() else {

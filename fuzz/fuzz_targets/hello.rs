@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::Hello;
+use easyrpc_proto::Hello;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Hello::is_hello(data);

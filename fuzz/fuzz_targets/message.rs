@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::fuzzing::peek_msgid;
-use rpc_proto::{decode_error, Codec, Message};
+use easyrpc_proto::fuzzing::peek_msgid;
+use easyrpc_proto::{decode_error, Codec, Message};
 
 fuzz_target!(|data: &[u8]| {
     for codec in [Codec::Msgpack, Codec::Bincode] {

@@ -5,10 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::fuzzing::{
+use easyrpc_proto::fuzzing::{
     parse_bincode_request_prefix, parse_bincode_response_prefix, parse_request_prefix, parse_response_prefix,
 };
-use rpc_proto::{Codec, Framer, Message};
+use easyrpc_proto::{Codec, Framer, Message};
 
 fn agrees(codec: Codec, fast: Option<(Message<'_>, usize)>, data: &[u8], max: usize) {
     let Some((message, n)) = fast else {
@@ -31,6 +31,6 @@ fuzz_target!(|data: &[u8]| {
     agrees(b, parse_bincode_request_prefix(data, max), data, max);
     agrees(b, parse_bincode_response_prefix(data, max), data, max);
     if let Some((Message::Request { params, .. }, _)) = parse_request_prefix(data, max) {
-        assert!(rpc_proto::fuzzing::value_len(params).is_ok());
+        assert!(easyrpc_proto::fuzzing::value_len(params).is_ok());
     }
 });

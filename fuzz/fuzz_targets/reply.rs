@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::{decode_error, Framer, Message};
+use easyrpc_proto::{decode_error, Framer, Message};
 use serde_bytes::ByteBuf;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use rpc_proto::{Codec, Hello, Request, ServerConfig, ServerConnection, ServerError, Service, Transmit};
+use easyrpc_proto::{Codec, Hello, Request, ServerConfig, ServerConnection, ServerError, Service, Transmit};
 
 /// Answers every request (a tenth of them with an error), decoding its arguments.
 struct Echo;

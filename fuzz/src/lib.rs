@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rpc_proto::{Args, Codec, FromArgs};
+use easyrpc_proto::{Args, Codec, FromArgs};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 

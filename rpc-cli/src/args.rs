@@ -12,10 +12,10 @@
 //! use serde_json::json;
 //!
 //! let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-//! assert_eq!(rpc_cli::args::parse(&words(&["[1, 2]"]))?, vec![json!(1), json!(2)]);
-//! assert_eq!(rpc_cli::args::parse(&words(&["1", "\"two\""]))?, vec![json!(1), json!("two")]);
-//! assert_eq!(rpc_cli::args::parse(&words(&[]))?, Vec::<serde_json::Value>::new());
-//! # Ok::<(), rpc_cli::args::ArgsError>(())
+//! assert_eq!(easyrpc_cli::args::parse(&words(&["[1, 2]"]))?, vec![json!(1), json!(2)]);
+//! assert_eq!(easyrpc_cli::args::parse(&words(&["1", "\"two\""]))?, vec![json!(1), json!("two")]);
+//! assert_eq!(easyrpc_cli::args::parse(&words(&[]))?, Vec::<serde_json::Value>::new());
+//! # Ok::<(), easyrpc_cli::args::ArgsError>(())
 //! ```
 
 use std::io::Read;

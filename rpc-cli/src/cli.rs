@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rpc_client::{ClientTls, Codec, Config, TlsCause};
+use easyrpc_client::{ClientTls, Codec, Config, TlsCause};
 use serde_json::{json, Value as Json};
 
 use crate::connect::{Connection, Target};
@@ -31,7 +31,7 @@ Exit codes: 0 success; 1 the server answered with an error (or cannot be introsp
 ///
 /// ```
 /// use clap::Parser;
-/// use rpc_cli::{Cli, Command};
+/// use easyrpc_cli::{Cli, Command};
 ///
 /// let cli = Cli::try_parse_from(["rpc", "call", "127.0.0.1:25000", "add", "[1, 2]", "--json"])?;
 /// assert!(cli.global.json);
@@ -177,8 +177,8 @@ enum Failure {
 
 impl Failure {
     /// A client error, with what was being done.
-    fn client(e: rpc_client::Error, doing: &str) -> Failure {
-        use rpc_client::Error as E;
+    fn client(e: easyrpc_client::Error, doing: &str) -> Failure {
+        use easyrpc_client::Error as E;
         let mut msg = format!("{doing}: {e}");
         if let E::Tls { source, .. } = &e {
             msg.push_str(&format!(" ({source})"));
@@ -248,12 +248,12 @@ struct RemoteError {
 }
 
 impl RemoteError {
-    fn of(e: &rpc_client::Error) -> Option<RemoteError> {
+    fn of(e: &easyrpc_client::Error) -> Option<RemoteError> {
         if let Some(ours) = e.remote() {
             return Some(RemoteError {
                 code: Some(ours.code),
                 message: ours.message.clone(),
-                name: rpc_client::ErrorCode::from_i64(ours.code).map(rpc_client::ErrorCode::name),
+                name: easyrpc_client::ErrorCode::from_i64(ours.code).map(easyrpc_client::ErrorCode::name),
                 // bincode data cannot be read without its type, which `rpc.methods` does
                 // not give: it is left out.
                 data: ours.data_value().and_then(Result::ok).map(|v| json::to_json(&v)),
@@ -367,7 +367,7 @@ impl GlobalArgs {
     }
 }
 
-fn connect_error(conn: &Connection) -> impl Fn(rpc_client::Error) -> Failure + '_ {
+fn connect_error(conn: &Connection) -> impl Fn(easyrpc_client::Error) -> Failure + '_ {
     move |e| Failure::client(e, &format!("cannot connect to {}", conn.target))
 }
 

@@ -2,7 +2,7 @@
 //! TLS, the timeout and the codec, gathered in a [`Connection`] that opens clients.
 //!
 //! ```
-//! use rpc_cli::connect::Target;
+//! use easyrpc_cli::connect::Target;
 //!
 //! assert_eq!("127.0.0.1:25000".parse::<Target>()?, Target::Tcp("127.0.0.1:25000".into()));
 //! assert_eq!("unix:/run/rpc.sock".parse::<Target>()?, Target::Unix("/run/rpc.sock".into()));
@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use rpc_client::{BlockingClient, Client, ClientTls, Codec, Config};
+use easyrpc_client::{BlockingClient, Client, ClientTls, Codec, Config};
 
 /// A server's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl Connection {
     ///
     /// As `BlockingClient::connect`: the server is unavailable, TLS failed, the timeout
     /// passed.
-    pub fn blocking(&self) -> Result<BlockingClient, rpc_client::Error> {
+    pub fn blocking(&self) -> Result<BlockingClient, easyrpc_client::Error> {
         let config = self.config.clone();
         match (&self.target, &self.tls) {
             (Target::Tcp(addr), None) => BlockingClient::connect_with(addr.as_str(), config),
@@ -98,7 +98,7 @@ impl Connection {
     /// # Errors
     ///
     /// As [`Connection::blocking`].
-    pub async fn client(&self) -> Result<Client, rpc_client::Error> {
+    pub async fn client(&self) -> Result<Client, easyrpc_client::Error> {
         let config = self.config.clone();
         match (&self.target, &self.tls) {
             (Target::Tcp(addr), None) => Client::connect_with(addr.as_str(), config).await,
@@ -112,8 +112,8 @@ impl Connection {
 }
 
 #[cfg(not(unix))]
-fn unix_unsupported() -> rpc_client::Error {
-    rpc_client::Error::Transport(std::io::Error::new(
+fn unix_unsupported() -> easyrpc_client::Error {
+    easyrpc_client::Error::Transport(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
         "Unix-domain sockets are not supported on this platform",
     ))

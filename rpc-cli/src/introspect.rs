@@ -10,7 +10,7 @@
 //! no doc), so that a newer or an older server is still read.
 //!
 //! ```
-//! use rpc_cli::introspect::MethodInfo;
+//! use easyrpc_cli::introspect::MethodInfo;
 //! use rmpv::Value;
 //!
 //! let answer = Value::Array(vec![Value::Map(vec![
@@ -26,7 +26,7 @@
 //! ])]);
 //! let methods = MethodInfo::parse_all(&answer)?;
 //! assert_eq!(methods[0].signature(), "add(a: i64, b: i64) -> i64");
-//! # Ok::<(), rpc_cli::introspect::IntrospectError>(())
+//! # Ok::<(), easyrpc_cli::introspect::IntrospectError>(())
 //! ```
 
 use serde_json::{json, Value as Json};
@@ -141,11 +141,11 @@ impl MethodInfo {
     /// does: `add(a: i64, b: i64) -> i64`, `ping() -> ()`.
     ///
     /// ```
-    /// # use rpc_cli::introspect::MethodInfo;
+    /// # use easyrpc_cli::introspect::MethodInfo;
     /// # let mut m = MethodInfo::parse(&rmpv::Value::Map(vec![("name".into(), "ping".into())]))?;
     /// m.returns = "()".into();
     /// assert_eq!(m.signature(), "ping() -> ()");
-    /// # Ok::<(), rpc_cli::introspect::IntrospectError>(())
+    /// # Ok::<(), easyrpc_cli::introspect::IntrospectError>(())
     /// ```
     pub fn signature(&self) -> String {
         let args: Vec<String> = self.args.iter().map(|(n, t)| format!("{n}: {t}")).collect();

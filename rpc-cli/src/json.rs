@@ -20,7 +20,7 @@
 //! prints with U+FFFD in place of the bad bytes.
 //!
 //! ```
-//! use rpc_cli::json::{to_json, to_msgpack};
+//! use easyrpc_cli::json::{to_json, to_msgpack};
 //! use serde_json::json;
 //!
 //! let v = to_msgpack(&json!([1, -2, 2.5, "text", {"$bin": "AAEC"}]))?;
@@ -40,7 +40,7 @@
 //! let m = rmpv::Value::Map(vec![(1.into(), "one".into())]);
 //! assert_eq!(to_json(&m), json!({"$map": [[1, "one"]]}));
 //! assert_eq!(to_msgpack(&to_json(&m))?, m);
-//! # Ok::<(), rpc_cli::json::JsonError>(())
+//! # Ok::<(), easyrpc_cli::json::JsonError>(())
 //! ```
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -69,10 +69,10 @@ fn err(msg: impl Into<String>) -> JsonError {
 /// included).
 ///
 /// ```
-/// let v = rpc_cli::json::to_msgpack(&serde_json::json!({"k": [1, 2.0]}))?;
+/// let v = easyrpc_cli::json::to_msgpack(&serde_json::json!({"k": [1, 2.0]}))?;
 /// let list = rmpv::Value::Array(vec![1.into(), 2.0.into()]);
 /// assert_eq!(v, rmpv::Value::Map(vec![("k".into(), list)]));
-/// # Ok::<(), rpc_cli::json::JsonError>(())
+/// # Ok::<(), easyrpc_cli::json::JsonError>(())
 /// ```
 ///
 /// # Errors
@@ -165,7 +165,7 @@ pub(crate) fn base64(v: &Json, what: &str) -> Result<Vec<u8>, JsonError> {
 /// `{"$bin": "<base64>"}`.
 ///
 /// ```
-/// assert_eq!(rpc_cli::json::bin(b"hi"), serde_json::json!({"$bin": "aGk="}));
+/// assert_eq!(easyrpc_cli::json::bin(b"hi"), serde_json::json!({"$bin": "aGk="}));
 /// ```
 pub fn bin(bytes: &[u8]) -> Json {
     let mut m = Map::new();
@@ -195,7 +195,7 @@ pub(crate) fn float(f: f64) -> Json {
 ///
 /// ```
 /// let v = rmpv::Value::Array(vec![rmpv::Value::Binary(b"hi".to_vec()), rmpv::Value::Nil]);
-/// assert_eq!(rpc_cli::json::to_json(&v), serde_json::json!([{"$bin": "aGk="}, null]));
+/// assert_eq!(easyrpc_cli::json::to_json(&v), serde_json::json!([{"$bin": "aGk="}, null]));
 /// ```
 pub fn to_json(v: &rmpv::Value) -> Json {
     use rmpv::Value as V;

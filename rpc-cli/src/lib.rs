@@ -28,9 +28,9 @@
 //! - [`Cli`] and [`run`]: the command line itself; [`exit`]: its exit codes.
 //!
 //! ```
-//! use rpc_cli::json::{to_json, to_msgpack};
+//! use easyrpc_cli::json::{to_json, to_msgpack};
 //!
-//! let args = rpc_cli::args::parse(&["[1, {\"$bin\": \"aGk=\"}]".to_owned()])?;
+//! let args = easyrpc_cli::args::parse(&["[1, {\"$bin\": \"aGk=\"}]".to_owned()])?;
 //! let params: Vec<rmpv::Value> = args.iter().map(to_msgpack).collect::<Result<_, _>>()?;
 //! assert_eq!(params, vec![rmpv::Value::from(1), rmpv::Value::Binary(b"hi".to_vec())]);
 //! assert_eq!(to_json(&params[1]), serde_json::json!({"$bin": "aGk="}));

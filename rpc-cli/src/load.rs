@@ -9,14 +9,14 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use rpc_cli::connect::{Connection, Target};
-//! use rpc_cli::load::{self, LoadOptions};
+//! use easyrpc_cli::connect::{Connection, Target};
+//! use easyrpc_cli::load::{self, LoadOptions};
 //!
-//! # async fn demo() -> Result<(), rpc_client::Error> {
+//! # async fn demo() -> Result<(), easyrpc_client::Error> {
 //! let conn = Connection {
 //!     target: "127.0.0.1:25000".parse::<Target>().unwrap(),
 //!     tls: None,
-//!     config: rpc_client::Config::default(),
+//!     config: easyrpc_client::Config::default(),
 //! };
 //! let mut opts = LoadOptions::new("add");
 //! opts.concurrency = 64;
@@ -34,9 +34,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use easyrpc_client::Error;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use rpc_client::Error;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value as Json};

@@ -1,22 +1,22 @@
 //! `rpc`: call, list and load-test MessagePack-RPC servers from a shell. See the crate docs
-//! of `rpc_cli` and `rpc --help`.
+//! of `easyrpc_cli` and `rpc --help`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = match rpc_cli::Cli::try_parse() {
+    let cli = match easyrpc_cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             // clap's own code for a usage error is 2, which `rpc` keeps for transport errors.
             return if e.use_stderr() {
-                ExitCode::from(rpc_cli::exit::USAGE)
+                ExitCode::from(easyrpc_cli::exit::USAGE)
             } else {
                 ExitCode::SUCCESS
             };
         }
     };
-    rpc_cli::run(&cli)
+    easyrpc_cli::run(&cli)
 }

@@ -16,7 +16,7 @@
 //! for it.
 //!
 //! ```
-//! use rpc_cli::typed::Ty;
+//! use easyrpc_cli::typed::Ty;
 //!
 //! assert_eq!(Ty::parse("i64"), Ty::I64);
 //! assert_eq!(Ty::parse("Vec < Option<String> >"), Ty::Seq(Box::new(Ty::Option(Box::new(Ty::Str)))));
@@ -396,7 +396,7 @@ impl Typed<'_> {
     /// Whether the value fits the type, and if not, why: `expected i64, got "1"`.
     ///
     /// ```
-    /// use rpc_cli::typed::{Ty, Typed};
+    /// use easyrpc_cli::typed::{Ty, Typed};
     ///
     /// let (ty, value) = (Ty::U8, serde_json::json!(256));
     /// assert_eq!(Typed { ty: &ty, value: &value }.check(), Err("expected u8, got 256".to_owned()));
@@ -729,8 +729,8 @@ pub fn set_result_type(ty: Option<Ty>) {
 /// A result decoded by the type [`set_result_type`] set on this thread, as JSON.
 ///
 /// ```
-/// use rpc_cli::typed::{set_result_type, Ty, TypedResult};
-/// use rpc_client::Codec;
+/// use easyrpc_cli::typed::{set_result_type, Ty, TypedResult};
+/// use easyrpc_client::Codec;
 ///
 /// let mut bytes = Vec::new();
 /// Codec::Bincode.encode(&mut bytes, &(-5i64, "x"))?;
@@ -754,7 +754,7 @@ impl<'de> Deserialize<'de> for TypedResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_client::Codec;
+    use easyrpc_client::Codec;
     use serde_bytes::ByteBuf;
     use serde_json::json;
     use std::collections::{BTreeMap, HashMap};

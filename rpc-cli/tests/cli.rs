@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rpc_server::{Codec, ErrorCode, Method, Reply, Server, ServerError, TlsConfig};
+use easyrpc_server::{Codec, ErrorCode, Method, Reply, Server, ServerError, TlsConfig};
 use serde_json::{json, Value as Json};
 
 /// The longest any `rpc` process may run before it is killed and the test fails.

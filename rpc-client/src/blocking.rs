@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rpc_proto::{
+use easyrpc_proto::{
     may_resend, ClientConnection, ClientReply, Codec, Failure, Metadata, Params, ReadBuf, Replies,
 };
 use serde::de::DeserializeOwned;
@@ -128,9 +128,9 @@ impl CallOptions {
 /// the calling thread, and answered at once; between calls they wait.
 ///
 /// ```no_run
-/// let client = rpc_client::BlockingClient::connect("127.0.0.1:25000")?;
+/// let client = easyrpc_client::BlockingClient::connect("127.0.0.1:25000")?;
 /// let sum: i64 = client.call("add", (1, 2))?;
-/// # Ok::<(), rpc_client::Error>(())
+/// # Ok::<(), easyrpc_client::Error>(())
 /// ```
 pub struct BlockingClient {
     addrs: Vec<SocketAddr>,
@@ -240,12 +240,12 @@ impl BlockingClient {
     /// client's `connect_tls` does: rustls's blocking stream, no runtime.
     ///
     /// ```no_run
-    /// use rpc_client::{BlockingClient, ClientTls};
+    /// use easyrpc_client::{BlockingClient, ClientTls};
     ///
     /// let tls = ClientTls::from_ca_file("ca.crt")?;
     /// let client = BlockingClient::connect_tls("localhost:25000", tls)?;
     /// let sum: i64 = client.call("add", (1, 2))?;
-    /// # Ok::<(), rpc_client::Error>(())
+    /// # Ok::<(), easyrpc_client::Error>(())
     /// ```
     ///
     /// # Errors
@@ -260,11 +260,11 @@ impl BlockingClient {
     /// [`BlockingClient::connect_tls`] with `config`.
     ///
     /// ```no_run
-    /// use rpc_client::{BlockingClient, ClientTls, Config};
+    /// use easyrpc_client::{BlockingClient, ClientTls, Config};
     ///
     /// let tls = ClientTls::from_ca_file("ca.crt")?.server_name("localhost");
     /// let client = BlockingClient::connect_tls_with("127.0.0.1:25000", tls, Config::default())?;
-    /// # Ok::<(), rpc_client::Error>(())
+    /// # Ok::<(), easyrpc_client::Error>(())
     /// ```
     ///
     /// # Errors
@@ -420,7 +420,7 @@ impl BlockingClient {
             let (failure, error) = match st
                 .round_trip::<P, R, D>(self, &mut msgid, method, &params, timeout, deadline, metadata)
             {
-                Ok(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
+                Ok(Err(Error::Remote(e))) if easyrpc_proto::is_refused(&e) => {
                     // The call did not run; this connection is going away.
                     st.stream = None;
                     (Failure::Refused, Error::Remote(e))
@@ -463,7 +463,7 @@ impl BlockingClient {
     /// # Errors
     ///
     /// As [`BlockingClient::call`]. A function's own error comes as [`Error::Remote`], its data (when
-    /// it sent some) a value too: [`ServerError::data_value`](rpc_proto::ServerError::data_value).
+    /// it sent some) a value too: [`ServerError::data_value`](easyrpc_proto::ServerError::data_value).
     /// The result is read natively from MessagePack: a str whose bytes are not UTF-8 stays a
     /// `Value::String` (serde would make it `Value::Binary`).
     pub fn call_value(&self, method: &str, params: Vec<rmpv::Value>) -> Result<rmpv::Value, Error> {

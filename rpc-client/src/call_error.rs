@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use rpc_proto::{ErrorCode, ServerError};
+use easyrpc_proto::{ErrorCode, ServerError};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
@@ -21,8 +21,8 @@ use crate::Error;
 /// # impl std::fmt::Display for TodoError {
 /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("x") }
 /// # }
-/// # async fn demo(client: &rpc_client::Client) -> Result<(), rpc_client::Error> {
-/// use rpc_client::CallError;
+/// # async fn demo(client: &easyrpc_client::Client) -> Result<(), easyrpc_client::Error> {
+/// use easyrpc_client::CallError;
 ///
 /// // What `get::call(&client, 42).await` does for `fn get(id: u64) -> Result<String, TodoError>`.
 /// let reply: Result<String, CallError<TodoError>> =
@@ -36,7 +36,7 @@ use crate::Error;
 /// ```
 ///
 /// `?` turns it into an [`Error`] (a handler error becomes [`Error::Remote`] with `E`'s
-/// message), so code that propagates `rpc::Error` keeps compiling.
+/// message), so code that propagates `easyrpc::Error` keeps compiling.
 ///
 /// `Handler` occurs only when `E` is `DeserializeOwned` and the server sent the error's
 /// data in that type; an error without data (an older or a third-party server, or a

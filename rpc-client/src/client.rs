@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rpc_proto::{may_resend, ClientConnection, Failure, Metadata, Params};
+use easyrpc_proto::{may_resend, ClientConnection, Failure, Metadata, Params};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::debug;
@@ -68,8 +68,8 @@ use crate::{ClientTls, Config, Error};
 /// answered method-not-found, all without holding up the calls.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), rpc_client::Error> {
-/// let client = rpc_client::Client::connect("127.0.0.1:25000").await?;
+/// # async fn demo() -> Result<(), easyrpc_client::Error> {
+/// let client = easyrpc_client::Client::connect("127.0.0.1:25000").await?;
 /// let sum: i64 = client.call("add", (1, 2)).await?;
 /// # Ok(()) }
 /// ```
@@ -275,9 +275,9 @@ impl Client {
     /// (or for [`ClientTls::server_name`]). Every reconnect does the handshake again.
     ///
     /// ```no_run
-    /// use rpc_client::{Client, ClientTls};
+    /// use easyrpc_client::{Client, ClientTls};
     ///
-    /// # async fn demo() -> Result<(), rpc_client::Error> {
+    /// # async fn demo() -> Result<(), easyrpc_client::Error> {
     /// let tls = ClientTls::from_ca_file("ca.crt")?;
     /// let client = Client::connect_tls("localhost:25000", tls).await?;
     /// let sum: i64 = client.call("add", (1, 2)).await?;
@@ -297,9 +297,9 @@ impl Client {
     /// [`Client::connect_tls`] with `config`.
     ///
     /// ```no_run
-    /// use rpc_client::{Client, ClientTls, Codec, Config};
+    /// use easyrpc_client::{Client, ClientTls, Codec, Config};
     ///
-    /// # async fn demo() -> Result<(), rpc_client::Error> {
+    /// # async fn demo() -> Result<(), easyrpc_client::Error> {
     /// let mut config = Config::default();
     /// config.codec = Codec::Bincode;
     /// let tls = ClientTls::from_ca_file("ca.crt")?.server_name("localhost");
@@ -484,7 +484,7 @@ impl Client {
                     Box::pin(self.reconnect(deadline, fail_fast)).await?;
                     continue;
                 }
-                Attempted::Done(Err(Error::Remote(e))) if rpc_proto::is_refused(&e) => {
+                Attempted::Done(Err(Error::Remote(e))) if easyrpc_proto::is_refused(&e) => {
                     (Failure::Refused, Error::Remote(e))
                 }
                 Attempted::Done(Err(e @ (Error::ConnectionClosed | Error::Transport(_)))) => {
@@ -512,7 +512,7 @@ impl Client {
     /// # Errors
     ///
     /// As [`Client::call`]. A function's own error comes as [`Error::Remote`], its data (when
-    /// it sent some) a value too: [`ServerError::data_value`](rpc_proto::ServerError::data_value).
+    /// it sent some) a value too: [`ServerError::data_value`](easyrpc_proto::ServerError::data_value).
     /// The result is read natively from MessagePack: a str whose bytes are not UTF-8 stays a
     /// `Value::String` (serde would make it `Value::Binary`).
     pub async fn call_value(&self, method: &str, params: Vec<rmpv::Value>) -> Result<rmpv::Value, Error> {

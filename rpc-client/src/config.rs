@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_proto::{Codec, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
+use easyrpc_proto::{Codec, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
 
 use crate::handlers::Handlers;
 
@@ -112,8 +112,8 @@ impl Config {
     /// only (a bincode server is ours, and ours sends none).
     ///
     /// ```no_run
-    /// # fn demo() -> Result<(), rpc_client::Error> {
-    /// use rpc_client::{BlockingClient, Config, ServerError};
+    /// # fn demo() -> Result<(), easyrpc_client::Error> {
+    /// use easyrpc_client::{BlockingClient, Config, ServerError};
     ///
     /// let mut config = Config::default();
     /// config.on_request("plus_one", |params| match params[0].as_i64() {
@@ -157,8 +157,8 @@ impl Config {
     }
 
     /// The protocol's settings for a client with `session`.
-    pub(crate) fn proto(&self, session: Option<u128>) -> rpc_proto::ClientConfig {
-        let mut c = rpc_proto::ClientConfig::new(self.codec);
+    pub(crate) fn proto(&self, session: Option<u128>) -> easyrpc_proto::ClientConfig {
+        let mut c = easyrpc_proto::ClientConfig::new(self.codec);
         c.max_message_size = self.max_message_size;
         c.hello = self.uses_hello();
         c.our_server = self.our_server;

@@ -2,7 +2,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_proto::{DecodeError, EncodeError, ErrorCode, ServerError};
+use easyrpc_proto::{DecodeError, EncodeError, ErrorCode, ServerError};
 
 use crate::tls::TlsCause;
 use crate::ForeignError;

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
+use easyrpc_proto::Codec;
 use rmpv::Value;
-use rpc_proto::Codec;
 
 use crate::reply::{Decoder, Outcome};
 use crate::Error;
@@ -75,7 +75,7 @@ impl fmt::Display for ForeignError {
 impl std::error::Error for ForeignError {}
 
 /// The error value of a reply from a server that is not ours (the protocol's
-/// [`is_server_ours`](rpc_proto::ClientConnection::is_server_ours)) as an error. Out of
+/// [`is_server_ours`](easyrpc_proto::ClientConnection::is_server_ours)) as an error. Out of
 /// line: never on a call's path.
 #[cold]
 #[inline(never)]

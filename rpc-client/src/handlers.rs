@@ -1,17 +1,17 @@
 //! Handlers for what a server sends of its own accord: requests (Neovim's `rpcrequest`)
 //! and notifications (`rpcnotify`). The protocol ([`Replies::request`]) asks whether the
 //! client serves a method; the clients run the handlers and answer through
-//! [`ClientConnection::respond`](rpc_proto::ClientConnection::respond).
+//! [`ClientConnection::respond`](easyrpc_proto::ClientConnection::respond).
 //!
-//! [`Replies::request`]: rpc_proto::Replies::request
+//! [`Replies::request`]: easyrpc_proto::Replies::request
 
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use easyrpc_proto::{Codec, EncodeError, EncodeValue, ErrorCode, ServerError};
 use rmpv::Value;
-use rpc_proto::{Codec, EncodeError, EncodeValue, ErrorCode, ServerError};
 use tracing::warn;
 
 /// A handler for a request from the server.
@@ -53,7 +53,7 @@ impl Handlers {
         self.notifications.insert(method.into_bytes().into(), handler);
     }
 
-    /// The protocol's [`Replies::request`](rpc_proto::Replies::request): whether `method`
+    /// The protocol's [`Replies::request`](easyrpc_proto::Replies::request): whether `method`
     /// is served; if so, the request is queued in `incoming` for the client to run.
     /// MessagePack only (a server that speaks bincode is ours, and ours sends no requests).
     pub(crate) fn request(
@@ -78,7 +78,7 @@ impl Handlers {
         true
     }
 
-    /// The protocol's [`Replies::notification`](rpc_proto::Replies::notification): queued
+    /// The protocol's [`Replies::notification`](easyrpc_proto::Replies::notification): queued
     /// in `incoming` if `method` has a handler, ignored otherwise.
     pub(crate) fn notification(
         &self,

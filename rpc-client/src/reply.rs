@@ -1,6 +1,6 @@
 //! What both clients do with a response frame.
 
-use rpc_proto::{decode_error, Codec};
+use easyrpc_proto::{decode_error, Codec};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
@@ -42,7 +42,7 @@ impl Decoder<rmpv::Value> for NativeValue {
     fn decode(codec: Codec, outcome: Outcome<'_>) -> Result<rmpv::Value, Error> {
         match (codec, outcome) {
             (Codec::Msgpack, Ok(mut bytes)) => rmpv::decode::read_value(&mut bytes).map_err(|e| {
-                Error::Decode(rpc_proto::DecodeError::Msgpack(
+                Error::Decode(easyrpc_proto::DecodeError::Msgpack(
                     rmp_serde::decode::Error::Uncategorized(e.to_string()),
                 ))
             }),

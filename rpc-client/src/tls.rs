@@ -167,9 +167,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// address) unless [`ClientTls::server_name`] sets it.
 ///
 /// ```no_run
-/// use rpc_client::{Client, ClientTls};
+/// use easyrpc_client::{Client, ClientTls};
 ///
-/// # async fn demo() -> Result<(), rpc_client::Error> {
+/// # async fn demo() -> Result<(), easyrpc_client::Error> {
 /// let tls = ClientTls::from_ca_file("ca.crt")?
 ///     .server_name("rpc.example.com")
 ///     // Mutual TLS: present this certificate.
@@ -199,8 +199,8 @@ impl ClientTls {
     /// Trust the CA certificates of the PEM file `ca` (one or more).
     ///
     /// ```no_run
-    /// let tls = rpc_client::ClientTls::from_ca_file("ca.crt")?;
-    /// # Ok::<(), rpc_client::Error>(())
+    /// let tls = easyrpc_client::ClientTls::from_ca_file("ca.crt")?;
+    /// # Ok::<(), easyrpc_client::Error>(())
     /// ```
     ///
     /// # Errors
@@ -215,7 +215,7 @@ impl ClientTls {
     ///
     /// ```no_run
     /// let pem = std::fs::read("ca.crt")?;
-    /// let tls = rpc_client::ClientTls::from_ca_pem(&pem)?;
+    /// let tls = easyrpc_client::ClientTls::from_ca_pem(&pem)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -234,9 +234,9 @@ impl ClientTls {
     /// certificate from a public CA.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), rpc_client::Error> {
-    /// let tls = rpc_client::ClientTls::webpki_roots();
-    /// let client = rpc_client::Client::connect_tls("rpc.example.com:443", tls).await?;
+    /// # async fn demo() -> Result<(), easyrpc_client::Error> {
+    /// let tls = easyrpc_client::ClientTls::webpki_roots();
+    /// let client = easyrpc_client::Client::connect_tls("rpc.example.com:443", tls).await?;
     /// # Ok(()) }
     /// ```
     pub fn webpki_roots() -> ClientTls {
@@ -258,8 +258,8 @@ impl ClientTls {
     /// address its certificate does not name.
     ///
     /// ```no_run
-    /// let tls = rpc_client::ClientTls::from_ca_file("ca.crt")?.server_name("localhost");
-    /// # Ok::<(), rpc_client::Error>(())
+    /// let tls = easyrpc_client::ClientTls::from_ca_file("ca.crt")?.server_name("localhost");
+    /// # Ok::<(), easyrpc_client::Error>(())
     /// ```
     #[must_use]
     pub fn server_name(mut self, name: impl Into<String>) -> ClientTls {
@@ -271,9 +271,9 @@ impl ClientTls {
     /// certificate first) and prove it with the private key of the PEM file `key`.
     ///
     /// ```no_run
-    /// let tls = rpc_client::ClientTls::from_ca_file("ca.crt")?
+    /// let tls = easyrpc_client::ClientTls::from_ca_file("ca.crt")?
     ///     .client_cert("client.crt", "client.key")?;
-    /// # Ok::<(), rpc_client::Error>(())
+    /// # Ok::<(), easyrpc_client::Error>(())
     /// ```
     ///
     /// # Errors
@@ -290,7 +290,7 @@ impl ClientTls {
     /// ```no_run
     /// # let ca = Vec::<u8>::new();
     /// let (cert, key) = (std::fs::read("client.crt")?, std::fs::read("client.key")?);
-    /// let tls = rpc_client::ClientTls::from_ca_pem(&ca)?.client_cert_pem(&cert, &key)?;
+    /// let tls = easyrpc_client::ClientTls::from_ca_pem(&ca)?.client_cert_pem(&cert, &key)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rpc_client::{Client, Codec, Config, Error};
-use rpc_proto::{encode_notification, encode_response_ok, Framer, Hello, Message};
+use easyrpc_client::{Client, Codec, Config, Error};
+use easyrpc_proto::{encode_notification, encode_response_ok, Framer, Hello, Message};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -431,8 +431,8 @@ async fn dropping_every_handle_flushes_queued_notifications() {
 async fn concurrent_callers_on_many_threads_get_their_own_replies() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = rpc_server::Server::builder()
-        .register(rpc_server::Method::async_fn(
+    let server = easyrpc_server::Server::builder()
+        .register(easyrpc_server::Method::async_fn(
             "mix",
             |(a, b): (u64, u64)| async move {
                 if a % 3 == 0 {
@@ -536,7 +536,7 @@ async fn issue17_a_blocking_call_to_a_server_that_is_down_fails_fast() {
     long.timeout = Duration::from_secs(60);
     let client = within(
         "connect",
-        tokio::task::spawn_blocking(move || rpc_client::BlockingClient::connect_with(addr, long)),
+        tokio::task::spawn_blocking(move || easyrpc_client::BlockingClient::connect_with(addr, long)),
     )
     .await
     .unwrap()
@@ -637,8 +637,8 @@ async fn issue17_a_request_from_the_server_is_answered_method_not_found() {
     else {
         panic!("not an error response to 7: {frame:x?}")
     };
-    let e = rpc_proto::decode_error(Codec::Msgpack, e);
-    assert_eq!(e.kind(), rpc_client::ErrorCode::MethodNotFound, "{e}");
+    let e = easyrpc_proto::decode_error(Codec::Msgpack, e);
+    assert_eq!(e.kind(), easyrpc_client::ErrorCode::MethodNotFound, "{e}");
     peer.reply(msgid, 3i64).await;
     assert_eq!(within("the call", call).await.unwrap().unwrap(), 3);
 }
@@ -651,7 +651,7 @@ async fn issue17_call_value_keeps_a_str_that_is_not_utf8() {
     let client = Client::connect_with(addr, config()).await.unwrap();
     let blocking = {
         let config = config();
-        tokio::task::spawn_blocking(move || rpc_client::BlockingClient::connect_with(addr, config))
+        tokio::task::spawn_blocking(move || easyrpc_client::BlockingClient::connect_with(addr, config))
     };
     let mut peer = Peer::accept(&listener).await;
     let mut bpeer = Peer::accept(&listener).await;
@@ -681,14 +681,16 @@ async fn issue17_call_value_keeps_a_str_that_is_not_utf8() {
 /// A by-name call whose result does not decode names the method and the type asked for.
 #[tokio::test]
 async fn a_result_of_the_wrong_type_names_the_method_and_the_type() {
-    let server = rpc_server::Server::builder()
-        .register(rpc_server::Method::sync_fn("greet", |(): ()| "hello".to_string()))
+    let server = easyrpc_server::Server::builder()
+        .register(easyrpc_server::Method::sync_fn("greet", |(): ()| {
+            "hello".to_string()
+        }))
         .build()
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { server.run(listener, std::future::pending()).await });
-    let client = rpc_client::Client::connect(addr).await.unwrap();
+    let client = easyrpc_client::Client::connect(addr).await.unwrap();
     let e = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         client.call::<_, i64>("greet", ()),
@@ -696,7 +698,7 @@ async fn a_result_of_the_wrong_type_names_the_method_and_the_type() {
     .await
     .unwrap()
     .unwrap_err();
-    let rpc_client::Error::Result(r) = &e else {
+    let easyrpc_client::Error::Result(r) = &e else {
         panic!("{e:?}")
     };
     assert_eq!((r.method.as_str(), r.expected), ("greet", "i64"));
@@ -706,7 +708,7 @@ async fn a_result_of_the_wrong_type_names_the_method_and_the_type() {
         "{text}"
     );
     let blocking = tokio::task::spawn_blocking(move || {
-        let c = rpc_client::BlockingClient::connect(addr).unwrap();
+        let c = easyrpc_client::BlockingClient::connect(addr).unwrap();
         c.call::<_, u32>("greet", ()).unwrap_err().to_string()
     })
     .await

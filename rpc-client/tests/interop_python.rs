@@ -14,8 +14,8 @@ use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rpc_client::{BlockingClient, Client, Config, Error};
-use rpc_server::{Method, Server};
+use easyrpc_client::{BlockingClient, Client, Config, Error};
+use easyrpc_server::{Method, Server};
 use serde_bytes::ByteBuf;
 use tokio::net::TcpListener;
 

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use rpc_client::{BlockingClient, Client, Config, Error};
-use rpc_proto::{Codec, ErrorCode, Framer, Hello, Message};
+use easyrpc_client::{BlockingClient, Client, Config, Error};
+use easyrpc_proto::{Codec, ErrorCode, Framer, Hello, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use easyrpc_client::{BlockingClient, Client, Codec, Config, Error, ErrorCode, ServerError};
+use easyrpc_proto::{Framer, Message};
 use rmpv::Value;
-use rpc_client::{BlockingClient, Client, Codec, Config, Error, ErrorCode, ServerError};
-use rpc_proto::{Framer, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -251,8 +251,8 @@ async fn issue17_foreign_errors_of_other_shapes() {
 /// ours, and a client told `our_server = false` reports them as the server's own.
 #[tokio::test]
 async fn issue17_our_server_keeps_our_codes_after_the_hello() {
-    let server = rpc_server::Server::builder()
-        .register(rpc_server::Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+    let server = easyrpc_server::Server::builder()
+        .register(easyrpc_server::Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
         .build()
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -31,7 +31,7 @@ pub(crate) enum Role {
 
 impl Role {
     /// What a type written as an argument is: `State<T>` and `Context` (by their last
-    /// path segment, as `rpc::State<T>` or imported) are the framework's.
+    /// path segment, as `easyrpc::State<T>` or imported) are the framework's.
     fn of(ty: &Type) -> Role {
         let Type::Path(p) = ty else { return Role::Wire };
         if p.qself.is_some() {
@@ -71,7 +71,7 @@ pub(crate) enum Output {
     /// `Result<T, E>` (any type whose last path segment is `Result`): `T` on success,
     /// `E`'s `Display` as a handler error, with `E` itself as its data when `E` is
     /// `Serialize`. `err` is `None` for aliases that fix `E`, such as `io::Result<T>`: their
-    /// stubs return `rpc::Error`, the others `rpc::CallError<E>`.
+    /// stubs return `easyrpc::Error`, the others `easyrpc::CallError<E>`.
     Fallible {
         ok: Type,
         err: Option<Box<Type>>,
@@ -89,7 +89,7 @@ impl Output {
     }
 
     /// The function's own error type, when it is written out: the stubs then return
-    /// `rpc::CallError<E>`.
+    /// `easyrpc::CallError<E>`.
     pub(crate) fn written_error(&self) -> Option<&Type> {
         match self {
             Output::Fallible { err: Some(e), .. } => Some(e),

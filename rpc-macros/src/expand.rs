@@ -2,16 +2,16 @@
 //!
 //! Next to the function, a module named after it holds `NAME`, `method()` (for
 //! `#[register]`), and the stubs `call` and `call_blocking`. Everything in it is named by
-//! absolute path (`::rpc::__private::…`, `::core::result::Result`), so user items named
+//! absolute path (`::easyrpc::__private::…`, `::core::result::Result`), so user items named
 //! `Result` or `Box`, or a `#![no_implicit_prelude]`, change nothing.
 //!
-//! For a `Result<T, E>` whose `E` is written, the stubs return `rpc::CallError<E>`. Whether
+//! For a `Result<T, E>` whose `E` is written, the stubs return `easyrpc::CallError<E>`. Whether
 //! the server sends `E` as the error's data (`E: Serialize`) and whether the stubs decode it
 //! (`E: DeserializeOwned`) are chosen by autoref specialization on the concrete type, so `E`
 //! needs neither.
 //!
 //! Type errors land on the user's own tokens: each body that needs a bound on a user type
-//! first calls `::rpc::__private::assert_*::<T>()` with `T` as written, then uses `T` only
+//! first calls `::easyrpc::__private::assert_*::<T>()` with `T` as written, then uses `T` only
 //! through `__private` functions bounded by the same trait. rustc reports a failed bound
 //! once per span and predicate, and drops identical diagnostics, so a type that cannot be
 //! sent gives one error, on the type, with the trait's `on_unimplemented` text, however
@@ -179,10 +179,10 @@ fn span_of(ty: &Type) -> Span {
     ty.span()
 }
 
-/// `::rpc::__private::#f::<#ty>`, spanned on `ty`.
+/// `::easyrpc::__private::#f::<#ty>`, spanned on `ty`.
 pub(crate) fn on(ty: &Type, f: &str) -> TokenStream {
     let f = Ident::new(f, Span::call_site());
-    quote_spanned!(span_of(ty)=> ::rpc::__private::#f::<#ty>)
+    quote_spanned!(span_of(ty)=> ::easyrpc::__private::#f::<#ty>)
 }
 
 /// The module of a valid function: its name, stubs and (with `server`) registration.
@@ -219,8 +219,8 @@ fn module(
     let (assert_out, call_async, call_blocking) = match &f.output {
         Output::Unit => (
             quote!(),
-            quote!(::rpc::__private::call::<_, ()>(#params).await),
-            quote!(::rpc::__private::call_blocking::<_, ()>(#params)),
+            quote!(::easyrpc::__private::call::<_, ()>(#params).await),
+            quote!(::easyrpc::__private::call_blocking::<_, ()>(#params)),
         ),
         Output::Plain(t) | Output::Fallible { ok: t, .. } => (
             {
@@ -229,8 +229,8 @@ fn module(
             },
             // The whole call, `.await` included, on the type: the future's own bounds then
             // fail there too, and merge with `assert_return`'s error.
-            quote_spanned!(span_of(t)=> ::rpc::__private::call::<_, #t>(#params).await),
-            quote_spanned!(span_of(t)=> ::rpc::__private::call_blocking::<_, #t>(#params)),
+            quote_spanned!(span_of(t)=> ::easyrpc::__private::call::<_, #t>(#params).await),
+            quote_spanned!(span_of(t)=> ::easyrpc::__private::call_blocking::<_, #t>(#params)),
         ),
     };
     let (err_ty, call_async, call_blocking) = typed_error_stubs(f, call_async, call_blocking);
@@ -256,7 +256,7 @@ fn module(
             ///
             #[doc = #errors_doc]
             #item_vis async fn call(
-                __rpc_client: &::rpc::Client,
+                __rpc_client: &::easyrpc::Client,
                 #(#binds: #types),*
             ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
@@ -269,7 +269,7 @@ fn module(
             ///
             #[doc = #errors_doc]
             #item_vis fn call_blocking(
-                __rpc_client: &::rpc::BlockingClient,
+                __rpc_client: &::easyrpc::BlockingClient,
                 #(#binds: #types),*
             ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
@@ -292,11 +292,11 @@ pub(crate) fn params_struct(types: &[&Type]) -> TokenStream {
     quote! {
         struct __RpcParams<'__rpc>(#(&'__rpc #types,)* ::core::marker::PhantomData<&'__rpc ()>);
 
-        impl ::rpc::__private::Params for __RpcParams<'_> {
+        impl ::easyrpc::__private::Params for __RpcParams<'_> {
             fn encode_params(
                 &self,
-                __rpc_enc: &mut ::rpc::__private::ParamsEncoder<'_>,
-            ) -> ::core::result::Result<(), ::rpc::__private::EncodeError> {
+                __rpc_enc: &mut ::easyrpc::__private::ParamsEncoder<'_>,
+            ) -> ::core::result::Result<(), ::easyrpc::__private::EncodeError> {
                 #(#assert_args();)*
                 __rpc_enc.count(#count);
                 #(#push_args(__rpc_enc, self.#fields)?;)*
@@ -308,24 +308,24 @@ pub(crate) fn params_struct(types: &[&Type]) -> TokenStream {
 
 /// The stubs' error type and calls for `f`: with a written `E`, `CallError<E>`, the error's
 /// data decoded into an `E` when `E` is `DeserializeOwned` (autoref specialization on the
-/// concrete type: no bound is asked of `E`); otherwise `rpc::Error` and the calls as they are.
+/// concrete type: no bound is asked of `E`); otherwise `easyrpc::Error` and the calls as they are.
 pub(crate) fn typed_error_stubs(
     f: &Function,
     call_async: TokenStream,
     call_blocking: TokenStream,
 ) -> (TokenStream, TokenStream, TokenStream) {
     let Some(e) = f.output.written_error() else {
-        return (quote!(::rpc::Error), call_async, call_blocking);
+        return (quote!(::easyrpc::Error), call_async, call_blocking);
     };
     let to_call_error = quote_spanned! {span_of(e)=>
-        |__rpc_e: ::rpc::Error| {
+        |__rpc_e: ::easyrpc::Error| {
             #[allow(unused_imports)]
-            use ::rpc::__private::{TypedStub as _, UntypedStub as _};
-            (&::rpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
+            use ::easyrpc::__private::{TypedStub as _, UntypedStub as _};
+            (&::easyrpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
         }
     };
     (
-        quote!(::rpc::CallError<#e>),
+        quote!(::easyrpc::CallError<#e>),
         quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
         quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
     )
@@ -336,7 +336,7 @@ fn registration(f: &Function, opts: &Options, item_vis: &TokenStream, doc: &str)
     let method = method_expr(f, opts, &quote!(self::NAME), Target::Free, doc);
     quote! {
         /// The server-side registration: pass it to `Builder::register`.
-        #item_vis fn method() -> ::rpc::__private::Method {
+        #item_vis fn method() -> ::easyrpc::__private::Method {
             #method
         }
     }
@@ -428,7 +428,7 @@ pub(crate) fn method_expr(
     let (out_checks, reply): (TokenStream, Box<dyn Fn(TokenStream) -> TokenStream>) = match &f.output {
         Output::Unit => (
             quote!(),
-            Box::new(|out| quote!({ #out; ::rpc::__private::reply::<()>(()) })),
+            Box::new(|out| quote!({ #out; ::easyrpc::__private::reply::<()>(()) })),
         ),
         Output::Plain(t) => {
             let assert = on(t, "assert_return");
@@ -458,9 +458,9 @@ pub(crate) fn method_expr(
                 let bound = quote!(__rpc_err);
                 quote_spanned! {span=> {
                     #[allow(unused_imports)]
-                    use ::rpc::__private::{DisplayReply as _, TypedReply as _};
+                    use ::easyrpc::__private::{DisplayReply as _, TypedReply as _};
                     let __rpc_e = #bound;
-                    (&::rpc::__private::ErrorReply::of(&__rpc_e)).reply_error(__rpc_e)
+                    (&::easyrpc::__private::ErrorReply::of(&__rpc_e)).reply_error(__rpc_e)
                 }}
             };
             let (ok_path, err_path) = (
@@ -519,9 +519,9 @@ pub(crate) fn method_expr(
     // An async function's registration is spanned on `async`: the constructor's `Send`
     // bound on the future is what fails for a future that is not `Send`.
     let registration = quote_spanned! {span=>
-        ::rpc::__private::Method::#ctor(
+        ::easyrpc::__private::Method::#ctor(
             #name,
-            move |__rpc_args: &mut ::rpc::__private::Args<'_>, __rpc_call: &::rpc::__private::Call<'_>| {
+            move |__rpc_args: &mut ::easyrpc::__private::Args<'_>, __rpc_call: &::easyrpc::__private::Call<'_>| {
                 __rpc_args.expect(#count)?;
                 #(#lets)*
                 #job
@@ -542,7 +542,7 @@ pub(crate) fn method_expr(
         registration
     } else {
         quote! {
-            ::rpc::__private::Method::bind(#name, move |__rpc_states: &::rpc::__private::States| {
+            ::easyrpc::__private::Method::bind(#name, move |__rpc_states: &::easyrpc::__private::States| {
                 #(#state_binds)*
                 ::core::result::Result::Ok(#registration)
             })
@@ -632,12 +632,12 @@ fn fallback(
         other => other.client_type(),
     };
     let err_ty = match f.output.written_error() {
-        Some(e) if !borrows_or_hides(e) => quote!(::rpc::CallError<#e>),
-        _ => quote!(::rpc::Error),
+        Some(e) if !borrows_or_hides(e) => quote!(::easyrpc::CallError<#e>),
+        _ => quote!(::easyrpc::Error),
     };
     let method = server.then(|| {
         quote! {
-            #item_vis fn method() -> ::rpc::__private::Method {
+            #item_vis fn method() -> ::easyrpc::__private::Method {
                 ::core::unreachable!()
             }
         }
@@ -649,14 +649,14 @@ fn fallback(
             #method
 
             #item_vis async fn call #impl_generics(
-                _: &::rpc::Client,
+                _: &::easyrpc::Client,
                 #(_: #types),*
             ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
 
             #item_vis fn call_blocking #impl_generics(
-                _: &::rpc::BlockingClient,
+                _: &::easyrpc::BlockingClient,
                 #(_: #types2),*
             ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()

@@ -1,5 +1,5 @@
 //! The `#[register]` attribute and the `declare!` macro. Use them through the `rpc` crate,
-//! which re-exports them: the generated code refers to `::rpc::__private`.
+//! which re-exports them: the generated code refers to `::easyrpc::__private`.
 //!
 //! # Layout
 //!

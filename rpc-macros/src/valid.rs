@@ -83,7 +83,7 @@ pub(crate) fn signature(sig: &Signature, place: Place, errors: &mut Vec<syn::Err
                     format_args!(
                         "{what} cannot take `self`: the server has no instance to call it on; make \
                          it a free function taking `State<T>`, or serve an impl block with \
-                         `#[rpc::service]`"
+                         `#[easyrpc::service]`"
                     ),
                 );
                 continue;

@@ -147,7 +147,7 @@ impl ServerError {
     /// An error with any numeric code, such as a third-party server's.
     ///
     /// ```
-    /// use rpc_proto::{ErrorCode, ServerError};
+    /// use easyrpc_proto::{ErrorCode, ServerError};
     ///
     /// let e = ServerError::with_code(-32601, "no such method");
     /// assert_eq!((e.code, e.kind()), (-32601, ErrorCode::Unknown));
@@ -165,7 +165,7 @@ impl ServerError {
     /// that reads errors as `[code, message]`), and left out on any other.
     ///
     /// ```
-    /// use rpc_proto::{Codec, ErrorCode, ServerError};
+    /// use easyrpc_proto::{Codec, ErrorCode, ServerError};
     ///
     /// let e = ServerError::new(ErrorCode::HandlerError, "todo 42 not found")
     ///     .with_data(Codec::Msgpack, &42u64)

@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// corrupt or the message is too large: the stream should then be closed.
 ///
 /// ```
-/// use rpc_proto::{Codec, Framer};
+/// use easyrpc_proto::{Codec, Framer};
 /// let msg = [0x94, 0x00, 0x01, 0xa3, b'a', b'd', b'd', 0x92, 0x02, 0x03];
 /// let mut framer = Framer::new(Codec::Msgpack, 1024);
 /// assert_eq!(framer.decode(&msg[..4]).unwrap(), None);

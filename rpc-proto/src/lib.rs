@@ -29,7 +29,7 @@
 //! # Example
 //!
 //! ```
-//! use rpc_proto::{encode_request, Codec, Framer, Message};
+//! use easyrpc_proto::{encode_request, Codec, Framer, Message};
 //!
 //! let mut wire = Vec::new();
 //! encode_request(Codec::Msgpack, &mut wire, 1, "add", &(2, 3), None).unwrap();
@@ -39,7 +39,7 @@
 //! let Message::Request { msgid, method, params, .. } = Message::parse(Codec::Msgpack, &wire[..len]).unwrap() else {
 //!     unreachable!()
 //! };
-//! let (a, b): (i64, i64) = rpc_proto::FromArgs::from_args(&mut rpc_proto::Args::new(Codec::Msgpack, params)).unwrap();
+//! let (a, b): (i64, i64) = easyrpc_proto::FromArgs::from_args(&mut easyrpc_proto::Args::new(Codec::Msgpack, params)).unwrap();
 //! assert_eq!((msgid, method, a + b), (1, &b"add"[..], 5));
 //! ```
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]

@@ -18,7 +18,7 @@ use std::fmt;
 /// replaces its value.
 ///
 /// ```
-/// use rpc_proto::Metadata;
+/// use easyrpc_proto::Metadata;
 ///
 /// let md = Metadata::new().with("authorization", "Bearer t0ken").with("request-id", "42");
 /// let back = Metadata::decode(&md.encode()).unwrap();

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 
-use rpc_proto::{decode_error, Args, Codec, ErrorCode};
+use easyrpc_proto::{decode_error, Args, Codec, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;

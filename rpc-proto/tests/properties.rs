@@ -17,12 +17,12 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
-use rpc_proto::{
+use easyrpc_proto::{
     decode_error, encode_notification, encode_request, encode_response_err, encode_response_ok, Args, Codec,
     ErrorCode, Framer, FromArgs, Message, ServerError,
 };
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -152,12 +152,12 @@ fn decode_everything(codec: Codec, bytes: &[u8]) {
 /// A service that answers every request with an error and ignores the rest.
 struct Null;
 
-impl rpc_proto::Service for Null {
-    fn request(&mut self, tx: &mut rpc_proto::Transmit<'_>, r: rpc_proto::Request<'_>) {
-        tx.err(r.msgid, &rpc_proto::ServerError::method_not_found(r.method));
+impl easyrpc_proto::Service for Null {
+    fn request(&mut self, tx: &mut easyrpc_proto::Transmit<'_>, r: easyrpc_proto::Request<'_>) {
+        tx.err(r.msgid, &easyrpc_proto::ServerError::method_not_found(r.method));
     }
 
-    fn notification(&mut self, _: &mut rpc_proto::Transmit<'_>, _: &[u8], _: &[u8]) {}
+    fn notification(&mut self, _: &mut easyrpc_proto::Transmit<'_>, _: &[u8], _: &[u8]) {}
 
     fn cancel(&mut self, _: u64) {}
 
@@ -166,8 +166,8 @@ impl rpc_proto::Service for Null {
     }
 }
 
-impl rpc_proto::Replies<u32> for Null {
-    fn reply(&mut self, r: rpc_proto::ClientReply<'_, u32>) {
+impl easyrpc_proto::Replies<u32> for Null {
+    fn reply(&mut self, r: easyrpc_proto::ClientReply<'_, u32>) {
         let outcome = if r.ok { Ok(r.part) } else { Err(r.part) };
         let (Ok(raw) | Err(raw)) = outcome;
         let _ = decode_error(Codec::Msgpack, raw);
@@ -177,23 +177,28 @@ impl rpc_proto::Replies<u32> for Null {
 /// Both sides' connection state machines, made before the allocation bound is measured
 /// (their own buffers are a fixed size, not the peer's choice): the server after a hello
 /// naming `codec`, and a client with calls in flight.
-fn connections(codec: Codec) -> (rpc_proto::ServerConnection, rpc_proto::ClientConnection<u32>) {
+fn connections(
+    codec: Codec,
+) -> (
+    easyrpc_proto::ServerConnection,
+    easyrpc_proto::ClientConnection<u32>,
+) {
     let now = std::time::Instant::now();
-    let mut config = rpc_proto::ServerConfig::default();
+    let mut config = easyrpc_proto::ServerConfig::default();
     config.max_message_size = 1 << 20;
-    let mut server = rpc_proto::ServerConnection::new(config, now);
+    let mut server = easyrpc_proto::ServerConnection::new(config, now);
     if codec == Codec::Bincode {
         let mut hello = Vec::new();
-        rpc_proto::Hello::new(codec).encode(&mut hello);
+        easyrpc_proto::Hello::new(codec).encode(&mut hello);
         server.read_buf().extend_from_slice(&hello);
         let _ = server.handle_input(now, &mut Null);
     }
     // Room for the input, so that filling the buffer does not count as the peer's doing.
     server.read_buf().reserve(64 * 1024);
-    let mut config = rpc_proto::ClientConfig::new(codec);
+    let mut config = easyrpc_proto::ClientConfig::new(codec);
     config.max_message_size = 1 << 20;
     config.hello = false;
-    let mut client = rpc_proto::ClientConnection::<u32>::new(config, now);
+    let mut client = easyrpc_proto::ClientConnection::<u32>::new(config, now);
     client.start(now);
     for token in 0..4u32 {
         let _ = client.send_request(
@@ -211,7 +216,10 @@ fn connections(codec: Codec) -> (rpc_proto::ServerConnection, rpc_proto::ClientC
 
 /// Feed `input` to both connections.
 fn feed_connections(
-    (server, client): &mut (rpc_proto::ServerConnection, rpc_proto::ClientConnection<u32>),
+    (server, client): &mut (
+        easyrpc_proto::ServerConnection,
+        easyrpc_proto::ClientConnection<u32>,
+    ),
     rbuf: &mut bytes::BytesMut,
     input: &[u8],
 ) {

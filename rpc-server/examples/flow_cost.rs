@@ -4,7 +4,7 @@
 //! Run with
 //!
 //! ```not_rust
-//! taskset -c 0 cargo run --release -p rpc-server --example flow_cost
+//! taskset -c 0 cargo run --release -p easyrpc-server --example flow_cost
 //! ```
 //!
 //! The server runs in-process on its own thread and current-thread runtime; the client is
@@ -13,8 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use rpc_client::{BlockingClient, Config};
-use rpc_server::{Method, Server};
+use easyrpc_client::{BlockingClient, Config};
+use easyrpc_server::{Method, Server};
 
 fn main() {
     let calls: usize = std::env::args()

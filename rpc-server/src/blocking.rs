@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::Once;
 use std::task::{Context, Poll};
 
-use rpc_proto::{ErrorCode, ServerError};
+use easyrpc_proto::{ErrorCode, ServerError};
 use tokio::sync::Semaphore;
 
 use crate::limits::Permit;
@@ -99,9 +99,14 @@ fn catch_unwind<R>(f: impl FnOnce() -> R + UnwindSafe) -> std::thread::Result<R>
 /// Whether a panic at `file` is the framework's own (a bug to report loudly), not a
 /// handler's.
 fn is_framework(file: &str) -> bool {
-    ["rpc-server/src/", "rpc-proto/src/", "rpc-server-", "rpc-proto-"]
-        .iter()
-        .any(|p| file.contains(p))
+    [
+        "rpc-server/src/",
+        "rpc-proto/src/",
+        "easyrpc-server-",
+        "easyrpc-proto-",
+    ]
+    .iter()
+    .any(|p| file.contains(p))
 }
 
 /// Install, once per process, a panic hook that leaves handler panics to [`panicked`] and

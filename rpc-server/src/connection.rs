@@ -1,6 +1,6 @@
 //! One task per connection: a loop that moves bytes between the socket and the protocol.
 //!
-//! What the bytes mean is decided by [`rpc_proto::ServerConnection`] (hello, framing,
+//! What the bytes mean is decided by [`easyrpc_proto::ServerConnection`] (hello, framing,
 //! limits, deadlines, cancellation, draining, heartbeat). This task owns the socket and the
 //! calls: [`Calls`] is the protocol's [`Service`], dispatching each request through the
 //! registry. Calls that finish on the spot are answered straight into the write buffer;
@@ -25,13 +25,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{AbortHandle, Abortable};
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
-use rpc_proto::{
+use easyrpc_proto::{
     encode_response_err, encode_response_ok, Begin, Codec, ConnEvent, EncodeError, ErrorCode, Fatal, Request,
     ServerConfig, ServerConnection, ServerError, Service, Transmit,
 };
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -336,7 +336,7 @@ impl Service for Calls {
                 return self.dedup_call(tx, (session, msgid), &request, deadline);
             }
         }
-        // The per-call span, only when someone listens at debug for `rpc_server::call`:
+        // The per-call span, only when someone listens at debug for `easyrpc_server::call`:
         // otherwise this is one check of a cached interest.
         if tracing::enabled!(target: CALL_TARGET, tracing::Level::DEBUG) {
             return self.traced_request(tx, &request, deadline);
@@ -410,8 +410,8 @@ impl Service for Calls {
     }
 }
 
-/// The target of the per-call spans: `RUST_LOG=rpc_server::call=debug` shows them.
-pub(crate) const CALL_TARGET: &str = "rpc_server::call";
+/// The target of the per-call spans: `RUST_LOG=easyrpc_server::call=debug` shows them.
+pub(crate) const CALL_TARGET: &str = "easyrpc_server::call";
 
 /// How a finished call is recorded on its span.
 fn record_outcome(span: &tracing::Span, reply: &Reply, started: std::time::Instant) {

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use rpc_proto::Metadata;
+use easyrpc_proto::Metadata;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::method::{Reply, ReplyFuture};
@@ -111,7 +111,7 @@ impl ConnInfo {
 /// msgid, deadline and metadata), or none for a notification, and the connection.
 #[derive(Clone, Copy)]
 pub(crate) struct CallParts<'a> {
-    pub(crate) request: Option<&'a rpc_proto::Request<'a>>,
+    pub(crate) request: Option<&'a easyrpc_proto::Request<'a>>,
     pub(crate) conn: &'a Arc<ConnInfo>,
 }
 
@@ -173,7 +173,7 @@ impl Call<'_> {
 /// the wire, and the client stubs do not have it.
 ///
 /// ```
-/// use rpc_server::{Context, Method};
+/// use easyrpc_server::{Context, Method};
 ///
 /// // The caller's address, as the server sees it. With `#[register]`:
 /// // `fn whoami(ctx: Context) -> String`.

@@ -1,6 +1,6 @@
 //! The dedup cache as the server uses it ("unstable network" mode).
 //!
-//! The rules are [`rpc_proto::dedup::DedupRules`]; here is what the server keeps them in.
+//! The rules are [`easyrpc_proto::dedup::DedupRules`]; here is what the server keeps them in.
 //! A [`Store`] is what the server defines: by default a [`LocalStore`], a map in this
 //! process whose waiters are woken by a channel. A deployment mode may supply another
 //! when it builds a server: prefork keeps one table in memory shared by every worker,
@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rpc_proto::{Begin, DedupCache, DedupConfig};
+use easyrpc_proto::{Begin, DedupCache, DedupConfig};
 use tokio::sync::watch;
 
 /// A call key: the client's session id and the call's msgid.
-pub(crate) type DedupKey = rpc_proto::dedup::DedupKey;
+pub(crate) type DedupKey = easyrpc_proto::dedup::DedupKey;
 
 /// What this process's waiters of a call that runs here listen on: the channel the
 /// running call sends its encoded answer on.
@@ -48,7 +48,7 @@ pub(crate) enum Peek {
 
 /// Where the server keeps the dedup cache: answers are whole encoded response frames.
 pub(crate) trait Store: fmt::Debug + Send + Sync + 'static {
-    /// As [`rpc_proto::dedup::DedupRules::begin`]. `pending` makes the channel this
+    /// As [`easyrpc_proto::dedup::DedupRules::begin`]. `pending` makes the channel this
     /// process's waiters of a call that is `Run` here listen on.
     fn begin(&self, key: DedupKey, now: Instant, pending: &mut dyn FnMut() -> Pending) -> Begin<Wait, Bytes>;
 
@@ -136,7 +136,7 @@ impl Dedup {
         Dedup::new(Arc::new(LocalStore::new(config)))
     }
 
-    /// Look `key` up (see [`rpc_proto::dedup::DedupRules::begin`]). `pending` makes the
+    /// Look `key` up (see [`easyrpc_proto::dedup::DedupRules::begin`]). `pending` makes the
     /// channel this process's waiters of a call that is `Run` here listen on; it is
     /// called whenever the answer is `Run`.
     pub(crate) fn begin(

@@ -47,7 +47,7 @@ impl fmt::Display for Transport {
 /// resolved when the server binds), or a Unix socket when written `unix:/path/to/sock`.
 ///
 /// ```
-/// use rpc_server::{Endpoint, Transport};
+/// use easyrpc_server::{Endpoint, Transport};
 ///
 /// assert_eq!(Endpoint::from("127.0.0.1:5000").transport(), Transport::Tcp);
 /// assert_eq!(Endpoint::from("unix:/run/app.sock").transport(), Transport::Unix);
@@ -110,7 +110,7 @@ impl Endpoint {
     /// A plain TCP address (TLS if the builder has [`Builder::tls`](crate::Builder::tls)).
     ///
     /// ```
-    /// let e = rpc_server::Endpoint::tcp("0.0.0.0:25000");
+    /// let e = easyrpc_server::Endpoint::tcp("0.0.0.0:25000");
     /// ```
     pub fn tcp(addr: impl Into<String>) -> Endpoint {
         Endpoint(Kind::Tcp {
@@ -122,11 +122,11 @@ impl Endpoint {
     /// A TCP address served with TLS, with these settings (whatever the builder's).
     ///
     /// ```no_run
-    /// use rpc_server::{Endpoint, TlsConfig};
+    /// use easyrpc_server::{Endpoint, TlsConfig};
     ///
     /// let tls = TlsConfig::from_pem_files("server.crt", "server.key")?;
     /// let e = Endpoint::tls("0.0.0.0:25001", tls);
-    /// # Ok::<(), rpc_server::TlsConfigError>(())
+    /// # Ok::<(), easyrpc_server::TlsConfigError>(())
     /// ```
     pub fn tls(addr: impl Into<String>, tls: TlsConfig) -> Endpoint {
         Endpoint(Kind::Tcp {
@@ -139,7 +139,7 @@ impl Endpoint {
     /// file).
     ///
     /// ```
-    /// let e = rpc_server::Endpoint::unix("/run/app/rpc.sock");
+    /// let e = easyrpc_server::Endpoint::unix("/run/app/rpc.sock");
     /// ```
     pub fn unix(path: impl Into<PathBuf>) -> Endpoint {
         Endpoint(Kind::Unix(path.into()))
@@ -396,9 +396,9 @@ pub(crate) fn bind_error(endpoint: &Endpoint, e: io::Error) -> crate::Error {
 /// actually bound (port 0 resolved) before serving.
 ///
 /// ```no_run
-/// use rpc_server::Server;
+/// use easyrpc_server::Server;
 ///
-/// # async fn demo() -> Result<(), rpc_server::Error> {
+/// # async fn demo() -> Result<(), easyrpc_server::Error> {
 /// let listening = Server::builder()
 ///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
 ///     .listen("127.0.0.1:0")

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
-use rpc_proto::{Codec, ErrorCode, ServerError};
+use easyrpc_proto::{Codec, ErrorCode, ServerError};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 

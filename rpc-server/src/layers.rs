@@ -4,8 +4,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use rpc_server::layers::{Log, MethodTimeout, RequireToken};
-//! use rpc_server::{Method, Server};
+//! use easyrpc_server::layers::{Log, MethodTimeout, RequireToken};
+//! use easyrpc_server::{Method, Server};
 //!
 //! let server = Server::builder()
 //!     .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use rpc_proto::{ErrorCode, ServerError};
+use easyrpc_proto::{ErrorCode, ServerError};
 use tower::{Layer, Service};
 
 use crate::layer::{BoxError, CallRequest};
@@ -202,7 +202,7 @@ where
     }
 }
 
-/// Logs every call at `info` when it ends (target `rpc_server::layers`): method, msgid,
+/// Logs every call at `info` when it ends (target `easyrpc_server::layers`): method, msgid,
 /// peer, duration, and `ok` or the error code and message.
 #[derive(Clone, Debug, Default)]
 pub struct Log {

@@ -28,9 +28,9 @@
 //! # Example
 //!
 //! ```no_run
-//! use rpc_server::{Method, Server};
+//! use easyrpc_server::{Method, Server};
 //!
-//! # async fn demo() -> Result<(), rpc_server::Error> {
+//! # async fn demo() -> Result<(), easyrpc_server::Error> {
 //! Server::builder()
 //!     .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
 //!     .serve("127.0.0.1:25000", async { tokio::signal::ctrl_c().await.ok(); })
@@ -71,13 +71,13 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 #[doc(hidden)]
 pub use context::Call;
 pub use context::{Context, Peer};
-pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};
-pub use layer::{BoxError, CallRequest, RpcService};
-pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};
-pub use rpc_proto::{
+pub use easyrpc_proto::{
     Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
     DEFAULT_MAX_MESSAGE_SIZE,
 };
+pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};
+pub use layer::{BoxError, CallRequest, RpcService};
+pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};
 pub use rules::Rules;
 pub use run::WorkerRuntime;
 pub use state::State;
@@ -251,7 +251,7 @@ impl Builder {
     /// ```
     /// use std::collections::HashMap;
     /// use std::sync::Mutex;
-    /// use rpc_server::Server;
+    /// use easyrpc_server::Server;
     ///
     /// // Functions take it as `State<Store>` (`#[register] fn get(store: State<Store>, ..)`).
     /// #[derive(Default)]
@@ -305,7 +305,7 @@ impl Builder {
         self
     }
 
-    /// Serve every method of `service` (an impl block with `#[rpc::service]`), all calls
+    /// Serve every method of `service` (an impl block with `#[easyrpc::service]`), all calls
     /// sharing the one instance. Under prefork each worker has its own copy of it, made
     /// by `fork`.
     pub fn service<S: Service>(self, service: S) -> Builder {
@@ -426,9 +426,9 @@ impl Builder {
     /// ([`Builder::listen_tls`]) instead.
     ///
     /// ```no_run
-    /// use rpc_server::{Server, TlsConfig};
+    /// use easyrpc_server::{Server, TlsConfig};
     ///
-    /// fn main() -> Result<(), rpc_server::Error> {
+    /// fn main() -> Result<(), easyrpc_server::Error> {
     ///     Server::builder()
     ///         .sync_fn("add", |(a, b): (i64, i64)| a + b)
     ///         .tls(TlsConfig::from_pem_files("server.crt", "server.key")?)
@@ -454,9 +454,9 @@ impl Builder {
     /// [rules](Builder::rules) can tell them apart.
     ///
     /// ```no_run
-    /// use rpc_server::{Server, TlsConfig};
+    /// use easyrpc_server::{Server, TlsConfig};
     ///
-    /// fn main() -> Result<(), rpc_server::Error> {
+    /// fn main() -> Result<(), easyrpc_server::Error> {
     ///     Server::builder()
     ///         .sync_fn("add", |(a, b): (i64, i64)| a + b)
     ///         .listen("127.0.0.1:25000")
@@ -490,8 +490,8 @@ impl Builder {
     /// per call.
     ///
     /// ```
-    /// use rpc_server::rules::{Match, Rules};
-    /// use rpc_server::{Server, Transport};
+    /// use easyrpc_server::rules::{Match, Rules};
+    /// use easyrpc_server::{Server, Transport};
     ///
     /// let server = Server::builder()
     ///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
@@ -565,9 +565,9 @@ impl Builder {
     /// ([`Listening::local_addrs`]), then [`Listening::serve`].
     ///
     /// ```no_run
-    /// use rpc_server::Server;
+    /// use easyrpc_server::Server;
     ///
-    /// # async fn demo() -> Result<(), rpc_server::Error> {
+    /// # async fn demo() -> Result<(), easyrpc_server::Error> {
     /// let listening = Server::builder()
     ///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
     ///     .listen("127.0.0.1:0")
@@ -603,9 +603,9 @@ impl Builder {
     /// `shutdown` completes (see [`Listening::serve`]).
     ///
     /// ```no_run
-    /// use rpc_server::Server;
+    /// use easyrpc_server::Server;
     ///
-    /// # async fn demo() -> Result<(), rpc_server::Error> {
+    /// # async fn demo() -> Result<(), easyrpc_server::Error> {
     /// Server::builder()
     ///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
     ///     .listen("0.0.0.0:25000")
@@ -661,9 +661,9 @@ impl Builder {
 /// a stop drains the calls in flight instead of killing them (exit status 143).
 ///
 /// ```no_run
-/// use rpc_server::{shutdown_signal, Method, Server};
+/// use easyrpc_server::{shutdown_signal, Method, Server};
 ///
-/// # async fn demo() -> Result<(), rpc_server::Error> {
+/// # async fn demo() -> Result<(), easyrpc_server::Error> {
 /// Server::builder()
 ///     .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
 ///     .serve("127.0.0.1:25000", shutdown_signal())
@@ -766,9 +766,9 @@ impl Server {
     /// [`Builder::tls`].
     ///
     /// ```no_run
-    /// use rpc_server::{Server, TlsConfig};
+    /// use easyrpc_server::{Server, TlsConfig};
     ///
-    /// # async fn demo() -> Result<(), rpc_server::Error> {
+    /// # async fn demo() -> Result<(), easyrpc_server::Error> {
     /// let tls = TlsConfig::from_pem_files("server.crt", "server.key")?;
     /// let server = Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
     /// let listener = tokio::net::TcpListener::bind("0.0.0.0:25000").await?;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_proto::{ErrorCode, ServerError};
+use easyrpc_proto::{ErrorCode, ServerError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::method::Reply;

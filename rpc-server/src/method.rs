@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use rpc_proto::{Args, Codec, EncodeError, EncodeValue, ErrorCode, FromArgs, ServerError};
+use easyrpc_proto::{Args, Codec, EncodeError, EncodeValue, ErrorCode, FromArgs, ServerError};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -47,10 +47,10 @@ impl Reply {
     /// A function's own error `e`, as a [`ErrorCode::HandlerError`] with `e`'s message
     /// and, as the error's data, `e` itself, encoded with the connection's codec: the
     /// caller gets `[3, message, data]` and its typed stub decodes `e` back
-    /// (`rpc::CallError::Handler`).
+    /// (`easyrpc::CallError::Handler`).
     ///
     /// ```
-    /// use rpc_server::Reply;
+    /// use easyrpc_server::Reply;
     ///
     /// #[derive(Debug, serde::Serialize)]
     /// enum TodoError {
@@ -318,7 +318,7 @@ where
     }
 }
 
-/// A set of methods served together, sharing one instance: what `#[rpc::service]`
+/// A set of methods served together, sharing one instance: what `#[easyrpc::service]`
 /// implements for an impl block. Give one to [`Builder::service`](crate::Builder::service).
 pub trait Service: Send + Sync + 'static {
     /// The methods, each holding a handle on the instance.
@@ -331,7 +331,7 @@ pub trait Service: Send + Sync + 'static {
 /// constructors here build one at run time from a closure, without the macro.
 ///
 /// ```
-/// use rpc_server::Method;
+/// use easyrpc_server::Method;
 ///
 /// let add = Method::sync_fn("add", |(a, b): (i64, i64)| a + b);
 /// let fib = Method::async_fn("fib", |(n,): (u64,)| async move { n * 2 }).max_flow(100);
@@ -406,11 +406,11 @@ impl Method {
 
     /// Describe the method for the reserved `rpc.methods` call: its wire arguments (name
     /// and Rust type as written), its return type and the first line of its doc.
-    /// `#[register]` and `#[rpc::service]` fill this in; for a method built from a closure,
+    /// `#[register]` and `#[easyrpc::service]` fill this in; for a method built from a closure,
     /// call it by hand, or `rpc.methods` shows its types as `?`.
     ///
     /// ```
-    /// use rpc_server::Method;
+    /// use easyrpc_server::Method;
     ///
     /// let add = Method::sync_fn("add", |(a, b): (i64, i64)| a + b)
     ///     .describe(&[("a", "i64"), ("b", "i64")], "i64", "Adds two numbers.");
@@ -451,7 +451,7 @@ impl Method {
     /// one tuple; it runs on the blocking pool.
     ///
     /// ```
-    /// use rpc_server::{Context, Method};
+    /// use easyrpc_server::{Context, Method};
     ///
     /// let whoami = Method::sync_context_fn("whoami", |ctx: Context, (): ()| ctx.peer().to_string());
     /// ```
@@ -566,10 +566,10 @@ impl Method {
     /// Like [`Method::try_sync_fn`] for an error type that is also `Serialize`: an `Err(e)`
     /// reaches the caller as [`ErrorCode::HandlerError`] with `e`'s message and `e` itself
     /// as the error's data ([`Reply::typed_err`]), which a typed stub decodes back into
-    /// `rpc::CallError::Handler(e)`.
+    /// `easyrpc::CallError::Handler(e)`.
     ///
     /// ```
-    /// use rpc_server::Method;
+    /// use easyrpc_server::Method;
     ///
     /// let get = Method::typed_sync_fn("get", |(id,): (u64,)| -> Result<String, String> {
     ///     Err(format!("todo {id} not found"))
@@ -595,7 +595,7 @@ impl Method {
     /// [`Method::typed_sync_fn`].
     ///
     /// ```
-    /// use rpc_server::Method;
+    /// use easyrpc_server::Method;
     ///
     /// let get = Method::typed_async_fn("get", |(id,): (u64,)| async move {
     ///     if id == 1 { Ok("write the tests".to_owned()) } else { Err(format!("todo {id} not found")) }

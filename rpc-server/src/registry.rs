@@ -39,8 +39,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use rpc_proto::reserved::MethodDescription;
-use rpc_proto::{Args, Codec, ServerError};
+use easyrpc_proto::reserved::MethodDescription;
+use easyrpc_proto::{Args, Codec, ServerError};
 
 use crate::blocking::{panicked, BlockingPool, Guarded};
 use crate::limits::{overloaded, Limit, LocalLimit, Permit};
@@ -53,13 +53,13 @@ use crate::state::States;
 use crate::BuildError;
 
 /// Reserved method answering `nil`: our clients' heartbeat.
-pub(crate) const PING: &str = rpc_proto::reserved::PING;
+pub(crate) const PING: &str = easyrpc_proto::reserved::PING;
 /// Reserved notification `[msgid]`: the client gave up on that call.
-pub(crate) const CANCEL: &[u8] = rpc_proto::reserved::CANCEL.as_bytes();
+pub(crate) const CANCEL: &[u8] = easyrpc_proto::reserved::CANCEL.as_bytes();
 /// Reserved method answering `{"index": i, "pid": p}`: the worker process serving this
 /// connection (the index the server was built with, `Shared::worker`), so tests and
 /// users can see where a connection landed. One process answers index 0.
-pub(crate) const WORKER: &str = rpc_proto::reserved::WORKER;
+pub(crate) const WORKER: &str = easyrpc_proto::reserved::WORKER;
 
 /// The answer of `rpc.worker`: which worker process serves the connection.
 fn worker_info(index: usize) -> BTreeMap<&'static str, u64> {
@@ -67,9 +67,9 @@ fn worker_info(index: usize) -> BTreeMap<&'static str, u64> {
 }
 
 /// Reserved method answering `"serving"` or `"draining"`.
-pub(crate) const HEALTH: &str = rpc_proto::reserved::HEALTH;
+pub(crate) const HEALTH: &str = easyrpc_proto::reserved::HEALTH;
 /// Reserved method answering the methods' descriptions.
-pub(crate) const METHODS: &str = rpc_proto::reserved::METHODS;
+pub(crate) const METHODS: &str = easyrpc_proto::reserved::METHODS;
 
 /// The answer of `rpc.methods`: every user method, by name.
 fn describe(methods: &[Method]) -> Vec<MethodDescription> {
@@ -375,7 +375,7 @@ impl Registry {
         slots: &mut Slots,
         parts: CallParts<'_>,
     ) -> Dispatch {
-        if self.guards.is_some() && !method.starts_with(rpc_proto::RESERVED_PREFIX.as_bytes()) {
+        if self.guards.is_some() && !method.starts_with(easyrpc_proto::RESERVED_PREFIX.as_bytes()) {
             return self.dispatch_guarded(method, params, codec, parts);
         }
         let Some(entry) = self.table.entry(method, &mut slots.last) else {
@@ -424,7 +424,7 @@ impl Table {
             "call refused by a rule"
         );
         Some(Dispatch::Ready(Reply::err(ServerError::new(
-            rpc_proto::ErrorCode::PermissionDenied,
+            easyrpc_proto::ErrorCode::PermissionDenied,
             format!(
                 "permission denied: {} may not be called on this connection",
                 entry.name
@@ -592,7 +592,7 @@ fn start(work: Work, name: &Arc<str>, flow: Option<Permit>, blocking: &BlockingP
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_proto::{EncodeValue, ErrorCode, Params, ParamsEncoder};
+    use easyrpc_proto::{EncodeValue, ErrorCode, Params, ParamsEncoder};
     use std::future::Future;
     use std::pin::Pin;
 

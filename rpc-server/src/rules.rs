@@ -8,8 +8,8 @@
 //! ([`Rules::refuses_connection`], [`Rules::refuses_method`]).
 //!
 //! ```
-//! use rpc_server::rules::{Match, Rules};
-//! use rpc_server::Transport;
+//! use easyrpc_server::rules::{Match, Rules};
+//! use easyrpc_server::Transport;
 //!
 //! let rules = Rules::new()
 //!     // Connections: TCP and TLS peers from 10.0.0.0/8 only (Unix peers are not matched
@@ -25,7 +25,7 @@
 //!      3. allow methods admin_* on unix as uid 0\n\
 //!      4. deny methods admin_* on every connection\n"
 //! );
-//! # Ok::<(), rpc_server::rules::CidrError>(())
+//! # Ok::<(), easyrpc_server::rules::CidrError>(())
 //! ```
 //!
 //! # How they apply
@@ -38,7 +38,7 @@
 //!   is checked after the handshake (the rules before it are still checked at accept).
 //! - **Methods.** For each method, the rules whose pattern matches its name are tried in
 //!   order, the first whose match holds deciding; none: allowed. A call refused gets
-//!   [`ErrorCode::PermissionDenied`](rpc_proto::ErrorCode::PermissionDenied) (code 12),
+//!   [`ErrorCode::PermissionDenied`](easyrpc_proto::ErrorCode::PermissionDenied) (code 12),
 //!   logged at info with the rule. Patterns are names with `*` standing for any run of
 //!   characters (`admin_*`, `kv.*`, `*`); the reserved `rpc.*` methods (heartbeat,
 //!   `rpc.worker`) are never refused. What each connection may call is worked out once,
@@ -60,13 +60,13 @@ use crate::Transport;
 /// dual-stack listener appear.
 ///
 /// ```
-/// use rpc_server::rules::Cidr;
+/// use easyrpc_server::rules::Cidr;
 ///
 /// let lan: Cidr = "192.168.0.0/16".parse()?;
 /// assert!(lan.contains("192.168.7.1".parse().unwrap()));
 /// assert!(!lan.contains("10.0.0.1".parse().unwrap()));
 /// assert_eq!("10.1.2.3/8".parse::<Cidr>()?.to_string(), "10.0.0.0/8");
-/// # Ok::<(), rpc_server::rules::CidrError>(())
+/// # Ok::<(), easyrpc_server::rules::CidrError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -159,8 +159,8 @@ impl fmt::Display for Cidr {
 /// for every connection.
 ///
 /// ```
-/// use rpc_server::rules::Match;
-/// use rpc_server::Transport;
+/// use easyrpc_server::rules::Match;
+/// use easyrpc_server::Transport;
 ///
 /// // TLS clients whose certificate names ops.example.com, from the 10/8 network.
 /// let ops = Match::any()
@@ -168,7 +168,7 @@ impl fmt::Display for Cidr {
 ///     .tls_san("ops.example.com")
 ///     .from("10.0.0.0/8".parse()?);
 /// assert_eq!(ops.to_string(), "on tls from 10.0.0.0/8 with tls san ops.example.com");
-/// # Ok::<(), rpc_server::rules::CidrError>(())
+/// # Ok::<(), easyrpc_server::rules::CidrError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Match {
@@ -375,15 +375,15 @@ pub struct Rules {
 /// What the rules are checked against: the facts of a connection.
 ///
 /// ```
-/// use rpc_server::rules::{ConnFacts, Match, Rules};
-/// use rpc_server::{Peer, Transport};
+/// use easyrpc_server::rules::{ConnFacts, Match, Rules};
+/// use easyrpc_server::{Peer, Transport};
 ///
 /// let rules = Rules::new().deny(Match::any().from("203.0.113.0/24".parse()?));
 /// let peer = Peer::Tcp("203.0.113.9:40000".parse().unwrap());
 /// let conn = ConnFacts { transport: Transport::Tcp, listener: "0.0.0.0:5000", peer: &peer, tls: None };
 /// let refusal = rules.refuses_connection(&conn).expect("refused");
 /// assert_eq!(refusal.to_string(), "rule 1 (deny connections from 203.0.113.0/24)");
-/// # Ok::<(), rpc_server::rules::CidrError>(())
+/// # Ok::<(), easyrpc_server::rules::CidrError>(())
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ConnFacts<'a> {
@@ -456,8 +456,8 @@ impl Rules {
     /// `allow_methods(pattern, when)` and `deny_methods(pattern, Match::any())`.
     ///
     /// ```
-    /// use rpc_server::rules::{Match, Rules};
-    /// use rpc_server::Transport;
+    /// use easyrpc_server::rules::{Match, Rules};
+    /// use easyrpc_server::Transport;
     ///
     /// let rules = Rules::new().methods_only("admin.*", Match::any().on(Transport::Unix));
     /// assert_eq!(rules.rules().len(), 2);
@@ -523,7 +523,7 @@ impl Rules {
     /// The rule that refuses a call of `method` on `conn`, if one does. Reserved `rpc.*`
     /// methods are never refused.
     pub fn refuses_method(&self, method: &str, conn: &ConnFacts<'_>) -> Option<Refusal<'_>> {
-        if method.starts_with(rpc_proto::RESERVED_PREFIX) {
+        if method.starts_with(easyrpc_proto::RESERVED_PREFIX) {
             return None;
         }
         for (number, rule) in self.numbered() {
@@ -616,7 +616,7 @@ impl ServerRules {
                 if by_entry.len() <= index {
                     by_entry.resize_with(index + 1, Vec::new);
                 }
-                if name.starts_with(rpc_proto::RESERVED_PREFIX) {
+                if name.starts_with(easyrpc_proto::RESERVED_PREFIX) {
                     continue;
                 }
                 by_entry[index] = method_rules

@@ -70,9 +70,9 @@ impl Builder {
     /// exit then.
     ///
     /// ```no_run
-    /// use rpc_server::{Method, Server};
+    /// use easyrpc_server::{Method, Server};
     ///
-    /// fn main() -> Result<(), rpc_server::Error> {
+    /// fn main() -> Result<(), easyrpc_server::Error> {
     ///     Server::builder()
     ///         .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
     ///         .prefork(0) // one worker per core
@@ -121,9 +121,9 @@ impl Builder {
     /// which every worker accepts on, and which the supervisor removes when it exits).
     ///
     /// ```no_run
-    /// use rpc_server::{Method, Server};
+    /// use easyrpc_server::{Method, Server};
     ///
-    /// fn main() -> Result<(), rpc_server::Error> {
+    /// fn main() -> Result<(), easyrpc_server::Error> {
     ///     Server::builder()
     ///         .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
     ///         .listen("0.0.0.0:25000")

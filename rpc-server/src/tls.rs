@@ -71,9 +71,9 @@ pub enum TlsConfigError {
 /// fork; each worker makes its own acceptor from them).
 ///
 /// ```no_run
-/// use rpc_server::{Server, TlsConfig};
+/// use easyrpc_server::{Server, TlsConfig};
 ///
-/// # async fn demo() -> Result<(), rpc_server::Error> {
+/// # async fn demo() -> Result<(), easyrpc_server::Error> {
 /// let tls = TlsConfig::from_pem_files("server.crt", "server.key")?
 ///     // Mutual TLS: only clients with a certificate from this CA get in.
 ///     .client_ca("clients-ca.crt")?;
@@ -111,8 +111,8 @@ impl TlsConfig {
     /// private key (PKCS#8, PKCS#1 or SEC1), from PEM files.
     ///
     /// ```no_run
-    /// let tls = rpc_server::TlsConfig::from_pem_files("server.crt", "server.key")?;
-    /// # Ok::<(), rpc_server::TlsConfigError>(())
+    /// let tls = easyrpc_server::TlsConfig::from_pem_files("server.crt", "server.key")?;
+    /// # Ok::<(), easyrpc_server::TlsConfigError>(())
     /// ```
     ///
     /// # Errors
@@ -131,7 +131,7 @@ impl TlsConfig {
     /// ```no_run
     /// let cert = std::fs::read("server.crt")?;
     /// let key = std::fs::read("server.key")?;
-    /// let tls = rpc_server::TlsConfig::from_pem(&cert, &key)?;
+    /// let tls = easyrpc_server::TlsConfig::from_pem(&cert, &key)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -161,9 +161,9 @@ impl TlsConfig {
     /// [`TlsIdentity`].
     ///
     /// ```no_run
-    /// let tls = rpc_server::TlsConfig::from_pem_files("server.crt", "server.key")?
+    /// let tls = easyrpc_server::TlsConfig::from_pem_files("server.crt", "server.key")?
     ///     .client_ca("clients-ca.crt")?;
-    /// # Ok::<(), rpc_server::TlsConfigError>(())
+    /// # Ok::<(), easyrpc_server::TlsConfigError>(())
     /// ```
     ///
     /// # Errors
@@ -180,7 +180,7 @@ impl TlsConfig {
     /// ```no_run
     /// # let (cert, key) = (Vec::<u8>::new(), Vec::<u8>::new());
     /// let ca = std::fs::read("clients-ca.crt")?;
-    /// let tls = rpc_server::TlsConfig::from_pem(&cert, &key)?.client_ca_pem(&ca)?;
+    /// let tls = easyrpc_server::TlsConfig::from_pem(&cert, &key)?.client_ca_pem(&ca)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -205,9 +205,9 @@ impl TlsConfig {
     ///
     /// ```no_run
     /// # use std::time::Duration;
-    /// let tls = rpc_server::TlsConfig::from_pem_files("server.crt", "server.key")?
+    /// let tls = easyrpc_server::TlsConfig::from_pem_files("server.crt", "server.key")?
     ///     .handshake_timeout(Duration::from_secs(5));
-    /// # Ok::<(), rpc_server::TlsConfigError>(())
+    /// # Ok::<(), easyrpc_server::TlsConfigError>(())
     /// ```
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> TlsConfig {
@@ -375,7 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tls<S> {
 /// verified against the client CA before this is made.
 ///
 /// ```
-/// # fn demo(identity: &rpc_server::TlsIdentity) {
+/// # fn demo(identity: &easyrpc_server::TlsIdentity) {
 /// // For a certificate with subject CN=alice,O=Example and the names
 /// // alice.example.com and alice@example.com:
 /// assert_eq!(identity.subject, "CN=alice,O=Example");
@@ -401,7 +401,7 @@ impl TlsIdentity {
     /// [rules](crate::rules::Rules::refuses_connection) without a handshake.
     ///
     /// ```
-    /// let alice = rpc_server::TlsIdentity::new("CN=alice,O=Example", ["alice.example.com"]);
+    /// let alice = easyrpc_server::TlsIdentity::new("CN=alice,O=Example", ["alice.example.com"]);
     /// assert_eq!(alice.sans, ["alice.example.com"]);
     /// ```
     pub fn new(subject: impl Into<String>, sans: impl IntoIterator<Item = impl Into<String>>) -> TlsIdentity {

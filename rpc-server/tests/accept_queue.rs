@@ -7,7 +7,7 @@
 mod common;
 
 use common::{builder, within, RawConn};
-use rpc_proto::{encode_request, Codec, ErrorCode};
+use easyrpc_proto::{encode_request, Codec, ErrorCode};
 use tokio::net::TcpListener;
 
 #[tokio::test]

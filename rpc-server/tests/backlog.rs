@@ -14,8 +14,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use rpc_proto::{encode_request, reserved, Codec};
-use rpc_server::{Method, Server};
+use easyrpc_proto::{encode_request, reserved, Codec};
+use easyrpc_server::{Method, Server};
 
 /// More than std's 128, less than the default 1024 (and `net.core.somaxconn`, 4096 on
 /// current kernels).

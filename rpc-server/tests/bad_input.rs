@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{builder, check_client, parse_response, within, RawConn, TestServer};
+use easyrpc_proto::{encode_notification, encode_request, Codec, ErrorCode};
+use easyrpc_server::{BuildError, Method, Server};
 use hex_literal::hex;
-use rpc_proto::{encode_notification, encode_request, Codec, ErrorCode};
-use rpc_server::{BuildError, Method, Server};
 use serde_bytes::ByteBuf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};

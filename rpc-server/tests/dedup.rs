@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use common::{builder, check_client, parse_response, within, RawConn, Response, WAIT};
+use easyrpc_proto::{encode_request, Codec, ErrorCode, Framer, Hello, Params};
+use easyrpc_server::{Builder, DedupConfig, Method, Reply, Server, SyncJob};
 use futures_util::StreamExt;
 use proxy::{Proxy, Stats};
-use rpc_proto::{encode_request, Codec, ErrorCode, Framer, Hello, Params};
-use rpc_server::{Builder, DedupConfig, Method, Reply, Server, SyncJob};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -609,7 +609,7 @@ fn work_server(table: &Arc<Table>) -> Builder {
             }
         }))
         .register(Method::sync_raw("work_sync", move |args| {
-            let (key,): (u64,) = rpc_server::FromArgs::from_args(args)?;
+            let (key,): (u64,) = easyrpc_server::FromArgs::from_args(args)?;
             t3.record(key);
             Ok(Box::new(move || Reply::ok(answer(key))) as SyncJob)
         }))
@@ -619,8 +619,8 @@ fn method_for(key: u64) -> &'static str {
     ["work_ready", "work_async", "work_sync"][(key % 3) as usize]
 }
 
-fn client_config() -> rpc_client::Config {
-    let mut config = rpc_client::Config::default();
+fn client_config() -> easyrpc_client::Config {
+    let mut config = easyrpc_client::Config::default();
     config.unstable_network = true;
     config.timeout = Duration::from_secs(20);
     config.connect_timeout = Duration::from_secs(5);
@@ -671,7 +671,7 @@ async fn async_client_through_faults_runs_each_call_once() {
         // Connecting is not a call: the proxy may cut the hello, so try again.
         let mut tries = 0;
         let client = loop {
-            match rpc_client::Client::connect_with(proxy.addr, client_config()).await {
+            match easyrpc_client::Client::connect_with(proxy.addr, client_config()).await {
                 Ok(c) => break c,
                 Err(_) if tries < 50 => tries += 1,
                 Err(e) => panic!("seed {seed}: cannot connect through the proxy: {e}"),
@@ -728,7 +728,7 @@ async fn blocking_client_through_faults_runs_each_call_once() {
             tokio::task::spawn_blocking(move || {
                 let mut tries = 0;
                 let client = loop {
-                    match rpc_client::BlockingClient::connect_with(addr, client_config()) {
+                    match easyrpc_client::BlockingClient::connect_with(addr, client_config()) {
                         Ok(c) => break c,
                         Err(_) if tries < 50 => tries += 1,
                         Err(e) => return vec![(u64::MAX, format!("cannot connect through the proxy: {e}"))],

@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use common::{builder, check_client, within, TestServer, WAIT};
-use rpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig, Error};
-use rpc_proto::{encode_request, encode_response_ok, Codec, ErrorCode, Framer, Hello, Message, Params};
-use rpc_server::{Config, Method};
+use easyrpc_client::{BlockingClient, CallOptions, Client, Config as ClientConfig, Error};
+use easyrpc_proto::{encode_request, encode_response_ok, Codec, ErrorCode, Framer, Hello, Message, Params};
+use easyrpc_server::{Config, Method};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};

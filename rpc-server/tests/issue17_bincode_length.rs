@@ -11,9 +11,9 @@ mod common;
 
 use bytes::{Buf, BytesMut};
 use common::{builder, check_client, within, TestServer};
+use easyrpc_proto::{decode_error, Codec, ErrorCode, Framer, Hello, Message};
+use easyrpc_server::Method;
 use hex_literal::hex;
-use rpc_proto::{decode_error, Codec, ErrorCode, Framer, Hello, Message};
-use rpc_server::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -71,7 +71,7 @@ async fn issue17_bincode_length_of_2_pow_40_is_invalid_params() {
 
     // The same connection still works: a good echo on it.
     let mut req = Vec::new();
-    rpc_proto::encode_request(Codec::Bincode, &mut req, 8, "echo", &("abc",), None).unwrap();
+    easyrpc_proto::encode_request(Codec::Bincode, &mut req, 8, "echo", &("abc",), None).unwrap();
     within("write", conn.write_all(&req)).await.unwrap();
     let frame = within("the second reply", async {
         loop {

@@ -19,10 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use easyrpc_client::{Client, ClientTls, Codec, Config, ErrorCode};
+use easyrpc_server::rules::{Match, Rules};
+use easyrpc_server::{Context, Error, Listening, LocalAddr, Method, Server, TlsConfig, Transport};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
-use rpc_client::{Client, ClientTls, Codec, Config, ErrorCode};
-use rpc_server::rules::{Match, Rules};
-use rpc_server::{Context, Error, Listening, LocalAddr, Method, Server, TlsConfig, Transport};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -139,7 +139,7 @@ fn addrs(listening: &Listening) -> Addrs {
 
 /// The methods of these tests: `add`, `where` (the listener the call arrived on, from its
 /// context) and `admin_stats`.
-fn builder() -> rpc_server::Builder {
+fn builder() -> easyrpc_server::Builder {
     Server::builder()
         .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
         .register(Method::sync_context_fn("where", |ctx: Context, (): ()| {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rpc_client::{BlockingClient, Client, ErrorCode};
-use rpc_server::{Method, Server};
+use easyrpc_client::{BlockingClient, Client, ErrorCode};
+use easyrpc_server::{Method, Server};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use rpc_client::{BlockingClient, Client, Codec, Config, ErrorCode};
-use rpc_server::{Method, Server};
+use easyrpc_client::{BlockingClient, Client, Codec, Config, ErrorCode};
+use easyrpc_server::{Method, Server};
 use tokio::net::TcpListener;
 
 async fn start() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
@@ -95,7 +95,7 @@ async fn async_client_times_out_and_keeps_working() {
     let started = std::time::Instant::now();
     let e = quick.call::<_, u64>("slow", (5_000u64,)).await.unwrap_err();
     assert!(
-        matches!(e, rpc_client::Error::Timeout(d) if d == Duration::from_millis(50)),
+        matches!(e, easyrpc_client::Error::Timeout(d) if d == Duration::from_millis(50)),
         "{e}"
     );
     assert!(

@@ -12,9 +12,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use easyrpc_client::{BlockingClient, Client, ClientTls, Codec, Config, Error, ErrorCode, TlsCause};
+use easyrpc_server::{Method, Server, TlsConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
-use rpc_client::{BlockingClient, Client, ClientTls, Codec, Config, Error, ErrorCode, TlsCause};
-use rpc_server::{Method, Server, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -92,7 +92,7 @@ async fn serve(tls: TlsConfig) -> Running {
         // The client certificate's identity, as a handler sees it in its context.
         .register(Method::sync_context_fn(
             "identity",
-            |ctx: rpc_server::Context, (): ()| {
+            |ctx: easyrpc_server::Context, (): ()| {
                 ctx.tls_identity().map(|i| (i.subject.clone(), i.sans.clone()))
             },
         ))

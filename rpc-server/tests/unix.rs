@@ -4,8 +4,8 @@
 //! not know the transport.
 #![cfg(unix)]
 
-use rpc_client::{BlockingClient, Client, Codec, Config, Error, ErrorCode};
-use rpc_server::{Method, Server};
+use easyrpc_client::{BlockingClient, Client, Codec, Config, Error, ErrorCode};
+use easyrpc_server::{Method, Server};
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -36,8 +36,8 @@ async fn serve(path: &Path, mode: Option<u32>) -> (oneshot::Sender<()>, JoinHand
         // The peer's credentials, as a handler sees them (SO_PEERCRED).
         .register(Method::sync_context_fn(
             "peer",
-            |ctx: rpc_server::Context, (): ()| match ctx.peer() {
-                rpc_server::Peer::Unix { uid, gid, pid } => (*uid, *gid, *pid, ctx.listener().to_owned()),
+            |ctx: easyrpc_server::Context, (): ()| match ctx.peer() {
+                easyrpc_server::Peer::Unix { uid, gid, pid } => (*uid, *gid, *pid, ctx.listener().to_owned()),
                 other => panic!("not a Unix peer: {other}"),
             },
         ));

@@ -7,7 +7,7 @@
 //! stock client in any language calls the same server.
 //!
 //! ```no_run
-//! use rpc::{register, Server};
+//! use easyrpc::{register, Server};
 //!
 //! /// Sync: runs on the blocking pool, never on the reactor.
 //! #[register]
@@ -28,7 +28,7 @@
 //!     let server = Server::builder().register(add::method()).register(fib::method()).build()?;
 //!     tokio::spawn(async move { server.run(listener, std::future::pending()).await });
 //!
-//!     let client = rpc::Client::connect(addr).await?;
+//!     let client = easyrpc::Client::connect(addr).await?;
 //!     assert_eq!(add::call(&client, 2, 3).await?, 5);           // typed stub
 //!     assert_eq!(client.call::<_, u64>("fib", (10,)).await?, 55); // by name
 //!     Ok(())
@@ -42,8 +42,8 @@
 //! - `add::NAME`: the name it is served under (the function's, or `#[register(name = "..")]`);
 //! - `add::method()`: the [`Method`] to pass to [`Builder::register`];
 //! - `add::call(&Client, a, b).await` and `add::call_blocking(&BlockingClient, a, b)`: typed
-//!   stubs with the function's own argument types, returning `Result<T, rpc::Error>`, or
-//!   `Result<T, rpc::CallError<E>>` for a function returning `Result<T, E>` (see
+//!   stubs with the function's own argument types, returning `Result<T, easyrpc::Error>`, or
+//!   `Result<T, easyrpc::CallError<E>>` for a function returning `Result<T, E>` (see
 //!   [Typed errors](#typed-errors)).
 //!
 //! A crate that only calls the service gets the same stubs from [`declare!`] with the
@@ -72,7 +72,7 @@
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU64, Ordering};
-//! use rpc::{register, Context, Server, State};
+//! use easyrpc::{register, Context, Server, State};
 //!
 //! #[derive(Default)]
 //! pub struct Hits(AtomicU64);
@@ -86,7 +86,7 @@
 //! #[derive(Default)]
 //! pub struct Counter(AtomicU64);
 //!
-//! #[rpc::service(prefix = "counter")]
+//! #[easyrpc::service(prefix = "counter")]
 //! impl Counter {
 //!     /// Served as "counter.bump"; `CounterClient::bump(&self, by)` calls it.
 //!     pub fn bump(&self, by: u64) -> u64 {
@@ -117,7 +117,7 @@
 //! `Display` is sent as its message, as before, and then never comes back as `Handler`.
 //!
 //! ```no_run
-//! use rpc::{register, CallError};
+//! use easyrpc::{register, CallError};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, Serialize, Deserialize)]
@@ -138,13 +138,13 @@
 //!     Err(TodoError::NotFound(id))
 //! }
 //!
-//! # async fn demo(client: rpc::Client) -> Result<(), rpc::Error> {
+//! # async fn demo(client: easyrpc::Client) -> Result<(), easyrpc::Error> {
 //! match get::call(&client, 42).await {
 //!     Ok(title) => println!("{title}"),
 //!     Err(CallError::Handler(TodoError::NotFound(id))) => println!("no todo {id}"),
 //!     Err(CallError::Rpc(e)) => return Err(e), // transport, timeout, overloaded...
 //! }
-//! // `?` still converts to `rpc::Error` (the function's error as a `Remote` handler error).
+//! // `?` still converts to `easyrpc::Error` (the function's error as a `Remote` handler error).
 //! let title: String = get::call(&client, 1).await?;
 //! # Ok(()) }
 //! # fn main() {}
@@ -156,7 +156,7 @@
 //! by name get it from the remote error: [`ServerError::decode_data`] into a type, or
 //! [`ServerError::data_value`] as a dynamic value (msgpack), and [`CallError::from_error`]
 //! turns any [`Error`] into a `CallError<E>`. A one-parameter alias such as
-//! `app::Result<T>` does not name `E`: its stubs return `rpc::Error` (the data is still
+//! `app::Result<T>` does not name `E`: its stubs return `easyrpc::Error` (the data is still
 //! sent). `declare!` keeps the error type it is given. Without the macro,
 //! [`Method::typed_sync_fn`] and [`Method::typed_async_fn`] send the error's data; the
 //! `try_` forms send its message only.
@@ -168,14 +168,14 @@
 //! time.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
-pub use rpc_client::{
+pub use easyrpc_client::{
     BlockingClient, CallError, CallOptions, Client, ClientTls, Config as ClientConfig, Error, ForeignError,
     TlsCause,
 };
-pub use rpc_macros::{declare, register, service};
-pub use rpc_proto::reserved::MethodDescription;
-pub use rpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
-pub use rpc_server::{
+pub use easyrpc_macros::{declare, register, service};
+pub use easyrpc_proto::reserved::MethodDescription;
+pub use easyrpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
+pub use easyrpc_server::{
     layers, rules, shutdown_signal, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig,
     Context, DedupConfig, Endpoint, Error as ServeError, Listening, LocalAddr, Method, Peer, Reply,
     RpcService, Rules, Server, Service, State, TlsConfig, TlsConfigError, TlsIdentity, Transport,
@@ -199,8 +199,8 @@ pub mod __private {
     use serde::de::DeserializeOwned;
     use serde::Serialize;
 
-    pub use rpc_proto::{Args, EncodeError, Params, ParamsEncoder};
-    pub use rpc_server::{BuildError, Call, Method, Reply, Service, State, States};
+    pub use easyrpc_proto::{Args, EncodeError, Params, ParamsEncoder};
+    pub use easyrpc_server::{BuildError, Call, Method, Reply, Service, State, States};
 
     use crate::{BlockingClient, CallError, Client, Error, ServerError};
 
@@ -265,12 +265,12 @@ pub mod __private {
 
     /// The framework's `Context`, as an argument.
     #[diagnostic::on_unimplemented(
-        message = "`{Self}` is not `rpc::Context`",
+        message = "`{Self}` is not `easyrpc::Context`",
         label = "an argument of a type named `Context` is taken as the call's context",
-        note = "use `rpc::Context`, or rename your own type: it cannot travel on the wire under this name"
+        note = "use `easyrpc::Context`, or rename your own type: it cannot travel on the wire under this name"
     )]
     pub trait IsContext {}
-    impl IsContext for rpc_server::Context {}
+    impl IsContext for easyrpc_server::Context {}
 
     /// Compile-time check of a context argument.
     pub const fn assert_context<T: IsContext>() {}

@@ -4,7 +4,7 @@
 //! Regenerate the snapshots after changing a message:
 //!
 //! ```text
-//! TRYBUILD=overwrite cargo test -p rpc --test compiletest
+//! TRYBUILD=overwrite cargo test -p easyrpc --test compiletest
 //! ```
 //!
 //! then read every changed `.stderr`: the error must point at the user's own token and say

@@ -8,11 +8,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rpc::{
+use easyrpc::{
     register, BlockingClient, Builder, CallError, Client, ClientConfig, Codec, ErrorCode, ErrorShape, Method,
     Server,
 };
-use rpc_proto::{decode_error, Framer, Message};
+use easyrpc_proto::{decode_error, Framer, Message};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -78,7 +78,7 @@ async fn checked_div(a: i64, b: i64) -> Result<i64, String> {
 }
 
 mod app {
-    /// A one-parameter alias, as `anyhow::Result` is: the stubs keep `rpc::Error`, and the
+    /// A one-parameter alias, as `anyhow::Result` is: the stubs keep `easyrpc::Error`, and the
     /// server still sends the data.
     pub(crate) type Result<T> = std::result::Result<T, super::TodoError>;
 }
@@ -92,7 +92,7 @@ fn get_todo_aliased(id: u64) -> app::Result<String> {
 mod api {
     use super::TodoError;
 
-    rpc::declare! {
+    easyrpc::declare! {
         pub fn get_todo(id: u64) -> Result<String, TodoError>;
         #[rpc(name = "checked_div")]
         pub fn div(a: i64, b: i64) -> Result<i64, String>;
@@ -242,8 +242,8 @@ async fn blocking_stubs_return_the_functions_own_error_over_both_codecs() {
             assert!(matches!(e, CallError::Handler(TodoError::NotFound(42))), "{e:?}");
             let e = api::get_todo::call_blocking(&c, 7).unwrap_err();
             assert!(matches!(e, CallError::Handler(TodoError::Locked { .. })), "{e:?}");
-            // `?` into `rpc::Error` keeps the code and the message.
-            let as_rpc = || -> Result<String, rpc::Error> { Ok(get_todo::call_blocking(&c, 42)?) };
+            // `?` into `easyrpc::Error` keeps the code and the message.
+            let as_rpc = || -> Result<String, easyrpc::Error> { Ok(get_todo::call_blocking(&c, 42)?) };
             let e = as_rpc().unwrap_err();
             let remote = e.remote().expect("a remote error");
             assert_eq!(
@@ -261,7 +261,7 @@ async fn display_only_errors_keep_code_and_message() {
     for codec in [Codec::Msgpack, Codec::Bincode] {
         let c = connect(addr, codec).await;
         let e = timeout(LIMIT, opaque::call(&c, 5)).await.unwrap().unwrap_err();
-        let CallError::Rpc(rpc::Error::Remote(remote)) = &e else {
+        let CallError::Rpc(easyrpc::Error::Remote(remote)) = &e else {
             panic!("{codec:?}: expected a remote error, got {e:?}")
         };
         assert_eq!(
@@ -362,7 +362,7 @@ async fn call_value_and_call_by_name_see_the_data() {
             matches!(r, Err(CallError::Handler(TodoError::Locked { .. }))),
             "{r:?}"
         );
-        // An alias keeps `rpc::Error` in the stub, with the data in it.
+        // An alias keeps `easyrpc::Error` in the stub, with the data in it.
         let e = timeout(LIMIT, get_todo_aliased::call(&c, 42))
             .await
             .unwrap()

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use rpc::{register, BlockingClient, BuildError, Client, ClientConfig, Codec, ErrorCode, Server};
+use easyrpc::{register, BlockingClient, BuildError, Client, ClientConfig, Codec, ErrorCode, Server};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
@@ -192,7 +192,7 @@ impl SyncGate {
 mod api {
     use super::{Point, Segment};
 
-    rpc::declare! {
+    easyrpc::declare! {
         pub fn add(a: i64, b: i64) -> i64;
         /// Sync or async does not matter to the caller.
         pub fn double(n: u64) -> u64;
@@ -265,7 +265,7 @@ where
     }
 }
 
-fn remote_error(e: &rpc::Error) -> (ErrorCode, String) {
+fn remote_error(e: &easyrpc::Error) -> (ErrorCode, String) {
     let remote = e
         .remote()
         .unwrap_or_else(|| panic!("expected a remote error, got {e:?}"));
@@ -431,7 +431,7 @@ async fn declared_stubs_call_registered_functions() {
         assert_eq!(api::checked_div::call(&c, 8, 2).await.unwrap(), 4);
         let e = api::checked_div::call(&c, 8, 0).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::HandlerError));
-        assert!(matches!(e, rpc::CallError::Handler(m) if m == "cannot divide 8 by zero"));
+        assert!(matches!(e, easyrpc::CallError::Handler(m) if m == "cannot divide 8 by zero"));
         let e = api::missing::call(&c, 1).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::MethodNotFound));
     })

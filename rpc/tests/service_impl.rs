@@ -1,4 +1,4 @@
-//! `#[rpc::service]` on impl blocks: every `pub` method taking `&self` served with the
+//! `#[easyrpc::service]` on impl blocks: every `pub` method taking `&self` served with the
 //! instance shared, the generated `{Type}Client` and `{Type}BlockingClient`, prefixes and
 //! per-method options, against a real server with both codecs.
 
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rpc::{BlockingClient, Builder, Client, ClientConfig, Codec, Context, ErrorCode, Server, State};
+use easyrpc::{BlockingClient, Builder, Client, ClientConfig, Codec, Context, ErrorCode, Server, State};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
@@ -22,7 +22,7 @@ pub struct Kv {
     writes: AtomicU64,
 }
 
-#[rpc::service(prefix = "kv")]
+#[easyrpc::service(prefix = "kv")]
 impl Kv {
     /// Make one (not served: no `self`).
     pub fn new() -> Kv {
@@ -100,7 +100,7 @@ pub struct Gate {
     release: Semaphore,
 }
 
-#[rpc::service]
+#[easyrpc::service]
 impl Gate {
     /// Waits for a release; at most one at once.
     #[rpc(max_flow = 1)]
@@ -159,7 +159,7 @@ async fn methods_are_served_under_the_prefix_with_the_instance_shared() {
     let n: usize = client.call("kv_size", ()).await.unwrap();
     assert_eq!(n, 2);
     for missing in ["kv.new", "kv.helper", "kv.size", "get", "new"] {
-        let e = client.call::<_, rpc::Value>(missing, ()).await.unwrap_err();
+        let e = client.call::<_, easyrpc::Value>(missing, ()).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::MethodNotFound), "{missing}: {e}");
     }
     // The methods are plain methods still.

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rpc::layers::{Log, MethodTimeout, RequireToken};
-use rpc::{
+use easyrpc::layers::{Log, MethodTimeout, RequireToken};
+use easyrpc::{
     register, BlockingClient, BuildError, Builder, CallOptions, Client, ClientConfig, Codec, Context,
     ErrorCode, Metadata, Server, State,
 };
@@ -37,7 +37,7 @@ fn kv_put(store: State<Store>, key: String, value: String) -> Option<String> {
 
 /// Async, with the state between wire arguments.
 #[register]
-async fn kv_get(key: String, store: rpc::State<Store>) -> Option<String> {
+async fn kv_get(key: String, store: easyrpc::State<Store>) -> Option<String> {
     tokio::task::yield_now().await;
     store.0.lock().unwrap().get(&key).cloned()
 }
@@ -151,7 +151,7 @@ fn config(codec: Codec) -> ClientConfig {
     c
 }
 
-fn code(e: &rpc::Error) -> ErrorCode {
+fn code(e: &easyrpc::Error) -> ErrorCode {
     e.code().unwrap_or_else(|| panic!("not a remote error: {e}"))
 }
 
@@ -188,10 +188,10 @@ async fn state_is_shared_by_sync_and_async_functions_with_each_codec() {
     assert_eq!((n1, n2, keys), (1, 2, 2));
     // Plain msgpack callers see only the wire arguments too.
     let v = client
-        .call_value("kv_get", vec![rpc::Value::from("k-Msgpack")])
+        .call_value("kv_get", vec![easyrpc::Value::from("k-Msgpack")])
         .await
         .unwrap();
-    assert_eq!(v, rpc::Value::from("2"));
+    assert_eq!(v, easyrpc::Value::from("2"));
     let e = client
         .call::<_, Option<String>>("kv_get", ("a", "b"))
         .await
@@ -277,7 +277,7 @@ async fn context_gives_the_call_s_facts() {
     }
     // Metadata needs the extensions.
     let e = plain.with_metadata(Metadata::new()).unwrap_err();
-    assert!(matches!(e, rpc::Error::NeedsExtensions(_)), "{e}");
+    assert!(matches!(e, easyrpc::Error::NeedsExtensions(_)), "{e}");
 }
 
 #[tokio::test]
@@ -306,7 +306,7 @@ async fn a_cancelled_call_cancels_its_context_async_and_sync() {
         let short = client.with_timeout(Duration::from_millis(300));
         let e = sync_until_cancelled::call(&short).await.unwrap_err();
         assert!(
-            matches!(e, rpc::Error::Timeout(_)) || code(&e) == ErrorCode::DeadlineExceeded,
+            matches!(e, easyrpc::Error::Timeout(_)) || code(&e) == ErrorCode::DeadlineExceeded,
             "{e}"
         );
         timeout(LIMIT, seen.started.notified()).await.unwrap();
@@ -413,7 +413,10 @@ fn a_log_layer_logs_every_call_with_its_outcome() {
         });
     });
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("rpc_server::layers")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("easyrpc_server::layers"))
+        .collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(
         lines[0].contains("call ok") && lines[0].contains("method=\"add\""),
@@ -432,9 +435,9 @@ async fn layers_run_outermost_first() {
     let order = Arc::new(Mutex::new(Vec::new()));
     let tag = |name: &'static str| {
         let order = order.clone();
-        tower::layer::layer_fn(move |inner: rpc::RpcService| {
+        tower::layer::layer_fn(move |inner: easyrpc::RpcService| {
             let order = order.clone();
-            tower::util::MapRequestLayer::new(move |r: rpc::CallRequest| {
+            tower::util::MapRequestLayer::new(move |r: easyrpc::CallRequest| {
                 order.lock().unwrap().push(name);
                 r
             })
@@ -468,12 +471,15 @@ async fn rpc_methods_describes_every_method() {
     let addr = start(
         builder()
             .register(add_documented::method())
-            .register(rpc::Method::async_fn("closure", |(n,): (u32,)| async move { n })),
+            .register(easyrpc::Method::async_fn(
+                "closure",
+                |(n,): (u32,)| async move { n },
+            )),
     )
     .await;
     for codec in [Codec::Msgpack, Codec::Bincode] {
         let client = Client::connect_with(addr, config(codec)).await.unwrap();
-        let methods: Vec<rpc::MethodDescription> = client.call("rpc.methods", ()).await.unwrap();
+        let methods: Vec<easyrpc::MethodDescription> = client.call("rpc.methods", ()).await.unwrap();
         let find = |name: &str| {
             methods
                 .iter()
@@ -562,7 +568,7 @@ async fn rpc_health_says_serving_then_draining() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, rpc::Error::Unavailable(_) | rpc::Error::Timeout(_))
+        matches!(e, easyrpc::Error::Unavailable(_) | easyrpc::Error::Timeout(_))
             || e.code() == Some(ErrorCode::ShuttingDown),
         "{e}"
     );
@@ -599,7 +605,7 @@ fn each_call_has_a_span_with_its_outcome_and_the_handler_s_events_nest_in_it() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .with_span_events(FmtSpan::CLOSE)
-        .with_env_filter("rpc_server::call=debug,services=info")
+        .with_env_filter("easyrpc_server::call=debug,services=info")
         .finish();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

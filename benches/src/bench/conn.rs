@@ -24,8 +24,8 @@ fn check(ok: bool, what: &str) -> Result<()> {
     }
 }
 
-fn our_config(codec: OurCodec) -> rpc_client::Config {
-    let mut cfg = rpc_client::Config::default();
+fn our_config(codec: OurCodec) -> easyrpc_client::Config {
+    let mut cfg = easyrpc_client::Config::default();
     cfg.codec = codec.codec();
     cfg
 }
@@ -33,7 +33,7 @@ fn our_config(codec: OurCodec) -> rpc_client::Config {
 /// An async client connection.
 #[derive(Debug)]
 pub(crate) enum AsyncConn {
-    Ours(rpc_client::Client),
+    Ours(easyrpc_client::Client),
     Tonic(grpc::BenchClient<tonic::transport::Channel>),
     Tarpc(TarpcClient),
     RawTokio(raw::TokioConn),
@@ -44,11 +44,11 @@ impl AsyncConn {
     pub(crate) async fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<AsyncConn> {
         Ok(match variant {
             Variant::OursAsync(codec) => {
-                AsyncConn::Ours(rpc_client::Client::connect_with(addr, our_config(codec)).await?)
+                AsyncConn::Ours(easyrpc_client::Client::connect_with(addr, our_config(codec)).await?)
             }
-            Variant::OursPrefork => {
-                AsyncConn::Ours(rpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack)).await?)
-            }
+            Variant::OursPrefork => AsyncConn::Ours(
+                easyrpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack)).await?,
+            ),
             Variant::Tonic => {
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
                     .tcp_nodelay(true)
@@ -68,9 +68,10 @@ impl AsyncConn {
                 AsyncConn::Tonic(grpc::BenchClient::new(channel))
             }
             Variant::OursTls => {
-                let tls = rpc_client::ClientTls::from_ca_pem(&secure::ca_pem()?)?.server_name("localhost");
+                let tls =
+                    easyrpc_client::ClientTls::from_ca_pem(&secure::ca_pem()?)?.server_name("localhost");
                 AsyncConn::Ours(
-                    rpc_client::Client::connect_tls_with(
+                    easyrpc_client::Client::connect_tls_with(
                         &addr.to_string(),
                         tls,
                         our_config(OurCodec::Msgpack),
@@ -79,7 +80,7 @@ impl AsyncConn {
                 )
             }
             Variant::OursUnix => AsyncConn::Ours(
-                rpc_client::Client::connect_unix_with(secure::unix_path(), our_config(OurCodec::Msgpack))
+                easyrpc_client::Client::connect_unix_with(secure::unix_path(), our_config(OurCodec::Msgpack))
                     .await?,
             ),
             Variant::Tarpc => {
@@ -122,7 +123,7 @@ impl AsyncConn {
 // each keep one. Each system's loop holds only its own.
 
 /// One call of `p`'s workload through our async client.
-pub(crate) async fn call_ours(c: &rpc_client::Client, p: &Payload) -> Result<()> {
+pub(crate) async fn call_ours(c: &easyrpc_client::Client, p: &Payload) -> Result<()> {
     match p.workload {
         Workload::Add => {
             let v: i64 = c.call("add", (1i64, 2i64)).await?;
@@ -182,7 +183,7 @@ async fn call_raw_tokio(c: &mut raw::TokioConn, p: &Payload) -> Result<()> {
 /// A blocking client connection.
 #[derive(Debug)]
 pub(crate) enum BlockingConn {
-    Ours(Box<rpc_client::BlockingClient>),
+    Ours(Box<easyrpc_client::BlockingClient>),
     Raw(raw::StdConn),
 }
 
@@ -190,7 +191,7 @@ impl BlockingConn {
     pub(crate) fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<BlockingConn> {
         Ok(match variant {
             Variant::OursBlocking(codec) => BlockingConn::Ours(Box::new(
-                rpc_client::BlockingClient::connect_with(addr, our_config(codec))?,
+                easyrpc_client::BlockingClient::connect_with(addr, our_config(codec))?,
             )),
             Variant::RawStd => BlockingConn::Raw(raw::StdConn::connect(addr, payload)?),
             _ => return Err(format!("{variant} is not a blocking client").into()),

@@ -63,11 +63,11 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
     let connections = a.connections.clamp(1, concurrency);
     let rt = crate::placement::runtime()?;
     rt.block_on(async {
-        let mut cfg = rpc_client::Config::default();
+        let mut cfg = easyrpc_client::Config::default();
         cfg.timeout = Duration::from_secs_f64(a.timeout);
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections {
-            clients.push(rpc_client::Client::connect_with(a.addr.as_str(), cfg.clone()).await?);
+            clients.push(easyrpc_client::Client::connect_with(a.addr.as_str(), cfg.clone()).await?);
         }
         let phase = Arc::new(Phase::default());
         let errors = Arc::new(AtomicU64::new(0));

@@ -12,10 +12,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use benches::Record;
+use easyrpc_server::{Builder, Method, Server, WorkerRuntime};
 use futures_util::StreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rpc_server::{Builder, Method, Server, WorkerRuntime};
 use serde_bytes::ByteBuf;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
@@ -160,7 +160,7 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
                 }
                 ServerKind::OursTls => {
                     let (cert, key) = args.tls_files()?;
-                    let tls = rpc_server::TlsConfig::from_pem_files(cert, key)?;
+                    let tls = easyrpc_server::TlsConfig::from_pem_files(cert, key)?;
                     our_server(args.layers)?
                         .run_tls(listener, tls, std::future::pending())
                         .await;

@@ -72,10 +72,10 @@ pub(crate) enum OurCodec {
 }
 
 impl OurCodec {
-    pub(crate) fn codec(self) -> rpc_client::Codec {
+    pub(crate) fn codec(self) -> easyrpc_client::Codec {
         match self {
-            OurCodec::Msgpack => rpc_client::Codec::Msgpack,
-            OurCodec::Bincode => rpc_client::Codec::Bincode,
+            OurCodec::Msgpack => easyrpc_client::Codec::Msgpack,
+            OurCodec::Bincode => easyrpc_client::Codec::Bincode,
         }
     }
 }

@@ -57,8 +57,8 @@ impl Pki {
     }
 
     /// The client's settings: trust the CA.
-    pub(crate) fn client_tls(&self) -> rpc::ClientTls {
-        rpc::ClientTls::from_ca_file(&self.ca).unwrap()
+    pub(crate) fn client_tls(&self) -> easyrpc::ClientTls {
+        easyrpc::ClientTls::from_ca_file(&self.ca).unwrap()
     }
 }
 

@@ -5,7 +5,7 @@ use std::mem;
 use std::task::Waker;
 
 use bytes::Bytes;
-use rpc_proto::{ClientConnection, ClientReply, Codec, Replies};
+use easyrpc_proto::{ClientConnection, ClientReply, Codec, Replies};
 use tokio::time::Instant;
 
 use crate::handlers::{Handlers, Incoming};
@@ -113,7 +113,7 @@ impl State {
     pub(super) fn free_slot(&mut self, idx: u32) {
         let slot = &mut self.slots[idx as usize];
         slot.state = SlotState::Free;
-        if slot.buf.capacity() > rpc_proto::INLINE_REPLY * 4 {
+        if slot.buf.capacity() > easyrpc_proto::INLINE_REPLY * 4 {
             slot.buf = Vec::new();
         }
         self.free.push(idx);

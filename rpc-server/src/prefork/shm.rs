@@ -38,9 +38,9 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use easyrpc_proto::dedup::{DedupRules, DedupStore, Finished, Slot};
+use easyrpc_proto::{Begin, DedupConfig};
 use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
-use rpc_proto::dedup::{DedupRules, DedupStore, Finished, Slot};
-use rpc_proto::{Begin, DedupConfig};
 
 use crate::dedup::{DedupKey, Peek, Pending, Store, Wait};
 use crate::limits::{Acquire as AcquireFuture, Limit, Permit};
@@ -884,7 +884,7 @@ mod tests {
     mod suite {
         use super::*;
 
-        impl rpc_proto::dedup::SuiteCache for SharedDedup {
+        impl easyrpc_proto::dedup::SuiteCache for SharedDedup {
             fn begin(&self, key: DedupKey, now: Instant) -> Begin<(), Vec<u8>> {
                 let mut pending = || -> Pending { unreachable!("the shared store keeps no channel") };
                 match Store::begin(self, key, now, &mut pending) {
@@ -915,7 +915,7 @@ mod tests {
             }
         }
 
-        rpc_proto::dedup_suite!(super::cache);
+        easyrpc_proto::dedup_suite!(super::cache);
     }
 
     #[test]

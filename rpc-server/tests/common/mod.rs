@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use rpc_proto::{decode_error, Codec, ErrorCode, Framer, Hello, Message, ServerError};
-use rpc_server::{Builder, Method, Server};
+use easyrpc_proto::{decode_error, Codec, ErrorCode, Framer, Hello, Message, ServerError};
+use easyrpc_server::{Builder, Method, Server};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -101,7 +101,7 @@ impl Drop for TestServer {
 
 /// Check, on a fresh connection of its own, that a well-behaved client gets right answers.
 pub(crate) async fn check_client(addr: SocketAddr) {
-    let client = within("the client to connect", rpc_client::Client::connect(addr))
+    let client = within("the client to connect", easyrpc_client::Client::connect(addr))
         .await
         .expect("a well-behaved client can connect");
     for (a, b) in [(2i64, 3i64), (-7, 7), (i64::MAX - 1, 1)] {
@@ -293,7 +293,7 @@ impl RawConn {
     /// Send `add(a, b)` with `msgid` and check the answer: the connection still works.
     pub(crate) async fn check_add(&mut self, msgid: u64, a: i64, b: i64) {
         let mut req = Vec::new();
-        rpc_proto::encode_request(Codec::Msgpack, &mut req, msgid, "add", &(a, b), None).unwrap();
+        easyrpc_proto::encode_request(Codec::Msgpack, &mut req, msgid, "add", &(a, b), None).unwrap();
         self.send(&req).await;
         self.response().await.assert_ok(msgid, a + b);
     }

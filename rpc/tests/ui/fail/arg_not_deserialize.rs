@@ -3,7 +3,7 @@ struct Point {
     y: i64,
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn norm(p: Point) -> i64 {
     p.x * p.x + p.y * p.y
 }

@@ -1,6 +1,6 @@
 use std::rc::Rc;
 
-#[rpc::register]
+#[easyrpc::register]
 fn count(items: Rc<Vec<i64>>) -> usize {
     items.len()
 }

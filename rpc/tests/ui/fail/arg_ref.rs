@@ -1,4 +1,4 @@
-#[rpc::register]
+#[easyrpc::register]
 fn greet(name: &str) -> String {
     format!("hello {name}")
 }

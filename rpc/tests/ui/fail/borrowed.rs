@@ -1,4 +1,4 @@
-#[rpc::register]
+#[easyrpc::register]
 fn bytes(data: &[u8], names: Vec<&str>, point: &Point) -> &'static str {
     let _ = (data, names, point);
     "ok"
@@ -7,7 +7,7 @@ fn bytes(data: &[u8], names: Vec<&str>, point: &Point) -> &'static str {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Point(i64, i64);
 
-#[rpc::register]
+#[easyrpc::register]
 fn cow(text: std::borrow::Cow<'_, str>) -> usize {
     text.len()
 }

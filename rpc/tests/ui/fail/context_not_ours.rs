@@ -3,7 +3,7 @@ pub struct Context {
     pub user: String,
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn hello(ctx: Context) -> String {
     ctx.user
 }

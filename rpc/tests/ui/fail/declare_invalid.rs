@@ -1,4 +1,4 @@
-rpc::declare! {
+easyrpc::declare! {
     /// Patterns and references are as wrong here as in `#[register]`.
     pub fn add((a, b): (i64, i64)) -> i64;
     pub fn greet(name: &str) -> String;

@@ -1,4 +1,4 @@
-rpc::declare! {
+easyrpc::declare! {
     #[rpc(max_flow = 4)]
     pub fn add(a: i64, b: i64) -> i64;
 }

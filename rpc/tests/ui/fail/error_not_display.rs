@@ -1,7 +1,7 @@
 #[derive(Debug)]
 struct Oops;
 
-#[rpc::register]
+#[easyrpc::register]
 fn fallible() -> Result<i64, Oops> {
     Err(Oops)
 }

@@ -5,7 +5,7 @@ mod app {
     pub type Result<T> = std::result::Result<T, Oops>;
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn fallible() -> app::Result<i64> {
     Err(app::Oops)
 }

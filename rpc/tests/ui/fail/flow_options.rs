@@ -1,4 +1,4 @@
-use rpc::register;
+use easyrpc::register;
 
 #[register(max_flow_wait = "50ms")]
 fn no_limit(n: u64) -> u64 {
@@ -15,7 +15,7 @@ fn bad_flag(n: u64) -> u64 {
     n
 }
 
-rpc::declare! {
+easyrpc::declare! {
     #[rpc(unstable_network)]
     fn declared(n: u64) -> u64;
 }

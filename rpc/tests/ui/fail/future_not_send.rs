@@ -1,6 +1,6 @@
 use std::rc::Rc;
 
-#[rpc::register]
+#[easyrpc::register]
 async fn count() -> usize {
     let shared = Rc::new(5);
     tokio::task::yield_now().await;

@@ -1,4 +1,4 @@
-#[rpc::register]
+#[easyrpc::register]
 fn echo<T: serde::Serialize>(value: T) -> T {
     value
 }

@@ -1,4 +1,4 @@
-#[rpc::register]
+#[easyrpc::register]
 fn show(value: impl std::fmt::Display) -> String {
     value.to_string()
 }

@@ -1,7 +1,7 @@
 struct Service;
 
 impl Service {
-    #[rpc::register]
+    #[easyrpc::register]
     fn add(a: i64, b: i64) -> i64 {
         a + b
     }

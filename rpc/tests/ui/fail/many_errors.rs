@@ -1,5 +1,5 @@
 // Every mistake is reported at once, each at its own token.
-#[rpc::register(nam = "x", max_flow = 0)]
+#[easyrpc::register(nam = "x", max_flow = 0)]
 unsafe fn bad<T>((a, b): (T, T), c: impl Clone) -> i64 {
     let _ = (a, b, c);
     0

@@ -1,4 +1,4 @@
-#[rpc::register(max_flow = 0)]
+#[easyrpc::register(max_flow = 0)]
 async fn work(n: u64) -> u64 {
     n
 }

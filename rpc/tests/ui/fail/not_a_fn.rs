@@ -1,4 +1,4 @@
-#[rpc::register]
+#[easyrpc::register]
 struct Add {
     a: i64,
 }

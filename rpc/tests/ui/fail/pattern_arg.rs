@@ -1,4 +1,4 @@
-#[rpc::register]
+#[easyrpc::register]
 fn add((a, b): (i64, i64)) -> i64 {
     a + b
 }

@@ -3,12 +3,12 @@ struct Point {
     y: i64,
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn origin() -> Point {
     Point { x: 0, y: 0 }
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn try_origin() -> Result<Point, String> {
     Ok(Point { x: 0, y: 0 })
 }

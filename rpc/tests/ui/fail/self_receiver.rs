@@ -1,7 +1,7 @@
 struct Counter;
 
 impl Counter {
-    #[rpc::register]
+    #[easyrpc::register]
     fn get(&self) -> i64 {
         0
     }

@@ -2,7 +2,7 @@ pub struct Svc;
 
 pub struct NotSerde;
 
-#[rpc::service]
+#[easyrpc::service]
 impl Svc {
     pub fn opaque(&self, x: NotSerde) -> u8 {
         let _ = x;

@@ -1,6 +1,6 @@
 pub struct Svc;
 
-#[rpc::service(prefix = "svc")]
+#[easyrpc::service(prefix = "svc")]
 impl Svc {
     pub fn name(&self, who: &str) -> String {
         who.to_owned()

@@ -2,7 +2,7 @@ use std::rc::Rc;
 
 pub struct Svc;
 
-#[rpc::service]
+#[easyrpc::service]
 impl Svc {
     pub async fn held(&self) -> u32 {
         let rc = Rc::new(1);

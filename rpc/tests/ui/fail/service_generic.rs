@@ -1,6 +1,6 @@
 pub struct Store<T>(Vec<T>);
 
-#[rpc::service]
+#[easyrpc::service]
 impl<T: Send + Sync + 'static> Store<T> {
     pub fn len(&self) -> usize {
         self.0.len()
@@ -9,7 +9,7 @@ impl<T: Send + Sync + 'static> Store<T> {
 
 pub struct Plain;
 
-#[rpc::service]
+#[easyrpc::service]
 impl Plain {
     pub fn pick<T: Default>(&self) -> u8 {
         0

@@ -1,7 +1,7 @@
 #[derive(Default)]
 pub struct Counter(u64);
 
-#[rpc::service]
+#[easyrpc::service]
 impl Counter {
     pub fn bump(&mut self) -> u64 {
         self.0 += 1;

@@ -1,8 +1,8 @@
 use std::cell::Cell;
 
-use rpc::State;
+use easyrpc::State;
 
-#[rpc::register]
+#[easyrpc::register]
 fn count(counter: State<Cell<u64>>) -> u64 {
     counter.get()
 }

@@ -1,4 +1,4 @@
-#[rpc::register(foo = 1)]
+#[easyrpc::register(foo = 1)]
 fn add(a: i64, b: i64) -> i64 {
     a + b
 }

@@ -1,11 +1,11 @@
 // A `const fn` is an ordinary function at run time.
-#[rpc::register]
+#[easyrpc::register]
 const fn one() -> u8 {
     1
 }
 
 // `#[cfg]` after `#[register]` removes the generated module along with the function.
-#[rpc::register]
+#[easyrpc::register]
 #[cfg(any())]
 fn gone(this: DoesNotExist) -> AlsoMissing {
     this
@@ -13,7 +13,7 @@ fn gone(this: DoesNotExist) -> AlsoMissing {
 
 mod gone {}
 
-rpc::declare! {
+easyrpc::declare! {
     #[cfg(any())]
     fn also_gone(x: DoesNotExist);
     /// Kept.

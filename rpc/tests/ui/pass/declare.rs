@@ -7,7 +7,7 @@ pub struct Point {
 pub mod api {
     use super::Point;
 
-    rpc::declare! {
+    easyrpc::declare! {
         /// Adds two numbers.
         pub fn add(a: i64, b: i64) -> i64;
         pub async fn mid(a: Point, b: Point) -> Point;
@@ -16,17 +16,17 @@ pub mod api {
     }
 
     /// The declared error type is kept: `CallError<String>`.
-    pub(crate) async fn use_private(client: &rpc::Client) -> Result<u8, rpc::CallError<String>> {
+    pub(crate) async fn use_private(client: &easyrpc::Client) -> Result<u8, easyrpc::CallError<String>> {
         fallible::call(client, String::new()).await
     }
 
-    /// And `?` still turns it into an `rpc::Error`.
-    pub(crate) fn use_private_blocking(client: &rpc::BlockingClient) -> Result<u8, rpc::Error> {
+    /// And `?` still turns it into an `easyrpc::Error`.
+    pub(crate) fn use_private_blocking(client: &easyrpc::BlockingClient) -> Result<u8, easyrpc::Error> {
         Ok(fallible::call_blocking(client, String::new())?)
     }
 }
 
-async fn use_stubs(client: &rpc::Client) -> Result<(), rpc::Error> {
+async fn use_stubs(client: &easyrpc::Client) -> Result<(), easyrpc::Error> {
     let _: i64 = api::add::call(client, 1, 2).await?;
     let _: Point = api::mid::call(client, Point { x: 0, y: 0 }, Point { x: 2, y: 2 }).await?;
     let () = api::nothing::call(client).await?;
@@ -34,7 +34,7 @@ async fn use_stubs(client: &rpc::Client) -> Result<(), rpc::Error> {
     Ok(())
 }
 
-fn use_blocking(client: &rpc::BlockingClient) -> Result<Point, rpc::Error> {
+fn use_blocking(client: &easyrpc::BlockingClient) -> Result<Point, easyrpc::Error> {
     api::mid::call_blocking(client, Point { x: 0, y: 0 }, Point { x: 2, y: 2 })
 }
 

@@ -1,4 +1,4 @@
-use rpc::register;
+use easyrpc::register;
 
 #[register(max_flow = 10, max_flow_wait = "50ms")]
 async fn waits(n: u64) -> u64 {

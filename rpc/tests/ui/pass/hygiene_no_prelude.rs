@@ -2,16 +2,16 @@
 // with the crate renamed, and next to user items named like the ones it uses.
 #![no_implicit_prelude]
 
-extern crate rpc as some_random_other_name;
+extern crate easyrpc as some_random_other_name;
 extern crate std;
 
 mod service {
-    #[::rpc::register]
+    #[::easyrpc::register]
     pub fn add(a: i64, b: i64) -> i64 {
         a + b
     }
 
-    #[::rpc::register(name = "div", max_flow = 2)]
+    #[::easyrpc::register(name = "div", max_flow = 2)]
     pub async fn checked_div(a: i64, b: i64) -> ::std::result::Result<i64, ::std::string::String> {
         if b == 0 {
             ::std::result::Result::Err(::std::borrow::ToOwned::to_owned("division by zero"))
@@ -20,19 +20,19 @@ mod service {
         }
     }
 
-    #[::rpc::register]
+    #[::easyrpc::register]
     pub fn nothing() {}
 
-    ::rpc::declare! {
+    ::easyrpc::declare! {
         pub fn remote_add(a: i64, b: i64) -> i64;
         pub async fn remote_div(a: i64, b: i64) -> ::std::result::Result<i64, ::std::string::String>;
     }
 }
 
 fn main() {
-    let _: ::rpc::Method = service::add::method();
-    let _: ::rpc::Method = service::checked_div::method();
-    let _: ::rpc::Method = service::nothing::method();
+    let _: ::easyrpc::Method = service::add::method();
+    let _: ::easyrpc::Method = service::checked_div::method();
+    let _: ::easyrpc::Method = service::nothing::method();
     let _: &str = service::remote_div::NAME;
     let _ = service::remote_add::call_blocking;
 }

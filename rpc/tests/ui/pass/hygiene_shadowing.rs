@@ -18,7 +18,7 @@ pub fn call() {}
 pub fn method() {}
 
 // Next to a `NAME` of the user's: the module's own `NAME` wins inside it.
-#[rpc::register]
+#[easyrpc::register]
 fn at_root(n: u8) -> u8 {
     n
 }
@@ -32,22 +32,22 @@ pub mod shadowing {
     pub type String = u8;
 
     /// Arguments named like the generated items, and like the function itself.
-    #[rpc::register]
+    #[easyrpc::register]
     pub fn lookup(NAME: ::std::string::String, method: u8, call: u8, lookup: u8) -> u8 {
         method + call + lookup + NAME.len() as u8
     }
 
-    #[rpc::register]
+    #[easyrpc::register]
     pub async fn wait(NAME: u8) -> ::core::result::Result<u8, ::std::string::String> {
         ::core::result::Result::Ok(NAME)
     }
 
-    #[rpc::register]
+    #[easyrpc::register]
     pub fn r#type(r#match: u8) -> u8 {
         r#match
     }
 
-    rpc::declare! {
+    easyrpc::declare! {
         pub fn remote(NAME: u8, method: u8) -> u8;
     }
 }
@@ -60,7 +60,7 @@ fn main() {
     assert_eq!(shadowing::r#type::NAME, "type");
     assert_eq!(at_root::NAME, "at_root");
     assert_eq!(NAME, "not the rpc name");
-    let _: rpc::Method = shadowing::lookup::method();
-    let _: rpc::Method = shadowing::wait::method();
+    let _: easyrpc::Method = shadowing::lookup::method();
+    let _: easyrpc::Method = shadowing::wait::method();
     let _ = shadowing::remote::call_blocking;
 }

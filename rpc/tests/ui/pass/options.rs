@@ -1,19 +1,19 @@
-#[rpc::register(name = "math.add")]
+#[easyrpc::register(name = "math.add")]
 fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
-#[rpc::register(max_flow = 8)]
+#[easyrpc::register(max_flow = 8)]
 async fn slow(n: u64) -> u64 {
     n
 }
 
-#[rpc::register(name = "fast", max_flow = 1_000,)]
+#[easyrpc::register(name = "fast", max_flow = 1_000,)]
 fn quick() -> u64 {
     1
 }
 
-rpc::declare! {
+easyrpc::declare! {
     #[rpc(name = "math.add")]
     fn remote_add(a: i64, b: i64) -> i64;
 }

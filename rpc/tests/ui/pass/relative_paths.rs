@@ -10,13 +10,13 @@ pub mod geometry {
     #[derive(serde::Serialize, serde::Deserialize)]
     pub struct Size(pub u32);
 
-    #[rpc::register]
+    #[easyrpc::register]
     pub fn area(origin: super::Point, size: self::Size) -> ::std::vec::Vec<super::Point> {
         let _ = (origin, size);
         vec![]
     }
 
-    rpc::declare! {
+    easyrpc::declare! {
         pub fn remote_area(origin: super::Point, size: self::Size) -> Vec<super::Point>;
     }
 }

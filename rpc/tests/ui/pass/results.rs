@@ -1,16 +1,16 @@
 use std::io;
 
-#[rpc::register]
+#[easyrpc::register]
 fn parse(s: String) -> Result<i64, std::num::ParseIntError> {
     s.parse()
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn read(path: String) -> io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
-#[rpc::register]
+#[easyrpc::register]
 async fn check(n: i64) -> Result<i64, String> {
     if n < 0 { Err(format!("{n} is negative")) } else { Ok(n) }
 }
@@ -27,13 +27,13 @@ mod app {
     pub type Result<T> = std::result::Result<T, AppError>;
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn aliased(n: i64) -> app::Result<i64> {
     Ok(n)
 }
 
 // The client sees the `T` of `Result<T, E>`.
-async fn use_stubs(client: &rpc::Client) -> Result<(), rpc::Error> {
+async fn use_stubs(client: &easyrpc::Client) -> Result<(), easyrpc::Error> {
     let _: i64 = parse::call(client, "1".to_owned()).await?;
     let _: Vec<u8> = read::call(client, "/".to_owned()).await?;
     let _: i64 = check::call(client, 1).await?;

@@ -1,5 +1,5 @@
 //! Issue 11: a written error type is kept in the stubs' `CallError<E>`; an alias keeps
-//! `rpc::Error`; `E` need not be `Serialize` nor `Deserialize`.
+//! `easyrpc::Error`; `E` need not be `Serialize` nor `Deserialize`.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,56 +38,56 @@ impl std::fmt::Display for SendOnly {
     }
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn get(id: u64) -> Result<String, TodoError> {
     Err(TodoError::NotFound(id))
 }
 
-#[rpc::register]
+#[easyrpc::register]
 async fn get_async(id: u64) -> Result<String, TodoError> {
     Err(TodoError::NotFound(id))
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn opaque() -> Result<u8, Opaque> {
     Err(Opaque)
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn send_only() -> Result<u8, SendOnly> {
     Err(SendOnly("no"))
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn io_alias() -> std::io::Result<u8> {
     Ok(1)
 }
 
 mod client {
-    rpc::declare! {
+    easyrpc::declare! {
         pub fn get(id: u64) -> Result<String, super::TodoError>;
         pub fn io_alias() -> std::io::Result<u8>;
     }
 }
 
-async fn typed(c: &rpc::Client) -> Result<(), rpc::Error> {
+async fn typed(c: &easyrpc::Client) -> Result<(), easyrpc::Error> {
     match get::call(c, 42).await {
         Ok(_) => {}
-        Err(rpc::CallError::Handler(TodoError::NotFound(id))) => assert_eq!(id, 42),
-        Err(rpc::CallError::Rpc(e)) => return Err(e),
+        Err(easyrpc::CallError::Handler(TodoError::NotFound(id))) => assert_eq!(id, 42),
+        Err(easyrpc::CallError::Rpc(e)) => return Err(e),
     }
-    let _: Result<String, rpc::CallError<TodoError>> = get_async::call(c, 1).await;
-    let _: Result<String, rpc::CallError<TodoError>> = client::get::call(c, 1).await;
-    let _: Result<u8, rpc::CallError<Opaque>> = opaque::call(c).await;
-    let _: Result<u8, rpc::CallError<SendOnly>> = send_only::call(c).await;
-    let _: Result<u8, rpc::Error> = io_alias::call(c).await;
-    let _: Result<u8, rpc::Error> = client::io_alias::call(c).await;
-    // `?` into `rpc::Error` and into a boxed error.
+    let _: Result<String, easyrpc::CallError<TodoError>> = get_async::call(c, 1).await;
+    let _: Result<String, easyrpc::CallError<TodoError>> = client::get::call(c, 1).await;
+    let _: Result<u8, easyrpc::CallError<Opaque>> = opaque::call(c).await;
+    let _: Result<u8, easyrpc::CallError<SendOnly>> = send_only::call(c).await;
+    let _: Result<u8, easyrpc::Error> = io_alias::call(c).await;
+    let _: Result<u8, easyrpc::Error> = client::io_alias::call(c).await;
+    // `?` into `easyrpc::Error` and into a boxed error.
     let _: String = get::call(c, 1).await?;
     Ok(())
 }
 
-fn boxed(c: &rpc::BlockingClient) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+fn boxed(c: &easyrpc::BlockingClient) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let _: u8 = opaque::call_blocking(c)?;
     Ok(get::call_blocking(c, 1)?)
 }
@@ -102,7 +102,7 @@ fn main() {
 /// The error type handed over by another macro, with its own hygiene.
 macro_rules! fallible_service {
     ($name:ident, $e:ty) => {
-        #[rpc::register]
+        #[easyrpc::register]
         fn $name(x: u64) -> Result<u64, $e> {
             Ok(x)
         }

@@ -1,20 +1,20 @@
-#[rpc::register]
+#[easyrpc::register]
 fn ping() {}
 
-#[rpc::register]
+#[easyrpc::register]
 async fn tick() -> () {}
 
-#[rpc::register]
+#[easyrpc::register]
 fn answer() -> u32 {
     42
 }
 
-#[rpc::register]
+#[easyrpc::register]
 fn log(line: String) {
     let _ = line;
 }
 
-async fn use_stubs(client: &rpc::Client) -> Result<(), rpc::Error> {
+async fn use_stubs(client: &easyrpc::Client) -> Result<(), easyrpc::Error> {
     let () = ping::call(client).await?;
     let () = tick::call(client).await?;
     let _: u32 = answer::call(client).await?;
