@@ -42,6 +42,7 @@ use crate::context::CallParts;
 use crate::context::ConnInfo;
 use crate::dedup::Waiter;
 use crate::method::{Failure, Reply, ReplyFuture};
+use crate::metrics::Meter;
 use crate::registry::{Dispatch, Slots};
 use crate::Shared;
 
@@ -331,15 +332,19 @@ impl Service for Calls {
             ..
         } = request;
         let deadline = deadline.map(Instant::from_std);
+        // Metrics: one test of an `Option` per call when they are off.
+        if self.shared.metrics.is_some() {
+            return self.metered_request(tx, &request, deadline);
+        }
         if let Some(session) = session {
             if self.shared.registry.dedup(method) {
-                return self.dedup_call(tx, (session, msgid), &request, deadline);
+                return self.dedup_call(tx, (session, msgid), &request, deadline, None);
             }
         }
         // The per-call span, only when someone listens at debug for `easyrpc_server::call`:
         // otherwise this is one check of a cached interest.
         if tracing::enabled!(target: CALL_TARGET, tracing::Level::DEBUG) {
-            return self.traced_request(tx, &request, deadline);
+            return self.traced_request(tx, &request, deadline, None);
         }
         let parts = CallParts {
             request: Some(&request),
@@ -360,6 +365,10 @@ impl Service for Calls {
             debug!(parent: &self.span, method = %String::from_utf8_lossy(method), "unknown notification ignored");
             return;
         }
+        let meter = self.shared.metrics.as_ref().map(|m| {
+            let index = self.shared.registry.index(method, &mut self.slots);
+            Meter::start(m.method(index))
+        });
         let parts = CallParts {
             request: None,
             conn: &self.conn,
@@ -369,8 +378,19 @@ impl Service for Calls {
             .registry
             .dispatch(method, params, tx.codec(), &mut self.slots, parts)
         {
-            Dispatch::Ready(reply) => self.finish(tx, Finished::Reply(None, reply)),
-            Dispatch::Pending(fut) => self.inflight.push(InFlight::Call { msgid: None, fut }),
+            Dispatch::Ready(reply) => {
+                if let Some(meter) = meter {
+                    meter.ready(&reply);
+                }
+                self.finish(tx, Finished::Reply(None, reply));
+            }
+            Dispatch::Pending(fut) => {
+                let fut = match meter {
+                    Some(meter) => meter.pending(fut),
+                    None => fut,
+                };
+                self.inflight.push(InFlight::Call { msgid: None, fut });
+            }
         }
     }
 
@@ -428,7 +448,13 @@ impl Calls {
     /// close its duration and outcome. The handler runs inside it (its own events nest),
     /// sync ones too (the blocking pool enters the span it was given the job in).
     #[cold]
-    fn traced_request(&mut self, tx: &mut Transmit<'_>, request: &Request<'_>, deadline: Option<Instant>) {
+    fn traced_request(
+        &mut self,
+        tx: &mut Transmit<'_>,
+        request: &Request<'_>,
+        deadline: Option<Instant>,
+        meter: Option<Meter>,
+    ) {
         let span = tracing::debug_span!(
             target: CALL_TARGET,
             parent: &self.span,
@@ -452,6 +478,9 @@ impl Calls {
         match dispatched {
             Dispatch::Ready(reply) => {
                 record_outcome(&span, &reply, started);
+                if let Some(meter) = meter {
+                    meter.ready(&reply);
+                }
                 write_reply(&self.span, tx, request.msgid, reply);
             }
             Dispatch::Pending(fut) => {
@@ -460,8 +489,51 @@ impl Calls {
                     record_outcome(&span, &reply, started);
                     reply
                 });
-                self.push(request.msgid, fut, deadline);
+                match meter {
+                    // Metered outside the deadline: a deadline that passes is the call's
+                    // outcome, not a cancellation.
+                    Some(meter) => self.push(request.msgid, meter.pending(with_deadline(fut, deadline)), None),
+                    None => self.push(request.msgid, fut, deadline),
+                }
             }
+        }
+    }
+
+    /// [`Service::request`] with metrics: the call is counted once, when it ends (see
+    /// `metrics.rs` for what is counted where). Out of line: a server without metrics
+    /// does not carry this code in its per-call path.
+    #[inline(never)]
+    fn metered_request(&mut self, tx: &mut Transmit<'_>, request: &Request<'_>, deadline: Option<Instant>) {
+        // Unwrap: the caller checked that this server has metrics.
+        let metrics = self.shared.metrics.as_ref().unwrap();
+        if let Some(session) = request.session {
+            if self.shared.registry.dedup(request.method) {
+                let index = self.shared.registry.index(request.method, &mut self.slots);
+                let meter = Meter::start(metrics.method(index));
+                return self.dedup_call(tx, (session, request.msgid), request, deadline, Some(meter));
+            }
+        }
+        let index = self.shared.registry.index(request.method, &mut self.slots);
+        let meter = Meter::start(metrics.method(index));
+        if tracing::enabled!(target: CALL_TARGET, tracing::Level::DEBUG) {
+            return self.traced_request(tx, request, deadline, Some(meter));
+        }
+        let parts = CallParts {
+            request: Some(request),
+            conn: &self.conn,
+        };
+        match self
+            .shared
+            .registry
+            .dispatch(request.method, request.params, tx.codec(), &mut self.slots, parts)
+        {
+            Dispatch::Ready(reply) => {
+                meter.ready(&reply);
+                write_reply(&self.span, tx, request.msgid, reply);
+            }
+            // Metered outside the deadline: a deadline that passes is the call's outcome
+            // (`deadline_exceeded`), not a cancellation.
+            Dispatch::Pending(fut) => self.push(request.msgid, meter.pending(with_deadline(fut, deadline)), None),
         }
     }
 
@@ -497,6 +569,7 @@ impl Calls {
         key: (u128, u64),
         request: &Request<'_>,
         deadline: Option<Instant>,
+        meter: Option<Meter>,
     ) {
         let (method, params) = (request.method, request.params);
         let cache = self.shared.dedup.clone();
@@ -509,10 +582,16 @@ impl Calls {
         match begin {
             Begin::Cached(bytes) => {
                 debug!(parent: &self.span, msgid = key.1, "answer from the dedup cache");
+                if let Some(m) = &self.shared.metrics {
+                    m.dedup_hit();
+                }
                 tx.encoded(&bytes);
             }
             Begin::Wait(rx) => {
                 debug!(parent: &self.span, msgid = key.1, "retry joins the running call");
+                if let Some(m) = &self.shared.metrics {
+                    m.dedup_hit();
+                }
                 self.inflight
                     .push(InFlight::Other(Box::pin(wait_dedup(rx, key.1, tx.codec()))));
             }
@@ -537,6 +616,9 @@ impl Calls {
                     .dispatch(method, params, codec, &mut self.slots, parts)
                 {
                     Dispatch::Ready(reply) => {
+                        if let Some(meter) = meter {
+                            meter.ready(&reply);
+                        }
                         let bytes = encode_reply(&self.span, codec, msgid, reply);
                         cache.complete(key, bytes.clone(), bytes.len(), Instant::now().into_std());
                         let _ = chan.send(Some(bytes.clone()));
@@ -547,6 +629,10 @@ impl Calls {
                     }
                     Dispatch::Pending(fut) => {
                         let fut = with_deadline(fut, deadline);
+                        let fut = match meter {
+                            Some(meter) => meter.pending(fut),
+                            None => fut,
+                        };
                         let span = self.span.clone();
                         let events = span.clone();
                         tokio::spawn(

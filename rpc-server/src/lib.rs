@@ -53,6 +53,7 @@ pub mod layers;
 mod limits;
 mod listener;
 mod method;
+mod metrics;
 #[cfg(unix)]
 mod prefork;
 mod registry;
@@ -182,6 +183,14 @@ pub enum BuildError {
     /// Two methods were registered under one name.
     #[error("two functions are registered under the name {0:?}")]
     DuplicateMethod(String),
+    /// The metrics endpoint ([`Builder::metrics`]) could not be bound.
+    #[error("cannot serve metrics on {addr}: {message}")]
+    MetricsAddr {
+        /// The address given.
+        addr: String,
+        /// Why it could not be bound.
+        message: String,
+    },
     /// A function takes a `State<T>` and the builder was given no `T`
     /// ([`Builder::state`]).
     #[error("{function} takes State<{ty}>, but the server was given no {ty}: add .state(..) to the builder")]
@@ -230,6 +239,8 @@ pub struct Builder {
     listeners: Vec<Endpoint>,
     /// Who may connect and call what ([`Builder::rules`]).
     rules: Rules,
+    /// Where to serve the metrics endpoint ([`Builder::metrics`]).
+    metrics: Option<String>,
 }
 
 /// The layers given to a builder, outermost first.
@@ -510,13 +521,41 @@ impl Builder {
         self
     }
 
+    /// Record per-function metrics and serve them in the Prometheus text format on
+    /// `addr` (`GET /metrics`, plain HTTP/1.1), while the server runs. Off by default: a
+    /// server without metrics pays nothing for them per call.
+    ///
+    /// The metrics are the server's own (its own recorder; nothing is installed as the
+    /// process's global `metrics` recorder), so several servers in one process each serve
+    /// their own. The endpoint is bound when the server is built (port 0 works:
+    /// [`Server::metrics_addr`] tells the port). Under prefork the supervisor serves it,
+    /// for every worker (each sample labelled `worker`). The metric names and labels are
+    /// in the README's "Observability" section.
+    ///
+    /// ```no_run
+    /// use easyrpc_server::Server;
+    ///
+    /// # async fn demo() -> Result<(), easyrpc_server::Error> {
+    /// Server::builder()
+    ///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///     .metrics("127.0.0.1:9100") // curl http://127.0.0.1:9100/metrics
+    ///     .serve("127.0.0.1:25000", async { tokio::signal::ctrl_c().await.ok(); })
+    ///     .await
+    /// # }
+    /// ```
+    pub fn metrics(mut self, addr: impl Into<String>) -> Builder {
+        self.metrics = Some(addr.into());
+        self
+    }
+
     /// Check the methods and build the server.
     ///
     /// # Errors
     ///
     /// [`BuildError::DuplicateMethod`] when two methods share a name (including the
     /// reserved `rpc.ping`); [`BuildError::MissingState`] when a function takes a state
-    /// the builder was not given.
+    /// the builder was not given; [`BuildError::MetricsAddr`] when the metrics endpoint
+    /// cannot be bound.
     pub fn build(self) -> Result<Server, BuildError> {
         self.build_with(Parts::default())
     }
@@ -543,6 +582,20 @@ impl Builder {
         )?;
         let rules =
             (!self.rules.is_empty()).then(|| Arc::new(ServerRules::new(self.rules, registry.names())));
+        let metrics = match &self.metrics {
+            None => None,
+            Some(addr) => {
+                let endpoint = if parts.worker_metrics {
+                    None
+                } else {
+                    Some(metrics::Metrics::bind(addr).map_err(|e| BuildError::MetricsAddr {
+                        addr: addr.clone(),
+                        message: e.to_string(),
+                    })?)
+                };
+                Some(Arc::new(metrics::Metrics::new(registry.names(), endpoint)))
+            }
+        };
         let dedup = match parts.dedup {
             Some(store) => Dedup::new(store),
             None => Dedup::local(self.config.dedup),
@@ -555,6 +608,7 @@ impl Builder {
                 worker: parts.worker,
                 rules,
                 draining,
+                metrics,
             }),
             tls: self.tls,
         })
@@ -703,6 +757,8 @@ pub(crate) struct Parts<'a> {
     pub(crate) limit: Option<registry::MakeLimit<'a>>,
     /// The dedup store.
     pub(crate) dedup: Option<Arc<dyn dedup::Store>>,
+    /// A prefork worker: metrics are recorded here, and served by the supervisor.
+    pub(crate) worker_metrics: bool,
 }
 
 /// What every connection of a server shares.
@@ -721,6 +777,9 @@ pub(crate) struct Shared {
     pub(crate) rules: Option<Arc<ServerRules>>,
     /// Set once shutdown begins: `rpc.health` answers "draining" (its handler shares it).
     pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Per-function metrics ([`Builder::metrics`]); `None`: none recorded, one test per
+    /// call.
+    pub(crate) metrics: Option<Arc<metrics::Metrics>>,
 }
 
 /// A built server: serve it with [`Server::run`].
@@ -740,6 +799,12 @@ impl Server {
     /// The settings in force.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Where the metrics endpoint listens ([`Builder::metrics`], port 0 resolved); `None`
+    /// without metrics, and in a prefork worker (the supervisor serves it).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.shared.metrics.as_ref().and_then(|m| m.addr())
     }
 
     /// Entries in the dedup cache (running and finished), for tests and metrics.

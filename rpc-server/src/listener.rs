@@ -63,6 +63,8 @@ struct Meta {
     /// TLS: each connection's task runs the handshake before serving.
     tls: Option<Acceptor>,
     transport: Transport,
+    /// `rpc_connections{listener}`, with metrics on (set by [`Listener::new`]).
+    connections: Option<metrics::Gauge>,
 }
 
 /// Where connections come from. An enum rather than a trait object: the accept loop
@@ -109,6 +111,7 @@ impl Bound {
                 name: Arc::from(name),
                 tls,
                 transport,
+                connections: None,
             },
         }
     }
@@ -121,6 +124,7 @@ impl Bound {
                 name: Arc::from(format!("unix:{}", listener.path().display())),
                 tls: None,
                 transport: Transport::Unix,
+                connections: None,
             },
             incoming: Incoming::Unix(listener),
         }
@@ -184,8 +188,13 @@ struct Spawner<'a> {
 
 impl Listener {
     /// The accept loop of `listeners`, for the server `shared`.
-    pub(crate) fn new(shared: Arc<Shared>, listeners: Vec<Bound>) -> Listener {
+    pub(crate) fn new(shared: Arc<Shared>, mut listeners: Vec<Bound>) -> Listener {
         let limit = shared.config.max_connections.max(1);
+        if let Some(metrics) = &shared.metrics {
+            for l in &mut listeners {
+                l.meta.connections = Some(metrics.connections(&l.meta.name));
+            }
+        }
         Listener {
             shared,
             limit_connections: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
@@ -211,6 +220,8 @@ impl Listener {
         // this only bounds how long expired answers hold memory.
         let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
         tokio::pin!(shutdown);
+        // The metrics endpoint, served until the connections are drained.
+        let _metrics = shared.metrics.clone().map(|m| AbortOnDrop(tokio::spawn(m.serve())));
         for l in &listeners {
             info!(addr = %l.meta.name, worker = shared.worker, transport = %l.meta.transport, "listening");
         }
@@ -289,6 +300,31 @@ impl Listener {
     }
 }
 
+/// A connection counted in `rpc_connections` while this lives.
+struct Open(metrics::Gauge);
+
+impl Open {
+    fn new(gauge: metrics::Gauge) -> Open {
+        gauge.increment(1.0);
+        Open(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The next connection of any listener, trying each in turn from `next`.
 fn poll_accept(
     listeners: &[Bound],
@@ -327,6 +363,8 @@ impl Spawner<'_> {
     {
         let (shared, token, listener) = (self.shared.clone(), self.token.clone(), meta.name.clone());
         let transport = meta.transport;
+        // Counted from accept to close (the TLS handshake included).
+        let open = meta.connections.clone().map(Open::new);
         match &meta.tls {
             None => {
                 let Some(info) = conn_info(&shared, transport, listener, peer, None) else {
@@ -335,7 +373,7 @@ impl Spawner<'_> {
                 let conn = Connection::new(shared, info);
                 self.conns.spawn(async move {
                     conn.run(stream, token).await;
-                    drop(permit);
+                    drop((permit, open));
                 });
             }
             Some(tls) => {
@@ -350,7 +388,7 @@ impl Spawner<'_> {
                         }
                         Err(e) => info!(%peer, error = %e, "TLS handshake failed; closing"),
                     }
-                    drop(permit);
+                    drop((permit, open));
                 });
             }
         }

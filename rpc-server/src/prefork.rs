@@ -796,6 +796,7 @@ fn worker(l: Launch) -> i32 {
             .dedup
             .as_ref()
             .map(|d| Arc::new(d.for_worker(l.slot, std::process::id())) as Arc<dyn crate::dedup::Store>),
+        worker_metrics: true,
     };
     let server = match l.builder.clone().build_with(parts) {
         Ok(server) => server,

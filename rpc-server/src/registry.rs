@@ -347,6 +347,13 @@ impl Registry {
         self.table.entries.iter().map(|e| (e.index, &*e.name))
     }
 
+    /// The index of `method` (as [`Registry::names`] numbers them), trying the calling
+    /// connection's last method first, as dispatch does (which then finds it at once).
+    #[inline]
+    pub(crate) fn index(&self, method: &[u8], slots: &mut Slots) -> Option<usize> {
+        self.table.entry(method, &mut slots.last).map(|e| e.index)
+    }
+
     /// Whether any method goes through the dedup cache.
     pub(crate) fn any_dedup(&self) -> bool {
         self.table.entries.iter().any(|e| e.dedup)
