@@ -39,6 +39,10 @@
 //! TERM or INT stops every worker gracefully, HUP replaces them one by one, TTIN and TTOU
 //! add and remove one; a worker that dies is restarted. Without `--workers` it is one
 //! process.
+//!
+//! `--metrics-addr ADDR` serves per-function metrics in the Prometheus text format at
+//! `http://ADDR/metrics` (with `--workers`, one endpoint for all workers, served by the
+//! supervisor); it prints `metrics on ADDR` after the `listening on` lines (port 0 works).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -89,6 +93,9 @@ struct Args {
     /// Accept TCP and TLS peers from this network only (repeatable: any of them).
     #[arg(long, value_name = "CIDR")]
     allow: Vec<easyrpc::rules::Cidr>,
+    /// Serve per-function metrics (Prometheus text format) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
 }
 
 impl Args {
@@ -146,6 +153,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.unix {
         builder = builder.listen_unix(path);
     }
+    // Bound here, so that its port is known (and printed) with port 0.
+    let mut metrics_addr = None;
+    if let Some(addr) = &args.metrics_addr {
+        let listener = std::net::TcpListener::bind(addr)?;
+        metrics_addr = Some(listener.local_addr()?);
+        builder = builder.metrics_listener(listener);
+    }
     builder.run_listeners_with(|listeners| {
         // The main address first, as `listening on ADDR` (tests read that line).
         for (i, local) in listeners.iter().enumerate() {
@@ -153,6 +167,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 easyrpc::Transport::Tls if i > 0 => println!("listening on {local} (tls)"),
                 _ => println!("listening on {local}"),
             }
+        }
+        if let Some(addr) = metrics_addr {
+            println!("metrics on {addr}");
         }
         let _ = std::io::stdout().flush();
     })?;

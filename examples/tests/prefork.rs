@@ -1340,3 +1340,93 @@ fn a_retry_on_another_worker_waits_for_the_running_call() {
         assert!(gate.rx.try_recv().is_err(), "the call ran twice");
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Metrics: one endpoint for the whole server
+
+/// `GET /metrics` over HTTP/1.1 on `addr`: the body (the status must be 200).
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::AsyncWriteExt;
+    let text = within("a scrape", async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    })
+    .await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample written exactly `series` (as the supervisor writes it: the
+/// `worker` label first, then the worker's own labels in their order).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_of_every_worker_on_one_endpoint() {
+    run(async {
+        let server = Server::prefork(&["--metrics-addr", "127.0.0.1:0"]);
+        let line = server.next_line();
+        let metrics: SocketAddr = line
+            .strip_prefix("metrics on ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .parse()
+            .unwrap();
+        // One connection on each worker, found with `rpc.worker`.
+        let mut on: BTreeMap<usize, Client> = BTreeMap::new();
+        for _ in 0..1000 {
+            if on.len() == WORKERS {
+                break;
+            }
+            let client = within("connect", Client::connect_with(server.addr, client_config()))
+                .await
+                .unwrap();
+            let (index, _) = worker_of(&client).await;
+            on.entry(index).or_insert(client);
+        }
+        assert_eq!(on.len(), WORKERS, "every worker reached");
+        // Known calls: worker i answers 2(i+1) adds; worker 0 also an unknown method.
+        for (&index, client) in &on {
+            for k in 0..2 * (index as i64 + 1) {
+                let sum: i64 = within("add", client.call("add", (k, 1))).await.unwrap();
+                assert_eq!(sum, k + 1);
+            }
+        }
+        let missing = within("no_such_function", on[&0].call::<_, i64>("no_such_function", ())).await;
+        assert!(
+            matches!(&missing, Err(easyrpc::Error::Remote(e)) if e.kind() == ErrorCode::MethodNotFound),
+            "{missing:?}"
+        );
+
+        let text = scrape(metrics).await;
+        for index in 0..WORKERS {
+            let series = format!("rpc_calls_total{{worker=\"{index}\",method=\"add\",code=\"ok\"}}");
+            assert_eq!(sample(&text, &series), Some(2.0 * (index as f64 + 1.0)), "{series}\n{text}");
+            // Every worker answered the supervisor, calls or not.
+            let series = format!("rpc_dedup_hits_total{{worker=\"{index}\"}}");
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}\n{text}");
+        }
+        let series = "rpc_calls_total{worker=\"0\",method=\"<unknown>\",code=\"method_not_found\"}";
+        assert_eq!(sample(&text, series), Some(1.0), "{text}");
+        // One valid text: each family's HELP and TYPE once.
+        for family in ["rpc_calls_total", "rpc_call_duration_seconds", "rpc_dedup_hits_total", "rpc_connections"] {
+            let kind = text.lines().filter(|l| l.starts_with(&format!("# TYPE {family} "))).count();
+            let help = text.lines().filter(|l| l.starts_with(&format!("# HELP {family} "))).count();
+            assert_eq!((kind, help), (1, 1), "{family}\n{text}");
+        }
+        // A second scrape: counters carry on.
+        let add = on[&1].call::<_, i64>("add", (1, 1));
+        assert_eq!(within("add", add).await.unwrap(), 2);
+        let text = scrape(metrics).await;
+        let series = "rpc_calls_total{worker=\"1\",method=\"add\",code=\"ok\"}";
+        assert_eq!(sample(&text, series), Some(5.0), "{text}");
+    });
+}

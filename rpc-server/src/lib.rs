@@ -240,7 +240,18 @@ pub struct Builder {
     /// Who may connect and call what ([`Builder::rules`]).
     rules: Rules,
     /// Where to serve the metrics endpoint ([`Builder::metrics`]).
-    metrics: Option<String>,
+    metrics: Option<MetricsAt>,
+}
+
+/// Where a server's metrics endpoint is ([`Builder::metrics`]).
+#[derive(Debug, Clone)]
+pub(crate) enum MetricsAt {
+    /// An address to bind when the server is built.
+    Addr(String),
+    /// A socket bound already ([`Builder::metrics_listener`]).
+    Listener(Arc<std::net::TcpListener>),
+    /// A prefork worker's: recorded there, served by the supervisor.
+    Supervisor,
 }
 
 /// The layers given to a builder, outermost first.
@@ -544,7 +555,30 @@ impl Builder {
     /// # }
     /// ```
     pub fn metrics(mut self, addr: impl Into<String>) -> Builder {
-        self.metrics = Some(addr.into());
+        self.metrics = Some(MetricsAt::Addr(addr.into()));
+        self
+    }
+
+    /// [`Builder::metrics`] on a socket bound already (by you, before the server starts:
+    /// you know its port, and under prefork it must exist before the fork). The server
+    /// accepts scrapes on it while it runs.
+    ///
+    /// ```no_run
+    /// use easyrpc_server::Server;
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let metrics = std::net::TcpListener::bind("127.0.0.1:0")?;
+    ///     println!("metrics on {}", metrics.local_addr()?);
+    ///     Server::builder()
+    ///         .sync_fn("add", |(a, b): (i64, i64)| a + b)
+    ///         .metrics_listener(metrics)
+    ///         .prefork(2)
+    ///         .run("127.0.0.1:25000")?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn metrics_listener(mut self, listener: std::net::TcpListener) -> Builder {
+        self.metrics = Some(MetricsAt::Listener(Arc::new(listener)));
         self
     }
 
@@ -584,15 +618,8 @@ impl Builder {
             (!self.rules.is_empty()).then(|| Arc::new(ServerRules::new(self.rules, registry.names())));
         let metrics = match &self.metrics {
             None => None,
-            Some(addr) => {
-                let endpoint = if parts.worker_metrics {
-                    None
-                } else {
-                    Some(metrics::Metrics::bind(addr).map_err(|e| BuildError::MetricsAddr {
-                        addr: addr.clone(),
-                        message: e.to_string(),
-                    })?)
-                };
+            Some(at) => {
+                let endpoint = metrics::Metrics::endpoint(at)?;
                 Some(Arc::new(metrics::Metrics::new(registry.names(), endpoint)))
             }
         };
@@ -757,8 +784,6 @@ pub(crate) struct Parts<'a> {
     pub(crate) limit: Option<registry::MakeLimit<'a>>,
     /// The dedup store.
     pub(crate) dedup: Option<Arc<dyn dedup::Store>>,
-    /// A prefork worker: metrics are recorded here, and served by the supervisor.
-    pub(crate) worker_metrics: bool,
 }
 
 /// What every connection of a server shares.

@@ -17,7 +17,7 @@
 //! only. Requests the protocol answers itself, before dispatch (shutting down, too
 //! large, malformed), are not counted per method.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::method::{Reply, ReplyFuture};
+use crate::{BuildError, MetricsAt};
 
 /// Calls ended, by method and outcome (`code`).
 pub(crate) const CALLS: &str = "rpc_calls_total";
@@ -209,12 +210,29 @@ impl Metrics {
         }
     }
 
-    /// Bind the endpoint's socket (before any runtime may exist: a plain std socket,
-    /// registered with tokio when served).
-    pub(crate) fn bind(addr: &str) -> io::Result<std::net::TcpListener> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        Ok(listener)
+    /// The endpoint's socket, bound now if given as an address (a plain std socket, as
+    /// no runtime may exist yet; registered with tokio when served). `None`: a prefork
+    /// worker's metrics, served by the supervisor.
+    ///
+    /// # Errors
+    ///
+    /// When the address cannot be bound, or the socket given cannot be used.
+    pub(crate) fn endpoint(at: &MetricsAt) -> Result<Option<std::net::TcpListener>, BuildError> {
+        let (listener, addr) = match at {
+            MetricsAt::Supervisor => return Ok(None),
+            MetricsAt::Addr(addr) => (std::net::TcpListener::bind(addr), addr.clone()),
+            MetricsAt::Listener(l) => (
+                l.try_clone(),
+                l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            ),
+        };
+        let error = |e: io::Error| BuildError::MetricsAddr {
+            addr: addr.clone(),
+            message: e.to_string(),
+        };
+        let listener = listener.map_err(error)?;
+        listener.set_nonblocking(true).map_err(error)?;
+        Ok(Some(listener))
     }
 
     /// Where the endpoint listens, if this server serves one.
@@ -289,7 +307,7 @@ impl Metrics {
 /// How long one scrape may take, from accept to the last byte written.
 pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request head read; a scraper's is a few hundred bytes.
-const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 
 async fn accept(listener: Option<&tokio::net::TcpListener>) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match listener {
@@ -313,36 +331,13 @@ async fn answer(mut stream: tokio::net::TcpStream, render: impl FnOnce() -> Stri
     stream.shutdown().await
 }
 
-/// [`answer`] on a blocking stream (the prefork supervisor's), with `timeout` for each
-/// read and write.
-pub(crate) fn answer_blocking(
-    mut stream: std::net::TcpStream,
-    timeout: Duration,
-    render: impl FnOnce() -> String,
-) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head_complete(&head) {
-        let n = stream.read(&mut buf)?;
-        if n == 0 || head.len() + n > MAX_HEAD {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    stream.write_all(&response(&head, render))?;
-    stream.shutdown(std::net::Shutdown::Write)
-}
-
-fn head_complete(head: &[u8]) -> bool {
+pub(crate) fn head_complete(head: &[u8]) -> bool {
     head.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 /// The whole HTTP response to a request head: the metrics for `GET /metrics` (or `/`),
 /// 404 for another path, 405 for another method. The connection closes after it.
-fn response(head: &[u8], render: impl FnOnce() -> String) -> Vec<u8> {
+pub(crate) fn response(head: &[u8], render: impl FnOnce() -> String) -> Vec<u8> {
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());

@@ -32,10 +32,11 @@
 //! the shared mapping, each with its `SAFETY:` comment.
 #![allow(unsafe_code)]
 
+mod scrape;
 mod shm;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,8 +97,18 @@ pub(crate) fn run(
     on_listening: impl FnOnce(&[LocalAddr]),
 ) -> Result<(), Error> {
     check_single_thread()?;
+    // The metrics endpoint is the supervisor's (see `scrape`); the workers record.
+    let metrics_at = builder.metrics.take();
     // Check the methods once, here, rather than in every worker.
     let uses_dedup = builder.clone().build()?.shared.registry.any_dedup();
+    let metrics = match &metrics_at {
+        Some(at) => crate::metrics::Metrics::endpoint(at)?,
+        None => None,
+    };
+    if metrics.is_some() {
+        builder.metrics = Some(crate::MetricsAt::Supervisor);
+    }
+    drop(metrics_at);
     let endpoints = std::mem::take(&mut builder.listeners);
     let mut listeners = Vec::with_capacity(endpoints.len());
     let mut reserve = Vec::new();
@@ -185,6 +196,8 @@ pub(crate) fn run(
         announced: false,
         reserve,
         signals: Some(Signals::new()?),
+        metrics,
+        scrapes: 0,
     };
     supervisor.supervise(on_listening)
 }
@@ -267,8 +280,9 @@ impl Signals {
         )?))
     }
 
-    /// The signals that arrived, waiting up to `timeout` (forever if `None`) for one.
-    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Vec<Signal>> {
+    /// The signals that arrived, waiting up to `timeout` (forever if `None`) for one, or
+    /// for `also` to be readable.
+    fn wait(&mut self, timeout: Option<Duration>, also: Option<std::os::fd::BorrowedFd<'_>>) -> io::Result<Vec<Signal>> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let timeout = match timeout {
@@ -277,7 +291,8 @@ impl Signals {
             Some(d) => PollTimeout::try_from(d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32)
                 .unwrap_or(PollTimeout::MAX),
         };
-        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        fds.extend(also.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
@@ -305,8 +320,13 @@ impl Signals {
         Ok(Signals(set))
     }
 
-    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Vec<Signal>> {
+    /// `also` cannot be waited for with `sigwait`: with it, the wait is a second at most.
+    fn wait(&mut self, timeout: Option<Duration>, also: Option<std::os::fd::BorrowedFd<'_>>) -> io::Result<Vec<Signal>> {
         use nix::unistd::alarm;
+        let timeout = match (timeout, also) {
+            (t, None) => t,
+            (t, Some(_)) => Some(t.map_or(Duration::from_secs(1), |t| t.min(Duration::from_secs(1)))),
+        };
         if let Some(d) = timeout {
             alarm::set(d.as_secs_f64().ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
         }
@@ -339,6 +359,8 @@ struct Worker {
     index: usize,
     /// Bumped by HUP: an older worker is retired once its replacement listens.
     generation: u64,
+    /// The supervisor's end of the worker's metrics channel (with metrics on).
+    scrape: Option<std::os::unix::net::UnixStream>,
     started: Instant,
     ready: bool,
     /// When it was told to stop (TERM), and whether it was killed after the grace period.
@@ -384,6 +406,10 @@ struct Supervisor {
     /// worker's to keep.
     reserve: Vec<Socket>,
     signals: Option<Signals>,
+    /// The metrics endpoint's socket (non-blocking), with metrics on.
+    metrics: Option<std::net::TcpListener>,
+    /// Scrapes so far: the sequence number of the workers' answers.
+    scrapes: u32,
 }
 
 impl Supervisor {
@@ -425,10 +451,15 @@ impl Supervisor {
             }
             let timeout = self.next_wake(now);
             // Unwrap: only a child drops the signal reader, and a child never gets here.
-            let signals = self.signals.as_mut().unwrap().wait(timeout)?;
+            let signals = {
+                use std::os::fd::AsFd;
+                let also = self.metrics.as_ref().map(AsFd::as_fd);
+                self.signals.as_mut().unwrap().wait(timeout, also)?
+            };
             for s in signals {
                 self.on_signal(s);
             }
+            self.serve_scrapes();
         }
     }
 
@@ -635,6 +666,59 @@ impl Supervisor {
         warn!(index = w.index, pid = pid.as_raw(), %cause, restart_in = ?delay, "worker died; starting another");
     }
 
+    /// Answer every scraper waiting on the metrics endpoint (see `scrape`). Each scrape
+    /// holds the loop for at most a few [`scrape::ASK`] (reading the request, each worker's
+    /// answer, writing the response); signals that arrive meanwhile are handled after it.
+    fn serve_scrapes(&mut self) {
+        let Some(listener) = self.metrics.take() else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = scrape::answer_http(stream, || self.gather()) {
+                        debug!(error = %e, "metrics scrape");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "metrics endpoint: accept");
+                    break;
+                }
+            }
+        }
+        self.metrics = Some(listener);
+    }
+
+    /// Every worker's metrics, merged: one worker per index, the current generation's
+    /// once it listens.
+    fn gather(&mut self) -> String {
+        self.scrapes = self.scrapes.wrapping_add(1);
+        let mut asked: BTreeMap<usize, usize> = BTreeMap::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            if !w.ready || w.scrape.is_none() {
+                continue;
+            }
+            let better = |o: &Worker| (o.generation, o.stop_sent.is_none()) < (w.generation, w.stop_sent.is_none());
+            match asked.get(&w.index) {
+                Some(&o) if !better(&self.workers[o]) => {}
+                _ => {
+                    asked.insert(w.index, i);
+                }
+            }
+        }
+        let mut texts = Vec::with_capacity(asked.len());
+        for (index, i) in asked {
+            let w = &self.workers[i];
+            // Unwrap: only workers with a channel were chosen.
+            match scrape::ask(w.scrape.as_ref().unwrap(), self.scrapes) {
+                Ok(text) => texts.push((index, text)),
+                Err(e) => debug!(index, pid = w.pid.as_raw(), error = %e, "a worker's metrics did not come"),
+            }
+        }
+        scrape::merge(&texts)
+    }
+
     fn free_slot(&self) -> Option<usize> {
         self.taken.iter().position(|t| !t)
     }
@@ -643,6 +727,14 @@ impl Supervisor {
         let slot = self.free_slot().ok_or_else(|| {
             io::Error::other("every worker slot is taken (too many workers still stopping)")
         })?;
+        // The worker's metrics channel: made before the fork, one end each.
+        let (ours, theirs) = match self.metrics {
+            Some(_) => {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+                (Some(ours), Some(theirs))
+            }
+            None => (None, None),
+        };
         // Buffered output would be written by both processes.
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
@@ -655,6 +747,12 @@ impl Supervisor {
                 // Not the supervisor's: the reserved sockets and the signal reader.
                 self.reserve.clear();
                 self.signals = None;
+                // Nor the metrics endpoint, nor the other workers' channels.
+                self.metrics = None;
+                drop(ours);
+                for w in &mut self.workers {
+                    w.scrape = None;
+                }
                 // The listeners, taken over (this process never returns to the
                 // supervisor's code): a Unix socket's file is the supervisor's to remove.
                 let mut listeners = std::mem::take(&mut self.listeners);
@@ -675,6 +773,7 @@ impl Supervisor {
                     core: (!self.cores.is_empty()).then(|| self.cores[index % self.cores.len()]),
                     runtime: self.settings.runtime.clone(),
                     backlog: self.settings.backlog,
+                    scrape: theirs,
                 };
                 // A panic must not unwind into the supervisor's code in this process.
                 let code =
@@ -695,6 +794,7 @@ impl Supervisor {
                     slot,
                     index,
                     generation: self.generation,
+                    scrape: ours,
                     started: Instant::now(),
                     ready: false,
                     stop_sent: None,
@@ -730,6 +830,8 @@ struct Launch {
     core: Option<core_affinity::CoreId>,
     runtime: WorkerRuntime,
     backlog: u32,
+    /// The worker's end of its metrics channel (with metrics on).
+    scrape: Option<std::os::unix::net::UnixStream>,
 }
 
 thread_local! {
@@ -796,7 +898,6 @@ fn worker(l: Launch) -> i32 {
             .dedup
             .as_ref()
             .map(|d| Arc::new(d.for_worker(l.slot, std::process::id())) as Arc<dyn crate::dedup::Store>),
-        worker_metrics: true,
     };
     let server = match l.builder.clone().build_with(parts) {
         Ok(server) => server,
@@ -853,6 +954,9 @@ async fn serve(l: Launch, server: crate::Server) -> i32 {
             }
         };
         bound.push(listener);
+    }
+    if let (Some(stream), Some(metrics)) = (l.scrape, server.shared.metrics.clone()) {
+        tokio::spawn(scrape::answer_supervisor(stream, metrics));
     }
     l.control.set_ready(l.slot);
     let _ = kill(l.supervisor, Signal::SIGUSR1);
