@@ -46,6 +46,10 @@ pub(crate) struct ServerArgs {
     /// layered path costs, with layers that do nothing themselves).
     #[arg(long, default_value_t = 0)]
     pub(crate) layers: usize,
+    /// Ours only: record per-function metrics, with their endpoint on a free port of
+    /// 127.0.0.1 (what metrics cost per call; nobody scrapes).
+    #[arg(long)]
+    pub(crate) metrics: bool,
     /// The certificate chain of `ours-tls` and `tonic-tls` (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub(crate) tls_cert: Option<std::path::PathBuf>,
@@ -87,16 +91,19 @@ fn our_builder() -> Builder {
         ))
 }
 
-/// Our server with the benchmark's functions, for one process, with `layers`
-/// pass-through layers.
-pub(crate) fn our_server(layers: usize) -> Result<Server> {
-    Ok(our_layered_builder(layers).build()?)
+/// Our server with the benchmark's functions, for one process, with `args.layers`
+/// pass-through layers, and metrics with `args.metrics`.
+pub(crate) fn our_server(args: &ServerArgs) -> Result<Server> {
+    Ok(our_layered_builder(args).build()?)
 }
 
-fn our_layered_builder(layers: usize) -> Builder {
+fn our_layered_builder(args: &ServerArgs) -> Builder {
     let mut builder = our_builder();
-    for _ in 0..layers {
+    for _ in 0..args.layers {
         builder = builder.layer(tower::layer::util::Identity::new());
+    }
+    if args.metrics {
+        builder = builder.metrics("127.0.0.1:0");
     }
     builder
 }
@@ -134,7 +141,7 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
     match args.system {
         ServerKind::OursUnix => {
             let path = args.unix.clone().ok_or("--system ours-unix needs --unix PATH")?;
-            let builder = our_layered_builder(args.layers).listen_unix(path);
+            let builder = our_layered_builder(args).listen_unix(path);
             placement::runtime()?.block_on(async move {
                 let listening = builder.bind().await?;
                 println!("PORT 0");
@@ -153,7 +160,7 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
             announce(listener.local_addr()?)?;
             match kind {
                 ServerKind::Ours => {
-                    our_server(args.layers)?
+                    our_server(args)?
                         .run(listener, std::future::pending())
                         .await;
                     Ok(())
@@ -161,7 +168,7 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
                 ServerKind::OursTls => {
                     let (cert, key) = args.tls_files()?;
                     let tls = easyrpc_server::TlsConfig::from_pem_files(cert, key)?;
-                    our_server(args.layers)?
+                    our_server(args)?
                         .run_tls(listener, tls, std::future::pending())
                         .await;
                     Ok(())
@@ -206,7 +213,11 @@ fn serve_prefork(args: &ServerArgs) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let served = our_builder()
+    let mut builder = our_builder();
+    if args.metrics {
+        builder = builder.metrics("127.0.0.1:0");
+    }
+    let served = builder
         .grace_period(Duration::from_secs(1))
         .prefork(args.workers)
         .bind_core(true)
