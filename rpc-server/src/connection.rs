@@ -506,34 +506,41 @@ impl Calls {
     fn metered_request(&mut self, tx: &mut Transmit<'_>, request: &Request<'_>, deadline: Option<Instant>) {
         // Unwrap: the caller checked that this server has metrics.
         let metrics = self.shared.metrics.as_ref().unwrap();
+        let started = crate::metrics::now();
         if let Some(session) = request.session {
             if self.shared.registry.dedup(request.method) {
                 let index = self.shared.registry.index(request.method, &mut self.slots);
-                let meter = Meter::start(metrics.method(index));
+                let meter = Meter::started(metrics.method(index), started);
                 return self.dedup_call(tx, (session, request.msgid), request, deadline, Some(meter));
             }
         }
-        let index = self.shared.registry.index(request.method, &mut self.slots);
-        let meter = Meter::start(metrics.method(index));
         if tracing::enabled!(target: CALL_TARGET, tracing::Level::DEBUG) {
+            let index = self.shared.registry.index(request.method, &mut self.slots);
+            let meter = Meter::started(metrics.method(index), started);
             return self.traced_request(tx, request, deadline, Some(meter));
         }
         let parts = CallParts {
             request: Some(request),
             conn: &self.conn,
         };
-        match self
-            .shared
-            .registry
-            .dispatch(request.method, request.params, tx.codec(), &mut self.slots, parts)
-        {
+        // The method's name is looked up once, by dispatch.
+        let (index, dispatched) =
+            self.shared
+                .registry
+                .dispatch_indexed(request.method, request.params, tx.codec(), &mut self.slots, parts);
+        let method = metrics.method(index);
+        match dispatched {
+            // No clone of the method's handles for a call answered on the spot.
             Dispatch::Ready(reply) => {
-                meter.ready(&reply);
+                method.ready(started, &reply);
                 write_reply(&self.span, tx, request.msgid, reply);
             }
             // Metered outside the deadline: a deadline that passes is the call's outcome
             // (`deadline_exceeded`), not a cancellation.
-            Dispatch::Pending(fut) => self.push(request.msgid, meter.pending(with_deadline(fut, deadline)), None),
+            Dispatch::Pending(fut) => {
+                let fut = Meter::started(method, started).pending(with_deadline(fut, deadline));
+                self.push(request.msgid, fut, None);
+            }
         }
     }
 
