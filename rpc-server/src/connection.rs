@@ -42,7 +42,7 @@ use crate::context::CallParts;
 use crate::context::ConnInfo;
 use crate::dedup::Waiter;
 use crate::method::{Failure, Reply, ReplyFuture};
-use crate::metrics::Meter;
+use crate::metrics::{Meter, Tally};
 use crate::registry::{Dispatch, Slots};
 use crate::Shared;
 
@@ -117,6 +117,9 @@ struct Calls {
     /// entered around each poll, which costs instructions on every call even with no
     /// subscriber (tracing's `log` compatibility).
     span: tracing::Span,
+    /// With metrics: the calls answered on the spot since the last batch of input was
+    /// handled, added to the server's metrics after each batch.
+    tally: Tally,
 }
 
 impl Connection {
@@ -143,6 +146,7 @@ impl Connection {
                 slots: Slots::default(),
                 span,
                 conn: Arc::new(info),
+                tally: Tally::default(),
             },
         }
     }
@@ -254,7 +258,11 @@ impl Connection {
             if io.input || self.proto.has_held_input(in_flight) {
                 io.input = false;
                 let now = Instant::now().into_std();
-                if let Err(fatal) = self.proto.handle_input(now, &mut self.calls) {
+                let handled = self.proto.handle_input(now, &mut self.calls);
+                if let Some(metrics) = &self.calls.shared.metrics {
+                    self.calls.tally.flush(metrics);
+                }
+                if let Err(fatal) = handled {
                     match fatal {
                         Fatal::Frame(e) => {
                             warn!(parent: &self.calls.span, error = %e, "unreadable stream; closing after the replies")
@@ -506,7 +514,7 @@ impl Calls {
     fn metered_request(&mut self, tx: &mut Transmit<'_>, request: &Request<'_>, deadline: Option<Instant>) {
         // Unwrap: the caller checked that this server has metrics.
         let metrics = self.shared.metrics.as_ref().unwrap();
-        let started = crate::metrics::now();
+        let started = self.tally.start();
         if let Some(session) = request.session {
             if self.shared.registry.dedup(request.method) {
                 let index = self.shared.registry.index(request.method, &mut self.slots);
@@ -528,17 +536,16 @@ impl Calls {
             self.shared
                 .registry
                 .dispatch_indexed(request.method, request.params, tx.codec(), &mut self.slots, parts);
-        let method = metrics.method(index);
         match dispatched {
-            // No clone of the method's handles for a call answered on the spot.
+            // Counted in the connection's tally, added to the server's once per batch.
             Dispatch::Ready(reply) => {
-                method.ready(started, &reply);
+                self.tally.ready(metrics, index, &reply);
                 write_reply(&self.span, tx, request.msgid, reply);
             }
             // Metered outside the deadline: a deadline that passes is the call's outcome
             // (`deadline_exceeded`), not a cancellation.
             Dispatch::Pending(fut) => {
-                let fut = Meter::started(method, started).pending(with_deadline(fut, deadline));
+                let fut = Meter::started(metrics.method(index), started).pending(with_deadline(fut, deadline));
                 self.push(request.msgid, fut, None);
             }
         }
