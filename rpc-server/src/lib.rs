@@ -12,6 +12,7 @@
 //! - [`Builder::listen`] and [`Endpoint`]: several listeners at once (TCP, TLS, Unix), served
 //!   by [`Builder::serve_listeners`], [`Builder::bind`] or [`Builder::run_listeners`].
 //! - [`rules`]: who may connect (by listener, address, uid, TLS identity) and call what.
+//! - [`Builder::metrics`]: per-function metrics, served in the Prometheus text format.
 //!
 //! A request goes through the files in this order: `listener.rs` (the accept loop, one
 //! task per connection) → `connection.rs` (reads requests, writes replies) →
@@ -23,7 +24,10 @@
 //! limits and dedup store; `tls.rs` the TLS settings and the handshake each connection's
 //! task runs before `connection.rs` takes over; `endpoint.rs` where to listen and the
 //! binding of every listener; `rules.rs` the connection and per-method rules, checked by
-//! `listener.rs` at accept (and after a TLS handshake) and by `registry.rs` at dispatch.
+//! `listener.rs` at accept (and after a TLS handshake) and by `registry.rs` at dispatch;
+//! `metrics.rs` the per-function metrics and their Prometheus endpoint
+//! ([`Builder::metrics`]), counted by `connection.rs` (under prefork,
+//! `prefork/scrape.rs` serves one endpoint for every worker).
 //!
 //! # Example
 //!
