@@ -1409,7 +1409,11 @@ fn metrics_of_every_worker_on_one_endpoint() {
         let text = scrape(metrics).await;
         for index in 0..WORKERS {
             let series = format!("rpc_calls_total{{worker=\"{index}\",method=\"add\",code=\"ok\"}}");
-            assert_eq!(sample(&text, &series), Some(2.0 * (index as f64 + 1.0)), "{series}\n{text}");
+            assert_eq!(
+                sample(&text, &series),
+                Some(2.0 * (index as f64 + 1.0)),
+                "{series}\n{text}"
+            );
             // Every worker answered the supervisor, calls or not.
             let series = format!("rpc_dedup_hits_total{{worker=\"{index}\"}}");
             assert_eq!(sample(&text, &series), Some(0.0), "{series}\n{text}");
@@ -1417,9 +1421,20 @@ fn metrics_of_every_worker_on_one_endpoint() {
         let series = "rpc_calls_total{worker=\"0\",method=\"<unknown>\",code=\"method_not_found\"}";
         assert_eq!(sample(&text, series), Some(1.0), "{text}");
         // One valid text: each family's HELP and TYPE once.
-        for family in ["rpc_calls_total", "rpc_call_duration_seconds", "rpc_dedup_hits_total", "rpc_connections"] {
-            let kind = text.lines().filter(|l| l.starts_with(&format!("# TYPE {family} "))).count();
-            let help = text.lines().filter(|l| l.starts_with(&format!("# HELP {family} "))).count();
+        for family in [
+            "rpc_calls_total",
+            "rpc_call_duration_seconds",
+            "rpc_dedup_hits_total",
+            "rpc_connections",
+        ] {
+            let kind = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("# TYPE {family} ")))
+                .count();
+            let help = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("# HELP {family} ")))
+                .count();
             assert_eq!((kind, help), (1, 1), "{family}\n{text}");
         }
         // A second scrape: counters carry on.

@@ -500,7 +500,9 @@ impl Calls {
                 match meter {
                     // Metered outside the deadline: a deadline that passes is the call's
                     // outcome, not a cancellation.
-                    Some(meter) => self.push(request.msgid, meter.pending(with_deadline(fut, deadline)), None),
+                    Some(meter) => {
+                        self.push(request.msgid, meter.pending(with_deadline(fut, deadline)), None)
+                    }
                     None => self.push(request.msgid, fut, deadline),
                 }
             }
@@ -532,10 +534,13 @@ impl Calls {
             conn: &self.conn,
         };
         // The method's name is looked up once, by dispatch.
-        let (index, dispatched) =
-            self.shared
-                .registry
-                .dispatch_indexed(request.method, request.params, tx.codec(), &mut self.slots, parts);
+        let (index, dispatched) = self.shared.registry.dispatch_indexed(
+            request.method,
+            request.params,
+            tx.codec(),
+            &mut self.slots,
+            parts,
+        );
         match dispatched {
             // Counted in the connection's tally, added to the server's once per batch.
             Dispatch::Ready(reply) => {
@@ -545,7 +550,8 @@ impl Calls {
             // Metered outside the deadline: a deadline that passes is the call's outcome
             // (`deadline_exceeded`), not a cancellation.
             Dispatch::Pending(fut) => {
-                let fut = Meter::started(metrics.method(index), started).pending(with_deadline(fut, deadline));
+                let fut =
+                    Meter::started(metrics.method(index), started).pending(with_deadline(fut, deadline));
                 self.push(request.msgid, fut, None);
             }
         }

@@ -221,7 +221,10 @@ impl Listener {
         let mut sweep = tokio::time::interval((config.dedup.ttl / 4).max(Duration::from_millis(100)));
         tokio::pin!(shutdown);
         // The metrics endpoint, served until the connections are drained.
-        let _metrics = shared.metrics.clone().map(|m| AbortOnDrop(tokio::spawn(m.serve())));
+        let _metrics = shared
+            .metrics
+            .clone()
+            .map(|m| AbortOnDrop(tokio::spawn(m.serve())));
         for l in &listeners {
             info!(addr = %l.meta.name, worker = shared.worker, transport = %l.meta.transport, "listening");
         }

@@ -24,9 +24,9 @@
 //! only. Requests the protocol answers itself, before dispatch (shutting down, too
 //! large, malformed), are not counted per method.
 
+use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -101,8 +101,8 @@ const BUCKETS_NS: [u64; 17] = [
     10_000_000_000,
 ];
 const BUCKETS_LE: [&str; 17] = [
-    "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
-    "0.5", "1", "2.5", "5", "10",
+    "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+    "0.25", "0.5", "1", "2.5", "5", "10",
 ];
 
 /// How often the recorder's upkeep runs when nobody scrapes (a scrape runs it too).
@@ -158,9 +158,15 @@ impl Durations {
         let mut cumulative = 0;
         for (le, n) in BUCKETS_LE.iter().zip(&counts) {
             cumulative += n;
-            let _ = writeln!(out, "{DURATION}_bucket{{method=\"{method}\",le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{DURATION}_bucket{{method=\"{method}\",le=\"{le}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(out, "{DURATION}_bucket{{method=\"{method}\",le=\"+Inf\"}} {total}");
+        let _ = writeln!(
+            out,
+            "{DURATION}_bucket{{method=\"{method}\",le=\"+Inf\"}} {total}"
+        );
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{DURATION}_sum{{method=\"{method}\"}} {sum}");
         let _ = writeln!(out, "{DURATION}_count{{method=\"{method}\"}} {total}");
@@ -196,7 +202,9 @@ pub(crate) struct Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Metrics")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -245,8 +253,10 @@ impl MethodMetrics {
     }
 
     fn overloaded(&self) -> &Counter {
-        self.overloaded
-            .get_or_init(|| self.recorder.register_counter(&key(OVERLOADED, self.method_label()), &metadata()))
+        self.overloaded.get_or_init(|| {
+            self.recorder
+                .register_counter(&key(OVERLOADED, self.method_label()), &metadata())
+        })
     }
 
     /// Add a connection's tally of this method.
@@ -268,8 +278,10 @@ impl MethodMetrics {
     }
 
     fn in_flight(&self) -> &Gauge {
-        self.in_flight
-            .get_or_init(|| self.recorder.register_gauge(&key(IN_FLIGHT, self.method_label()), &metadata()))
+        self.in_flight.get_or_init(|| {
+            self.recorder
+                .register_gauge(&key(IN_FLIGHT, self.method_label()), &metadata())
+        })
     }
 
     /// Count a call that ended with `outcome` (an index of [`OUTCOMES`]), started at
@@ -308,7 +320,7 @@ impl Metrics {
         let recorder = Arc::new(PrometheusBuilder::new().build_recorder());
         // Calibrated now, not at the first call.
         clock();
-        describe(&*recorder);
+        describe(&recorder);
         let handle = recorder.handle();
         let mut names: Vec<(usize, &str)> = methods.collect();
         names.sort_by_key(|&(i, _)| i);
@@ -320,7 +332,10 @@ impl Metrics {
                 Arc::new(MethodMetrics::new(recorder.clone(), Arc::from(name)))
             })
             .collect();
-        by_index.push(Arc::new(MethodMetrics::new(recorder.clone(), Arc::from(UNKNOWN_METHOD))));
+        by_index.push(Arc::new(MethodMetrics::new(
+            recorder.clone(),
+            Arc::from(UNKNOWN_METHOD),
+        )));
         let dedup_hits = recorder.register_counter(&Key::from_static_name(DEDUP_HITS), &metadata());
         let addr = endpoint.as_ref().and_then(|l| l.local_addr().ok());
         Metrics {
@@ -385,7 +400,8 @@ impl Metrics {
     /// The gauge of the connections open on `listener`.
     pub(crate) fn connections(&self, listener: &str) -> Gauge {
         let labels = vec![Label::new("listener", listener.to_string())];
-        self.recorder.register_gauge(&key(CONNECTIONS, labels), &metadata())
+        self.recorder
+            .register_gauge(&key(CONNECTIONS, labels), &metadata())
     }
 
     /// The metrics in the Prometheus text format.
@@ -396,7 +412,10 @@ impl Metrics {
             m.duration.render(&m.name, &mut durations);
         }
         if !durations.is_empty() {
-            let _ = writeln!(out, "# HELP {DURATION} Time from dispatch to the reply, by method.");
+            let _ = writeln!(
+                out,
+                "# HELP {DURATION} Time from dispatch to the reply, by method."
+            );
             let _ = writeln!(out, "# TYPE {DURATION} histogram");
             out.push_str(&durations);
             out.push('\n');
@@ -449,7 +468,9 @@ pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request head read; a scraper's is a few hundred bytes.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
 
-async fn accept(listener: Option<&tokio::net::TcpListener>) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+async fn accept(
+    listener: Option<&tokio::net::TcpListener>,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
@@ -484,7 +505,11 @@ pub(crate) fn response(head: &[u8], render: impl FnOnce() -> String) -> Vec<u8> 
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     let (status, content_type, body) = match (method, path) {
         (b"GET", b"/metrics" | b"/") => ("200 OK", "text/plain; version=0.0.4", render()),
-        (b"GET", _) => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
+        (b"GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "not found: try /metrics\n".to_string(),
+        ),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
     };
     let mut out = format!(
@@ -699,11 +724,26 @@ mod tests {
         let mut out = String::new();
         d.render("a\"b", &mut out);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], r#"rpc_call_duration_seconds_bucket{method="a\"b",le="0.00005"} 2"#);
-        assert_eq!(lines[1], r#"rpc_call_duration_seconds_bucket{method="a\"b",le="0.0001"} 3"#);
-        assert_eq!(lines[16], r#"rpc_call_duration_seconds_bucket{method="a\"b",le="10"} 3"#);
-        assert_eq!(lines[17], r#"rpc_call_duration_seconds_bucket{method="a\"b",le="+Inf"} 4"#);
-        assert_eq!(lines[18], r#"rpc_call_duration_seconds_sum{method="a\"b"} 20.000110001"#);
+        assert_eq!(
+            lines[0],
+            r#"rpc_call_duration_seconds_bucket{method="a\"b",le="0.00005"} 2"#
+        );
+        assert_eq!(
+            lines[1],
+            r#"rpc_call_duration_seconds_bucket{method="a\"b",le="0.0001"} 3"#
+        );
+        assert_eq!(
+            lines[16],
+            r#"rpc_call_duration_seconds_bucket{method="a\"b",le="10"} 3"#
+        );
+        assert_eq!(
+            lines[17],
+            r#"rpc_call_duration_seconds_bucket{method="a\"b",le="+Inf"} 4"#
+        );
+        assert_eq!(
+            lines[18],
+            r#"rpc_call_duration_seconds_sum{method="a\"b"} 20.000110001"#
+        );
         assert_eq!(lines[19], r#"rpc_call_duration_seconds_count{method="a\"b"} 4"#);
         let mut none = String::new();
         Durations::default().render("x", &mut none);

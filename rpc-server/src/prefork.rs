@@ -282,7 +282,11 @@ impl Signals {
 
     /// The signals that arrived, waiting up to `timeout` (forever if `None`) for one, or
     /// for `also` to be readable.
-    fn wait(&mut self, timeout: Option<Duration>, also: Option<std::os::fd::BorrowedFd<'_>>) -> io::Result<Vec<Signal>> {
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        also: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> io::Result<Vec<Signal>> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let timeout = match timeout {
@@ -321,7 +325,11 @@ impl Signals {
     }
 
     /// `also` cannot be waited for with `sigwait`: with it, the wait is a second at most.
-    fn wait(&mut self, timeout: Option<Duration>, also: Option<std::os::fd::BorrowedFd<'_>>) -> io::Result<Vec<Signal>> {
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        also: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> io::Result<Vec<Signal>> {
         use nix::unistd::alarm;
         let timeout = match (timeout, also) {
             (t, None) => t,
@@ -699,7 +707,8 @@ impl Supervisor {
             if !w.ready || w.scrape.is_none() {
                 continue;
             }
-            let better = |o: &Worker| (o.generation, o.stop_sent.is_none()) < (w.generation, w.stop_sent.is_none());
+            let better =
+                |o: &Worker| (o.generation, o.stop_sent.is_none()) < (w.generation, w.stop_sent.is_none());
             match asked.get(&w.index) {
                 Some(&o) if !better(&self.workers[o]) => {}
                 _ => {

@@ -416,11 +416,17 @@ impl Registry {
             return (index, self.dispatch_guarded(method, params, codec, parts));
         }
         let Some(entry) = self.table.entry(method, &mut slots.last) else {
-            return (None, Dispatch::Ready(Reply::err(ServerError::method_not_found(method))));
+            return (
+                None,
+                Dispatch::Ready(Reply::err(ServerError::method_not_found(method))),
+            );
         };
         let index = Some(entry.index);
         if entry.context {
-            return (index, self.table.run_with_context(entry, params, codec, slots, parts));
+            return (
+                index,
+                self.table.run_with_context(entry, params, codec, slots, parts),
+            );
         }
         let call = Call {
             method: &entry.name,

@@ -28,11 +28,11 @@ impl Scrape {
     /// The value of the sample `name{labels}`; 0 when absent (a series appears with its
     /// first event).
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.0
-            .get(&(name.to_string(), labels))
-            .copied()
-            .unwrap_or(0.0)
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.0.get(&(name.to_string(), labels)).copied().unwrap_or(0.0)
     }
 }
 
@@ -160,20 +160,34 @@ async fn every_outcome_is_counted_once_by_method_and_code() {
         assert_eq!(sum, i + 1);
     }
     let bad = within("add with bad params", client.call::<_, i64>("add", ("x", 1))).await;
-    assert!(matches!(&bad, Err(Error::Remote(e)) if e.kind() == ErrorCode::InvalidParams), "{bad:?}");
+    assert!(
+        matches!(&bad, Err(Error::Remote(e)) if e.kind() == ErrorCode::InvalidParams),
+        "{bad:?}"
+    );
     for _ in 0..2 {
-        let sum: i64 = within("add_async", client.call("add_async", (40, 2))).await.unwrap();
+        let sum: i64 = within("add_async", client.call("add_async", (40, 2)))
+            .await
+            .unwrap();
         assert_eq!(sum, 42);
     }
     let failed = within("fail", client.call::<_, i64>("fail", (-1,))).await;
-    assert!(matches!(&failed, Err(Error::Remote(e)) if e.kind() == ErrorCode::HandlerError), "{failed:?}");
+    assert!(
+        matches!(&failed, Err(Error::Remote(e)) if e.kind() == ErrorCode::HandlerError),
+        "{failed:?}"
+    );
     let ok: i64 = within("fail", client.call("fail", (1,))).await.unwrap();
     assert_eq!(ok, 1);
     let panicked = within("boom", client.call::<_, i64>("boom", ())).await;
-    assert!(matches!(&panicked, Err(Error::Remote(e)) if e.kind() == ErrorCode::HandlerPanicked), "{panicked:?}");
+    assert!(
+        matches!(&panicked, Err(Error::Remote(e)) if e.kind() == ErrorCode::HandlerPanicked),
+        "{panicked:?}"
+    );
     for name in ["nope", "also_nope"] {
         let missing = within("an unknown method", client.call::<_, i64>(name, ())).await;
-        assert!(matches!(&missing, Err(Error::Remote(e)) if e.kind() == ErrorCode::MethodNotFound), "{missing:?}");
+        assert!(
+            matches!(&missing, Err(Error::Remote(e)) if e.kind() == ErrorCode::MethodNotFound),
+            "{missing:?}"
+        );
     }
 
     // One `slow` inside, held; the next is refused at once.
@@ -183,9 +197,17 @@ async fn every_outcome_is_counted_once_by_method_and_code() {
     };
     within("slow to be entered", entered.recv()).await.unwrap();
     let refused = within("slow, overloaded", client.call::<_, i64>("slow", ())).await;
-    assert!(matches!(&refused, Err(Error::Remote(e)) if e.kind() == ErrorCode::Overloaded), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(Error::Remote(e)) if e.kind() == ErrorCode::Overloaded),
+        "{refused:?}"
+    );
     let during = scrape(server.metrics).await;
-    assert_eq!(during.get("rpc_calls_in_flight", &[("method", "slow")]), 1.0, "{}", during.1);
+    assert_eq!(
+        during.get("rpc_calls_in_flight", &[("method", "slow")]),
+        1.0,
+        "{}",
+        during.1
+    );
     assert_eq!(calls(&during, "slow", "ok"), 0.0);
     gate.add_permits(1);
     assert_eq!(within("slow", first).await.unwrap().unwrap(), 7);
@@ -203,22 +225,44 @@ async fn every_outcome_is_counted_once_by_method_and_code() {
     assert!(!text.contains("nope"), "{text}");
     assert_eq!(calls(&s, "slow", "ok"), 1.0, "{text}");
     assert_eq!(calls(&s, "slow", "overloaded"), 1.0, "{text}");
-    assert_eq!(s.get("rpc_overloaded_total", &[("method", "slow")]), 1.0, "{text}");
+    assert_eq!(
+        s.get("rpc_overloaded_total", &[("method", "slow")]),
+        1.0,
+        "{text}"
+    );
     assert_eq!(s.get("rpc_calls_in_flight", &[("method", "slow")]), 0.0, "{text}");
     // One duration per call, in a histogram with buckets.
-    assert_eq!(s.get("rpc_call_duration_seconds_count", &[("method", "add")]), 4.0, "{text}");
-    assert_eq!(s.get("rpc_call_duration_seconds_count", &[("method", "slow")]), 2.0, "{text}");
     assert_eq!(
-        s.get("rpc_call_duration_seconds_bucket", &[("method", "add"), ("le", "+Inf")]),
+        s.get("rpc_call_duration_seconds_count", &[("method", "add")]),
         4.0,
         "{text}"
     );
-    assert!(text.contains("# TYPE rpc_call_duration_seconds histogram"), "{text}");
+    assert_eq!(
+        s.get("rpc_call_duration_seconds_count", &[("method", "slow")]),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        s.get(
+            "rpc_call_duration_seconds_bucket",
+            &[("method", "add"), ("le", "+Inf")]
+        ),
+        4.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE rpc_call_duration_seconds histogram"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE rpc_calls_total counter"), "{text}");
     assert!(text.contains("# HELP rpc_calls_total "), "{text}");
     // The client's connection; the scrapes are not RPC connections.
     let listener = server.addr.to_string();
-    assert_eq!(s.get("rpc_connections", &[("listener", &listener)]), 1.0, "{text}");
+    assert_eq!(
+        s.get("rpc_connections", &[("listener", &listener)]),
+        1.0,
+        "{text}"
+    );
     assert_eq!(s.get("rpc_dedup_hits_total", &[]), 0.0, "{text}");
 
     drop(client);
@@ -251,7 +295,10 @@ async fn the_endpoint_answers_only_get_metrics() {
     let server = start(builder()).await;
     for (request, status) in [
         ("GET /other HTTP/1.1\r\n\r\n", "HTTP/1.1 404"),
-        ("POST /metrics HTTP/1.1\r\ncontent-length: 0\r\n\r\n", "HTTP/1.1 405"),
+        (
+            "POST /metrics HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
     ] {
         let response = within("a response", async {
             let mut stream = TcpStream::connect(server.metrics).await.unwrap();

@@ -160,9 +160,7 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
             announce(listener.local_addr()?)?;
             match kind {
                 ServerKind::Ours => {
-                    our_server(args)?
-                        .run(listener, std::future::pending())
-                        .await;
+                    our_server(args)?.run(listener, std::future::pending()).await;
                     Ok(())
                 }
                 ServerKind::OursTls => {

@@ -111,7 +111,10 @@ fn read_exact_by(mut stream: &UnixStream, mut buf: &mut [u8], deadline: Instant)
 
 /// Answer one scraper's HTTP request on `stream`, blocking, with [`ASK`] for each read
 /// and write; `render` makes the body of `GET /metrics`.
-pub(super) fn answer_http(mut stream: std::net::TcpStream, render: impl FnOnce() -> String) -> io::Result<()> {
+pub(super) fn answer_http(
+    mut stream: std::net::TcpStream,
+    render: impl FnOnce() -> String,
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(ASK))?;
     stream.set_write_timeout(Some(ASK))?;
