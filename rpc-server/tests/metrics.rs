@@ -3,7 +3,8 @@
 //! test binary, in parallel: each has its own recorder and endpoint.
 //!
 //! Every wait is bounded (`common::within`); handlers hold at gates the test opens, never
-//! behind a sleep.
+//! behind a sleep. One condition is looked for repeatedly, with a short pause, against the
+//! bound: a cancel, which the client sends when it sends it.
 
 #[allow(dead_code)] // Each test crate uses a part of the shared helpers.
 mod common;
@@ -327,4 +328,115 @@ fn an_address_that_cannot_be_bound_fails_the_build() {
 #[test]
 fn without_metrics_there_is_no_endpoint() {
     assert_eq!(Server::builder().build().unwrap().metrics_addr(), None);
+}
+
+/// A retry of a finished call from the same client session is answered from the dedup
+/// cache: the function ran once, and the retry counts as a dedup hit, not as a call.
+#[tokio::test]
+async fn a_dedup_hit_is_counted_as_such_not_as_a_call() {
+    use bytes::{Buf, BytesMut};
+    use easyrpc_proto::{encode_request, Codec, Framer, Hello};
+
+    let server = start(builder().unstable_network(true)).await;
+    let mut stream = within("connect", TcpStream::connect(server.addr)).await.unwrap();
+    let mut hello = Vec::new();
+    Hello::new(Codec::Msgpack)
+        .with_session(Some(0x5e55_1011))
+        .encode(&mut hello);
+    stream.write_all(&hello).await.unwrap();
+    let mut rbuf = BytesMut::new();
+    within("the server's hello", async {
+        loop {
+            if let Some((_, n)) = Hello::decode(&rbuf).unwrap() {
+                rbuf.advance(n);
+                return;
+            }
+            assert!(stream.read_buf(&mut rbuf).await.unwrap() > 0, "closed");
+        }
+    })
+    .await;
+    let mut framer = Framer::new(Codec::Msgpack, 1 << 20);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let mut req = Vec::new();
+        encode_request(Codec::Msgpack, &mut req, 9, "add", &(2i64, 3i64), None).unwrap();
+        stream.write_all(&req).await.unwrap();
+        let frame = within("an answer", async {
+            loop {
+                if let Some(n) = framer.decode(&rbuf).unwrap() {
+                    return rbuf.split_to(n).to_vec();
+                }
+                assert!(stream.read_buf(&mut rbuf).await.unwrap() > 0, "closed");
+            }
+        })
+        .await;
+        answers.push(frame);
+    }
+    assert_eq!(answers[0], answers[1], "the retry got the first answer");
+    let s = scrape(server.metrics).await;
+    assert_eq!(calls(&s, "add", "ok"), 1.0, "{}", s.1);
+    assert_eq!(s.get("rpc_dedup_hits_total", &[]), 1.0, "{}", s.1);
+    drop(stream);
+    server.stop().await;
+}
+
+/// A call the client gives up on (`rpc.cancel`) ends as `cancelled`, and leaves the
+/// in-flight gauge.
+#[tokio::test]
+async fn a_cancelled_call_counts_as_cancelled() {
+    let (entered_tx, mut entered) = mpsc::unbounded_channel::<()>();
+    let server = start(builder().register(Method::async_fn("stuck", move |(): ()| {
+        let entered = entered_tx.clone();
+        async move {
+            let _ = entered.send(());
+            std::future::pending::<()>().await;
+        }
+    })))
+    .await;
+    let mut config = easyrpc_client::Config::default();
+    config.extensions = true;
+    let client = within("connect", Client::connect_with(server.addr, config))
+        .await
+        .unwrap();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call::<_, ()>("stuck", ()).await })
+    };
+    within("stuck to be entered", entered.recv()).await.unwrap();
+    let during = scrape(server.metrics).await;
+    assert_eq!(
+        during.get("rpc_calls_in_flight", &[("method", "stuck")]),
+        1.0,
+        "{}",
+        during.1
+    );
+    // Dropping the call's future makes the client send `rpc.cancel`.
+    call.abort();
+    let _ = call.await;
+    // The cancel arrives when it arrives: look until it is counted, within the bound.
+    let s = within("the cancel to be counted", async {
+        loop {
+            let s = scrape(server.metrics).await;
+            if calls(&s, "stuck", "cancelled") > 0.0 {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(calls(&s, "stuck", "cancelled"), 1.0, "{}", s.1);
+    assert_eq!(
+        s.get("rpc_calls_in_flight", &[("method", "stuck")]),
+        0.0,
+        "{}",
+        s.1
+    );
+    assert_eq!(
+        s.get("rpc_call_duration_seconds_count", &[("method", "stuck")]),
+        1.0,
+        "{}",
+        s.1
+    );
+    drop(client);
+    server.stop().await;
 }
