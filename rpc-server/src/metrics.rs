@@ -11,9 +11,16 @@
 //! The durations are the exception: the recorder's `Histogram` keeps every sample until
 //! the next upkeep, then sorts each into its bucket (callgrind, server 1 x 64: about 390
 //! instructions a call, half the cost of a call without metrics). [`Durations`] counts
-//! into fixed buckets with plain atomics at once (a few instructions), and its text is
-//! written after the recorder's, in the same format. The clock is `quanta`'s: the
-//! time-stamp counter where it is reliable, two reads a call.
+//! into fixed buckets with plain atomics, and its text is written after the recorder's,
+//! in the same format. The clock is `quanta`'s: the time-stamp counter where it is
+//! reliable.
+//!
+//! Calls answered on the spot (most of them) are not even counted in the shared handles
+//! one by one: each connection tallies them in plain integers ([`Tally`]) and adds the
+//! tally to the handles after each batch of input, so such a call costs one clock reading
+//! and a few additions (callgrind, server 1 x 64: 105 instructions a call; see
+//! `benches/RESULTS.md`, "Metrics"). They are timed from the start of their batch: their
+//! replies are written together after it.
 //!
 //! What is counted, and where (`connection.rs`): every request and notification that
 //! reaches dispatch, once, when it ends: with its reply's code ("ok" or the error's
@@ -414,7 +421,7 @@ impl Metrics {
         if !durations.is_empty() {
             let _ = writeln!(
                 out,
-                "# HELP {DURATION} Time from dispatch to the reply, by method."
+                "# HELP {DURATION} Time from dispatch (of the batch of input, for calls answered at once) to the reply, by method."
             );
             let _ = writeln!(out, "# TYPE {DURATION} histogram");
             out.push_str(&durations);
