@@ -57,10 +57,36 @@
 //! segment is `Result` (`Result`, `io::Result`, `anyhow::Result`) is treated this way. An
 //! async function's future must be `Send`.
 //!
-//! Options: `name = "..."`, `max_flow = N`. Register functions at module level: the
-//! generated module refers to the function through `super::`. A signature that breaks a
-//! rule is a compile error on the token at fault, and a type that does not qualify is one
-//! on the type as written.
+//! Register functions at module level: the generated module refers to the function through
+//! `super::`. A signature that breaks a rule is a compile error on the token at fault, and a
+//! type that does not qualify is one on the type as written.
+//!
+//! # Options
+//!
+//! `#[register(...)]` takes, separated by commas:
+//!
+//! | option | what it does |
+//! |---|---|
+//! | `name = "math.add"` | the name served and called (default: the function's); names starting with `rpc.` are reserved |
+//! | `max_flow = 100` | at most this many calls of the function run at once (across prefork workers too); the next gets [`ErrorCode::Overloaded`] |
+//! | `max_flow_wait = "50ms"` | with `max_flow`: a call waits up to this long for a slot before it is refused (`us`, `ms`, `s`) |
+//! | `unstable_network` (or `= false`) | answers are remembered per session so a resent call never runs twice ([`DedupConfig`]); per function, over the server's default ([`Builder::unstable_network`]) |
+//! | `crate = "my_rpc"` | the path the generated code names this crate by, for a dependency renamed in `Cargo.toml` |
+//!
+//! `#[service(...)]` takes `prefix = "kv"` (methods are served as `kv.NAME`) and `crate`;
+//! its methods take `#[rpc(name, max_flow, max_flow_wait, unstable_network)]`. In
+//! [`declare!`], a signature takes `#[rpc(name = "..")]`, and a first line
+//! `crate = "my_rpc";` applies to every signature.
+//!
+//! ```
+//! // Cargo.toml: my_rpc = { package = "easyrpc", version = "0.1" }
+//! # extern crate easyrpc as my_rpc;
+//! #[my_rpc::register(crate = "my_rpc", name = "math.add", max_flow = 8, max_flow_wait = "5ms")]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//! # fn main() { assert_eq!(add::NAME, "math.add"); }
+//! ```
 //!
 //! # State, context and impl-block services
 //!
