@@ -18,6 +18,12 @@ pub mod service {
         a.wrapping_add(b)
     }
 
+    /// Adds two numbers, in the connection's task (`inline`: it never blocks).
+    #[register(inline)]
+    pub fn add_inline(a: i64, b: i64) -> i64 {
+        a.wrapping_add(b)
+    }
+
     /// Fibonacci, iteratively, on the runtime.
     #[register]
     pub async fn fib_async(n: u64) -> u64 {
@@ -112,6 +118,7 @@ pub mod service {
             .register(kv_put::method())
             .register(kv_get::method())
             .register(add::method())
+            .register(add_inline::method())
             .register(fib_async::method())
             .register(fib_sync::method())
             .register(echo::method())
@@ -162,6 +169,8 @@ pub mod api {
     easyrpc::declare! {
         /// Adds two numbers.
         pub fn add(a: i64, b: i64) -> i64;
+        /// Adds two numbers, in the connection's task.
+        pub fn add_inline(a: i64, b: i64) -> i64;
         /// Fibonacci on the runtime.
         pub async fn fib_async(n: u64) -> u64;
         /// Fibonacci on the blocking pool.

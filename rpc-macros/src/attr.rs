@@ -17,6 +17,8 @@ pub(crate) struct Options {
     pub(crate) max_flow_wait: Option<(u64, proc_macro2::Span)>,
     /// `unstable_network` (true) or `unstable_network = false`.
     pub(crate) unstable_network: Option<bool>,
+    /// `inline` (true) or `inline = false`, with the key's span (only for sync functions).
+    pub(crate) inline: Option<(bool, proc_macro2::Span)>,
     /// `crate = "path"`: where the framework is, for a dependency renamed in Cargo.toml.
     pub(crate) krate: Option<syn::Path>,
 }
@@ -55,10 +57,11 @@ impl Place {
         match self {
             Place::Register => {
                 "`name = \"...\"`, `max_flow = N`, `max_flow_wait = \"50ms\"`, `unstable_network`, \
-                 `crate = \"path\"`"
+                 `inline`, `crate = \"path\"`"
             }
             Place::Service => {
-                "`name = \"...\"`, `max_flow = N`, `max_flow_wait = \"50ms\"`, `unstable_network`"
+                "`name = \"...\"`, `max_flow = N`, `max_flow_wait = \"50ms\"`, `unstable_network`, \
+                 `inline`"
             }
             Place::Declare => "`name = \"...\"`, `crate = \"path\"`",
         }
@@ -130,7 +133,7 @@ pub(crate) fn parse_options(
                 false
             }
             ("name", _) | ("max_flow" | "max_flow_wait", Place::Register | Place::Service) => true,
-            ("unstable_network", Place::Register | Place::Service) => {
+            ("unstable_network" | "inline", Place::Register | Place::Service) => {
                 let on = match &value {
                     None => Ok(true),
                     Some(Expr::Lit(ExprLit {
@@ -138,15 +141,19 @@ pub(crate) fn parse_options(
                     })) => Ok(b.value),
                     Some(other) => Err(syn::Error::new_spanned(
                         other,
-                        "`unstable_network` takes `true` or `false`, or no value (true)",
+                        format!("`{name}` takes `true` or `false`, or no value (true)"),
                     )),
                 };
-                if let Err(e) = on.and_then(|on| set(&mut opts.unstable_network, on, &key)) {
+                let result = match name.as_str() {
+                    "inline" => on.and_then(|on| set(&mut opts.inline, (on, key.span()), &key)),
+                    _ => on.and_then(|on| set(&mut opts.unstable_network, on, &key)),
+                };
+                if let Err(e) = result {
                     errors.push(e);
                 }
                 continue;
             }
-            ("max_flow" | "max_flow_wait" | "unstable_network", Place::Declare) => {
+            ("max_flow" | "max_flow_wait" | "unstable_network" | "inline", Place::Declare) => {
                 errors.push(syn::Error::new_spanned(
                     &key,
                     format!(
@@ -192,6 +199,16 @@ pub(crate) fn parse_options(
         errors.push(syn::Error::new(
             span,
             "`max_flow_wait` bounds the wait for a `max_flow` slot: add `max_flow = N` too",
+        ));
+    }
+}
+
+/// `inline` is for sync functions: an async one already runs in the connection's task.
+pub(crate) fn check_inline(opts: &Options, sig: &syn::Signature, errors: &mut Vec<syn::Error>) {
+    if let (Some((true, span)), Some(_)) = (opts.inline, &sig.asyncness) {
+        errors.push(syn::Error::new(
+            span,
+            "`inline` is for sync functions: an async function already runs in the connection's task",
         ));
     }
 }

@@ -61,6 +61,7 @@ pub(crate) fn register(args: TokenStream, input: TokenStream) -> TokenStream {
     };
     let before = errors.len();
     valid::signature(&item.sig, Place::Register, &mut errors);
+    attr::check_inline(&opts, &item.sig, &mut errors);
     let func = Function::from_signature(&item.sig);
     // `#[cfg]` written after `#[register]` must remove the module along with the function.
     let cfgs: Vec<_> = item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
@@ -515,6 +516,7 @@ pub(crate) fn method_expr(
         .max_flow_wait
         .map(|(us, _)| quote!(.max_flow_wait(::core::time::Duration::from_micros(#us))));
     let unstable_network = opts.unstable_network.map(|on| quote!(.unstable_network(#on)));
+    let inline = opts.inline.map(|(on, _)| quote!(.inline(#on)));
     let (ctor, job, reply_fn, span) = if f.is_async {
         // Spanned on `async`: "this future is not `Send`" points there.
         let span = f.async_span;
@@ -591,6 +593,7 @@ pub(crate) fn method_expr(
         #max_flow
         #max_flow_wait
         #unstable_network
+        #inline
     }}
 }
 

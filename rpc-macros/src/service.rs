@@ -251,6 +251,7 @@ fn read_method(
 ) -> Option<Served> {
     let before = errors.len();
     valid::signature(&m.sig, Place::Service, errors);
+    attr::check_inline(&opts, &m.sig, errors);
     if errors.len() != before {
         return None;
     }
