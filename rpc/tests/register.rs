@@ -605,6 +605,18 @@ async fn max_flow_applies_to_sync_functions() {
         .expect("answered without waiting");
     assert_eq!(third.unwrap_err().code(), Some(ErrorCode::Overloaded));
     assert_eq!(SYNC_GATE.entered(), 2, "the rejected call did not run");
+    // Two sync calls hold their threads: other connections are served all the same, async,
+    // sync and inline functions alike.
+    let other = connect(addr, Codec::Msgpack).await;
+    let served = async {
+        (
+            double::call(&other, 4).await.unwrap(),
+            add::call(&other, 1, 2).await.unwrap(),
+            inline_checked::call(&other, 5).await.unwrap(),
+        )
+    };
+    assert_eq!(timeout(LIMIT, served).await.expect("not stalled"), (8, 3, 6));
+    assert_eq!(SYNC_GATE.entered(), 2);
 
     SYNC_GATE.open(2);
     assert_eq!(timeout(LIMIT, first).await.expect("in time").unwrap().unwrap(), 1);
