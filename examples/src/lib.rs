@@ -269,13 +269,27 @@ pub fn blocking_calls(client: &easyrpc::BlockingClient) -> Result<(), easyrpc::E
     );
     let data = api::echo::call_blocking(client, ByteBuf::from(vec![7u8; 1024]))?;
     println!("blocking echo(1 KiB)        = {} bytes back", data.len());
-    let start = Instant::now();
+    // The same sequential loop through the three ways a function runs: the blocking pool
+    // (a plain sync fn), the connection's task (`inline`), and an async fn.
     let n = 10_000;
+    let start = Instant::now();
     for i in 0..n {
         api::add::call_blocking(client, i, 1)?;
     }
     let per = start.elapsed() / n as u32;
-    println!("blocking {n} sequential add calls: {per:?} per call");
+    println!("blocking {n} sequential add calls: {per:?} per call (sync fn, blocking pool)");
+    let start = Instant::now();
+    for i in 0..n {
+        api::add_inline::call_blocking(client, i, 1)?;
+    }
+    let per = start.elapsed() / n as u32;
+    println!("blocking {n} sequential add_inline calls: {per:?} per call (sync fn, inline)");
+    let start = Instant::now();
+    for _ in 0..n {
+        api::fib_async::call_blocking(client, 1)?;
+    }
+    let per = start.elapsed() / n as u32;
+    println!("blocking {n} sequential fib_async(1) calls: {per:?} per call (async fn)");
     Ok(())
 }
 
