@@ -9,7 +9,8 @@
 //!
 //! Without `--addr` it starts the example server in-process (on its own thread and
 //! runtime). It prints p50/p99 per call for the blocking and the async client, for the
-//! sync `add` (blocking pool) and the async `fib_async(1)` (answered inline).
+//! sync `add` (blocking pool), the same function marked `#[register(inline)]` (`add_inline`,
+//! run in the connection's task) and the async `fib_async(1)` (answered inline).
 
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
     );
     report(
+        "blocking client, add_inline",
+        measure(args.calls, || {
+            examples::api::add_inline::call_blocking(&blocking, 1, 2).unwrap();
+        }),
+    );
+    report(
         "blocking client, fib_async(1)",
         measure(args.calls, || {
             examples::api::fib_async::call_blocking(&blocking, 1).unwrap();
@@ -92,15 +99,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let client = easyrpc::Client::connect(addr.as_str()).await?;
         for (what, f) in [
             ("async client, add (sync fn)", 0),
+            ("async client, add_inline", 2),
             ("async client, fib_async(1)", 1),
         ] {
             let mut samples = Vec::with_capacity(args.calls);
             for i in 0..args.calls + args.calls / 10 {
                 let t = Instant::now();
-                if f == 0 {
-                    examples::api::add::call(&client, 1, 2).await?;
-                } else {
-                    examples::api::fib_async::call(&client, 1).await?;
+                match f {
+                    0 => {
+                        examples::api::add::call(&client, 1, 2).await?;
+                    }
+                    2 => {
+                        examples::api::add_inline::call(&client, 1, 2).await?;
+                    }
+                    _ => {
+                        examples::api::fib_async::call(&client, 1).await?;
+                    }
                 }
                 if i >= args.calls / 10 {
                     samples.push(t.elapsed());

@@ -18,6 +18,12 @@ pub mod service {
         a.wrapping_add(b)
     }
 
+    /// Adds two numbers, in the connection's task (`inline`: it never blocks).
+    #[register(inline)]
+    pub fn add_inline(a: i64, b: i64) -> i64 {
+        a.wrapping_add(b)
+    }
+
     /// Fibonacci, iteratively, on the runtime.
     #[register]
     pub async fn fib_async(n: u64) -> u64 {
@@ -112,6 +118,7 @@ pub mod service {
             .register(kv_put::method())
             .register(kv_get::method())
             .register(add::method())
+            .register(add_inline::method())
             .register(fib_async::method())
             .register(fib_sync::method())
             .register(echo::method())
@@ -162,6 +169,8 @@ pub mod api {
     easyrpc::declare! {
         /// Adds two numbers.
         pub fn add(a: i64, b: i64) -> i64;
+        /// Adds two numbers, in the connection's task.
+        pub fn add_inline(a: i64, b: i64) -> i64;
         /// Fibonacci on the runtime.
         pub async fn fib_async(n: u64) -> u64;
         /// Fibonacci on the blocking pool.
@@ -260,13 +269,27 @@ pub fn blocking_calls(client: &easyrpc::BlockingClient) -> Result<(), easyrpc::E
     );
     let data = api::echo::call_blocking(client, ByteBuf::from(vec![7u8; 1024]))?;
     println!("blocking echo(1 KiB)        = {} bytes back", data.len());
-    let start = Instant::now();
+    // The same sequential loop through the three ways a function runs: the blocking pool
+    // (a plain sync fn), the connection's task (`inline`), and an async fn.
     let n = 10_000;
+    let start = Instant::now();
     for i in 0..n {
         api::add::call_blocking(client, i, 1)?;
     }
     let per = start.elapsed() / n as u32;
-    println!("blocking {n} sequential add calls: {per:?} per call");
+    println!("blocking {n} sequential add calls: {per:?} per call (sync fn, blocking pool)");
+    let start = Instant::now();
+    for i in 0..n {
+        api::add_inline::call_blocking(client, i, 1)?;
+    }
+    let per = start.elapsed() / n as u32;
+    println!("blocking {n} sequential add_inline calls: {per:?} per call (sync fn, inline)");
+    let start = Instant::now();
+    for _ in 0..n {
+        api::fib_async::call_blocking(client, 1)?;
+    }
+    let per = start.elapsed() / n as u32;
+    println!("blocking {n} sequential fib_async(1) calls: {per:?} per call (async fn)");
     Ok(())
 }
 

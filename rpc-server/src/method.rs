@@ -344,6 +344,8 @@ pub struct Method {
     pub(crate) max_flow: Option<usize>,
     pub(crate) max_flow_wait: Option<Duration>,
     pub(crate) unstable_network: Option<bool>,
+    /// A sync function run in the connection's task, not on the blocking pool.
+    pub(crate) inline: bool,
     /// The function takes a [`Context`](crate::Context): its calls get a cancellation
     /// token.
     pub(crate) context: bool,
@@ -399,6 +401,7 @@ impl Method {
             max_flow: None,
             max_flow_wait: None,
             unstable_network: None,
+            inline: false,
             context: false,
             signature: None,
         }
@@ -662,6 +665,19 @@ impl Method {
     /// msgid, and a retry gets the first answer.
     pub fn unstable_network(mut self, on: bool) -> Method {
         self.unstable_network = Some(on);
+        self
+    }
+
+    /// Run this sync function in the connection's task, as an async function that
+    /// answers at once is, instead of on the blocking pool: no hand-off to another thread,
+    /// so a call costs what an async one does (about 2.4 times less sequential latency for
+    /// a small function, client and server on one core). **Only for functions that never
+    /// block**: no I/O, no sleeping, no lock held for long, short CPU work. While an
+    /// inline function runs, nothing else runs on that runtime thread: every connection
+    /// it serves waits. No effect on async functions (they always run in the task).
+    /// `#[register(inline)]` sets it.
+    pub fn inline(mut self, on: bool) -> Method {
+        self.inline = on;
         self
     }
 

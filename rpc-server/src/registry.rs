@@ -104,6 +104,8 @@ struct Entry {
     flow: Option<Arc<dyn Limit>>,
     flow_wait: Option<Duration>,
     dedup: bool,
+    /// A sync function run in the connection's task ([`Method::inline`]).
+    inline: bool,
     /// The function takes a context: its calls get a cancellation token.
     context: bool,
     name: Arc<str>,
@@ -229,6 +231,8 @@ pub(crate) enum Dispatch {
 enum Work {
     Async(ReplyFuture),
     Sync(SyncJob),
+    /// A sync function marked inline: run in the connection's task.
+    Inline(SyncJob),
 }
 
 /// How a registry is built: besides the methods, what the builder and the deployment
@@ -298,6 +302,7 @@ impl Registry {
                 let bound = bind(setup.states)?;
                 m.kind = bound.kind;
                 m.context |= bound.context;
+                m.inline |= bound.inline;
             }
         }
         let descriptions = Arc::new(describe(&methods));
@@ -322,6 +327,7 @@ impl Registry {
                 }),
                 flow_wait: m.max_flow_wait,
                 dedup: !is_reserved && m.unstable_network.unwrap_or(setup.unstable_network),
+                inline: m.inline,
                 context: m.context,
                 name: Arc::from(&*m.name),
                 index,
@@ -564,6 +570,7 @@ impl Table {
                 Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
             },
             (Kind::Sync(f), _) => match catch_unwind(AssertUnwindSafe(|| f(&mut args, call))) {
+                Ok(Ok(job)) if entry.inline => Work::Inline(job),
                 Ok(Ok(job)) => Work::Sync(job),
                 Ok(Err(e)) => return Dispatch::Ready(Reply::err(e)),
                 Err(p) => return Dispatch::Ready(panicked(&entry.name, &*p)),
@@ -633,6 +640,11 @@ fn start(work: Work, name: &Arc<str>, flow: Option<Permit>, blocking: &BlockingP
             }
         }
         Work::Sync(job) => Dispatch::Pending(blocking.run(job, name, flow)),
+        // The `max_flow` permit, if any, is dropped when the call ends, here.
+        Work::Inline(job) => match catch_unwind(AssertUnwindSafe(job)) {
+            Ok(reply) => Dispatch::Ready(reply),
+            Err(p) => Dispatch::Ready(panicked(name, &*p)),
+        },
     }
 }
 

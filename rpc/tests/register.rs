@@ -52,6 +52,31 @@ fn open(path: String) -> std::io::Result<u64> {
     ))
 }
 
+/// The thread a call runs on: inline, in the connection's task.
+#[register(inline)]
+fn thread_inline() -> String {
+    format!("{:?}", std::thread::current().id())
+}
+
+/// The same on the blocking pool.
+#[register]
+fn thread_pooled() -> String {
+    format!("{:?}", std::thread::current().id())
+}
+
+/// The same from an async function: the connection's task.
+#[register]
+async fn thread_async() -> String {
+    format!("{:?}", std::thread::current().id())
+}
+
+/// An inline function that panics on 0, with at most one call running at once.
+#[register(inline, max_flow = 1)]
+fn inline_checked(n: u32) -> u32 {
+    assert!(n != 0, "zero");
+    n + 1
+}
+
 /// Served as `add` too: for the duplicate-name check, never registered with `add`.
 #[register(name = "add")]
 fn another_add(a: i64, b: i64) -> i64 {
@@ -226,6 +251,10 @@ async fn start() -> (SocketAddr, oneshot::Sender<()>) {
         .register(nudge::method())
         .register(gated::method())
         .register(gated_sync::method())
+        .register(thread_inline::method())
+        .register(thread_pooled::method())
+        .register(thread_async::method())
+        .register(inline_checked::method())
         .build()
         .expect("distinct names");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -306,6 +335,30 @@ async fn sync_and_async_functions_by_stub_and_by_name() {
         // By name, with any serde arguments.
         assert_eq!(c.call::<_, i64>("add", (40, 2)).await.unwrap(), 42);
         assert_eq!(c.call::<_, u64>("double", (5u64,)).await.unwrap(), 10);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_inline_sync_function_runs_in_the_connection_task() {
+    let (addr, _stop) = start().await;
+    each_codec(addr, |c, _| async move {
+        let task = thread_async::call(&c).await.unwrap();
+        assert_eq!(
+            thread_inline::call(&c).await.unwrap(),
+            task,
+            "inline: the connection's thread"
+        );
+        assert_ne!(
+            thread_pooled::call(&c).await.unwrap(),
+            task,
+            "not inline: the blocking pool"
+        );
+        // A panic is the caller's error, logged; the connection and the limit go on.
+        assert_eq!(inline_checked::call(&c, 1).await.unwrap(), 2);
+        let e = inline_checked::call(&c, 0).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::HandlerPanicked));
+        assert_eq!(inline_checked::call(&c, 2).await.unwrap(), 3);
     })
     .await;
 }
@@ -552,6 +605,18 @@ async fn max_flow_applies_to_sync_functions() {
         .expect("answered without waiting");
     assert_eq!(third.unwrap_err().code(), Some(ErrorCode::Overloaded));
     assert_eq!(SYNC_GATE.entered(), 2, "the rejected call did not run");
+    // Two sync calls hold their threads: other connections are served all the same, async,
+    // sync and inline functions alike.
+    let other = connect(addr, Codec::Msgpack).await;
+    let served = async {
+        (
+            double::call(&other, 4).await.unwrap(),
+            add::call(&other, 1, 2).await.unwrap(),
+            inline_checked::call(&other, 5).await.unwrap(),
+        )
+    };
+    assert_eq!(timeout(LIMIT, served).await.expect("not stalled"), (8, 3, 6));
+    assert_eq!(SYNC_GATE.entered(), 2);
 
     SYNC_GATE.open(2);
     assert_eq!(timeout(LIMIT, first).await.expect("in time").unwrap().unwrap(), 1);
