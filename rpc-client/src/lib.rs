@@ -35,7 +35,7 @@ mod tls;
 
 pub use blocking::{BlockingClient, CallOptions};
 pub use call_error::CallError;
-pub use client::Client;
+pub use client::{Client, InstanceState};
 pub use config::Config;
 pub use easyrpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
 pub use error::{Error, ResultError};

@@ -47,6 +47,8 @@ mod blocking;
 mod connection;
 mod context;
 mod dedup;
+#[cfg(feature = "etcd")]
+mod discovery;
 mod endpoint;
 mod layer;
 pub mod layers;
@@ -75,6 +77,8 @@ pub use easyrpc_proto::{
     Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
     DEFAULT_MAX_MESSAGE_SIZE,
 };
+#[cfg(feature = "etcd")]
+pub use discovery::{DiscoveryError, Registration};
 pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};
 pub use layer::{BoxError, CallRequest, RpcService};
 pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};
@@ -214,6 +218,10 @@ pub enum Error {
     /// none was.
     #[error("no listener: give the server at least one with Builder::listen")]
     NoListener,
+    /// Registering in etcd at start-up failed ([`Builder::discovery`]).
+    #[cfg(feature = "etcd")]
+    #[error("service discovery: {0}")]
+    Discovery(#[from] DiscoveryError),
 }
 
 /// Collects methods and settings.
@@ -230,6 +238,9 @@ pub struct Builder {
     listeners: Vec<Endpoint>,
     /// Who may connect and call what ([`Builder::rules`]).
     rules: Rules,
+    /// Where to register in etcd ([`Builder::discovery`]).
+    #[cfg(feature = "etcd")]
+    discovery: Option<Registration>,
 }
 
 /// The layers given to a builder, outermost first.

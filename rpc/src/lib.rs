@@ -182,6 +182,12 @@ pub use easyrpc_server::{
     WorkerRuntime,
 };
 
+/// Service discovery on etcd (feature `etcd`): the server's registration and its errors.
+#[cfg(feature = "etcd")]
+pub use easyrpc_server::{DiscoveryError, Registration};
+/// The key layout and what each instance's key holds.
+pub use easyrpc_proto::discovery;
+
 /// The dynamic value type for calls by name: `rmpv::Value`.
 pub use rmpv::Value;
 
