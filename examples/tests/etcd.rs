@@ -280,3 +280,29 @@ fn issue13_static_list_spread() {
         eprintln!("{ok} calls, none failed");
     });
 }
+
+/// The blocking client over etcd's instances (read once): round robin, and one killed with kill -9 is ejected without failing an idempotent call.
+#[test]
+fn issue13_blocking_round_robin() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let etcd = Etcd::start();
+    let mut servers: Vec<Server> = (0..2).map(|_| Server::registered(&etcd, "calc", TTL)).collect();
+    let client = easyrpc::BlockingClient::discover([etcd.url()], "calc", config()).unwrap();
+    let mut addrs: Vec<String> = client.addrs().iter().map(ToString::to_string).collect();
+    addrs.sort();
+    let mut want: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    want.sort();
+    assert_eq!(addrs, want);
+    let idempotent = easyrpc::CallOptions::default().idempotent();
+    for i in 0..10i64 {
+        let sum: i64 = client.call_with("add", (i, 1), idempotent.clone()).unwrap();
+        assert_eq!(sum, i + 1);
+    }
+    servers[0].kill();
+    for i in 0..50i64 {
+        let sum: i64 = client.call_with("add", (i, 1), idempotent.clone()).unwrap();
+        assert_eq!(sum, i + 1);
+    }
+    assert_eq!(client.ejected().len(), 1, "the killed server is ejected");
+    assert_eq!(client.ejected()[0].to_string(), servers[0].addr);
+}

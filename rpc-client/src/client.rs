@@ -40,7 +40,7 @@ use tracing::debug;
 
 mod balance;
 #[cfg(feature = "etcd")]
-mod discover;
+pub(crate) mod discover;
 mod driver;
 mod state;
 

@@ -24,6 +24,7 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 mod blocking;
+mod blocking_balance;
 mod call_error;
 mod client;
 mod config;
@@ -34,6 +35,7 @@ mod reply;
 mod tls;
 
 pub use blocking::{BlockingClient, CallOptions};
+pub use blocking_balance::BalancedBlockingClient;
 pub use call_error::CallError;
 pub use client::{Client, InstanceState};
 pub use config::Config;

@@ -169,8 +169,8 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 pub use easyrpc_client::{
-    BlockingClient, CallError, CallOptions, Client, ClientTls, Config as ClientConfig, Error, ForeignError,
-    TlsCause,
+    BalancedBlockingClient, BlockingClient, CallError, CallOptions, Client, ClientTls, Config as ClientConfig, Error, ForeignError,
+    InstanceState, TlsCause,
 };
 pub use easyrpc_macros::{declare, register, service};
 pub use easyrpc_proto::reserved::MethodDescription;

@@ -123,7 +123,7 @@ impl Etcd {
     }
 
     /// The instances registered under `service`: key → value.
-    pub async fn instances(&self, service: &str) -> Vec<(String, String)> {
+    pub(crate) async fn instances(&self, service: &str) -> Vec<(String, String)> {
         let mut c = etcd_client::Client::connect([self.url()], None).await.expect("connect to etcd");
         let prefix = format!("rpc/services/{service}/");
         let resp = c

@@ -69,9 +69,22 @@ impl Client {
     }
 }
 
+/// The instances registered under `prefix` now: (name, address, weight) each.
+pub(crate) async fn read_instances(endpoints: &[String], prefix: &str) -> Result<Vec<(String, SocketAddr, u32)>, String> {
+    let (_, _, all) = read(endpoints, prefix).await?;
+    Ok(all)
+}
+
 /// Connect and read every key under `prefix` into the pool; returns the client and the
 /// revision read.
 async fn read_all(endpoints: &[String], prefix: &str, pool: &Pool) -> Result<(Etcd, i64), String> {
+    let (etcd, revision, all) = read(endpoints, prefix).await?;
+    pool.replace_all(&all);
+    Ok((etcd, revision))
+}
+
+/// Connect and read every key under `prefix`.
+async fn read(endpoints: &[String], prefix: &str) -> Result<(Etcd, i64, Vec<(String, SocketAddr, u32)>), String> {
     let read = async {
         let options = ConnectOptions::new().with_connect_timeout(REQUEST_TIMEOUT);
         let mut etcd = Etcd::connect(endpoints, Some(options)).await?;
@@ -84,13 +97,11 @@ async fn read_all(endpoints: &[String], prefix: &str, pool: &Pool) -> Result<(Et
             .collect();
         Ok::<_, etcd_client::Error>((etcd, revision, all))
     };
-    let (etcd, revision, all) = match tokio::time::timeout(REQUEST_TIMEOUT * 2, read).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err(format!("no answer within {:?}", REQUEST_TIMEOUT * 2)),
-    };
-    pool.replace_all(&all);
-    Ok((etcd, revision))
+    match tokio::time::timeout(REQUEST_TIMEOUT * 2, read).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", REQUEST_TIMEOUT * 2)),
+    }
 }
 
 /// An instance from its key and value; `None` (logged) for a value that is not one.
