@@ -306,3 +306,42 @@ fn issue13_blocking_round_robin() {
     assert_eq!(client.ejected().len(), 1, "the killed server is ejected");
     assert_eq!(client.ejected()[0].to_string(), servers[0].addr);
 }
+
+/// Under prefork the supervisor registers once for all its workers (one key, with the
+/// worker count); TERM deregisters before any worker stops accepting.
+#[test]
+fn issue13_prefork_registers_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let etcd = Etcd::start();
+    let mut server = Server::start(&[
+        "--workers",
+        "2",
+        "--etcd",
+        &etcd.url(),
+        "--service",
+        "calc",
+        "--lease-ttl",
+        &TTL.to_string(),
+    ]);
+    runtime().block_on(async {
+        let keys = etcd.instances("calc").await;
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(keys[0].1.contains("\"workers\":2"), "{keys:?}");
+        assert!(keys[0].1.contains(&server.addr), "{keys:?}");
+        let client = Client::discover_with([etcd.url()], "calc", config()).await.unwrap();
+        let sum: i64 = client.idempotent().call("add", (1, 2)).await.unwrap();
+        assert_eq!(sum, 3);
+        server.term();
+        assert!(server.wait_exit(Duration::from_secs(10)), "{:?}", server.log());
+        let (dereg, stopping) = (
+            server.log_line("deregistered from etcd"),
+            server.log_line("shutting down"),
+        );
+        assert!(
+            matches!((dereg, stopping), (Some(d), Some(s)) if d < s),
+            "deregistered before the workers stopped accepting: {:?}",
+            server.log()
+        );
+        assert!(etcd.instances("calc").await.is_empty());
+    });
+}

@@ -128,6 +128,9 @@ pub enum DiscoveryError {
         /// What went wrong.
         cause: String,
     },
+    /// Under prefork, the process that registers for every worker failed; its message.
+    #[error("{0}")]
+    Process(String),
 }
 
 /// The registration of a running server: keeps its lease alive until
