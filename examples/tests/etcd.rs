@@ -54,7 +54,12 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, ok, failed, tasks }
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
     }
 
     fn ok(&self) -> u64 {
@@ -126,7 +131,9 @@ fn issue13_discovery_under_load() {
     let etcd = Etcd::start();
     let mut servers: Vec<Server> = (0..3).map(|_| Server::registered(&etcd, "calc", TTL)).collect();
     runtime().block_on(async {
-        let client = Client::discover_with([etcd.url()], "calc", config()).await.unwrap();
+        let client = Client::discover_with([etcd.url()], "calc", config())
+            .await
+            .unwrap();
         until(Duration::from_secs(5), "3 instances up", || {
             servers.iter().all(|s| listed(&client, &s.addr) == Some(true))
         })
@@ -138,16 +145,23 @@ fn issue13_discovery_under_load() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let killed = servers[0].addr.clone();
         servers[0].kill();
-        let out = until(Duration::from_secs(1), "killed instance out of the rotation", || {
-            listed(&client, &killed) != Some(true)
-        })
+        let out = until(
+            Duration::from_secs(1),
+            "killed instance out of the rotation",
+            || listed(&client, &killed) != Some(true),
+        )
         .await;
-        let gone = until(Duration::from_secs(TTL + 2), "killed instance's key expired", || {
-            listed(&client, &killed).is_none()
-        })
+        let gone = until(
+            Duration::from_secs(TTL + 2),
+            "killed instance's key expired",
+            || listed(&client, &killed).is_none(),
+        )
         .await;
         eprintln!("kill -9: out of the rotation after {out:?}, out of the list after {gone:?} (TTL {TTL} s)");
-        assert!(gone <= Duration::from_millis(TTL * 1000 + 1000), "removed after {gone:?}");
+        assert!(
+            gone <= Duration::from_millis(TTL * 1000 + 1000),
+            "removed after {gone:?}"
+        );
 
         // A 4th server: its first call within 1 s of registering (it registers before it
         // prints its address).
@@ -192,9 +206,18 @@ fn issue13_discovery_under_load() {
             ok - ok_before,
             failed.len()
         );
-        assert!(failed.is_empty(), "{} calls failed, first: {:?}", failed.len(), failed.first());
+        assert!(
+            failed.is_empty(),
+            "{} calls failed, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
         assert!(ok > 1000, "only {ok} calls");
-        let left: Vec<_> = client.instances().into_iter().map(|i| i.addr.to_string()).collect();
+        let left: Vec<_> = client
+            .instances()
+            .into_iter()
+            .map(|i| i.addr.to_string())
+            .collect();
         let mut want = vec![servers[2].addr.clone(), servers[3].addr.clone()];
         want.sort();
         let mut left = left;
@@ -212,7 +235,9 @@ fn issue13_etcd_down_under_load() {
     let mut etcd = Etcd::start();
     let servers: Vec<Server> = (0..3).map(|_| Server::registered(&etcd, "calc", TTL)).collect();
     runtime().block_on(async {
-        let client = Client::discover_with([etcd.url()], "calc", config()).await.unwrap();
+        let client = Client::discover_with([etcd.url()], "calc", config())
+            .await
+            .unwrap();
         until(Duration::from_secs(5), "3 instances up", || {
             servers.iter().all(|s| listed(&client, &s.addr) == Some(true))
         })
@@ -236,13 +261,20 @@ fn issue13_etcd_down_under_load() {
         let keys = etcd.instances("calc").await;
         assert_eq!(keys.len(), 3, "{keys:?}");
         let late = Server::registered(&etcd, "calc", TTL);
-        let found = until(Duration::from_secs(5), "a server registered after the outage is found", || {
-            listed(&client, &late.addr) == Some(true)
-        })
+        let found = until(
+            Duration::from_secs(5),
+            "a server registered after the outage is found",
+            || listed(&client, &late.addr) == Some(true),
+        )
         .await;
         eprintln!("after the outage: a new instance found in {found:?}");
         let (ok, failed) = load.finish().await;
-        assert!(failed.is_empty(), "{} calls failed, first: {:?}", failed.len(), failed.first());
+        assert!(
+            failed.is_empty(),
+            "{} calls failed, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
         eprintln!("{ok} calls, none failed");
     });
 }
@@ -276,7 +308,12 @@ fn issue13_static_list_spread() {
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (ok, failed) = load.finish().await;
-        assert!(failed.is_empty(), "{} calls failed, first: {:?}", failed.len(), failed.first());
+        assert!(
+            failed.is_empty(),
+            "{} calls failed, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
         eprintln!("{ok} calls, none failed");
     });
 }
@@ -328,7 +365,9 @@ fn issue13_prefork_registers_once() {
         assert_eq!(keys.len(), 1, "{keys:?}");
         assert!(keys[0].1.contains("\"workers\":2"), "{keys:?}");
         assert!(keys[0].1.contains(&server.addr), "{keys:?}");
-        let client = Client::discover_with([etcd.url()], "calc", config()).await.unwrap();
+        let client = Client::discover_with([etcd.url()], "calc", config())
+            .await
+            .unwrap();
         let sum: i64 = client.idempotent().call("add", (1, 2)).await.unwrap();
         assert_eq!(sum, 3);
         server.term();

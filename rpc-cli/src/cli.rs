@@ -113,7 +113,14 @@ pub struct GlobalArgs {
 /// ```
 pub fn discovery_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     const TAKE_VALUE: &[&str] = &[
-        "--timeout", "--codec", "--tls-ca", "--tls-server-name", "--tls-cert", "--tls-key", "--etcd", "--service",
+        "--timeout",
+        "--codec",
+        "--tls-ca",
+        "--tls-server-name",
+        "--tls-cert",
+        "--tls-key",
+        "--etcd",
+        "--service",
     ];
     const SUBCOMMANDS: &[&str] = &["call", "notify", "list", "describe", "load"];
     let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
@@ -125,7 +132,9 @@ pub fn discovery_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec
             if arg == name {
                 args.get(i + 1).map(|v| (v.to_string_lossy().into_owned(), true))
             } else {
-                arg.strip_prefix(name)?.strip_prefix('=').map(|v| (v.to_owned(), false))
+                arg.strip_prefix(name)?
+                    .strip_prefix('=')
+                    .map(|v| (v.to_owned(), false))
             }
         };
         if let Some((v, skip)) = value("--etcd") {
@@ -390,25 +399,25 @@ pub fn run(cli: &Cli) -> ExitCode {
 impl GlobalArgs {
     /// How to reach `addr` with these flags.
     fn connection(&self, addr: &Target) -> Result<Connection, Failure> {
-        let tls = match &self.tls_ca {
-            None => None,
-            Some(_) if !matches!(addr, Target::Tcp(_)) => {
-                return Err(Failure::Usage(
-                    "the TLS options apply to host:port addresses, not to unix: sockets nor etcd: services".into(),
-                ))
-            }
-            Some(ca) => {
-                let usage = |e| Failure::client(e, "TLS settings");
-                let mut tls = ClientTls::from_ca_file(ca).map_err(usage)?;
-                if let Some(name) = &self.tls_server_name {
-                    tls = tls.server_name(name.as_str());
+        let tls =
+            match &self.tls_ca {
+                None => None,
+                Some(_) if !matches!(addr, Target::Tcp(_)) => return Err(Failure::Usage(
+                    "the TLS options apply to host:port addresses, not to unix: sockets nor etcd: services"
+                        .into(),
+                )),
+                Some(ca) => {
+                    let usage = |e| Failure::client(e, "TLS settings");
+                    let mut tls = ClientTls::from_ca_file(ca).map_err(usage)?;
+                    if let Some(name) = &self.tls_server_name {
+                        tls = tls.server_name(name.as_str());
+                    }
+                    if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                        tls = tls.client_cert(cert, key).map_err(usage)?;
+                    }
+                    Some(tls)
                 }
-                if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-                    tls = tls.client_cert(cert, key).map_err(usage)?;
-                }
-                Some(tls)
-            }
-        };
+            };
         let mut config = Config::default();
         config.timeout = self.timeout;
         config.connect_timeout = self.timeout;

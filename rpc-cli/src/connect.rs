@@ -51,7 +51,9 @@ impl FromStr for Target {
                     service: service.into(),
                     endpoints: urls.split(',').map(Into::into).collect(),
                 }),
-                _ => Err(format!("{s:?}: etcd: needs a service and etcd's URL, as in etcd:calc@http://127.0.0.1:2379")),
+                _ => Err(format!(
+                    "{s:?}: etcd: needs a service and etcd's URL, as in etcd:calc@http://127.0.0.1:2379"
+                )),
             };
         }
         if let Some(path) = s.strip_prefix("unix:") {
@@ -133,7 +135,9 @@ impl Connection {
             #[cfg(not(unix))]
             (Target::Unix(_), _) => Err(unix_unsupported()),
             #[cfg(feature = "etcd")]
-            (Target::Etcd { service, endpoints }, _) => Client::discover_with(endpoints, service, config).await,
+            (Target::Etcd { service, endpoints }, _) => {
+                Client::discover_with(endpoints, service, config).await
+            }
             #[cfg(not(feature = "etcd"))]
             (Target::Etcd { .. }, _) => Err(etcd_unsupported()),
         }
@@ -143,7 +147,11 @@ impl Connection {
 /// A blocking client of one instance of `service`: the instances are read from etcd,
 /// and the first one that answers, starting from one chosen by the process id, is taken.
 #[cfg(feature = "etcd")]
-fn discover_one(endpoints: &[String], service: &str, config: Config) -> Result<BlockingClient, easyrpc_client::Error> {
+fn discover_one(
+    endpoints: &[String],
+    service: &str,
+    config: Config,
+) -> Result<BlockingClient, easyrpc_client::Error> {
     let all = BlockingClient::discover(endpoints, service, config.clone())?.addrs();
     let start = std::process::id() as usize % all.len();
     let mut last = None;

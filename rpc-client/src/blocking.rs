@@ -432,7 +432,9 @@ impl BlockingClient {
         let own;
         let metadata = match &opts.metadata {
             None => self.metadata.as_deref(),
-            Some(_) if !self.config.uses_hello() => return Err((None, Error::NeedsExtensions("call metadata"))),
+            Some(_) if !self.config.uses_hello() => {
+                return Err((None, Error::NeedsExtensions("call metadata")))
+            }
             Some(md) => {
                 own = md.encode();
                 Some(&own[..])

@@ -96,12 +96,21 @@ impl BlockingClient {
     ) -> Result<BalancedBlockingClient, Error> {
         let endpoints: Vec<String> = endpoints.as_ref().iter().map(|e| e.as_ref().to_owned()).collect();
         let prefix = easyrpc_proto::discovery::service_prefix(service);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let found = runtime
             .block_on(crate::client::discover::read_instances(&endpoints, &prefix))
-            .map_err(|cause| Error::Discovery(format!("reading {prefix:?} from etcd at {}: {cause}", endpoints.join(","))))?;
+            .map_err(|cause| {
+                Error::Discovery(format!(
+                    "reading {prefix:?} from etcd at {}: {cause}",
+                    endpoints.join(",")
+                ))
+            })?;
         if found.is_empty() {
-            return Err(Error::Discovery(format!("no instance of {service:?} is registered")));
+            return Err(Error::Discovery(format!(
+                "no instance of {service:?} is registered"
+            )));
         }
         BalancedBlockingClient::new(found.into_iter().map(|(_, addr, _)| addr), config)
     }
@@ -121,7 +130,10 @@ impl BalancedBlockingClient {
         let mut members = Vec::new();
         for addr in addrs {
             let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
-                Error::Transport(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))
+                Error::Transport(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "no address",
+                ))
             })?;
             members.push(Member {
                 addr,

@@ -44,8 +44,8 @@ pub(crate) mod discover;
 mod driver;
 mod state;
 
-use driver::connect;
 pub use balance::InstanceState;
+use driver::connect;
 pub(crate) use driver::refused;
 use state::{SlotState, State};
 
@@ -494,7 +494,14 @@ impl Client {
             Target::One(handle) => &handle.0,
             // Boxed: the balanced path stays out of the one-server call's future.
             Target::Balanced(pool) => {
-                return Box::pin(pool.call::<P, R, D>(method, params, self.timeout, self.idempotent, self.metadata.as_deref())).await;
+                return Box::pin(pool.call::<P, R, D>(
+                    method,
+                    params,
+                    self.timeout,
+                    self.idempotent,
+                    self.metadata.as_deref(),
+                ))
+                .await;
             }
         };
         let config = &core.config;
@@ -672,31 +679,36 @@ fn notify_on<P: Params>(core: &Core, method: &str, params: &P) -> Result<bool, E
 }
 
 /// [`Client::reconnect`] for `core`; `timeout` is the call's, for its error.
-async fn reconnect(core: &Arc<Core>, deadline: Instant, fail_fast: bool, timeout: Duration) -> Result<(), Error> {
+async fn reconnect(
+    core: &Arc<Core>,
+    deadline: Instant,
+    fail_fast: bool,
+    timeout: Duration,
+) -> Result<(), Error> {
     let _one_at_a_time = tokio::time::timeout_at(deadline, core.connecting.lock())
-            .await
-            .map_err(|_| Error::Timeout(timeout))?;
-        let config = &core.config;
-        let mut backoff = config.reconnect_backoff;
-        loop {
-            if core.lock().live.is_some() {
-                return Ok(());
-            }
-            let attempt = tokio::time::timeout_at(deadline, connect(core));
-            match attempt.await {
-                Err(_) => return Err(Error::Timeout(timeout)),
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e @ Error::Unavailable(_))) if fail_fast => return Err(e),
-                // A certificate or settings problem does not go away by trying again.
-                Ok(Err(e @ Error::Tls { cause, .. })) if !cause.is_transient() => return Err(e),
-                Ok(Err(e)) => {
-                    debug!(error = %e, ?backoff, "reconnect failed");
-                    if Instant::now() + backoff >= deadline {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(config.reconnect_backoff_max);
+        .await
+        .map_err(|_| Error::Timeout(timeout))?;
+    let config = &core.config;
+    let mut backoff = config.reconnect_backoff;
+    loop {
+        if core.lock().live.is_some() {
+            return Ok(());
+        }
+        let attempt = tokio::time::timeout_at(deadline, connect(core));
+        match attempt.await {
+            Err(_) => return Err(Error::Timeout(timeout)),
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e @ Error::Unavailable(_))) if fail_fast => return Err(e),
+            // A certificate or settings problem does not go away by trying again.
+            Ok(Err(e @ Error::Tls { cause, .. })) if !cause.is_transient() => return Err(e),
+            Ok(Err(e)) => {
+                debug!(error = %e, ?backoff, "reconnect failed");
+                if Instant::now() + backoff >= deadline {
+                    return Err(e);
                 }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.reconnect_backoff_max);
             }
         }
+    }
 }

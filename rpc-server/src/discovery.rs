@@ -2,7 +2,7 @@
 //! `rpc/services/NAME/INSTANCE` with a lease it keeps alive, so that clients
 //! ([`Client::discover`](https://docs.rs/easyrpc-client)) find it.
 //!
-//! - **Start-up**: [`Builder::register`](crate::Builder::register) makes
+//! - **Start-up**: [`Builder::discovery`](crate::Builder::discovery) makes
 //!   [`Builder::run`](crate::Builder::run) connect to etcd, grant a lease of
 //!   [`Registration::ttl`] and put the key before it serves; a failure there is
 //!   [`Error::Discovery`](crate::Error::Discovery) and the server does not start.
@@ -29,7 +29,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest wait between two attempts to register again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Where and how a server registers itself in etcd ([`Builder::register`](crate::Builder::register)).
+/// Where and how a server registers itself in etcd ([`Builder::discovery`](crate::Builder::discovery)).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -70,7 +70,10 @@ pub struct Registration {
 
 impl Registration {
     /// Register as an instance of `service` in the etcd cluster at `endpoints`.
-    pub fn new<E: Into<String>>(endpoints: impl IntoIterator<Item = E>, service: impl Into<String>) -> Registration {
+    pub fn new<E: Into<String>>(
+        endpoints: impl IntoIterator<Item = E>,
+        service: impl Into<String>,
+    ) -> Registration {
         Registration {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             service: service.into(),
@@ -150,7 +153,11 @@ struct Current {
 impl Registered {
     /// Register (`local`: the first TCP listener's address, for the default advertised
     /// address) and spawn the task keeping the lease alive.
-    pub(crate) async fn start(reg: Registration, local: Option<String>, workers: u32) -> Result<Registered, DiscoveryError> {
+    pub(crate) async fn start(
+        reg: Registration,
+        local: Option<String>,
+        workers: u32,
+    ) -> Result<Registered, DiscoveryError> {
         let addr = reg
             .advertise
             .clone()
@@ -174,14 +181,21 @@ impl Registered {
         let current = Arc::new(Mutex::new(Current { lease: Some(lease) }));
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(keep(reg, key.clone(), value, current, stopped));
-        Ok(Registered { stop: Some(stop), key })
+        Ok(Registered {
+            stop: Some(stop),
+            key,
+        })
     }
 
     /// Revoke the lease (the key goes with it), within 2 s; the keep-alive task ends.
     pub(crate) async fn deregister(mut self) {
         let Some(stop) = self.stop.take() else { return };
         let (done, wait) = oneshot::channel();
-        if stop.send(done).is_ok() && timeout(REQUEST_TIMEOUT + Duration::from_millis(500), wait).await.is_err() {
+        if stop.send(done).is_ok()
+            && timeout(REQUEST_TIMEOUT + Duration::from_millis(500), wait)
+                .await
+                .is_err()
+        {
             warn!(key = %self.key, "deregistering took too long: the key goes when its lease expires");
         }
     }
@@ -193,7 +207,8 @@ async fn register(reg: &Registration, key: &str, value: &[u8]) -> Result<(Etcd, 
         let options = ConnectOptions::new().with_connect_timeout(REQUEST_TIMEOUT);
         let mut etcd = Etcd::connect(&reg.endpoints, Some(options)).await?;
         let lease = etcd.lease_grant(reg.ttl_secs(), None).await?.id();
-        etcd.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+        etcd.put(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await?;
         Ok::<_, etcd_client::Error>((etcd, lease))
     };
     match timeout(REQUEST_TIMEOUT * 2, attempt).await {
@@ -245,7 +260,9 @@ async fn keep(
     if let Some((mut etcd, id)) = lease {
         match timeout(REQUEST_TIMEOUT, etcd.lease_revoke(id)).await {
             Ok(Ok(_)) => info!(key = %key, "deregistered from etcd"),
-            Ok(Err(e)) => warn!(key = %key, error = %e, "deregistering failed: the key goes when its lease expires"),
+            Ok(Err(e)) => {
+                warn!(key = %key, error = %e, "deregistering failed: the key goes when its lease expires")
+            }
             Err(_) => warn!(key = %key, "etcd did not answer: the key goes when its lease expires"),
         }
     }

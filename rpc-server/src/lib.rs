@@ -73,12 +73,12 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 #[doc(hidden)]
 pub use context::Call;
 pub use context::{Context, Peer};
+#[cfg(feature = "etcd")]
+pub use discovery::{DiscoveryError, Registration};
 pub use easyrpc_proto::{
     Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
     DEFAULT_MAX_MESSAGE_SIZE,
 };
-#[cfg(feature = "etcd")]
-pub use discovery::{DiscoveryError, Registration};
 pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};
 pub use layer::{BoxError, CallRequest, RpcService};
 pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};

@@ -147,7 +147,10 @@ pub(crate) fn run(
     #[cfg(feature = "etcd")]
     let registrar = match builder.discovery.take() {
         Some(reg) => {
-            let first = local.iter().find_map(LocalAddr::socket_addr).map(|a| a.to_string());
+            let first = local
+                .iter()
+                .find_map(LocalAddr::socket_addr)
+                .map(|a| a.to_string());
             let workers = u32::try_from(settings.workers).unwrap_or(u32::MAX);
             Some(registrar::Registrar::spawn(reg, first, workers)?)
         }

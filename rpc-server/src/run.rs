@@ -44,7 +44,7 @@ impl Builder {
     /// `run_listeners`) serves: before it serves, with a lease kept alive; deregistered
     /// first on TERM or INT, then drained (see the `Registration` docs for what happens
     /// when etcd goes away). A failure to register at start-up is
-    /// [`Error::Discovery`](crate::Error::Discovery). Under prefork the supervisor's
+    /// [`Error::Discovery`]. Under prefork the supervisor's
     /// process registers once for every worker. Feature `etcd`.
     #[cfg(feature = "etcd")]
     pub fn discovery(mut self, registration: crate::Registration) -> Builder {
@@ -205,7 +205,10 @@ impl Builder {
         #[cfg(feature = "etcd")]
         let registered = match discovery {
             Some(reg) => {
-                let first = local.iter().find_map(LocalAddr::socket_addr).map(|a| a.to_string());
+                let first = local
+                    .iter()
+                    .find_map(LocalAddr::socket_addr)
+                    .map(|a| a.to_string());
                 Some(runtime.block_on(crate::discovery::Registered::start(reg, first, 1))?)
             }
             None => None,

@@ -169,8 +169,8 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 pub use easyrpc_client::{
-    BalancedBlockingClient, BlockingClient, CallError, CallOptions, Client, ClientTls, Config as ClientConfig, Error, ForeignError,
-    InstanceState, TlsCause,
+    BalancedBlockingClient, BlockingClient, CallError, CallOptions, Client, ClientTls,
+    Config as ClientConfig, Error, ForeignError, InstanceState, TlsCause,
 };
 pub use easyrpc_macros::{declare, register, service};
 pub use easyrpc_proto::reserved::MethodDescription;
@@ -182,11 +182,11 @@ pub use easyrpc_server::{
     WorkerRuntime,
 };
 
+/// The key layout and what each instance's key holds.
+pub use easyrpc_proto::discovery;
 /// Service discovery on etcd (feature `etcd`): the server's registration and its errors.
 #[cfg(feature = "etcd")]
 pub use easyrpc_server::{DiscoveryError, Registration};
-/// The key layout and what each instance's key holds.
-pub use easyrpc_proto::discovery;
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
 pub use rmpv::Value;

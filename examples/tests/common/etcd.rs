@@ -14,8 +14,18 @@ use std::time::{Duration, Instant};
 pub(crate) fn example(name: &str) -> PathBuf {
     // Unwrap: the test binary has a path, in target/<profile>/deps.
     let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(path.exists(), "{} is missing: run `cargo test` so examples are built", path.display());
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` so examples are built",
+        path.display()
+    );
     path
 }
 
@@ -36,7 +46,11 @@ fn etcd_binary() -> PathBuf {
 /// A port free now (bound, then released): etcd takes fixed ports.
 fn free_port() -> u16 {
     // Unwrap: binding port 0 on loopback only fails when the machine is out of ports.
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One etcd member on loopback, with a data directory of its own.
@@ -78,8 +92,18 @@ impl Etcd {
         let child = Command::new(etcd_binary())
             .arg("--data-dir")
             .arg(&self.dir)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("default={peer}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -88,7 +112,11 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while !self.healthy() {
-            assert!(Instant::now() < deadline, "etcd did not answer on {} within 15 s", self.url());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer on {} within 15 s",
+                self.url()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -100,7 +128,9 @@ impl Etcd {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
             return false;
         }
         let mut answer = String::new();
@@ -124,15 +154,25 @@ impl Etcd {
 
     /// The instances registered under `service`: key → value.
     pub(crate) async fn instances(&self, service: &str) -> Vec<(String, String)> {
-        let mut c = etcd_client::Client::connect([self.url()], None).await.expect("connect to etcd");
+        let mut c = etcd_client::Client::connect([self.url()], None)
+            .await
+            .expect("connect to etcd");
         let prefix = format!("rpc/services/{service}/");
         let resp = c
-            .get(prefix.as_str(), Some(etcd_client::GetOptions::new().with_prefix()))
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
             .await
             .expect("read etcd");
         resp.kvs()
             .iter()
-            .map(|kv| (kv.key_str().unwrap().to_owned(), kv.value_str().unwrap().to_owned()))
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_owned(),
+                    kv.value_str().unwrap().to_owned(),
+                )
+            })
             .collect()
     }
 }
@@ -181,7 +221,9 @@ impl Server {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("server printed its address");
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server printed its address");
         let addr = match line.trim().strip_prefix("listening on ") {
             Some(addr) => addr.to_owned(),
             None => {
@@ -195,7 +237,14 @@ impl Server {
 
     /// Start it registered as an instance of `service` in `etcd` with lease `ttl` seconds.
     pub(crate) fn registered(etcd: &Etcd, service: &str, ttl: u64) -> Server {
-        Server::start(&["--etcd", &etcd.url(), "--service", service, "--lease-ttl", &ttl.to_string()])
+        Server::start(&[
+            "--etcd",
+            &etcd.url(),
+            "--service",
+            service,
+            "--lease-ttl",
+            &ttl.to_string(),
+        ])
     }
 
     /// kill -9.

@@ -250,7 +250,8 @@ impl Pool {
                 };
                 match result {
                     Ok(()) => {
-                        inst.up.store(!inst.removed.load(Ordering::Relaxed), Ordering::Release);
+                        inst.up
+                            .store(!inst.removed.load(Ordering::Relaxed), Ordering::Release);
                         debug!(instance = %inst.name, addr = %inst.addr, "instance up");
                         changed.notify_waiters();
                         break;
@@ -278,7 +279,10 @@ impl Pool {
     /// Power of two choices among the instances up.
     fn pick(&self) -> Option<Arc<Instance>> {
         let instances = self.read();
-        let up: Vec<&Arc<Instance>> = instances.iter().filter(|i| i.up.load(Ordering::Acquire)).collect();
+        let up: Vec<&Arc<Instance>> = instances
+            .iter()
+            .filter(|i| i.up.load(Ordering::Acquire))
+            .collect();
         match up.len() {
             0 => None,
             1 => Some(up[0].clone()),
@@ -366,7 +370,8 @@ impl Pool {
             inst.in_flight.fetch_add(1, Ordering::Relaxed);
             let counted = InFlight(&inst);
             let started = Instant::now();
-            let sent = call_on::<P, R, D>(inst.core(), method, &mut params, deadline, timeout, metadata).await;
+            let sent =
+                call_on::<P, R, D>(inst.core(), method, &mut params, deadline, timeout, metadata).await;
             drop(counted);
             let (failure, error) = match sent {
                 Sent::Done(r) => {
@@ -396,7 +401,12 @@ impl Pool {
     }
 
     /// A notification, to one instance that is up.
-    pub(super) async fn notify<P: Params>(&self, method: &str, params: P, deadline: Instant) -> Result<(), Error> {
+    pub(super) async fn notify<P: Params>(
+        &self,
+        method: &str,
+        params: P,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         loop {
             let until = deadline.min(Instant::now() + self.config.connect_timeout);
             let Some(inst) = self.wait_pick(until).await else {
@@ -478,7 +488,10 @@ impl Client {
         for addr in addrs {
             let name = addr.as_ref();
             let resolved = tokio::net::lookup_host(name).await?.next().ok_or_else(|| {
-                Error::Transport(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name}: no address")))
+                Error::Transport(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{name}: no address"),
+                ))
             })?;
             pool.upsert(name, resolved, 1);
         }

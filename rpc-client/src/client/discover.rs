@@ -60,9 +60,12 @@ impl Client {
         let endpoints: Vec<String> = endpoints.as_ref().iter().map(|e| e.as_ref().to_owned()).collect();
         let prefix = service_prefix(service);
         let pool = Pool::new(config)?;
-        let (etcd, revision) = read_all(&endpoints, &prefix, &pool)
-            .await
-            .map_err(|cause| Error::Discovery(format!("reading {prefix:?} from etcd at {}: {cause}", endpoints.join(","))))?;
+        let (etcd, revision) = read_all(&endpoints, &prefix, &pool).await.map_err(|cause| {
+            Error::Discovery(format!(
+                "reading {prefix:?} from etcd at {}: {cause}",
+                endpoints.join(",")
+            ))
+        })?;
         let task = tokio::spawn(follow(Arc::downgrade(&pool), endpoints, prefix, etcd, revision));
         pool.set_task(task.abort_handle());
         Ok(Client::from_pool(pool))
@@ -70,7 +73,10 @@ impl Client {
 }
 
 /// The instances registered under `prefix` now: (name, address, weight) each.
-pub(crate) async fn read_instances(endpoints: &[String], prefix: &str) -> Result<Vec<(String, SocketAddr, u32)>, String> {
+pub(crate) async fn read_instances(
+    endpoints: &[String],
+    prefix: &str,
+) -> Result<Vec<(String, SocketAddr, u32)>, String> {
     let (_, _, all) = read(endpoints, prefix).await?;
     Ok(all)
 }
@@ -84,7 +90,10 @@ async fn read_all(endpoints: &[String], prefix: &str, pool: &Pool) -> Result<(Et
 }
 
 /// Connect and read every key under `prefix`.
-async fn read(endpoints: &[String], prefix: &str) -> Result<(Etcd, i64, Vec<(String, SocketAddr, u32)>), String> {
+async fn read(
+    endpoints: &[String],
+    prefix: &str,
+) -> Result<(Etcd, i64, Vec<(String, SocketAddr, u32)>), String> {
     let read = async {
         let options = ConnectOptions::new().with_connect_timeout(REQUEST_TIMEOUT);
         let mut etcd = Etcd::connect(endpoints, Some(options)).await?;
@@ -115,7 +124,10 @@ fn instance(prefix: &str, key: &[u8], value: &[u8]) -> Option<(String, SocketAdd
         }
     };
     // A name is resolved once, when the key is read.
-    let Some(addr) = std::net::ToSocketAddrs::to_socket_addrs(&info.addr).ok().and_then(|mut a| a.next()) else {
+    let Some(addr) = std::net::ToSocketAddrs::to_socket_addrs(&info.addr)
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
         warn!(key = %String::from_utf8_lossy(key), addr = %info.addr, "instance address does not resolve: ignored");
         return None;
     };
@@ -154,7 +166,9 @@ async fn follow(pool: Weak<Pool>, endpoints: Vec<String>, prefix: String, etcd: 
 
 /// Apply the watch's events until it fails; returns why.
 async fn watch(pool: &Weak<Pool>, mut etcd: Etcd, prefix: &str, revision: i64) -> String {
-    let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
     let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, etcd.watch(prefix, Some(options))).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return e.to_string(),

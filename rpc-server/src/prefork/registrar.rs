@@ -95,7 +95,10 @@ impl Registrar {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Ok(WaitStatus::StillAlive) => {
-                    warn!(pid = pid.as_raw(), "the registrar did not stop in time: killed (the key goes with its lease)");
+                    warn!(
+                        pid = pid.as_raw(),
+                        "the registrar did not stop in time: killed (the key goes with its lease)"
+                    );
                     let _ = kill(pid, Signal::SIGKILL);
                     let _ = waitpid(pid, None);
                     return;
@@ -130,7 +133,8 @@ fn registrar(reg: Registration, local: Option<String>, workers: u32, mut status:
     };
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             let _ = write!(status, "the registrar cannot listen for TERM");
             return 1;
         };
