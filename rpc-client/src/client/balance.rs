@@ -520,3 +520,48 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn two_choices_follow_calls_in_flight_and_weights() {
+        let pool = Pool::new(Config::default()).unwrap();
+        // Nothing listens on these ports: the probes fail, and the test says who is up.
+        for (port, weight) in [(1u16, 1u32), (2, 1), (3, 2)] {
+            pool.upsert(
+                &format!("i{port}"),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                weight,
+            );
+        }
+        for inst in pool.read().iter() {
+            inst.up.store(true, Ordering::Release);
+        }
+        let picks = |n| {
+            let mut count = [0u32; 3];
+            for _ in 0..n {
+                let inst = pool.pick().unwrap();
+                count[usize::from(inst.addr.port()) - 1] += 1;
+            }
+            count
+        };
+        // Idle: weight 2 wins every pair it is in (2 pairs of 3); the two of weight 1 tie.
+        let [a, b, c] = picks(3000);
+        assert!(c > 1800 && c < 2200, "{:?}", [a, b, c]);
+        assert!(a > 300 && b > 300, "{:?}", [a, b, c]);
+        // Busy: 10 calls in flight on i1 and it loses every draw.
+        pool.read()[0].in_flight.store(10, Ordering::Relaxed);
+        let [a, _, _] = picks(1000);
+        assert_eq!(a, 0);
+        // Down: never picked; none up: none.
+        pool.read()[2].up.store(false, Ordering::Release);
+        let [_, b, c] = picks(100);
+        assert_eq!((b, c), (100, 0));
+        for inst in pool.read().iter() {
+            inst.up.store(false, Ordering::Release);
+        }
+        assert!(pool.pick().is_none());
+    }
+}
