@@ -7,13 +7,16 @@
 
 #[path = "common/etcd.rs"]
 mod etcd;
+#[path = "common/example_server.rs"]
+mod example_server;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use easyrpc::{Client, ClientConfig};
-use etcd::{Etcd, Server};
+use etcd::Etcd;
+use example_server::Server;
 
 /// One test at a time (see the module's docs).
 static SERIAL: Mutex<()> = Mutex::new(());
