@@ -14,6 +14,14 @@
 //!   handler registered with [`Config::on_request`] or [`Config::on_notification`]; a
 //!   request with none is answered at once with method-not-found.
 //!
+//! # Several servers
+//!
+//! [`Client::balanced`] spreads calls over a fixed list of servers (power of two choices on
+//! calls in flight, ejection and retry with backoff, resend to another server by the
+//! resend rule), and `Client::discover` (feature `etcd`) over the instances of a service
+//! registered in etcd, as they come and go. [`BlockingClient::balanced`] is round robin
+//! with ejection ([`BalancedBlockingClient`]).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), easyrpc_client::Error> {
 //! let client = easyrpc_client::Client::connect("127.0.0.1:25000").await?;
