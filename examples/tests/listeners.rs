@@ -305,14 +305,15 @@ fn allow_refuses_tcp_peers_outside_its_networks() {
 // ---------------------------------------------------------------------------------------
 // Python
 
-/// The interpreter: `$PYTHON`, as for `scripts/ensure-python-deps.sh`, or `python3`.
+/// The interpreter of the test environment `scripts/ensure-python-deps.sh` makes (under
+/// `target/`, from `$PYTHON` or `python3`), with msgpack.
 fn python() -> OsString {
-    std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into())
+    ensure_python_deps()
 }
 
-/// Run `scripts/ensure-python-deps.sh` once per test binary.
-fn ensure_python_deps() {
-    static DEPS: OnceLock<Result<(), String>> = OnceLock::new();
+/// Run `scripts/ensure-python-deps.sh` once per test binary: the environment's interpreter.
+fn ensure_python_deps() -> OsString {
+    static DEPS: OnceLock<Result<OsString, String>> = OnceLock::new();
     let r = DEPS.get_or_init(|| {
         let root = repo_root();
         let out = output(
@@ -320,18 +321,19 @@ fn ensure_python_deps() {
                 .arg(root.join("scripts/ensure-python-deps.sh"))
                 .current_dir(&root),
         );
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "scripts/ensure-python-deps.sh failed ({}); the Python tests need python3 with msgpack:\n{}",
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout.lines().last() {
+            Some(path) if out.status.success() => Ok(path.into()),
+            _ => Err(format!(
+                "scripts/ensure-python-deps.sh failed ({}); the Python tests need python3 (with venv) and msgpack:\n{}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
-            ))
+            )),
         }
     });
-    if let Err(e) = r {
-        panic!("{e}");
+    match r {
+        Ok(python) => python.clone(),
+        Err(e) => panic!("{e}"),
     }
 }
 

@@ -815,11 +815,6 @@ fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// `$PYTHON`, as for `scripts/ensure-python-deps.sh`, or `python3`.
-fn python() -> std::ffi::OsString {
-    std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into())
-}
-
 /// `tests/python/spec_server.py` (stock PyPI msgpack), killed when dropped; it also exits
 /// when its stdin closes.
 struct PythonServer {
@@ -837,17 +832,24 @@ fn start_python_server(root: &Path) -> PythonServer {
     );
     assert_eq!(
         deps.code, 0,
-        "scripts/ensure-python-deps.sh failed; this test needs python3 with PyPI msgpack: {deps:?}"
+        "scripts/ensure-python-deps.sh failed; this test needs python3 (with venv) and PyPI msgpack: {deps:?}"
     );
+    // The script prints the test environment's interpreter (under `target/`).
+    let python = deps
+        .stdout
+        .lines()
+        .last()
+        .expect("the interpreter's path")
+        .to_owned();
     let mut child = KillOnDrop(
-        Command::new(python())
+        Command::new(&python)
             .arg(root.join("tests/python/spec_server.py"))
             .current_dir(root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {:?} (python3 is needed): {e}", python())),
+            .unwrap_or_else(|e| panic!("cannot run {python:?}: {e}")),
     );
     // Unwraps: both were requested as pipes just above.
     let stdin = child.0.stdin.take().unwrap();

@@ -26,9 +26,10 @@ const INSTALL_LIMIT: Duration = Duration::from_secs(180);
 /// How long the Python server may take to print its port.
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 
-/// The interpreter: `$PYTHON`, as for `scripts/ensure-python-deps.sh`, or `python3`.
+/// The interpreter of the test environment `scripts/ensure-python-deps.sh` makes (under
+/// `target/`, from `$PYTHON` or `python3`), with msgpack.
 fn python() -> OsString {
-    std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into())
+    ensure_python_deps()
 }
 
 fn repo_root() -> PathBuf {
@@ -102,9 +103,10 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Finished {
     }
 }
 
-/// Run `scripts/ensure-python-deps.sh` once per test binary; every test sees its outcome.
-fn ensure_python_deps() {
-    static DEPS: OnceLock<Result<(), String>> = OnceLock::new();
+/// Run `scripts/ensure-python-deps.sh` once per test binary; every test sees its outcome:
+/// the environment's interpreter.
+fn ensure_python_deps() -> OsString {
+    static DEPS: OnceLock<Result<OsString, String>> = OnceLock::new();
     let r = DEPS.get_or_init(|| {
         let root = repo_root();
         let f = run_bounded(
@@ -113,18 +115,18 @@ fn ensure_python_deps() {
                 .current_dir(&root),
             INSTALL_LIMIT,
         );
-        if f.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "scripts/ensure-python-deps.sh failed ({}); the Python interop tests need python3 with \
-                 the msgpack package:\n{}{}",
+        match f.stdout.lines().last() {
+            Some(path) if f.status.success() => Ok(path.into()),
+            _ => Err(format!(
+                "scripts/ensure-python-deps.sh failed ({}); the Python interop tests need python3 \
+                 (with venv) and PyPI's msgpack:\n{}{}",
                 f.status, f.stdout, f.stderr
-            ))
+            )),
         }
     });
-    if let Err(e) = r {
-        panic!("{e}");
+    match r {
+        Ok(python) => python.clone(),
+        Err(e) => panic!("{e}"),
     }
 }
 

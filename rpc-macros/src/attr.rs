@@ -2,6 +2,7 @@
 //! `declare!`.
 
 use proc_macro2::TokenStream;
+use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, Token};
@@ -16,6 +17,19 @@ pub(crate) struct Options {
     pub(crate) max_flow_wait: Option<(u64, proc_macro2::Span)>,
     /// `unstable_network` (true) or `unstable_network = false`.
     pub(crate) unstable_network: Option<bool>,
+    /// `crate = "path"`: where the framework is, for a dependency renamed in Cargo.toml.
+    pub(crate) krate: Option<syn::Path>,
+}
+
+impl Options {
+    /// The path the generated code names the framework by: `::easyrpc`, or the one given
+    /// with `crate = "path"`.
+    pub(crate) fn krate(&self) -> TokenStream {
+        match &self.krate {
+            Some(path) => quote::quote!(#path),
+            None => quote::quote!(::easyrpc),
+        }
+    }
 }
 
 /// Which options a position accepts.
@@ -39,10 +53,14 @@ impl Place {
 
     fn allowed(self) -> &'static str {
         match self {
-            Place::Register | Place::Service => {
+            Place::Register => {
+                "`name = \"...\"`, `max_flow = N`, `max_flow_wait = \"50ms\"`, `unstable_network`, \
+                 `crate = \"path\"`"
+            }
+            Place::Service => {
                 "`name = \"...\"`, `max_flow = N`, `max_flow_wait = \"50ms\"`, `unstable_network`"
             }
-            Place::Declare => "`name = \"...\"`",
+            Place::Declare => "`name = \"...\"`, `crate = \"path\"`",
         }
     }
 }
@@ -55,7 +73,8 @@ struct KeyValue {
 
 impl Parse for KeyValue {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let key = input.parse()?;
+        // Any identifier, keywords included: `crate = "..."`.
+        let key = Ident::parse_any(input)?;
         let value = if input.peek(Token![=]) {
             input.parse::<Token![=]>()?;
             Some(input.parse()?)
@@ -90,6 +109,26 @@ pub(crate) fn parse_options(
     for KeyValue { key, value } in pairs {
         let name = key.to_string();
         let known = match (name.as_str(), place) {
+            ("crate", Place::Register | Place::Declare) => {
+                let path = match &value {
+                    Some(v) => crate_option(v),
+                    None => Err(syn::Error::new_spanned(
+                        &key,
+                        "`crate` needs a value, as in `crate = \"my_rpc\"`",
+                    )),
+                };
+                if let Err(e) = path.and_then(|p| set(&mut opts.krate, p, &key)) {
+                    errors.push(e);
+                }
+                continue;
+            }
+            ("crate", Place::Service) => {
+                errors.push(syn::Error::new_spanned(
+                    &key,
+                    "`crate` applies to the whole service: set it on `#[service(crate = \"...\")]`",
+                ));
+                false
+            }
             ("name", _) | ("max_flow" | "max_flow_wait", Place::Register | Place::Service) => true,
             ("unstable_network", Place::Register | Place::Service) => {
                 let on = match &value {
@@ -216,6 +255,24 @@ fn duration_option(value: &Expr) -> syn::Result<(u64, proc_macro2::Span)> {
     Ok((us, lit.span()))
 }
 
+/// `crate = "my_rpc"` or `crate = "::deps::easyrpc"`: a path, read from the string.
+pub(crate) fn crate_option(value: &Expr) -> syn::Result<syn::Path> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => lit.parse::<syn::Path>().map_err(|_| {
+            syn::Error::new_spanned(
+                lit,
+                "`crate` takes the path the framework is known by, as in `crate = \"my_rpc\"`",
+            )
+        }),
+        other => Err(syn::Error::new_spanned(
+            other,
+            "`crate` takes a string, as in `crate = \"my_rpc\"`",
+        )),
+    }
+}
+
 fn max_flow_option(value: &Expr) -> syn::Result<LitInt> {
     let Expr::Lit(ExprLit {
         lit: Lit::Int(lit), ..
@@ -254,14 +311,26 @@ impl Parse for DeclaredFn {
     }
 }
 
-pub(crate) struct Declarations(pub(crate) Vec<DeclaredFn>);
+/// `declare!`'s input: an optional `crate = "path";` for every signature, then the
+/// signatures.
+pub(crate) struct Declarations {
+    pub(crate) krate: Option<syn::Path>,
+    pub(crate) fns: Vec<DeclaredFn>,
+}
 
 impl Parse for Declarations {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let mut v = Vec::new();
-        while !input.is_empty() {
-            v.push(input.parse()?);
+        let mut krate = None;
+        if input.peek(Token![crate]) && input.peek2(Token![=]) {
+            input.parse::<Token![crate]>()?;
+            input.parse::<Token![=]>()?;
+            krate = Some(crate_option(&input.parse()?)?);
+            input.parse::<Token![;]>()?;
         }
-        Ok(Declarations(v))
+        let mut fns = Vec::new();
+        while !input.is_empty() {
+            fns.push(input.parse()?);
+        }
+        Ok(Declarations { krate, fns })
     }
 }

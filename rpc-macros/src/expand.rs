@@ -84,7 +84,7 @@ pub(crate) fn declare(input: TokenStream) -> TokenStream {
     };
     let mut out = TokenStream::new();
     let mut errors = Vec::new();
-    for d in decls.0 {
+    for d in decls.fns {
         let mut opts = Options::default();
         let mut attrs = Vec::new();
         for a in &d.attrs {
@@ -102,6 +102,10 @@ pub(crate) fn declare(input: TokenStream) -> TokenStream {
                 // Docs, `#[cfg]`, `#[deprecated]`: they apply to the generated module.
                 attrs.push(a);
             }
+        }
+        // A `#[rpc(crate = ..)]` of its own wins over the block's `crate = ..;`.
+        if opts.krate.is_none() {
+            opts.krate.clone_from(&decls.krate);
         }
         let before = errors.len();
         valid::signature(&d.sig, Place::Declare, &mut errors);
@@ -179,10 +183,23 @@ fn span_of(ty: &Type) -> Span {
     ty.span()
 }
 
-/// `::easyrpc::__private::#f::<#ty>`, spanned on `ty`.
-pub(crate) fn on(ty: &Type, f: &str) -> TokenStream {
+/// `::easyrpc::__private::#f::<#ty>` (`k` the framework's path), spanned on `ty`.
+pub(crate) fn on(k: &TokenStream, ty: &Type, f: &str) -> TokenStream {
     let f = Ident::new(f, Span::call_site());
-    quote_spanned!(span_of(ty)=> ::easyrpc::__private::#f::<#ty>)
+    let k = at(k, span_of(ty));
+    quote_spanned!(span_of(ty)=> #k::__private::#f::<#ty>)
+}
+
+/// The framework's path `k` with every token spanned at `span`, for a `quote_spanned!`: an
+/// error on the generated expression then points at `span` from its first token on.
+pub(crate) fn at(k: &TokenStream, span: Span) -> TokenStream {
+    k.clone()
+        .into_iter()
+        .map(|mut t| {
+            t.set_span(span);
+            t
+        })
+        .collect()
 }
 
 /// The module of a valid function: its name, stubs and (with `server`) registration.
@@ -199,6 +216,7 @@ fn module(
         prelude,
         item_vis,
     } = frame(vis, attrs, f, opts);
+    let k = &opts.krate();
     let ident = &f.ident;
     // The stubs have the arguments on the wire only: not `State<T>` or `Context`.
     let wire: Vec<&Arg> = f.wire_args().collect();
@@ -214,26 +232,32 @@ fn module(
         })
         .collect();
     let out_ty = f.output.client_type();
-    let params_struct = params_struct(&types);
+    let params_struct = params_struct(k, &types);
     let params = quote!(__rpc_client, self::NAME, __RpcParams(#(&#binds,)* ::core::marker::PhantomData));
     let (assert_out, call_async, call_blocking) = match &f.output {
         Output::Unit => (
             quote!(),
-            quote!(::easyrpc::__private::call::<_, ()>(#params).await),
-            quote!(::easyrpc::__private::call_blocking::<_, ()>(#params)),
+            quote!(#k::__private::call::<_, ()>(#params).await),
+            quote!(#k::__private::call_blocking::<_, ()>(#params)),
         ),
         Output::Plain(t) | Output::Fallible { ok: t, .. } => (
             {
-                let assert = on(t, "assert_return");
+                let assert = on(k, t, "assert_return");
                 quote!(#assert();)
             },
             // The whole call, `.await` included, on the type: the future's own bounds then
             // fail there too, and merge with `assert_return`'s error.
-            quote_spanned!(span_of(t)=> ::easyrpc::__private::call::<_, #t>(#params).await),
-            quote_spanned!(span_of(t)=> ::easyrpc::__private::call_blocking::<_, #t>(#params)),
+            {
+                let k = at(k, span_of(t));
+                quote_spanned!(span_of(t)=> #k::__private::call::<_, #t>(#params).await)
+            },
+            {
+                let k = at(k, span_of(t));
+                quote_spanned!(span_of(t)=> #k::__private::call_blocking::<_, #t>(#params))
+            },
         ),
     };
-    let (err_ty, call_async, call_blocking) = typed_error_stubs(f, call_async, call_blocking);
+    let (err_ty, call_async, call_blocking) = typed_error_stubs(k, f, call_async, call_blocking);
     let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
     let blocking_doc = format!("Call `{}` on a server, through a blocking client.", ident.unraw());
     let errors_doc = if f.output.written_error().is_some() {
@@ -256,7 +280,7 @@ fn module(
             ///
             #[doc = #errors_doc]
             #item_vis async fn call(
-                __rpc_client: &::easyrpc::Client,
+                __rpc_client: &#k::Client,
                 #(#binds: #types),*
             ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
@@ -269,7 +293,7 @@ fn module(
             ///
             #[doc = #errors_doc]
             #item_vis fn call_blocking(
-                __rpc_client: &::easyrpc::BlockingClient,
+                __rpc_client: &#k::BlockingClient,
                 #(#binds: #types),*
             ) -> ::core::result::Result<#out_ty, #err_ty> {
                 #assert_out
@@ -284,19 +308,19 @@ fn module(
 /// `__RpcParams`, the stubs' params: the wire arguments encoded by reference, each through
 /// a function bounded on the type as written (one error, on the type, for a type that
 /// cannot go). Build it with `__RpcParams(&a, &b, PhantomData)`.
-pub(crate) fn params_struct(types: &[&Type]) -> TokenStream {
+pub(crate) fn params_struct(k: &TokenStream, types: &[&Type]) -> TokenStream {
     let count = types.len();
     let fields = (0..count).map(syn::Index::from);
-    let assert_args = types.iter().map(|t| on(t, "assert_arg"));
-    let push_args = types.iter().map(|t| on(t, "push_arg"));
+    let assert_args = types.iter().map(|t| on(k, t, "assert_arg"));
+    let push_args = types.iter().map(|t| on(k, t, "push_arg"));
     quote! {
         struct __RpcParams<'__rpc>(#(&'__rpc #types,)* ::core::marker::PhantomData<&'__rpc ()>);
 
-        impl ::easyrpc::__private::Params for __RpcParams<'_> {
+        impl #k::__private::Params for __RpcParams<'_> {
             fn encode_params(
                 &self,
-                __rpc_enc: &mut ::easyrpc::__private::ParamsEncoder<'_>,
-            ) -> ::core::result::Result<(), ::easyrpc::__private::EncodeError> {
+                __rpc_enc: &mut #k::__private::ParamsEncoder<'_>,
+            ) -> ::core::result::Result<(), #k::__private::EncodeError> {
                 #(#assert_args();)*
                 __rpc_enc.count(#count);
                 #(#push_args(__rpc_enc, self.#fields)?;)*
@@ -310,22 +334,24 @@ pub(crate) fn params_struct(types: &[&Type]) -> TokenStream {
 /// data decoded into an `E` when `E` is `DeserializeOwned` (autoref specialization on the
 /// concrete type: no bound is asked of `E`); otherwise `easyrpc::Error` and the calls as they are.
 pub(crate) fn typed_error_stubs(
+    k: &TokenStream,
     f: &Function,
     call_async: TokenStream,
     call_blocking: TokenStream,
 ) -> (TokenStream, TokenStream, TokenStream) {
     let Some(e) = f.output.written_error() else {
-        return (quote!(::easyrpc::Error), call_async, call_blocking);
+        return (quote!(#k::Error), call_async, call_blocking);
     };
+    let k = &at(k, span_of(e));
     let to_call_error = quote_spanned! {span_of(e)=>
-        |__rpc_e: ::easyrpc::Error| {
+        |__rpc_e: #k::Error| {
             #[allow(unused_imports)]
-            use ::easyrpc::__private::{TypedStub as _, UntypedStub as _};
-            (&::easyrpc::__private::StubError::<#e>::new()).call_error(__rpc_e)
+            use #k::__private::{TypedStub as _, UntypedStub as _};
+            (&#k::__private::StubError::<#e>::new()).call_error(__rpc_e)
         }
     };
     (
-        quote!(::easyrpc::CallError<#e>),
+        quote!(#k::CallError<#e>),
         quote!(::core::result::Result::map_err(#call_async, #to_call_error)),
         quote!(::core::result::Result::map_err(#call_blocking, #to_call_error)),
     )
@@ -334,9 +360,10 @@ pub(crate) fn typed_error_stubs(
 /// `method()`: decode the arguments, call the function, wrap the result.
 fn registration(f: &Function, opts: &Options, item_vis: &TokenStream, doc: &str) -> TokenStream {
     let method = method_expr(f, opts, &quote!(self::NAME), Target::Free, doc);
+    let k = opts.krate();
     quote! {
         /// The server-side registration: pass it to `Builder::register`.
-        #item_vis fn method() -> ::easyrpc::__private::Method {
+        #item_vis fn method() -> #k::__private::Method {
             #method
         }
     }
@@ -362,6 +389,7 @@ pub(crate) fn method_expr(
     target: Target,
     doc: &str,
 ) -> TokenStream {
+    let k = &opts.krate();
     let ident = &f.ident;
     // What `rpc.methods` says: the wire arguments and the return type as written.
     let described_args = f.wire_args().enumerate().map(|(i, a)| {
@@ -380,9 +408,9 @@ pub(crate) fn method_expr(
         .map(|i| format_ident!("__rpc_arg{}", i))
         .collect();
     let checks = f.args.iter().map(|a| match &a.role {
-        Role::Wire => on(&a.ty, "assert_arg"),
-        Role::State(t) => on(t, "assert_state"),
-        Role::Context => on(&a.ty, "assert_context"),
+        Role::Wire => on(k, &a.ty, "assert_arg"),
+        Role::State(t) => on(k, t, "assert_state"),
+        Role::Context => on(k, &a.ty, "assert_context"),
     });
     // Each argument in order: decoded from the wire, the state (taken when the server is
     // built), or the call's context.
@@ -394,7 +422,7 @@ pub(crate) fn method_expr(
         .enumerate()
         .map(|(i, (a, local))| match &a.role {
             Role::Wire => {
-                let next = on(&a.ty, "next_arg");
+                let next = on(k, &a.ty, "next_arg");
                 let name = a.name(wire_index);
                 wire_index += 1;
                 quote!(let #local = #next(__rpc_args, #name)?;)
@@ -413,7 +441,7 @@ pub(crate) fn method_expr(
         .filter_map(|(i, a)| match &a.role {
             Role::State(t) => {
                 let state = format_ident!("__rpc_state{}", i);
-                let get = on(t, "get_state");
+                let get = on(k, t, "get_state");
                 Some(quote!(let #state = #get(__rpc_states, #name)?;))
             }
             _ => None,
@@ -428,22 +456,22 @@ pub(crate) fn method_expr(
     let (out_checks, reply): (TokenStream, Box<dyn Fn(TokenStream) -> TokenStream>) = match &f.output {
         Output::Unit => (
             quote!(),
-            Box::new(|out| quote!({ #out; ::easyrpc::__private::reply::<()>(()) })),
+            Box::new(|out| quote!({ #out; #k::__private::reply::<()>(()) })),
         ),
         Output::Plain(t) => {
-            let assert = on(t, "assert_return");
-            let reply = on(t, "reply");
+            let assert = on(k, t, "assert_return");
+            let reply = on(k, t, "reply");
             (quote!(#assert();), Box::new(move |out| quote!(#reply(#out))))
         }
         Output::Fallible { ok, err, full } => {
-            let assert_ok = on(ok, "assert_return");
-            let reply_ok = on(ok, "reply");
+            let assert_ok = on(k, ok, "assert_return");
+            let reply_ok = on(k, ok, "reply");
             // `E` is sent as the error's data when it is `Serialize`, as its message alone
             // otherwise: autoref specialization on `E`'s concrete type (inferred from the
             // function's output, so aliases such as `io::Result<T>` get it too).
             let (assert_err, span) = match err {
                 Some(e) => {
-                    let assert = on(e, "assert_error");
+                    let assert = on(k, e, "assert_error");
                     (quote!(#assert();), span_of(e))
                 }
                 // `io::Result<T>` and the like: `E` is not written, so the bound goes on the
@@ -456,11 +484,12 @@ pub(crate) fn method_expr(
             // (`E` may come from another macro, with another hygiene context).
             let reply_err = move || {
                 let bound = quote!(__rpc_err);
+                let k = at(k, span);
                 quote_spanned! {span=> {
                     #[allow(unused_imports)]
-                    use ::easyrpc::__private::{DisplayReply as _, TypedReply as _};
+                    use #k::__private::{DisplayReply as _, TypedReply as _};
                     let __rpc_e = #bound;
-                    (&::easyrpc::__private::ErrorReply::of(&__rpc_e)).reply_error(__rpc_e)
+                    (&#k::__private::ErrorReply::of(&__rpc_e)).reply_error(__rpc_e)
                 }}
             };
             let (ok_path, err_path) = (
@@ -518,10 +547,11 @@ pub(crate) fn method_expr(
     };
     // An async function's registration is spanned on `async`: the constructor's `Send`
     // bound on the future is what fails for a future that is not `Send`.
+    let ks = at(k, span);
     let registration = quote_spanned! {span=>
-        ::easyrpc::__private::Method::#ctor(
+        #ks::__private::Method::#ctor(
             #name,
-            move |__rpc_args: &mut ::easyrpc::__private::Args<'_>, __rpc_call: &::easyrpc::__private::Call<'_>| {
+            move |__rpc_args: &mut #ks::__private::Args<'_>, __rpc_call: &#ks::__private::Call<'_>| {
                 __rpc_args.expect(#count)?;
                 #(#lets)*
                 #job
@@ -542,7 +572,7 @@ pub(crate) fn method_expr(
         registration
     } else {
         quote! {
-            ::easyrpc::__private::Method::bind(#name, move |__rpc_states: &::easyrpc::__private::States| {
+            #k::__private::Method::bind(#name, move |__rpc_states: &#k::__private::States| {
                 #(#state_binds)*
                 ::core::result::Result::Ok(#registration)
             })
@@ -625,6 +655,7 @@ fn fallback(
         prelude,
         item_vis,
     } = frame(vis, attrs, f, opts);
+    let k = opts.krate();
     let (impl_generics, _, where_clause) = f.generics.split_for_impl();
     let types: Vec<&Type> = f.wire_args().map(|a| &a.ty).collect();
     let out_ty = match &f.output {
@@ -632,12 +663,12 @@ fn fallback(
         other => other.client_type(),
     };
     let err_ty = match f.output.written_error() {
-        Some(e) if !borrows_or_hides(e) => quote!(::easyrpc::CallError<#e>),
-        _ => quote!(::easyrpc::Error),
+        Some(e) if !borrows_or_hides(e) => quote!(#k::CallError<#e>),
+        _ => quote!(#k::Error),
     };
     let method = server.then(|| {
         quote! {
-            #item_vis fn method() -> ::easyrpc::__private::Method {
+            #item_vis fn method() -> #k::__private::Method {
                 ::core::unreachable!()
             }
         }
@@ -649,14 +680,14 @@ fn fallback(
             #method
 
             #item_vis async fn call #impl_generics(
-                _: &::easyrpc::Client,
+                _: &#k::Client,
                 #(_: #types),*
             ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
 
             #item_vis fn call_blocking #impl_generics(
-                _: &::easyrpc::BlockingClient,
+                _: &#k::BlockingClient,
                 #(_: #types2),*
             ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()

@@ -1,4 +1,4 @@
-//! The `#[register]` attribute and the `declare!` macro. Use them through the `rpc` crate,
+//! The `#[register]` attribute and the `declare!` macro. Use them through the [`easyrpc`](https://docs.rs/easyrpc) crate,
 //! which re-exports them: the generated code refers to `::easyrpc::__private`.
 //!
 //! # Layout
@@ -19,7 +19,7 @@ use proc_macro::TokenStream;
 
 /// Serve a function over RPC and generate its typed client stubs.
 ///
-/// See the `rpc` crate for the full documentation.
+/// See the [`easyrpc` crate](https://docs.rs/easyrpc) for the full documentation.
 #[proc_macro_attribute]
 pub fn register(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::register(args.into(), input.into()).into()
@@ -28,7 +28,7 @@ pub fn register(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Generate typed client stubs from signatures alone, for a crate that calls a service
 /// without containing its implementation.
 ///
-/// See the `rpc` crate for the full documentation.
+/// See the [`easyrpc` crate](https://docs.rs/easyrpc) for the full documentation.
 #[proc_macro]
 pub fn declare(input: TokenStream) -> TokenStream {
     expand::declare(input.into()).into()
@@ -37,7 +37,7 @@ pub fn declare(input: TokenStream) -> TokenStream {
 /// Serve every `pub` method taking `&self` of an impl block, with the instance shared by
 /// all calls, and generate typed clients `{Type}Client` and `{Type}BlockingClient`.
 ///
-/// See the `rpc` crate for the full documentation.
+/// See the [`easyrpc` crate](https://docs.rs/easyrpc) for the full documentation.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     service::service(args.into(), input.into()).into()

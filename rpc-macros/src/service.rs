@@ -18,8 +18,17 @@ use crate::attr::{self, Options, Place};
 use crate::expand::{combine, first_doc_line, method_expr, params_struct, typed_error_stubs, Target};
 use crate::valid;
 
-/// `prefix = "kv"`.
-fn parse_prefix(args: TokenStream, errors: &mut Vec<syn::Error>) -> Option<String> {
+/// The options of `#[service(..)]`.
+#[derive(Default)]
+struct ServiceOptions {
+    /// `prefix = "kv"`: methods are served as `kv.NAME`.
+    prefix: Option<String>,
+    /// `crate = "path"`: where the framework is, for a dependency renamed in Cargo.toml.
+    krate: Option<syn::Path>,
+}
+
+/// `prefix = "kv"`, `crate = "my_rpc"`.
+fn parse_options(args: TokenStream, errors: &mut Vec<syn::Error>) -> ServiceOptions {
     let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
         Ok(m) => m,
         Err(e) => {
@@ -27,15 +36,19 @@ fn parse_prefix(args: TokenStream, errors: &mut Vec<syn::Error>) -> Option<Strin
                 e.span(),
                 format!("{e}; expected `#[service]` or `#[service(prefix = \"kv\")]`"),
             ));
-            return None;
+            return ServiceOptions::default();
         }
     };
-    let mut prefix = None;
+    let mut opts = ServiceOptions::default();
     for meta in metas {
         match &meta {
+            Meta::NameValue(nv) if nv.path.is_ident("crate") => match attr::crate_option(&nv.value) {
+                Ok(path) => opts.krate = Some(path),
+                Err(e) => errors.push(e),
+            },
             Meta::NameValue(nv) if nv.path.is_ident("prefix") => match &nv.value {
                 Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) if !s.value().is_empty() => {
-                    prefix = Some(s.value())
+                    opts.prefix = Some(s.value())
                 }
                 other => errors.push(syn::Error::new_spanned(
                     other,
@@ -44,11 +57,11 @@ fn parse_prefix(args: TokenStream, errors: &mut Vec<syn::Error>) -> Option<Strin
             },
             other => errors.push(syn::Error::new_spanned(
                 other,
-                "unknown option; expected `prefix = \"...\"`",
+                "unknown option; expected `prefix = \"...\"` or `crate = \"...\"`",
             )),
         }
     }
-    prefix
+    opts
 }
 
 /// A served method: its function, options and RPC name.
@@ -61,7 +74,7 @@ struct Served {
 
 pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut errors = Vec::new();
-    let prefix = parse_prefix(args, &mut errors);
+    let ServiceOptions { prefix, krate } = parse_options(args, &mut errors);
     let mut item: ItemImpl = match syn::parse2(input.clone()) {
         Ok(item) => item,
         Err(e) => {
@@ -103,7 +116,10 @@ pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     for it in &mut item.items {
         let ImplItem::Fn(m) = it else { continue };
         // `#[rpc(..)]` options are ours: taken off the method in any case.
-        let mut opts = Options::default();
+        let mut opts = Options {
+            krate: krate.clone(),
+            ..Options::default()
+        };
         let mut rpc_attrs = Vec::new();
         m.attrs.retain(|a| {
             if a.path().is_ident("rpc") {
@@ -156,6 +172,11 @@ pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
             )
         })
         .collect();
+    let k = &Options {
+        krate,
+        ..Options::default()
+    }
+    .krate();
     let client = format_ident!("{}Client", type_ident);
     let blocking = format_ident!("{}BlockingClient", type_ident);
     let stubs: Vec<(TokenStream, TokenStream)> = served.iter().map(stub).collect();
@@ -169,8 +190,8 @@ pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     quote! {
         #item
 
-        impl ::easyrpc::__private::Service for #self_ty {
-            fn methods(self: ::std::sync::Arc<Self>) -> ::std::vec::Vec<::easyrpc::__private::Method> {
+        impl #k::__private::Service for #self_ty {
+            fn methods(self: ::std::sync::Arc<Self>) -> ::std::vec::Vec<#k::__private::Method> {
                 let __rpc_service = self;
                 ::std::vec![#(#methods),*]
             }
@@ -180,18 +201,18 @@ pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
         #[derive(Debug, Clone)]
         #[allow(unreachable_pub, dead_code)]
         pub struct #client {
-            client: ::easyrpc::Client,
+            client: #k::Client,
         }
 
         #[allow(unreachable_pub, dead_code, clippy::too_many_arguments)]
         impl #client {
             /// Call the service through `client`.
-            pub fn new(client: ::easyrpc::Client) -> Self {
+            pub fn new(client: #k::Client) -> Self {
                 #client { client }
             }
 
             /// The client the calls go through.
-            pub fn client(&self) -> &::easyrpc::Client {
+            pub fn client(&self) -> &#k::Client {
                 &self.client
             }
 
@@ -202,18 +223,18 @@ pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
         #[derive(Debug)]
         #[allow(unreachable_pub, dead_code)]
         pub struct #blocking {
-            client: ::easyrpc::BlockingClient,
+            client: #k::BlockingClient,
         }
 
         #[allow(unreachable_pub, dead_code, clippy::too_many_arguments)]
         impl #blocking {
             /// Call the service through `client`.
-            pub fn new(client: ::easyrpc::BlockingClient) -> Self {
+            pub fn new(client: #k::BlockingClient) -> Self {
                 #blocking { client }
             }
 
             /// The client the calls go through.
-            pub fn client(&self) -> &::easyrpc::BlockingClient {
+            pub fn client(&self) -> &#k::BlockingClient {
                 &self.client
             }
 
@@ -269,12 +290,15 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
     let types: Vec<&Type> = wire.iter().map(|a| &a.ty).collect();
     let out_ty = f.output.client_type();
     let span = out_ty.span();
-    let params_ty = params_struct(&types);
+    let k = &s.opts.krate();
+    let params_ty = params_struct(k, &types);
     let params = quote!(__RpcParams(#(&#binds,)* ::core::marker::PhantomData));
+    let ks = crate::expand::at(k, span);
     let call_async =
-        quote_spanned!(span=> ::easyrpc::__private::call::<_, #out_ty>(&self.client, #name, #params).await);
-    let call_blocking = quote_spanned!(span=> ::easyrpc::__private::call_blocking::<_, #out_ty>(&self.client, #name, #params));
-    let (err_ty, call_async, call_blocking) = typed_error_stubs(f, call_async, call_blocking);
+        quote_spanned!(span=> #ks::__private::call::<_, #out_ty>(&self.client, #name, #params).await);
+    let call_blocking =
+        quote_spanned!(span=> #ks::__private::call_blocking::<_, #out_ty>(&self.client, #name, #params));
+    let (err_ty, call_async, call_blocking) = typed_error_stubs(k, f, call_async, call_blocking);
     let doc_name = format!("Calls `{}` on the server.", name.value());
     (
         quote! {

@@ -57,10 +57,36 @@
 //! segment is `Result` (`Result`, `io::Result`, `anyhow::Result`) is treated this way. An
 //! async function's future must be `Send`.
 //!
-//! Options: `name = "..."`, `max_flow = N`. Register functions at module level: the
-//! generated module refers to the function through `super::`. A signature that breaks a
-//! rule is a compile error on the token at fault, and a type that does not qualify is one
-//! on the type as written.
+//! Register functions at module level: the generated module refers to the function through
+//! `super::`. A signature that breaks a rule is a compile error on the token at fault, and a
+//! type that does not qualify is one on the type as written.
+//!
+//! # Options
+//!
+//! `#[register(...)]` takes, separated by commas:
+//!
+//! | option | what it does |
+//! |---|---|
+//! | `name = "math.add"` | the name served and called (default: the function's); names starting with `rpc.` are reserved |
+//! | `max_flow = 100` | at most this many calls of the function run at once (across prefork workers too); the next gets [`ErrorCode::Overloaded`] |
+//! | `max_flow_wait = "50ms"` | with `max_flow`: a call waits up to this long for a slot before it is refused (`us`, `ms`, `s`) |
+//! | `unstable_network` (or `= false`) | answers are remembered per session so a resent call never runs twice ([`DedupConfig`]); per function, over the server's default ([`Builder::unstable_network`]) |
+//! | `crate = "my_rpc"` | the path the generated code names this crate by, for a dependency renamed in `Cargo.toml` |
+//!
+//! `#[service(...)]` takes `prefix = "kv"` (methods are served as `kv.NAME`) and `crate`;
+//! its methods take `#[rpc(name, max_flow, max_flow_wait, unstable_network)]`. In
+//! [`declare!`], a signature takes `#[rpc(name = "..")]`, and a first line
+//! `crate = "my_rpc";` applies to every signature.
+//!
+//! ```
+//! // Cargo.toml: my_rpc = { package = "easyrpc", version = "0.1" }
+//! # extern crate easyrpc as my_rpc;
+//! #[my_rpc::register(crate = "my_rpc", name = "math.add", max_flow = 8, max_flow_wait = "5ms")]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//! # fn main() { assert_eq!(add::NAME, "math.add"); }
+//! ```
 //!
 //! # State, context and impl-block services
 //!
@@ -168,27 +194,1069 @@
 //! time.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
-pub use easyrpc_client::{
-    BalancedBlockingClient, BlockingClient, CallError, CallOptions, Client, ClientTls,
-    Config as ClientConfig, Error, ForeignError, InstanceState, TlsCause,
-};
-pub use easyrpc_macros::{declare, register, service};
-pub use easyrpc_proto::reserved::MethodDescription;
-pub use easyrpc_proto::{Codec, ErrorCode, ErrorShape, Metadata, ServerError};
-pub use easyrpc_server::{
-    layers, rules, shutdown_signal, BoxError, BuildError, Builder, CallRequest, Config as ServerConfig,
-    Context, DedupConfig, Endpoint, Error as ServeError, Listening, LocalAddr, Method, Peer, Reply,
-    RpcService, Rules, Server, Service, State, TlsConfig, TlsConfigError, TlsIdentity, Transport,
-    WorkerRuntime,
-};
+// Rustdoc shows the docs written on a re-export before the item's own docs, and runs their
+// examples as this crate's doctests, with the paths users write. So each item whose own docs
+// have no example is re-exported on its own line below: a summary (the line the crate's item
+// list shows), an example, and a `# Details` heading over the item's own docs that follow.
+// The items whose docs have an example already are re-exported in groups.
 
-/// The key layout and what each instance's key holds.
+pub use easyrpc_client::{BalancedBlockingClient, BlockingClient, CallError, Client, ClientTls};
+pub use easyrpc_proto::Metadata;
+pub use easyrpc_server::{shutdown_signal, Context, Endpoint, Listening, Method, TlsConfig, TlsIdentity};
+
+// ---- Clients ------------------------------------------------------------------------------
+
+/// Options of one [`BlockingClient`] call: its own timeout, whether it may be resent after a
+/// reconnect, its metadata.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use easyrpc::{BlockingClient, CallOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Runtime::new()?;
+/// # let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+/// # let addr = listener.local_addr()?;
+/// # let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// # rt.spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = BlockingClient::connect(addr)?;
+/// // `add` changes nothing: it is safe to send again if the connection drops mid-call.
+/// let opts = CallOptions::default().timeout(Duration::from_millis(500)).idempotent();
+/// let sum: i64 = client.call_with("add", (2, 3), opts)?;
+/// assert_eq!(sum, 5);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_client::CallOptions;
+
+/// Settings of a [`Client`] or a [`BlockingClient`], given to `connect_with`: timeouts, codec,
+/// extensions, reconnection, and handlers for the server's own requests.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use easyrpc::{Client, ClientConfig};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let mut config = ClientConfig::default();
+/// config.timeout = Duration::from_secs(2); // each call's, retries included
+/// config.extensions = true; // a server of ours: the timeout travels and cancels the handler
+/// let client = Client::connect_with(addr, config).await?;
+/// let sum: i64 = client.call("add", (2, 3)).await?;
+/// assert_eq!(sum, 5);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_client::Config as ClientConfig;
+
+/// Why a call failed: the connection, a timeout, or an error the server answered with.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{Client, Error, ErrorCode};
+///
+/// /// What to tell the user about a failed call.
+/// fn explain(e: &Error) -> String {
+///     match e {
+///         Error::Unavailable(_) => "the server is down".to_owned(),
+///         Error::Timeout(after) => format!("no answer within {after:?}"),
+///         e if e.code() == Some(ErrorCode::MethodNotFound) => "the server is too old".to_owned(),
+///         e => e.to_string(),
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// let err = client.call::<_, i64>("sub", (5, 3)).await.unwrap_err();
+/// assert_eq!(explain(&err), "the server is too old");
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_client::Error;
+
+/// An error answered by a server that is not ours, or not known to be
+/// ([`ClientConfig::our_server`]): its code is that server's own ([`Error::Foreign`]).
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{Client, ClientConfig};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let mut config = ClientConfig::default();
+/// config.our_server = false; // a third-party server, such as Neovim: its codes are its own
+/// let client = Client::connect_with(addr, config).await?;
+/// let err = client.call::<_, i64>("sub", (5, 3)).await.unwrap_err();
+/// let foreign = err.foreign().expect("read as the server's own error");
+/// assert_eq!(foreign.code, Some(1));
+/// assert_eq!(foreign.message, "method not found: sub");
+/// assert_eq!(err.to_string(), "server error 1: method not found: sub");
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_client::ForeignError;
+
+/// What failed when TLS did ([`Error::Tls`]): tells a certificate or settings problem,
+/// which connecting again will not fix, from a failed handshake.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{ClientTls, Error, TlsCause};
+///
+/// let err = ClientTls::from_ca_pem(b"not a certificate").unwrap_err();
+/// let advice = match &err {
+///     Error::Tls { cause: TlsCause::UnknownIssuer | TlsCause::NameMismatch, .. } => {
+///         "check the CA file and the server name"
+///     }
+///     Error::Tls { cause: TlsCause::Config, .. } => "check the PEM files",
+///     _ => "try again",
+/// };
+/// assert_eq!(advice, "check the PEM files");
+/// ```
+///
+/// # Details
+pub use easyrpc_client::TlsCause;
+
+// ---- The protocol -------------------------------------------------------------------------
+
+/// One method of a server, as the reserved call `rpc.methods` describes it: name, signature,
+/// sync or async, `max_flow`, and the first line of its doc comment.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{register, Client, MethodDescription, Server};
+///
+/// /// Adds two numbers.
+/// #[register]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = Server::builder().register(add::method()).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// let methods: Vec<MethodDescription> = client.call("rpc.methods", ()).await?;
+/// assert_eq!(methods[0].signature(), "add(a: i64, b: i64) -> i64");
+/// assert_eq!(methods[0].doc, "Adds two numbers.");
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_proto::reserved::MethodDescription;
+
+/// How values become bytes on a connection: MessagePack, which any peer speaks, or bincode,
+/// for Rust-to-Rust calls to a server of ours ([`ClientConfig::codec`]).
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{Client, ClientConfig, Codec};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let mut config = ClientConfig::default();
+/// config.codec = Codec::Bincode; // the server tells from the connection's first byte
+/// let client = Client::connect_with(addr, config).await?;
+/// let sum: i64 = client.call("add", (2, 3)).await?;
+/// assert_eq!(sum, 5);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_proto::Codec;
+
+/// The numbered errors a server of ours answers with; [`Error::code`] reads one.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{Client, ErrorCode};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// let err = client.call::<_, i64>("add", ("two", 3)).await.unwrap_err();
+/// assert_eq!(err.code(), Some(ErrorCode::InvalidParams));
+/// assert_eq!(ErrorCode::InvalidParams.as_i64(), 2); // the number on the wire
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_proto::ErrorCode;
+
+/// How a server writes errors for plain MessagePack-RPC clients, which read them in
+/// different shapes ([`Builder::plain_error_shape`]).
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{Client, ClientConfig, ErrorShape, Server, Value};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // For Go's net/rpc clients, which read an error as its message alone.
+/// let server = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .plain_error_shape(ErrorShape::Message)
+///     .build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+///
+/// // A plain client (no hello) gets the error in that shape.
+/// let mut config = ClientConfig::default();
+/// config.our_server = false;
+/// let client = Client::connect_with(addr, config).await?;
+/// let err = client.call::<_, i64>("sub", (5, 3)).await.unwrap_err();
+/// let sent = &err.foreign().expect("a plain client's error").value;
+/// assert_eq!(*sent, Value::from("method not found: sub"));
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_proto::ErrorShape;
+
+/// An error as it travels: a code, a message and, for a function's own error type, data.
+///
+/// [`Error::remote`] gives the one a server of ours answered with.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{Client, ErrorCode, Method, Server, ServerError};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder()
+///     .register(Method::try_sync_fn("div", |(a, b): (i64, i64)| {
+///         a.checked_div(b).ok_or("division by zero")
+///     }))
+///     .build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+///
+/// let client = Client::connect(addr).await?;
+/// let err = client.call::<_, i64>("div", (1, 0)).await.unwrap_err();
+/// let remote: &ServerError = err.remote().expect("a server of ours answered");
+/// assert_eq!(remote.kind(), ErrorCode::HandlerError);
+/// assert_eq!(remote.message, "division by zero");
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_proto::ServerError;
+
+// ---- Servers ------------------------------------------------------------------------------
+
+/// Collects a server's methods and settings, then builds it ([`Builder::build`]) or serves
+/// them at once ([`Builder::serve`], [`Builder::run`]).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use easyrpc::Server;
+///
+/// let server = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .async_fn("double", |(n,): (u64,)| async move { n * 2 })
+///     .max_connections(1_000)
+///     .grace_period(Duration::from_secs(5))
+///     .build()?;
+/// assert_eq!(server.config().max_connections, 1_000);
+/// # Ok::<(), easyrpc::BuildError>(())
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Builder;
+
+/// Why [`Builder::build`] refused the methods it was given.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{BuildError, Server};
+///
+/// let err = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .sync_fn("add", |(a, b): (f64, f64)| a + b)
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err, BuildError::DuplicateMethod("add".to_owned()));
+/// ```
+///
+/// # Details
+pub use easyrpc_server::BuildError;
+
+/// Every setting of a server in one value, for [`Builder::config`]: settings read from a
+/// file or a command line.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use easyrpc::{Server, ServerConfig};
+///
+/// let mut config = ServerConfig::default();
+/// config.max_message_size = 1024 * 1024;
+/// config.heartbeat_timeout = Duration::from_secs(30);
+/// let server = Server::builder()
+///     .config(config) // replaces every setting: give it before the builder's own setters
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .build()?;
+/// assert_eq!(server.config().max_message_size, 1024 * 1024);
+/// # Ok::<(), easyrpc::BuildError>(())
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Config as ServerConfig;
+
+/// Why a server could not be built or could not listen: what [`Builder::serve`],
+/// [`Builder::bind`] and [`Builder::run`] return.
+///
+/// # Examples
+///
+/// ```
+/// use std::io;
+/// use easyrpc::{ServeError, Server};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let result = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .listen(taken.local_addr()?)
+///     .bind()
+///     .await;
+/// match result {
+///     Err(ServeError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::AddrInUse),
+///     other => panic!("expected the address to be taken, got {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Error as ServeError;
+
+/// A built server: [`Server::run`] serves it on a listener until its shutdown future
+/// completes, then lets the calls in flight finish.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{Client, Server};
+/// use tokio::net::TcpListener;
+/// use tokio::sync::oneshot;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?;
+/// let (stop, stopped) = oneshot::channel::<()>();
+/// let serving = tokio::spawn(async move {
+///     server.run(listener, async { stopped.await.ok(); }).await
+/// });
+///
+/// let client = Client::connect(addr).await?;
+/// assert_eq!(client.call::<_, i64>("add", (2, 3)).await?, 5);
+///
+/// stop.send(()).ok();
+/// serving.await?; // drained and closed
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Server;
+
+/// Settings of the dedup cache of unstable-network mode, which answers a resent call from
+/// its first run ([`Builder::dedup`]).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use easyrpc::{DedupConfig, Server};
+///
+/// // Clients may stay cut off for minutes: remember answers for 5 minutes.
+/// let mut dedup = DedupConfig::default();
+/// dedup.ttl = Duration::from_secs(300);
+/// dedup.max_entries = 10_000;
+/// let server = Server::builder()
+///     .sync_fn("charge", |(cents,): (u64,)| cents)
+///     .unstable_network(true)
+///     .dedup(dedup)
+///     .build()?;
+/// assert_eq!(server.config().dedup.ttl, Duration::from_secs(300));
+/// # Ok::<(), easyrpc::BuildError>(())
+/// ```
+///
+/// # Details
+pub use easyrpc_server::DedupConfig;
+
+/// What a listener listens on once bound, port 0 resolved: from [`Listening::local_addrs`].
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{Client, Server, Transport};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let listening = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .listen("127.0.0.1:0") // port 0: the system picks one
+///     .bind()
+///     .await?;
+/// let local = &listening.local_addrs()[0];
+/// assert_eq!(local.transport(), Transport::Tcp);
+/// let addr = local.socket_addr().expect("a TCP listener");
+/// tokio::spawn(listening.serve(std::future::pending()));
+///
+/// let client = Client::connect(addr).await?;
+/// assert_eq!(client.call::<_, i64>("add", (2, 3)).await?, 5);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::LocalAddr;
+
+/// Who called: [`Context::peer`], for a function that takes a [`Context`].
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{register, Client, Context, Peer, Server};
+///
+/// #[register]
+/// fn origin(ctx: Context) -> String {
+///     match ctx.peer() {
+///         Peer::Tcp(addr) if addr.ip().is_loopback() => "this machine".to_owned(),
+///         Peer::Tcp(addr) => addr.ip().to_string(),
+///         Peer::Unix { uid: Some(uid), .. } => format!("local user {uid}"),
+///         _ => "unknown".to_owned(),
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = Server::builder().register(origin::method()).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// assert_eq!(origin::call(&client).await?, "this machine");
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Peer;
+
+/// A value shared by every call, given once to [`Builder::state`]: a function takes it as a
+/// `State<T>` argument, which is not on the wire.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use easyrpc::{register, Server, State};
+///
+/// #[register]
+/// fn next_id(counter: State<AtomicU64>) -> u64 {
+///     counter.fetch_add(1, Ordering::Relaxed)
+/// }
+///
+/// fn main() {
+///     // Served: every call gets the builder's counter.
+///     let server = Server::builder()
+///         .state(AtomicU64::new(1))
+///         .register(next_id::method())
+///         .build()
+///         .unwrap();
+///     // Tested: call the function itself, with a state of its own.
+///     assert_eq!(next_id(State::new(AtomicU64::new(7))), 7);
+/// }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::State;
+
+/// A set of methods served together, sharing one instance, for [`Builder::service`]:
+/// what [`#[service]`](service) implements for an impl block, or written by hand.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use easyrpc::{Client, Method, Server, Service};
+///
+/// struct Greeter {
+///     greeting: String,
+/// }
+///
+/// impl Service for Greeter {
+///     fn methods(self: Arc<Self>) -> Vec<Method> {
+///         vec![Method::sync_fn("greet", move |(name,): (String,)| {
+///             format!("{}, {name}!", self.greeting)
+///         })]
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder().service(Greeter { greeting: "Hello".into() }).build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// let greeting: String = client.call("greet", ("Ada",)).await?;
+/// assert_eq!(greeting, "Hello, Ada!");
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Service;
+
+/// Why TLS settings could not be loaded ([`TlsConfig::from_pem_files`] and the like).
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+/// use easyrpc::{TlsConfig, TlsConfigError};
+///
+/// match TlsConfig::from_pem_files("/no/such/server.crt", "/no/such/server.key") {
+///     Err(TlsConfigError::Read { path, .. }) => assert_eq!(path, Path::new("/no/such/server.crt")),
+///     other => panic!("expected a read error, got {other:?}"),
+/// }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::TlsConfigError;
+
+/// How connections reach a listener (TCP, TLS or a Unix socket): what [rules] and
+/// [`LocalAddr::transport`] tell apart.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::rules::Match;
+/// use easyrpc::{Endpoint, Rules, Transport};
+///
+/// // admin_* over the Unix socket only.
+/// let rules =
+///     Rules::new().deny_methods("admin_*", Match::any().on(Transport::Tcp).on(Transport::Tls));
+/// assert_eq!(rules.to_string(), "1. deny methods admin_* on tcp or tls\n");
+/// assert_eq!(Endpoint::from("unix:/run/app.sock").transport(), Transport::Unix);
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Transport;
+
+/// The tokio runtime each prefork worker builds ([`Builder::worker_runtime`]).
+///
+/// # Examples
+///
+/// Serve until TERM or ctrl-c, in four worker processes of two threads each:
+///
+/// ```no_run
+/// use easyrpc::{ServeError, Server, WorkerRuntime};
+///
+/// fn main() -> Result<(), ServeError> {
+///     Server::builder()
+///         .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///         .prefork(4)
+///         .worker_runtime(WorkerRuntime::MultiThread { threads: 2 })
+///         .run("0.0.0.0:25000")
+/// }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::WorkerRuntime;
+
+// ---- Rules and layers ---------------------------------------------------------------------
+
+/// Who may connect, and who may call what: rules given to [`Builder::rules`], and checked
+/// without a server.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::rules::{ConnFacts, Match};
+/// use easyrpc::{Peer, Rules, Transport};
+///
+/// // Over TCP, only 10.0.0.0/8 may connect.
+/// let rules = Rules::new()
+///     .allow(Match::any().from("10.0.0.0/8".parse()?))
+///     .deny(Match::any().on(Transport::Tcp));
+/// let peer = Peer::Tcp("192.0.2.7:40000".parse()?);
+/// let conn = ConnFacts {
+///     transport: Transport::Tcp,
+///     listener: "0.0.0.0:25000",
+///     peer: &peer,
+///     tls: None,
+/// };
+/// let refusal = rules.refuses_connection(&conn).expect("not from 10.0.0.0/8");
+/// assert_eq!(refusal.to_string(), "rule 2 (deny connections on tcp)");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Details
+pub use easyrpc_server::rules;
+
+/// A server's rules, in order: who may connect, and who may call what ([`Builder::rules`]).
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::rules::Match;
+/// use easyrpc::{Client, ErrorCode, Rules, Server, Transport};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .sync_fn("admin_reset", |(): ()| ())
+///     .rules(Rules::new().methods_only("admin_*", Match::any().on(Transport::Unix)))
+///     .build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+///
+/// let client = Client::connect(addr).await?; // over TCP
+/// assert_eq!(client.call::<_, i64>("add", (2, 3)).await?, 5);
+/// let err = client.call::<_, ()>("admin_reset", ()).await.unwrap_err();
+/// assert_eq!(err.code(), Some(ErrorCode::PermissionDenied));
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Rules;
+
+/// Ready-made tower layers around dispatch, for [`Builder::layer`]: a token check,
+/// per-method timeouts, request logging.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::layers::RequireToken;
+/// use easyrpc::{Client, ClientConfig, ErrorCode, Metadata, Server};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .layer(RequireToken::new("authorization", |t| t == "Bearer s3cret"))
+///     .build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+///
+/// let mut config = ClientConfig::default();
+/// config.extensions = true; // metadata travels after the hello
+/// let client = Client::connect_with(addr, config).await?;
+/// let err = client.call::<_, i64>("add", (2, 3)).await.unwrap_err();
+/// assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+///
+/// let client = client.with_metadata(Metadata::new().with("authorization", "Bearer s3cret"))?;
+/// assert_eq!(client.call::<_, i64>("add", (2, 3)).await?, 5);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::layers;
+
+/// The rest of the stack a [layer](Builder::layer) wraps, down to the function: a boxed
+/// tower service from [`CallRequest`] to [`Reply`].
+///
+/// # Examples
+///
+/// A layer that counts the calls reaching the functions, and keeps the stack boxed:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use easyrpc::{CallRequest, Client, RpcService, Server};
+/// use tower::ServiceExt;
+///
+/// #[derive(Clone)]
+/// struct CountCalls(Arc<AtomicU64>);
+///
+/// impl tower::Layer<RpcService> for CountCalls {
+///     type Service = RpcService;
+///
+///     fn layer(&self, inner: RpcService) -> RpcService {
+///         let calls = self.0.clone();
+///         RpcService::new(inner.map_request(move |req: CallRequest| {
+///             calls.fetch_add(1, Ordering::Relaxed);
+///             req
+///         }))
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let calls = Arc::new(AtomicU64::new(0));
+/// let server = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .layer(CountCalls(calls.clone()))
+///     .build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// assert_eq!(client.call::<_, i64>("add", (2, 3)).await?, 5);
+/// assert_eq!(calls.load(Ordering::Relaxed), 1);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::RpcService;
+
+/// A call as [layers](Builder::layer) see it: its [`Context`] and its params, not decoded yet.
+///
+/// # Examples
+///
+/// A layer that records what is called, before the arguments are decoded:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use easyrpc::{CallRequest, Client, RpcService, Server};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let record = {
+///     let seen = seen.clone();
+///     tower::layer::layer_fn(move |inner: RpcService| {
+///         let seen = seen.clone();
+///         tower::service_fn(move |req: CallRequest| {
+///             let line = format!("{} ({} bytes of params)", req.method(), req.params().len());
+///             seen.lock().unwrap().push(line);
+///             inner.clone().oneshot(req)
+///         })
+///     })
+/// };
+/// let server = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .layer(record)
+///     .build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+///
+/// let client = Client::connect(addr).await?;
+/// client.call::<_, i64>("add", (2, 3)).await?;
+/// assert_eq!(*seen.lock().unwrap(), ["add (3 bytes of params)"]);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::CallRequest;
+
+/// What a function, or a [layer](Builder::layer) answering for it, replies: a value or an
+/// error.
+///
+/// # Examples
+///
+/// A layer that answers `version` itself, without a function:
+///
+/// ```
+/// use easyrpc::{CallRequest, Client, Reply, RpcService, Server};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let version = tower::layer::layer_fn(|inner: RpcService| {
+///     tower::service_fn(move |req: CallRequest| {
+///         let inner = inner.clone();
+///         async move {
+///             if req.method() == "version" {
+///                 return Ok(Reply::ok("1.4.2"));
+///             }
+///             inner.oneshot(req).await
+///         }
+///     })
+/// });
+/// let server = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .layer(version)
+///     .build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+///
+/// let client = Client::connect(addr).await?;
+/// assert_eq!(client.call::<_, String>("version", ()).await?, "1.4.2");
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::Reply;
+
+/// The error type of the services in a [layer](Builder::layer) stack.
+///
+/// A layer's error reaches the caller: a [`ServerError`] as it is, tower's timeout as
+/// [`ErrorCode::DeadlineExceeded`], anything else as [`ErrorCode::Internal`].
+///
+/// # Examples
+///
+/// A layer that refuses `admin_*` calls with an error of its choosing:
+///
+/// ```
+/// use easyrpc::{BoxError, CallRequest, Client, ErrorCode, RpcService, Server, ServerError};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let no_admin = tower::layer::layer_fn(|inner: RpcService| {
+///     tower::service_fn(move |req: CallRequest| {
+///         let inner = inner.clone();
+///         async move {
+///             if req.method().starts_with("admin_") {
+///                 let refused = ServerError::new(ErrorCode::PermissionDenied, "admin calls are off");
+///                 return Err(BoxError::from(refused));
+///             }
+///             inner.oneshot(req).await
+///         }
+///     })
+/// });
+/// let server = Server::builder()
+///     .sync_fn("admin_reset", |(): ()| ())
+///     .layer(no_admin)
+///     .build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+///
+/// let client = Client::connect(addr).await?;
+/// let err = client.call::<_, ()>("admin_reset", ()).await.unwrap_err();
+/// assert_eq!(err.code(), Some(ErrorCode::PermissionDenied));
+/// assert_eq!(err.remote().unwrap().message, "admin calls are off");
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_server::BoxError;
+
+// ---- Macros -------------------------------------------------------------------------------
+
+/// Serves a function over RPC and generates its typed client stubs: see
+/// [What `#[register]` generates](crate#what-register-generates) and [Options](crate#options).
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{register, Client, Server};
+///
+/// #[register]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder().register(add::method()).build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// assert_eq!(add::call(&client, 2, 3).await?, 5); // the typed stub
+/// assert_eq!(add(2, 3), 5); // still a plain function
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_macros::register;
+
+/// Generates the typed stubs of functions served elsewhere, from their signatures alone: for
+/// a crate that calls a service without containing it.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::Client;
+///
+/// mod api {
+///     easyrpc::declare! {
+///         pub fn add(a: i64, b: i64) -> i64;
+///         #[rpc(name = "math.mul")]
+///         pub fn times(a: i64, b: i64) -> i64;
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = easyrpc::Server::builder()
+/// #     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+/// #     .sync_fn("math.mul", |(a, b): (i64, i64)| a * b)
+/// #     .build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// assert_eq!(api::add::call(&client, 2, 3).await?, 5);
+/// assert_eq!(api::times::call(&client, 2, 3).await?, 6);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_macros::declare;
+
+/// Serves the `pub` methods taking `&self` of an impl block, one instance shared by every
+/// call, and generates the typed clients `{Type}Client` and `{Type}BlockingClient`.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use easyrpc::{Client, Server};
+///
+/// #[derive(Default)]
+/// pub struct Counter(AtomicU64);
+///
+/// #[easyrpc::service(prefix = "counter")]
+/// impl Counter {
+///     /// Served as "counter.bump".
+///     pub fn bump(&self, by: u64) -> u64 {
+///         self.0.fetch_add(by, Ordering::SeqCst) + by
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder().service(Counter::default()).build()?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let counter = CounterClient::new(Client::connect(addr).await?);
+/// assert_eq!(counter.bump(2).await?, 2);
+/// assert_eq!(counter.bump(3).await?, 5);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_macros::service;
+
+// ---- Several machines --------------------------------------------------------------------
+
 pub use easyrpc_proto::discovery;
-/// Service discovery on etcd (feature `etcd`): the server's registration and its errors.
+/// Where and how a server registers in etcd (feature `etcd`): see the README, "Several
+/// machines".
 #[cfg(feature = "etcd")]
-pub use easyrpc_server::{DiscoveryError, Registration};
+pub use easyrpc_server::Registration;
+
+/// Why registering in etcd failed at start-up (feature `etcd`), inside
+/// [`ServeError::Discovery`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use easyrpc::{Registration, ServeError, Server};
+///
+/// // Nothing listens on port 1: the server does not start.
+/// let err = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .discovery(Registration::new(["http://127.0.0.1:1"], "calc"))
+///     .run("127.0.0.1:0")
+///     .unwrap_err();
+/// assert!(matches!(err, ServeError::Discovery(_)), "{err}");
+/// ```
+///
+/// # Details
+#[cfg(feature = "etcd")]
+pub use easyrpc_server::DiscoveryError;
+
+/// One instance of a balanced [`Client`] ([`Client::balanced`], `Client::discover`), as
+/// [`Client::instances`] reports it.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::Client;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut addrs = Vec::new();
+/// # for _ in 0..2 {
+/// #     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// #     addrs.push(listener.local_addr()?.to_string());
+/// #     let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// #     tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// # }
+/// let client = Client::balanced(&addrs).await?;
+/// for i in 0..10 {
+///     let _: i64 = client.idempotent().call("add", (i, 1)).await?;
+/// }
+/// let answered: u64 = client.instances().iter().map(|i| i.calls).sum();
+/// assert_eq!(answered, 10);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_client::InstanceState;
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
+///
+/// # Examples
+///
+/// Arguments and result as MessagePack values, for types known only at run time:
+///
+/// ```
+/// use easyrpc::{Client, Value};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// let client = Client::connect(addr).await?;
+/// let sum = client.call_value("add", vec![Value::from(2), Value::from(3)]).await?;
+/// assert_eq!(sum, Value::from(5));
+/// # Ok(()) }
+/// ```
+///
+/// # Details
 pub use rmpv::Value;
 
 /// Items used by the code that `#[register]` and `declare!` generate. Not a public API.

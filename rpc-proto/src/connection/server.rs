@@ -31,6 +31,12 @@ use crate::reserved::CANCEL;
 
 /// Reads start with at least this much room.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
+/// A connection that has sent only small messages, one read at a time (or nothing yet),
+/// reads into a buffer this small: an idle connection holds little memory.
+pub(crate) const SMALL_READ: usize = 1024;
+/// After this long without a message, a connection's buffers are given back (when empty):
+/// the next read starts small again.
+pub(crate) const IDLE_SHRINK: Duration = Duration::from_secs(1);
 /// Buffers larger than this are given back to the allocator once empty.
 pub(crate) const KEEP_BUFFER: usize = 256 * 1024;
 /// The most a message's headers may make a reader reserve ahead of the bytes that arrived.
@@ -199,6 +205,14 @@ pub struct ServerConnection {
     last_message: Instant,
     /// The heartbeat timer is not to fire before this (calls were in flight when it last did).
     not_before: Option<Instant>,
+    /// Reads go into a small buffer ([`SMALL_READ`]) until one fills it.
+    small_reads: bool,
+    /// The `last_message` the buffers were given back after (no shrink is due until the
+    /// next message).
+    shrunk_for: Option<Instant>,
+    /// The buffers could not be given back (a message begun, replies unwritten): look
+    /// again at this time.
+    shrink_retry: Option<Instant>,
 }
 
 impl ServerConnection {
@@ -208,8 +222,9 @@ impl ServerConnection {
             framer: Framer::new(Codec::Msgpack, config.max_message_size),
             shape: config.error_shape,
             config,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            out: Vec::with_capacity(READ_CHUNK),
+            // Both allocated at the first read and the first reply.
+            rbuf: BytesMut::new(),
+            out: Vec::new(),
             written: 0,
             first: true,
             extended: false,
@@ -222,6 +237,9 @@ impl ServerConnection {
             large: 0,
             last_message: now,
             not_before: None,
+            small_reads: true,
+            shrunk_for: None,
+            shrink_retry: None,
         }
     }
 
@@ -263,12 +281,22 @@ impl ServerConnection {
 
     /// The buffer to read into, with room for the rest of a large message in one read as
     /// its headers tell (up to 1 MiB ahead of what has arrived), and, between messages when
-    /// large ones have been coming, for a whole one.
+    /// large ones have been coming, for a whole one. A connection starts with a small one,
+    /// kept while its reads leave room (small messages, one at a time).
     pub fn read_buf(&mut self) -> &mut BytesMut {
         let between = if self.rbuf.is_empty() { self.large } else { 0 };
         let hint = self.framer.needed(&self.rbuf).max(between).min(HINT_LIMIT);
-        if self.rbuf.capacity() - self.rbuf.len() < (READ_CHUNK / 4).max(hint) {
-            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+        let small = self.small_reads && hint == 0;
+        let room = if small {
+            SMALL_READ / 4
+        } else {
+            (READ_CHUNK / 4).max(hint)
+        };
+        if self.rbuf.capacity() - self.rbuf.len() < room {
+            if small && self.rbuf.is_empty() {
+                // Allocates the small buffer, or reclaims its room (nothing to move).
+                self.rbuf.reserve(SMALL_READ);
+            } else if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
                 self.rbuf = BytesMut::with_capacity(READ_CHUNK);
             } else {
                 self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()).max(hint));
@@ -287,6 +315,10 @@ impl ServerConnection {
     pub fn handle_input<S: Service>(&mut self, now: Instant, service: &mut S) -> Result<(), Fatal> {
         if !self.reading {
             return Ok(());
+        }
+        // The last read filled the buffer: more is coming at once, read in full chunks.
+        if self.rbuf.len() == self.rbuf.capacity() {
+            self.small_reads = false;
         }
         let result = self.process(now, service);
         if let Err(fatal) = &result {
@@ -467,7 +499,7 @@ impl ServerConnection {
             self.out.clear();
             self.written = 0;
             if self.out.capacity() > KEEP_BUFFER {
-                self.out = Vec::with_capacity(READ_CHUNK);
+                self.out = Vec::new();
             }
         }
     }
@@ -504,16 +536,51 @@ impl ServerConnection {
     /// When [`ServerConnection::handle_timeout`] is next due. It stays due after end of
     /// input too: a peer that half-closed and then stops reading its answers is closed at
     /// the heartbeat timeout like any other.
+    /// Before the heartbeat, it is due [`IDLE_SHRINK`] after the last message, to give the
+    /// buffers back.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let due = self.last_message + self.config.heartbeat_timeout;
-        Some(self.not_before.map_or(due, |n| n.max(due)))
+        let due = self.not_before.map_or(due, |n| n.max(due));
+        Some(self.shrink_due().map_or(due, |s| s.min(due)))
+    }
+
+    /// When the buffers are to be given back, if they have not been since the last message.
+    fn shrink_due(&self) -> Option<Instant> {
+        if self.shrunk_for == Some(self.last_message) {
+            return None;
+        }
+        let due = self.last_message + IDLE_SHRINK;
+        Some(self.shrink_retry.map_or(due, |r| r.max(due)))
+    }
+
+    /// Give the buffers back if nothing is in them (no message begun, every reply
+    /// written); otherwise look again later.
+    fn shrink(&mut self, now: Instant) {
+        if self.rbuf.is_empty() && self.poll_transmit().is_none() {
+            self.rbuf = BytesMut::new();
+            self.out = Vec::new();
+            self.written = 0;
+            self.small_reads = true;
+            self.shrunk_for = Some(self.last_message);
+            self.shrink_retry = None;
+        } else {
+            self.shrink_retry = Some(now + IDLE_SHRINK);
+        }
     }
 
     /// The heartbeat timer fired at `now`. Returns whether the connection is to be closed:
     /// no complete message for the heartbeat timeout while no call was in flight.
+    /// Buffers idle for [`IDLE_SHRINK`] are given back first.
     pub fn handle_timeout(&mut self, now: Instant, in_flight: usize) -> bool {
+        if self.shrink_due().is_some_and(|due| now >= due) {
+            self.shrink(now);
+        }
         let due = self.last_message + self.config.heartbeat_timeout;
-        if now >= due && in_flight == 0 {
+        if now < due {
+            // The buffers' deadline, before the heartbeat's.
+            return false;
+        }
+        if in_flight == 0 {
             self.reading = false;
             return true;
         }
@@ -627,10 +694,100 @@ mod tests {
         take(conn)
     }
 
+    /// Let the timer fire for the buffers (at [`IDLE_SHRINK`] and its retries) until the
+    /// next deadline is at or after `until`; none of them closes the connection.
+    fn skip_shrinks(conn: &mut ServerConnection, until: Instant) {
+        while let Some(at) = conn.poll_timeout().filter(|&at| at < until) {
+            assert!(!conn.handle_timeout(at, 0), "closed at {at:?}, before {until:?}");
+            assert!(conn.poll_timeout().unwrap() > at, "the timer must move on");
+        }
+    }
+
     fn take(conn: &mut ServerConnection) -> Vec<u8> {
         let out = conn.poll_transmit().map(<[u8]>::to_vec).unwrap_or_default();
         conn.advance_transmit(out.len());
         out
+    }
+
+    /// Read `input` as a socket would: at most the buffer's room per read.
+    fn read_as_socket(
+        conn: &mut ServerConnection,
+        svc: &mut Recorder,
+        mut input: &[u8],
+        now: Instant,
+    ) -> usize {
+        let mut reads = 0;
+        while !input.is_empty() {
+            let buf = conn.read_buf();
+            let n = (buf.capacity() - buf.len()).min(input.len());
+            buf.extend_from_slice(&input[..n]);
+            input = &input[n..];
+            reads += 1;
+            conn.handle_input(now, svc).unwrap();
+        }
+        reads
+    }
+
+    #[test]
+    fn an_idle_connection_holds_small_buffers_and_gives_them_back() {
+        let t0 = Instant::now();
+        let mut conn = ServerConnection::new(config(), t0);
+        let mut svc = Recorder::default();
+        // Nothing read yet: no buffer at all; the first read gets a small one.
+        assert_eq!((conn.rbuf.capacity(), conn.out.capacity()), (0, 0));
+        assert!(conn.read_buf().capacity() <= SMALL_READ);
+        // Small calls one at a time keep it small.
+        for id in 0..100 {
+            let reads = read_as_socket(
+                &mut conn,
+                &mut svc,
+                &request(Codec::Msgpack, id, "add", (1, 2), None),
+                t0,
+            );
+            assert_eq!(reads, 1);
+            assert!(!take(&mut conn).is_empty());
+        }
+        assert!(conn.rbuf.capacity() <= SMALL_READ, "{}", conn.rbuf.capacity());
+        // A burst that fills the small buffer: reads go on in full chunks.
+        let burst: Vec<u8> = (0..200)
+            .flat_map(|id| request(Codec::Msgpack, id, "add", (1, 2), None))
+            .collect();
+        assert!(burst.len() > 2 * SMALL_READ);
+        read_as_socket(&mut conn, &mut svc, &burst, t0);
+        assert!(conn.read_buf().capacity() >= READ_CHUNK / 4);
+        take(&mut conn);
+        // Idle: due IDLE_SHRINK after the last message, before the heartbeat; then the
+        // buffers are gone and only the heartbeat is due.
+        assert_eq!(conn.poll_timeout(), Some(t0 + IDLE_SHRINK));
+        assert!(!conn.handle_timeout(t0 + IDLE_SHRINK, 0));
+        assert_eq!((conn.rbuf.capacity(), conn.out.capacity()), (0, 0));
+        assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        assert!(conn.read_buf().capacity() <= SMALL_READ);
+    }
+
+    #[test]
+    fn buffers_holding_a_message_begun_are_kept_and_looked_at_later() {
+        let t0 = Instant::now();
+        let mut conn = ServerConnection::new(config(), t0);
+        let mut svc = Recorder::default();
+        let req = request(Codec::Msgpack, 1, "add", (1, 2), None);
+        read_as_socket(&mut conn, &mut svc, &req[..3], t0);
+        let t1 = t0 + IDLE_SHRINK;
+        assert!(!conn.handle_timeout(t1, 0));
+        assert_eq!(conn.rbuf.len(), 3, "the bytes of the message begun are kept");
+        // Looked at again later, not at once (the timer must not spin).
+        assert_eq!(conn.poll_timeout(), Some(t1 + IDLE_SHRINK));
+        // Unwritten replies keep the write buffer too.
+        read_as_socket(&mut conn, &mut svc, &req[3..], t1);
+        assert!(conn.poll_transmit().is_some());
+        let t2 = t1 + IDLE_SHRINK;
+        assert!(!conn.handle_timeout(t2, 0));
+        assert_eq!(take(&mut conn), hex!("94 01 01 c0 03"));
+        assert!(!conn.handle_timeout(t2 + IDLE_SHRINK, 0));
+        assert_eq!((conn.rbuf.capacity(), conn.out.capacity()), (0, 0));
+        // The heartbeat still closes it, counted from the last message.
+        assert_eq!(conn.poll_timeout(), Some(t1 + Duration::from_secs(60)));
+        assert!(conn.handle_timeout(t1 + Duration::from_secs(60), 0));
     }
 
     #[test]
@@ -883,6 +1040,7 @@ mod tests {
         conn.transmit().ok(1, &7u8).unwrap();
         conn.calls_idle(t1);
         assert!(!conn.is_done(0), "an answer waits");
+        skip_shrinks(&mut conn, t1 + hb);
         assert_eq!(conn.poll_timeout(), Some(t1 + hb));
         assert!(!conn.handle_timeout(t1 + hb - Duration::from_millis(1), 0));
         assert!(conn.handle_timeout(t1 + hb, 0), "closed at the heartbeat timeout");
@@ -894,6 +1052,7 @@ mod tests {
         let hb = config().heartbeat_timeout;
         let mut conn = ServerConnection::new(config(), t0);
         let mut svc = Recorder::default();
+        skip_shrinks(&mut conn, t0 + hb);
         assert_eq!(conn.poll_timeout(), Some(t0 + hb));
         // A message at t0 + 10 s moves the deadline.
         let t1 = t0 + Duration::from_secs(10);
@@ -904,6 +1063,7 @@ mod tests {
             &[],
             t1,
         );
+        skip_shrinks(&mut conn, t1 + hb);
         assert_eq!(conn.poll_timeout(), Some(t1 + hb));
         // Due, but a call is in flight: not closed; looked at again an eighth later.
         let t2 = t1 + hb;
