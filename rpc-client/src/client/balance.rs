@@ -295,7 +295,10 @@ impl Pool {
                 let (a, b) = (up[a], up[b]);
                 let ((la, wa), (lb, wb)) = (a.load(), b.load());
                 let (ka, kb) = (la * wb, lb * wa);
-                let (ea, eb) = (a.ewma_ns.load(Ordering::Relaxed), b.ewma_ns.load(Ordering::Relaxed));
+                let (ea, eb) = (
+                    a.ewma_ns.load(Ordering::Relaxed),
+                    b.ewma_ns.load(Ordering::Relaxed),
+                );
                 // Latency breaks a tie only when it differs by more than a quarter: closer
                 // than that it is noise (equal instances got 30/30/40 % of the calls when
                 // any difference counted), and the first drawn, random, wins.
