@@ -66,6 +66,10 @@ use crate::{ClientTls, Config, Error};
 /// retry from its dedup cache), calls made through [`Client::idempotent`], and calls a
 /// server of ours refused because it was shutting down.
 ///
+/// A client made with [`Client::balanced`] (or `Client::discover`, feature `etcd`) calls
+/// several servers instead, one connection each, and picks one per call; the same methods
+/// work on it, typed stubs included.
+///
 /// Requests and notifications the server sends are handed to the handlers registered with
 /// [`Config::on_request`](crate::Config::on_request) and
 /// [`Config::on_notification`](crate::Config::on_notification), and requests with none are
