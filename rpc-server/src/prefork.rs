@@ -32,6 +32,8 @@
 //! the shared mapping, each with its `SAFETY:` comment.
 #![allow(unsafe_code)]
 
+#[cfg(feature = "etcd")]
+mod registrar;
 mod shm;
 
 use std::cell::RefCell;
@@ -141,6 +143,20 @@ pub(crate) fn run(
         listeners.push(planned);
     }
 
+    // Registered once for all workers, before the first of them starts.
+    #[cfg(feature = "etcd")]
+    let registrar = match builder.discovery.take() {
+        Some(reg) => {
+            let first = local
+                .iter()
+                .find_map(LocalAddr::socket_addr)
+                .map(|a| a.to_string());
+            let workers = u32::try_from(settings.workers).unwrap_or(u32::MAX);
+            Some(registrar::Registrar::spawn(reg, first, workers)?)
+        }
+        None => None,
+    };
+
     // Shared memory, set up before the first fork so that every worker maps it.
     let control = Control::new()?;
     let mut flows = HashMap::new();
@@ -185,6 +201,8 @@ pub(crate) fn run(
         announced: false,
         reserve,
         signals: Some(Signals::new()?),
+        #[cfg(feature = "etcd")]
+        registrar,
     };
     supervisor.supervise(on_listening)
 }
@@ -384,6 +402,9 @@ struct Supervisor {
     /// worker's to keep.
     reserve: Vec<Socket>,
     signals: Option<Signals>,
+    /// The process keeping the registration in etcd alive ([`Builder::discovery`]).
+    #[cfg(feature = "etcd")]
+    registrar: Option<registrar::Registrar>,
 }
 
 impl Supervisor {
@@ -439,6 +460,11 @@ impl Supervisor {
                     signal = s.as_str(),
                     "stopping: every worker finishes its calls, then exits"
                 );
+                // Deregistered before draining: no client is sent to a draining worker.
+                #[cfg(feature = "etcd")]
+                if let Some(registrar) = self.registrar.take() {
+                    registrar.deregister();
+                }
                 self.stop_all();
             }
             Signal::SIGHUP if self.stopping.is_none() => {
@@ -655,6 +681,10 @@ impl Supervisor {
                 // Not the supervisor's: the reserved sockets and the signal reader.
                 self.reserve.clear();
                 self.signals = None;
+                #[cfg(feature = "etcd")]
+                if let Some(registrar) = self.registrar.take() {
+                    registrar.disown();
+                }
                 // The listeners, taken over (this process never returns to the
                 // supervisor's code): a Unix socket's file is the supervisor's to remove.
                 let mut listeners = std::mem::take(&mut self.listeners);
