@@ -9,18 +9,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// The `etcd` binary on PATH, or a panic saying how to install it.
+/// The `etcd` binary on PATH, installed by `scripts/ensure-etcd.sh` (once per test binary)
+/// when absent, or a panic saying how to install it.
 fn etcd_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("etcd"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "etcd is not installed, and these tests need a real one: run scripts/ensure-etcd.sh \
-                 (as root; on Debian it runs `apt-get install -y etcd-server`), or put an etcd 3.4+ on PATH"
-            )
-        })
+    let find = || {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("etcd"))
+            .find(|p| p.is_file())
+    };
+    static INSTALL: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    if let Some(found) = find() {
+        return found;
+    }
+    let installed = INSTALL.get_or_init(|| {
+        let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-etcd.sh"));
+        match Command::new("sh").arg(&script).stdin(Stdio::null()).output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    find().unwrap_or_else(|| {
+        panic!(
+            "etcd is not installed, and these tests need a real one; scripts/ensure-etcd.sh \
+             (as root it runs `apt-get install -y etcd-server`) did not install it: {installed:?}. \
+             Put an etcd 3.4+ on PATH."
+        )
+    })
 }
 
 /// A port free now (bound, then released): etcd takes fixed ports.
