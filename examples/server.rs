@@ -34,6 +34,15 @@
 //! listener: `listening on ADDR (tls)` for `--tls-addr`, `listening on unix:PATH` for
 //! `--unix`.
 //!
+//! `--etcd URL --service NAME` registers the server in etcd as an instance of NAME (key
+//! `rpc/services/NAME/ADDR`, under a lease of `--lease-ttl SECS`, default 5, kept alive);
+//! `--advertise ADDR` is the address put there (default: the `--addr` bound, port 0
+//! resolved). TERM deregisters first, then drains. Comma-separate several etcd URLs.
+//!
+//! ```not_rust
+//! cargo run --release --example server -- --addr 127.0.0.1:0 --etcd http://127.0.0.1:2379 --service calc
+//! ```
+//!
 //! `--workers N` serves from N forked worker processes sharing the port (Unix; 0: one per
 //! core), `--bind-core` pins each to a core. The process started is then the supervisor:
 //! TERM or INT stops every worker gracefully, HUP replaces them one by one, TTIN and TTOU
@@ -96,6 +105,18 @@ struct Args {
     /// Serve per-function metrics (Prometheus text format) at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// Register in etcd at this URL (comma-separated for several), with --service.
+    #[arg(long, value_name = "URL", requires = "service")]
+    etcd: Option<String>,
+    /// With --etcd: the service name to register under.
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    service: Option<String>,
+    /// With --etcd: the address clients are given (default: the --addr bound).
+    #[arg(long, value_name = "ADDR", requires = "etcd")]
+    advertise: Option<String>,
+    /// With --etcd: the registration lease's TTL.
+    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "etcd")]
+    lease_ttl: u64,
 }
 
 impl Args {
@@ -133,6 +154,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.prefork(workers);
     }
     builder = builder.rules(args.rules());
+    if let (Some(etcd), Some(service)) = (&args.etcd, &args.service) {
+        let mut reg = easyrpc::Registration::new(etcd.split(','), service.as_str())
+            .ttl(Duration::from_secs(args.lease_ttl));
+        if let Some(addr) = &args.advertise {
+            reg = reg.advertise(addr.as_str());
+        }
+        builder = builder.discovery(reg);
+    }
     let mut main = easyrpc::Endpoint::from(args.addr.as_str());
     let mut tls_listener = None;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {

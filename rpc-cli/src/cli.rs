@@ -17,7 +17,9 @@ use crate::typed::{Ty, TypedArg, TypedResult};
 use crate::{args, exit, json};
 
 const AFTER_HELP: &str = "\
-Addresses: host:port (TCP, or TLS with --tls-ca), unix:/path (a Unix-domain socket).
+Addresses: host:port (TCP, or TLS with --tls-ca), unix:/path (a Unix-domain socket);
+--etcd URL --service NAME in place of the address: the instances of NAME registered in etcd
+(`rpc load` balances over them, other commands call one), also written etcd:NAME@URL.
 
 Arguments: one JSON array ('[1, \"two\"]'), or one word per argument, each JSON ('1' '\"two\"')
 or @FILE (the file's bytes as one bin argument; @- reads stdin). Bytes are written and
@@ -84,6 +86,74 @@ pub struct GlobalArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With --service, in place of the address: the instances registered in etcd at this
+    /// URL (comma-separated for several). See [`discovery_args`].
+    #[arg(long, global = true, value_name = "URL", requires = "service")]
+    pub etcd: Option<String>,
+    /// With --etcd: the service whose instances to call.
+    #[arg(long, global = true, value_name = "NAME", requires = "etcd")]
+    pub service: Option<String>,
+}
+
+/// The command line with `--etcd URL --service NAME` standing for the address: puts the
+/// address `etcd:NAME@URL` right after the subcommand, where clap expects the address
+/// (`main` parses what this returns). Anything else is returned as it is.
+///
+/// ```
+/// use clap::Parser;
+/// use easyrpc_cli::connect::Target;
+/// use easyrpc_cli::{discovery_args, Cli, Command};
+///
+/// let args = ["rpc", "call", "--etcd", "http://127.0.0.1:2379", "--service", "calc", "add", "1", "2"];
+/// let cli = Cli::try_parse_from(discovery_args(args.map(Into::into)))?;
+/// let Command::Call(call) = &cli.command else { unreachable!() };
+/// assert_eq!(call.addr, "etcd:calc@http://127.0.0.1:2379".parse::<Target>().unwrap());
+/// assert_eq!((call.method.as_str(), call.args.len()), ("add", 2));
+/// # Ok::<(), clap::Error>(())
+/// ```
+pub fn discovery_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const TAKE_VALUE: &[&str] = &[
+        "--timeout",
+        "--codec",
+        "--tls-ca",
+        "--tls-server-name",
+        "--tls-cert",
+        "--tls-key",
+        "--etcd",
+        "--service",
+    ];
+    const SUBCOMMANDS: &[&str] = &["call", "notify", "list", "describe", "load"];
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let (mut etcd, mut service, mut sub) = (None, None, None);
+    let mut i = 1;
+    while i < args.len() {
+        let arg = args[i].to_string_lossy().into_owned();
+        let value = |name: &str| -> Option<(String, bool)> {
+            if arg == name {
+                args.get(i + 1).map(|v| (v.to_string_lossy().into_owned(), true))
+            } else {
+                arg.strip_prefix(name)?
+                    .strip_prefix('=')
+                    .map(|v| (v.to_owned(), false))
+            }
+        };
+        if let Some((v, skip)) = value("--etcd") {
+            etcd = Some(v);
+            i += usize::from(skip);
+        } else if let Some((v, skip)) = value("--service") {
+            service = Some(v);
+            i += usize::from(skip);
+        } else if TAKE_VALUE.contains(&arg.as_str()) {
+            i += 1;
+        } else if sub.is_none() && SUBCOMMANDS.contains(&arg.as_str()) {
+            sub = Some(i);
+        }
+        i += 1;
+    }
+    if let (Some(etcd), Some(service), Some(sub)) = (etcd, service, sub) {
+        args.insert(sub + 1, format!("etcd:{service}@{etcd}").into());
+    }
+    args
 }
 
 /// `--codec`.
@@ -329,25 +399,25 @@ pub fn run(cli: &Cli) -> ExitCode {
 impl GlobalArgs {
     /// How to reach `addr` with these flags.
     fn connection(&self, addr: &Target) -> Result<Connection, Failure> {
-        let tls = match &self.tls_ca {
-            None => None,
-            Some(_) if matches!(addr, Target::Unix(_)) => {
-                return Err(Failure::Usage(
-                    "the TLS options apply to host:port addresses, not to unix: sockets".into(),
-                ))
-            }
-            Some(ca) => {
-                let usage = |e| Failure::client(e, "TLS settings");
-                let mut tls = ClientTls::from_ca_file(ca).map_err(usage)?;
-                if let Some(name) = &self.tls_server_name {
-                    tls = tls.server_name(name.as_str());
+        let tls =
+            match &self.tls_ca {
+                None => None,
+                Some(_) if !matches!(addr, Target::Tcp(_)) => return Err(Failure::Usage(
+                    "the TLS options apply to host:port addresses, not to unix: sockets nor etcd: services"
+                        .into(),
+                )),
+                Some(ca) => {
+                    let usage = |e| Failure::client(e, "TLS settings");
+                    let mut tls = ClientTls::from_ca_file(ca).map_err(usage)?;
+                    if let Some(name) = &self.tls_server_name {
+                        tls = tls.server_name(name.as_str());
+                    }
+                    if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                        tls = tls.client_cert(cert, key).map_err(usage)?;
+                    }
+                    Some(tls)
                 }
-                if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-                    tls = tls.client_cert(cert, key).map_err(usage)?;
-                }
-                Some(tls)
-            }
-        };
+            };
         let mut config = Config::default();
         config.timeout = self.timeout;
         config.connect_timeout = self.timeout;

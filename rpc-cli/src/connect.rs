@@ -1,4 +1,5 @@
-//! Where `rpc` connects and how: the address ([`Target`]: `host:port` or `unix:/path`),
+//! Where `rpc` connects and how: the address ([`Target`]: `host:port`, `unix:/path`, or
+//! the instances of a service registered in etcd, `etcd:NAME@URL`),
 //! TLS, the timeout and the codec, gathered in a [`Connection`] that opens clients.
 //!
 //! ```
@@ -7,6 +8,10 @@
 //! assert_eq!("127.0.0.1:25000".parse::<Target>()?, Target::Tcp("127.0.0.1:25000".into()));
 //! assert_eq!("unix:/run/rpc.sock".parse::<Target>()?, Target::Unix("/run/rpc.sock".into()));
 //! assert!("no-port".parse::<Target>().is_err());
+//! assert_eq!(
+//!     "etcd:calc@http://127.0.0.1:2379".parse::<Target>()?,
+//!     Target::Etcd { service: "calc".into(), endpoints: vec!["http://127.0.0.1:2379".into()] },
+//! );
 //! # Ok::<(), String>(())
 //! ```
 
@@ -25,12 +30,32 @@ pub enum Target {
     Tcp(String),
     /// `unix:/path`: a Unix-domain socket.
     Unix(PathBuf),
+    /// `etcd:NAME@URL[,URL...]` (what `--etcd URL --service NAME` stand for): the
+    /// instances of service NAME registered in etcd. `rpc load` balances over them (and
+    /// follows them as they come and go); one-off commands call one of them.
+    Etcd {
+        /// The service name.
+        service: String,
+        /// etcd's client URLs.
+        endpoints: Vec<String>,
+    },
 }
 
 impl FromStr for Target {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Target, String> {
+        if let Some(rest) = s.strip_prefix("etcd:") {
+            return match rest.split_once('@') {
+                Some((service, urls)) if !service.is_empty() && !urls.is_empty() => Ok(Target::Etcd {
+                    service: service.into(),
+                    endpoints: urls.split(',').map(Into::into).collect(),
+                }),
+                _ => Err(format!(
+                    "{s:?}: etcd: needs a service and etcd's URL, as in etcd:calc@http://127.0.0.1:2379"
+                )),
+            };
+        }
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("unix: needs a socket path, as in unix:/run/app.sock".into());
@@ -51,6 +76,7 @@ impl fmt::Display for Target {
         match self {
             Target::Tcp(addr) => f.write_str(addr),
             Target::Unix(path) => write!(f, "unix:{}", path.display()),
+            Target::Etcd { service, endpoints } => write!(f, "etcd:{service}@{}", endpoints.join(",")),
         }
     }
 }
@@ -90,6 +116,7 @@ impl Connection {
             (Target::Unix(path), _) => BlockingClient::connect_unix_with(path, config),
             #[cfg(not(unix))]
             (Target::Unix(_), _) => Err(unix_unsupported()),
+            (Target::Etcd { service, endpoints }, _) => discover_one(endpoints, service, config),
         }
     }
 
@@ -107,8 +134,45 @@ impl Connection {
             (Target::Unix(path), _) => Client::connect_unix_with(path, config).await,
             #[cfg(not(unix))]
             (Target::Unix(_), _) => Err(unix_unsupported()),
+            #[cfg(feature = "etcd")]
+            (Target::Etcd { service, endpoints }, _) => {
+                Client::discover_with(endpoints, service, config).await
+            }
+            #[cfg(not(feature = "etcd"))]
+            (Target::Etcd { .. }, _) => Err(etcd_unsupported()),
         }
     }
+}
+
+/// A blocking client of one instance of `service`: the instances are read from etcd,
+/// and the first one that answers, starting from one chosen by the process id, is taken.
+#[cfg(feature = "etcd")]
+fn discover_one(
+    endpoints: &[String],
+    service: &str,
+    config: Config,
+) -> Result<BlockingClient, easyrpc_client::Error> {
+    let all = BlockingClient::discover(endpoints, service, config.clone())?.addrs();
+    let start = std::process::id() as usize % all.len();
+    let mut last = None;
+    for addr in all.iter().cycle().skip(start).take(all.len()) {
+        match BlockingClient::connect_with(*addr, config.clone()) {
+            Ok(client) => return Ok(client),
+            Err(e) => last = Some(e),
+        }
+    }
+    // `discover` returns at least one instance, so the loop ran.
+    Err(last.unwrap_or(easyrpc_client::Error::ConnectionClosed))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn discover_one(_: &[String], _: &str, _: Config) -> Result<BlockingClient, easyrpc_client::Error> {
+    Err(etcd_unsupported())
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd_unsupported() -> easyrpc_client::Error {
+    easyrpc_client::Error::Discovery("this rpc was built without the etcd feature".into())
 }
 
 #[cfg(not(unix))]

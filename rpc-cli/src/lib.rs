@@ -46,7 +46,7 @@ pub mod json;
 pub mod load;
 pub mod typed;
 
-pub use cli::{run, CallArgs, Cli, CodecArg, Command, GlobalArgs, LoadArgs};
+pub use cli::{discovery_args, run, CallArgs, Cli, CodecArg, Command, GlobalArgs, LoadArgs};
 
 /// The exit codes of `rpc`.
 ///

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = match easyrpc_cli::Cli::try_parse() {
+    // `--etcd URL --service NAME` stand for the address.
+    let args = easyrpc_cli::discovery_args(std::env::args_os());
+    let cli = match easyrpc_cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

@@ -402,12 +402,39 @@ impl BlockingClient {
         params: P,
         opts: CallOptions,
     ) -> Result<R, Error> {
+        self.call_attempts::<P, R, D>(method, &params, opts, false)
+            .map_err(|(_, e)| e)
+    }
+
+    /// One call on this server only, for the balanced client: no resend here; a failure
+    /// says what happened, for the balancer's resend rule (`None`: an error another
+    /// server would not change).
+    pub(crate) fn call_once<P: Params, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+        opts: CallOptions,
+    ) -> Result<R, (Option<Failure>, Error)> {
+        self.call_attempts::<P, R, Serde>(method, params, opts, true)
+            .map_err(|(f, e)| (f, crate::error::name_result::<R>(method, e)))
+    }
+
+    /// The call loop: attempts, and resends as the rule allows (none with `once`).
+    fn call_attempts<P: Params, R, D: Decoder<R>>(
+        &self,
+        method: &str,
+        params: &P,
+        opts: CallOptions,
+        once: bool,
+    ) -> Result<R, (Option<Failure>, Error)> {
         let timeout = opts.timeout.unwrap_or(self.config.timeout);
         let deadline = Instant::now() + timeout;
         let own;
         let metadata = match &opts.metadata {
             None => self.metadata.as_deref(),
-            Some(_) if !self.config.uses_hello() => return Err(Error::NeedsExtensions("call metadata")),
+            Some(_) if !self.config.uses_hello() => {
+                return Err((None, Error::NeedsExtensions("call metadata")))
+            }
             Some(md) => {
                 own = md.encode();
                 Some(&own[..])
@@ -418,28 +445,28 @@ impl BlockingClient {
         let mut backoff = self.config.reconnect_backoff;
         loop {
             let (failure, error) = match st
-                .round_trip::<P, R, D>(self, &mut msgid, method, &params, timeout, deadline, metadata)
+                .round_trip::<P, R, D>(self, &mut msgid, method, params, timeout, deadline, metadata)
             {
                 Ok(Err(Error::Remote(e))) if easyrpc_proto::is_refused(&e) => {
                     // The call did not run; this connection is going away.
                     st.stream = None;
                     (Failure::Refused, Error::Remote(e))
                 }
-                Ok(r) => return r,
+                Ok(r) => return r.map_err(|e| (None, e)),
                 // A certificate or settings problem does not go away by trying again.
                 Err(
                     Failed::NotSent(e @ Error::Tls { cause, .. })
                     | Failed::Sent(e @ Error::Tls { cause, .. }),
                 ) if !cause.is_transient() => {
                     st.stream = None;
-                    return Err(e);
+                    return Err((None, e));
                 }
                 // A call never sent fails fast when the server refuses; one to be sent
                 // again keeps trying (the server may be restarting).
                 Err(Failed::NotSent(e @ Error::Unavailable(_)))
                     if !self.config.wait_for_ready && msgid.is_none() =>
                 {
-                    return Err(e)
+                    return Err((Some(Failure::NotSent), e))
                 }
                 Err(Failed::NotSent(e)) => (Failure::NotSent, e),
                 Err(Failed::Sent(Error::Timeout(t))) => (Failure::TimedOut, Error::Timeout(t)),
@@ -450,8 +477,8 @@ impl BlockingClient {
                 }
             };
             let resend = may_resend(failure, self.session.is_some(), opts.idempotent);
-            if !resend || Instant::now() + backoff >= deadline {
-                return Err(error);
+            if once || !resend || Instant::now() + backoff >= deadline {
+                return Err((Some(failure), error));
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(self.config.reconnect_backoff_max);

@@ -38,9 +38,13 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::debug;
 
+mod balance;
+#[cfg(feature = "etcd")]
+pub(crate) mod discover;
 mod driver;
 mod state;
 
+pub use balance::InstanceState;
 use driver::connect;
 pub(crate) use driver::refused;
 use state::{SlotState, State};
@@ -62,6 +66,10 @@ use crate::{ClientTls, Config, Error};
 /// retry from its dedup cache), calls made through [`Client::idempotent`], and calls a
 /// server of ours refused because it was shutting down.
 ///
+/// A client made with [`Client::balanced`] (or `Client::discover`, feature `etcd`) calls
+/// several servers instead, one connection each, and picks one per call; the same methods
+/// work on it, typed stubs included.
+///
 /// Requests and notifications the server sends are handed to the handlers registered with
 /// [`Config::on_request`](crate::Config::on_request) and
 /// [`Config::on_notification`](crate::Config::on_notification), and requests with none are
@@ -75,7 +83,7 @@ use crate::{ClientTls, Config, Error};
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    handle: Arc<Handle>,
+    target: Target,
     timeout: Duration,
     idempotent: bool,
     /// Metadata sent with every call of this handle, encoded.
@@ -88,9 +96,16 @@ impl fmt::Debug for Client {
             .field("addr", &self.addr())
             .field("timeout", &self.timeout)
             .field("idempotent", &self.idempotent)
-            .field("codec", &self.handle.0.config.codec)
+            .field("codec", &self.config().codec)
             .finish_non_exhaustive()
     }
+}
+
+/// What a client calls: one server, or several with a balancer in front.
+#[derive(Clone)]
+enum Target {
+    One(Arc<Handle>),
+    Balanced(Arc<balance::Pool>),
 }
 
 /// What the clones of a [`Client`] share. The connection task holds the [`Core`] but not
@@ -123,6 +138,27 @@ struct Core {
 }
 
 impl Core {
+    /// A connection state for `addrs` (or `unix`), not yet connected.
+    fn new(
+        addrs: Vec<SocketAddr>,
+        #[cfg_attr(not(unix), allow(unused_variables))] unix: Option<std::path::PathBuf>,
+        tls: Option<Connector>,
+        config: Config,
+    ) -> Result<Arc<Core>, Error> {
+        let session = config.unstable_network.then(new_session).transpose()?;
+        let proto = ClientConnection::new(config.proto(session), Instant::now().into_std());
+        Ok(Arc::new(Core {
+            addrs,
+            #[cfg(unix)]
+            unix,
+            tls,
+            session,
+            config,
+            state: Mutex::new(State::new(proto)),
+            connecting: tokio::sync::Mutex::new(()),
+        }))
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere (in a caller's `Serialize`, say):
         // every update below leaves the state consistent before anything can panic.
@@ -350,21 +386,10 @@ impl Client {
         config: Config,
     ) -> Result<Client, Error> {
         let timeout = config.timeout;
-        let session = config.unstable_network.then(new_session).transpose()?;
-        let proto = ClientConnection::new(config.proto(session), Instant::now().into_std());
-        let core = Arc::new(Core {
-            addrs,
-            #[cfg(unix)]
-            unix,
-            tls,
-            session,
-            config,
-            state: Mutex::new(State::new(proto)),
-            connecting: tokio::sync::Mutex::new(()),
-        });
+        let core = Core::new(addrs, unix, tls, config)?;
         connect(&core).await?;
         Ok(Client {
-            handle: Arc::new(Handle(core)),
+            target: Target::One(Arc::new(Handle(core))),
             timeout,
             idempotent: false,
             metadata: None,
@@ -401,7 +426,7 @@ impl Client {
     ///
     /// [`Error::NeedsExtensions`] when the client does not use the extensions.
     pub fn with_metadata(&self, metadata: Metadata) -> Result<Client, Error> {
-        if !self.handle.0.config.uses_hello() {
+        if !self.config().uses_hello() {
             return Err(Error::NeedsExtensions("call metadata"));
         }
         Ok(Client {
@@ -410,24 +435,39 @@ impl Client {
         })
     }
 
-    /// The session id, in unstable-network mode.
+    /// The session id, in unstable-network mode (`None` for a balanced client: each
+    /// instance has a session of its own).
     pub fn session(&self) -> Option<u128> {
-        self.handle.0.session
+        match &self.target {
+            Target::One(handle) => handle.0.session,
+            Target::Balanced(_) => None,
+        }
+    }
+
+    fn config(&self) -> &Config {
+        match &self.target {
+            Target::One(handle) => &handle.0.config,
+            Target::Balanced(pool) => pool.config(),
+        }
     }
 
     /// The address this client connects to (the first one its name resolved to); the
-    /// unspecified address `0.0.0.0:0` for a client of a Unix-domain socket.
+    /// unspecified address `0.0.0.0:0` for a client of a Unix-domain socket, and for a
+    /// balanced client with no instance (else its first instance's).
     pub fn addr(&self) -> SocketAddr {
-        self.handle
-            .0
-            .addrs
-            .first()
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        match &self.target {
+            Target::One(handle) => handle.0.addrs.first().copied().unwrap_or(unspecified),
+            Target::Balanced(pool) => pool.first_addr().unwrap_or(unspecified),
+        }
     }
 
-    fn core(&self) -> &Core {
-        &self.handle.0
+    /// The one server's connection state. Balanced clients take another path before this.
+    fn core(&self) -> &Arc<Core> {
+        match &self.target {
+            Target::One(handle) => &handle.0,
+            Target::Balanced(_) => unreachable!("a balanced client calls through its pool"),
+        }
     }
 
     /// Call `method` with `params` (a tuple, or a `Vec` of values) and decode the result.
@@ -454,7 +494,20 @@ impl Client {
         P: Params,
         D: Decoder<R>,
     {
-        let core = self.core();
+        let core = match &self.target {
+            Target::One(handle) => &handle.0,
+            // Boxed: the balanced path stays out of the one-server call's future.
+            Target::Balanced(pool) => {
+                return Box::pin(pool.call::<P, R, D>(
+                    method,
+                    params,
+                    self.timeout,
+                    self.idempotent,
+                    self.metadata.as_deref(),
+                ))
+                .await;
+            }
+        };
         let config = &core.config;
         let session = core.session.is_some();
         let mut msgid = None;
@@ -527,7 +580,10 @@ impl Client {
     /// could be made within the client's timeout.
     pub async fn notify<P: Params>(&self, method: &str, params: P) -> Result<(), Error> {
         let deadline = Instant::now() + self.timeout;
-        let core = self.core();
+        let core = match &self.target {
+            Target::One(handle) => &handle.0,
+            Target::Balanced(pool) => return pool.notify(method, params, deadline).await,
+        };
         loop {
             {
                 let mut st = core.lock();
@@ -544,31 +600,118 @@ impl Client {
     /// Connect again (one caller at a time), with backoff until `deadline`; with
     /// `fail_fast`, a refused connection ends it at once ([`Error::Unavailable`]).
     async fn reconnect(&self, deadline: Instant, fail_fast: bool) -> Result<(), Error> {
-        let core = &self.handle.0;
-        let _one_at_a_time = tokio::time::timeout_at(deadline, core.connecting.lock())
-            .await
-            .map_err(|_| Error::Timeout(self.timeout))?;
-        let config = &core.config;
-        let mut backoff = config.reconnect_backoff;
-        loop {
-            if core.lock().live.is_some() {
-                return Ok(());
+        reconnect(self.core(), deadline, fail_fast, self.timeout).await
+    }
+}
+
+/// How a call on one instance of a balanced client ended.
+enum Sent<R> {
+    /// With an answer (a result or an error the server sent), or an error that another
+    /// instance would not change (a timeout, an encoding error).
+    Done(Result<R, Error>),
+    /// Without one: what happened, for the resend rule, and the error to report if the
+    /// call is not sent again.
+    Failed(Failure, Error),
+}
+
+/// One call on `core` (an instance of a balanced client), until `deadline`. A call of a
+/// dedup session stays on its instance while it can be reached: when the connection drops
+/// it is resent there with the same msgid (the server's dedup key) after reconnecting; only
+/// when that fails does it end as [`Failure::Lost`].
+async fn call_on<P, R, D>(
+    core: &Arc<Core>,
+    method: &str,
+    params: &mut P,
+    deadline: Instant,
+    timeout: Duration,
+    metadata: Option<&[u8]>,
+) -> Sent<R>
+where
+    P: Params,
+    D: Decoder<R>,
+{
+    let session = core.session.is_some();
+    let mut msgid = None;
+    let mut call_deadline = Some(deadline);
+    loop {
+        let attempt = Attempt::<P, R, D> {
+            core,
+            method,
+            params: &mut *params,
+            msgid: &mut msgid,
+            deadline: &mut call_deadline,
+            timeout,
+            metadata,
+            slot: None,
+            result: PhantomData,
+        };
+        let lost = match attempt.await {
+            Attempted::NotConnected if msgid.is_none() => {
+                return Sent::Failed(Failure::NotSent, Error::ConnectionClosed);
             }
-            let attempt = tokio::time::timeout_at(deadline, connect(core));
-            match attempt.await {
-                Err(_) => return Err(Error::Timeout(self.timeout)),
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e @ Error::Unavailable(_))) if fail_fast => return Err(e),
-                // A certificate or settings problem does not go away by trying again.
-                Ok(Err(e @ Error::Tls { cause, .. })) if !cause.is_transient() => return Err(e),
-                Ok(Err(e)) => {
-                    debug!(error = %e, ?backoff, "reconnect failed");
-                    if Instant::now() + backoff >= deadline {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(config.reconnect_backoff_max);
+            Attempted::NotConnected => Error::ConnectionClosed,
+            Attempted::Done(Err(Error::Remote(e))) if easyrpc_proto::is_refused(&e) => {
+                return Sent::Failed(Failure::Refused, Error::Remote(e));
+            }
+            Attempted::Done(Err(e @ (Error::ConnectionClosed | Error::Transport(_)))) => e,
+            Attempted::Done(Err(Error::Timeout(_))) => return Sent::Done(Err(Error::Timeout(timeout))),
+            Attempted::Done(r) => return Sent::Done(r),
+        };
+        if !session {
+            return Sent::Failed(Failure::Lost, lost);
+        }
+        // The session's dedup cache is on this server: try it again first, for as long as
+        // one connection attempt may take.
+        let until = deadline.min(Instant::now() + core.config.connect_timeout);
+        if let Err(e) = reconnect(core, until, true, timeout).await {
+            debug!(error = %e, "the session's instance cannot be reached");
+            return Sent::Failed(Failure::Lost, lost);
+        }
+        debug!(msgid, method, "resending the call of the session on its instance");
+    }
+}
+
+/// Send a notification on `core` if it has a live connection; `false` when it has none.
+fn notify_on<P: Params>(core: &Core, method: &str, params: &P) -> Result<bool, Error> {
+    let mut st = core.lock();
+    if st.live.is_none() {
+        return Ok(false);
+    }
+    st.proto.send_notification(method, params)?;
+    st.wake_writer();
+    Ok(true)
+}
+
+/// [`Client::reconnect`] for `core`; `timeout` is the call's, for its error.
+async fn reconnect(
+    core: &Arc<Core>,
+    deadline: Instant,
+    fail_fast: bool,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let _one_at_a_time = tokio::time::timeout_at(deadline, core.connecting.lock())
+        .await
+        .map_err(|_| Error::Timeout(timeout))?;
+    let config = &core.config;
+    let mut backoff = config.reconnect_backoff;
+    loop {
+        if core.lock().live.is_some() {
+            return Ok(());
+        }
+        let attempt = tokio::time::timeout_at(deadline, connect(core));
+        match attempt.await {
+            Err(_) => return Err(Error::Timeout(timeout)),
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e @ Error::Unavailable(_))) if fail_fast => return Err(e),
+            // A certificate or settings problem does not go away by trying again.
+            Ok(Err(e @ Error::Tls { cause, .. })) if !cause.is_transient() => return Err(e),
+            Ok(Err(e)) => {
+                debug!(error = %e, ?backoff, "reconnect failed");
+                if Instant::now() + backoff >= deadline {
+                    return Err(e);
                 }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.reconnect_backoff_max);
             }
         }
     }

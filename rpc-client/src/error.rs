@@ -54,6 +54,10 @@ pub enum Error {
         "{0} needs the extensions: set Config::extensions (the server must be built with this framework)"
     )]
     NeedsExtensions(&'static str),
+    /// Service discovery failed: etcd could not be reached or read when the client
+    /// started (`Client::discover`, feature `etcd`).
+    #[error("service discovery: {0}")]
+    Discovery(String),
     /// TLS failed: the handshake (an unknown CA, a name mismatch, an expired certificate,
     /// a client certificate required or refused...), or the TLS settings could not be
     /// used. `cause` says which; `source` is the underlying error (a `rustls::Error` for a

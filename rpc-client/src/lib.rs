@@ -14,6 +14,14 @@
 //!   handler registered with [`Config::on_request`] or [`Config::on_notification`]; a
 //!   request with none is answered at once with method-not-found.
 //!
+//! # Several servers
+//!
+//! [`Client::balanced`] spreads calls over a fixed list of servers (power of two choices on
+//! calls in flight, ejection and retry with backoff, resend to another server by the
+//! resend rule), and `Client::discover` (feature `etcd`) over the instances of a service
+//! registered in etcd, as they come and go. [`BlockingClient::balanced`] is round robin
+//! with ejection ([`BalancedBlockingClient`]).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), easyrpc_client::Error> {
 //! let client = easyrpc_client::Client::connect("127.0.0.1:25000").await?;
@@ -24,6 +32,7 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 mod blocking;
+mod blocking_balance;
 mod call_error;
 mod client;
 mod config;
@@ -34,8 +43,9 @@ mod reply;
 mod tls;
 
 pub use blocking::{BlockingClient, CallOptions};
+pub use blocking_balance::BalancedBlockingClient;
 pub use call_error::CallError;
-pub use client::Client;
+pub use client::{Client, InstanceState};
 pub use config::Config;
 pub use easyrpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
 pub use error::{Error, ResultError};

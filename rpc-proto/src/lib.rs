@@ -47,6 +47,7 @@
 mod codec;
 mod connection;
 pub mod dedup;
+pub mod discovery;
 mod error;
 mod framer;
 #[cfg(feature = "fuzzing")]

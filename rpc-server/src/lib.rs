@@ -51,6 +51,8 @@ mod blocking;
 mod connection;
 mod context;
 mod dedup;
+#[cfg(feature = "etcd")]
+mod discovery;
 mod endpoint;
 mod layer;
 pub mod layers;
@@ -76,6 +78,8 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 #[doc(hidden)]
 pub use context::Call;
 pub use context::{Context, Peer};
+#[cfg(feature = "etcd")]
+pub use discovery::{DiscoveryError, Registration};
 pub use easyrpc_proto::{
     Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -227,6 +231,10 @@ pub enum Error {
     /// none was.
     #[error("no listener: give the server at least one with Builder::listen")]
     NoListener,
+    /// Registering in etcd at start-up failed ([`Builder::discovery`]).
+    #[cfg(feature = "etcd")]
+    #[error("service discovery: {0}")]
+    Discovery(#[from] DiscoveryError),
 }
 
 /// Collects methods and settings.
@@ -243,6 +251,9 @@ pub struct Builder {
     listeners: Vec<Endpoint>,
     /// Who may connect and call what ([`Builder::rules`]).
     rules: Rules,
+    /// Where to register in etcd ([`Builder::discovery`]).
+    #[cfg(feature = "etcd")]
+    discovery: Option<Registration>,
     /// Where to serve the metrics endpoint ([`Builder::metrics`]).
     metrics: Option<MetricsAt>,
 }

@@ -32,6 +32,8 @@
 //! the shared mapping, each with its `SAFETY:` comment.
 #![allow(unsafe_code)]
 
+#[cfg(feature = "etcd")]
+mod registrar;
 mod scrape;
 mod shm;
 
@@ -152,6 +154,20 @@ pub(crate) fn run(
         listeners.push(planned);
     }
 
+    // Registered once for all workers, before the first of them starts.
+    #[cfg(feature = "etcd")]
+    let registrar = match builder.discovery.take() {
+        Some(reg) => {
+            let first = local
+                .iter()
+                .find_map(LocalAddr::socket_addr)
+                .map(|a| a.to_string());
+            let workers = u32::try_from(settings.workers).unwrap_or(u32::MAX);
+            Some(registrar::Registrar::spawn(reg, first, workers)?)
+        }
+        None => None,
+    };
+
     // Shared memory, set up before the first fork so that every worker maps it.
     let control = Control::new()?;
     let mut flows = HashMap::new();
@@ -198,6 +214,8 @@ pub(crate) fn run(
         signals: Some(Signals::new()?),
         metrics,
         scrapes: 0,
+        #[cfg(feature = "etcd")]
+        registrar,
     };
     supervisor.supervise(on_listening)
 }
@@ -418,6 +436,9 @@ struct Supervisor {
     metrics: Option<std::net::TcpListener>,
     /// Scrapes so far: the sequence number of the workers' answers.
     scrapes: u32,
+    /// The process keeping the registration in etcd alive ([`Builder::discovery`]).
+    #[cfg(feature = "etcd")]
+    registrar: Option<registrar::Registrar>,
 }
 
 impl Supervisor {
@@ -478,6 +499,11 @@ impl Supervisor {
                     signal = s.as_str(),
                     "stopping: every worker finishes its calls, then exits"
                 );
+                // Deregistered before draining: no client is sent to a draining worker.
+                #[cfg(feature = "etcd")]
+                if let Some(registrar) = self.registrar.take() {
+                    registrar.deregister();
+                }
                 self.stop_all();
             }
             Signal::SIGHUP if self.stopping.is_none() => {
@@ -756,6 +782,10 @@ impl Supervisor {
                 // Not the supervisor's: the reserved sockets and the signal reader.
                 self.reserve.clear();
                 self.signals = None;
+                #[cfg(feature = "etcd")]
+                if let Some(registrar) = self.registrar.take() {
+                    registrar.disown();
+                }
                 // Nor the metrics endpoint, nor the other workers' channels.
                 self.metrics = None;
                 drop(ours);

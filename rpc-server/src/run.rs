@@ -40,6 +40,18 @@ impl Builder {
         self
     }
 
+    /// Register this server in etcd while [`Builder::run`] (or `run_with`,
+    /// `run_listeners`) serves: before it serves, with a lease kept alive; deregistered
+    /// first on TERM or INT, then drained (see the `Registration` docs for what happens
+    /// when etcd goes away). A failure to register at start-up is
+    /// [`Error::Discovery`]. Under prefork the supervisor's
+    /// process registers once for every worker. Feature `etcd`.
+    #[cfg(feature = "etcd")]
+    pub fn discovery(mut self, registration: crate::Registration) -> Builder {
+        self.discovery = Some(registration);
+        self
+    }
+
     /// See [`Config::worker_runtime`](crate::Config::worker_runtime).
     pub fn worker_runtime(mut self, runtime: WorkerRuntime) -> Builder {
         self.config.worker_runtime = runtime;
@@ -174,6 +186,8 @@ impl Builder {
 
     fn run_single(mut self, on_listening: impl FnOnce(&[LocalAddr])) -> Result<(), Error> {
         let endpoints = std::mem::take(&mut self.listeners);
+        #[cfg(feature = "etcd")]
+        let discovery = self.discovery.take();
         let (tls, backlog, unix_mode) = (
             self.tls.clone(),
             self.config.backlog,
@@ -188,10 +202,29 @@ impl Builder {
         let bound = bind_all_std(&endpoints, &options)?;
         let local: Vec<LocalAddr> = bound.iter().map(StdBound::local).collect();
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        #[cfg(feature = "etcd")]
+        let registered = match discovery {
+            Some(reg) => {
+                let first = local
+                    .iter()
+                    .find_map(LocalAddr::socket_addr)
+                    .map(|a| a.to_string());
+                Some(runtime.block_on(crate::discovery::Registered::start(reg, first, 1))?)
+            }
+            None => None,
+        };
         // The sockets listen already: connections queue until the runtime accepts them.
         on_listening(&local);
         runtime.block_on(async move {
-            Listening::from_std(server, bound)?.serve(shutdown_signal()).await;
+            let shutdown = async move {
+                shutdown_signal().await;
+                // Deregistered before draining: no client is sent to a draining server.
+                #[cfg(feature = "etcd")]
+                if let Some(registered) = registered {
+                    registered.deregister().await;
+                }
+            };
+            Listening::from_std(server, bound)?.serve(shutdown).await;
             Ok::<_, io::Error>(())
         })?;
         // A sync handler still running after the grace period cannot be stopped: do not wait.

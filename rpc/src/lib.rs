@@ -201,7 +201,7 @@
 // list shows), an example, and a `# Details` heading over the item's own docs that follow.
 // The items whose docs have an example already are re-exported in groups.
 
-pub use easyrpc_client::{BlockingClient, CallError, Client, ClientTls};
+pub use easyrpc_client::{BalancedBlockingClient, BlockingClient, CallError, Client, ClientTls};
 pub use easyrpc_proto::Metadata;
 pub use easyrpc_server::{shutdown_signal, Context, Endpoint, Listening, Method, TlsConfig, TlsIdentity};
 
@@ -1177,6 +1177,64 @@ pub use easyrpc_macros::declare;
 ///
 /// # Details
 pub use easyrpc_macros::service;
+
+// ---- Several machines --------------------------------------------------------------------
+
+pub use easyrpc_proto::discovery;
+/// Where and how a server registers in etcd (feature `etcd`): see the README, "Several
+/// machines".
+#[cfg(feature = "etcd")]
+pub use easyrpc_server::Registration;
+
+/// Why registering in etcd failed at start-up (feature `etcd`), inside
+/// [`ServeError::Discovery`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use easyrpc::{Registration, ServeError, Server};
+///
+/// // Nothing listens on port 1: the server does not start.
+/// let err = Server::builder()
+///     .sync_fn("add", |(a, b): (i64, i64)| a + b)
+///     .discovery(Registration::new(["http://127.0.0.1:1"], "calc"))
+///     .run("127.0.0.1:0")
+///     .unwrap_err();
+/// assert!(matches!(err, ServeError::Discovery(_)), "{err}");
+/// ```
+///
+/// # Details
+#[cfg(feature = "etcd")]
+pub use easyrpc_server::DiscoveryError;
+
+/// One instance of a balanced [`Client`] ([`Client::balanced`], `Client::discover`), as
+/// [`Client::instances`] reports it.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::Client;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut addrs = Vec::new();
+/// # for _ in 0..2 {
+/// #     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// #     addrs.push(listener.local_addr()?.to_string());
+/// #     let server = easyrpc::Server::builder().sync_fn("add", |(a, b): (i64, i64)| a + b).build()?;
+/// #     tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// # }
+/// let client = Client::balanced(&addrs).await?;
+/// for i in 0..10 {
+///     let _: i64 = client.idempotent().call("add", (i, 1)).await?;
+/// }
+/// let answered: u64 = client.instances().iter().map(|i| i.calls).sum();
+/// assert_eq!(answered, 10);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+pub use easyrpc_client::InstanceState;
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
 ///

@@ -536,7 +536,7 @@ impl ServerConnection {
     /// When [`ServerConnection::handle_timeout`] is next due. It stays due after end of
     /// input too: a peer that half-closed and then stops reading its answers is closed at
     /// the heartbeat timeout like any other.
-    /// Before the heartbeat, it is due [`IDLE_SHRINK`] after the last message, to give the
+    /// Before the heartbeat, it is due 1 s (`IDLE_SHRINK`) after the last message, to give the
     /// buffers back.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let due = self.last_message + self.config.heartbeat_timeout;
@@ -570,7 +570,7 @@ impl ServerConnection {
 
     /// The heartbeat timer fired at `now`. Returns whether the connection is to be closed:
     /// no complete message for the heartbeat timeout while no call was in flight.
-    /// Buffers idle for [`IDLE_SHRINK`] are given back first.
+    /// Buffers idle for 1 s (`IDLE_SHRINK`) are given back first.
     pub fn handle_timeout(&mut self, now: Instant, in_flight: usize) -> bool {
         if self.shrink_due().is_some_and(|due| now >= due) {
             self.shrink(now);
