@@ -19,7 +19,9 @@ use crate::foreign::decode_reply;
 use crate::handlers::{notify, Handlers, Incoming};
 use crate::reply::{Decoder, NativeValue, Serde};
 use crate::tls::Connector;
-use crate::{ClientTls, Config, Error};
+#[cfg(feature = "tls")]
+use crate::ClientTls;
+use crate::{Config, Error};
 
 /// After this long unused, the connection is checked (one non-blocking peek) before a
 /// call is sent on it, so that a connection the server closed as idle is replaced instead
@@ -236,6 +238,7 @@ impl BlockingClient {
         BlockingClient::start(addrs, None, None, config)
     }
 
+    #[cfg(feature = "tls")]
     /// Connect to `addr` (`host:port`) over TLS with the default [`Config`], as the async
     /// client's `connect_tls` does: rustls's blocking stream, no runtime.
     ///
@@ -257,6 +260,7 @@ impl BlockingClient {
         BlockingClient::connect_tls_with(addr, tls, Config::default())
     }
 
+    #[cfg(feature = "tls")]
     /// [`BlockingClient::connect_tls`] with `config`.
     ///
     /// ```no_run
@@ -519,7 +523,7 @@ impl State {
             }
         }
         if self.stream.is_none() {
-            return Err(crate::client::refused(last));
+            return Err(crate::error::refused(last));
         }
         self.last_used = Instant::now();
         self.proto.handle_disconnect(|(), _| {});

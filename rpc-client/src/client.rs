@@ -42,7 +42,6 @@ mod driver;
 mod state;
 
 use driver::connect;
-pub(crate) use driver::refused;
 use state::{SlotState, State};
 
 use crate::config::new_session;
@@ -50,7 +49,9 @@ use crate::foreign::foreign;
 use crate::reply;
 use crate::reply::{Decoder, NativeValue, Serde};
 use crate::tls::Connector;
-use crate::{ClientTls, Config, Error};
+#[cfg(feature = "tls")]
+use crate::ClientTls;
+use crate::{Config, Error};
 
 /// An async client for any MessagePack-RPC server.
 ///
@@ -270,6 +271,7 @@ impl Client {
         Client::start(addrs, None, None, config).await
     }
 
+    #[cfg(feature = "tls")]
     /// Connect to `addr` (`host:port`) over TLS with the default [`Config`]. The server's
     /// certificate must be issued by a CA `tls` trusts and be valid for the host of `addr`
     /// (or for [`ClientTls::server_name`]). Every reconnect does the handshake again.
@@ -294,6 +296,7 @@ impl Client {
         Client::connect_tls_with(addr, tls, Config::default()).await
     }
 
+    #[cfg(feature = "tls")]
     /// [`Client::connect_tls`] with `config`.
     ///
     /// ```no_run

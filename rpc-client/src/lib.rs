@@ -21,10 +21,30 @@
 //! let v = client.call_value("add", vec![1.into(), 2.into()]).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! All three are on by default; turn them off to leave out what they bring.
+//!
+//! - `async`: [`Client`], on tokio (its `rt`, `net`, `io-util`, `time` and `sync` features)
+//!   and tokio-util, with tokio-rustls for its TLS.
+//! - `blocking`: [`BlockingClient`] and [`CallOptions`], on std sockets. Built without
+//!   `async`, the crate does not depend on tokio at all:
+//!   `default-features = false, features = ["blocking"]` (with `"tls"` for TLS over
+//!   rustls's blocking stream, still without tokio).
+//! - `tls`: `ClientTls` and the clients' `connect_tls`: rustls on ring, PEM parsing and
+//!   Mozilla's roots. [`TlsCause`] and [`Error::Tls`] exist without it, so that code
+//!   matching on errors compiles either way; such a build never returns them.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// With neither client, what remains are the shared types (`Config`, `Error`...) and the
+// helpers the clients would call.
+#![cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 
+#[cfg(feature = "blocking")]
 mod blocking;
 mod call_error;
+#[cfg(feature = "async")]
 mod client;
 mod config;
 mod error;
@@ -33,11 +53,15 @@ mod handlers;
 mod reply;
 mod tls;
 
+#[cfg(feature = "blocking")]
 pub use blocking::{BlockingClient, CallOptions};
 pub use call_error::CallError;
+#[cfg(feature = "async")]
 pub use client::Client;
 pub use config::Config;
 pub use easyrpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
 pub use error::{Error, ResultError};
 pub use foreign::ForeignError;
-pub use tls::{ClientTls, TlsCause};
+pub use tls::TlsCause;
+#[cfg(feature = "tls")]
+pub use tls::ClientTls;

@@ -53,7 +53,7 @@ pub mod layers;
 mod limits;
 mod listener;
 mod method;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "prefork"))]
 mod prefork;
 mod registry;
 pub mod rules;
@@ -79,6 +79,7 @@ pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};
 pub use layer::{BoxError, CallRequest, RpcService};
 pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};
 pub use rules::Rules;
+#[cfg(feature = "prefork")]
 pub use run::WorkerRuntime;
 pub use state::State;
 #[doc(hidden)]
@@ -127,16 +128,19 @@ pub struct Config {
     pub unstable_network: bool,
     /// Bounds of the dedup cache. Default: 60 s TTL, 100 000 answers, 64 MiB.
     pub dedup: DedupConfig,
+    #[cfg(feature = "prefork")]
     /// Prefork mode, for [`Builder::run`] on Unix: a supervisor process forks this many
     /// workers, each with its own runtime and its own listener on the same port
     /// (`SO_REUSEPORT`); `Some(0)` means one per core. `max_flow` limits and the dedup
     /// cache are shared by all workers. Default: `None` (one process).
     pub prefork: Option<usize>,
+    #[cfg(feature = "prefork")]
     /// With `prefork`: worker `i` pins itself to core `i % cores` before building its
     /// runtime. Less cache and scheduler traffic between cores, but a worker can no longer
     /// use an idle core when its own is busy (with other processes, or with its blocking
     /// pool). Default: off.
     pub bind_core: bool,
+    #[cfg(feature = "prefork")]
     /// With `prefork`: the runtime each worker builds. Default:
     /// [`WorkerRuntime::CurrentThread`]. (One process always uses a multi-thread runtime.)
     pub worker_runtime: WorkerRuntime,
@@ -167,8 +171,11 @@ impl Default for Config {
             unix_socket_mode: 0o660,
             unstable_network: false,
             dedup: DedupConfig::default(),
+            #[cfg(feature = "prefork")]
             prefork: None,
+            #[cfg(feature = "prefork")]
             bind_core: false,
+            #[cfg(feature = "prefork")]
             worker_runtime: WorkerRuntime::default(),
             backlog: 1024,
         }
@@ -203,6 +210,7 @@ pub enum Error {
     /// Binding the address failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    #[cfg(feature = "prefork")]
     /// Prefork must fork a single-threaded process, and this one has more threads: a
     /// runtime or a thread was started before [`Builder::run`].
     #[error("prefork needs a single-threaded process, but it has {0} threads: call Builder::run before starting a runtime or a thread")]

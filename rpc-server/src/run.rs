@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::endpoint::{bind_all_std, BindOptions, StdBound};
 use crate::{shutdown_signal, Builder, Endpoint, Error, Listening, LocalAddr};
 
+#[cfg(feature = "prefork")]
 /// The tokio runtime each prefork worker builds ([`Config::worker_runtime`](crate::Config::worker_runtime)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -25,6 +26,7 @@ pub enum WorkerRuntime {
     },
 }
 
+#[cfg(feature = "prefork")]
 impl Builder {
     /// Prefork mode for [`Builder::run`] (Unix): a supervisor forks `workers` processes
     /// that share the port (`SO_REUSEPORT`); `0` means one per core. See
@@ -45,7 +47,9 @@ impl Builder {
         self.config.worker_runtime = runtime;
         self
     }
+}
 
+impl Builder {
     /// Build and serve `addr` until TERM or INT (ctrl-c), from a plain `fn main`: this
     /// builds the runtime itself, so call it with none running. Listeners given with
     /// [`Builder::listen`] are served too, after `addr` (see [`Builder::run_listeners`]).
@@ -151,6 +155,9 @@ impl Builder {
         if self.listeners.is_empty() {
             return Err(Error::NoListener);
         }
+        #[cfg(not(feature = "prefork"))]
+        return self.run_single(on_listening);
+        #[cfg(feature = "prefork")]
         match self.config.prefork {
             None => self.run_single(on_listening),
             #[cfg(unix)]
