@@ -238,7 +238,6 @@ impl BlockingClient {
         BlockingClient::start(addrs, None, None, config)
     }
 
-    #[cfg(feature = "tls")]
     /// Connect to `addr` (`host:port`) over TLS with the default [`Config`], as the async
     /// client's `connect_tls` does: rustls's blocking stream, no runtime.
     ///
@@ -256,11 +255,11 @@ impl BlockingClient {
     /// [`Error::Tls`] when the handshake fails, naming the cause; otherwise as
     /// [`BlockingClient::connect`]. A client certificate the server refuses after the
     /// handshake (TLS 1.3) fails the first call with [`Error::Tls`].
+    #[cfg(feature = "tls")]
     pub fn connect_tls(addr: &str, tls: ClientTls) -> Result<BlockingClient, Error> {
         BlockingClient::connect_tls_with(addr, tls, Config::default())
     }
 
-    #[cfg(feature = "tls")]
     /// [`BlockingClient::connect_tls`] with `config`.
     ///
     /// ```no_run
@@ -274,6 +273,7 @@ impl BlockingClient {
     /// # Errors
     ///
     /// As [`BlockingClient::connect_tls`].
+    #[cfg(feature = "tls")]
     pub fn connect_tls_with(addr: &str, tls: ClientTls, config: Config) -> Result<BlockingClient, Error> {
         let connector = tls.connector(addr)?;
         let addrs: Vec<_> = addr.to_socket_addrs()?.collect();

@@ -271,7 +271,6 @@ impl Client {
         Client::start(addrs, None, None, config).await
     }
 
-    #[cfg(feature = "tls")]
     /// Connect to `addr` (`host:port`) over TLS with the default [`Config`]. The server's
     /// certificate must be issued by a CA `tls` trusts and be valid for the host of `addr`
     /// (or for [`ClientTls::server_name`]). Every reconnect does the handshake again.
@@ -292,11 +291,11 @@ impl Client {
     /// mismatch, an expired certificate...); otherwise as [`Client::connect`]. A server
     /// that requires a client certificate may refuse one only after the handshake (TLS
     /// 1.3): then the first call fails with [`Error::Tls`].
+    #[cfg(feature = "tls")]
     pub async fn connect_tls(addr: &str, tls: ClientTls) -> Result<Client, Error> {
         Client::connect_tls_with(addr, tls, Config::default()).await
     }
 
-    #[cfg(feature = "tls")]
     /// [`Client::connect_tls`] with `config`.
     ///
     /// ```no_run
@@ -313,6 +312,7 @@ impl Client {
     /// # Errors
     ///
     /// As [`Client::connect_tls`].
+    #[cfg(feature = "tls")]
     pub async fn connect_tls_with(addr: &str, tls: ClientTls, config: Config) -> Result<Client, Error> {
         let connector = tls.connector(addr)?;
         let addrs: Vec<_> = tokio::net::lookup_host(addr).await?.collect();

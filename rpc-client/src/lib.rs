@@ -62,6 +62,6 @@ pub use config::Config;
 pub use easyrpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
 pub use error::{Error, ResultError};
 pub use foreign::ForeignError;
-pub use tls::TlsCause;
 #[cfg(feature = "tls")]
 pub use tls::ClientTls;
+pub use tls::TlsCause;

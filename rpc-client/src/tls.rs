@@ -44,7 +44,6 @@ impl Connector {
     }
 }
 
-
 /// Why TLS failed: the cause [`Error::Tls`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

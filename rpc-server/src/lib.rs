@@ -128,21 +128,21 @@ pub struct Config {
     pub unstable_network: bool,
     /// Bounds of the dedup cache. Default: 60 s TTL, 100 000 answers, 64 MiB.
     pub dedup: DedupConfig,
-    #[cfg(feature = "prefork")]
     /// Prefork mode, for [`Builder::run`] on Unix: a supervisor process forks this many
     /// workers, each with its own runtime and its own listener on the same port
     /// (`SO_REUSEPORT`); `Some(0)` means one per core. `max_flow` limits and the dedup
     /// cache are shared by all workers. Default: `None` (one process).
-    pub prefork: Option<usize>,
     #[cfg(feature = "prefork")]
+    pub prefork: Option<usize>,
     /// With `prefork`: worker `i` pins itself to core `i % cores` before building its
     /// runtime. Less cache and scheduler traffic between cores, but a worker can no longer
     /// use an idle core when its own is busy (with other processes, or with its blocking
     /// pool). Default: off.
-    pub bind_core: bool,
     #[cfg(feature = "prefork")]
+    pub bind_core: bool,
     /// With `prefork`: the runtime each worker builds. Default:
     /// [`WorkerRuntime::CurrentThread`]. (One process always uses a multi-thread runtime.)
+    #[cfg(feature = "prefork")]
     pub worker_runtime: WorkerRuntime,
     /// How many connections the kernel queues for the listener before the server
     /// accepts them ([`Builder::serve`], [`Builder::run`], and each prefork worker's
@@ -210,9 +210,9 @@ pub enum Error {
     /// Binding the address failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
-    #[cfg(feature = "prefork")]
     /// Prefork must fork a single-threaded process, and this one has more threads: a
     /// runtime or a thread was started before [`Builder::run`].
+    #[cfg(feature = "prefork")]
     #[error("prefork needs a single-threaded process, but it has {0} threads: call Builder::run before starting a runtime or a thread")]
     Threads(usize),
     /// The TLS settings could not be loaded.
@@ -433,7 +433,9 @@ impl Builder {
     /// plain. To serve plain TCP and TLS at once, give the TLS address its own settings
     /// ([`Builder::listen_tls`]) instead.
     ///
-    /// ```no_run
+    // Without the `prefork` feature the example does not build: not a test then.
+    #[cfg_attr(feature = "prefork", doc = "```no_run")]
+    #[cfg_attr(not(feature = "prefork"), doc = "```ignore")]
     /// use easyrpc_server::{Server, TlsConfig};
     ///
     /// fn main() -> Result<(), easyrpc_server::Error> {

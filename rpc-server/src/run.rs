@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::endpoint::{bind_all_std, BindOptions, StdBound};
 use crate::{shutdown_signal, Builder, Endpoint, Error, Listening, LocalAddr};
 
-#[cfg(feature = "prefork")]
 /// The tokio runtime each prefork worker builds ([`Config::worker_runtime`](crate::Config::worker_runtime)).
+#[cfg(feature = "prefork")]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WorkerRuntime {
@@ -73,7 +73,9 @@ impl Builder {
     /// supervisor keeps those signals blocked when it returns: the process is expected to
     /// exit then.
     ///
-    /// ```no_run
+    // Without the `prefork` feature the example does not build: not a test then.
+    #[cfg_attr(feature = "prefork", doc = "```no_run")]
+    #[cfg_attr(not(feature = "prefork"), doc = "```ignore")]
     /// use easyrpc_server::{Method, Server};
     ///
     /// fn main() -> Result<(), easyrpc_server::Error> {
@@ -124,7 +126,9 @@ impl Builder {
     /// with `SO_REUSEPORT` in each worker; a Unix socket bound once by the supervisor,
     /// which every worker accepts on, and which the supervisor removes when it exits).
     ///
-    /// ```no_run
+    // Without the `prefork` feature the example does not build: not a test then.
+    #[cfg_attr(feature = "prefork", doc = "```no_run")]
+    #[cfg_attr(not(feature = "prefork"), doc = "```ignore")]
     /// use easyrpc_server::{Method, Server};
     ///
     /// fn main() -> Result<(), easyrpc_server::Error> {

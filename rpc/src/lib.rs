@@ -201,7 +201,13 @@
 // list shows), an example, and a `# Details` heading over the item's own docs that follow.
 // The items whose docs have an example already are re-exported in groups.
 
-pub use easyrpc_client::{BlockingClient, CallError, Client, ClientTls};
+#[cfg(feature = "blocking")]
+pub use easyrpc_client::BlockingClient;
+pub use easyrpc_client::CallError;
+#[cfg(feature = "async")]
+pub use easyrpc_client::Client;
+#[cfg(feature = "tls")]
+pub use easyrpc_client::ClientTls;
 pub use easyrpc_proto::Metadata;
 pub use easyrpc_server::{shutdown_signal, Context, Endpoint, Listening, Method, TlsConfig, TlsIdentity};
 
@@ -231,6 +237,7 @@ pub use easyrpc_server::{shutdown_signal, Context, Endpoint, Listening, Method, 
 /// ```
 ///
 /// # Details
+#[cfg(feature = "blocking")]
 pub use easyrpc_client::CallOptions;
 
 /// Settings of a [`Client`] or a [`BlockingClient`], given to `connect_with`: timeouts, codec,
@@ -811,6 +818,7 @@ pub use easyrpc_server::Transport;
 /// ```
 ///
 /// # Details
+#[cfg(feature = "prefork")]
 pub use easyrpc_server::WorkerRuntime;
 
 // ---- Rules and layers ---------------------------------------------------------------------
@@ -1219,7 +1227,11 @@ pub mod __private {
     pub use easyrpc_proto::{Args, EncodeError, Params, ParamsEncoder};
     pub use easyrpc_server::{BuildError, Call, Method, Reply, Service, State, States};
 
-    use crate::{BlockingClient, CallError, Client, Error, ServerError};
+    #[cfg(feature = "blocking")]
+    use crate::BlockingClient;
+    #[cfg(feature = "async")]
+    use crate::Client;
+    use crate::{CallError, Error, ServerError};
 
     /// An argument type of a registered or declared function.
     #[diagnostic::on_unimplemented(
@@ -1418,6 +1430,7 @@ pub mod __private {
     /// # Errors
     ///
     /// As [`Client::call`].
+    #[cfg(feature = "async")]
     pub async fn call<P: Params, R: RpcReturn>(client: &Client, name: &str, params: P) -> Result<R, Error> {
         client.call(name, params).await
     }
@@ -1427,6 +1440,7 @@ pub mod __private {
     /// # Errors
     ///
     /// As [`BlockingClient::call`].
+    #[cfg(feature = "blocking")]
     pub fn call_blocking<P: Params, R: RpcReturn>(
         client: &BlockingClient,
         name: &str,

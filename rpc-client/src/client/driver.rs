@@ -16,8 +16,8 @@ use tracing::debug;
 
 use super::state::{Deliver, SlotState, State};
 use super::Core;
-use crate::handlers::{notify, Handlers, Incoming};
 use crate::error::refused;
+use crate::handlers::{notify, Handlers, Incoming};
 use crate::Error;
 
 /// Write buffers larger than this are given back to the allocator once written.

@@ -334,11 +334,11 @@ impl Connector {
     }
 }
 
-#[cfg(feature = "async")]
 /// The async client's TLS stream. A server that closes without TLS's `close_notify` is
 /// read as a plain end of stream, as over TCP: MessagePack-RPC messages delimit
 /// themselves, so a cut message is still seen as one (rustls would report
 /// `UnexpectedEof`).
+#[cfg(feature = "async")]
 pub(crate) struct AsyncTls(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
 
 #[cfg(feature = "async")]
@@ -370,8 +370,8 @@ impl AsyncWrite for AsyncTls {
     }
 }
 
-#[cfg(feature = "blocking")]
 /// The blocking client's TLS stream: rustls's own blocking stream over a std socket.
+#[cfg(feature = "blocking")]
 pub(crate) struct BlockingTls(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
 
 #[cfg(feature = "blocking")]
