@@ -41,7 +41,17 @@
 //! Sync handlers run on tokio's blocking pool behind a semaphore
 //! ([`Config::blocking_threads`]). Such work cannot be aborted: a call whose connection is
 //! gone still runs to its end.
+//!
+//! # Features
+//!
+//! - `prefork` (default): the prefork supervisor on Unix ([`Builder::prefork`],
+//!   [`Builder::bind_core`], [`Builder::worker_runtime`]): forked workers sharing the port,
+//!   with `max_flow` limits and the dedup cache in shared memory. It is what needs nix
+//!   (fork, signals, shared memory) and core_affinity; without it neither is built, and
+//!   [`Builder::run`] serves in one process. Nothing else depends on them: a Unix peer's
+//!   credentials come from tokio (`SO_PEERCRED`), signals from `tokio::signal`.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod blocking;
 mod connection;

@@ -188,12 +188,33 @@
 //! [`Method::typed_sync_fn`] and [`Method::typed_async_fn`] send the error's data; the
 //! `try_` forms send its message only.
 //!
+//! # Features
+//!
+//! All on by default; each can be left out of a build (`default-features = false` and a
+//! list of those you want):
+//!
+//! - `async`: [`Client`] (tokio), and the async stubs the macros generate (`call`,
+//!   `{Type}Client`).
+//! - `blocking`: [`BlockingClient`] (std sockets, no runtime), and the blocking stubs
+//!   (`call_blocking`, `{Type}BlockingClient`).
+//! - `tls`: TLS for the clients (`ClientTls`, `connect_tls`; rustls on ring). The server
+//!   always serves TLS.
+//! - `prefork`: the prefork supervisor (`Builder::prefork`; nix and core_affinity).
+//!
+//! The macros generate stubs only for the clients the build has, so code using
+//! `#[register]`, `#[service]` and `declare!` compiles with any of these sets; a crate that
+//! calls `add::call_blocking` needs `blocking`, as one that names `easyrpc::BlockingClient`
+//! does. The server is always part of this crate; a program that only calls services
+//! can depend on `easyrpc-client` alone, with the same features (its `blocking` alone
+//! brings no tokio at all).
+//!
 //! # Without the macro
 //!
 //! [`Method::sync_fn`], [`Method::async_fn`] (and their `try_` forms) build the same thing
 //! from a name and a closure taking its arguments as one tuple, for services built at run
 //! time.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Rustdoc shows the docs written on a re-export before the item's own docs, and runs their
 // examples as this crate's doctests, with the paths users write. So each item whose own docs
