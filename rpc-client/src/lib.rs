@@ -27,7 +27,9 @@
 //! All three are on by default; turn them off to leave out what they bring.
 //!
 //! - `async`: [`Client`], on tokio (its `rt`, `net`, `io-util`, `time` and `sync` features)
-//!   and tokio-util, with tokio-rustls for its TLS.
+//!   and tokio-util. tokio-rustls comes with it even without `tls` (and so rustls, without
+//!   a crypto provider): Cargo cannot add a dependency only when two features are both on,
+//!   and the blocking client with TLS must not bring tokio.
 //! - `blocking`: [`BlockingClient`] and [`CallOptions`], on std sockets. Built without
 //!   `async`, the crate does not depend on tokio at all:
 //!   `default-features = false, features = ["blocking"]` (with `"tls"` for TLS over
