@@ -1,7 +1,8 @@
 //! What `#[register]`, `#[easyrpc::service]` and `declare!` generate compiles with every
 //! feature set of the facade (issue 16): the stubs of a client exist when the client is
-//! built, and the server side whatever the clients. `.ci/run` builds this test with each
-//! client alone and with neither; the other tests of this crate need the default features.
+//! built, and the server side whatever the clients. `scripts/features.sh` (run by
+//! `.ci/run`) checks this test with each client alone and with neither; the other tests of
+//! this crate need the default features.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
