@@ -353,7 +353,9 @@ impl Registry {
         self.table.entries.iter().map(|e| (e.index, &*e.name))
     }
 
-    /// Whether any method goes through the dedup cache.
+    /// Whether any method goes through the dedup cache (prefork sets up its shared store
+    /// only then).
+    #[cfg_attr(not(all(unix, feature = "prefork")), allow(dead_code))]
     pub(crate) fn any_dedup(&self) -> bool {
         self.table.entries.iter().any(|e| e.dedup)
     }
