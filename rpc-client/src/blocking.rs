@@ -19,7 +19,9 @@ use crate::foreign::decode_reply;
 use crate::handlers::{notify, Handlers, Incoming};
 use crate::reply::{Decoder, NativeValue, Serde};
 use crate::tls::Connector;
-use crate::{ClientTls, Config, Error};
+#[cfg(feature = "tls")]
+use crate::ClientTls;
+use crate::{Config, Error};
 
 /// After this long unused, the connection is checked (one non-blocking peek) before a
 /// call is sent on it, so that a connection the server closed as idle is replaced instead
@@ -253,6 +255,7 @@ impl BlockingClient {
     /// [`Error::Tls`] when the handshake fails, naming the cause; otherwise as
     /// [`BlockingClient::connect`]. A client certificate the server refuses after the
     /// handshake (TLS 1.3) fails the first call with [`Error::Tls`].
+    #[cfg(feature = "tls")]
     pub fn connect_tls(addr: &str, tls: ClientTls) -> Result<BlockingClient, Error> {
         BlockingClient::connect_tls_with(addr, tls, Config::default())
     }
@@ -270,6 +273,7 @@ impl BlockingClient {
     /// # Errors
     ///
     /// As [`BlockingClient::connect_tls`].
+    #[cfg(feature = "tls")]
     pub fn connect_tls_with(addr: &str, tls: ClientTls, config: Config) -> Result<BlockingClient, Error> {
         let connector = tls.connector(addr)?;
         let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
@@ -546,7 +550,7 @@ impl State {
             }
         }
         if self.stream.is_none() {
-            return Err(crate::client::refused(last));
+            return Err(crate::error::refused(last));
         }
         self.last_used = Instant::now();
         self.proto.handle_disconnect(|(), _| {});

@@ -46,7 +46,6 @@ mod state;
 
 pub use balance::InstanceState;
 use driver::connect;
-pub(crate) use driver::refused;
 use state::{SlotState, State};
 
 use crate::config::new_session;
@@ -54,7 +53,9 @@ use crate::foreign::foreign;
 use crate::reply;
 use crate::reply::{Decoder, NativeValue, Serde};
 use crate::tls::Connector;
-use crate::{ClientTls, Config, Error};
+#[cfg(feature = "tls")]
+use crate::ClientTls;
+use crate::{Config, Error};
 
 /// An async client for any MessagePack-RPC server.
 ///
@@ -326,6 +327,7 @@ impl Client {
     /// mismatch, an expired certificate...); otherwise as [`Client::connect`]. A server
     /// that requires a client certificate may refuse one only after the handshake (TLS
     /// 1.3): then the first call fails with [`Error::Tls`].
+    #[cfg(feature = "tls")]
     pub async fn connect_tls(addr: &str, tls: ClientTls) -> Result<Client, Error> {
         Client::connect_tls_with(addr, tls, Config::default()).await
     }
@@ -346,6 +348,7 @@ impl Client {
     /// # Errors
     ///
     /// As [`Client::connect_tls`].
+    #[cfg(feature = "tls")]
     pub async fn connect_tls_with(addr: &str, tls: ClientTls, config: Config) -> Result<Client, Error> {
         let connector = tls.connector(addr)?;
         let addrs: Vec<_> = tokio::net::lookup_host(addr).await?.collect();

@@ -110,6 +110,20 @@ impl Error {
     }
 }
 
+/// A failed connection attempt as an error: [`Error::Unavailable`] when the server refused
+/// it (nothing listens there; for a Unix socket, also no socket file), a transport error
+/// otherwise.
+pub(crate) fn refused(e: io::Error) -> Error {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+    ) {
+        Error::Unavailable(e)
+    } else {
+        Error::Transport(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

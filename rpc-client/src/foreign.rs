@@ -2,9 +2,11 @@
 
 use std::fmt;
 
+#[cfg(feature = "blocking")]
 use easyrpc_proto::Codec;
 use rmpv::Value;
 
+#[cfg(feature = "blocking")]
 use crate::reply::{Decoder, Outcome};
 use crate::Error;
 
@@ -86,6 +88,7 @@ pub(crate) fn foreign(raw: &[u8]) -> Error {
 /// Decode a reply: an error reply from a server that is not ours is a [`ForeignError`];
 /// everything else goes to `D`.
 #[inline(always)]
+#[cfg(feature = "blocking")]
 pub(crate) fn decode_reply<R, D: Decoder<R>>(
     codec: Codec,
     ours: bool,

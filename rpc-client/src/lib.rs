@@ -29,11 +29,34 @@
 //! let v = client.call_value("add", vec![1.into(), 2.into()]).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! All three are on by default; turn them off to leave out what they bring.
+//!
+//! - `async`: [`Client`], on tokio (its `rt`, `net`, `io-util`, `time` and `sync` features)
+//!   and tokio-util. tokio-rustls comes with it even without `tls` (and so rustls, without
+//!   a crypto provider): Cargo cannot add a dependency only when two features are both on,
+//!   and the blocking client with TLS must not bring tokio.
+//! - `blocking`: [`BlockingClient`] and [`CallOptions`], on std sockets. Built without
+//!   `async`, the crate does not depend on tokio at all:
+//!   `default-features = false, features = ["blocking"]` (with `"tls"` for TLS over
+//!   rustls's blocking stream, still without tokio).
+//! - `tls`: `ClientTls` and the clients' `connect_tls`: rustls on ring, PEM parsing and
+//!   Mozilla's roots. [`TlsCause`] and [`Error::Tls`] exist without it, so that code
+//!   matching on errors compiles either way; such a build never returns them.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// With neither client, what remains are the shared types (`Config`, `Error`...) and the
+// helpers the clients would call.
+#![cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 
+#[cfg(feature = "blocking")]
 mod blocking;
+#[cfg(feature = "blocking")]
 mod blocking_balance;
 mod call_error;
+#[cfg(feature = "async")]
 mod client;
 mod config;
 mod error;
@@ -42,12 +65,17 @@ mod handlers;
 mod reply;
 mod tls;
 
+#[cfg(feature = "blocking")]
 pub use blocking::{BlockingClient, CallOptions};
+#[cfg(feature = "blocking")]
 pub use blocking_balance::BalancedBlockingClient;
 pub use call_error::CallError;
+#[cfg(feature = "async")]
 pub use client::{Client, InstanceState};
 pub use config::Config;
 pub use easyrpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
 pub use error::{Error, ResultError};
 pub use foreign::ForeignError;
-pub use tls::{ClientTls, TlsCause};
+#[cfg(feature = "tls")]
+pub use tls::ClientTls;
+pub use tls::TlsCause;

@@ -268,13 +268,8 @@ fn module(
         "When the call fails or the server answers with an error."
     };
     let registration = server.map(|doc| registration(f, opts, &item_vis, doc));
-
-    quote! {
-        #head {
-            #prelude
-
-            #registration
-
+    let async_stub = ASYNC.then(|| {
+        quote! {
             #[doc = #stub_doc]
             ///
             /// # Errors
@@ -287,7 +282,10 @@ fn module(
                 #assert_out
                 #call_async
             }
-
+        }
+    });
+    let blocking_stub = BLOCKING.then(|| {
+        quote! {
             #[doc = #blocking_doc]
             ///
             /// # Errors
@@ -300,11 +298,34 @@ fn module(
                 #assert_out
                 #call_blocking
             }
+        }
+    });
+    // Without stubs (a facade built with neither client), nothing builds the params.
+    let params_struct = (ASYNC || BLOCKING).then_some(params_struct);
+
+    quote! {
+        #head {
+            #prelude
+
+            #registration
+
+            #async_stub
+
+            #blocking_stub
 
             #params_struct
         }
     }
 }
+
+/// Whether to generate the async stubs (`call`, `{Type}Client`): the facade's `async`
+/// feature, forwarded here. Generated code cannot be `#[cfg]`'d on the facade's features
+/// (a `cfg` is evaluated in the user's crate), so the macro decides.
+pub(crate) const ASYNC: bool = cfg!(feature = "async");
+
+/// Whether to generate the blocking stubs (`call_blocking`, `{Type}BlockingClient`): the
+/// facade's `blocking` feature.
+pub(crate) const BLOCKING: bool = cfg!(feature = "blocking");
 
 /// `__RpcParams`, the stubs' params: the wire arguments encoded by reference, each through
 /// a function bounded on the type as written (one error, on the type, for a type that
@@ -677,24 +698,33 @@ fn fallback(
         }
     });
     let types2 = types.clone();
-    quote! {
-        #head {
-            #prelude
-            #method
-
+    let async_stub = ASYNC.then(|| {
+        quote! {
             #item_vis async fn call #impl_generics(
                 _: &#k::Client,
                 #(_: #types),*
             ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
-
+        }
+    });
+    let blocking_stub = BLOCKING.then(|| {
+        quote! {
             #item_vis fn call_blocking #impl_generics(
                 _: &#k::BlockingClient,
                 #(_: #types2),*
             ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
+        }
+    });
+    quote! {
+        #head {
+            #prelude
+            #method
+
+            #async_stub
+            #blocking_stub
         }
     }
 }

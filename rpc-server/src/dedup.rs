@@ -31,12 +31,15 @@ pub(crate) enum Wait {
     /// On the channel of a call running in this process.
     Channel(Pending),
     /// By asking the store ([`Store::peek`]) until the answer is there: the call runs
-    /// in another process, and processes share no wake-up.
+    /// in another process, and processes share no wake-up. (Prefork's shared store is
+    /// the one that waits this way.)
+    #[cfg_attr(not(all(unix, feature = "prefork")), allow(dead_code))]
     Poll,
 }
 
 /// What a retry waiting by [`Wait::Poll`] sees.
 #[derive(Debug)]
+#[cfg_attr(not(all(unix, feature = "prefork")), allow(dead_code))]
 pub(crate) enum Peek {
     /// The answer.
     Done(Bytes),

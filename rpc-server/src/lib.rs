@@ -45,7 +45,17 @@
 //! Sync handlers run on tokio's blocking pool behind a semaphore
 //! ([`Config::blocking_threads`]). Such work cannot be aborted: a call whose connection is
 //! gone still runs to its end.
+//!
+//! # Features
+//!
+//! - `prefork` (default): the prefork supervisor on Unix ([`Builder::prefork`],
+//!   [`Builder::bind_core`], [`Builder::worker_runtime`]): forked workers sharing the port,
+//!   with `max_flow` limits and the dedup cache in shared memory. It is what needs nix
+//!   (fork, signals, shared memory) and core_affinity; without it neither is built, and
+//!   [`Builder::run`] serves in one process. Nothing else depends on them: a Unix peer's
+//!   credentials come from tokio (`SO_PEERCRED`), signals from `tokio::signal`.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod blocking;
 mod connection;
@@ -60,7 +70,7 @@ mod limits;
 mod listener;
 mod method;
 mod metrics;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "prefork"))]
 mod prefork;
 mod registry;
 pub mod rules;
@@ -88,6 +98,7 @@ pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};
 pub use layer::{BoxError, CallRequest, RpcService};
 pub use method::{Method, Reply, ReplyFuture, Service, SyncJob};
 pub use rules::Rules;
+#[cfg(feature = "prefork")]
 pub use run::WorkerRuntime;
 pub use state::State;
 #[doc(hidden)]
@@ -140,14 +151,17 @@ pub struct Config {
     /// workers, each with its own runtime and its own listener on the same port
     /// (`SO_REUSEPORT`); `Some(0)` means one per core. `max_flow` limits and the dedup
     /// cache are shared by all workers. Default: `None` (one process).
+    #[cfg(feature = "prefork")]
     pub prefork: Option<usize>,
     /// With `prefork`: worker `i` pins itself to core `i % cores` before building its
     /// runtime. Less cache and scheduler traffic between cores, but a worker can no longer
     /// use an idle core when its own is busy (with other processes, or with its blocking
     /// pool). Default: off.
+    #[cfg(feature = "prefork")]
     pub bind_core: bool,
     /// With `prefork`: the runtime each worker builds. Default:
     /// [`WorkerRuntime::CurrentThread`]. (One process always uses a multi-thread runtime.)
+    #[cfg(feature = "prefork")]
     pub worker_runtime: WorkerRuntime,
     /// How many connections the kernel queues for the listener before the server
     /// accepts them ([`Builder::serve`], [`Builder::run`], and each prefork worker's
@@ -176,8 +190,11 @@ impl Default for Config {
             unix_socket_mode: 0o660,
             unstable_network: false,
             dedup: DedupConfig::default(),
+            #[cfg(feature = "prefork")]
             prefork: None,
+            #[cfg(feature = "prefork")]
             bind_core: false,
+            #[cfg(feature = "prefork")]
             worker_runtime: WorkerRuntime::default(),
             backlog: 1024,
         }
@@ -222,6 +239,7 @@ pub enum Error {
     Io(#[from] io::Error),
     /// Prefork must fork a single-threaded process, and this one has more threads: a
     /// runtime or a thread was started before [`Builder::run`].
+    #[cfg(feature = "prefork")]
     #[error("prefork needs a single-threaded process, but it has {0} threads: call Builder::run before starting a runtime or a thread")]
     Threads(usize),
     /// The TLS settings could not be loaded.
@@ -266,6 +284,7 @@ pub(crate) enum MetricsAt {
     /// A socket bound already ([`Builder::metrics_listener`]).
     Listener(Arc<std::net::TcpListener>),
     /// A prefork worker's: recorded there, served by the supervisor.
+    #[cfg_attr(not(all(unix, feature = "prefork")), allow(dead_code))]
     Supervisor,
 }
 
@@ -462,7 +481,9 @@ impl Builder {
     /// plain. To serve plain TCP and TLS at once, give the TLS address its own settings
     /// ([`Builder::listen_tls`]) instead.
     ///
-    /// ```no_run
+    // Without the `prefork` feature the example does not build: not a test then.
+    #[cfg_attr(feature = "prefork", doc = "```no_run")]
+    #[cfg_attr(not(feature = "prefork"), doc = "```ignore")]
     /// use easyrpc_server::{Server, TlsConfig};
     ///
     /// fn main() -> Result<(), easyrpc_server::Error> {

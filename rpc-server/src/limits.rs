@@ -48,13 +48,13 @@ enum Held {
     Semaphore(#[allow(dead_code)] OwnedSemaphorePermit),
     /// A slot counted in a counter that lives as long as the process (for example in
     /// memory shared with other processes): released by decrementing it.
-    #[cfg_attr(not(unix), allow(dead_code))]
+    #[cfg_attr(not(all(unix, feature = "prefork")), allow(dead_code))]
     Counted(&'static AtomicU64),
 }
 
 impl Permit {
     /// A slot counted in `counter`, which the caller has just incremented.
-    #[cfg_attr(not(unix), allow(dead_code))]
+    #[cfg_attr(not(all(unix, feature = "prefork")), allow(dead_code))]
     pub(crate) fn counted(counter: &'static AtomicU64) -> Permit {
         Permit(Held::Counted(counter))
     }

@@ -562,6 +562,7 @@ mod unix {
         }
 
         /// Leave the file alone when dropped (a forked worker's copy of the supervisor's).
+        #[cfg_attr(not(all(unix, feature = "prefork")), allow(dead_code))]
         pub(crate) fn disown(&mut self) {
             self.file.remove = false;
         }

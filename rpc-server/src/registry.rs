@@ -360,7 +360,9 @@ impl Registry {
         self.table.entry(method, &mut slots.last).map(|e| e.index)
     }
 
-    /// Whether any method goes through the dedup cache.
+    /// Whether any method goes through the dedup cache (prefork sets up its shared store
+    /// only then).
+    #[cfg_attr(not(all(unix, feature = "prefork")), allow(dead_code))]
     pub(crate) fn any_dedup(&self) -> bool {
         self.table.entries.iter().any(|e| e.dedup)
     }

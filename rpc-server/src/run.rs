@@ -9,6 +9,7 @@ use crate::endpoint::{bind_all_std, BindOptions, StdBound};
 use crate::{shutdown_signal, Builder, Endpoint, Error, Listening, LocalAddr};
 
 /// The tokio runtime each prefork worker builds ([`Config::worker_runtime`](crate::Config::worker_runtime)).
+#[cfg(feature = "prefork")]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WorkerRuntime {
@@ -25,6 +26,7 @@ pub enum WorkerRuntime {
     },
 }
 
+#[cfg(feature = "prefork")]
 impl Builder {
     /// Prefork mode for [`Builder::run`] (Unix): a supervisor forks `workers` processes
     /// that share the port (`SO_REUSEPORT`); `0` means one per core. See
@@ -57,7 +59,9 @@ impl Builder {
         self.config.worker_runtime = runtime;
         self
     }
+}
 
+impl Builder {
     /// Build and serve `addr` until TERM or INT (ctrl-c), from a plain `fn main`: this
     /// builds the runtime itself, so call it with none running. Listeners given with
     /// [`Builder::listen`] are served too, after `addr` (see [`Builder::run_listeners`]).
@@ -81,7 +85,9 @@ impl Builder {
     /// supervisor keeps those signals blocked when it returns: the process is expected to
     /// exit then.
     ///
-    /// ```no_run
+    // Without the `prefork` feature the example does not build: not a test then.
+    #[cfg_attr(feature = "prefork", doc = "```no_run")]
+    #[cfg_attr(not(feature = "prefork"), doc = "```ignore")]
     /// use easyrpc_server::{Method, Server};
     ///
     /// fn main() -> Result<(), easyrpc_server::Error> {
@@ -132,7 +138,9 @@ impl Builder {
     /// with `SO_REUSEPORT` in each worker; a Unix socket bound once by the supervisor,
     /// which every worker accepts on, and which the supervisor removes when it exits).
     ///
-    /// ```no_run
+    // Without the `prefork` feature the example does not build: not a test then.
+    #[cfg_attr(feature = "prefork", doc = "```no_run")]
+    #[cfg_attr(not(feature = "prefork"), doc = "```ignore")]
     /// use easyrpc_server::{Method, Server};
     ///
     /// fn main() -> Result<(), easyrpc_server::Error> {
@@ -163,6 +171,9 @@ impl Builder {
         if self.listeners.is_empty() {
             return Err(Error::NoListener);
         }
+        #[cfg(not(feature = "prefork"))]
+        return self.run_single(on_listening);
+        #[cfg(feature = "prefork")]
         match self.config.prefork {
             None => self.run_single(on_listening),
             #[cfg(unix)]

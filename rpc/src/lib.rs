@@ -188,12 +188,33 @@
 //! [`Method::typed_sync_fn`] and [`Method::typed_async_fn`] send the error's data; the
 //! `try_` forms send its message only.
 //!
+//! # Features
+//!
+//! All on by default; each can be left out of a build (`default-features = false` and a
+//! list of those you want):
+//!
+//! - `async`: [`Client`] (tokio), and the async stubs the macros generate (`call`,
+//!   `{Type}Client`).
+//! - `blocking`: [`BlockingClient`] (std sockets, no runtime), and the blocking stubs
+//!   (`call_blocking`, `{Type}BlockingClient`).
+//! - `tls`: TLS for the clients (`ClientTls`, `connect_tls`; rustls on ring). The server
+//!   always serves TLS.
+//! - `prefork`: the prefork supervisor (`Builder::prefork`; nix and core_affinity).
+//!
+//! The macros generate stubs only for the clients the build has, so code using
+//! `#[register]`, `#[service]` and `declare!` compiles with any of these sets; a crate that
+//! calls `add::call_blocking` needs `blocking`, as one that names `easyrpc::BlockingClient`
+//! does. The server is always part of this crate; a program that only calls services
+//! can depend on `easyrpc-client` alone, with the same features (its `blocking` alone
+//! brings no tokio at all).
+//!
 //! # Without the macro
 //!
 //! [`Method::sync_fn`], [`Method::async_fn`] (and their `try_` forms) build the same thing
 //! from a name and a closure taking its arguments as one tuple, for services built at run
 //! time.
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Rustdoc shows the docs written on a re-export before the item's own docs, and runs their
 // examples as this crate's doctests, with the paths users write. So each item whose own docs
@@ -201,7 +222,13 @@
 // list shows), an example, and a `# Details` heading over the item's own docs that follow.
 // The items whose docs have an example already are re-exported in groups.
 
-pub use easyrpc_client::{BalancedBlockingClient, BlockingClient, CallError, Client, ClientTls};
+pub use easyrpc_client::CallError;
+#[cfg(feature = "async")]
+pub use easyrpc_client::Client;
+#[cfg(feature = "tls")]
+pub use easyrpc_client::ClientTls;
+#[cfg(feature = "blocking")]
+pub use easyrpc_client::{BalancedBlockingClient, BlockingClient};
 pub use easyrpc_proto::Metadata;
 pub use easyrpc_server::{shutdown_signal, Context, Endpoint, Listening, Method, TlsConfig, TlsIdentity};
 
@@ -231,6 +258,7 @@ pub use easyrpc_server::{shutdown_signal, Context, Endpoint, Listening, Method, 
 /// ```
 ///
 /// # Details
+#[cfg(feature = "blocking")]
 pub use easyrpc_client::CallOptions;
 
 /// Settings of a [`Client`] or a [`BlockingClient`], given to `connect_with`: timeouts, codec,
@@ -811,6 +839,7 @@ pub use easyrpc_server::Transport;
 /// ```
 ///
 /// # Details
+#[cfg(feature = "prefork")]
 pub use easyrpc_server::WorkerRuntime;
 
 // ---- Rules and layers ---------------------------------------------------------------------
@@ -1234,6 +1263,7 @@ pub use easyrpc_server::DiscoveryError;
 /// ```
 ///
 /// # Details
+#[cfg(feature = "async")]
 pub use easyrpc_client::InstanceState;
 
 /// The dynamic value type for calls by name: `rmpv::Value`.
@@ -1277,7 +1307,11 @@ pub mod __private {
     pub use easyrpc_proto::{Args, EncodeError, Params, ParamsEncoder};
     pub use easyrpc_server::{BuildError, Call, Method, Reply, Service, State, States};
 
-    use crate::{BlockingClient, CallError, Client, Error, ServerError};
+    #[cfg(feature = "blocking")]
+    use crate::BlockingClient;
+    #[cfg(feature = "async")]
+    use crate::Client;
+    use crate::{CallError, Error, ServerError};
 
     /// An argument type of a registered or declared function.
     #[diagnostic::on_unimplemented(
@@ -1476,6 +1510,7 @@ pub mod __private {
     /// # Errors
     ///
     /// As [`Client::call`].
+    #[cfg(feature = "async")]
     pub async fn call<P: Params, R: RpcReturn>(client: &Client, name: &str, params: P) -> Result<R, Error> {
         client.call(name, params).await
     }
@@ -1485,6 +1520,7 @@ pub mod __private {
     /// # Errors
     ///
     /// As [`BlockingClient::call`].
+    #[cfg(feature = "blocking")]
     pub fn call_blocking<P: Params, R: RpcReturn>(
         client: &BlockingClient,
         name: &str,

@@ -16,6 +16,7 @@ use tracing::debug;
 
 use super::state::{Deliver, SlotState, State};
 use super::Core;
+use crate::error::refused;
 use crate::handlers::{notify, Handlers, Incoming};
 use crate::Error;
 
@@ -62,20 +63,6 @@ pub(super) async fn connect(core: &Arc<Core>) -> Result<(), Error> {
     tokio::time::timeout(config.connect_timeout, connect)
         .await
         .map_err(|_| Error::Timeout(config.connect_timeout))?
-}
-
-/// A failed connection attempt as an error: [`Error::Unavailable`] when the server refused
-/// it (nothing listens there; for a Unix socket, also no socket file), a transport error
-/// otherwise.
-pub(crate) fn refused(e: io::Error) -> Error {
-    if matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
-    ) {
-        Error::Unavailable(e)
-    } else {
-        Error::Transport(e)
-    }
 }
 
 /// Start the protocol on a new transport: no call can use it yet (`live` is `None`), so
