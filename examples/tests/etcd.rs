@@ -5,6 +5,8 @@
 //! The tests run one at a time (a lock): they measure delays (an instance joining, one
 //! leaving) that a second test's processes on the same two cores would distort.
 
+#[path = "common/bins.rs"]
+mod bins;
 #[path = "common/etcd.rs"]
 mod etcd;
 #[path = "common/example_server.rs"]

@@ -1,29 +1,18 @@
 //! Runs the real `server` example binary on port 0 and the `client` example against it,
 //! plain and over mutual TLS.
 
+#[path = "common/bins.rs"]
+mod bins;
 #[path = "common/pki.rs"]
 #[allow(dead_code)]
 mod pki;
 
+use bins::example;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// `target/<profile>/examples/<name>`, built by `cargo test` alongside this test.
-fn example(name: &str) -> PathBuf {
-    // Unwrap: the test binary has a path, in target/<profile>/deps.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` so examples are built",
-        path.display()
-    );
-    path
-}
 
 struct KillOnDrop(Child);
 

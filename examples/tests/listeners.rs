@@ -12,9 +12,13 @@
 //! installs `msgpack` when missing. Every wait is bounded; nothing sleeps to synchronise.
 #![cfg(target_os = "linux")]
 
+#[path = "common/bins.rs"]
+mod bins;
 #[path = "common/pki.rs"]
 #[allow(dead_code)]
 mod pki;
+
+use bins::example;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
@@ -28,25 +32,6 @@ use easyrpc::ErrorCode;
 
 /// The bound on any single wait.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// `target/<profile>/examples/<name>`, built by `cargo test` alongside this test.
-fn example(name: &str) -> PathBuf {
-    // Unwrap: the test binary has a path, in target/<profile>/deps.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` so examples are built",
-        path.display()
-    );
-    path
-}
 
 fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

@@ -20,9 +20,13 @@
 #[allow(dead_code, unreachable_pub)]
 mod proxy;
 
+#[path = "common/bins.rs"]
+mod bins;
 #[path = "common/pki.rs"]
 #[allow(dead_code)]
 mod pki;
+
+use bins::example;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -68,24 +72,6 @@ fn run<F: Future>(test: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(test)
-}
-
-fn example(name: &str) -> PathBuf {
-    // Unwrap: the test binary has a path, in target/<profile>/deps.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` so examples are built",
-        path.display()
-    );
-    path
 }
 
 /// Wait until `cond` holds, checking every 2 ms, failing after [`WAIT`].

@@ -2,31 +2,12 @@
 //! when its guard drops.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::bins::example;
 use crate::etcd::Etcd;
-
-/// `target/<profile>/examples/<name>`, built by `cargo test` alongside this test.
-pub(crate) fn example(name: &str) -> PathBuf {
-    // Unwrap: the test binary has a path, in target/<profile>/deps.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` so examples are built",
-        path.display()
-    );
-    path
-}
 
 /// The example server, registered in etcd (or not), with its log kept.
 pub(crate) struct Server {
