@@ -19,6 +19,10 @@ missing=""
 command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
 if [ -z "${PROTOC:-}" ] || [ ! -x "${PROTOC:-}" ]; then
     command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
+    # protoc's well-known types (google/protobuf/descriptor.proto, which etcd-client's
+    # protos import) are in libprotobuf-dev, only a recommendation of protobuf-compiler:
+    # `--no-install-recommends` leaves them out.
+    [ -f /usr/include/google/protobuf/descriptor.proto ] || missing="$missing libprotobuf-dev"
 fi
 [ -z "$missing" ] && exit 0
 
@@ -43,4 +47,6 @@ fi
 # runs; the tests use ports of their own and do not mind it.
 command -v etcd >/dev/null 2>&1 || die "etcd-server installed but etcd is not on PATH"
 command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || die "protobuf-compiler installed but protoc is not on PATH"
+[ -n "${PROTOC:-}" ] || [ -f /usr/include/google/protobuf/descriptor.proto ] ||
+    die "libprotobuf-dev installed but google/protobuf/descriptor.proto is not in /usr/include"
 exit 0

@@ -9,7 +9,9 @@
 //! little-endian), extensions (tag, length, value; unknown tags are skipped).
 //!
 //! Extensions: tag 1 carries the client's 16-byte session id (for the dedup cache of
-//! "unstable network" mode). A connection that began with a hello may also use the request
+//! "unstable network" mode); tag 2 carries a feature bitmask (u32 little-endian, see
+//! [`features`]): the client offers, the server answers with the features both sides
+//! will use (those it offers and supports), and a hello without tag 2 offers none. A connection that began with a hello may also use the request
 //! extension (a fifth element carrying the call's timeout, see
 //! [`encode_request`](crate::encode_request)) and the `rpc.cancel` notification.
 
@@ -23,6 +25,15 @@ const HEADER: usize = 8;
 const MAX_EXT: usize = 1024;
 
 const TAG_SESSION: u8 = 1;
+const TAG_FEATURES: u8 = 2;
+
+/// The optional features a hello may offer (bits of [`Hello::features`]).
+pub mod features {
+    /// Streams: `rpc.item`, `rpc.credit` and `rpc.end` (see the README's protocol section).
+    pub const STREAMS: u32 = 1;
+    /// zstd compression of large messages, in both directions.
+    pub const ZSTD: u32 = 2;
+}
 
 /// A hello, from the client or the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +44,8 @@ pub struct Hello {
     /// The client's session id: calls carrying it are executed at most once per msgid by a
     /// server in unstable-network mode. The server's answer echoes it.
     pub session: Option<u128>,
+    /// The optional features offered (client) or agreed (server), as [`features`] bits.
+    pub features: u32,
 }
 
 /// A hello that cannot be accepted.
@@ -53,7 +66,17 @@ pub enum HelloError {
 impl Hello {
     /// A hello for `codec`, with no session.
     pub fn new(codec: Codec) -> Hello {
-        Hello { codec, session: None }
+        Hello {
+            codec,
+            session: None,
+            features: 0,
+        }
+    }
+
+    /// The same hello offering (or agreeing to) `features`.
+    pub fn with_features(mut self, features: u32) -> Hello {
+        self.features = features;
+        self
     }
 
     /// The same hello with a session id.
@@ -71,6 +94,10 @@ impl Hello {
         if let Some(s) = self.session {
             ext.extend_from_slice(&[TAG_SESSION, 16]);
             ext.extend_from_slice(&s.to_le_bytes());
+        }
+        if self.features != 0 {
+            ext.extend_from_slice(&[TAG_FEATURES, 4]);
+            ext.extend_from_slice(&self.features.to_le_bytes());
         }
         out.extend_from_slice(&(ext.len() as u16).to_le_bytes());
         out.extend_from_slice(&ext);
@@ -104,6 +131,7 @@ impl Hello {
         }
         let codec = Codec::from_id(head[5]).ok_or(HelloError::UnknownCodec(head[5]))?;
         let mut session = None;
+        let mut features = 0;
         let mut rest = &buf[HEADER..HEADER + ext];
         while let [tag, len, tail @ ..] = rest {
             let len = usize::from(*len);
@@ -111,13 +139,23 @@ impl Hello {
             if *tag == TAG_SESSION {
                 let bytes: [u8; 16] = value.try_into().map_err(|_| HelloError::NotHello)?;
                 session = Some(u128::from_le_bytes(bytes));
+            } else if *tag == TAG_FEATURES {
+                let bytes: [u8; 4] = value.try_into().map_err(|_| HelloError::NotHello)?;
+                features = u32::from_le_bytes(bytes);
             }
             rest = &tail[len..];
         }
         if !rest.is_empty() {
             return Err(HelloError::NotHello);
         }
-        Ok(Some((Hello { codec, session }, HEADER + ext)))
+        Ok(Some((
+            Hello {
+                codec,
+                session,
+                features,
+            },
+            HEADER + ext,
+        )))
     }
 }
 
@@ -130,6 +168,9 @@ mod tests {
         for hello in [
             Hello::new(Codec::Bincode),
             Hello::new(Codec::Msgpack).with_session(Some(0x0123_4567_89ab_cdef_0011_2233_4455_6677)),
+            Hello::new(Codec::Msgpack)
+                .with_session(Some(5))
+                .with_features(features::STREAMS | features::ZSTD),
         ] {
             let mut out = Vec::new();
             hello.encode(&mut out);

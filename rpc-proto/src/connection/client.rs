@@ -56,6 +56,9 @@ pub struct ClientConfig {
     /// Send `rpc.ping` after this long without writing anything (servers that answered our
     /// hello only).
     pub heartbeat_interval: Option<Duration>,
+    /// The optional features offered in the hello ([`features`](crate::handshake::features)
+    /// bits); the server's answer says which are on ([`ClientConnection::features`]).
+    pub features: u32,
 }
 
 impl ClientConfig {
@@ -69,6 +72,7 @@ impl ClientConfig {
             our_server: false,
             session: None,
             heartbeat_interval: Some(Duration::from_secs(20)),
+            features: crate::handshake::features::STREAMS,
         }
     }
 }
@@ -221,6 +225,8 @@ pub struct ClientConnection<T> {
     /// Msgids of requests from the server taken by the caller ([`Replies::request`]) and
     /// not answered yet, on the current transport.
     serving: Vec<u64>,
+    /// The features the server's hello agreed to, on the current transport.
+    agreed: u32,
 }
 
 impl<T: Copy> ClientConnection<T> {
@@ -239,7 +245,14 @@ impl<T: Copy> ClientConnection<T> {
             earliest: None,
             last_write: now,
             serving: Vec::new(),
+            agreed: 0,
         }
+    }
+
+    /// The optional features on for the current transport, as the server's hello agreed
+    /// ([`features`](crate::handshake::features) bits; 0 without the hello).
+    pub fn features(&self) -> u32 {
+        self.agreed
     }
 
     /// The settings.
@@ -275,10 +288,12 @@ impl<T: Copy> ClientConnection<T> {
         self.earliest = None;
         self.last_write = now;
         self.serving.clear();
+        self.agreed = 0;
         self.awaiting_hello = self.config.hello;
         if self.config.hello {
             Hello::new(self.config.codec)
                 .with_session(self.config.session)
+                .with_features(self.config.features)
                 .encode(&mut self.out);
         }
     }
@@ -426,6 +441,8 @@ impl<T: Copy> ClientConnection<T> {
                 Ok(Some((hello, n))) if hello.codec == self.config.codec => {
                     rbuf.consume(n);
                     self.awaiting_hello = false;
+                    // Never more than offered, whatever the server says.
+                    self.agreed = hello.features & self.config.features;
                 }
                 _ => return Err(ProtocolError::Hello),
             }
@@ -863,7 +880,10 @@ mod tests {
             let (mut c, now) = conn(codec, true);
             assert!(c.is_awaiting_hello());
             let mut expect = Vec::new();
-            Hello::new(codec).with_session(Some(7)).encode(&mut expect);
+            Hello::new(codec)
+                .with_session(Some(7))
+                .with_features(crate::handshake::features::STREAMS)
+                .encode(&mut expect);
             c.send_request(None, "add", &(1, 2), Duration::from_millis(1500), None, None, 3)
                 .unwrap();
             encode_request(

@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Duration,
     /// How errors are written for a peer that did not say hello.
     pub error_shape: ErrorShape,
+    /// The optional features this server supports ([`features`](crate::handshake::features)
+    /// bits): a client's hello gets those of them it offered.
+    pub features: u32,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             write_buffer_high_water: 1024 * 1024,
             heartbeat_timeout: Duration::from_secs(60),
             error_shape: ErrorShape::default(),
+            features: crate::handshake::features::STREAMS | crate::handshake::features::ZSTD,
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct ServerConnection {
     /// The peer said hello: it may send extensions and `rpc.cancel`.
     extended: bool,
     session: Option<u128>,
+    /// The features agreed in the hello.
+    agreed: u32,
     /// Messages are still taken from the stream (no end of input, no fatal error).
     reading: bool,
     /// Shutdown: answer new requests `ShuttingDown`, finish the rest, close.
@@ -229,6 +235,7 @@ impl ServerConnection {
             first: true,
             extended: false,
             session: None,
+            agreed: 0,
             reading: true,
             draining: false,
             fatal: None,
@@ -256,6 +263,12 @@ impl ServerConnection {
     /// The client's session id, from its hello.
     pub fn session(&self) -> Option<u128> {
         self.session
+    }
+
+    /// The optional features agreed in the hello ([`features`](crate::handshake::features)
+    /// bits; 0 for a plain peer).
+    pub fn features(&self) -> u32 {
+        self.agreed
     }
 
     /// Whether nothing has been received yet.
@@ -346,8 +359,10 @@ impl ServerConnection {
                         self.extended = true;
                         self.shape = ErrorShape::CodeAndMessage;
                         self.session = hello.session;
+                        self.agreed = hello.features & self.config.features;
                         Hello::new(hello.codec)
                             .with_session(hello.session)
+                            .with_features(self.agreed)
                             .encode(&mut self.out);
                         service.event(ConnEvent::Hello(&hello));
                     }
@@ -662,6 +677,7 @@ mod tests {
             write_buffer_high_water: 4096,
             heartbeat_timeout: Duration::from_secs(60),
             error_shape: ErrorShape::default(),
+            features: crate::handshake::features::STREAMS | crate::handshake::features::ZSTD,
         }
     }
 
