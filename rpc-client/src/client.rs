@@ -43,10 +43,12 @@ mod balance;
 pub(crate) mod discover;
 mod driver;
 mod state;
+mod stream;
 
 pub use balance::InstanceState;
 use driver::connect;
 use state::{SlotState, State};
+pub use stream::ItemStream;
 
 use crate::config::new_session;
 use crate::foreign::foreign;

@@ -71,7 +71,7 @@ pub use blocking::{BlockingClient, CallOptions};
 pub use blocking_balance::BalancedBlockingClient;
 pub use call_error::CallError;
 #[cfg(feature = "async")]
-pub use client::{Client, InstanceState};
+pub use client::{Client, InstanceState, ItemStream};
 pub use config::Config;
 pub use easyrpc_proto::{Codec, ErrorCode, Metadata, Params, ServerError};
 pub use error::{Error, ResultError};

@@ -225,6 +225,16 @@ impl<'a> ParamsEncoder<'a> {
         }
     }
 
+    /// Write one argument that encodes itself (a handler's value).
+    ///
+    /// # Errors
+    ///
+    /// When serialization fails.
+    #[inline]
+    pub fn push_encoded<V: EncodeValue + ?Sized>(&mut self, value: &V) -> Result<(), EncodeError> {
+        value.encode_value(self.codec, self.out)
+    }
+
     /// Write one argument.
     ///
     /// # Errors
@@ -332,6 +342,12 @@ impl<'a> Args<'a> {
     /// The codec the arguments are encoded with.
     pub fn codec(&self) -> Codec {
         self.codec
+    }
+
+    /// The raw bytes of the arguments not decoded yet (after the count, once it was read):
+    /// the last argument's encoding, once the others are decoded.
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
     }
 
     /// The number of arguments the caller sent.

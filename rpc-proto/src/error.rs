@@ -43,11 +43,14 @@ pub enum ErrorCode {
     /// The server's rules do not allow this call on this connection (a method served only
     /// over the Unix socket, called over TCP, say).
     PermissionDenied,
+    /// The method streams (its result or an argument), and the caller's connection cannot:
+    /// it did not agree the streams feature in a hello (a plain MessagePack-RPC peer).
+    StreamingMethod,
 }
 
 impl ErrorCode {
     /// Every known code, in numeric order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Unknown,
         ErrorCode::MethodNotFound,
         ErrorCode::InvalidParams,
@@ -61,6 +64,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unauthenticated,
         ErrorCode::PermissionDenied,
+        ErrorCode::StreamingMethod,
     ];
 
     /// The number sent on the wire.
@@ -79,6 +83,7 @@ impl ErrorCode {
             ErrorCode::Internal => 10,
             ErrorCode::Unauthenticated => 11,
             ErrorCode::PermissionDenied => 12,
+            ErrorCode::StreamingMethod => 13,
         }
     }
 
@@ -103,6 +108,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal error",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission denied",
+            ErrorCode::StreamingMethod => "streaming method",
         }
     }
 }

@@ -57,6 +57,7 @@ pub mod handshake;
 mod message;
 mod metadata;
 pub mod reserved;
+pub mod stream;
 mod wire;
 
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
@@ -74,6 +75,7 @@ pub use message::{
     encode_response_err_shaped, encode_response_ok, ErrorShape, Message, NOTIFICATION, REQUEST, RESPONSE,
 };
 pub use metadata::{Metadata, MetadataError};
+pub use stream::StreamMessage;
 
 /// Method names starting with this prefix are reserved for the framework itself.
 pub const RESERVED_PREFIX: &str = reserved::PREFIX;

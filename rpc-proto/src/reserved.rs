@@ -13,6 +13,16 @@ pub const PING: &str = "rpc.ping";
 /// the hello).
 pub const CANCEL: &str = "rpc.cancel";
 
+/// Notification `[msgid, item]`: one item of a call's stream (see [`crate::stream`]).
+pub const ITEM: &str = "rpc.item";
+
+/// Notification `[msgid, n]`: the peer may send `n` more items of a call's stream.
+pub const CREDIT: &str = "rpc.credit";
+
+/// Notification `[msgid]` or `[msgid, [code, message]]`: the client's argument stream
+/// ended.
+pub const END: &str = "rpc.end";
+
 /// Request answering `{"index": i, "pid": p}`: the worker process serving this connection
 /// (prefork); one process answers index 0.
 pub const WORKER: &str = "rpc.worker";
@@ -42,6 +52,10 @@ pub struct MethodDescription {
     pub max_flow: Option<usize>,
     /// The first line of its doc comment (empty without one).
     pub doc: String,
+    /// How it streams: `""` (not at all), `"result"`, `"args"` or `"both"` (absent
+    /// from the descriptions of servers older than streams).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub streaming: String,
 }
 
 impl MethodDescription {
@@ -54,6 +68,7 @@ impl MethodDescription {
             sync: false,
             max_flow: None,
             doc: String::new(),
+            streaming: String::new(),
         }
     }
 
@@ -70,7 +85,7 @@ mod tests {
 
     #[test]
     fn every_reserved_name_has_the_prefix() {
-        for name in [PING, CANCEL, WORKER, HEALTH, METHODS] {
+        for name in [PING, CANCEL, ITEM, CREDIT, END, WORKER, HEALTH, METHODS] {
             assert!(name.starts_with(PREFIX), "{name}");
         }
     }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use easyrpc_proto::{
     encode_response_err, encode_response_ok, Begin, Codec, ConnEvent, EncodeError, ErrorCode, Fatal, Request,
-    ServerConfig, ServerConnection, ServerError, Service, Transmit,
+    ServerConfig, ServerConnection, ServerError, Service, StreamMessage, Transmit,
 };
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
@@ -44,6 +44,7 @@ use crate::dedup::Waiter;
 use crate::method::{Failure, Reply, ReplyFuture};
 use crate::metrics::{Meter, Tally};
 use crate::registry::{Dispatch, Slots};
+use crate::stream::Hub;
 use crate::Shared;
 
 /// After an unreadable stream, how long (and how much) to drain before closing, so the
@@ -120,6 +121,8 @@ struct Calls {
     /// With metrics: the calls answered on the spot since the last batch of input was
     /// handled, added to the server's metrics after each batch.
     tally: Tally,
+    /// The connection's streams, once its hello agreed them.
+    hub: Option<Arc<Hub>>,
 }
 
 impl Connection {
@@ -147,6 +150,7 @@ impl Connection {
                 span,
                 conn: Arc::new(info),
                 tally: Tally::default(),
+                hub: None,
             },
         }
     }
@@ -163,6 +167,10 @@ impl Connection {
         // Cancel what is still running (async handlers are dropped here).
         let cancelled = self.calls.inflight.len();
         self.calls.inflight = FuturesUnordered::new();
+        // Streams handed elsewhere (a sync function's argument stream) see the end.
+        if let Some(hub) = &self.calls.hub {
+            hub.close();
+        }
         if self.proto.should_linger() {
             linger(&mut stream).await;
         }
@@ -284,6 +292,16 @@ impl Connection {
                 if finished {
                     self.restart_idle_clock();
                     again |= self.proto.has_held_input(self.calls.inflight.len());
+                }
+            }
+            // Stream items and credit queued by the calls, and by their streams elsewhere
+            // (which wake this task once it is known).
+            if let Some(hub) = &self.calls.hub {
+                if hub.is_active() {
+                    hub.set_task(cx.waker());
+                }
+                if hub.has_pending() {
+                    hub.drain(&mut self.proto.transmit());
                 }
             }
             // Write until done or the socket is full (then it wakes us).
@@ -411,6 +429,13 @@ impl Service for Calls {
         }
     }
 
+    /// `rpc.item`, `rpc.credit`, `rpc.end` of a call's streams.
+    fn stream(&mut self, _tx: &mut Transmit<'_>, message: StreamMessage<'_>) {
+        if let Some(complaint) = self.hub.as_ref().and_then(|hub| hub.handle(message)) {
+            warn!(parent: &self.span, "{complaint}");
+        }
+    }
+
     #[inline]
     fn in_flight(&self) -> usize {
         self.inflight.len()
@@ -420,9 +445,15 @@ impl Service for Calls {
         match event {
             ConnEvent::Hello(hello) => {
                 self.extended = true;
-                if hello.session.is_some() {
+                let streams = hello.features & easyrpc_proto::handshake::features::STREAMS != 0;
+                if hello.session.is_some() || streams {
                     let mut info = (*self.conn).clone();
                     info.session = hello.session;
+                    if streams {
+                        let hub = Hub::new(hello.codec);
+                        info.streams = Some(hub.clone());
+                        self.hub = Some(hub);
+                    }
                     self.conn = Arc::new(info);
                 }
                 debug!(parent: &self.span, codec = ?hello.codec, session = ?hello.session, "hello");
@@ -433,6 +464,7 @@ impl Service for Calls {
                 debug!(parent: &self.span, msgid, "unexpected response ignored")
             }
             ConnEvent::BadCancel(e) => debug!(parent: &self.span, error = %e, "bad rpc.cancel ignored"),
+            ConnEvent::BadStream(e) => warn!(parent: &self.span, error = %e, "bad stream message ignored"),
             _ => {}
         }
     }
@@ -675,6 +707,12 @@ impl Calls {
 
     /// Encode a finished call's reply into the write buffer.
     fn finish(&mut self, tx: &mut Transmit<'_>, done: Finished) {
+        // A stream's items go before its end.
+        if let Some(hub) = &self.hub {
+            if hub.has_pending() {
+                hub.drain(tx);
+            }
+        }
         match done {
             Finished::Reply(Some(msgid), reply) => {
                 // A call answered at once was never registered (hashing its msgid costs

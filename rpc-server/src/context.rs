@@ -87,6 +87,8 @@ pub(crate) struct ConnInfo {
     /// The methods the server's rules refuse on this connection; `None` when it may call
     /// every method (always, on a server without per-method rules).
     pub(crate) denied: Option<Arc<Denied>>,
+    /// The connection's streams, once its hello agreed them.
+    pub(crate) streams: Option<Arc<crate::stream::Hub>>,
 }
 
 impl ConnInfo {
@@ -101,6 +103,7 @@ impl ConnInfo {
                     session: None,
                     tls: None,
                     denied: None,
+                    streams: None,
                 })
             })
             .clone()
@@ -296,6 +299,11 @@ impl Context {
     }
 
     /// Cancel the call (a layer's timeout).
+    /// The connection's facts.
+    pub(crate) fn conn_info(&self) -> &Arc<ConnInfo> {
+        &self.0.conn
+    }
+
     pub(crate) fn cancel(&self) {
         self.0.cancel.cancel();
     }

@@ -76,6 +76,8 @@ mod registry;
 pub mod rules;
 mod run;
 mod state;
+#[doc(hidden)]
+pub mod stream;
 mod tls;
 
 use std::future::Future;
@@ -103,6 +105,7 @@ pub use run::WorkerRuntime;
 pub use state::State;
 #[doc(hidden)]
 pub use state::States;
+pub use stream::Streaming;
 pub use tls::{TlsConfig, TlsConfigError, TlsIdentity};
 
 use dedup::Dedup;

@@ -427,6 +427,7 @@ fn conn_info(
         session: None,
         tls,
         denied,
+        streams: None,
     })
 }
 

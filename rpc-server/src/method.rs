@@ -10,12 +10,15 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use easyrpc_proto::{Args, Codec, EncodeError, EncodeValue, ErrorCode, FromArgs, ServerError};
+use futures_util::Stream;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::context::{Call, Context as CallContext};
 use crate::registry::Dispatch;
 use crate::state::States;
+use crate::stream::{StreamOut, Streaming};
 use crate::BuildError;
 
 /// What a handler produced: a value to encode, or a wire error.
@@ -351,6 +354,8 @@ pub struct Method {
     pub(crate) context: bool,
     /// What `rpc.methods` says of it: wire arguments, return type, doc line.
     pub(crate) signature: Option<Arc<Signature>>,
+    /// How it streams (`""`: not at all).
+    pub(crate) streaming: &'static str,
 }
 
 /// A method's signature and doc line, for `rpc.methods`.
@@ -404,6 +409,7 @@ impl Method {
             inline: false,
             context: false,
             signature: None,
+            streaming: "",
         }
     }
 
@@ -618,6 +624,167 @@ impl Method {
             reply: Reply::from_typed_result::<T, E>,
         };
         Method::typed_async(name, call)
+    }
+
+    /// A function whose result is a stream: each item reaches the caller as it is produced,
+    /// under the caller's credit (a slow reader holds the stream back, nothing else), and
+    /// the call ends with the stream. `f` takes the arguments as one tuple and returns the
+    /// stream. `#[register]` makes one of an `async fn` returning `impl Stream<Item = T>`.
+    /// Only for callers whose hello agreed streams (easyrpc's clients); a plain
+    /// MessagePack-RPC call gets [`ErrorCode::StreamingMethod`](crate::ErrorCode::StreamingMethod).
+    ///
+    /// ```
+    /// use easyrpc_server::Method;
+    ///
+    /// let countdown = Method::stream_fn("countdown", |(n,): (u32,)| {
+    ///     futures_util::stream::iter((0..n).rev())
+    /// });
+    /// ```
+    pub fn stream_fn<A, T, S, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs,
+        T: Serialize + Send + 'static,
+        S: Stream<Item = T> + Send + 'static,
+        F: Fn(A) -> S + Send + Sync + 'static,
+    {
+        Method::async_parts(
+            name,
+            move |args: &mut Args<'_>, call: &Call<'_>| {
+                let a = A::from_args(args)?;
+                let out = StreamOut::open(call)?;
+                Ok(out.send(crate::stream::ok_items(f(a))))
+            },
+            std::convert::identity,
+        )
+        .streams("result")
+    }
+
+    /// Like [`Method::stream_fn`] for a stream of `Result<T, E>`: an `Err` item ends the
+    /// stream, and the call, with [`ErrorCode::HandlerError`] and `E`'s message.
+    pub fn try_stream_fn<A, T, E, S, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs,
+        T: Serialize + Send + 'static,
+        E: fmt::Display + Send + 'static,
+        S: Stream<Item = Result<T, E>> + Send + 'static,
+        F: Fn(A) -> S + Send + Sync + 'static,
+    {
+        Method::async_parts(
+            name,
+            move |args: &mut Args<'_>, call: &Call<'_>| {
+                let a = A::from_args(args)?;
+                let out = StreamOut::open(call)?;
+                Ok(out.send(crate::stream::try_items(f(a))))
+            },
+            std::convert::identity,
+        )
+        .streams("result")
+    }
+
+    /// A sync function whose result is a stream: `f` returns an iterator, and both run on
+    /// the blocking pool, which the call holds until the iterator ends (it waits there
+    /// while the caller reads slowly). `#[register]` makes one of a `fn` returning
+    /// `impl Iterator<Item = T>`.
+    ///
+    /// ```
+    /// use easyrpc_server::Method;
+    ///
+    /// let lines = Method::sync_stream_fn("lines", |(n,): (u32,)| (0..n).map(|i| format!("line {i}")));
+    /// ```
+    pub fn sync_stream_fn<A, T, I, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs + Send + 'static,
+        T: Serialize + Send + 'static,
+        I: IntoIterator<Item = T> + 'static,
+        F: Fn(A) -> I + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let name: Cow<'static, str> = name.into();
+        let label: Arc<str> = Arc::from(&*name);
+        Method::async_parts(
+            name,
+            move |args: &mut Args<'_>, call: &Call<'_>| {
+                let a = A::from_args(args)?;
+                let out = StreamOut::open(call)?;
+                let f = f.clone();
+                let items = crate::stream::from_iter(label.clone(), move || f(a).into_iter().map(Ok));
+                Ok(out.send(items))
+            },
+            std::convert::identity,
+        )
+        .streams("result")
+    }
+
+    /// A function that takes a stream from its caller ([`Streaming`]) besides its
+    /// arguments, and answers one value: an upload. `#[register]` makes one of an
+    /// `async fn` taking a `Streaming<T>` argument.
+    ///
+    /// ```
+    /// use easyrpc_server::{Method, Streaming};
+    /// use futures_util::StreamExt;
+    ///
+    /// let count = Method::upload_fn("count", |(): (), items: Streaming<String>| async move {
+    ///     items.count().await
+    /// });
+    /// ```
+    pub fn upload_fn<A, U, R, Fut, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs,
+        U: DeserializeOwned + 'static,
+        R: Serialize + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        F: Fn(A, Streaming<U>) -> Fut + Send + Sync + 'static,
+    {
+        Method::async_parts(
+            name,
+            move |args: &mut Args<'_>, call: &Call<'_>| {
+                let a = A::from_args(args)?;
+                Ok(f(a, Streaming::open(call)?))
+            },
+            Reply::ok::<R>,
+        )
+        .streams("args")
+    }
+
+    /// A two-way stream: the function takes a stream from its caller ([`Streaming`]) and
+    /// returns one, each flowing under its receiver's credit.
+    ///
+    /// ```
+    /// use easyrpc_server::{Method, Streaming};
+    /// use futures_util::StreamExt;
+    ///
+    /// // Each number sent back doubled, as it comes.
+    /// let double = Method::bidi_fn("double", |(): (), items: Streaming<i64>| {
+    ///     items.filter_map(|n| async move { n.ok().map(|n| n * 2) })
+    /// });
+    /// ```
+    pub fn bidi_fn<A, U, T, S, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs,
+        U: DeserializeOwned + 'static,
+        T: Serialize + Send + 'static,
+        S: Stream<Item = T> + Send + 'static,
+        F: Fn(A, Streaming<U>) -> S + Send + Sync + 'static,
+    {
+        Method::async_parts(
+            name,
+            move |args: &mut Args<'_>, call: &Call<'_>| {
+                let a = A::from_args(args)?;
+                let items = Streaming::open(call)?;
+                let out = StreamOut::open(call)?;
+                Ok(out.send(crate::stream::ok_items(f(a, items))))
+            },
+            std::convert::identity,
+        )
+        .streams("both")
+    }
+
+    /// Say how the method streams, for `rpc.methods`: `"result"`, `"args"` or `"both"`
+    /// (what `#[register]` generates).
+    #[doc(hidden)]
+    pub fn streams(mut self, how: &'static str) -> Method {
+        self.streaming = how;
+        self
     }
 
     /// An async method from its two halves: `call` decodes the arguments and makes the

@@ -79,6 +79,7 @@ fn describe(methods: &[Method]) -> Vec<MethodDescription> {
             let mut d = MethodDescription::new(&*m.name);
             d.sync = matches!(m.kind, Kind::Sync(_));
             d.max_flow = m.max_flow;
+            m.streaming.clone_into(&mut d.streaming);
             match &m.signature {
                 Some(s) => {
                     d.args.clone_from(&s.args);
@@ -303,6 +304,9 @@ impl Registry {
                 m.kind = bound.kind;
                 m.context |= bound.context;
                 m.inline |= bound.inline;
+                if m.streaming.is_empty() {
+                    m.streaming = bound.streaming;
+                }
             }
         }
         let descriptions = Arc::new(describe(&methods));

@@ -277,6 +277,16 @@ impl Pool {
         }
     }
 
+    /// The connection of an instance picked for a call that stays on it (a stream).
+    pub(super) fn pick_core(&self) -> Result<Arc<Core>, Error> {
+        self.pick().map(|i| i.core().clone()).ok_or_else(|| {
+            Error::Unavailable(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no instance of the service is up",
+            ))
+        })
+    }
+
     /// Power of two choices among the instances up.
     fn pick(&self) -> Option<Arc<Instance>> {
         let instances = self.read();

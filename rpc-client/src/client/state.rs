@@ -1,11 +1,12 @@
 //! What every call of a client and its connection task share, behind one lock: the
 //! protocol ([`ClientConnection`]) and the call slots its tokens point at.
 
+use std::collections::VecDeque;
 use std::mem;
 use std::task::Waker;
 
 use bytes::Bytes;
-use easyrpc_proto::{ClientConnection, ClientReply, Codec, Replies};
+use easyrpc_proto::{ClientConnection, ClientReply, Codec, Replies, StreamMessage};
 use tokio::time::Instant;
 
 use crate::handlers::{Handlers, Incoming};
@@ -49,6 +50,10 @@ pub(super) struct Slot {
     /// A small reply's result (or error value), copied from the read buffer. The slot
     /// keeps the capacity for its next call.
     pub(super) buf: Vec<u8>,
+    /// A streaming call's items received and not taken yet (at most the credit granted).
+    pub(super) items: VecDeque<Vec<u8>>,
+    /// A streaming call's credit from the server for its argument stream, not used yet.
+    pub(super) credit: u64,
 }
 
 pub(super) enum SlotState {
@@ -94,6 +99,7 @@ impl State {
             slot.deadline = None;
             slot.state = SlotState::Waiting;
             slot.waker.clone_from(waker);
+            slot.credit = 0;
             idx
         } else {
             self.slots.push(Slot {
@@ -103,6 +109,8 @@ impl State {
                 state: SlotState::Waiting,
                 waker: waker.clone(),
                 buf: Vec::new(),
+                items: VecDeque::new(),
+                credit: 0,
             });
             // The table grows with the calls in flight; a u32 index is plenty.
             u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
@@ -115,6 +123,9 @@ impl State {
         slot.state = SlotState::Free;
         if slot.buf.capacity() > easyrpc_proto::INLINE_REPLY * 4 {
             slot.buf = Vec::new();
+        }
+        if slot.items.capacity() > 0 {
+            slot.items = VecDeque::new();
         }
         self.free.push(idx);
     }
@@ -153,6 +164,22 @@ impl Replies<u32> for Deliver<'_> {
     fn request(&mut self, msgid: u64, method: &[u8], params: &[u8]) -> bool {
         self.handlers
             .request(self.codec, msgid, method, params, self.incoming)
+    }
+
+    /// An item of a streaming call's result, or credit for its argument stream: kept in
+    /// its slot, and its caller woken.
+    #[inline(never)]
+    fn stream(&mut self, token: u32, message: StreamMessage<'_>) {
+        let slot = &mut self.slots[token as usize];
+        if !matches!(slot.state, SlotState::Waiting) {
+            return;
+        }
+        match message {
+            StreamMessage::Item { item, .. } => slot.items.push_back(item.to_vec()),
+            StreamMessage::Credit { n, .. } => slot.credit = slot.credit.saturating_add(n),
+            _ => return,
+        }
+        slot.waker.wake_by_ref();
     }
 
     #[inline(never)]

@@ -24,12 +24,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::codec::{Codec, EncodeValue, Params};
 use crate::error::{EncodeError, ErrorCode, ServerError};
 use crate::framer::Framer;
+use crate::handshake::features::STREAMS;
 use crate::handshake::Hello;
 use crate::message::{
     encode_notification, encode_request_ext, encode_response_err, encode_response_ok,
     parse_bincode_response_prefix, parse_response_prefix, Message,
 };
 use crate::reserved::{CANCEL, PING};
+use crate::stream::{encode_credit, encode_end, encode_item, StreamMessage};
 
 use super::server::HINT_LIMIT;
 
@@ -99,6 +101,12 @@ pub trait Replies<T> {
     /// A notification the server sent us, `[2, method, params]`. Ignored by default.
     fn notification(&mut self, method: &[u8], params: &[u8]) {
         let _ = (method, params);
+    }
+
+    /// A stream message about the call `token` (`rpc.item` or `rpc.credit`), on a
+    /// transport whose hello agreed streams. Ignored by default.
+    fn stream(&mut self, token: T, message: StreamMessage<'_>) {
+        let _ = (token, message);
     }
 }
 
@@ -526,12 +534,59 @@ impl<T: Copy> ClientConnection<T> {
                     params,
                     ..
                 }) => self.server_request(replies, msgid, method, params),
-                Ok(Message::Notification { method, params }) => replies.notification(method, params),
+                Ok(Message::Notification { method, params }) => {
+                    self.server_notification(replies, method, params)
+                }
                 // A message that does not parse is ignored (the framer found where it
                 // ends: the stream is still in step).
                 Err(_) => {}
             },
         }
+    }
+
+    /// A notification from the server: a stream message about a call in flight (when
+    /// streams were agreed), or the caller's. Stream messages naming no call in flight are
+    /// dropped (the call ended or was given up on).
+    #[inline(never)]
+    fn server_notification<R: Replies<T>>(&mut self, replies: &mut R, method: &[u8], params: &[u8]) {
+        if self.agreed & STREAMS != 0 {
+            match StreamMessage::parse(self.config.codec, method, params) {
+                Some(Ok(message)) => {
+                    let msgid = match message {
+                        StreamMessage::Item { msgid, .. }
+                        | StreamMessage::Credit { msgid, .. }
+                        | StreamMessage::End { msgid, .. } => msgid,
+                    };
+                    if let Some(entry) = self.waiting.get_mut(msgid) {
+                        replies.stream(entry.token, message);
+                    }
+                    return;
+                }
+                Some(Err(_)) => return,
+                None => {}
+            }
+        }
+        replies.notification(method, params);
+    }
+
+    /// Queue one item of call `msgid`'s argument stream (`rpc.item`); the caller keeps to
+    /// the credit the server granted.
+    ///
+    /// # Errors
+    ///
+    /// When the item cannot be encoded: nothing was queued.
+    pub fn send_item<V: EncodeValue + ?Sized>(&mut self, msgid: u64, item: &V) -> Result<(), EncodeError> {
+        encode_item(self.config.codec, &mut self.out, msgid, item)
+    }
+
+    /// Grant the server `n` more items of call `msgid`'s result stream (`rpc.credit`).
+    pub fn send_credit(&mut self, msgid: u64, n: u64) {
+        encode_credit(self.config.codec, &mut self.out, msgid, n);
+    }
+
+    /// End call `msgid`'s argument stream (`rpc.end`), with an error or not.
+    pub fn send_end(&mut self, msgid: u64, error: Option<&ServerError>) {
+        encode_end(self.config.codec, &mut self.out, msgid, error);
     }
 
     /// A server calling us (Neovim's `rpcrequest`): handed to the caller if it serves the

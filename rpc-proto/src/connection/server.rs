@@ -22,12 +22,14 @@ use bytes::{Buf, BytesMut};
 use crate::codec::{Args, Codec, EncodeValue};
 use crate::error::{EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 use crate::framer::Framer;
+use crate::handshake::features::STREAMS;
 use crate::handshake::Hello;
 use crate::message::{
     encode_response_err_shaped, encode_response_ok, parse_bincode_request_prefix, parse_request_prefix,
     ErrorShape, Message,
 };
 use crate::reserved::CANCEL;
+use crate::stream::StreamMessage;
 
 /// Reads start with at least this much room.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
@@ -105,6 +107,11 @@ pub trait Service {
     fn notification(&mut self, tx: &mut Transmit<'_>, method: &[u8], params: &[u8]);
     /// The peer gave up on the call `msgid` (`rpc.cancel`, after a hello only).
     fn cancel(&mut self, msgid: u64);
+    /// A stream message about call `msgid` (`rpc.item`, `rpc.credit`, `rpc.end`), on a
+    /// connection whose hello agreed streams. Ignored by default.
+    fn stream(&mut self, tx: &mut Transmit<'_>, message: StreamMessage<'_>) {
+        let _ = (tx, message);
+    }
     /// Calls of this connection still running: while they reach
     /// [`ServerConfig::max_in_flight`], no further message is taken.
     fn in_flight(&self) -> usize;
@@ -118,7 +125,7 @@ pub trait Service {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ConnEvent<'a> {
-    /// The peer said hello.
+    /// The peer said hello (its `features` are those agreed).
     Hello(&'a Hello),
     /// A message could not be parsed (answered when its msgid was known).
     Malformed(&'a ParseError),
@@ -128,6 +135,8 @@ pub enum ConnEvent<'a> {
     UnexpectedResponse(u64),
     /// A `rpc.cancel` that does not name a msgid.
     BadCancel(&'a ServerError),
+    /// A stream message (`rpc.item`, `rpc.credit`, `rpc.end`) whose params are not right.
+    BadStream(&'a ServerError),
 }
 
 /// Where replies go: the connection's write buffer, in its codec.
@@ -157,6 +166,11 @@ impl Transmit<'_> {
     /// Answer `msgid` with an error (in the shape the peer reads).
     pub fn err(&mut self, msgid: u64, error: &ServerError) {
         encode_response_err_shaped(self.codec, self.out, msgid, error, self.shape);
+    }
+
+    /// Grant the client `n` more items of call `msgid`'s argument stream (`rpc.credit`).
+    pub fn credit(&mut self, msgid: u64, n: u64) {
+        crate::stream::encode_credit(self.codec, self.out, msgid, n);
     }
 
     /// Append a whole response encoded earlier in this codec (by
@@ -353,13 +367,15 @@ impl ServerConnection {
             if Hello::is_hello(&self.rbuf) {
                 match Hello::decode(&self.rbuf) {
                     Ok(None) => return Ok(()),
-                    Ok(Some((hello, n))) => {
+                    Ok(Some((mut hello, n))) => {
                         self.rbuf.advance(n);
                         self.framer.set_codec(hello.codec);
                         self.extended = true;
                         self.shape = ErrorShape::CodeAndMessage;
                         self.session = hello.session;
                         self.agreed = hello.features & self.config.features;
+                        // The service hears the features agreed, not those offered.
+                        hello.features = self.agreed;
                         Hello::new(hello.codec)
                             .with_session(hello.session)
                             .with_features(self.agreed)
@@ -476,6 +492,13 @@ impl ServerConnection {
                     codec,
                     shape: self.shape,
                 };
+                if self.agreed & STREAMS != 0 {
+                    match StreamMessage::parse(codec, method, params) {
+                        Some(Ok(message)) => return service.stream(&mut tx, message),
+                        Some(Err(e)) => return service.event(ConnEvent::BadStream(&e)),
+                        None => {}
+                    }
+                }
                 service.notification(&mut tx, method, params);
             }
             Ok(Message::Response { msgid, .. }) => service.event(ConnEvent::UnexpectedResponse(msgid)),

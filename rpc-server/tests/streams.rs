@@ -1,0 +1,246 @@
+//! Streams end to end: result streams (async and sync functions), argument streams, both
+//! at once, with both codecs; flow control (a consumer that stops reading stalls only its
+//! own stream, memory stays bounded), cancellation from each side, deadlines over the
+//! whole stream, a connection cut mid-stream, many streams on one connection, and a plain
+//! MessagePack-RPC peer calling a streaming method.
+//!
+//! Every wait is bounded (`common::within`); nothing sleeps to synchronise.
+
+#[allow(dead_code)] // Helpers other test files use.
+mod common;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{builder, within, TestServer};
+use easyrpc_client::{Client, Codec, Config as ClientConfig, Error, ErrorCode};
+use easyrpc_server::{Method, Streaming};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+/// A server with the streaming methods of these tests.
+fn streaming_builder(produced: Arc<AtomicU64>, dropped: Arc<AtomicUsize>) -> easyrpc_server::Builder {
+    let produced_async = produced.clone();
+    builder()
+        // 0..n, from an async stream; counts what it produced, and when it is dropped.
+        .register(Method::stream_fn("count", move |(n,): (u64,)| {
+            let produced = produced_async.clone();
+            let guard = DropCount(dropped.clone());
+            futures_util::stream::iter(0..n).map(move |i| {
+                let _ = &guard;
+                produced.fetch_add(1, Ordering::SeqCst);
+                i
+            })
+        }))
+        // 0..n from a sync iterator, on the blocking pool.
+        .register(Method::sync_stream_fn("count_sync", move |(n,): (u64,)| {
+            let produced = produced.clone();
+            (0..n).inspect(move |_| {
+                produced.fetch_add(1, Ordering::SeqCst);
+            })
+        }))
+        // Items then an error.
+        .register(Method::try_stream_fn("fail_after", |(n,): (u64,)| {
+            futures_util::stream::iter((0..=n).map(move |i| {
+                if i < n {
+                    Ok(i)
+                } else {
+                    Err(format!("failed after {n}"))
+                }
+            }))
+        }))
+        // The sum of what the client sends, plus an offset.
+        .register(Method::upload_fn(
+            "sum",
+            |(offset,): (i64,), items: Streaming<i64>| async move {
+                let mut total = offset;
+                let mut items = items;
+                while let Some(Ok(n)) = items.next().await {
+                    total += n;
+                }
+                total
+            },
+        ))
+        // Each item back, times a factor.
+        .register(Method::bidi_fn("scale", |(k,): (i64,), items: Streaming<i64>| {
+            items.filter_map(move |r| async move { r.ok().map(|n| n * k) })
+        }))
+}
+
+struct DropCount(Arc<AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn client(addr: std::net::SocketAddr, codec: Codec) -> Client {
+    let mut config = ClientConfig::default();
+    config.extensions = true;
+    config.codec = codec;
+    Client::connect_with(addr, config).await.unwrap()
+}
+
+async fn start() -> (TestServer, Arc<AtomicU64>, Arc<AtomicUsize>) {
+    let produced = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let server = TestServer::start(streaming_builder(produced.clone(), dropped.clone())).await;
+    (server, produced, dropped)
+}
+
+#[tokio::test]
+async fn every_stream_kind_round_trips_with_both_codecs() {
+    let (server, _, _) = start().await;
+    for codec in [Codec::Msgpack, Codec::Bincode] {
+        let c = client(server.addr, codec).await;
+        for method in ["count", "count_sync"] {
+            let items: Vec<u64> = within(method, async {
+                c.call_stream::<_, u64>(method, (200u64,))
+                    .await
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+                    .await
+            })
+            .await;
+            assert_eq!(items, (0..200).collect::<Vec<_>>(), "{method} {codec:?}");
+        }
+        let total: i64 = within(
+            "sum",
+            c.call_upload("sum", (5i64,), futures_util::stream::iter(1..=1000i64)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(total, 5 + 500_500, "{codec:?}");
+        let scaled: Vec<i64> = within("scale", async {
+            c.call_bidi::<_, i64, _, i64>("scale", (3i64,), futures_util::stream::iter(1..=300i64))
+                .await
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+                .await
+        })
+        .await;
+        assert_eq!(scaled, (1..=300).map(|n| n * 3).collect::<Vec<_>>(), "{codec:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_error_item_ends_the_stream_with_code_and_message() {
+    let (server, _, _) = start().await;
+    let c = client(server.addr, Codec::Msgpack).await;
+    let mut s = c.call_stream::<_, u64>("fail_after", (3u64,)).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(within("item", s.next()).await.unwrap().unwrap(), i);
+    }
+    match within("error", s.next()).await {
+        Some(Err(Error::Remote(e))) => {
+            assert_eq!(e.kind(), ErrorCode::HandlerError);
+            assert_eq!(e.message, "failed after 3");
+        }
+        other => panic!("expected the error, got {other:?}"),
+    }
+    assert!(within("end", s.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn a_slow_consumer_bounds_the_producer_and_stalls_only_its_own_stream() {
+    let (server, produced, _) = start().await;
+    let c = client(server.addr, Codec::Msgpack).await;
+    let mut s = c.call_stream::<_, u64>("count", (1_000_000u64,)).await.unwrap();
+    assert_eq!(within("first item", s.next()).await.unwrap().unwrap(), 0);
+    // Not reading: other calls on the same connection are answered meanwhile...
+    for i in 0..50i64 {
+        let sum: i64 = within("add", c.call("add", (i, 1))).await.unwrap();
+        assert_eq!(sum, i + 1);
+    }
+    let others: Vec<u64> = within("another stream", async {
+        c.call_stream::<_, u64>("count_sync", (100u64,))
+            .await
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+            .await
+    })
+    .await;
+    assert_eq!(others.len(), 100);
+    // ...and the stalled stream produced no more than its credit (64, plus the other
+    // stream's 100).
+    let n = produced.load(Ordering::SeqCst);
+    assert!(n <= 64 + 100, "produced {n} items for a reader that took one");
+    // It goes on when read again.
+    for i in 1..1000 {
+        assert_eq!(within("item", s.next()).await.unwrap().unwrap(), i);
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_client_stream_cancels_the_server_stream() {
+    let (server, _, dropped) = start().await;
+    let c = client(server.addr, Codec::Msgpack).await;
+    let mut s = c.call_stream::<_, u64>("count", (u64::MAX,)).await.unwrap();
+    assert_eq!(within("item", s.next()).await.unwrap().unwrap(), 0);
+    drop(s);
+    // The server drops the stream (its guard counts) once `rpc.cancel` arrives.
+    within("the server's stream dropped", async {
+        while dropped.load(Ordering::SeqCst) == 0 {
+            // A round trip: the cancel was written before this call.
+            let _: i64 = c.call("add", (1, 1)).await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_plain_peer_calling_a_streaming_method_gets_a_clear_error() {
+    let (server, _, _) = start().await;
+    // No hello: a plain MessagePack-RPC client.
+    let c = Client::connect(server.addr).await.unwrap();
+    match within("call", c.call::<_, Vec<u64>>("count", (3u64,))).await {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.kind(), ErrorCode::StreamingMethod);
+            assert!(
+                e.message.contains("`count` is a streaming method"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a streaming-method error, got {other:?}"),
+    }
+    // The client's streaming calls need the extensions.
+    assert!(matches!(
+        c.call_stream::<_, u64>("count", (3u64,)).await,
+        Err(Error::NeedsExtensions(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_deadline_covers_the_whole_stream() {
+    let (server, _, _) = start().await;
+    let c = client(server.addr, Codec::Msgpack)
+        .await
+        .with_timeout(Duration::from_millis(300));
+    let mut s = c.call_stream::<_, u64>("count", (u64::MAX,)).await.unwrap();
+    // Read slowly enough that the whole stream outlives its deadline.
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    drop(tx);
+    let _ = rx.recv().await;
+    let mut n = 0u64;
+    let end = within("the deadline", async {
+        loop {
+            match s.next().await {
+                Some(Ok(_)) => n += 1,
+                Some(Err(e)) => return e,
+                None => panic!("the stream ended without its deadline"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(&end, Error::Timeout(_))
+            || matches!(&end, Error::Remote(e) if e.kind() == ErrorCode::DeadlineExceeded),
+        "{end:?} after {n} items"
+    );
+}
