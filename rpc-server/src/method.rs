@@ -746,6 +746,33 @@ impl Method {
         .streams("args")
     }
 
+    /// Like [`Method::upload_fn`] for a sync function: it runs on the blocking pool and
+    /// reads its items with [`Streaming::blocking_iter`].
+    ///
+    /// ```
+    /// use easyrpc_server::{Method, Streaming};
+    ///
+    /// let longest = Method::sync_upload_fn("longest", |(): (), mut lines: Streaming<String>| {
+    ///     lines.blocking_iter().filter_map(Result::ok).map(|l| l.len()).max().unwrap_or(0)
+    /// });
+    /// ```
+    pub fn sync_upload_fn<A, U, R, F>(name: impl Into<Cow<'static, str>>, f: F) -> Method
+    where
+        A: FromArgs + Send + 'static,
+        U: DeserializeOwned + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(A, Streaming<U>) -> R + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        Method::sync_parts(name, move |args, call| {
+            let a = A::from_args(args)?;
+            let items = Streaming::open(call)?;
+            let f = f.clone();
+            Ok(Box::new(move || Reply::ok(f(a, items))))
+        })
+        .streams("args")
+    }
+
     /// A two-way stream: the function takes a stream from its caller ([`Streaming`]) and
     /// returns one, each flowing under its receiver's credit.
     ///

@@ -62,6 +62,13 @@ fn streaming_builder(produced: Arc<AtomicU64>, dropped: Arc<AtomicUsize>) -> eas
                 total
             },
         ))
+        // The same, as a sync function on the blocking pool.
+        .register(Method::sync_upload_fn(
+            "sum_sync",
+            |(offset,): (i64,), mut items: Streaming<i64>| {
+                offset + items.blocking_iter().map(Result::unwrap).sum::<i64>()
+            },
+        ))
         // Each item back, times a factor.
         .register(Method::bidi_fn("scale", |(k,): (i64,), items: Streaming<i64>| {
             items.filter_map(move |r| async move { r.ok().map(|n| n * k) })
@@ -110,6 +117,13 @@ async fn every_stream_kind_round_trips_with_both_codecs() {
         let total: i64 = within(
             "sum",
             c.call_upload("sum", (5i64,), futures_util::stream::iter(1..=1000i64)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(total, 5 + 500_500, "{codec:?}");
+        let total: i64 = within(
+            "sum_sync",
+            c.call_upload("sum_sync", (5i64,), futures_util::stream::iter(1..=1000i64)),
         )
         .await
         .unwrap();
