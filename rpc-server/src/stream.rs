@@ -42,7 +42,8 @@ struct HubState {
     out: Vec<u8>,
     /// The connection's task, woken when `out` fills from elsewhere.
     task: Option<Waker>,
-    /// The connection is gone: argument streams fail, result streams stop.
+    /// No more input will come: argument streams fail, result streams stop at the end of
+    /// their credit.
     closed: bool,
     /// Result streams by msgid: the credit the client granted and not used yet.
     sending: HashMap<u64, Sending>,
@@ -178,7 +179,9 @@ impl Hub {
         }
     }
 
-    /// The connection is gone: wake every stream so it sees it.
+    /// No more input will come (end of input, or the connection is gone): argument streams
+    /// not ended fail, and result streams end once their credit is used up. Every stream is
+    /// woken to see it.
     pub(crate) fn close(&self) {
         let mut st = self.lock();
         st.closed = true;
