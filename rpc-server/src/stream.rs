@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use easyrpc_proto::stream::{encode_credit, encode_item, DEFAULT_WINDOW};
+use easyrpc_proto::stream::{encode_credit, encode_item, Window};
 use easyrpc_proto::{Codec, ErrorCode, ServerError, StreamMessage, Transmit};
 use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -315,8 +315,9 @@ impl Drop for StreamOut {
 
 /// A stream of items a function receives from its caller: an argument of type
 /// `Streaming<T>` (anywhere in the list; it is not among the wire arguments). Items come
-/// as the client sends them, under the credit the server grants (64 items at a time by
-/// default): a function that reads slowly holds the client back, not the server's memory.
+/// as the client sends them, under the credit the server grants (64 items at first, then
+/// about 1 MiB of items, between 16 and 4096 of them: see `easyrpc_proto::stream::Window`):
+/// a function that reads slowly holds the client back, not the server's memory.
 ///
 /// It is a [`Stream`] of `Result<T, ServerError>` for async functions; sync ones (which
 /// run on the blocking pool, where waiting is allowed) read it with
@@ -341,9 +342,8 @@ impl Drop for StreamOut {
 pub struct Streaming<T> {
     hub: Arc<Hub>,
     msgid: u64,
-    window: u64,
-    /// Items taken since credit was last granted.
-    taken: u64,
+    /// The credit to grant as items are taken.
+    window: Window,
     done: bool,
     _item: PhantomData<fn() -> T>,
 }
@@ -366,19 +366,20 @@ impl<T> Streaming<T> {
     #[doc(hidden)]
     pub fn open(call: &Call<'_>) -> Result<Streaming<T>, ServerError> {
         let (hub, msgid) = stream_of(call)?;
-        let window = u64::from(DEFAULT_WINDOW);
+        let window = Window::new();
+        let initial = window.initial();
         {
             let mut st = hub.lock();
             st.receiving.insert(
                 msgid,
                 Receiving {
                     items: VecDeque::new(),
-                    allowed: window,
+                    allowed: initial,
                     end: None,
                     waker: None,
                 },
             );
-            encode_credit(hub.codec, &mut st.out, msgid, window);
+            encode_credit(hub.codec, &mut st.out, msgid, initial);
             hub.queued(&mut st);
         }
         hub.active.fetch_add(1, Ordering::AcqRel);
@@ -386,7 +387,6 @@ impl<T> Streaming<T> {
             hub,
             msgid,
             window,
-            taken: 0,
             done: false,
             _item: PhantomData,
         })
@@ -405,12 +405,9 @@ impl<T: DeserializeOwned> Streaming<T> {
             return Poll::Ready(None);
         };
         if let Some(bytes) = r.items.pop_front() {
-            self.taken += 1;
-            // Half the window read: grant it again.
-            if self.taken >= self.window.div_ceil(2) {
-                r.allowed += self.taken;
-                encode_credit(self.hub.codec, &mut st.out, self.msgid, self.taken);
-                self.taken = 0;
+            if let Some(grant) = self.window.take(bytes.len()) {
+                r.allowed += grant;
+                encode_credit(self.hub.codec, &mut st.out, self.msgid, grant);
                 self.hub.queued(&mut st);
             }
             drop(st);

@@ -10,7 +10,7 @@ use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use easyrpc_proto::handshake::features::STREAMS;
-use easyrpc_proto::stream::DEFAULT_WINDOW;
+use easyrpc_proto::stream::Window;
 use easyrpc_proto::{ClientReply, Codec, EncodeValue, Params, Replies, StreamMessage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -28,8 +28,9 @@ type Upload<'a> = Box<dyn Iterator<Item = Box<dyn EncodeValue>> + 'a>;
 /// sends them, then the end (`None`), or one `Err` (the server's error ending the
 /// stream, the timeout covering the whole call, a connection lost) and then the end.
 ///
-/// It reads only while it is asked for the next item, and grants the server credit for 64
-/// items at a time: the server waits for a slow reader. The client is held until the
+/// It reads only while it is asked for the next item, and grants the server credit as it
+/// goes (64 items at first, then about 1 MiB of items, between 16 and 4096 of them): the
+/// server waits for a slow reader. The client is held until the
 /// iterator ends or is dropped; dropping it before its end cancels the call on the server.
 #[must_use = "dropping it cancels the call"]
 pub struct BlockingItems<'a, T> {
@@ -39,8 +40,8 @@ pub struct BlockingItems<'a, T> {
     deadline: Instant,
     timeout: Duration,
     items: VecDeque<Vec<u8>>,
-    /// Items taken since credit was last granted.
-    taken: u64,
+    /// The credit to grant as items are taken.
+    window: Window,
     /// Credit from the server for the argument items.
     credit: u64,
     upload: Option<Upload<'a>>,
@@ -164,7 +165,8 @@ impl BlockingClient {
             self.metadata.as_deref(),
             (),
         )?;
-        st.proto.send_credit(msgid, u64::from(DEFAULT_WINDOW));
+        let window = Window::new();
+        st.proto.send_credit(msgid, window.initial());
         if let Err(e) = st.flush() {
             st.stream = None;
             return Err(transport(e, timeout));
@@ -176,7 +178,7 @@ impl BlockingClient {
             deadline,
             timeout,
             items: VecDeque::new(),
-            taken: 0,
+            window,
             credit: 0,
             upload,
             end: None,
@@ -226,10 +228,8 @@ impl<T> BlockingItems<'_, T> {
                 }
             }
             if let Some(item) = self.items.pop_front() {
-                self.taken += 1;
-                if self.taken >= u64::from(DEFAULT_WINDOW).div_ceil(2) && self.end.is_none() {
-                    self.st.proto.send_credit(self.msgid, self.taken);
-                    self.taken = 0;
+                if let Some(n) = self.window.take(item.len()).filter(|_| self.end.is_none()) {
+                    self.st.proto.send_credit(self.msgid, n);
                 }
                 if let Err(e) = self.flush() {
                     return Some(Err(e));
