@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 
 use easyrpc_proto::stream::{encode_credit, encode_item, Window};
 use easyrpc_proto::{Codec, ErrorCode, ServerError, StreamMessage, Transmit};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -253,21 +253,20 @@ impl StreamOut {
         Ok(StreamOut { hub, msgid })
     }
 
-    /// Wait until the client has granted credit for one more item; `false` when the
-    /// connection is gone.
-    async fn credit(&self) -> bool {
+    /// Wait until the client has granted credit, and take all of it; `None` when the
+    /// connection is gone (no credit can come).
+    async fn credit(&self) -> Option<u64> {
         poll_fn(|cx| {
             let mut st = self.hub.lock();
             let closed = st.closed;
             let Some(s) = st.sending.get_mut(&self.msgid) else {
-                return Poll::Ready(false);
+                return Poll::Ready(None);
             };
             if s.credit > 0 {
-                s.credit -= 1;
-                return Poll::Ready(true);
+                return Poll::Ready(Some(std::mem::take(&mut s.credit)));
             }
             if closed {
-                return Poll::Ready(false);
+                return Poll::Ready(None);
             }
             s.waker = Some(cx.waker().clone());
             Poll::Pending
@@ -275,34 +274,66 @@ impl StreamOut {
         .await
     }
 
+    /// Hand the items encoded in `local` to the connection.
+    fn flush(&self, local: &mut Vec<u8>) {
+        if local.is_empty() {
+            return;
+        }
+        let mut st = self.hub.lock();
+        st.out.extend_from_slice(local);
+        local.clear();
+        self.hub.queued(&mut st);
+    }
+
     /// Send every item of `items`, each once the client has granted credit for it (an item
     /// is not even taken from `items` before then), and answer the call: `nil` at its end,
-    /// or the first error item's error.
+    /// or the first error item's error. Items ready one after another are encoded together
+    /// and handed to the connection at once (up to 64 KiB at a time).
     pub async fn send<S, T>(self, items: S) -> Reply
     where
         S: Stream<Item = Result<T, ServerError>> + Send,
         T: Serialize + Send,
     {
         let mut items = std::pin::pin!(items);
-        loop {
-            if !self.credit().await {
-                return Reply::err(ServerError::new(ErrorCode::Internal, "the connection is gone"));
+        let mut local = Vec::new();
+        let mut credit = 0u64;
+        let end = loop {
+            if credit == 0 {
+                self.flush(&mut local);
+                match self.credit().await {
+                    Some(n) => credit = n,
+                    None => {
+                        break Reply::err(ServerError::new(ErrorCode::Internal, "the connection is gone"))
+                    }
+                }
             }
-            match items.next().await {
-                None => return Reply::ok(()),
-                Some(Err(e)) => return Reply::err(e),
+            let next = match items.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    // Not ready: what is encoded goes out while it waits.
+                    self.flush(&mut local);
+                    items.next().await
+                }
+            };
+            match next {
+                None => break Reply::ok(()),
+                Some(Err(e)) => break Reply::err(e),
                 Some(Ok(item)) => {
-                    let mut st = self.hub.lock();
-                    if let Err(e) = encode_item(self.hub.codec, &mut st.out, self.msgid, &item) {
-                        return Reply::err(ServerError::new(
+                    if let Err(e) = encode_item(self.hub.codec, &mut local, self.msgid, &item) {
+                        break Reply::err(ServerError::new(
                             ErrorCode::Internal,
                             format!("a stream item could not be encoded: {e}"),
                         ));
                     }
-                    self.hub.queued(&mut st);
+                    credit -= 1;
+                    if local.len() >= 64 * 1024 {
+                        self.flush(&mut local);
+                    }
                 }
             }
-        }
+        };
+        self.flush(&mut local);
+        end
     }
 }
 
