@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use crate::conn::{self, AsyncConn, BlockingConn};
 use crate::procfs;
 use crate::raw;
-use crate::system::Payload;
+use crate::system::{Mode, Payload, Variant};
 use crate::{BoxError, Result};
 
 /// How long a load measurement warms up, then measures.
@@ -127,6 +127,9 @@ pub(crate) struct Sample {
     pub(crate) server_cpu: Duration,
     /// Server resident memory right after the window, summed over its processes.
     pub(crate) rss_kib: u64,
+    /// The server's peak resident memory during a sequential measurement (`VmHWM`, reset
+    /// at its start), summed over its processes.
+    pub(crate) peak_rss_kib: Option<u64>,
 }
 
 impl Sample {
@@ -192,6 +195,7 @@ impl Tally {
             elapsed: self.elapsed,
             server_cpu: procfs::ticks(self.ticks),
             rss_kib: procfs::server_rss_kib(pid)?,
+            peak_rss_kib: None,
         })
     }
 
@@ -360,6 +364,60 @@ pub(crate) async fn load_async(
     window?;
     joined?;
     let hist = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    tally.add_hist(&hist)
+}
+
+/// Connection churn ([`Mode::accept`]): `mode.connections` new connections to `addr`, at
+/// most `mode.in_flight` of them being opened at a time, each making one call of `p`'s
+/// workload. Every connection stays open until the last one has its answer (the server
+/// holds them all at the end, as a burst of clients would leave it), then all are closed
+/// after the window. The window runs from the first connect to the last answer; each
+/// latency recorded is one connect plus its call.
+pub(crate) async fn accept_async(
+    v: Variant,
+    addr: std::net::SocketAddr,
+    mode: Mode,
+    p: &Arc<Payload>,
+    pid: u32,
+    tally: &mut Tally,
+) -> Result<()> {
+    let opening = Arc::new(tokio::sync::Semaphore::new(mode.in_flight.max(1)));
+    let window = Window::open(pid)?;
+    let mut tasks = Vec::with_capacity(mode.connections);
+    for _ in 0..mode.connections {
+        // Unwrap: the semaphore is never closed.
+        let permit = opening.clone().acquire_owned().await.unwrap();
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = async {
+                let mut c = AsyncConn::connect_small(v, addr, &p).await?;
+                c.call(&p).await?;
+                Ok::<_, BoxError>(c)
+            }
+            .await;
+            drop(permit);
+            let done = Instant::now();
+            match r {
+                Ok(c) => ((Some(c), done, done - t), Ok(())),
+                Err(e) => ((None, done, done - t), Err(e)),
+            }
+        }));
+    }
+    let (back, joined) = join_all(tasks).await;
+    let last = back.iter().map(|(_, done, _)| *done).max();
+    // The CPU window closes before the connections do (closing them is not accepting).
+    let ticks = procfs::CpuSnapshot::take(pid)?.since(&window.cpu);
+    let mut hist = new_hist(2);
+    let mut conns = Vec::with_capacity(back.len());
+    for (c, _, d) in back {
+        record(&mut hist, d);
+        conns.push(c);
+    }
+    drop(conns);
+    joined?;
+    tally.elapsed += last.map_or(Duration::ZERO, |l| l - window.start);
+    tally.ticks += ticks;
     tally.add_hist(&hist)
 }
 

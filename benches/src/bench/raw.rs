@@ -193,11 +193,20 @@ pub(crate) struct TokioConn {
 
 impl TokioConn {
     pub(crate) async fn connect(addr: SocketAddr, payload: &Payload) -> Result<TokioConn> {
+        TokioConn::connect_with_buffer(addr, payload, BUF).await
+    }
+
+    /// As [`TokioConn::connect`], reading through a buffer of `buf` bytes.
+    pub(crate) async fn connect_with_buffer(
+        addr: SocketAddr,
+        payload: &Payload,
+        buf: usize,
+    ) -> Result<TokioConn> {
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let (rd, wr) = s.into_split();
         Ok(TokioConn {
-            rd: tokio::io::BufReader::with_capacity(BUF, rd),
+            rd: tokio::io::BufReader::with_capacity(buf, rd),
             wr,
             req: frame(payload),
             body: Vec::new(),

@@ -46,6 +46,10 @@ pub(crate) struct ServerArgs {
     /// layered path costs, with layers that do nothing themselves).
     #[arg(long, default_value_t = 0)]
     pub(crate) layers: usize,
+    /// Ours only: the largest message accepted (rpc-server's `max_message_size`; default
+    /// 64 MiB). The harness raises it for the 64 MiB echo, whose frame is over the default.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_message_size: Option<usize>,
     /// Ours only: record per-function metrics, with their endpoint on a free port of
     /// 127.0.0.1 (what metrics cost per call; nobody scrapes).
     #[arg(long)]
@@ -91,6 +95,15 @@ fn our_builder() -> Builder {
         ))
 }
 
+/// [`our_builder`] with the limits of `args`.
+fn our_builder_with(args: &ServerArgs) -> Builder {
+    let builder = our_builder();
+    match args.max_message_size {
+        Some(n) => builder.max_message_size(n),
+        None => builder,
+    }
+}
+
 /// Our server with the benchmark's functions, for one process, with `args.layers`
 /// pass-through layers, and metrics with `args.metrics`.
 pub(crate) fn our_server(args: &ServerArgs) -> Result<Server> {
@@ -98,7 +111,7 @@ pub(crate) fn our_server(args: &ServerArgs) -> Result<Server> {
 }
 
 fn our_layered_builder(args: &ServerArgs) -> Builder {
-    let mut builder = our_builder();
+    let mut builder = our_builder_with(args);
     for _ in 0..args.layers {
         builder = builder.layer(tower::layer::util::Identity::new());
     }
@@ -211,7 +224,7 @@ fn serve_prefork(args: &ServerArgs) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let mut builder = our_builder();
+    let mut builder = our_builder_with(args);
     if args.metrics {
         builder = builder.metrics("127.0.0.1:0");
     }
@@ -319,9 +332,18 @@ pub(crate) struct ServerProc {
 impl ServerProc {
     /// Start `bench server --system kind` (this same executable) and wait for its port;
     /// `workers` is the prefork server's worker count (ignored for the other systems).
-    pub(crate) fn spawn(kind: ServerKind, cpu: Option<usize>, workers: usize) -> Result<ServerProc> {
+    /// `max_message` raises our servers' message size limit (ignored for the others).
+    pub(crate) fn spawn(
+        kind: ServerKind,
+        cpu: Option<usize>,
+        workers: usize,
+        max_message: Option<usize>,
+    ) -> Result<ServerProc> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["server", "--system", kind.arg(), "--addr", "127.0.0.1:0"]);
+        if let Some(n) = max_message.filter(|_| kind.is_ours()) {
+            cmd.args(["--max-message-size", &n.to_string()]);
+        }
         if let Some(core) = cpu {
             cmd.args(["--cpu", &core.to_string()]);
         }
