@@ -266,6 +266,12 @@ async fn coordinate(phase: &Phase, timing: Timing, pid: u32) -> Result<Window> {
 /// How long stopped loops get to finish their last call.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// See the end of [`accept_async`].
+const TW_REUSE_PAUSE: Duration = Duration::from_millis(1500);
+
+/// How long the `accept` mode waits for the server to close the connections it measured.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Join the loops of one slice: what they hand back, and the first error.
 async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<(T, Result<()>)>>) -> (Vec<T>, Result<()>) {
     let mut first_error: Option<BoxError> = None;
@@ -382,6 +388,7 @@ pub(crate) async fn accept_async(
     tally: &mut Tally,
 ) -> Result<()> {
     let opening = Arc::new(tokio::sync::Semaphore::new(mode.in_flight.max(1)));
+    let fds = procfs::server_open_fds(pid)?;
     let window = Window::open(pid)?;
     let mut tasks = Vec::with_capacity(mode.connections);
     for _ in 0..mode.connections {
@@ -415,6 +422,17 @@ pub(crate) async fn accept_async(
         conns.push(c);
     }
     drop(conns);
+    // Closing them costs the server as much as accepting did: let it finish before the
+    // next measurement (the same core, pinned together), or it lands on whoever is next.
+    let settle = Instant::now() + SETTLE_TIMEOUT;
+    while procfs::server_open_fds(pid)? > fds && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The client closed first: its 10 000 ports are in TIME_WAIT, and with the next
+    // measurement's 10 000 that is more than the 28 232 of the ephemeral range. A connect
+    // may take a port in TIME_WAIT (`tcp_tw_reuse`, on for loopback) only a second after
+    // its last segment: before that, connects stall for hundreds of milliseconds.
+    tokio::time::sleep(TW_REUSE_PAUSE).await;
     joined?;
     tally.elapsed += last.map_or(Duration::ZERO, |l| l - window.start);
     tally.ticks += ticks;

@@ -126,6 +126,19 @@ pub(crate) fn server_peak_rss_kib(pid: u32) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Open file descriptors of a server's processes ([`server_pids`]), summed.
+pub(crate) fn server_open_fds(pid: u32) -> io::Result<usize> {
+    let mut total = 0;
+    for p in server_pids(pid)? {
+        match std::fs::read_dir(format!("/proc/{p}/fd")) {
+            Ok(d) => total += d.count(),
+            Err(e) if p == pid => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(total)
+}
+
 /// Clock ticks as a duration.
 pub(crate) fn ticks(t: u64) -> Duration {
     Duration::from_millis(t * 1000 / TICKS_PER_SEC)

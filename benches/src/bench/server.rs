@@ -121,6 +121,22 @@ fn our_layered_builder(args: &ServerArgs) -> Builder {
     builder
 }
 
+/// The listen backlog of every tokio server here. `TcpListener::bind` listens with 128
+/// (std's), and a burst of connects beyond it is dropped and retransmitted a second later
+/// (the `accept` mode opens 256 at a time): 1024 as the bench's servers, below the
+/// kernel's `somaxconn` (4096 here).
+const BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(BACKLOG)?)
+}
+
 fn announce(addr: SocketAddr) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "PORT {}", addr.port())?;
@@ -169,7 +185,7 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
             crate::raw::serve_std(listener)
         }
         kind => placement::runtime()?.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(args.addr).await?;
+            let listener = listen(args.addr)?;
             announce(listener.local_addr()?)?;
             match kind {
                 ServerKind::Ours => {
