@@ -58,7 +58,7 @@ impl AsyncConn {
             Variant::OursAsync(codec) => {
                 AsyncConn::Ours(easyrpc_client::Client::connect_with(addr, our_config(codec)).await?)
             }
-            Variant::OursPrefork => AsyncConn::Ours(
+            Variant::OursPrefork | Variant::OursPrefork1 => AsyncConn::Ours(
                 easyrpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack)).await?,
             ),
             Variant::Tonic => {

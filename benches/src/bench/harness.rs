@@ -72,7 +72,8 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 2)]
     pub(crate) prefork_workers: usize,
     /// Clients to run (comma-separated: ours-async-msgpack, ours-async-bincode,
-    /// ours-blocking-msgpack, ours-blocking-bincode, ours-prefork-async-msgpack, tonic,
+    /// ours-blocking-msgpack, ours-blocking-bincode, ours-prefork-async-msgpack,
+    /// ours-prefork-1-async-msgpack (the one-worker prefork server, `ours-prefork-1`), tonic,
     /// tarpc, raw-std, raw-tokio, ours-tls, ours-unix, tonic-tls); the default is all.
     /// Ratios need tonic and the raw floors in the run. The TLS and Unix-socket clients
     /// run `add` only, sequential and 1 × 64.

@@ -253,13 +253,14 @@ mod tests {
         // the pages go back to the system at once.
         let big = vec![1u8; 64 << 20];
         assert_eq!(big.iter().map(|&b| u64::from(b)).sum::<u64>(), 64 << 20);
-        let with_big = rss_kib(pid).unwrap();
         drop(big);
+        // The kernel's counters are batched per thread (a few hundred KiB): compare with
+        // room to spare.
         let peak = server_peak_rss_kib(pid).unwrap();
-        assert!(peak >= with_big && with_big >= 64 << 10, "{with_big} {peak}");
+        assert!(peak >= 64 << 10, "{peak}");
         reset_peak_rss(pid);
         let reset = server_peak_rss_kib(pid).unwrap();
-        assert!(reset < peak, "{reset} !< {peak}");
+        assert!(reset + (32 << 10) < peak, "{reset} {peak}");
     }
 
     #[test]

@@ -174,6 +174,13 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
         );
     }
 
+    if ctx.idle_rss_kib.contains_key(&ServerKind::OursPrefork1) {
+        let _ = writeln!(
+            w,
+            "- `ours-prefork-1`: the same supervisor with one worker (pinned as worker 0 is), the baseline the prefork server scales from."
+        );
+    }
+
     let modes: Vec<(Mode, Workload)> = {
         let mut v: Vec<_> = table.keys().map(|(m, w, _)| (*m, *w)).collect();
         v.dedup();

@@ -149,6 +149,10 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
     let prefork = match (args.system, args.workers) {
         (_, 0) => return Err("--workers must be at least 1".into()),
         (ServerKind::OursPrefork, _) => true,
+        (ServerKind::OursPrefork1, 1) => true,
+        (ServerKind::OursPrefork1, n) => {
+            return Err(format!("--workers {n}: ours-prefork-1 has one worker").into())
+        }
         (ServerKind::Ours, n) => n > 1,
         (_, 1) => false,
         (kind, n) => {
@@ -204,7 +208,10 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
                 ServerKind::TonicTls => serve_tonic(listener, Some(args.tls_files()?)).await,
                 ServerKind::Tarpc => serve_tarpc(listener).await,
                 ServerKind::RawTokio => crate::raw::serve_tokio(listener).await,
-                ServerKind::RawStd | ServerKind::OursPrefork | ServerKind::OursUnix => {
+                ServerKind::RawStd
+                | ServerKind::OursPrefork
+                | ServerKind::OursPrefork1
+                | ServerKind::OursUnix => {
                     unreachable!("served above")
                 }
             }
@@ -366,6 +373,9 @@ impl ServerProc {
         if kind == ServerKind::OursPrefork {
             cmd.args(["--workers", &workers.to_string()]);
         }
+        if kind == ServerKind::OursPrefork1 {
+            cmd.args(["--workers", "1"]);
+        }
         if kind.is_tls() {
             let pki = crate::secure::pki()?;
             cmd.arg("--tls-cert")
@@ -404,10 +414,10 @@ impl ServerProc {
         // The port is printed once every worker listens: they are all there now. Fewer
         // would mean the harness cannot see them, and would under-count CPU and memory.
         let forked = crate::procfs::server_pids(pid)?.len() - 1;
-        let expected = if kind == ServerKind::OursPrefork {
-            workers
-        } else {
-            0
+        let expected = match kind {
+            ServerKind::OursPrefork => workers,
+            ServerKind::OursPrefork1 => 1,
+            _ => 0,
         };
         if forked != expected {
             return Err(format!(

@@ -14,6 +14,10 @@ pub(crate) enum ServerKind {
     /// Our server through rpc-server's prefork supervisor: `--prefork-workers` worker
     /// processes sharing the port with `SO_REUSEPORT`.
     OursPrefork,
+    /// The prefork supervisor with one worker, whatever `--prefork-workers` says: the
+    /// baseline `ours-prefork` scales from, in the same run.
+    #[value(name = "ours-prefork-1")]
+    OursPrefork1,
     /// gRPC through tonic 0.14 (HTTP/2, protobuf).
     Tonic,
     /// tarpc 0.38 with its serde transport over TCP (bincode).
@@ -31,9 +35,10 @@ pub(crate) enum ServerKind {
 }
 
 impl ServerKind {
-    pub(crate) const ALL: [ServerKind; 9] = [
+    pub(crate) const ALL: [ServerKind; 10] = [
         ServerKind::Ours,
         ServerKind::OursPrefork,
+        ServerKind::OursPrefork1,
         ServerKind::Tonic,
         ServerKind::Tarpc,
         ServerKind::RawStd,
@@ -48,6 +53,7 @@ impl ServerKind {
         match self {
             ServerKind::Ours => "ours",
             ServerKind::OursPrefork => "ours-prefork",
+            ServerKind::OursPrefork1 => "ours-prefork-1",
             ServerKind::Tonic => "tonic",
             ServerKind::Tarpc => "tarpc",
             ServerKind::RawStd => "raw-std",
@@ -62,7 +68,11 @@ impl ServerKind {
     pub(crate) fn is_ours(self) -> bool {
         matches!(
             self,
-            ServerKind::Ours | ServerKind::OursPrefork | ServerKind::OursTls | ServerKind::OursUnix
+            ServerKind::Ours
+                | ServerKind::OursPrefork
+                | ServerKind::OursPrefork1
+                | ServerKind::OursTls
+                | ServerKind::OursUnix
         )
     }
 
@@ -97,6 +107,8 @@ pub(crate) enum Variant {
     OursBlocking(OurCodec),
     /// Our async `Client` (msgpack) against the prefork server.
     OursPrefork,
+    /// Our async `Client` (msgpack) against the one-worker prefork server.
+    OursPrefork1,
     Tonic,
     Tarpc,
     RawStd,
@@ -110,12 +122,13 @@ pub(crate) enum Variant {
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 12] = [
+    pub(crate) const ALL: [Variant; 13] = [
         Variant::OursAsync(OurCodec::Msgpack),
         Variant::OursAsync(OurCodec::Bincode),
         Variant::OursBlocking(OurCodec::Msgpack),
         Variant::OursBlocking(OurCodec::Bincode),
         Variant::OursPrefork,
+        Variant::OursPrefork1,
         Variant::Tonic,
         Variant::Tarpc,
         Variant::RawStd,
@@ -129,6 +142,7 @@ impl Variant {
         match self {
             Variant::OursAsync(_) | Variant::OursBlocking(_) => ServerKind::Ours,
             Variant::OursPrefork => ServerKind::OursPrefork,
+            Variant::OursPrefork1 => ServerKind::OursPrefork1,
             Variant::Tonic => ServerKind::Tonic,
             Variant::Tarpc => ServerKind::Tarpc,
             Variant::RawStd => ServerKind::RawStd,
@@ -166,7 +180,7 @@ impl Variant {
         if mode.accept {
             return matches!(
                 self,
-                Variant::OursAsync(_) | Variant::OursPrefork | Variant::RawTokio
+                Variant::OursAsync(_) | Variant::OursPrefork | Variant::OursPrefork1 | Variant::RawTokio
             );
         }
         if workload.is_big()
@@ -197,6 +211,7 @@ impl Variant {
             Variant::OursBlocking(OurCodec::Msgpack) => "ours-blocking-msgpack",
             Variant::OursBlocking(OurCodec::Bincode) => "ours-blocking-bincode",
             Variant::OursPrefork => "ours-prefork-async-msgpack",
+            Variant::OursPrefork1 => "ours-prefork-1-async-msgpack",
             Variant::Tonic => "tonic",
             Variant::Tarpc => "tarpc",
             Variant::RawStd => "raw-std",
@@ -214,6 +229,7 @@ impl Variant {
             Variant::OursBlocking(OurCodec::Msgpack) => "ours blocking msgpack",
             Variant::OursBlocking(OurCodec::Bincode) => "ours blocking bincode",
             Variant::OursPrefork => "ours prefork async msgpack",
+            Variant::OursPrefork1 => "ours prefork, 1 worker, async msgpack",
             Variant::Tonic => "tonic (gRPC)",
             Variant::Tarpc => "tarpc (bincode)",
             Variant::RawStd => "raw TCP std",
