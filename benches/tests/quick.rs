@@ -39,7 +39,6 @@ fn quick_run_writes_the_report_and_the_charts() {
         "ours async msgpack",
         "ours blocking bincode",
         "ours prefork async msgpack",
-        "ours prefork, 1 worker, async msgpack",
         "`ours-prefork`",
         "tonic (gRPC)",
         "tarpc (bincode)",
@@ -87,7 +86,7 @@ fn big_messages_and_connection_churn() {
         .args([
             "--quick",
             "--systems",
-            "ours,raw-std,raw-tokio",
+            "ours,ours-prefork-1,raw-std,raw-tokio",
             "--workloads",
             "16m",
         ])
@@ -104,6 +103,7 @@ fn big_messages_and_connection_churn() {
         "| 16 MiB | ours blocking msgpack |",
         "| 16 MiB | raw TCP std |",
         "16 new connections, one call each",
+        "| ours prefork, 1 worker, async msgpack |",
         "peak × message",
     ] {
         assert!(

@@ -62,7 +62,7 @@ pub(crate) struct RunArgs {
     /// Where client and server run.
     #[arg(long, value_enum, default_value_t = Placement::Together)]
     pub(crate) placement: Placement,
-    /// Systems to run (comma-separated); the default is all.
+    /// Systems to run (comma-separated); the default is all but `ours-prefork-1`.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub(crate) systems: Vec<ServerKind>,
     /// Worker processes of the `ours-prefork` system (rpc-server's prefork supervisor,
@@ -254,7 +254,14 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
     let selected = |v: Variant| args.clients.is_empty() || args.clients.iter().any(|c| c == v.arg());
     let kinds: Vec<ServerKind> = ServerKind::ALL
         .into_iter()
-        .filter(|k| args.systems.is_empty() || args.systems.contains(k))
+        // `ours-prefork-1` runs only when named: the baseline of a prefork comparison.
+        .filter(|k| {
+            if args.systems.is_empty() {
+                *k != ServerKind::OursPrefork1
+            } else {
+                args.systems.contains(k)
+            }
+        })
         .filter(|k| Variant::ALL.iter().any(|v| v.server() == *k && selected(*v)))
         .collect();
     // Servers first: a child inherits the CPU mask of the thread that starts it, and
