@@ -79,6 +79,42 @@ fn quick_run_writes_the_report_and_the_charts() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn big_messages_and_connection_churn() {
+    let dir = scratch_dir("big");
+    let out = Command::new(BENCH)
+        .args([
+            "--quick",
+            "--systems",
+            "ours,ours-prefork-1,raw-std,raw-tokio",
+            "--workloads",
+            "16m",
+        ])
+        .args(["--modes", "accept", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run bench --quick");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench --quick failed:\n{stderr}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "## Big messages",
+        "| 16 MiB | ours async msgpack |",
+        "| 16 MiB | ours blocking msgpack |",
+        "| 16 MiB | raw TCP std |",
+        "16 new connections, one call each",
+        "| ours prefork, 1 worker, async msgpack |",
+        "peak × message",
+    ] {
+        assert!(
+            report.contains(needle),
+            "{needle:?} missing from the report:\n{report}"
+        );
+    }
+    assert!(!report.contains("## Failed measurements"), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 struct Server(Child);
 
 impl Drop for Server {

@@ -24,9 +24,21 @@ fn check(ok: bool, what: &str) -> Result<()> {
     }
 }
 
+/// Our clients' message size limit, when a run raises it (the 64 MiB echo).
+static MAX_MESSAGE_SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Raise our clients' message size limit to `n` bytes (for the rest of the process), as
+/// the harness raises our servers' (`bench server --max-message-size`).
+pub(crate) fn set_max_message_size(n: usize) {
+    let _ = MAX_MESSAGE_SIZE.set(n);
+}
+
 fn our_config(codec: OurCodec) -> easyrpc_client::Config {
     let mut cfg = easyrpc_client::Config::default();
     cfg.codec = codec.codec();
+    if let Some(&n) = MAX_MESSAGE_SIZE.get() {
+        cfg.max_message_size = n;
+    }
     cfg
 }
 
@@ -46,7 +58,7 @@ impl AsyncConn {
             Variant::OursAsync(codec) => {
                 AsyncConn::Ours(easyrpc_client::Client::connect_with(addr, our_config(codec)).await?)
             }
-            Variant::OursPrefork => AsyncConn::Ours(
+            Variant::OursPrefork | Variant::OursPrefork1 => AsyncConn::Ours(
                 easyrpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack)).await?,
             ),
             Variant::Tonic => {
@@ -95,6 +107,24 @@ impl AsyncConn {
                 return Err(format!("{variant} is not an async client").into())
             }
         })
+    }
+
+    /// As [`AsyncConn::connect`], for connection churn ([`Mode::accept`]): the raw tokio
+    /// floor reads through a 1 KiB buffer instead of 64 KiB, as a client making one small
+    /// call would (our client sizes its buffers itself).
+    ///
+    /// [`Mode::accept`]: crate::system::Mode::accept
+    pub(crate) async fn connect_small(
+        variant: Variant,
+        addr: SocketAddr,
+        payload: &Payload,
+    ) -> Result<AsyncConn> {
+        match variant {
+            Variant::RawTokio => Ok(AsyncConn::RawTokio(
+                raw::TokioConn::connect_with_buffer(addr, payload, 1024).await?,
+            )),
+            _ => AsyncConn::connect(variant, addr, payload).await,
+        }
     }
 
     /// Another handle on the same connection, for another task.

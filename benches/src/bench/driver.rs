@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use crate::conn::{self, AsyncConn, BlockingConn};
 use crate::procfs;
 use crate::raw;
-use crate::system::Payload;
+use crate::system::{Mode, Payload, Variant};
 use crate::{BoxError, Result};
 
 /// How long a load measurement warms up, then measures.
@@ -127,6 +127,9 @@ pub(crate) struct Sample {
     pub(crate) server_cpu: Duration,
     /// Server resident memory right after the window, summed over its processes.
     pub(crate) rss_kib: u64,
+    /// The server's peak resident memory during a sequential measurement (`VmHWM`, reset
+    /// at its start), summed over its processes.
+    pub(crate) peak_rss_kib: Option<u64>,
 }
 
 impl Sample {
@@ -192,6 +195,7 @@ impl Tally {
             elapsed: self.elapsed,
             server_cpu: procfs::ticks(self.ticks),
             rss_kib: procfs::server_rss_kib(pid)?,
+            peak_rss_kib: None,
         })
     }
 
@@ -261,6 +265,12 @@ async fn coordinate(phase: &Phase, timing: Timing, pid: u32) -> Result<Window> {
 
 /// How long stopped loops get to finish their last call.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// See the end of [`accept_async`].
+const TW_REUSE_PAUSE: Duration = Duration::from_millis(1500);
+
+/// How long the `accept` mode waits for the server to close the connections it measured.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Join the loops of one slice: what they hand back, and the first error.
 async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<(T, Result<()>)>>) -> (Vec<T>, Result<()>) {
@@ -360,6 +370,74 @@ pub(crate) async fn load_async(
     window?;
     joined?;
     let hist = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    tally.add_hist(&hist)
+}
+
+/// Connection churn ([`Mode::accept`]): `mode.connections` new connections to `addr`, at
+/// most `mode.in_flight` of them being opened at a time, each making one call of `p`'s
+/// workload. Every connection stays open until the last one has its answer (the server
+/// holds them all at the end, as a burst of clients would leave it), then all are closed
+/// after the window. The window runs from the first connect to the last answer; each
+/// latency recorded is one connect plus its call.
+pub(crate) async fn accept_async(
+    v: Variant,
+    addr: std::net::SocketAddr,
+    mode: Mode,
+    p: &Arc<Payload>,
+    pid: u32,
+    tally: &mut Tally,
+) -> Result<()> {
+    let opening = Arc::new(tokio::sync::Semaphore::new(mode.in_flight.max(1)));
+    let fds = procfs::server_open_fds(pid)?;
+    let window = Window::open(pid)?;
+    let mut tasks = Vec::with_capacity(mode.connections);
+    for _ in 0..mode.connections {
+        // Unwrap: the semaphore is never closed.
+        let permit = opening.clone().acquire_owned().await.unwrap();
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = async {
+                let mut c = AsyncConn::connect_small(v, addr, &p).await?;
+                c.call(&p).await?;
+                Ok::<_, BoxError>(c)
+            }
+            .await;
+            drop(permit);
+            let done = Instant::now();
+            match r {
+                Ok(c) => ((Some(c), done, done - t), Ok(())),
+                Err(e) => ((None, done, done - t), Err(e)),
+            }
+        }));
+    }
+    let (back, joined) = join_all(tasks).await;
+    let last = back.iter().map(|(_, done, _)| *done).max();
+    // The CPU window closes before the connections do (closing them is not accepting).
+    let ticks = procfs::CpuSnapshot::take(pid)?.since(&window.cpu);
+    let mut hist = new_hist(2);
+    let mut conns = Vec::with_capacity(back.len());
+    for (c, _, d) in back {
+        record(&mut hist, d);
+        conns.push(c);
+    }
+    drop(conns);
+    // Closing them costs the server as much as accepting did: let it finish before the
+    // next measurement (the same core, pinned together), or it lands on whoever is next.
+    let settle = Instant::now() + SETTLE_TIMEOUT;
+    while procfs::server_open_fds(pid)? > fds && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The client closed first: its 10 000 ports are in TIME_WAIT, and with the next
+    // measurement's 10 000 that is more than the 28 232 of the ephemeral range. A connect
+    // may take a port in TIME_WAIT (`tcp_tw_reuse`, on for loopback) only a second after
+    // its last segment: before that, connects stall for hundreds of milliseconds.
+    if mode.connections >= 1000 {
+        tokio::time::sleep(TW_REUSE_PAUSE).await;
+    }
+    joined?;
+    tally.elapsed += last.map_or(Duration::ZERO, |l| l - window.start);
+    tally.ticks += ticks;
     tally.add_hist(&hist)
 }
 

@@ -50,10 +50,19 @@ pub(crate) struct RunArgs {
     /// Connections of the "many connections, one call each" mode.
     #[arg(long, default_value_t = 256)]
     pub(crate) many: usize,
+    /// New connections of the `accept` mode (connection churn: each connects, makes one
+    /// `add` and stays open until the last has its answer).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) accept: usize,
+    /// Connections of the `accept` mode being opened at a time (connect + call); below
+    /// the servers' listen backlog (1024, tokio's), so that no SYN is dropped and
+    /// retransmitted a second later.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) accept_opening: usize,
     /// Where client and server run.
     #[arg(long, value_enum, default_value_t = Placement::Together)]
     pub(crate) placement: Placement,
-    /// Systems to run (comma-separated); the default is all.
+    /// Systems to run (comma-separated); the default is all but `ours-prefork-1`.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub(crate) systems: Vec<ServerKind>,
     /// Worker processes of the `ours-prefork` system (rpc-server's prefork supervisor,
@@ -63,17 +72,20 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 2)]
     pub(crate) prefork_workers: usize,
     /// Clients to run (comma-separated: ours-async-msgpack, ours-async-bincode,
-    /// ours-blocking-msgpack, ours-blocking-bincode, ours-prefork-async-msgpack, tonic,
+    /// ours-blocking-msgpack, ours-blocking-bincode, ours-prefork-async-msgpack,
+    /// ours-prefork-1-async-msgpack (the one-worker prefork server, `ours-prefork-1`), tonic,
     /// tarpc, raw-std, raw-tokio, ours-tls, ours-unix, tonic-tls); the default is all.
     /// Ratios need tonic and the raw floors in the run. The TLS and Unix-socket clients
     /// run `add` only, sequential and 1 × 64.
     #[arg(long, value_delimiter = ',')]
     pub(crate) clients: Vec<String>,
-    /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records); the default
-    /// is all. Load modes always use `add`.
+    /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records, and the big
+    /// messages 16m and 64m, which run only when named, with our clients and the raw
+    /// floors); the default is all but the big ones. Load modes always use `add`.
     #[arg(long, value_delimiter = ',')]
     pub(crate) workloads: Vec<String>,
-    /// Load modes (comma-separated: 1x64, 16x16, many); the default is all three.
+    /// Load modes (comma-separated: 1x64, 16x16, many, accept); the default is the first
+    /// three (`accept`, connection churn, runs only when named).
     #[arg(long, value_delimiter = ',')]
     pub(crate) modes: Vec<String>,
     /// Skip the sequential measurements.
@@ -98,14 +110,42 @@ impl RunArgs {
             self.duration = 0.2;
             self.warmup = 0.05;
             self.many = self.many.min(16);
+            self.accept = self.accept.min(16);
         }
     }
 
+    /// Calls per sequential measurement: `calls`, a `big_divisor`th of it for the 1 MiB
+    /// echo, and for bigger echoes as many bytes as the 1 MiB echo moves (at least 2).
     fn calls_for(&self, w: Workload) -> u64 {
+        let big = (self.calls / self.big_divisor.max(1)).max(1);
         match w {
-            Workload::Echo(n) if n >= 1 << 20 => (self.calls / self.big_divisor.max(1)).max(1),
+            Workload::Echo(n) if n > 1 << 20 => (big / (n as u64 >> 20)).max(2),
+            Workload::Echo(n) if n >= 1 << 20 => big,
             _ => self.calls,
         }
+    }
+
+    /// Whether `name` (a workload of `Workload::all` or `Workload::big`) is to run.
+    fn wants_workload(&self, name: &str, big: bool) -> bool {
+        if self.workloads.is_empty() {
+            !big
+        } else {
+            self.workloads.iter().any(|n| n == name)
+        }
+    }
+
+    /// The largest message our servers and clients must accept, if a planned workload is
+    /// over the default limit: the 64 MiB echo's frame (the bench server's
+    /// `--max-message-size`, and our clients' `Config::max_message_size`).
+    pub(crate) fn max_message_size(&self) -> Option<usize> {
+        self.plan()
+            .iter()
+            .filter_map(|(_, w)| match w {
+                Workload::Echo(n) => Some(n + 1024),
+                _ => None,
+            })
+            .max()
+            .filter(|&n| n > easyrpc_proto::DEFAULT_MAX_MESSAGE_SIZE)
     }
 
     fn timing(&self) -> Timing {
@@ -121,7 +161,12 @@ impl RunArgs {
         let mut plan = Vec::new();
         if !self.no_sequential {
             for (name, w) in Workload::all() {
-                if self.workloads.is_empty() || self.workloads.iter().any(|n| n == name) {
+                if self.wants_workload(name, false) {
+                    plan.push((Mode::SEQUENTIAL, w));
+                }
+            }
+            for (name, w) in Workload::big() {
+                if self.wants_workload(name, true) {
                     plan.push((Mode::SEQUENTIAL, w));
                 }
             }
@@ -135,6 +180,9 @@ impl RunArgs {
                 if self.modes.is_empty() || self.modes.iter().any(|m| m == name) {
                     plan.push((mode, Workload::Add));
                 }
+            }
+            if self.modes.iter().any(|m| m == "accept") {
+                plan.push((Mode::accept(self.accept, self.accept_opening), Workload::Add));
             }
         }
         plan
@@ -190,26 +238,42 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
         }
     }
     for name in &args.modes {
-        if !["1x64", "16x16", "many"].contains(&name.as_str()) {
+        if !["1x64", "16x16", "many", "accept"].contains(&name.as_str()) {
             return Err(format!("unknown mode {name:?}").into());
         }
     }
     for name in &args.workloads {
-        if !Workload::all().iter().any(|(n, _)| n == name) {
+        if !Workload::all()
+            .iter()
+            .chain(&Workload::big())
+            .any(|(n, _)| n == name)
+        {
             return Err(format!("unknown workload {name:?}").into());
         }
     }
     let selected = |v: Variant| args.clients.is_empty() || args.clients.iter().any(|c| c == v.arg());
     let kinds: Vec<ServerKind> = ServerKind::ALL
         .into_iter()
-        .filter(|k| args.systems.is_empty() || args.systems.contains(k))
+        // `ours-prefork-1` runs only when named: the baseline of a prefork comparison.
+        .filter(|k| {
+            if args.systems.is_empty() {
+                *k != ServerKind::OursPrefork1
+            } else {
+                args.systems.contains(k)
+            }
+        })
         .filter(|k| Variant::ALL.iter().any(|v| v.server() == *k && selected(*v)))
         .collect();
     // Servers first: a child inherits the CPU mask of the thread that starts it, and
     // each server pins itself as told.
     let mut servers = BTreeMap::new();
     for &kind in &kinds {
-        let s = ServerProc::spawn(kind, args.placement.server_core(), args.prefork_workers)?;
+        let s = ServerProc::spawn(
+            kind,
+            args.placement.server_core(),
+            args.prefork_workers,
+            args.max_message_size(),
+        )?;
         let pids = procfs::server_pids(s.pid).unwrap_or_default();
         let workers = match pids.get(1..) {
             Some(w) if !w.is_empty() => format!(" (workers {w:?})"),
@@ -225,6 +289,9 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
     }
     if let Some(core) = args.placement.client_core() {
         placement::pin(core)?;
+    }
+    if let Some(n) = args.max_message_size() {
+        crate::conn::set_max_message_size(n);
     }
     let rt = placement::runtime()?;
     let plan = args.plan();
@@ -269,6 +336,8 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
             order.rotate_left(rep % len);
             let measured = if mode.sequential {
                 measure_sequential(&rt, &args, &order, &payload, &servers)
+            } else if mode.accept {
+                measure_accept(&rt, mode, &order, &payload, &servers)
             } else {
                 measure_loads(&rt, &args, &order, mode, &payload, &servers)
             };
@@ -418,6 +487,11 @@ fn measure_sequential(
             l.error = Some(e.to_string());
         }
     }
+    // The peak memory of each server over this measurement's rounds (its clients share
+    // it): the kernel's high-water mark, reset now.
+    for l in &live {
+        procfs::reset_peak_rss(l.pid);
+    }
     let n = live.len();
     for round in 0..rounds {
         let share = calls / rounds + u64::from(round < calls % rounds);
@@ -438,7 +512,40 @@ fn measure_sequential(
                 Some(e) => Err(e),
                 None => l.tally.into_sample(l.pid).map_err(|e| e.to_string()),
             };
+            let r = r.map(|mut s| {
+                s.peak_rss_kib = procfs::server_peak_rss_kib(l.pid).ok();
+                s
+            });
             (l.v, r)
+        })
+        .collect()
+}
+
+/// Connection churn ([`Mode::accept`]) of every client in `order`, one after the other.
+fn measure_accept(
+    rt: &tokio::runtime::Runtime,
+    mode: Mode,
+    order: &[Variant],
+    payload: &Arc<Payload>,
+    servers: &BTreeMap<ServerKind, ServerProc>,
+) -> Vec<(Variant, std::result::Result<Sample, String>)> {
+    let _runtime = rt.enter();
+    order
+        .iter()
+        .map(|&v| {
+            let server = &servers[&v.server()];
+            let mut tally = Tally::for_load();
+            let r = rt
+                .block_on(driver::accept_async(
+                    v,
+                    server.addr,
+                    mode,
+                    payload,
+                    server.pid,
+                    &mut tally,
+                ))
+                .and_then(|()| tally.into_sample(server.pid));
+            (v, r.map_err(|e| e.to_string()))
         })
         .collect()
 }

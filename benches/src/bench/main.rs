@@ -65,7 +65,20 @@ enum Command {
     StdinWatch(server::WatchArgs),
 }
 
+/// Raise the soft limit of open files to the hard one: the `accept` mode holds 10 000
+/// connections in the client and in the server (each process is this binary). Best
+/// effort: a run that needs more than it gets fails on its own.
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn main() {
+    raise_open_files();
     let cli = Cli::parse();
     let r = match cli.command {
         None => harness::run(cli.run),

@@ -103,6 +103,42 @@ pub(crate) fn server_rss_kib(pid: u32) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Reset the peak resident memory (`VmHWM`) of a server's processes ([`server_pids`]) to
+/// their current resident memory, by writing 5 to `/proc/<pid>/clear_refs` (Linux 4.0 and
+/// later). Best effort: where it fails, the peak read later covers the process's life.
+pub(crate) fn reset_peak_rss(pid: u32) {
+    for p in server_pids(pid).unwrap_or_else(|_| vec![pid]) {
+        let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+    }
+}
+
+/// Peak resident memory (`VmHWM`) of a server's processes ([`server_pids`]), summed, in
+/// KiB: since they started or since [`reset_peak_rss`].
+pub(crate) fn server_peak_rss_kib(pid: u32) -> io::Result<u64> {
+    let mut total = 0;
+    for p in server_pids(pid)? {
+        match status_kib(p, "VmHWM:") {
+            Ok(kib) => total += kib,
+            Err(e) if p == pid => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(total)
+}
+
+/// Open file descriptors of a server's processes ([`server_pids`]), summed.
+pub(crate) fn server_open_fds(pid: u32) -> io::Result<usize> {
+    let mut total = 0;
+    for p in server_pids(pid)? {
+        match std::fs::read_dir(format!("/proc/{p}/fd")) {
+            Ok(d) => total += d.count(),
+            Err(e) if p == pid => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(total)
+}
+
 /// Clock ticks as a duration.
 pub(crate) fn ticks(t: u64) -> Duration {
     Duration::from_millis(t * 1000 / TICKS_PER_SEC)
@@ -110,12 +146,17 @@ pub(crate) fn ticks(t: u64) -> Duration {
 
 /// Resident set size of `pid` (`VmRSS` of `/proc/<pid>/status`), in KiB.
 pub(crate) fn rss_kib(pid: u32) -> io::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no VmRSS in /proc/<pid>/status"))
+        .ok_or_else(|| io::Error::other(format!("no {field} in /proc/<pid>/status")))
 }
 
 /// The 1, 5 and 15 minute load averages (`/proc/loadavg`): how busy the machine was.
@@ -203,6 +244,23 @@ mod tests {
         let b = CpuSnapshot::take(pid).unwrap();
         assert_eq!(b.since(&a), b.0[0].1 - a.0[0].1);
         assert!(server_rss_kib(pid).unwrap() > 0);
+    }
+
+    #[test]
+    fn peak_memory_is_read_and_reset() {
+        let pid = std::process::id();
+        // 64 MiB touched, then freed: above glibc's largest mmap threshold (32 MiB), so
+        // the pages go back to the system at once.
+        let big = vec![1u8; 64 << 20];
+        assert_eq!(big.iter().map(|&b| u64::from(b)).sum::<u64>(), 64 << 20);
+        drop(big);
+        // The kernel's counters are batched per thread (a few hundred KiB): compare with
+        // room to spare.
+        let peak = server_peak_rss_kib(pid).unwrap();
+        assert!(peak >= 64 << 10, "{peak}");
+        reset_peak_rss(pid);
+        let reset = server_peak_rss_kib(pid).unwrap();
+        assert!(reset + (32 << 10) < peak, "{reset} {peak}");
     }
 
     #[test]

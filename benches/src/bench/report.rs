@@ -21,6 +21,8 @@ pub(crate) struct Stats {
     pub(crate) cpu_us: f64,
     /// Server resident memory after the measurement, MiB.
     pub(crate) rss_mib: f64,
+    /// The server's peak resident memory during the measurement (sequential only), MiB.
+    pub(crate) peak_mib: f64,
     pub(crate) ok: usize,
     pub(crate) reps: usize,
 }
@@ -59,6 +61,12 @@ pub(crate) fn stats(results: &Results) -> Table {
                 tput: median(ok.iter().map(|s| s.throughput()).collect()),
                 cpu_us: median(ok.iter().map(|s| s.cpu_per_call().as_secs_f64() * 1e6).collect()),
                 rss_mib: median(ok.iter().map(|s| s.rss_kib as f64 / 1024.0).collect()),
+                peak_mib: median(
+                    ok.iter()
+                        .filter_map(|s| s.peak_rss_kib)
+                        .map(|k| k as f64 / 1024.0)
+                        .collect(),
+                ),
                 ok: ok.len(),
                 reps: reps.len(),
             },
@@ -166,6 +174,13 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
         );
     }
 
+    if ctx.idle_rss_kib.contains_key(&ServerKind::OursPrefork1) {
+        let _ = writeln!(
+            w,
+            "- `ours-prefork-1`: the same supervisor with one worker (pinned as worker 0 is), the baseline the prefork server scales from."
+        );
+    }
+
     let modes: Vec<(Mode, Workload)> = {
         let mut v: Vec<_> = table.keys().map(|(m, w, _)| (*m, *w)).collect();
         v.dedup();
@@ -205,6 +220,7 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
         }
         let _ = writeln!(w);
     }
+    big_messages(w, &modes, &table);
     let _ = writeln!(
         w,
         "## Throughput (`add`, closed loop: each call is sent as soon as one returns)\n"
@@ -281,6 +297,58 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
         }
     }
     md
+}
+
+/// The echoes of 1 MiB and more as bytes per second against the floor, and the server's
+/// peak memory against the message size (issue 14: 64 MiB at ≥ 50 % of raw std, peak RSS
+/// ≤ 3× the message).
+fn big_messages(w: &mut String, modes: &[(Mode, Workload)], table: &Table) {
+    let big: Vec<usize> = modes
+        .iter()
+        .filter_map(|(m, wl)| match wl {
+            Workload::Echo(n) if m.sequential && *n >= 1 << 20 => Some(*n),
+            _ => None,
+        })
+        .collect();
+    if big.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "## Big messages (sequential echo)\n");
+    let _ = writeln!(
+        w,
+        "Bytes/s is message bytes echoed per second (calls/s × size; each goes both ways). The peak is the server's `VmHWM` over the measurement (reset at its start with `/proc/PID/clear_refs`), shared by every client of that server, idle memory included.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| echo | system | MiB/s | × raw std | × floor | server peak RSS MiB | peak × message |"
+    );
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|");
+    for n in big {
+        let wl = Workload::Echo(n);
+        let mib = n as f64 / f64::from(1 << 20);
+        for v in Variant::ALL {
+            let Some(s) = table.get(&(Mode::SEQUENTIAL, wl, v)) else {
+                continue;
+            };
+            let tput = |v: Variant| table.get(&(Mode::SEQUENTIAL, wl, v)).map(|s| s.tput);
+            let _ = writeln!(
+                w,
+                "| {} | {v}{} | {} | {} | {} | {} | {} |",
+                benches::size_label(n),
+                failures(s),
+                num(s.tput * mib),
+                ratio(Some(s.tput), tput(Variant::RawStd)),
+                ratio(Some(s.tput), tput(v.floor())),
+                num(s.peak_mib),
+                if s.peak_mib.is_finite() {
+                    format!("{:.2}×", s.peak_mib / mib)
+                } else {
+                    "–".to_string()
+                },
+            );
+        }
+    }
+    let _ = writeln!(w);
 }
 
 fn failures(s: &Stats) -> String {

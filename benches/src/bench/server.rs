@@ -46,6 +46,10 @@ pub(crate) struct ServerArgs {
     /// layered path costs, with layers that do nothing themselves).
     #[arg(long, default_value_t = 0)]
     pub(crate) layers: usize,
+    /// Ours only: the largest message accepted (rpc-server's `max_message_size`; default
+    /// 64 MiB). The harness raises it for the 64 MiB echo, whose frame is over the default.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_message_size: Option<usize>,
     /// Ours only: record per-function metrics, with their endpoint on a free port of
     /// 127.0.0.1 (what metrics cost per call; nobody scrapes).
     #[arg(long)]
@@ -96,6 +100,15 @@ fn our_builder() -> Builder {
         }))
 }
 
+/// [`our_builder`] with the limits of `args`.
+fn our_builder_with(args: &ServerArgs) -> Builder {
+    let builder = our_builder();
+    match args.max_message_size {
+        Some(n) => builder.max_message_size(n),
+        None => builder,
+    }
+}
+
 /// Our server with the benchmark's functions, for one process, with `args.layers`
 /// pass-through layers, and metrics with `args.metrics`.
 pub(crate) fn our_server(args: &ServerArgs) -> Result<Server> {
@@ -103,7 +116,7 @@ pub(crate) fn our_server(args: &ServerArgs) -> Result<Server> {
 }
 
 fn our_layered_builder(args: &ServerArgs) -> Builder {
-    let mut builder = our_builder();
+    let mut builder = our_builder_with(args);
     for _ in 0..args.layers {
         builder = builder.layer(tower::layer::util::Identity::new());
     }
@@ -111,6 +124,22 @@ fn our_layered_builder(args: &ServerArgs) -> Builder {
         builder = builder.metrics("127.0.0.1:0");
     }
     builder
+}
+
+/// The listen backlog of every tokio server here. `TcpListener::bind` listens with 128
+/// (std's), and a burst of connects beyond it is dropped and retransmitted a second later
+/// (the `accept` mode opens 256 at a time): 1024 as the bench's servers, below the
+/// kernel's `somaxconn` (4096 here).
+const BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(BACKLOG)?)
 }
 
 fn announce(addr: SocketAddr) -> Result<()> {
@@ -125,6 +154,10 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
     let prefork = match (args.system, args.workers) {
         (_, 0) => return Err("--workers must be at least 1".into()),
         (ServerKind::OursPrefork, _) => true,
+        (ServerKind::OursPrefork1, 1) => true,
+        (ServerKind::OursPrefork1, n) => {
+            return Err(format!("--workers {n}: ours-prefork-1 has one worker").into())
+        }
         (ServerKind::Ours, n) => n > 1,
         (_, 1) => false,
         (kind, n) => {
@@ -161,7 +194,7 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
             crate::raw::serve_std(listener)
         }
         kind => placement::runtime()?.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(args.addr).await?;
+            let listener = listen(args.addr)?;
             announce(listener.local_addr()?)?;
             match kind {
                 ServerKind::Ours => {
@@ -180,7 +213,10 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
                 ServerKind::TonicTls => serve_tonic(listener, Some(args.tls_files()?)).await,
                 ServerKind::Tarpc => serve_tarpc(listener).await,
                 ServerKind::RawTokio => crate::raw::serve_tokio(listener).await,
-                ServerKind::RawStd | ServerKind::OursPrefork | ServerKind::OursUnix => {
+                ServerKind::RawStd
+                | ServerKind::OursPrefork
+                | ServerKind::OursPrefork1
+                | ServerKind::OursUnix => {
                     unreachable!("served above")
                 }
             }
@@ -216,7 +252,7 @@ fn serve_prefork(args: &ServerArgs) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let mut builder = our_builder();
+    let mut builder = our_builder_with(args);
     if args.metrics {
         builder = builder.metrics("127.0.0.1:0");
     }
@@ -324,14 +360,26 @@ pub(crate) struct ServerProc {
 impl ServerProc {
     /// Start `bench server --system kind` (this same executable) and wait for its port;
     /// `workers` is the prefork server's worker count (ignored for the other systems).
-    pub(crate) fn spawn(kind: ServerKind, cpu: Option<usize>, workers: usize) -> Result<ServerProc> {
+    /// `max_message` raises our servers' message size limit (ignored for the others).
+    pub(crate) fn spawn(
+        kind: ServerKind,
+        cpu: Option<usize>,
+        workers: usize,
+        max_message: Option<usize>,
+    ) -> Result<ServerProc> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["server", "--system", kind.arg(), "--addr", "127.0.0.1:0"]);
+        if let Some(n) = max_message.filter(|_| kind.is_ours()) {
+            cmd.args(["--max-message-size", &n.to_string()]);
+        }
         if let Some(core) = cpu {
             cmd.args(["--cpu", &core.to_string()]);
         }
         if kind == ServerKind::OursPrefork {
             cmd.args(["--workers", &workers.to_string()]);
+        }
+        if kind == ServerKind::OursPrefork1 {
+            cmd.args(["--workers", "1"]);
         }
         if kind.is_tls() {
             let pki = crate::secure::pki()?;
@@ -371,10 +419,10 @@ impl ServerProc {
         // The port is printed once every worker listens: they are all there now. Fewer
         // would mean the harness cannot see them, and would under-count CPU and memory.
         let forked = crate::procfs::server_pids(pid)?.len() - 1;
-        let expected = if kind == ServerKind::OursPrefork {
-            workers
-        } else {
-            0
+        let expected = match kind {
+            ServerKind::OursPrefork => workers,
+            ServerKind::OursPrefork1 => 1,
+            _ => 0,
         };
         if forked != expected {
             return Err(format!(

@@ -14,6 +14,10 @@ pub(crate) enum ServerKind {
     /// Our server through rpc-server's prefork supervisor: `--prefork-workers` worker
     /// processes sharing the port with `SO_REUSEPORT`.
     OursPrefork,
+    /// The prefork supervisor with one worker, whatever `--prefork-workers` says: the
+    /// baseline `ours-prefork` scales from, in the same run.
+    #[value(name = "ours-prefork-1")]
+    OursPrefork1,
     /// gRPC through tonic 0.14 (HTTP/2, protobuf).
     Tonic,
     /// tarpc 0.38 with its serde transport over TCP (bincode).
@@ -31,9 +35,10 @@ pub(crate) enum ServerKind {
 }
 
 impl ServerKind {
-    pub(crate) const ALL: [ServerKind; 9] = [
+    pub(crate) const ALL: [ServerKind; 10] = [
         ServerKind::Ours,
         ServerKind::OursPrefork,
+        ServerKind::OursPrefork1,
         ServerKind::Tonic,
         ServerKind::Tarpc,
         ServerKind::RawStd,
@@ -48,6 +53,7 @@ impl ServerKind {
         match self {
             ServerKind::Ours => "ours",
             ServerKind::OursPrefork => "ours-prefork",
+            ServerKind::OursPrefork1 => "ours-prefork-1",
             ServerKind::Tonic => "tonic",
             ServerKind::Tarpc => "tarpc",
             ServerKind::RawStd => "raw-std",
@@ -56,6 +62,18 @@ impl ServerKind {
             ServerKind::OursUnix => "ours-unix",
             ServerKind::TonicTls => "tonic-tls",
         }
+    }
+
+    /// Our server, in any of its forms.
+    pub(crate) fn is_ours(self) -> bool {
+        matches!(
+            self,
+            ServerKind::Ours
+                | ServerKind::OursPrefork
+                | ServerKind::OursPrefork1
+                | ServerKind::OursTls
+                | ServerKind::OursUnix
+        )
     }
 
     /// Served over TLS (with the run's certificate).
@@ -89,6 +107,8 @@ pub(crate) enum Variant {
     OursBlocking(OurCodec),
     /// Our async `Client` (msgpack) against the prefork server.
     OursPrefork,
+    /// Our async `Client` (msgpack) against the one-worker prefork server.
+    OursPrefork1,
     Tonic,
     Tarpc,
     RawStd,
@@ -102,12 +122,13 @@ pub(crate) enum Variant {
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 12] = [
+    pub(crate) const ALL: [Variant; 13] = [
         Variant::OursAsync(OurCodec::Msgpack),
         Variant::OursAsync(OurCodec::Bincode),
         Variant::OursBlocking(OurCodec::Msgpack),
         Variant::OursBlocking(OurCodec::Bincode),
         Variant::OursPrefork,
+        Variant::OursPrefork1,
         Variant::Tonic,
         Variant::Tarpc,
         Variant::RawStd,
@@ -121,6 +142,7 @@ impl Variant {
         match self {
             Variant::OursAsync(_) | Variant::OursBlocking(_) => ServerKind::Ours,
             Variant::OursPrefork => ServerKind::OursPrefork,
+            Variant::OursPrefork1 => ServerKind::OursPrefork1,
             Variant::Tonic => ServerKind::Tonic,
             Variant::Tarpc => ServerKind::Tarpc,
             Variant::RawStd => ServerKind::RawStd,
@@ -154,6 +176,21 @@ impl Variant {
         {
             return false;
         }
+        // Connection churn: async clients (a task per connection) and the raw tokio floor.
+        if mode.accept {
+            return matches!(
+                self,
+                Variant::OursAsync(_) | Variant::OursPrefork | Variant::OursPrefork1 | Variant::RawTokio
+            );
+        }
+        if workload.is_big()
+            && !matches!(
+                self,
+                Variant::OursAsync(_) | Variant::OursBlocking(_) | Variant::RawStd | Variant::RawTokio
+            )
+        {
+            return false;
+        }
         match self {
             // One call at a time per client: sequential, or one thread per connection.
             Variant::OursBlocking(_) => mode.in_flight == 1,
@@ -174,6 +211,7 @@ impl Variant {
             Variant::OursBlocking(OurCodec::Msgpack) => "ours-blocking-msgpack",
             Variant::OursBlocking(OurCodec::Bincode) => "ours-blocking-bincode",
             Variant::OursPrefork => "ours-prefork-async-msgpack",
+            Variant::OursPrefork1 => "ours-prefork-1-async-msgpack",
             Variant::Tonic => "tonic",
             Variant::Tarpc => "tarpc",
             Variant::RawStd => "raw-std",
@@ -191,6 +229,7 @@ impl Variant {
             Variant::OursBlocking(OurCodec::Msgpack) => "ours blocking msgpack",
             Variant::OursBlocking(OurCodec::Bincode) => "ours blocking bincode",
             Variant::OursPrefork => "ours prefork async msgpack",
+            Variant::OursPrefork1 => "ours prefork, 1 worker, async msgpack",
             Variant::Tonic => "tonic (gRPC)",
             Variant::Tarpc => "tarpc (bincode)",
             Variant::RawStd => "raw TCP std",
@@ -229,6 +268,22 @@ impl Workload {
         v.push(("records", Workload::Records));
         v
     }
+
+    /// Big messages (issue 14): echo of 16 MiB and 64 MiB, run only when named in
+    /// `--workloads`, by our clients and the raw floors (tonic's and tarpc's frame limits
+    /// are lower). A 64 MiB echo is over our default message size limit: the harness
+    /// raises it on both sides (`bench server --max-message-size`).
+    pub(crate) fn big() -> Vec<(&'static str, Workload)> {
+        vec![
+            ("16m", Workload::Echo(16 << 20)),
+            ("64m", Workload::Echo(64 << 20)),
+        ]
+    }
+
+    /// An echo larger than the 1 MiB of the default set.
+    pub(crate) fn is_big(self) -> bool {
+        matches!(self, Workload::Echo(n) if n > 1 << 20)
+    }
 }
 
 impl fmt::Display for Workload {
@@ -250,6 +305,10 @@ pub(crate) struct Mode {
     pub(crate) in_flight: usize,
     /// Sequential latency: one connection, one call at a time, a fixed number of calls.
     pub(crate) sequential: bool,
+    /// Connection churn (issue 14): `connections` new connections, each making one call
+    /// (`in_flight` of them being opened at a time), timed from the first connect to the
+    /// last answer.
+    pub(crate) accept: bool,
 }
 
 impl Mode {
@@ -257,6 +316,7 @@ impl Mode {
         connections: 1,
         in_flight: 1,
         sequential: true,
+        accept: false,
     };
 
     pub(crate) fn load(connections: usize, in_flight: usize) -> Mode {
@@ -264,6 +324,17 @@ impl Mode {
             connections,
             in_flight,
             sequential: false,
+            accept: false,
+        }
+    }
+
+    /// `connections` new connections, one call each, `opening` of them at a time.
+    pub(crate) fn accept(connections: usize, opening: usize) -> Mode {
+        Mode {
+            connections,
+            in_flight: opening,
+            sequential: false,
+            accept: true,
         }
     }
 }
@@ -272,7 +343,14 @@ impl Mode {
 /// 256 × 1, as the issue lists them.
 impl Ord for Mode {
     fn cmp(&self, other: &Mode) -> std::cmp::Ordering {
-        let key = |m: &Mode| (!m.sequential, std::cmp::Reverse(m.in_flight), m.connections);
+        let key = |m: &Mode| {
+            (
+                !m.sequential,
+                m.accept,
+                std::cmp::Reverse(m.in_flight),
+                m.connections,
+            )
+        };
         key(self).cmp(&key(other))
     }
 }
@@ -287,6 +365,12 @@ impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.sequential {
             f.write_str("sequential")
+        } else if self.accept {
+            write!(
+                f,
+                "{} new connections, one call each ({} opening at a time)",
+                self.connections, self.in_flight
+            )
         } else {
             write!(f, "{} conn × {} in flight", self.connections, self.in_flight)
         }

@@ -437,8 +437,17 @@ impl ServerConnection {
         }
         self.rbuf = rbuf;
         if at > 0 {
+            // The room before the messages handled: about the allocation's size.
+            let capacity = self.rbuf.capacity();
             self.rbuf.advance(at);
             self.last_message = now;
+            // A large buffer left empty goes back now (`KEEP_BUFFER`), not at the next read
+            // that lacks room: after one big message its room may suffice for the next
+            // read, and a connection would hold that memory until it goes idle (each of
+            // several connections its own).
+            if self.rbuf.is_empty() && capacity > KEEP_BUFFER {
+                self.rbuf = BytesMut::new();
+            }
         }
         result
     }
@@ -811,6 +820,36 @@ mod tests {
         assert_eq!((conn.rbuf.capacity(), conn.out.capacity()), (0, 0));
         assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(60)));
         assert!(conn.read_buf().capacity() <= SMALL_READ);
+    }
+
+    #[test]
+    fn a_large_read_buffer_is_given_back_once_its_messages_are_handled() {
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.max_message_size = 4 << 20;
+        let mut conn = ServerConnection::new(cfg, t0);
+        let mut svc = Recorder::default();
+        // One message of 2 MiB (an unknown method: answered with an error), read as a
+        // socket would, then a small call.
+        let mut big = Vec::new();
+        let params = (serde_bytes::ByteBuf::from(vec![7u8; 2 << 20]),);
+        encode_request(Codec::Msgpack, &mut big, 1, "blob", &params, None).unwrap();
+        read_as_socket(&mut conn, &mut svc, &big, t0);
+        assert_eq!(svc.requests.len(), 1);
+        assert!(!take(&mut conn).is_empty());
+        // Handled: nothing of the buffer is kept, although no read came since.
+        assert_eq!(conn.rbuf.capacity(), 0);
+        // The next read gets room for another large message (up to 1 MiB ahead), and the
+        // buffer is given back again once it is empty.
+        assert!(conn.read_buf().capacity() >= HINT_LIMIT);
+        read_as_socket(
+            &mut conn,
+            &mut svc,
+            &request(Codec::Msgpack, 2, "add", (1, 2), None),
+            t0,
+        );
+        assert_eq!(svc.requests.len(), 2);
+        assert_eq!(conn.rbuf.capacity(), 0);
     }
 
     #[test]
