@@ -1290,6 +1290,14 @@ pub use easyrpc_client::InstanceState;
 /// # Details
 pub use rmpv::Value;
 
+// ---- Streams ------------------------------------------------------------------------------
+
+#[cfg(feature = "async")]
+pub use easyrpc_client::ItemStream;
+pub use easyrpc_server::Streaming;
+pub use futures_util::stream;
+pub use futures_util::{Stream, StreamExt};
+
 /// Items used by the code that `#[register]` and `declare!` generate. Not a public API.
 ///
 /// The generated code checks each type the user wrote with an `assert_*` function, spanned
@@ -1503,6 +1511,161 @@ pub mod __private {
         fn call_error(&self, error: Error) -> CallError<E> {
             CallError::Rpc(error)
         }
+    }
+
+    // ---- Streams ----------------------------------------------------------------------
+
+    pub use futures_util::Stream;
+
+    #[cfg(feature = "async")]
+    use crate::ItemStream;
+    use core::future::Future;
+    use easyrpc_server::stream::StreamOut;
+    use easyrpc_server::Streaming;
+
+    /// The item type of a stream, either way (`T` of `impl Stream<Item = T>`, of
+    /// `impl Iterator<Item = T>` or of `Streaming<T>`).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the item of an RPC stream",
+        label = "not `Serialize + DeserializeOwned + Send + 'static`",
+        note = "one side encodes each item and the other decodes it: derive `serde::Serialize` and \
+                `serde::Deserialize` for your own types, and use owned, `Send` types; a stream of \
+                `Result<T, E>` needs this of `T`"
+    )]
+    pub trait RpcItem: Serialize + DeserializeOwned + Send + 'static {}
+    #[diagnostic::do_not_recommend]
+    impl<T: Serialize + DeserializeOwned + Send + 'static> RpcItem for T {}
+
+    /// Compile-time check of a stream's item type.
+    pub const fn assert_item<T: RpcItem>() {}
+
+    /// The framework's `Streaming<T>`, as an argument.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not `easyrpc::Streaming<T>`",
+        label = "an argument of a type named `Streaming<T>` is taken as the caller's stream",
+        note = "use `easyrpc::Streaming<T>`, or rename your own type: it cannot travel on the wire under this name"
+    )]
+    pub trait IsStreaming {}
+    impl<T> IsStreaming for Streaming<T> {}
+
+    /// Compile-time check of a `Streaming<T>` argument.
+    pub const fn assert_streaming<T: IsStreaming>() {}
+
+    /// Open the caller's stream of `call`.
+    ///
+    /// # Errors
+    ///
+    /// `StreamingMethod` for a caller that cannot stream.
+    pub fn open_streaming<U: RpcItem>(call: &Call<'_>) -> Result<Streaming<U>, ServerError> {
+        Streaming::open(call)
+    }
+
+    /// Open the result stream of `call`.
+    ///
+    /// # Errors
+    ///
+    /// `StreamingMethod` for a caller that cannot stream.
+    pub fn open_result(call: &Call<'_>) -> Result<StreamOut, ServerError> {
+        StreamOut::open(call)
+    }
+
+    /// Send the items of an `impl Stream<Item = T>`, then end the call.
+    pub fn send_items<T: RpcItem, S: Stream<Item = T> + Send>(
+        out: StreamOut,
+        items: S,
+    ) -> impl Future<Output = Reply> + Send {
+        out.send(easyrpc_server::stream::ok_items(items))
+    }
+
+    /// Send the items of an `impl Stream<Item = Result<T, E>>`: an `Err` ends the stream
+    /// with `E`'s message.
+    pub fn send_try_items<T, E, S>(out: StreamOut, items: S) -> impl Future<Output = Reply> + Send
+    where
+        T: RpcItem,
+        E: RpcError,
+        S: Stream<Item = Result<T, E>> + Send,
+    {
+        out.send(easyrpc_server::stream::try_items(items))
+    }
+
+    /// Send the items a sync function's iterator makes on the blocking pool, then end the
+    /// call.
+    pub fn send_iter<T, I, F>(out: StreamOut, name: &str, make: F) -> impl Future<Output = Reply> + Send
+    where
+        T: RpcItem,
+        I: IntoIterator<Item = T>,
+        F: FnOnce() -> I + Send + 'static,
+    {
+        out.send(easyrpc_server::stream::iter_items(name, move || {
+            make().into_iter().map(Ok)
+        }))
+    }
+
+    /// [`send_iter`] for an iterator of `Result<T, E>`: an `Err` ends the stream with `E`'s
+    /// message.
+    pub fn send_try_iter<T, E, I, F>(out: StreamOut, name: &str, make: F) -> impl Future<Output = Reply> + Send
+    where
+        T: RpcItem,
+        E: RpcError,
+        I: IntoIterator<Item = Result<T, E>>,
+        F: FnOnce() -> I + Send + 'static,
+    {
+        out.send(easyrpc_server::stream::iter_items(name, move || {
+            make().into_iter().map(|r| {
+                r.map_err(|e| ServerError::new(crate::ErrorCode::HandlerError, e.to_string()))
+            })
+        }))
+    }
+
+    /// The async stub's call of a function whose result is a stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call_stream`].
+    #[cfg(feature = "async")]
+    pub async fn call_stream<P: Params, T: RpcItem>(
+        client: &Client,
+        name: &str,
+        params: P,
+    ) -> Result<ItemStream<T>, Error> {
+        client.call_stream(name, params).await
+    }
+
+    /// The async stub's call of a function taking a `Streaming<U>` and returning a value.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call_upload`].
+    #[cfg(feature = "async")]
+    pub async fn call_upload<P, U, S, R>(client: &Client, name: &str, params: P, items: S) -> Result<R, Error>
+    where
+        P: Params,
+        U: RpcItem,
+        S: Stream<Item = U> + Send + 'static,
+        R: RpcReturn,
+    {
+        client.call_upload(name, params, items).await
+    }
+
+    /// The async stub's call of a function taking a `Streaming<U>` and returning a stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call_bidi`].
+    #[cfg(feature = "async")]
+    pub async fn call_bidi<P, U, S, T>(
+        client: &Client,
+        name: &str,
+        params: P,
+        items: S,
+    ) -> Result<ItemStream<T>, Error>
+    where
+        P: Params,
+        U: RpcItem,
+        S: Stream<Item = U> + Send + 'static,
+        T: RpcItem,
+    {
+        client.call_bidi(name, params, items).await
     }
 
     /// The async stub's call.
