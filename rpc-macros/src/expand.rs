@@ -591,8 +591,10 @@ pub(crate) fn method_expr(
     // The caller's stream is opened (and granted its first credit) once the arguments have
     // decoded, and before the result stream, as `Method::bidi_fn` does.
     let open_items = f.args.iter().zip(&locals).find_map(|(a, local)| match &a.role {
-        Role::Streaming(u) => {
-            let open = on(k, u, "open_streaming");
+        Role::Streaming(_) => {
+            let ty = &a.ty;
+            let ks = at(k, span_of(ty));
+            let open = quote_spanned!(span_of(ty)=> <#ty as #ks::__private::IsStreaming>::open);
             Some(quote!(let #local = #open(__rpc_call)?;))
         }
         _ => None,
@@ -820,12 +822,20 @@ fn stream_job(
         } else {
             quote_spanned!(span_of(t)=> #ks::__private::send_items::<#t, _>)
         };
+        // The call to `send_*` spanned on the item type, parentheses included: a bound it
+        // fails is reported there (the arguments keep their own spans).
+        // The future is spanned there too: what it must be (`Send`, its output) is checked
+        // where it is made. Its one local is named with the same span, for any hygiene.
+        let items = Ident::new("__rpc_items", span_of(t));
+        let args = quote!(__rpc_out, #items);
+        let sent = quote_spanned!(span_of(t)=> #send(#args));
+        let fut = quote_spanned!(span_of(t)=> async move {
+            let #items = #call.await;
+            #sent.await
+        });
         quote! {
             #this
-            ::core::result::Result::Ok(async move {
-                let __rpc_items = #call.await;
-                #send(__rpc_out, __rpc_items).await
-            })
+            ::core::result::Result::Ok(#fut)
         }
     } else {
         let send = if fallible {
@@ -833,9 +843,14 @@ fn stream_job(
         } else {
             quote_spanned!(span_of(t)=> #ks::__private::send_iter::<#t, _, _>)
         };
+        // In a future of its own, spanned on the item type as above (the bound a future
+        // returned by `send_iter` fails is otherwise reported on the attribute).
+        let make = quote_spanned!(span_of(t)=> move || #call);
+        let args = quote!(__rpc_out, #name, #make);
+        let fut = quote_spanned!(span_of(t)=> async move { #send(#args).await });
         quote! {
             #this
-            ::core::result::Result::Ok(#send(__rpc_out, #name, move || #call))
+            ::core::result::Result::Ok(#fut)
         }
     };
     let job = quote! {

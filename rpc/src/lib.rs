@@ -1545,20 +1545,24 @@ pub mod __private {
         label = "an argument of a type named `Streaming<T>` is taken as the caller's stream",
         note = "use `easyrpc::Streaming<T>`, or rename your own type: it cannot travel on the wire under this name"
     )]
-    pub trait IsStreaming {}
-    impl<T> IsStreaming for Streaming<T> {}
+    pub trait IsStreaming: Sized {
+        /// Open the caller's stream of `call`: the argument is made through its type as
+        /// written, so that a type that is not ours fails this trait only.
+        ///
+        /// # Errors
+        ///
+        /// `StreamingMethod` for a caller that cannot stream.
+        fn open(call: &Call<'_>) -> Result<Self, ServerError>;
+    }
+
+    impl<T> IsStreaming for Streaming<T> {
+        fn open(call: &Call<'_>) -> Result<Self, ServerError> {
+            Streaming::open(call)
+        }
+    }
 
     /// Compile-time check of a `Streaming<T>` argument.
     pub const fn assert_streaming<T: IsStreaming>() {}
-
-    /// Open the caller's stream of `call`.
-    ///
-    /// # Errors
-    ///
-    /// `StreamingMethod` for a caller that cannot stream.
-    pub fn open_streaming<U: RpcItem>(call: &Call<'_>) -> Result<Streaming<U>, ServerError> {
-        Streaming::open(call)
-    }
 
     /// Open the result stream of `call`.
     ///
