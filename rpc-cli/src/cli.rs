@@ -568,7 +568,8 @@ fn call(g: &GlobalArgs, a: &CallArgs) -> Result<u8, Failure> {
 /// ([`ErrorCode::StreamingMethod`](easyrpc_client::ErrorCode::StreamingMethod)).
 fn is_streaming_method(e: &easyrpc_client::Error) -> bool {
     RemoteError::of(e).is_some_and(|r| {
-        r.code == Some(easyrpc_client::ErrorCode::StreamingMethod.as_i64()) && r.message.contains("streaming method")
+        r.code == Some(easyrpc_client::ErrorCode::StreamingMethod.as_i64())
+            && r.message.contains("streaming method")
     })
 }
 
@@ -628,7 +629,9 @@ where
             return Ok(exit::OK);
         }
         let mut items = if sends {
-            client.call_bidi::<_, rmpv::Value, _, StreamItem>(&a.method, params, stdin_items()).await
+            client
+                .call_bidi::<_, rmpv::Value, _, StreamItem>(&a.method, params, stdin_items())
+                .await
         } else {
             client.call_stream::<_, StreamItem>(&a.method, params).await
         }

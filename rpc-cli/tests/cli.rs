@@ -154,12 +154,17 @@ fn server_with_notes() -> (Server, mpsc::Receiver<String>) {
         )
         // Streams: a result stream, an argument stream (an upload), and both.
         .register(
-            Method::stream_fn("countdown", |(n,): (u64,)| futures_util::stream::iter((0..n).rev()))
-                .describe(&[("n", "u64")], "u64", "Counts down."),
+            Method::stream_fn("countdown", |(n,): (u64,)| {
+                futures_util::stream::iter((0..n).rev())
+            })
+            .describe(&[("n", "u64")], "u64", "Counts down."),
         )
         .register(
             Method::upload_fn("sum_stream", |(): (), items: Streaming<i64>| async move {
-                items.filter_map(|n| async move { n.ok() }).fold(0, |a, n| async move { a + n }).await
+                items
+                    .filter_map(|n| async move { n.ok() })
+                    .fold(0, |a, n| async move { a + n })
+                    .await
             })
             .describe(&[], "i64", ""),
         )
@@ -768,7 +773,10 @@ fn rpc_with_stdin<S: AsRef<OsStr>>(args: &[S], input: &str) -> Out {
     for _ in 0..2 {
         if done_rx.recv_timeout(PROCESS_LIMIT).is_err() {
             drop(child);
-            panic!("rpc {:?} did not finish within {PROCESS_LIMIT:?}; killed", cmd.get_args());
+            panic!(
+                "rpc {:?} did not finish within {PROCESS_LIMIT:?}; killed",
+                cmd.get_args()
+            );
         }
     }
     writer.join().expect("stdin writer");

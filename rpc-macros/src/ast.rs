@@ -154,7 +154,10 @@ impl Function {
     /// How the function streams, for `rpc.methods`: `"result"`, `"args"`, `"both"`, or
     /// `None` when it does not.
     pub(crate) fn streams(&self) -> Option<&'static str> {
-        match (matches!(self.output, Output::Stream { .. }), self.arg_stream().is_some()) {
+        match (
+            matches!(self.output, Output::Stream { .. }),
+            self.arg_stream().is_some(),
+        ) {
             (true, true) => Some("both"),
             (true, false) => Some("result"),
             (false, true) => Some("args"),

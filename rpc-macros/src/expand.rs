@@ -411,7 +411,11 @@ pub(crate) fn stub_calls(
     }
     let (call, call_b, call_args) = match &args.items {
         None => (quote!(call), quote!(call_blocking), params.clone()),
-        Some((items, _)) => (quote!(call_upload), quote!(call_upload_blocking), quote!(#params, #items)),
+        Some((items, _)) => (
+            quote!(call_upload),
+            quote!(call_upload_blocking),
+            quote!(#params, #items),
+        ),
     };
     let u = args.items.as_ref().map(|(_, u)| quote!(#u, _,));
     let (assert_out, call_async, call_blocking) = match &f.output {
@@ -931,8 +935,7 @@ fn fallback(
     let types: Vec<&Type> = f.wire_args().map(|a| &a.ty).collect();
     let out_ty = match &f.output {
         Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t) => quote!(()),
-        Output::Stream { item, .. }
-            if matches!(&**item, Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t)) =>
+        Output::Stream { item, .. } if matches!(&**item, Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t)) =>
         {
             quote!(())
         }
@@ -940,7 +943,10 @@ fn fallback(
     };
     // A result stream's stubs return its items' stream.
     let (out_ty, blocking_out_ty) = match &f.output {
-        Output::Stream { .. } => (quote!(#k::ItemStream<#out_ty>), quote!(#k::BlockingItems<#out_ty>)),
+        Output::Stream { .. } => (
+            quote!(#k::ItemStream<#out_ty>),
+            quote!(#k::BlockingItems<#out_ty>),
+        ),
         _ => (out_ty.clone(), out_ty),
     };
     // The argument stream, as the stubs take it (when its item type can be kept).

@@ -14,7 +14,9 @@ use syn::{Expr, ExprLit, ImplItem, ImplItemFn, ItemImpl, Lit, LitStr, Meta, Toke
 
 use crate::ast::Function;
 use crate::attr::{self, Options, Place};
-use crate::expand::{combine, first_doc_line, method_expr, params_struct, stub_args, stub_calls, StubCalls, Target};
+use crate::expand::{
+    combine, first_doc_line, method_expr, params_struct, stub_args, stub_calls, StubCalls, Target,
+};
 use crate::valid;
 
 /// The options of `#[service(..)]`.

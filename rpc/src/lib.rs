@@ -134,6 +134,17 @@
 //! Call metadata ([`Metadata`], [`Client::with_metadata`]) and tower layers around dispatch
 //! ([`Builder::layer`], [`layers`]) complete the picture; see the README.
 //!
+//! # Streams
+//!
+//! A function returning `impl Stream<Item = T>` (async) or `impl Iterator<Item = T>` (sync)
+//! streams its result; one taking a [`Streaming<U>`] argument receives a stream from its
+//! caller; one doing both is two-way. The async stubs return an [`ItemStream<T>`] and take
+//! `impl Stream<Item = U>`; items flow under credit-based flow control (64 items at a
+//! time), dropping the stream cancels the call, and the client's timeout covers the whole
+//! stream. The client needs the extensions ([`ClientConfig`]'s `extensions`); a plain
+//! MessagePack-RPC peer gets [`ErrorCode::StreamingMethod`]. See [`ItemStream`] for an
+//! example and the README's "Streams" section for all of it.
+//!
 //! # Typed errors
 //!
 //! When a function's error type is `Serialize` (as well as `Display`), the server sends the
@@ -1292,10 +1303,49 @@ pub use rmpv::Value;
 
 // ---- Streams ------------------------------------------------------------------------------
 
+/// The items of a streaming call, as they come: what the async stub of a function returning
+/// `impl Stream<Item = T>` (or `impl Iterator<Item = T>`) returns, and
+/// [`Client::call_stream`]. Dropping it cancels the call.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::stream::{self, Stream, StreamExt};
+/// use easyrpc::{register, Client, ClientConfig, ItemStream, Server};
+///
+/// #[register]
+/// async fn countdown(n: u64) -> impl Stream<Item = u64> {
+///     stream::iter((0..n).rev())
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = Server::builder().register(countdown::method()).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// // Streams need the extensions (a hello first).
+/// let mut config = ClientConfig::default();
+/// config.extensions = true;
+/// let client = Client::connect_with(addr, config).await?;
+/// let mut items: ItemStream<u64> = countdown::call(&client, 3).await?;
+/// let mut got = Vec::new();
+/// while let Some(n) = items.next().await {
+///     got.push(n?);
+/// }
+/// assert_eq!(got, [2, 1, 0]);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
 #[cfg(feature = "async")]
 pub use easyrpc_client::ItemStream;
 pub use easyrpc_server::Streaming;
+/// futures' `stream` module (`stream::iter`, `stream::unfold`, ...), to make the streams a
+/// function returns or a stub sends.
 pub use futures_util::stream;
+/// futures' `Stream` and `StreamExt`: the item type of a result stream is written
+/// `impl Stream<Item = T>`, and `StreamExt::next` reads an [`ItemStream`] or a [`Streaming`].
 pub use futures_util::{Stream, StreamExt};
 
 /// Items used by the code that `#[register]` and `declare!` generate. Not a public API.
@@ -1607,7 +1657,11 @@ pub mod __private {
 
     /// [`send_iter`] for an iterator of `Result<T, E>`: an `Err` ends the stream with `E`'s
     /// message.
-    pub fn send_try_iter<T, E, I, F>(out: StreamOut, name: &str, make: F) -> impl Future<Output = Reply> + Send
+    pub fn send_try_iter<T, E, I, F>(
+        out: StreamOut,
+        name: &str,
+        make: F,
+    ) -> impl Future<Output = Reply> + Send
     where
         T: RpcItem,
         E: RpcError,
@@ -1615,9 +1669,9 @@ pub mod __private {
         F: FnOnce() -> I + Send + 'static,
     {
         out.send(easyrpc_server::stream::iter_items(name, move || {
-            make().into_iter().map(|r| {
-                r.map_err(|e| ServerError::new(crate::ErrorCode::HandlerError, e.to_string()))
-            })
+            make()
+                .into_iter()
+                .map(|r| r.map_err(|e| ServerError::new(crate::ErrorCode::HandlerError, e.to_string())))
         }))
     }
 

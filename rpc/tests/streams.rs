@@ -58,7 +58,13 @@ pub struct Scale(f64);
 /// Items until `fail_at`, then an error that ends the stream.
 #[register]
 async fn until(fail_at: u32) -> impl Stream<Item = Result<u32, String>> {
-    stream::iter((0..).map(move |i| if i < fail_at { Ok(i) } else { Err(format!("stopped at {i}")) }))
+    stream::iter((0..).map(move |i| {
+        if i < fail_at {
+            Ok(i)
+        } else {
+            Err(format!("stopped at {i}"))
+        }
+    }))
 }
 
 /// A sync result stream: an iterator driven on the blocking pool.
@@ -89,7 +95,9 @@ fn longest(mut lines: Streaming<String>) -> Result<usize, String> {
     lines
         .blocking_iter()
         .map(|l| l.map(|l| l.len()).map_err(|e| e.to_string()))
-        .try_fold(None, |max: Option<usize>, len| len.map(|len| Some(max.map_or(len, |m| m.max(len)))))?
+        .try_fold(None, |max: Option<usize>, len| {
+            len.map(|len| Some(max.map_or(len, |m| m.max(len))))
+        })?
         .ok_or_else(|| "no lines".to_owned())
 }
 
@@ -102,7 +110,8 @@ async fn double(items: Streaming<i64>) -> impl Stream<Item = i64> {
 /// Two-way (sync): each line upper-cased, on the blocking pool.
 #[register]
 fn shout(mut lines: Streaming<String>, suffix: String) -> impl Iterator<Item = String> {
-    std::iter::from_fn(move || lines.blocking_next()).map(move |l| format!("{}{suffix}", l.expect("a String").to_uppercase()))
+    std::iter::from_fn(move || lines.blocking_next())
+        .map(move |l| format!("{}{suffix}", l.expect("a String").to_uppercase()))
 }
 
 /// The senders of the streams that ended (or were dropped): the tests wait on them.
@@ -278,7 +287,10 @@ async fn result_streams_through_the_stubs_and_by_name() {
         assert_eq!(items[0].sensor, "t@sensor.readings", "the context is the call's");
 
         // By name, as any caller does.
-        let by_name = client.call_stream::<_, u64>(countdown::NAME, (2u64,)).await.unwrap();
+        let by_name = client
+            .call_stream::<_, u64>(countdown::NAME, (2u64,))
+            .await
+            .unwrap();
         assert_eq!(collect(by_name).await.0, [1, 0], "{codec:?}");
 
         // An empty stream ends at once.
@@ -295,7 +307,10 @@ async fn an_error_item_ends_the_stream_with_its_message() {
         let (items, end) = collect(until::call(&client, 3).await.unwrap()).await;
         assert_eq!(items, [0, 1, 2], "{codec:?}");
         let end = end.expect("the stream ends with the error");
-        assert_eq!(remote_error(&end), (ErrorCode::HandlerError, "stopped at 3".to_owned()));
+        assert_eq!(
+            remote_error(&end),
+            (ErrorCode::HandlerError, "stopped at 3".to_owned())
+        );
 
         let words = vec!["1".to_owned(), "2".to_owned(), "x".to_owned(), "4".to_owned()];
         let (items, end) = collect(parse_all::call(&client, words).await.unwrap()).await;
@@ -316,7 +331,11 @@ async fn argument_streams_async_and_sync() {
         assert_eq!(sum::call(&client, 7, stream::empty()).await.unwrap(), 7);
 
         let lines = ["a", "abcd", "ab"].map(str::to_owned);
-        assert_eq!(longest::call(&client, stream::iter(lines)).await.unwrap(), 4, "{codec:?}");
+        assert_eq!(
+            longest::call(&client, stream::iter(lines)).await.unwrap(),
+            4,
+            "{codec:?}"
+        );
         // The function's own error comes back typed.
         match longest::call(&client, stream::empty()).await {
             Err(CallError::Handler(message)) => assert_eq!(message, "no lines"),
@@ -358,12 +377,24 @@ async fn service_streams_through_the_typed_client() {
     let (addr, _stop) = start().await;
     each_codec(addr, |client, codec| async move {
         let feed = FeedClient::new(client);
-        assert_eq!(collect(feed.multiples(4).await.unwrap()).await.0, [0, 3, 6, 9], "{codec:?}");
-        assert_eq!(collect(feed.multiples_sync(3).await.unwrap()).await.0, [0, 3, 6], "{codec:?}");
+        assert_eq!(
+            collect(feed.multiples(4).await.unwrap()).await.0,
+            [0, 3, 6, 9],
+            "{codec:?}"
+        );
+        assert_eq!(
+            collect(feed.multiples_sync(3).await.unwrap()).await.0,
+            [0, 3, 6],
+            "{codec:?}"
+        );
         let words = || stream::iter(["x", "y", "z"].map(str::to_owned));
         assert_eq!(feed.count(words()).await.unwrap(), 3, "{codec:?}");
         assert_eq!(feed.count_sync(words()).await.unwrap(), 3, "{codec:?}");
-        assert_eq!(collect(feed.scale(stream::iter(1..=3)).await.unwrap()).await.0, [3, 6, 9], "{codec:?}");
+        assert_eq!(
+            collect(feed.scale(stream::iter(1..=3)).await.unwrap()).await.0,
+            [3, 6, 9],
+            "{codec:?}"
+        );
     })
     .await;
 }
@@ -374,8 +405,18 @@ async fn declared_stubs_call_streaming_functions() {
     each_codec(addr, |client, codec| async move {
         let (items, _) = collect(remote::remote_countdown::call(&client, 3).await.unwrap()).await;
         assert_eq!(items, [2, 1, 0], "{codec:?}");
-        assert_eq!(remote::remote_sum::call(&client, 1, stream::iter([2, 3])).await.unwrap(), 6);
-        let (items, _) = collect(remote::remote_double::call(&client, stream::iter([4])).await.unwrap()).await;
+        assert_eq!(
+            remote::remote_sum::call(&client, 1, stream::iter([2, 3]))
+                .await
+                .unwrap(),
+            6
+        );
+        let (items, _) = collect(
+            remote::remote_double::call(&client, stream::iter([4]))
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(items, [8], "{codec:?}");
     })
     .await;
@@ -393,7 +434,9 @@ async fn dropping_the_stubs_stream_cancels_the_function_stream() {
         assert_eq!(got.expect("not the end").unwrap(), want);
     }
     drop(numbers);
-    let which = timeout(LIMIT, ended.recv()).await.expect("the server's stream is dropped in time");
+    let which = timeout(LIMIT, ended.recv())
+        .await
+        .expect("the server's stream is dropped in time");
     assert_eq!(which, Some("forever"));
     // The connection goes on.
     assert_eq!(collect(countdown::call(&client, 1).await.unwrap()).await.0, [0]);
@@ -428,12 +471,20 @@ async fn rpc_methods_marks_streaming_functions() {
     ];
     for (name, streaming, returns) in kinds {
         let m = find(name);
-        assert_eq!((m.streaming.as_str(), m.returns.as_str()), (streaming, returns), "{name}");
+        assert_eq!(
+            (m.streaming.as_str(), m.returns.as_str()),
+            (streaming, returns),
+            "{name}"
+        );
     }
     // The stream is not among the wire arguments; state and context neither.
     let args: Vec<&str> = find("sum").args.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(args, ["offset"]);
-    let args: Vec<&str> = find("sensor.readings").args.iter().map(|(n, _)| n.as_str()).collect();
+    let args: Vec<&str> = find("sensor.readings")
+        .args
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
     assert_eq!(args, ["sensor", "n"]);
     assert_eq!(find("shout").args, [("suffix".to_owned(), "String".to_owned())]);
 }
@@ -443,13 +494,19 @@ async fn a_client_without_the_extensions_is_told_it_needs_them() {
     let (addr, _stop) = start().await;
     let mut config = ClientConfig::default();
     config.our_server = true;
-    let client = timeout(LIMIT, Client::connect_with(addr, config)).await.unwrap().unwrap();
+    let client = timeout(LIMIT, Client::connect_with(addr, config))
+        .await
+        .unwrap()
+        .unwrap();
     match countdown::call(&client, 3).await {
         Err(Error::NeedsExtensions(_)) => {}
         other => panic!("expected NeedsExtensions, got {other:?}"),
     }
     // A plain MessagePack-RPC call of a streaming method: a clear error naming it.
-    let e = client.call::<_, easyrpc::Value>("countdown", (3,)).await.unwrap_err();
+    let e = client
+        .call::<_, easyrpc::Value>("countdown", (3,))
+        .await
+        .unwrap_err();
     let (code, message) = remote_error(&e);
     assert_eq!(code, ErrorCode::StreamingMethod);
     assert!(message.contains("`countdown` is a streaming method"), "{message}");
