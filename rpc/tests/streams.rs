@@ -445,11 +445,18 @@ async fn dropping_the_stubs_stream_cancels_the_function_stream() {
 #[tokio::test]
 async fn rpc_methods_marks_streaming_functions() {
     let (addr, _stop) = start().await;
-    let client = connect(addr, Codec::Msgpack).await;
+    // Over bincode too: `streaming` is always written (bincode is positional).
+    let client = connect(addr, Codec::Bincode).await;
     let methods: Vec<MethodDescription> = timeout(LIMIT, client.call("rpc.methods", ()))
         .await
         .expect("in time")
         .unwrap();
+    let client = connect(addr, Codec::Msgpack).await;
+    let by_msgpack: Vec<MethodDescription> = timeout(LIMIT, client.call("rpc.methods", ()))
+        .await
+        .expect("in time")
+        .unwrap();
+    assert_eq!(methods, by_msgpack);
     let find = |name: &str| {
         methods
             .iter()
