@@ -29,6 +29,9 @@ use crate::{Config, Error};
 const STALE_AFTER: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 64 * 1024;
 
+mod stream;
+pub use stream::BlockingItems;
+
 /// A byte stream the blocking client can call over: TCP, a Unix-domain socket, TLS over
 /// TCP (`tls.rs`); anything with blocking reads and writes, a timeout and a way to tell
 /// that the peer closed it.
@@ -174,6 +177,14 @@ struct State {
 enum Failed {
     NotSent(Error),
     Sent(Error),
+}
+
+impl Failed {
+    fn into_error(self) -> Error {
+        match self {
+            Failed::NotSent(e) | Failed::Sent(e) => e,
+        }
+    }
 }
 
 /// The one reply the blocking client waits for, decoded where it lies in the read buffer;

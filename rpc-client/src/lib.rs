@@ -66,7 +66,7 @@ mod reply;
 mod tls;
 
 #[cfg(feature = "blocking")]
-pub use blocking::{BlockingClient, CallOptions};
+pub use blocking::{BlockingClient, BlockingItems, CallOptions};
 #[cfg(feature = "blocking")]
 pub use blocking_balance::BalancedBlockingClient;
 pub use call_error::CallError;

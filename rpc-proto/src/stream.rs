@@ -25,9 +25,80 @@ use crate::error::{EncodeError, ServerError};
 use crate::message::encode_notification;
 use crate::reserved::{CREDIT, END, ITEM};
 
-/// The credit a receiver grants at first, in items, unless configured otherwise: the most
-/// items of one stream that wait in its memory.
-pub const DEFAULT_WINDOW: u32 = 64;
+/// The credit our receivers grant at first, in items.
+pub const INITIAL_WINDOW: u64 = 64;
+/// What our receivers aim to let wait in memory for one stream, in bytes: their window in
+/// items follows the items' mean size ([`Window`]).
+pub const WINDOW_BYTES: u64 = 1024 * 1024;
+/// The fewest items our receivers' window holds, however large the items.
+pub const MIN_WINDOW: u64 = 16;
+/// The most items our receivers' window holds, however small the items.
+pub const MAX_WINDOW: u64 = 4096;
+
+/// A receiver's flow-control window: how much credit to grant as items are taken.
+///
+/// It starts at [`INITIAL_WINDOW`] items; each time half of what was granted has been
+/// taken, it grants enough to have `WINDOW_BYTES / mean item size` items outstanding
+/// (between [`MIN_WINDOW`] and [`MAX_WINDOW`]). So a stream of small items flows without
+/// waiting a round trip every few items, and one of large items keeps about 1 MiB in
+/// flight, not thousands of items: what waits in the receiver's memory is bounded.
+///
+/// ```
+/// use easyrpc_proto::stream::{Window, INITIAL_WINDOW};
+///
+/// let mut w = Window::new();
+/// assert_eq!(w.initial(), INITIAL_WINDOW);
+/// // 64 KiB items: after half the first grant, the window shrinks to 16 items.
+/// let grants: Vec<u64> = (0..64).filter_map(|_| w.take(64 * 1024)).collect();
+/// assert!(grants.iter().sum::<u64>() <= 16);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Granted and not taken yet.
+    outstanding: u64,
+    /// What to have outstanding after a grant.
+    target: u64,
+    items: u64,
+    bytes: u64,
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window::new()
+    }
+}
+
+impl Window {
+    /// A window that has granted its [`Window::initial`] credit.
+    pub fn new() -> Window {
+        Window {
+            outstanding: INITIAL_WINDOW,
+            target: INITIAL_WINDOW,
+            items: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The credit to grant when the stream opens.
+    pub fn initial(&self) -> u64 {
+        INITIAL_WINDOW
+    }
+
+    /// An item of `len` bytes was taken: the credit to grant now, if any.
+    pub fn take(&mut self, len: usize) -> Option<u64> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.items += 1;
+        self.bytes = self.bytes.saturating_add(len as u64);
+        if self.outstanding * 2 > self.target {
+            return None;
+        }
+        let mean = (self.bytes / self.items).max(1);
+        self.target = (WINDOW_BYTES / mean).clamp(MIN_WINDOW, MAX_WINDOW);
+        let grant = self.target.saturating_sub(self.outstanding);
+        self.outstanding += grant;
+        (grant > 0).then_some(grant)
+    }
+}
 
 /// A stream message, parsed from a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +286,33 @@ mod tests {
         out.clear();
         encode_credit(Codec::Msgpack, &mut out, 1, 64);
         assert_eq!(out, b"\x93\x02\xaarpc.credit\x92\x01\x40");
+    }
+
+    #[test]
+    fn the_window_follows_the_item_size_within_its_bounds() {
+        for (size, expect) in [(8usize, MAX_WINDOW), (64 * 1024, MIN_WINDOW), (4096, 256)] {
+            let mut w = Window::new();
+            let mut granted = w.initial();
+            let mut taken = 0u64;
+            // Take everything granted, as a fast reader would, for a while.
+            for _ in 0..20_000 {
+                if taken == granted {
+                    break;
+                }
+                taken += 1;
+                granted += w.take(size).unwrap_or(0);
+                assert!(
+                    granted - taken <= MAX_WINDOW.max(INITIAL_WINDOW),
+                    "{size}: never more than the bounds"
+                );
+            }
+            // Steady state: the outstanding credit sits at the target.
+            let outstanding = granted - taken;
+            assert!(
+                outstanding <= expect && outstanding * 2 >= expect,
+                "{size}: {outstanding} outstanding, target {expect}"
+            );
+        }
     }
 
     #[test]

@@ -247,6 +247,10 @@ impl Connection {
                     Poll::Ready(Ok(0)) => {
                         // End of input: no more requests, but the peer may still read.
                         let partial = self.proto.handle_eof();
+                        // No more credit or items can come: streams waiting for them end.
+                        if let Some(hub) = &self.calls.hub {
+                            hub.close();
+                        }
                         if partial > 0 {
                             warn!(parent: &self.calls.span, bytes = partial, "end of input in the middle of a message");
                         }

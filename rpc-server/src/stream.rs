@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use easyrpc_proto::stream::{encode_credit, encode_item, DEFAULT_WINDOW};
+use easyrpc_proto::stream::{encode_credit, encode_item, Window};
 use easyrpc_proto::{Codec, ErrorCode, ServerError, StreamMessage, Transmit};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -42,7 +42,8 @@ struct HubState {
     out: Vec<u8>,
     /// The connection's task, woken when `out` fills from elsewhere.
     task: Option<Waker>,
-    /// The connection is gone: argument streams fail, result streams stop.
+    /// No more input will come: argument streams fail, result streams stop at the end of
+    /// their credit.
     closed: bool,
     /// Result streams by msgid: the credit the client granted and not used yet.
     sending: HashMap<u64, Sending>,
@@ -178,7 +179,9 @@ impl Hub {
         }
     }
 
-    /// The connection is gone: wake every stream so it sees it.
+    /// No more input will come (end of input, or the connection is gone): argument streams
+    /// not ended fail, and result streams end once their credit is used up. Every stream is
+    /// woken to see it.
     pub(crate) fn close(&self) {
         let mut st = self.lock();
         st.closed = true;
@@ -250,21 +253,20 @@ impl StreamOut {
         Ok(StreamOut { hub, msgid })
     }
 
-    /// Wait until the client has granted credit for one more item; `false` when the
-    /// connection is gone.
-    async fn credit(&self) -> bool {
+    /// Wait until the client has granted credit, and take all of it; `None` when the
+    /// connection is gone (no credit can come).
+    async fn credit(&self) -> Option<u64> {
         poll_fn(|cx| {
             let mut st = self.hub.lock();
             let closed = st.closed;
             let Some(s) = st.sending.get_mut(&self.msgid) else {
-                return Poll::Ready(false);
+                return Poll::Ready(None);
             };
             if s.credit > 0 {
-                s.credit -= 1;
-                return Poll::Ready(true);
+                return Poll::Ready(Some(std::mem::take(&mut s.credit)));
             }
             if closed {
-                return Poll::Ready(false);
+                return Poll::Ready(None);
             }
             s.waker = Some(cx.waker().clone());
             Poll::Pending
@@ -272,34 +274,66 @@ impl StreamOut {
         .await
     }
 
+    /// Hand the items encoded in `local` to the connection.
+    fn flush(&self, local: &mut Vec<u8>) {
+        if local.is_empty() {
+            return;
+        }
+        let mut st = self.hub.lock();
+        st.out.extend_from_slice(local);
+        local.clear();
+        self.hub.queued(&mut st);
+    }
+
     /// Send every item of `items`, each once the client has granted credit for it (an item
     /// is not even taken from `items` before then), and answer the call: `nil` at its end,
-    /// or the first error item's error.
+    /// or the first error item's error. Items ready one after another are encoded together
+    /// and handed to the connection at once (up to 64 KiB at a time).
     pub async fn send<S, T>(self, items: S) -> Reply
     where
         S: Stream<Item = Result<T, ServerError>> + Send,
         T: Serialize + Send,
     {
         let mut items = std::pin::pin!(items);
-        loop {
-            if !self.credit().await {
-                return Reply::err(ServerError::new(ErrorCode::Internal, "the connection is gone"));
+        let mut local = Vec::new();
+        let mut credit = 0u64;
+        let end = loop {
+            if credit == 0 {
+                self.flush(&mut local);
+                match self.credit().await {
+                    Some(n) => credit = n,
+                    None => {
+                        break Reply::err(ServerError::new(ErrorCode::Internal, "the connection is gone"))
+                    }
+                }
             }
-            match items.next().await {
-                None => return Reply::ok(()),
-                Some(Err(e)) => return Reply::err(e),
+            let next = match items.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    // Not ready: what is encoded goes out while it waits.
+                    self.flush(&mut local);
+                    items.next().await
+                }
+            };
+            match next {
+                None => break Reply::ok(()),
+                Some(Err(e)) => break Reply::err(e),
                 Some(Ok(item)) => {
-                    let mut st = self.hub.lock();
-                    if let Err(e) = encode_item(self.hub.codec, &mut st.out, self.msgid, &item) {
-                        return Reply::err(ServerError::new(
+                    if let Err(e) = encode_item(self.hub.codec, &mut local, self.msgid, &item) {
+                        break Reply::err(ServerError::new(
                             ErrorCode::Internal,
                             format!("a stream item could not be encoded: {e}"),
                         ));
                     }
-                    self.hub.queued(&mut st);
+                    credit -= 1;
+                    if local.len() >= 64 * 1024 {
+                        self.flush(&mut local);
+                    }
                 }
             }
-        }
+        };
+        self.flush(&mut local);
+        end
     }
 }
 
@@ -312,8 +346,9 @@ impl Drop for StreamOut {
 
 /// A stream of items a function receives from its caller: an argument of type
 /// `Streaming<T>` (anywhere in the list; it is not among the wire arguments). Items come
-/// as the client sends them, under the credit the server grants (64 items at a time by
-/// default): a function that reads slowly holds the client back, not the server's memory.
+/// as the client sends them, under the credit the server grants (64 items at first, then
+/// about 1 MiB of items, between 16 and 4096 of them: see `easyrpc_proto::stream::Window`):
+/// a function that reads slowly holds the client back, not the server's memory.
 ///
 /// It is a [`Stream`] of `Result<T, ServerError>` for async functions; sync ones (which
 /// run on the blocking pool, where waiting is allowed) read it with
@@ -338,9 +373,8 @@ impl Drop for StreamOut {
 pub struct Streaming<T> {
     hub: Arc<Hub>,
     msgid: u64,
-    window: u64,
-    /// Items taken since credit was last granted.
-    taken: u64,
+    /// The credit to grant as items are taken.
+    window: Window,
     done: bool,
     _item: PhantomData<fn() -> T>,
 }
@@ -363,19 +397,20 @@ impl<T> Streaming<T> {
     #[doc(hidden)]
     pub fn open(call: &Call<'_>) -> Result<Streaming<T>, ServerError> {
         let (hub, msgid) = stream_of(call)?;
-        let window = u64::from(DEFAULT_WINDOW);
+        let window = Window::new();
+        let initial = window.initial();
         {
             let mut st = hub.lock();
             st.receiving.insert(
                 msgid,
                 Receiving {
                     items: VecDeque::new(),
-                    allowed: window,
+                    allowed: initial,
                     end: None,
                     waker: None,
                 },
             );
-            encode_credit(hub.codec, &mut st.out, msgid, window);
+            encode_credit(hub.codec, &mut st.out, msgid, initial);
             hub.queued(&mut st);
         }
         hub.active.fetch_add(1, Ordering::AcqRel);
@@ -383,7 +418,6 @@ impl<T> Streaming<T> {
             hub,
             msgid,
             window,
-            taken: 0,
             done: false,
             _item: PhantomData,
         })
@@ -402,12 +436,9 @@ impl<T: DeserializeOwned> Streaming<T> {
             return Poll::Ready(None);
         };
         if let Some(bytes) = r.items.pop_front() {
-            self.taken += 1;
-            // Half the window read: grant it again.
-            if self.taken >= self.window.div_ceil(2) {
-                r.allowed += self.taken;
-                encode_credit(self.hub.codec, &mut st.out, self.msgid, self.taken);
-                self.taken = 0;
+            if let Some(grant) = self.window.take(bytes.len()) {
+                r.allowed += grant;
+                encode_credit(self.hub.codec, &mut st.out, self.msgid, grant);
                 self.hub.queued(&mut st);
             }
             drop(st);

@@ -17,7 +17,6 @@ use common::{builder, within, TestServer};
 use easyrpc_client::{Client, Codec, Config as ClientConfig, Error, ErrorCode};
 use easyrpc_server::{Method, Streaming};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 
 /// A server with the streaming methods of these tests.
 fn streaming_builder(produced: Arc<AtomicU64>, dropped: Arc<AtomicUsize>) -> easyrpc_server::Builder {
@@ -67,6 +66,16 @@ fn streaming_builder(produced: Arc<AtomicU64>, dropped: Arc<AtomicUsize>) -> eas
             "sum_sync",
             |(offset,): (i64,), mut items: Streaming<i64>| {
                 offset + items.blocking_iter().map(Result::unwrap).sum::<i64>()
+            },
+        ))
+        // The sum of the first `n` items, then the answer (the rest is never read).
+        .register(Method::upload_fn(
+            "head",
+            |(n,): (u64,), items: Streaming<u64>| async move {
+                items
+                    .take(n as usize)
+                    .fold(0u64, |acc, x| async move { acc + x.unwrap() })
+                    .await
             },
         ))
         // Each item back, times a factor.
@@ -197,14 +206,14 @@ async fn dropping_the_client_stream_cancels_the_server_stream() {
     let mut s = c.call_stream::<_, u64>("count", (u64::MAX,)).await.unwrap();
     assert_eq!(within("item", s.next()).await.unwrap().unwrap(), 0);
     drop(s);
-    // The server drops the stream (its guard counts) once `rpc.cancel` arrives.
-    within("the server's stream dropped", async {
-        while dropped.load(Ordering::SeqCst) == 0 {
-            // A round trip: the cancel was written before this call.
-            let _: i64 = c.call("add", (1, 1)).await.unwrap();
-        }
-    })
-    .await;
+    // Within one round trip: `rpc.cancel` goes out before the next request on the same
+    // connection, and the server drops the call's stream before it answers that request.
+    let _: i64 = within("a round trip", c.call("add", (1, 1))).await.unwrap();
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the server's stream was not dropped"
+    );
 }
 
 #[tokio::test]
@@ -236,11 +245,8 @@ async fn the_deadline_covers_the_whole_stream() {
     let c = client(server.addr, Codec::Msgpack)
         .await
         .with_timeout(Duration::from_millis(300));
+    // An endless stream, read as fast as it comes: only its deadline ends it.
     let mut s = c.call_stream::<_, u64>("count", (u64::MAX,)).await.unwrap();
-    // Read slowly enough that the whole stream outlives its deadline.
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    drop(tx);
-    let _ = rx.recv().await;
     let mut n = 0u64;
     let end = within("the deadline", async {
         loop {
@@ -257,4 +263,182 @@ async fn the_deadline_covers_the_whole_stream() {
             || matches!(&end, Error::Remote(e) if e.kind() == ErrorCode::DeadlineExceeded),
         "{end:?} after {n} items"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_client_streams_too() {
+    let (server, _, dropped) = start().await;
+    let addr = server.addr;
+    let check = tokio::task::spawn_blocking(move || {
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            let mut config = ClientConfig::default();
+            config.extensions = true;
+            config.codec = codec;
+            config.timeout = Duration::from_secs(10);
+            let c = easyrpc_client::BlockingClient::connect_with(addr, config).unwrap();
+            for method in ["count", "count_sync"] {
+                let items: Vec<u64> = c
+                    .call_stream::<_, u64>(method, (500u64,))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                assert_eq!(items, (0..500).collect::<Vec<_>>(), "{method} {codec:?}");
+            }
+            let total: i64 = c.call_upload("sum", (1i64,), 1..=1000i64).unwrap();
+            assert_eq!(total, 1 + 500_500);
+            let scaled: Vec<i64> = c
+                .call_bidi::<_, i64, _, i64>("scale", (2i64,), 1..=500i64)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(scaled, (1..=500).map(|n| n * 2).collect::<Vec<_>>());
+            let mut s = c.call_stream::<_, u64>("fail_after", (2u64,)).unwrap();
+            assert_eq!(s.next().unwrap().unwrap(), 0);
+            assert_eq!(s.next().unwrap().unwrap(), 1);
+            assert!(matches!(s.next(), Some(Err(Error::Remote(e))) if e.message == "failed after 2"));
+            assert!(s.next().is_none());
+            drop(s);
+            // Dropped early: the server stops, and the next call reads past what it sent.
+            let before = dropped.load(Ordering::SeqCst);
+            let mut s = c.call_stream::<_, u64>("count", (u64::MAX,)).unwrap();
+            assert_eq!(s.next().unwrap().unwrap(), 0);
+            drop(s);
+            let sum: i64 = c.call("add", (2, 3)).unwrap();
+            assert_eq!(sum, 5);
+            while dropped.load(Ordering::SeqCst) == before {
+                let _: i64 = c.call("add", (2, 3)).unwrap();
+            }
+        }
+    });
+    within("the blocking client", check).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_million_small_items_stay_within_the_window() {
+    let (server, produced, _) = start().await;
+    let c = client(server.addr, Codec::Msgpack).await;
+    const N: u64 = 1_000_000;
+    let mut s = c.call_stream::<_, u64>("count", (N,)).await.unwrap();
+    let mut next = 0;
+    within("a million items", async {
+        while let Some(item) = s.next().await {
+            assert_eq!(item.unwrap(), next);
+            next += 1;
+            // The server never runs ahead of the reader by more than the window (4096 items
+            // at most, for items this small): what waits in either side's memory is bounded.
+            let ahead = produced.load(Ordering::SeqCst) - next;
+            assert!(ahead <= 4096, "the server ran {ahead} items ahead of the reader");
+        }
+    })
+    .await;
+    assert_eq!(next, N);
+}
+
+#[tokio::test]
+async fn a_million_items_uploaded() {
+    let (server, _, _) = start().await;
+    let c = client(server.addr, Codec::Bincode).await;
+    // The server's memory is bounded by the credit it grants: a client sending past it
+    // would have its stream ended (see `Hub::handle`), so the sum is only right if the
+    // client kept to it.
+    let total: i64 = within(
+        "a million items up",
+        c.call_upload("sum", (0i64,), futures_util::stream::iter(0..1_000_000i64)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(total, 999_999 * 1_000_000 / 2);
+}
+
+#[tokio::test]
+async fn an_upload_is_pulled_only_as_the_server_grants_credit() {
+    let (server, _, _) = start().await;
+    let c = client(server.addr, Codec::Msgpack).await;
+    // The source counts how far it was pulled; the server reads `head` items only.
+    let pulled = Arc::new(AtomicU64::new(0));
+    let source = {
+        let pulled = pulled.clone();
+        futures_util::stream::iter(0..u64::MAX).inspect(move |_| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    let head: u64 = within("head", c.call_upload("head", (3u64,), source))
+        .await
+        .unwrap();
+    assert_eq!(head, 3, "the sum of 0, 1, 2");
+    // The server's answer ended the upload: the source was pulled no further than the
+    // credit granted (64), not to the end.
+    let n = pulled.load(Ordering::SeqCst);
+    assert!(n <= 64, "pulled {n}");
+}
+
+#[tokio::test]
+async fn many_streams_on_one_connection_at_once() {
+    let (server, _, _) = start().await;
+    let c = client(server.addr, Codec::Msgpack).await;
+    let calls = (0..64u64).map(|k| {
+        let c = c.clone();
+        async move {
+            let items: Vec<u64> = c
+                .call_stream::<_, u64>(if k % 2 == 0 { "count" } else { "count_sync" }, (1000 + k,))
+                .await
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+                .await;
+            assert_eq!(items, (0..1000 + k).collect::<Vec<_>>());
+        }
+    });
+    within("64 streams", futures_util::future::join_all(calls)).await;
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_stream_fails_every_open_stream_and_stops_the_server() {
+    let (server, _, dropped) = start().await;
+    // A proxy that cuts the connection when told to.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let (cut, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let upstream = server.addr;
+    tokio::spawn(async move {
+        let (mut down, _) = listener.accept().await.unwrap();
+        let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+            _ = cut_rx => {}
+        }
+        common::reset(&down);
+        // Both sides closed here.
+    });
+    let c = client(proxy, Codec::Msgpack).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut s = c.call_stream::<_, u64>("count", (u64::MAX,)).await.unwrap();
+        assert_eq!(within("item", s.next()).await.unwrap().unwrap(), 0);
+        streams.push(s);
+    }
+    cut.send(()).unwrap();
+    for mut s in streams {
+        let end = within("the cut", async {
+            loop {
+                match s.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return e,
+                    None => panic!("a stream ended normally"),
+                }
+            }
+        })
+        .await;
+        assert!(
+            matches!(end, Error::ConnectionClosed | Error::Transport(_)),
+            "{end:?}"
+        );
+    }
+    // The server sees the end of its connection and drops the three streams.
+    within("the server's streams dropped", async {
+        while dropped.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 }

@@ -10,14 +10,26 @@ pub(crate) mod pb {
 
 pub(crate) use pb::bench_client::BenchClient;
 pub(crate) use pb::bench_server::BenchServer;
-pub(crate) use pb::{AddReply, AddRequest, Blob};
+pub(crate) use pb::{AddReply, AddRequest, Blob, ItemsRequest};
 
 /// The service: the same two functions as the other systems.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Service;
 
+/// The server stream of `Items`.
+type ItemStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Blob, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::bench_server::Bench for Service {
+    type ItemsStream = ItemStream;
+
+    async fn items(&self, request: Request<ItemsRequest>) -> Result<Response<ItemStream>, Status> {
+        let r = request.into_inner();
+        let data = bytes::Bytes::from(vec![7u8; r.size as usize]);
+        let items = futures_util::stream::iter((0..r.count).map(move |_| Ok(Blob { data: data.clone() })));
+        Ok(Response::new(Box::pin(items)))
+    }
+
     async fn add(&self, request: Request<AddRequest>) -> Result<Response<AddReply>, Status> {
         let r = request.into_inner();
         Ok(Response::new(AddReply {

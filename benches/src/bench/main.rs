@@ -9,6 +9,7 @@
 //! cargo run --release -p benches --bin bench -- --placement separate --systems ours,tonic
 //! cargo run --release -p benches --bin bench -- load --addr 127.0.0.1:25000 \
 //!     --method add --args '[1, 2]' --concurrency 64 --duration 10
+//! cargo run --release -p benches --bin bench -- streams                    # vs tonic
 //! ```
 //!
 //! `bench server --system X` is what the full run starts for each system; it prints
@@ -27,6 +28,7 @@ mod raw;
 mod report;
 mod secure;
 mod server;
+mod streams;
 mod system;
 mod tarpc_svc;
 
@@ -56,6 +58,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Load a server: keep N calls in flight for a while, print latency and throughput.
     Load(load::LoadArgs),
+    /// Server-streaming throughput: ours against tonic, in turns.
+    Streams(streams::StreamArgs),
     /// Started by a prefork `server`: stop it (TERM) when stdin closes.
     #[command(hide = true)]
     StdinWatch(server::WatchArgs),
@@ -68,6 +72,7 @@ fn main() {
         Some(Command::Run(args)) => harness::run(args),
         Some(Command::Server(args)) => server::serve(&args),
         Some(Command::Load(args)) => load::run(&args),
+        Some(Command::Streams(args)) => streams::run(&args),
         Some(Command::StdinWatch(args)) => server::watch_stdin(&args),
     };
     if let Err(e) = r {

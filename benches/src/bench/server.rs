@@ -89,6 +89,11 @@ fn our_builder() -> Builder {
             "echo_records",
             |(records,): (Vec<Record>,)| async move { records },
         ))
+        // `count` items of `size` bytes each, as a stream (`bench streams`).
+        .register(Method::stream_fn("items", |(count, size): (u64, u32)| {
+            let data = bytes::Bytes::from(vec![7u8; size as usize]);
+            futures_util::stream::iter((0..count).map(move |_| data.clone()))
+        }))
 }
 
 /// Our server with the benchmark's functions, for one process, with `args.layers`

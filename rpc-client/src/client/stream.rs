@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use easyrpc_proto::handshake::features::STREAMS;
-use easyrpc_proto::stream::DEFAULT_WINDOW;
+use easyrpc_proto::stream::Window;
 use easyrpc_proto::{EncodeValue, Params};
 use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -44,8 +44,9 @@ type Upload = Pin<Box<dyn Stream<Item = Box<dyn EncodeValue>> + Send>>;
 /// (`None`), or one `Err` (the server's error ending the stream, a timeout covering the
 /// whole call, a connection lost) and then the end.
 ///
-/// The server sends items only as this stream grants it credit (64 items at a time):
-/// reading slowly holds the server back, and its memory here stays bounded. Dropping it
+/// The server sends items only as this stream grants it credit (64 items at first, then
+/// about 1 MiB of items, between 16 and 4096 of them): reading slowly holds the server
+/// back, and what waits here stays bounded. Dropping it
 /// before its end cancels the call on the server (`rpc.cancel`). For a call that also
 /// sends a stream ([`Client::call_bidi`]), that stream's items are sent while this one is
 /// polled.
@@ -57,8 +58,8 @@ pub struct ItemStream<T> {
     slot: u32,
     msgid: u64,
     epoch: u64,
-    /// Items taken since credit was last granted.
-    taken: u64,
+    /// The credit to grant as items are taken.
+    window: Window,
     upload: Option<Upload>,
     timeout: Duration,
     done: bool,
@@ -203,7 +204,8 @@ impl Client {
                         }
                     };
                     st.slots[slot as usize].msgid = msgid;
-                    st.proto.send_credit(msgid, u64::from(DEFAULT_WINDOW));
+                    let window = Window::new();
+                    st.proto.send_credit(msgid, window.initial());
                     st.wake_writer();
                     drop(st);
                     return Ok(ItemStream {
@@ -212,7 +214,7 @@ impl Client {
                         slot,
                         msgid,
                         epoch,
-                        taken: 0,
+                        window,
                         upload,
                         timeout: self.timeout,
                         done: false,
@@ -284,14 +286,11 @@ impl<T> ItemStream<T> {
         let st = &mut *st;
         let slot = &mut st.slots[self.slot as usize];
         if let Some(item) = slot.items.pop_front() {
-            self.taken += 1;
-            // Half the window taken: grant it again.
-            if self.taken >= u64::from(DEFAULT_WINDOW).div_ceil(2)
-                && matches!(slot.state, SlotState::Waiting)
-                && st.live == Some(self.epoch)
+            let grant = self.window.take(item.len());
+            if let Some(n) =
+                grant.filter(|_| matches!(slot.state, SlotState::Waiting) && st.live == Some(self.epoch))
             {
-                st.proto.send_credit(self.msgid, self.taken);
-                self.taken = 0;
+                st.proto.send_credit(self.msgid, n);
                 st.wake_writer();
             }
             return Poll::Ready(Some(Ok(Raw::Item(item))));

@@ -1255,6 +1255,59 @@ mod tests {
     }
 
     #[test]
+    fn stream_items_and_credit_reach_their_call_when_streams_were_agreed() {
+        use crate::handshake::features::STREAMS;
+        use crate::stream::{encode_credit, encode_item};
+        #[derive(Default)]
+        struct Streams(Vec<(u32, String)>, usize);
+        impl Replies<u32> for Streams {
+            fn reply(&mut self, _: Reply<'_, u32>) {}
+            fn notification(&mut self, _: &[u8], _: &[u8]) {
+                self.1 += 1;
+            }
+            fn stream(&mut self, token: u32, message: StreamMessage<'_>) {
+                self.0.push((token, format!("{message:?}")));
+            }
+        }
+        for (agreed, codec) in [
+            (STREAMS, Codec::Msgpack),
+            (STREAMS, Codec::Bincode),
+            (0, Codec::Msgpack),
+        ] {
+            let (mut c, now) = conn(codec, true);
+            let id = c
+                .send_request(None, "items", &(3,), Duration::from_secs(1), None, None, 9)
+                .unwrap();
+            c.send_credit(id, 64);
+            let out = take(&mut c, now);
+            assert!(!out.is_empty());
+            let mut hello = Vec::new();
+            Hello::new(codec)
+                .with_session(Some(7))
+                .with_features(agreed)
+                .encode(&mut hello);
+            let mut input = BytesMut::from(&hello[..]);
+            let mut body = Vec::new();
+            encode_item(codec, &mut body, id, &1u8).unwrap();
+            encode_credit(codec, &mut body, id, 5);
+            // Items of a call not in flight are dropped.
+            encode_item(codec, &mut body, id + 100, &1u8).unwrap();
+            input.extend_from_slice(&body);
+            let mut r = Streams::default();
+            c.handle_input(&mut input, &mut r).unwrap();
+            assert_eq!(c.features(), agreed);
+            if agreed == STREAMS {
+                assert_eq!(r.0.len(), 2, "{codec:?}: {:?}", r.0);
+                assert!(r.0.iter().all(|(token, _)| *token == 9));
+                assert_eq!(r.1, 0);
+            } else {
+                assert!(r.0.is_empty());
+                assert_eq!(r.1, 3, "plain notifications without streams agreed");
+            }
+        }
+    }
+
+    #[test]
     fn only_a_server_that_answered_the_hello_or_is_said_to_be_is_ours() {
         assert!(!conn(Codec::Msgpack, false).0.is_server_ours());
         let (mut c, _) = conn(Codec::Msgpack, true);

@@ -662,9 +662,18 @@ mod tests {
         requests: Vec<Seen>,
         notifications: Vec<Vec<u8>>,
         cancels: Vec<u64>,
+        streams: Vec<String>,
     }
 
     impl Service for Recorder {
+        fn stream(&mut self, tx: &mut Transmit<'_>, message: StreamMessage<'_>) {
+            // Grants credit back for each item, as a receiver would.
+            if let StreamMessage::Item { msgid, .. } = message {
+                tx.credit(msgid, 1);
+            }
+            self.streams.push(format!("{message:?}"));
+        }
+
         fn request(&mut self, tx: &mut Transmit<'_>, r: Request<'_>) {
             self.requests
                 .push((r.msgid, r.method.to_vec(), r.deadline, r.session));
@@ -896,6 +905,50 @@ mod tests {
             // The deadline is the request's timeout from the `now` it arrived at.
             assert_eq!(svc.requests[0].2, Some(now + Duration::from_millis(250)));
             assert_eq!(svc.requests[0].3, Some(42));
+        }
+    }
+
+    #[test]
+    fn stream_messages_reach_the_service_after_a_hello_that_agreed_streams_only() {
+        use crate::handshake::features::{STREAMS, ZSTD};
+        use crate::stream::{encode_credit, encode_end, encode_item};
+        for codec in [Codec::Msgpack, Codec::Bincode] {
+            let now = Instant::now();
+            let mut body = Vec::new();
+            encode_item(codec, &mut body, 4, &7u8).unwrap();
+            encode_credit(codec, &mut body, 4, 10);
+            encode_end(codec, &mut body, 4, None);
+            // A hello offering streams (and zstd, which this server does not support).
+            let mut input = Vec::new();
+            Hello::new(codec).with_features(STREAMS | ZSTD).encode(&mut input);
+            input.extend_from_slice(&body);
+            let mut cfg = config();
+            cfg.features = STREAMS;
+            for cut in [0, 3, input.len() - 2] {
+                let mut conn = ServerConnection::new(cfg.clone(), now);
+                let mut svc = Recorder::default();
+                let out = run(&mut conn, &mut svc, &input, &[cut], now);
+                assert_eq!(conn.features(), STREAMS, "only what both support");
+                let mut expect = Vec::new();
+                Hello::new(codec).with_features(STREAMS).encode(&mut expect);
+                encode_credit(codec, &mut expect, 4, 1);
+                assert_eq!(
+                    out, expect,
+                    "{codec:?}: the hello's answer, then the service's credit"
+                );
+                assert_eq!(svc.streams.len(), 3, "{:?}", svc.streams);
+                assert!(svc.notifications.is_empty());
+            }
+            // Without streams agreed (no hello, or a hello not offering them), they are
+            // plain notifications (a server serves no `rpc.` names: ignored).
+            let mut plain = Vec::new();
+            Hello::new(codec).encode(&mut plain);
+            plain.extend_from_slice(&body);
+            let mut conn = ServerConnection::new(config(), now);
+            let mut svc = Recorder::default();
+            let _ = run(&mut conn, &mut svc, &plain, &[], now);
+            assert!(svc.streams.is_empty());
+            assert_eq!(svc.notifications.len(), 3);
         }
     }
 
