@@ -229,7 +229,9 @@ fn module(
         call_async,
         blocking_ret,
         call_blocking,
+        blocking_lifetime,
     } = stub_calls(k, f, &args, &quote!(__rpc_client), &quote!(self::NAME));
+    let blocking_generics = blocking_lifetime.as_ref().map(|lt| quote!(<#lt>));
     let params_struct = params_struct(k, &args.wire_types);
     let (async_params, blocking_params) = (&args.async_params, &args.blocking_params);
     let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
@@ -264,8 +266,8 @@ fn module(
             /// # Errors
             ///
             #[doc = #errors_doc]
-            #item_vis fn call_blocking(
-                __rpc_client: &#k::BlockingClient,
+            #item_vis fn call_blocking #blocking_generics(
+                __rpc_client: & #blocking_lifetime #k::BlockingClient,
                 #(#blocking_params),*
             ) -> #blocking_ret {
                 #assert_out
@@ -302,7 +304,13 @@ pub(crate) const BLOCKING: bool = cfg!(feature = "blocking");
 
 /// Whether the blocking client has streaming calls (`BlockingClient::call_stream`,
 /// `call_upload`, `call_bidi`): without them, streaming functions get async stubs only.
-pub(crate) const BLOCKING_STREAMS: bool = false;
+pub(crate) const BLOCKING_STREAMS: bool = true;
+
+/// The lifetime of a blocking two-way stub: its items' iterator is read while the returned
+/// `BlockingItems` is, which borrows the client.
+pub(crate) fn blocking_lifetime() -> syn::Lifetime {
+    syn::Lifetime::new("'__rpc", Span::call_site())
+}
 
 /// The parameters of a function's stubs: its wire arguments and its `Streaming<U>`, in the
 /// order written, each with the name it is bound to.
@@ -342,8 +350,12 @@ pub(crate) fn stub_args<'f>(k: &TokenStream, f: &'f Function, avoid_name: bool) 
                 out.async_params.push(
                     quote!(#bind: impl #k::__private::Stream<Item = #u> + ::core::marker::Send + 'static),
                 );
+                let bound = matches!(f.output, Output::Stream { .. }).then(|| {
+                    let lt = blocking_lifetime();
+                    quote!(, IntoIter: #lt)
+                });
                 out.blocking_params
-                    .push(quote!(#bind: impl ::core::iter::IntoIterator<Item = #u>));
+                    .push(quote!(#bind: impl ::core::iter::IntoIterator<Item = #u #bound>));
                 out.items = Some((bind, u));
             }
             _ => {
@@ -366,6 +378,9 @@ pub(crate) struct StubCalls {
     pub(crate) call_async: TokenStream,
     pub(crate) blocking_ret: TokenStream,
     pub(crate) call_blocking: Option<TokenStream>,
+    /// `'__rpc`, for a two-way stream's blocking stub: the client, the items and the
+    /// returned iterator share it.
+    pub(crate) blocking_lifetime: Option<syn::Lifetime>,
 }
 
 /// The calls of `f`'s stubs through `client` (an expression of type `&Client` or
@@ -401,12 +416,17 @@ pub(crate) fn stub_calls(
                 quote_spanned!(span_of(t)=> #ks::__private::call_bidi_blocking::<_, #u, _, #t>(#params, #items)),
             ),
         };
+        let lifetime = args.items.as_ref().map(|_| blocking_lifetime());
+        let lt = lifetime
+            .clone()
+            .unwrap_or_else(|| syn::Lifetime::new("'_", Span::call_site()));
         return StubCalls {
             assert_out: quote!(#assert_items #assert_t();),
             async_ret: quote!(::core::result::Result<#k::ItemStream<#t>, #k::Error>),
             call_async,
-            blocking_ret: quote!(::core::result::Result<#k::BlockingItems<#t>, #k::Error>),
+            blocking_ret: quote!(::core::result::Result<#k::BlockingItems<#lt, #t>, #k::Error>),
             call_blocking: (BLOCKING && BLOCKING_STREAMS).then_some(call_blocking),
+            blocking_lifetime: lifetime,
         };
     }
     let (call, call_b, call_args) = match &args.items {
@@ -451,6 +471,7 @@ pub(crate) fn stub_calls(
         call_async,
         blocking_ret: ret,
         call_blocking: (BLOCKING && (args.items.is_none() || BLOCKING_STREAMS)).then_some(call_blocking),
+        blocking_lifetime: None,
     }
 }
 
@@ -945,7 +966,7 @@ fn fallback(
     let (out_ty, blocking_out_ty) = match &f.output {
         Output::Stream { .. } => (
             quote!(#k::ItemStream<#out_ty>),
-            quote!(#k::BlockingItems<#out_ty>),
+            quote!(#k::BlockingItems<'static, #out_ty>),
         ),
         _ => (out_ty.clone(), out_ty),
     };

@@ -302,7 +302,9 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
         call_async,
         blocking_ret,
         call_blocking,
+        blocking_lifetime,
     } = stub_calls(k, f, &args, &quote!(&self.client), &quote!(#name));
+    let blocking_generics = blocking_lifetime.as_ref().map(|lt| quote!(<#lt>));
     let params_ty = params_struct(k, &args.wire_types);
     let (async_params, blocking_params) = (&args.async_params, &args.blocking_params);
     let doc_name = format!("Calls `{}` on the server.", name.value());
@@ -311,7 +313,7 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
             #(#docs)*
             #[doc = ""]
             #[doc = #doc_name]
-            pub fn #ident(&self, #(#blocking_params),*) -> #blocking_ret {
+            pub fn #ident #blocking_generics(& #blocking_lifetime self, #(#blocking_params),*) -> #blocking_ret {
                 #assert_out
                 #params_ty
                 #call_blocking

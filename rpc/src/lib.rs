@@ -1340,6 +1340,40 @@ pub use rmpv::Value;
 /// # Details
 #[cfg(feature = "async")]
 pub use easyrpc_client::ItemStream;
+
+/// The items of a streaming call through a [`BlockingClient`], as an [`Iterator`]: what the
+/// blocking stub of a function returning a stream returns, and
+/// [`BlockingClient::call_stream`]. It borrows the client; dropping it before its end
+/// cancels the call.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{register, BlockingClient, BlockingItems, ClientConfig, Server};
+///
+/// #[register]
+/// fn lines(n: u32) -> impl Iterator<Item = String> {
+///     (0..n).map(|i| format!("line {i}"))
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Runtime::new()?;
+/// # let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+/// # let addr = listener.local_addr()?;
+/// # let server = Server::builder().register(lines::method()).build()?;
+/// # rt.spawn(async move { server.run(listener, std::future::pending()).await });
+/// let mut config = ClientConfig::default();
+/// config.extensions = true;
+/// let client = BlockingClient::connect_with(addr, config)?;
+/// let items: BlockingItems<'_, String> = lines::call_blocking(&client, 2)?;
+/// let got: Vec<String> = items.collect::<Result<_, _>>()?;
+/// assert_eq!(got, ["line 0", "line 1"]);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+#[cfg(feature = "blocking")]
+pub use easyrpc_client::BlockingItems;
 pub use easyrpc_server::Streaming;
 /// futures' `stream` module (`stream::iter`, `stream::unfold`, ...), to make the streams a
 /// function returns or a stub sends.
@@ -1724,6 +1758,64 @@ pub mod __private {
         T: RpcItem,
     {
         client.call_bidi(name, params, items).await
+    }
+
+    /// The blocking stub's call of a function whose result is a stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::call_stream`].
+    #[cfg(feature = "blocking")]
+    pub fn call_stream_blocking<'a, P: Params, T: RpcItem>(
+        client: &'a BlockingClient,
+        name: &str,
+        params: P,
+    ) -> Result<crate::BlockingItems<'a, T>, Error> {
+        client.call_stream(name, params)
+    }
+
+    /// The blocking stub's call of a function taking a `Streaming<U>` and returning a value.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::call_upload`].
+    #[cfg(feature = "blocking")]
+    pub fn call_upload_blocking<P, U, I, R>(
+        client: &BlockingClient,
+        name: &str,
+        params: P,
+        items: I,
+    ) -> Result<R, Error>
+    where
+        P: Params,
+        U: RpcItem,
+        I: IntoIterator<Item = U>,
+        R: RpcReturn,
+    {
+        client.call_upload(name, params, items)
+    }
+
+    /// The blocking stub's call of a function taking a `Streaming<U>` and returning a
+    /// stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::call_bidi`].
+    #[cfg(feature = "blocking")]
+    pub fn call_bidi_blocking<'a, P, U, I, T>(
+        client: &'a BlockingClient,
+        name: &str,
+        params: P,
+        items: I,
+    ) -> Result<crate::BlockingItems<'a, T>, Error>
+    where
+        P: Params,
+        U: RpcItem,
+        I: IntoIterator<Item = U>,
+        I::IntoIter: 'a,
+        T: RpcItem,
+    {
+        client.call_bidi(name, params, items)
     }
 
     /// The async stub's call.

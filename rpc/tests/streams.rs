@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use easyrpc::stream::{self, Stream, StreamExt};
 use easyrpc::{
-    register, CallError, Client, ClientConfig, Codec, Context, Error, ErrorCode, MethodDescription, Server,
-    State, Streaming,
+    register, BlockingClient, CallError, Client, ClientConfig, Codec, Context, Error, ErrorCode,
+    MethodDescription, Server, State, Streaming,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -517,4 +517,67 @@ async fn a_client_without_the_extensions_is_told_it_needs_them() {
     let (code, message) = remote_error(&e);
     assert_eq!(code, ErrorCode::StreamingMethod);
     assert!(message.contains("`countdown` is a streaming method"), "{message}");
+}
+
+#[tokio::test]
+async fn blocking_stubs_of_each_kind() {
+    let (addr, _stop) = start().await;
+    for codec in [Codec::Msgpack, Codec::Bincode] {
+        let calls = tokio::task::spawn_blocking(move || {
+            let mut config = ClientConfig::default();
+            config.codec = codec;
+            config.extensions = true;
+            let client = BlockingClient::connect_with(addr, config).expect("connect");
+            // Result streams, async and sync functions: an iterator.
+            let items: Vec<u64> = countdown::call_blocking(&client, 3)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(items, [2, 1, 0], "{codec:?}");
+            let items: Result<Vec<String>, _> = lines::call_blocking(&client, 2).unwrap().collect();
+            assert_eq!(items.unwrap(), ["line 0", "line 1"], "{codec:?}");
+            // An error item ends it.
+            let mut items = until::call_blocking(&client, 1).unwrap();
+            assert_eq!(items.next().unwrap().unwrap(), 0);
+            let (code, message) = remote_error(&items.next().unwrap().unwrap_err());
+            assert_eq!(
+                (code, message.as_str()),
+                (ErrorCode::HandlerError, "stopped at 1")
+            );
+            assert!(items.next().is_none());
+            drop(items);
+            // Uploads from an iterator, async and sync functions.
+            assert_eq!(sum::call_blocking(&client, 1, 1..=10).unwrap(), 56, "{codec:?}");
+            let lines = vec!["ab".to_owned(), "abc".to_owned()];
+            assert_eq!(longest::call_blocking(&client, lines).unwrap(), 3, "{codec:?}");
+            // Two-way.
+            let items: Vec<i64> = double::call_blocking(&client, vec![1, 2, 3])
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(items, [2, 4, 6], "{codec:?}");
+            let words = ["x".to_owned()];
+            let items: Vec<String> = shout::call_blocking(&client, words, "?".to_owned())
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(items, ["X?"], "{codec:?}");
+            // The service's blocking client.
+            let feed = FeedBlockingClient::new(client);
+            let items: Vec<u64> = feed.multiples(3).unwrap().collect::<Result<_, _>>().unwrap();
+            assert_eq!(items, [0, 3, 6], "{codec:?}");
+            assert_eq!(feed.count_sync(["a", "b"].map(str::to_owned)).unwrap(), 2);
+            let items: Vec<u64> = feed.scale(vec![2u64]).unwrap().collect::<Result<_, _>>().unwrap();
+            assert_eq!(items, [6], "{codec:?}");
+            let items: Vec<i64> = remote::remote_double::call_blocking(feed.client(), [5])
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(items, [10], "{codec:?}");
+        });
+        timeout(LIMIT, calls)
+            .await
+            .expect("the blocking calls finish in time")
+            .expect("no panic");
+    }
 }

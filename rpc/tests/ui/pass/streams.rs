@@ -111,6 +111,17 @@ async fn stubs(client: &easyrpc::Client) -> Result<(), easyrpc::Error> {
     Ok(())
 }
 
+#[allow(dead_code)]
+fn blocking_stubs(client: &easyrpc::BlockingClient) -> Result<(), easyrpc::Error> {
+    let _: easyrpc::BlockingItems<'_, u64> = countdown::call_blocking(client, 3)?;
+    let _: easyrpc::BlockingItems<'_, String> = lines::call_blocking(client, 3)?;
+    let _: i64 = sum::call_blocking(client, vec![1, 2], 10)?;
+    let _: easyrpc::BlockingItems<'_, i64> = double::call_blocking(client, [1, 2])?;
+    let _: easyrpc::BlockingItems<'_, String> = echo::call_blocking(client, Vec::<String>::new())?;
+    let _: easyrpc::BlockingItems<'_, u64> = remote_countdown::call_blocking(client, 3)?;
+    Ok(())
+}
+
 fn main() {
     Server::builder()
         .state(Step(2))
