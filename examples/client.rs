@@ -85,10 +85,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
+        // The extensions (a hello first): streams need them.
+        let mut config = easyrpc::ClientConfig::default();
+        config.extensions = true;
         let client = match (tls, &unix) {
-            (Some(tls), _) => easyrpc::Client::connect_tls(&args.addr, tls).await?,
-            (None, Some(path)) => easyrpc::Client::connect_unix(path).await?,
-            (None, None) => easyrpc::Client::connect(args.addr.as_str()).await?,
+            (Some(tls), _) => easyrpc::Client::connect_tls_with(&args.addr, tls, config).await?,
+            (None, Some(path)) => easyrpc::Client::connect_unix_with(path, config).await?,
+            (None, None) => easyrpc::Client::connect_with(args.addr.as_str(), config).await?,
         };
         examples::async_calls(&client).await
     })?;

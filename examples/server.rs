@@ -1,5 +1,6 @@
-//! The example server: serves `add`, `fib_async`, `fib_sync` and `echo` (and two test
-//! aids, `gate` and `journal`).
+//! The example server: serves `add`, `fib_async`, `fib_sync` and `echo`, the streams
+//! `countdown` (a result stream) and `sum_stream` (an argument stream), and two test aids,
+//! `gate` and `journal`.
 //!
 //! Run with
 //!

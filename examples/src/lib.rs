@@ -109,6 +109,24 @@ pub mod service {
         kv.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
     }
 
+    /// `n - 1` down to 0, one item at a time: a result stream (the caller reads each number
+    /// as it comes; `rpc call ADDR countdown 3` prints one JSON line per item).
+    #[register]
+    pub async fn countdown(n: u64) -> impl easyrpc::Stream<Item = u64> {
+        easyrpc::stream::iter((0..n).rev())
+    }
+
+    /// The sum of every number the caller streams: an argument stream (an upload).
+    #[register]
+    pub async fn sum_stream(mut numbers: easyrpc::Streaming<i64>) -> Result<i64, easyrpc::ServerError> {
+        use easyrpc::StreamExt;
+        let mut total = 0i64;
+        while let Some(n) = numbers.next().await {
+            total = total.wrapping_add(n?);
+        }
+        Ok(total)
+    }
+
     /// The server with every example function registered, and the state they share.
     pub fn builder() -> easyrpc::Builder {
         easyrpc::Server::builder()
@@ -124,6 +142,8 @@ pub mod service {
             .register(echo::method())
             .register(gate::method())
             .register(journal::method())
+            .register(countdown::method())
+            .register(sum_stream::method())
     }
 }
 
@@ -189,10 +209,15 @@ pub mod api {
         pub async fn kv_get(key: String) -> Option<String>;
         /// This process, the call's listener and its caller (over a Unix socket only).
         pub fn admin_info() -> std::collections::BTreeMap<String, String>;
+        /// `n - 1` down to 0: a stream of numbers (needs `Config::extensions`).
+        pub async fn countdown(n: u64) -> impl Stream<Item = u64>;
+        /// The sum of the numbers streamed (needs `Config::extensions`).
+        pub async fn sum_stream(numbers: Streaming<i64>) -> i64;
     }
 }
 
-/// Call every function through the async stubs, including 1 000 concurrent calls.
+/// Call every function through the async stubs, including 1 000 concurrent calls and the
+/// streaming ones (`client` needs `Config::extensions` for those).
 ///
 /// # Errors
 ///
@@ -228,6 +253,16 @@ pub async fn async_calls(client: &easyrpc::Client) -> Result<(), easyrpc::Error>
         "async    kv_get(\"greeting\") = {:?}",
         api::kv_get::call(client, "greeting".into()).await?
     );
+
+    // Streams: the client was made with `Config::extensions`.
+    let mut numbers = api::countdown::call(client, 5).await?;
+    let mut items = Vec::new();
+    while let Some(n) = easyrpc::StreamExt::next(&mut numbers).await {
+        items.push(n?);
+    }
+    println!("stream   countdown(5)       = {items:?}");
+    let total = api::sum_stream::call(client, easyrpc::stream::iter(1..=100)).await?;
+    println!("stream   sum_stream(1..=100) = {total}");
 
     let start = Instant::now();
     let calls: Vec<_> = (0..1000i64)

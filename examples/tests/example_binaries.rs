@@ -82,6 +82,8 @@ fn client_example_calls_server_example() {
         "sum = 999000",
         "async    whoami()           = 127.0.0.1:",
         "async    kv_get(\"greeting\") = Some(\"hello\")",
+        "stream   countdown(5)       = [4, 3, 2, 1, 0]",
+        "stream   sum_stream(1..=100) = 5050",
         "all calls succeeded",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");

@@ -201,6 +201,11 @@ pub struct CallArgs {
     /// The arguments: one JSON array, or one JSON value or @FILE per argument.
     #[arg(value_name = "ARGS", allow_negative_numbers = true)]
     pub args: Vec<String>,
+    /// `call` only: call the method as a streaming one straight away (without it, `rpc`
+    /// finds out from the server's answer). Result items are printed as JSON lines as they
+    /// come; a method taking a stream reads its items from stdin, one JSON value per line.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 /// The operands and flags of `load`.
@@ -523,14 +528,24 @@ fn call(g: &GlobalArgs, a: &CallArgs) -> Result<u8, Failure> {
     let result = match g.codec {
         CodecArg::Msgpack => {
             let params = msgpack_args(&a.args)?;
+            if a.stream {
+                return call_stream(g, &conn, a, params, None);
+            }
             let client = conn.blocking().map_err(connect_error(&conn))?;
-            let v = client
-                .call_value(&a.method, params)
-                .map_err(|e| Failure::client(e, "the call failed"))?;
+            let v = match client.call_value(&a.method, params.clone()) {
+                Ok(v) => v,
+                // A streaming method, called plainly: call it again as one (it did not run).
+                Err(e) if is_streaming_method(&e) => return call_stream(g, &conn, a, params, None),
+                Err(e) => return Err(Failure::client(e, "the call failed")),
+            };
             json::to_json(&v)
         }
         CodecArg::Bincode => {
             let (params, ret) = typed_args(&conn, &a.method, &a.args, true)?;
+            let info = method_info(&conn, &a.method)?;
+            if a.stream || !info.streaming.is_empty() {
+                return call_stream(g, &conn, a, params, Some((info, ret)));
+            }
             let client = conn.blocking().map_err(connect_error(&conn))?;
             // The blocking client decodes on this thread.
             crate::typed::set_result_type(Some(ret));
@@ -547,6 +562,144 @@ fn call(g: &GlobalArgs, a: &CallArgs) -> Result<u8, Failure> {
         let _ = writeln!(std::io::stdout().lock(), "{pretty}");
     }
     Ok(exit::OK)
+}
+
+/// Whether `e` is a server of ours saying that the method streams
+/// ([`ErrorCode::StreamingMethod`](easyrpc_client::ErrorCode::StreamingMethod)).
+fn is_streaming_method(e: &easyrpc_client::Error) -> bool {
+    RemoteError::of(e).is_some_and(|r| {
+        r.code == Some(easyrpc_client::ErrorCode::StreamingMethod.as_i64())
+            && r.message.contains("streaming method")
+    })
+}
+
+/// `rpc call` of a streaming method: with the extensions on, result items printed as JSON
+/// lines as they come, argument items read from stdin (one JSON value per line). `typed`
+/// is the method's description and its item (or result) type, for bincode; MessagePack
+/// asks `rpc.methods` how the method streams, and takes a result stream when it cannot
+/// tell.
+fn call_stream<P>(
+    g: &GlobalArgs,
+    conn: &Connection,
+    a: &CallArgs,
+    params: P,
+    typed: Option<(MethodInfo, Ty)>,
+) -> Result<u8, Failure>
+where
+    P: easyrpc_client::Params + Send + 'static,
+{
+    let streaming = match &typed {
+        Some((info, _)) => info.streaming.clone(),
+        None => methods(conn)
+            .ok()
+            .and_then(|all| all.into_iter().find(|m| m.name == a.method))
+            .map(|m| m.streaming)
+            .unwrap_or_default(),
+    };
+    let sends = matches!(streaming.as_str(), "args" | "both");
+    let receives = !matches!(streaming.as_str(), "args");
+    if sends && typed.is_some() {
+        return Err(Failure::Usage(format!(
+            "{} takes a stream, whose item type rpc.methods does not give: bincode cannot \
+             encode its items; use --codec msgpack",
+            a.method
+        )));
+    }
+    let mut conn = conn.clone();
+    conn.config.extensions = true;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Transport(format!("cannot start the runtime: {e}")))?;
+    // Bincode items decode by the type on this thread (a current-thread runtime polls the
+    // stream here).
+    if let Some((_, ret)) = typed {
+        crate::typed::set_result_type(Some(ret));
+    }
+    let as_json = g.json;
+    rt.block_on(async move {
+        let client = conn.client().await.map_err(connect_error(&conn))?;
+        let failed = |e| Failure::client(e, "the streaming call failed");
+        if !receives {
+            let result: rmpv::Value = client
+                .call_upload(&a.method, params, stdin_items())
+                .await
+                .map_err(failed)?;
+            print_result(as_json, json::to_json(&result));
+            return Ok(exit::OK);
+        }
+        let mut items = if sends {
+            client
+                .call_bidi::<_, rmpv::Value, _, StreamItem>(&a.method, params, stdin_items())
+                .await
+        } else {
+            client.call_stream::<_, StreamItem>(&a.method, params).await
+        }
+        .map_err(failed)?;
+        while let Some(item) = futures_util::StreamExt::next(&mut items).await {
+            let StreamItem(v) = item.map_err(failed)?;
+            let mut out = std::io::stdout().lock();
+            // One line per item, written as it comes (stdout flushes at each newline).
+            let _ = if as_json {
+                writeln!(out, "{}", json!({ "item": v }))
+            } else {
+                writeln!(out, "{v}")
+            };
+        }
+        Ok(exit::OK)
+    })
+}
+
+/// A stream item as JSON: decoded as a MessagePack value, or as the type set for bincode.
+struct StreamItem(Json);
+
+impl<'de> serde::Deserialize<'de> for StreamItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StreamItem, D::Error> {
+        // Bincode is not self-describing: its items can only be read by their type.
+        if !crate::typed::has_result_type() {
+            return rmpv::Value::deserialize(d).map(|v| StreamItem(json::to_json(&v)));
+        }
+        TypedResult::deserialize(d).map(|TypedResult(v)| StreamItem(v))
+    }
+}
+
+/// The items of an argument stream: stdin's lines, each one JSON value (blank lines
+/// skipped), read on a thread of their own as they come. A line that is not JSON ends the
+/// stream early, with a message on stderr.
+fn stdin_items() -> impl futures_util::Stream<Item = rmpv::Value> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<rmpv::Value>(64);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let item = serde_json::from_str::<Json>(&line)
+                .map_err(|e| e.to_string())
+                .and_then(|j| json::to_msgpack(&j).map_err(|e| e.to_string()));
+            match item {
+                Ok(v) => {
+                    if tx.blocking_send(v).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("stdin: an item is not JSON ({e}): the stream ends here");
+                    return;
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+fn print_result(as_json: bool, result: Json) {
+    if as_json {
+        print_json(&json!({ "result": result }));
+    } else {
+        let pretty = serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string());
+        let _ = writeln!(std::io::stdout().lock(), "{pretty}");
+    }
 }
 
 fn notify(g: &GlobalArgs, a: &CallArgs) -> Result<u8, Failure> {

@@ -58,6 +58,9 @@ pub struct MethodInfo {
     pub max_flow: Option<u64>,
     /// The first line of its doc comment (may be empty).
     pub doc: String,
+    /// How it streams: `""` (not at all), `"result"` (its result is a stream of
+    /// `returns`), `"args"` (it takes a stream of items besides `args`) or `"both"`.
+    pub streaming: String,
 }
 
 impl MethodInfo {
@@ -134,6 +137,7 @@ impl MethodInfo {
             sync,
             max_flow,
             doc: string("doc", "")?,
+            streaming: string("streaming", "")?,
         })
     }
 
@@ -147,9 +151,20 @@ impl MethodInfo {
     /// assert_eq!(m.signature(), "ping() -> ()");
     /// # Ok::<(), easyrpc_cli::introspect::IntrospectError>(())
     /// ```
+    ///
+    /// A streaming method is marked: `countdown(n: u64) -> stream of u64` for a result
+    /// stream, `sum(offset: i64, +stream) -> i64` for a method that takes one.
     pub fn signature(&self) -> String {
-        let args: Vec<String> = self.args.iter().map(|(n, t)| format!("{n}: {t}")).collect();
-        format!("{}({}) -> {}", self.name, args.join(", "), self.returns)
+        let mut args: Vec<String> = self.args.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+        if matches!(self.streaming.as_str(), "args" | "both") {
+            args.push("+stream".to_owned());
+        }
+        let stream = if matches!(self.streaming.as_str(), "result" | "both") {
+            "stream of "
+        } else {
+            ""
+        };
+        format!("{}({}) -> {stream}{}", self.name, args.join(", "), self.returns)
     }
 
     /// What `rpc describe` prints: the signature, then how it runs, then its doc line.
@@ -169,16 +184,23 @@ impl MethodInfo {
             Some(n) => format!("max_flow {n}"),
             None => "no max_flow".to_owned(),
         };
-        let mut s = format!("{}\n  {kind}, {flow}\n", self.signature());
+        let streams = match self.streaming.as_str() {
+            "result" => ", streams its result (rpc call prints one JSON line per item)",
+            "args" => ", takes a stream (rpc call reads its items from stdin, one JSON value per line)",
+            "both" => ", two-way stream (items from stdin, results as JSON lines)",
+            _ => "",
+        };
+        let mut s = format!("{}\n  {kind}, {flow}{streams}\n", self.signature());
         if !self.doc.is_empty() {
             s.push_str(&format!("  {}\n", self.doc));
         }
         s
     }
 
-    /// The method as JSON, in the shape of the server's answer (plus `signature`).
+    /// The method as JSON, in the shape of the server's answer (plus `signature`;
+    /// `streaming` only for a streaming method).
     pub fn to_json(&self) -> Json {
-        json!({
+        let mut j = json!({
             "name": self.name,
             "args": self.args.iter().map(|(n, t)| json!([n, t])).collect::<Vec<_>>(),
             "returns": self.returns,
@@ -186,7 +208,12 @@ impl MethodInfo {
             "max_flow": self.max_flow,
             "doc": self.doc,
             "signature": self.signature(),
-        })
+        });
+        // As the server's answer has it: only for a streaming method.
+        if !self.streaming.is_empty() {
+            j["streaming"] = Json::from(self.streaming.as_str());
+        }
+        j
     }
 }
 

@@ -726,6 +726,11 @@ pub fn set_result_type(ty: Option<Ty>) {
     RESULT.with(|r| *r.borrow_mut() = ty.map(Rc::new));
 }
 
+/// Whether [`set_result_type`] set a type on this thread.
+pub fn has_result_type() -> bool {
+    RESULT.with(|r| r.borrow().is_some())
+}
+
 /// A result decoded by the type [`set_result_type`] set on this thread, as JSON.
 ///
 /// ```

@@ -16,7 +16,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use easyrpc_server::{Codec, ErrorCode, Method, Reply, Server, ServerError, TlsConfig};
+use easyrpc_server::{Codec, ErrorCode, Method, Reply, Server, ServerError, Streaming, TlsConfig};
+use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
 
 /// The longest any `rpc` process may run before it is killed and the test fails.
@@ -150,6 +151,28 @@ fn server_with_notes() -> (Server, mpsc::Receiver<String>) {
                 async {}
             })
             .describe(&[("s", "String")], "()", "Records a note."),
+        )
+        // Streams: a result stream, an argument stream (an upload), and both.
+        .register(
+            Method::stream_fn("countdown", |(n,): (u64,)| {
+                futures_util::stream::iter((0..n).rev())
+            })
+            .describe(&[("n", "u64")], "u64", "Counts down."),
+        )
+        .register(
+            Method::upload_fn("sum_stream", |(): (), items: Streaming<i64>| async move {
+                items
+                    .filter_map(|n| async move { n.ok() })
+                    .fold(0, |a, n| async move { a + n })
+                    .await
+            })
+            .describe(&[], "i64", ""),
+        )
+        .register(
+            Method::bidi_fn("double", |(): (), items: Streaming<i64>| {
+                items.filter_map(|n| async move { n.ok().map(|n| n * 2) })
+            })
+            .describe(&[], "i64", ""),
         )
         .build()
         .unwrap();
@@ -693,10 +716,13 @@ fn list_and_describe_our_server() {
         out.stdout,
         "add(a: i64, b: i64) -> i64\n\
          concat(a: String, b: String) -> String\n\
+         countdown(n: u64) -> stream of u64\n\
+         double(+stream) -> stream of i64\n\
          echo(?: ?) -> ?\n\
          fail() -> Result<(), String>\n\
          lookup(?: ?) -> ?\n\
-         note(s: String) -> ()\n"
+         note(s: String) -> ()\n\
+         sum_stream(+stream) -> i64\n"
     );
     let out = rpc(&["describe", &s.addr, "add"]);
     expect_code(&out, 0);
@@ -724,6 +750,94 @@ fn list_and_describe_our_server() {
             "signature": "concat(a: String, b: String) -> String",
         })
     );
+}
+
+/// `rpc ARGS...`, with `input` on stdin (then closed).
+fn rpc_with_stdin<S: AsRef<OsStr>>(args: &[S], input: &str) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpc"));
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = KillOnDrop(cmd.spawn().expect("run rpc"));
+    // Unwrap: requested as a pipe just above. Written on a thread: a full pipe must not
+    // block the test while the process is read below.
+    let mut stdin = child.0.stdin.take().unwrap();
+    let input = input.to_owned();
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let (done_tx, done_rx) = mpsc::channel();
+    let out = drain(child.0.stdout.take().unwrap(), done_tx.clone());
+    let err = drain(child.0.stderr.take().unwrap(), done_tx);
+    for _ in 0..2 {
+        if done_rx.recv_timeout(PROCESS_LIMIT).is_err() {
+            drop(child);
+            panic!(
+                "rpc {:?} did not finish within {PROCESS_LIMIT:?}; killed",
+                cmd.get_args()
+            );
+        }
+    }
+    writer.join().expect("stdin writer");
+    let status = child.0.wait().expect("wait for rpc");
+    Out {
+        code: status.code().expect("rpc exited by a signal"),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+#[test]
+fn call_prints_a_result_stream_as_json_lines() {
+    let s = start_server();
+    // Found out from the server's answer, asked for with --stream, and typed by
+    // rpc.methods for bincode: the same lines.
+    for extra in [&[][..], &["--stream"][..], &["--codec", "bincode"][..]] {
+        let mut args = vec!["call", s.addr.as_str(), "countdown", "3"];
+        args.extend_from_slice(extra);
+        let out = rpc(&args);
+        expect_code(&out, 0);
+        assert_eq!(out.stdout, "2\n1\n0\n", "{extra:?}");
+    }
+    let out = rpc(&["call", &s.addr, "countdown", "2", "--json"]);
+    expect_code(&out, 0);
+    assert_eq!(out.stdout, "{\"item\":1}\n{\"item\":0}\n");
+    // An empty stream prints nothing.
+    let out = rpc(&["call", &s.addr, "countdown", "0"]);
+    expect_code(&out, 0);
+    assert_eq!(out.stdout, "");
+}
+
+#[test]
+fn call_sends_stdin_lines_as_the_argument_stream() {
+    let s = start_server();
+    let out = rpc_with_stdin(&["call", &s.addr, "sum_stream"], "1\n2\n\n39\n");
+    expect_code(&out, 0);
+    assert_eq!(out.stdout.trim(), "42");
+    let out = rpc_with_stdin(&["call", &s.addr, "double", "--json"], "1\n2\n");
+    expect_code(&out, 0);
+    assert_eq!(out.stdout, "{\"item\":2}\n{\"item\":4}\n");
+    // Bincode cannot encode items whose type it is not told.
+    let out = rpc_with_stdin(&["call", &s.addr, "sum_stream", "--codec", "bincode"], "1\n");
+    expect_code(&out, 64);
+    assert!(out.stderr.contains("--codec msgpack"), "{out:?}");
+}
+
+#[test]
+fn describe_marks_streaming_methods() {
+    let s = start_server();
+    let out = rpc(&["describe", &s.addr, "countdown"]);
+    expect_code(&out, 0);
+    assert_eq!(
+        out.stdout,
+        "countdown(n: u64) -> stream of u64\n  async, no max_flow, streams its result (rpc call prints one JSON \
+         line per item)\n  Counts down.\n"
+    );
+    let out = rpc(&["describe", &s.addr, "sum_stream", "--json"]);
+    expect_code(&out, 0);
+    assert_eq!(out.json()["streaming"], "args");
+    assert_eq!(out.json()["signature"], "sum_stream(+stream) -> i64");
 }
 
 #[test]

@@ -27,12 +27,15 @@ pub(crate) enum Role {
     State(Box<Type>),
     /// The call's `Context` (not on the wire).
     Context,
+    /// The caller's stream of items of this type: `Streaming<T>` (sent as `rpc.item`s
+    /// after the request, not among the wire arguments).
+    Streaming(Box<Type>),
 }
 
 impl Role {
-    /// What a type written as an argument is: `State<T>` and `Context` (by their last
-    /// path segment, as `easyrpc::State<T>` or imported) are the framework's.
-    fn of(ty: &Type) -> Role {
+    /// What a type written as an argument is: `State<T>`, `Context` and `Streaming<T>` (by
+    /// their last path segment, as `easyrpc::State<T>` or imported) are the framework's.
+    pub(crate) fn of(ty: &Type) -> Role {
         let Type::Path(p) = ty else { return Role::Wire };
         if p.qself.is_some() {
             return Role::Wire;
@@ -42,9 +45,12 @@ impl Role {
         };
         match &last.arguments {
             PathArguments::None if last.ident == "Context" => Role::Context,
-            PathArguments::AngleBracketed(a) if last.ident == "State" && a.args.len() == 1 => {
+            PathArguments::AngleBracketed(a)
+                if (last.ident == "State" || last.ident == "Streaming") && a.args.len() == 1 =>
+            {
                 match &a.args[0] {
-                    GenericArgument::Type(t) => Role::State(Box::new(t.clone())),
+                    GenericArgument::Type(t) if last.ident == "State" => Role::State(Box::new(t.clone())),
+                    GenericArgument::Type(t) => Role::Streaming(Box::new(t.clone())),
                     _ => Role::Wire,
                 }
             }
@@ -77,6 +83,14 @@ pub(crate) enum Output {
         err: Option<Box<Type>>,
         full: Box<Type>,
     },
+    /// A result stream: `impl Stream<Item = I>` (async) or `impl Iterator<Item = I>` (sync),
+    /// its items read as an output of their own (`Plain`, or `Fallible` for `Result` items:
+    /// an `Err` ends the stream).
+    Stream {
+        item: Box<Output>,
+        /// The item type as written (`Result<T, E>` included).
+        written: Box<Type>,
+    },
 }
 
 impl Output {
@@ -85,6 +99,22 @@ impl Output {
         match self {
             Output::Unit => quote::quote!(()),
             Output::Plain(t) | Output::Fallible { ok: t, .. } => quote::quote!(#t),
+            Output::Stream { item, .. } => item.client_type(),
+        }
+    }
+
+    /// The output of a value (or an item) of type `ty`: `()`, a `Result` or anything else.
+    fn of(ty: Type) -> Output {
+        if matches!(&ty, Type::Tuple(t) if t.elems.is_empty()) {
+            return Output::Unit;
+        }
+        match result_types(&ty) {
+            Some((ok, err)) => Output::Fallible {
+                ok,
+                err: err.map(Box::new),
+                full: Box::new(ty),
+            },
+            None => Output::Plain(ty),
         }
     }
 
@@ -113,6 +143,28 @@ pub(crate) struct Function {
 }
 
 impl Function {
+    /// The item type of the caller's stream (`T` of a `Streaming<T>` argument), if any.
+    pub(crate) fn arg_stream(&self) -> Option<&Type> {
+        self.args.iter().find_map(|a| match &a.role {
+            Role::Streaming(t) => Some(&**t),
+            _ => None,
+        })
+    }
+
+    /// How the function streams, for `rpc.methods`: `"result"`, `"args"`, `"both"`, or
+    /// `None` when it does not.
+    pub(crate) fn streams(&self) -> Option<&'static str> {
+        match (
+            matches!(self.output, Output::Stream { .. }),
+            self.arg_stream().is_some(),
+        ) {
+            (true, true) => Some("both"),
+            (true, false) => Some("result"),
+            (false, true) => Some("args"),
+            (false, false) => None,
+        }
+    }
+
     /// The arguments on the wire, in order.
     pub(crate) fn wire_args(&self) -> impl Iterator<Item = &Arg> {
         self.args.iter().filter(|a| matches!(a.role, Role::Wire))
@@ -152,18 +204,20 @@ impl Function {
         }
         let output = match &sig.output {
             ReturnType::Default => Output::Unit,
-            ReturnType::Type(_, ty) if matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()) => Output::Unit,
-            ReturnType::Type(_, ty) => {
-                let ty = rebase(ty);
-                match result_types(&ty) {
-                    Some((ok, err)) => Output::Fallible {
-                        ok,
-                        err: err.map(Box::new),
-                        full: Box::new(ty),
-                    },
-                    None => Output::Plain(ty),
+            ReturnType::Type(_, ty) => match stream_item(ty) {
+                Some((_, item)) => {
+                    let item = rebase(item);
+                    Output::Stream {
+                        item: Box::new(match Output::of(item.clone()) {
+                            // A stream of `()`: items are still sent, each a `nil`.
+                            Output::Unit => Output::Plain(item.clone()),
+                            other => other,
+                        }),
+                        written: Box::new(item),
+                    }
                 }
-            }
+                None => Output::of(rebase(ty)),
+            },
         };
         let mut generics = sig.generics.clone();
         if rebased {
@@ -179,6 +233,30 @@ impl Function {
             output,
         }
     }
+}
+
+/// A result stream's trait (`Stream` or `Iterator`, by the last path segment of the bound)
+/// and item type: `impl Stream<Item = T>` or `impl Iterator<Item = T> + Send`.
+pub(crate) fn stream_item(ty: &Type) -> Option<(&Ident, &Type)> {
+    let Type::ImplTrait(it) = ty else { return None };
+    it.bounds.iter().find_map(|b| {
+        let syn::TypeParamBound::Trait(t) = b else {
+            return None;
+        };
+        let last = t.path.segments.last()?;
+        if last.ident != "Stream" && last.ident != "Iterator" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &last.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|a| match a {
+            GenericArgument::AssocType(at) if at.ident == "Item" && at.generics.is_none() => {
+                Some((&last.ident, &at.ty))
+            }
+            _ => None,
+        })
+    })
 }
 
 /// `T` and, when written out, `E` of a `Result<T, E>` (recognised by its last path

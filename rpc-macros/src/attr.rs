@@ -15,8 +15,8 @@ pub(crate) struct Options {
     pub(crate) max_flow: Option<LitInt>,
     /// Checked: a duration such as `"50ms"`, in microseconds.
     pub(crate) max_flow_wait: Option<(u64, proc_macro2::Span)>,
-    /// `unstable_network` (true) or `unstable_network = false`.
-    pub(crate) unstable_network: Option<bool>,
+    /// `unstable_network` (true) or `unstable_network = false`, with the key's span.
+    pub(crate) unstable_network: Option<(bool, proc_macro2::Span)>,
     /// `inline` (true) or `inline = false`, with the key's span (only for sync functions).
     pub(crate) inline: Option<(bool, proc_macro2::Span)>,
     /// `crate = "path"`: where the framework is, for a dependency renamed in Cargo.toml.
@@ -146,7 +146,7 @@ pub(crate) fn parse_options(
                 };
                 let result = match name.as_str() {
                     "inline" => on.and_then(|on| set(&mut opts.inline, (on, key.span()), &key)),
-                    _ => on.and_then(|on| set(&mut opts.unstable_network, on, &key)),
+                    _ => on.and_then(|on| set(&mut opts.unstable_network, (on, key.span()), &key)),
                 };
                 if let Err(e) = result {
                     errors.push(e);
@@ -209,6 +209,32 @@ pub(crate) fn check_inline(opts: &Options, sig: &syn::Signature, errors: &mut Ve
         errors.push(syn::Error::new(
             span,
             "`inline` is for sync functions: an async function already runs in the connection's task",
+        ));
+    }
+}
+
+/// What makes no sense for a streaming function (`stream` says how it streams): `inline`
+/// (a stream waits for its caller's credit, which would stall the connection's task) and
+/// `unstable_network` (items cannot be replayed from the dedup cache to a resent call).
+/// `unstable_network = false` is allowed: the generated method of a streaming function sets
+/// it in any case, over the server's default.
+pub(crate) fn check_streams(opts: &Options, stream: Option<&str>, errors: &mut Vec<syn::Error>) {
+    if stream.is_none() {
+        return;
+    }
+    if let Some((true, span)) = opts.inline {
+        errors.push(syn::Error::new(
+            span,
+            "`inline` cannot apply to a streaming function: its stream waits for the caller's \
+             credit (or items), which would stall every call of the connection; it runs on the \
+             blocking pool (sync) or in its own future (async)",
+        ));
+    }
+    if let Some((true, span)) = opts.unstable_network {
+        errors.push(syn::Error::new(
+            span,
+            "`unstable_network` cannot apply to a streaming function: its items cannot be \
+             replayed from the dedup cache to a resent call",
         ));
     }
 }

@@ -29,7 +29,7 @@ use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{Attribute, Ident, ItemFn, LitStr, Type, Visibility};
 
-use crate::ast::{Arg, Function, Output, Role};
+use crate::ast::{Function, Output, Role};
 use crate::attr::{self, Declarations, Options, Place};
 use crate::valid;
 
@@ -63,6 +63,7 @@ pub(crate) fn register(args: TokenStream, input: TokenStream) -> TokenStream {
     valid::signature(&item.sig, Place::Register, &mut errors);
     attr::check_inline(&opts, &item.sig, &mut errors);
     let func = Function::from_signature(&item.sig);
+    attr::check_streams(&opts, func.streams(), &mut errors);
     // `#[cfg]` written after `#[register]` must remove the module along with the function.
     let cfgs: Vec<_> = item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
     let module = if errors.len() == before {
@@ -219,46 +220,20 @@ fn module(
     } = frame(vis, attrs, f, opts);
     let k = &opts.krate();
     let ident = &f.ident;
-    // The stubs have the arguments on the wire only: not `State<T>` or `Context`.
-    let wire: Vec<&Arg> = f.wire_args().collect();
-    let types: Vec<&Type> = wire.iter().map(|a| &a.ty).collect();
     // The stubs take the function's own argument names, except `NAME`, which would be a
     // pattern matching the constant.
-    let binds: Vec<Ident> = wire
-        .iter()
-        .enumerate()
-        .map(|(i, a)| match &a.ident {
-            Some(id) if id != "NAME" => id.clone(),
-            _ => format_ident!("__rpc_arg{}", i),
-        })
-        .collect();
-    let out_ty = f.output.client_type();
-    let params_struct = params_struct(k, &types);
-    let params = quote!(__rpc_client, self::NAME, __RpcParams(#(&#binds,)* ::core::marker::PhantomData));
-    let (assert_out, call_async, call_blocking) = match &f.output {
-        Output::Unit => (
-            quote!(),
-            quote!(#k::__private::call::<_, ()>(#params).await),
-            quote!(#k::__private::call_blocking::<_, ()>(#params)),
-        ),
-        Output::Plain(t) | Output::Fallible { ok: t, .. } => (
-            {
-                let assert = on(k, t, "assert_return");
-                quote!(#assert();)
-            },
-            // The whole call, `.await` included, on the type: the future's own bounds then
-            // fail there too, and merge with `assert_return`'s error.
-            {
-                let k = at(k, span_of(t));
-                quote_spanned!(span_of(t)=> #k::__private::call::<_, #t>(#params).await)
-            },
-            {
-                let k = at(k, span_of(t));
-                quote_spanned!(span_of(t)=> #k::__private::call_blocking::<_, #t>(#params))
-            },
-        ),
-    };
-    let (err_ty, call_async, call_blocking) = typed_error_stubs(k, f, call_async, call_blocking);
+    let args = stub_args(k, f, true);
+    let StubCalls {
+        assert_out,
+        async_ret,
+        call_async,
+        blocking_ret,
+        call_blocking,
+        blocking_lifetime,
+    } = stub_calls(k, f, &args, &quote!(__rpc_client), &quote!(self::NAME));
+    let blocking_generics = blocking_lifetime.as_ref().map(|lt| quote!(<#lt>));
+    let params_struct = params_struct(k, &args.wire_types);
+    let (async_params, blocking_params) = (&args.async_params, &args.blocking_params);
     let stub_doc = format!("Call `{}` on a server, through an async client.", ident.unraw());
     let blocking_doc = format!("Call `{}` on a server, through a blocking client.", ident.unraw());
     let errors_doc = if f.output.written_error().is_some() {
@@ -277,24 +252,24 @@ fn module(
             #[doc = #errors_doc]
             #item_vis async fn call(
                 __rpc_client: &#k::Client,
-                #(#binds: #types),*
-            ) -> ::core::result::Result<#out_ty, #err_ty> {
+                #(#async_params),*
+            ) -> #async_ret {
                 #assert_out
                 #call_async
             }
         }
     });
-    let blocking_stub = BLOCKING.then(|| {
+    let blocking_stub = call_blocking.map(|call_blocking| {
         quote! {
             #[doc = #blocking_doc]
             ///
             /// # Errors
             ///
             #[doc = #errors_doc]
-            #item_vis fn call_blocking(
-                __rpc_client: &#k::BlockingClient,
-                #(#binds: #types),*
-            ) -> ::core::result::Result<#out_ty, #err_ty> {
+            #item_vis fn call_blocking #blocking_generics(
+                __rpc_client: & #blocking_lifetime #k::BlockingClient,
+                #(#blocking_params),*
+            ) -> #blocking_ret {
                 #assert_out
                 #call_blocking
             }
@@ -326,6 +301,179 @@ pub(crate) const ASYNC: bool = cfg!(feature = "async");
 /// Whether to generate the blocking stubs (`call_blocking`, `{Type}BlockingClient`): the
 /// facade's `blocking` feature.
 pub(crate) const BLOCKING: bool = cfg!(feature = "blocking");
+
+/// Whether the blocking client has streaming calls (`BlockingClient::call_stream`,
+/// `call_upload`, `call_bidi`): without them, streaming functions get async stubs only.
+pub(crate) const BLOCKING_STREAMS: bool = true;
+
+/// The lifetime of a blocking two-way stub: its items' iterator is read while the returned
+/// `BlockingItems` is, which borrows the client.
+pub(crate) fn blocking_lifetime() -> syn::Lifetime {
+    syn::Lifetime::new("'__rpc", Span::call_site())
+}
+
+/// The parameters of a function's stubs: its wire arguments and its `Streaming<U>`, in the
+/// order written, each with the name it is bound to.
+pub(crate) struct StubArgs<'f> {
+    /// `name: Type` (or `name: impl Stream<Item = U> + ..` for the argument stream).
+    pub(crate) async_params: Vec<TokenStream>,
+    /// `name: Type` (or `name: impl IntoIterator<Item = U>`).
+    pub(crate) blocking_params: Vec<TokenStream>,
+    /// The wire arguments, for `__RpcParams`.
+    pub(crate) wire_binds: Vec<Ident>,
+    pub(crate) wire_types: Vec<&'f Type>,
+    /// The argument stream's name and item type.
+    pub(crate) items: Option<(Ident, &'f Type)>,
+}
+
+/// The stubs' parameters of `f`; with `avoid_name`, an argument named `NAME` (which would
+/// be a pattern matching the module's constant) is renamed.
+pub(crate) fn stub_args<'f>(k: &TokenStream, f: &'f Function, avoid_name: bool) -> StubArgs<'f> {
+    let mut out = StubArgs {
+        async_params: Vec::new(),
+        blocking_params: Vec::new(),
+        wire_binds: Vec::new(),
+        wire_types: Vec::new(),
+        items: None,
+    };
+    let stub_args = f
+        .args
+        .iter()
+        .filter(|a| matches!(a.role, Role::Wire | Role::Streaming(_)));
+    for (i, a) in stub_args.enumerate() {
+        let bind = match &a.ident {
+            Some(id) if !(avoid_name && id == "NAME") => id.clone(),
+            _ => format_ident!("__rpc_arg{}", i),
+        };
+        match &a.role {
+            Role::Streaming(u) => {
+                out.async_params.push(
+                    quote!(#bind: impl #k::__private::Stream<Item = #u> + ::core::marker::Send + 'static),
+                );
+                let bound = matches!(f.output, Output::Stream { .. }).then(|| {
+                    let lt = blocking_lifetime();
+                    quote!(, IntoIter: #lt)
+                });
+                out.blocking_params
+                    .push(quote!(#bind: impl ::core::iter::IntoIterator<Item = #u #bound>));
+                out.items = Some((bind, u));
+            }
+            _ => {
+                let ty = &a.ty;
+                out.async_params.push(quote!(#bind: #ty));
+                out.blocking_params.push(quote!(#bind: #ty));
+                out.wire_binds.push(bind);
+                out.wire_types.push(ty);
+            }
+        }
+    }
+    out
+}
+
+/// What a stub does: the checks first, then the call, for each client (`call_blocking`
+/// is `None` when the blocking client cannot make it).
+pub(crate) struct StubCalls {
+    pub(crate) assert_out: TokenStream,
+    pub(crate) async_ret: TokenStream,
+    pub(crate) call_async: TokenStream,
+    pub(crate) blocking_ret: TokenStream,
+    pub(crate) call_blocking: Option<TokenStream>,
+    /// `'__rpc`, for a two-way stream's blocking stub: the client, the items and the
+    /// returned iterator share it.
+    pub(crate) blocking_lifetime: Option<syn::Lifetime>,
+}
+
+/// The calls of `f`'s stubs through `client` (an expression of type `&Client` or
+/// `&BlockingClient`) to the method `name`, with `args` from [`stub_args`].
+pub(crate) fn stub_calls(
+    k: &TokenStream,
+    f: &Function,
+    args: &StubArgs<'_>,
+    client: &TokenStream,
+    name: &TokenStream,
+) -> StubCalls {
+    let binds = &args.wire_binds;
+    let params = quote!(#client, #name, __RpcParams(#(&#binds,)* ::core::marker::PhantomData));
+    let assert_items = args.items.as_ref().map(|(_, u)| {
+        let assert = on(k, u, "assert_item");
+        quote!(#assert();)
+    });
+    if let Output::Stream { item, .. } = &f.output {
+        let t = match &**item {
+            Output::Plain(t) | Output::Fallible { ok: t, .. } => t,
+            // Not made by `ast` (a stream of `()` is `Plain`).
+            Output::Unit | Output::Stream { .. } => unreachable!("a stream's item is a value"),
+        };
+        let assert_t = on(k, t, "assert_item");
+        let ks = at(k, span_of(t));
+        let (call_async, call_blocking) = match &args.items {
+            None => (
+                quote_spanned!(span_of(t)=> #ks::__private::call_stream::<_, #t>(#params).await),
+                quote_spanned!(span_of(t)=> #ks::__private::call_stream_blocking::<_, #t>(#params)),
+            ),
+            Some((items, u)) => (
+                quote_spanned!(span_of(t)=> #ks::__private::call_bidi::<_, #u, _, #t>(#params, #items).await),
+                quote_spanned!(span_of(t)=> #ks::__private::call_bidi_blocking::<_, #u, _, #t>(#params, #items)),
+            ),
+        };
+        let lifetime = args.items.as_ref().map(|_| blocking_lifetime());
+        let lt = lifetime
+            .clone()
+            .unwrap_or_else(|| syn::Lifetime::new("'_", Span::call_site()));
+        return StubCalls {
+            assert_out: quote!(#assert_items #assert_t();),
+            async_ret: quote!(::core::result::Result<#k::ItemStream<#t>, #k::Error>),
+            call_async,
+            blocking_ret: quote!(::core::result::Result<#k::BlockingItems<#lt, #t>, #k::Error>),
+            call_blocking: (BLOCKING && BLOCKING_STREAMS).then_some(call_blocking),
+            blocking_lifetime: lifetime,
+        };
+    }
+    let (call, call_b, call_args) = match &args.items {
+        None => (quote!(call), quote!(call_blocking), params.clone()),
+        Some((items, _)) => (
+            quote!(call_upload),
+            quote!(call_upload_blocking),
+            quote!(#params, #items),
+        ),
+    };
+    let u = args.items.as_ref().map(|(_, u)| quote!(#u, _,));
+    let (assert_out, call_async, call_blocking) = match &f.output {
+        Output::Unit => (
+            quote!(#assert_items),
+            quote!(#k::__private::#call::<_, #u ()>(#call_args).await),
+            quote!(#k::__private::#call_b::<_, #u ()>(#call_args)),
+        ),
+        Output::Plain(t) | Output::Fallible { ok: t, .. } => (
+            {
+                let assert = on(k, t, "assert_return");
+                quote!(#assert_items #assert();)
+            },
+            // The whole call, `.await` included, on the type: the future's own bounds then
+            // fail there too, and merge with `assert_return`'s error.
+            {
+                let k = at(k, span_of(t));
+                quote_spanned!(span_of(t)=> #k::__private::#call::<_, #u #t>(#call_args).await)
+            },
+            {
+                let k = at(k, span_of(t));
+                quote_spanned!(span_of(t)=> #k::__private::#call_b::<_, #u #t>(#call_args))
+            },
+        ),
+        Output::Stream { .. } => unreachable!("handled above"),
+    };
+    let (err_ty, call_async, call_blocking) = typed_error_stubs(k, f, call_async, call_blocking);
+    let out_ty = f.output.client_type();
+    let ret = quote!(::core::result::Result<#out_ty, #err_ty>);
+    StubCalls {
+        assert_out,
+        async_ret: ret.clone(),
+        call_async,
+        blocking_ret: ret,
+        call_blocking: (BLOCKING && (args.items.is_none() || BLOCKING_STREAMS)).then_some(call_blocking),
+        blocking_lifetime: None,
+    }
+}
 
 /// `__RpcParams`, the stubs' params: the wire arguments encoded by reference, each through
 /// a function bounded on the type as written (one error, on the type, for a type that
@@ -423,6 +571,8 @@ pub(crate) fn method_expr(
         Output::Unit => "()".to_owned(),
         Output::Plain(t) => type_text(t),
         Output::Fallible { full, .. } => type_text(full),
+        // The item type: `streams("result")` says it is a stream of them.
+        Output::Stream { written, .. } => type_text(written),
     };
     let describe = quote!(.describe(&[#(#described_args),*], #returns, #doc));
     let count = f.wire_args().count();
@@ -433,6 +583,11 @@ pub(crate) fn method_expr(
         Role::Wire => on(k, &a.ty, "assert_arg"),
         Role::State(t) => on(k, t, "assert_state"),
         Role::Context => on(k, &a.ty, "assert_context"),
+        Role::Streaming(u) => {
+            let ours = on(k, &a.ty, "assert_streaming");
+            let item = on(k, u, "assert_item");
+            quote!(#ours(); #item)
+        }
     });
     // Each argument in order: decoded from the wire, the state (taken when the server is
     // built), or the call's context.
@@ -454,8 +609,21 @@ pub(crate) fn method_expr(
                 quote!(let #local = ::core::clone::Clone::clone(&#state);)
             }
             Role::Context => quote!(let #local = __rpc_call.context();),
+            // After every wire argument decoded: see below.
+            Role::Streaming(_) => quote!(),
         })
         .collect();
+    // The caller's stream is opened (and granted its first credit) once the arguments have
+    // decoded, and before the result stream, as `Method::bidi_fn` does.
+    let open_items = f.args.iter().zip(&locals).find_map(|(a, local)| match &a.role {
+        Role::Streaming(_) => {
+            let ty = &a.ty;
+            let ks = at(k, span_of(ty));
+            let open = quote_spanned!(span_of(ty)=> <#ty as #ks::__private::IsStreaming>::open);
+            Some(quote!(let #local = #open(__rpc_call)?;))
+        }
+        _ => None,
+    });
     let state_binds: Vec<TokenStream> = f
         .args
         .iter()
@@ -476,6 +644,22 @@ pub(crate) fn method_expr(
         .then(|| quote!(.takes_context()));
     // `reply(out)`: the `Reply` for the function's output `out`.
     let (out_checks, reply): (TokenStream, Box<dyn Fn(TokenStream) -> TokenStream>) = match &f.output {
+        // Streams answer through `send_*` below.
+        Output::Stream { item, .. } => {
+            let checks = match &**item {
+                Output::Plain(t) => on(k, t, "assert_item"),
+                Output::Fallible { ok, err, .. } => {
+                    let ok = on(k, ok, "assert_item");
+                    let err = err.as_ref().map(|e| {
+                        let e = on(k, e, "assert_error");
+                        quote!(#e();)
+                    });
+                    quote!(#ok(); #err)
+                }
+                Output::Unit | Output::Stream { .. } => unreachable!("a stream's item is a value"),
+            };
+            (quote!(#checks();), Box::new(|_| quote!()))
+        }
         Output::Unit => (
             quote!(),
             Box::new(|out| quote!({ #out; #k::__private::reply::<()>(()) })),
@@ -536,9 +720,19 @@ pub(crate) fn method_expr(
     let max_flow_wait = opts
         .max_flow_wait
         .map(|(us, _)| quote!(.max_flow_wait(::core::time::Duration::from_micros(#us))));
-    let unstable_network = opts.unstable_network.map(|on| quote!(.unstable_network(#on)));
+    let streams = f.streams();
+    // A streaming function never goes through the dedup cache (its items cannot be
+    // replayed), whatever the server's default: `check_streams` refused the option.
+    let unstable_network = match (opts.unstable_network, streams) {
+        (_, Some(_)) => Some(quote!(.unstable_network(false))),
+        (Some((on, _)), None) => Some(quote!(.unstable_network(#on))),
+        (None, None) => None,
+    };
+    let streams = streams.map(|how| quote!(.streams(#how)));
     let inline = opts.inline.map(|(on, _)| quote!(.inline(#on)));
-    let (ctor, job, reply_fn, span) = if f.is_async {
+    let (ctor, job, reply_fn, span) = if let Output::Stream { item, .. } = &f.output {
+        stream_job(k, f, item, &locals, name, target)
+    } else if f.is_async {
         // Spanned on `async`: "this future is not `Send`" points there.
         let span = f.async_span;
         let reply = reply(quote!(__rpc_out));
@@ -577,6 +771,7 @@ pub(crate) fn method_expr(
             move |__rpc_args: &mut #ks::__private::Args<'_>, __rpc_call: &#ks::__private::Call<'_>| {
                 __rpc_args.expect(#count)?;
                 #(#lets)*
+                #open_items
                 #job
             }
             #reply_fn
@@ -615,7 +810,84 @@ pub(crate) fn method_expr(
         #max_flow_wait
         #unstable_network
         #inline
+        #streams
     }}
+}
+
+/// The job of a function whose result is a stream: open the result stream, then send the
+/// items of the function's stream (async) or iterator (sync, made and driven on the blocking
+/// pool), ending with the call's reply. Returns what [`method_expr`] builds the method of.
+fn stream_job(
+    k: &TokenStream,
+    f: &Function,
+    item: &Output,
+    locals: &[Ident],
+    name: &TokenStream,
+    target: Target,
+) -> (TokenStream, TokenStream, TokenStream, Span) {
+    let ident = &f.ident;
+    let (t, fallible) = match item {
+        Output::Plain(t) => (t, false),
+        Output::Fallible { ok, .. } => (ok, true),
+        Output::Unit | Output::Stream { .. } => unreachable!("a stream's item is a value"),
+    };
+    let (this, call) = match target {
+        Target::Free => (quote!(), quote!(super::#ident(#(#locals),*))),
+        Target::Method => (
+            quote!(let __rpc_this = ::std::sync::Arc::clone(&__rpc_service);),
+            quote!(__rpc_this.#ident(#(#locals),*)),
+        ),
+    };
+    let ks = at(k, span_of(t));
+    let job = if f.is_async {
+        // The function's future and its stream live in one future, which owns what they
+        // borrow (a method's `self`).
+        let send = if fallible {
+            quote_spanned!(span_of(t)=> #ks::__private::send_try_items::<#t, _, _>)
+        } else {
+            quote_spanned!(span_of(t)=> #ks::__private::send_items::<#t, _>)
+        };
+        // The call to `send_*` spanned on the item type, parentheses included: a bound it
+        // fails is reported there (the arguments keep their own spans).
+        // The future is spanned there too: what it must be (`Send`, its output) is checked
+        // where it is made. Its one local is named with the same span, for any hygiene.
+        let items = Ident::new("__rpc_items", span_of(t));
+        let args = quote!(__rpc_out, #items);
+        let sent = quote_spanned!(span_of(t)=> #send(#args));
+        let fut = quote_spanned!(span_of(t)=> async move {
+            let #items = #call.await;
+            #sent.await
+        });
+        quote! {
+            #this
+            ::core::result::Result::Ok(#fut)
+        }
+    } else {
+        let send = if fallible {
+            quote_spanned!(span_of(t)=> #ks::__private::send_try_iter::<#t, _, _, _>)
+        } else {
+            quote_spanned!(span_of(t)=> #ks::__private::send_iter::<#t, _, _>)
+        };
+        // In a future of its own, spanned on the item type as above (the bound a future
+        // returned by `send_iter` fails is otherwise reported on the attribute).
+        let make = quote_spanned!(span_of(t)=> move || #call);
+        let args = quote!(__rpc_out, #name, #make);
+        let fut = quote_spanned!(span_of(t)=> async move { #send(#args).await });
+        quote! {
+            #this
+            ::core::result::Result::Ok(#fut)
+        }
+    };
+    let job = quote! {
+        let __rpc_out = #k::__private::open_result(__rpc_call)?;
+        #job
+    };
+    (
+        quote!(async_parts),
+        job,
+        quote!(, ::core::convert::identity),
+        f.async_span,
+    )
 }
 
 /// A type as written, for people: `Vec<u8>`, not `Vec < u8 >`.
@@ -684,8 +956,29 @@ fn fallback(
     let types: Vec<&Type> = f.wire_args().map(|a| &a.ty).collect();
     let out_ty = match &f.output {
         Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t) => quote!(()),
+        Output::Stream { item, .. } if matches!(&**item, Output::Plain(t) | Output::Fallible { ok: t, .. } if borrows_or_hides(t)) =>
+        {
+            quote!(())
+        }
         other => other.client_type(),
     };
+    // A result stream's stubs return its items' stream.
+    let (out_ty, blocking_out_ty) = match &f.output {
+        Output::Stream { .. } => (
+            quote!(#k::ItemStream<#out_ty>),
+            quote!(#k::BlockingItems<'static, #out_ty>),
+        ),
+        _ => (out_ty.clone(), out_ty),
+    };
+    // The argument stream, as the stubs take it (when its item type can be kept).
+    let items = f
+        .arg_stream()
+        .filter(|u| !borrows_or_hides(u))
+        .map(|u| quote!(_: impl #k::__private::Stream<Item = #u> + ::core::marker::Send + 'static));
+    let blocking_items = f
+        .arg_stream()
+        .filter(|u| !borrows_or_hides(u))
+        .map(|u| quote!(_: impl ::core::iter::IntoIterator<Item = #u>));
     let err_ty = match f.output.written_error() {
         Some(e) if !borrows_or_hides(e) => quote!(#k::CallError<#e>),
         _ => quote!(#k::Error),
@@ -702,18 +995,20 @@ fn fallback(
         quote! {
             #item_vis async fn call #impl_generics(
                 _: &#k::Client,
-                #(_: #types),*
+                #(_: #types,)*
+                #items
             ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
         }
     });
-    let blocking_stub = BLOCKING.then(|| {
+    let blocking_stub = (BLOCKING && (f.streams().is_none() || BLOCKING_STREAMS)).then(|| {
         quote! {
             #item_vis fn call_blocking #impl_generics(
                 _: &#k::BlockingClient,
-                #(_: #types2),*
-            ) -> ::core::result::Result<#out_ty, #err_ty> #where_clause {
+                #(_: #types2,)*
+                #blocking_items
+            ) -> ::core::result::Result<#blocking_out_ty, #err_ty> #where_clause {
                 ::core::unreachable!()
             }
         }

@@ -6,16 +6,17 @@
 //! types are used as written, without the rebasing `#[register]` does.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote};
 use syn::ext::IdentExt;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ImplItem, ImplItemFn, ItemImpl, Lit, LitStr, Meta, Token, Type, Visibility};
 
-use crate::ast::{Arg, Function};
+use crate::ast::Function;
 use crate::attr::{self, Options, Place};
-use crate::expand::{combine, first_doc_line, method_expr, params_struct, typed_error_stubs, Target};
+use crate::expand::{
+    combine, first_doc_line, method_expr, params_struct, stub_args, stub_calls, StubCalls, Target,
+};
 use crate::valid;
 
 /// The options of `#[service(..)]`.
@@ -262,10 +263,11 @@ fn read_method(
     let before = errors.len();
     valid::signature(&m.sig, Place::Service, errors);
     attr::check_inline(&opts, &m.sig, errors);
+    let func = Function::from_method(&m.sig);
+    attr::check_streams(&opts, func.streams(), errors);
     if errors.len() != before {
         return None;
     }
-    let func = Function::from_method(&m.sig);
     let base = func.ident.unraw().to_string();
     let name = match (&opts.name, prefix) {
         (Some(n), _) => n.clone(),
@@ -292,43 +294,43 @@ fn stub(s: &Served) -> (TokenStream, TokenStream) {
     let ident = &f.ident;
     let name = &s.name;
     let docs = &s.docs;
-    let wire: Vec<&Arg> = f.wire_args().collect();
-    let binds: Vec<syn::Ident> = wire
-        .iter()
-        .enumerate()
-        .map(|(i, a)| a.ident.clone().unwrap_or_else(|| format_ident!("__rpc_arg{}", i)))
-        .collect();
-    let types: Vec<&Type> = wire.iter().map(|a| &a.ty).collect();
-    let out_ty = f.output.client_type();
-    let span = out_ty.span();
     let k = &s.opts.krate();
-    let params_ty = params_struct(k, &types);
-    let params = quote!(__RpcParams(#(&#binds,)* ::core::marker::PhantomData));
-    let ks = crate::expand::at(k, span);
-    let call_async =
-        quote_spanned!(span=> #ks::__private::call::<_, #out_ty>(&self.client, #name, #params).await);
-    let call_blocking =
-        quote_spanned!(span=> #ks::__private::call_blocking::<_, #out_ty>(&self.client, #name, #params));
-    let (err_ty, call_async, call_blocking) = typed_error_stubs(k, f, call_async, call_blocking);
+    let args = stub_args(k, f, false);
+    let StubCalls {
+        assert_out,
+        async_ret,
+        call_async,
+        blocking_ret,
+        call_blocking,
+        blocking_lifetime,
+    } = stub_calls(k, f, &args, &quote!(&self.client), &quote!(#name));
+    let blocking_generics = blocking_lifetime.as_ref().map(|lt| quote!(<#lt>));
+    let params_ty = params_struct(k, &args.wire_types);
+    let (async_params, blocking_params) = (&args.async_params, &args.blocking_params);
     let doc_name = format!("Calls `{}` on the server.", name.value());
+    let blocking = call_blocking.map(|call_blocking| {
+        quote! {
+            #(#docs)*
+            #[doc = ""]
+            #[doc = #doc_name]
+            pub fn #ident #blocking_generics(& #blocking_lifetime self, #(#blocking_params),*) -> #blocking_ret {
+                #assert_out
+                #params_ty
+                #call_blocking
+            }
+        }
+    });
     (
         quote! {
             #(#docs)*
             #[doc = ""]
             #[doc = #doc_name]
-            pub async fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, #err_ty> {
+            pub async fn #ident(&self, #(#async_params),*) -> #async_ret {
+                #assert_out
                 #params_ty
                 #call_async
             }
         },
-        quote! {
-            #(#docs)*
-            #[doc = ""]
-            #[doc = #doc_name]
-            pub fn #ident(&self, #(#binds: #types),*) -> ::core::result::Result<#out_ty, #err_ty> {
-                #params_ty
-                #call_blocking
-            }
-        },
+        blocking.unwrap_or_default(),
     )
 }

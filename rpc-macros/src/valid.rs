@@ -12,6 +12,7 @@ use syn::ext::IdentExt;
 use syn::visit::Visit;
 use syn::{FnArg, Pat, ReturnType, Signature, Type};
 
+use crate::ast::{stream_item, Role};
 use crate::attr::Place;
 
 fn error(errors: &mut Vec<syn::Error>, tokens: impl ToTokens, msg: impl Display) {
@@ -60,6 +61,7 @@ pub(crate) fn signature(sig: &Signature, place: Place, errors: &mut Vec<syn::Err
     if let Some(v) = &sig.variadic {
         error(errors, v, format_args!("{what} cannot be variadic"));
     }
+    let mut streams = 0;
     for input in &sig.inputs {
         let pt = match input {
             FnArg::Receiver(r) if matches!(place, Place::Service) => {
@@ -116,10 +118,50 @@ pub(crate) fn signature(sig: &Signature, place: Place, errors: &mut Vec<syn::Err
                 ),
             ),
         }
-        wire_type(&pt.ty, Position::Argument, what, errors);
+        match Role::of(&pt.ty) {
+            Role::Streaming(item) => {
+                streams += 1;
+                if streams > 1 {
+                    error(
+                        errors,
+                        &pt.ty,
+                        format_args!(
+                            "{what} takes at most one `Streaming<T>` argument: a call carries one \
+                             stream from its caller; send a tuple or a struct per item to carry more"
+                        ),
+                    );
+                }
+                wire_type(&item, Position::Argument, what, errors);
+            }
+            _ => wire_type(&pt.ty, Position::Argument, what, errors),
+        }
     }
     if let ReturnType::Type(_, ty) = &sig.output {
-        wire_type(ty, Position::Return, what, errors);
+        match stream_item(ty) {
+            Some((trait_, item)) => {
+                let is_async = sig.asyncness.is_some();
+                // `declare!` only makes stubs: either spelling says "a result stream".
+                if !matches!(place, Place::Declare) {
+                    if is_async && trait_ == "Iterator" {
+                        error(
+                            errors,
+                            trait_,
+                            "an async function streams its result as `impl Stream<Item = T>`; \
+                             `impl Iterator<Item = T>` is for sync functions (driven on the blocking pool)",
+                        );
+                    } else if !is_async && trait_ == "Stream" {
+                        error(
+                            errors,
+                            trait_,
+                            "a sync function streams its result as `impl Iterator<Item = T>` (driven \
+                             on the blocking pool); make it an `async fn` to return `impl Stream<Item = T>`",
+                        );
+                    }
+                }
+                wire_type(item, Position::Return, what, errors);
+            }
+            None => wire_type(ty, Position::Return, what, errors),
+        }
     }
 }
 
@@ -178,8 +220,9 @@ fn wire_type(ty: &Type, position: Position, what: &str, errors: &mut Vec<syn::Er
                      to decode into; use a concrete type that implements `serde::Deserialize`"
                 }
                 Position::Return => {
-                    "`impl Trait` return types are not allowed: return a concrete type that \
-                     implements `serde::Serialize`"
+                    "`impl Trait` return types are not allowed, except a result stream: return a \
+                     concrete type that implements `serde::Serialize`, or stream items with \
+                     `impl Stream<Item = T>` (async fn) or `impl Iterator<Item = T>` (sync fn)"
                 }
             };
             error(self.errors, t, msg);

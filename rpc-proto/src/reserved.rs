@@ -53,8 +53,10 @@ pub struct MethodDescription {
     /// The first line of its doc comment (empty without one).
     pub doc: String,
     /// How it streams: `""` (not at all), `"result"`, `"args"` or `"both"` (absent
-    /// from the descriptions of servers older than streams).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// from the descriptions of servers older than streams). Always written: bincode is
+    /// positional, so a field left out shifts every one after it (it broke decoding the
+    /// answer of a server without streaming methods).
+    #[serde(default)]
     pub streaming: String,
 }
 

@@ -134,6 +134,17 @@
 //! Call metadata ([`Metadata`], [`Client::with_metadata`]) and tower layers around dispatch
 //! ([`Builder::layer`], [`layers`]) complete the picture; see the README.
 //!
+//! # Streams
+//!
+//! A function returning `impl Stream<Item = T>` (async) or `impl Iterator<Item = T>` (sync)
+//! streams its result; one taking a [`Streaming<U>`] argument receives a stream from its
+//! caller; one doing both is two-way. The async stubs return an [`ItemStream<T>`] and take
+//! `impl Stream<Item = U>`; items flow under credit-based flow control (64 items at a
+//! time), dropping the stream cancels the call, and the client's timeout covers the whole
+//! stream. The client needs the extensions ([`ClientConfig`]'s `extensions`); a plain
+//! MessagePack-RPC peer gets [`ErrorCode::StreamingMethod`]. See [`ItemStream`] for an
+//! example and the README's "Streams" section for all of it.
+//!
 //! # Typed errors
 //!
 //! When a function's error type is `Serialize` (as well as `Display`), the server sends the
@@ -1290,6 +1301,87 @@ pub use easyrpc_client::InstanceState;
 /// # Details
 pub use rmpv::Value;
 
+// ---- Streams ------------------------------------------------------------------------------
+
+/// The items of a streaming call, as they come: what the async stub of a function returning
+/// `impl Stream<Item = T>` (or `impl Iterator<Item = T>`) returns, and
+/// [`Client::call_stream`]. Dropping it cancels the call.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::stream::{self, Stream, StreamExt};
+/// use easyrpc::{register, Client, ClientConfig, ItemStream, Server};
+///
+/// #[register]
+/// async fn countdown(n: u64) -> impl Stream<Item = u64> {
+///     stream::iter((0..n).rev())
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?;
+/// # let server = Server::builder().register(countdown::method()).build()?;
+/// # tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+/// // Streams need the extensions (a hello first).
+/// let mut config = ClientConfig::default();
+/// config.extensions = true;
+/// let client = Client::connect_with(addr, config).await?;
+/// let mut items: ItemStream<u64> = countdown::call(&client, 3).await?;
+/// let mut got = Vec::new();
+/// while let Some(n) = items.next().await {
+///     got.push(n?);
+/// }
+/// assert_eq!(got, [2, 1, 0]);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+#[cfg(feature = "async")]
+pub use easyrpc_client::ItemStream;
+
+/// The items of a streaming call through a [`BlockingClient`], as an [`Iterator`]: what the
+/// blocking stub of a function returning a stream returns, and
+/// [`BlockingClient::call_stream`]. It borrows the client; dropping it before its end
+/// cancels the call.
+///
+/// # Examples
+///
+/// ```
+/// use easyrpc::{register, BlockingClient, BlockingItems, ClientConfig, Server};
+///
+/// #[register]
+/// fn lines(n: u32) -> impl Iterator<Item = String> {
+///     (0..n).map(|i| format!("line {i}"))
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Runtime::new()?;
+/// # let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+/// # let addr = listener.local_addr()?;
+/// # let server = Server::builder().register(lines::method()).build()?;
+/// # rt.spawn(async move { server.run(listener, std::future::pending()).await });
+/// let mut config = ClientConfig::default();
+/// config.extensions = true;
+/// let client = BlockingClient::connect_with(addr, config)?;
+/// let items: BlockingItems<'_, String> = lines::call_blocking(&client, 2)?;
+/// let got: Vec<String> = items.collect::<Result<_, _>>()?;
+/// assert_eq!(got, ["line 0", "line 1"]);
+/// # Ok(()) }
+/// ```
+///
+/// # Details
+#[cfg(feature = "blocking")]
+pub use easyrpc_client::BlockingItems;
+pub use easyrpc_server::Streaming;
+/// futures' `stream` module (`stream::iter`, `stream::unfold`, ...), to make the streams a
+/// function returns or a stub sends.
+pub use futures_util::stream;
+/// futures' `Stream` and `StreamExt`: the item type of a result stream is written
+/// `impl Stream<Item = T>`, and `StreamExt::next` reads an [`ItemStream`] or a [`Streaming`].
+pub use futures_util::{Stream, StreamExt};
+
 /// Items used by the code that `#[register]` and `declare!` generate. Not a public API.
 ///
 /// The generated code checks each type the user wrote with an `assert_*` function, spanned
@@ -1503,6 +1595,227 @@ pub mod __private {
         fn call_error(&self, error: Error) -> CallError<E> {
             CallError::Rpc(error)
         }
+    }
+
+    // ---- Streams ----------------------------------------------------------------------
+
+    pub use futures_util::Stream;
+
+    #[cfg(feature = "async")]
+    use crate::ItemStream;
+    use core::future::Future;
+    use easyrpc_server::stream::StreamOut;
+    use easyrpc_server::Streaming;
+
+    /// The item type of a stream, either way (`T` of `impl Stream<Item = T>`, of
+    /// `impl Iterator<Item = T>` or of `Streaming<T>`).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the item of an RPC stream",
+        label = "not `Serialize + DeserializeOwned + Send + 'static`",
+        note = "one side encodes each item and the other decodes it: derive `serde::Serialize` and \
+                `serde::Deserialize` for your own types, and use owned, `Send` types; a stream of \
+                `Result<T, E>` needs this of `T`"
+    )]
+    pub trait RpcItem: Serialize + DeserializeOwned + Send + 'static {}
+    #[diagnostic::do_not_recommend]
+    impl<T: Serialize + DeserializeOwned + Send + 'static> RpcItem for T {}
+
+    /// Compile-time check of a stream's item type.
+    pub const fn assert_item<T: RpcItem>() {}
+
+    /// The framework's `Streaming<T>`, as an argument.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not `easyrpc::Streaming<T>`",
+        label = "an argument of a type named `Streaming<T>` is taken as the caller's stream",
+        note = "use `easyrpc::Streaming<T>`, or rename your own type: it cannot travel on the wire under this name"
+    )]
+    pub trait IsStreaming: Sized {
+        /// Open the caller's stream of `call`: the argument is made through its type as
+        /// written, so that a type that is not ours fails this trait only.
+        ///
+        /// # Errors
+        ///
+        /// `StreamingMethod` for a caller that cannot stream.
+        fn open(call: &Call<'_>) -> Result<Self, ServerError>;
+    }
+
+    impl<T> IsStreaming for Streaming<T> {
+        fn open(call: &Call<'_>) -> Result<Self, ServerError> {
+            Streaming::open(call)
+        }
+    }
+
+    /// Compile-time check of a `Streaming<T>` argument.
+    pub const fn assert_streaming<T: IsStreaming>() {}
+
+    /// Open the result stream of `call`.
+    ///
+    /// # Errors
+    ///
+    /// `StreamingMethod` for a caller that cannot stream.
+    pub fn open_result(call: &Call<'_>) -> Result<StreamOut, ServerError> {
+        StreamOut::open(call)
+    }
+
+    /// Send the items of an `impl Stream<Item = T>`, then end the call.
+    pub fn send_items<T: RpcItem, S: Stream<Item = T> + Send>(
+        out: StreamOut,
+        items: S,
+    ) -> impl Future<Output = Reply> + Send {
+        out.send(easyrpc_server::stream::ok_items(items))
+    }
+
+    /// Send the items of an `impl Stream<Item = Result<T, E>>`: an `Err` ends the stream
+    /// with `E`'s message.
+    pub fn send_try_items<T, E, S>(out: StreamOut, items: S) -> impl Future<Output = Reply> + Send
+    where
+        T: RpcItem,
+        E: RpcError,
+        S: Stream<Item = Result<T, E>> + Send,
+    {
+        out.send(easyrpc_server::stream::try_items(items))
+    }
+
+    /// Send the items a sync function's iterator makes on the blocking pool, then end the
+    /// call.
+    pub fn send_iter<T, I, F>(out: StreamOut, name: &str, make: F) -> impl Future<Output = Reply> + Send
+    where
+        T: RpcItem,
+        I: IntoIterator<Item = T>,
+        F: FnOnce() -> I + Send + 'static,
+    {
+        out.send(easyrpc_server::stream::iter_items(name, move || {
+            make().into_iter().map(Ok)
+        }))
+    }
+
+    /// [`send_iter`] for an iterator of `Result<T, E>`: an `Err` ends the stream with `E`'s
+    /// message.
+    pub fn send_try_iter<T, E, I, F>(
+        out: StreamOut,
+        name: &str,
+        make: F,
+    ) -> impl Future<Output = Reply> + Send
+    where
+        T: RpcItem,
+        E: RpcError,
+        I: IntoIterator<Item = Result<T, E>>,
+        F: FnOnce() -> I + Send + 'static,
+    {
+        out.send(easyrpc_server::stream::iter_items(name, move || {
+            make()
+                .into_iter()
+                .map(|r| r.map_err(|e| ServerError::new(crate::ErrorCode::HandlerError, e.to_string())))
+        }))
+    }
+
+    /// The async stub's call of a function whose result is a stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call_stream`].
+    #[cfg(feature = "async")]
+    pub async fn call_stream<P: Params, T: RpcItem>(
+        client: &Client,
+        name: &str,
+        params: P,
+    ) -> Result<ItemStream<T>, Error> {
+        client.call_stream(name, params).await
+    }
+
+    /// The async stub's call of a function taking a `Streaming<U>` and returning a value.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call_upload`].
+    #[cfg(feature = "async")]
+    pub async fn call_upload<P, U, S, R>(client: &Client, name: &str, params: P, items: S) -> Result<R, Error>
+    where
+        P: Params,
+        U: RpcItem,
+        S: Stream<Item = U> + Send + 'static,
+        R: RpcReturn,
+    {
+        client.call_upload(name, params, items).await
+    }
+
+    /// The async stub's call of a function taking a `Streaming<U>` and returning a stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call_bidi`].
+    #[cfg(feature = "async")]
+    pub async fn call_bidi<P, U, S, T>(
+        client: &Client,
+        name: &str,
+        params: P,
+        items: S,
+    ) -> Result<ItemStream<T>, Error>
+    where
+        P: Params,
+        U: RpcItem,
+        S: Stream<Item = U> + Send + 'static,
+        T: RpcItem,
+    {
+        client.call_bidi(name, params, items).await
+    }
+
+    /// The blocking stub's call of a function whose result is a stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::call_stream`].
+    #[cfg(feature = "blocking")]
+    pub fn call_stream_blocking<'a, P: Params, T: RpcItem>(
+        client: &'a BlockingClient,
+        name: &str,
+        params: P,
+    ) -> Result<crate::BlockingItems<'a, T>, Error> {
+        client.call_stream(name, params)
+    }
+
+    /// The blocking stub's call of a function taking a `Streaming<U>` and returning a value.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::call_upload`].
+    #[cfg(feature = "blocking")]
+    pub fn call_upload_blocking<P, U, I, R>(
+        client: &BlockingClient,
+        name: &str,
+        params: P,
+        items: I,
+    ) -> Result<R, Error>
+    where
+        P: Params,
+        U: RpcItem,
+        I: IntoIterator<Item = U>,
+        R: RpcReturn,
+    {
+        client.call_upload(name, params, items)
+    }
+
+    /// The blocking stub's call of a function taking a `Streaming<U>` and returning a
+    /// stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingClient::call_bidi`].
+    #[cfg(feature = "blocking")]
+    pub fn call_bidi_blocking<'a, P, U, I, T>(
+        client: &'a BlockingClient,
+        name: &str,
+        params: P,
+        items: I,
+    ) -> Result<crate::BlockingItems<'a, T>, Error>
+    where
+        P: Params,
+        U: RpcItem,
+        I: IntoIterator<Item = U>,
+        I::IntoIter: 'a,
+        T: RpcItem,
+    {
+        client.call_bidi(name, params, items)
     }
 
     /// The async stub's call.
