@@ -807,10 +807,13 @@ impl Method {
     }
 
     /// Say how the method streams, for `rpc.methods`: `"result"`, `"args"` or `"both"`
-    /// (what `#[register]` generates).
+    /// (what `#[register]` generates). Streaming methods never use the dedup cache.
     #[doc(hidden)]
     pub fn streams(mut self, how: &'static str) -> Method {
         self.streaming = how;
+        // A stream is not an answer the dedup cache could keep and replay: streaming
+        // functions are out of a server-wide `unstable_network`.
+        self.unstable_network = Some(false);
         self
     }
 

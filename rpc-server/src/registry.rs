@@ -330,7 +330,9 @@ impl Registry {
                     None => Arc::new(LocalLimit::new(n)) as Arc<dyn Limit>,
                 }),
                 flow_wait: m.max_flow_wait,
-                dedup: !is_reserved && m.unstable_network.unwrap_or(setup.unstable_network),
+                dedup: !is_reserved
+                    && m.streaming.is_empty()
+                    && m.unstable_network.unwrap_or(setup.unstable_network),
                 inline: m.inline,
                 context: m.context,
                 name: Arc::from(&*m.name),

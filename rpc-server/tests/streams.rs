@@ -442,3 +442,25 @@ async fn a_connection_cut_mid_stream_fails_every_open_stream_and_stops_the_serve
     })
     .await;
 }
+
+#[tokio::test]
+async fn streams_stay_out_of_a_server_wide_dedup_cache() {
+    // Under the dedup cache a call runs detached from its connection (so that a retry can
+    // collect its answer): a stream there would not stop when its caller cancels, and a
+    // retry would replay its end without its items. Streaming functions stay out of it.
+    let produced = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let server = TestServer::start(streaming_builder(produced, dropped.clone()).unstable_network(true)).await;
+    let mut config = ClientConfig::default();
+    config.unstable_network = true;
+    let c = Client::connect_with(server.addr, config).await.unwrap();
+    let mut s = c.call_stream::<_, u64>("count", (u64::MAX,)).await.unwrap();
+    assert_eq!(within("item", s.next()).await.unwrap().unwrap(), 0);
+    drop(s);
+    let _: i64 = within("a round trip", c.call("add", (1, 1))).await.unwrap();
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the stream ran on after its cancellation"
+    );
+}
