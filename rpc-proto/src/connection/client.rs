@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::codec::{Codec, EncodeValue, Params};
+use crate::compress::{Compression, Zstd};
 use crate::error::{EncodeError, ErrorCode, ServerError};
 use crate::framer::Framer;
 use crate::handshake::Hello;
@@ -59,6 +60,10 @@ pub struct ClientConfig {
     /// The optional features offered in the hello ([`features`](crate::handshake::features)
     /// bits); the server's answer says which are on ([`ClientConnection::features`]).
     pub features: u32,
+    /// How requests are compressed once the server's hello agreed to
+    /// [`ZSTD`](crate::handshake::features::ZSTD) (offered when `features` has it; not by
+    /// default). Compressed replies are accepted whenever it was agreed.
+    pub compression: Compression,
 }
 
 impl ClientConfig {
@@ -73,6 +78,7 @@ impl ClientConfig {
             session: None,
             heartbeat_interval: Some(Duration::from_secs(20)),
             features: crate::handshake::features::STREAMS,
+            compression: Compression::default(),
         }
     }
 }
@@ -227,6 +233,9 @@ pub struct ClientConnection<T> {
     serving: Vec<u64>,
     /// The features the server's hello agreed to, on the current transport.
     agreed: u32,
+    /// How what we send is compressed: off until the server's hello agrees to zstd (a
+    /// request queued before its answer goes uncompressed).
+    zstd: Zstd,
 }
 
 impl<T: Copy> ClientConnection<T> {
@@ -246,6 +255,7 @@ impl<T: Copy> ClientConnection<T> {
             last_write: now,
             serving: Vec::new(),
             agreed: 0,
+            zstd: Zstd::OFF,
         }
     }
 
@@ -289,6 +299,7 @@ impl<T: Copy> ClientConnection<T> {
         self.last_write = now;
         self.serving.clear();
         self.agreed = 0;
+        self.zstd = Zstd::OFF;
         self.awaiting_hello = self.config.hello;
         if self.config.hello {
             Hello::new(self.config.codec)
@@ -332,6 +343,7 @@ impl<T: Copy> ClientConnection<T> {
             self.next_id
         });
         let sent_timeout = self.config.hello.then_some(timeout);
+        let start = self.out.len();
         encode_request_ext(
             self.config.codec,
             &mut self.out,
@@ -341,6 +353,7 @@ impl<T: Copy> ClientConnection<T> {
             sent_timeout,
             metadata.filter(|_| self.config.hello),
         )?;
+        self.zstd.apply(self.config.codec, &mut self.out, start);
         self.waiting.insert(Entry {
             msgid,
             token,
@@ -364,7 +377,10 @@ impl<T: Copy> ClientConnection<T> {
         method: &str,
         params: &P,
     ) -> Result<(), EncodeError> {
-        encode_notification(self.config.codec, &mut self.out, method, params)
+        let start = self.out.len();
+        encode_notification(self.config.codec, &mut self.out, method, params)?;
+        self.zstd.apply(self.config.codec, &mut self.out, start);
+        Ok(())
     }
 
     /// The caller gave up on `msgid` before its reply (its future was dropped): forget it
@@ -443,6 +459,9 @@ impl<T: Copy> ClientConnection<T> {
                     self.awaiting_hello = false;
                     // Never more than offered, whatever the server says.
                     self.agreed = hello.features & self.config.features;
+                    if self.agreed & crate::handshake::features::ZSTD != 0 {
+                        self.zstd = Zstd::on(&self.config.compression);
+                    }
                 }
                 _ => return Err(ProtocolError::Hello),
             }
@@ -487,6 +506,20 @@ impl<T: Copy> ClientConnection<T> {
                 },
             };
             let known = one_pass.map(|(msgid, start, _)| (msgid, start));
+            if known.is_none() && self.agreed & crate::handshake::features::ZSTD != 0 {
+                if let Some(z) = crate::compress::compressed(codec, &buf[..n]) {
+                    match crate::compress::decompress(codec, z, max) {
+                        Ok(msg) => {
+                            at += n;
+                            let msg = Bytes::from(msg);
+                            let shared = (msg.len() > INLINE_REPLY).then_some(&msg);
+                            self.put_frame(replies, &msg, None, shared);
+                            continue;
+                        }
+                        Err(e) => break Err(ProtocolError::Frame(e)),
+                    }
+                }
+            }
             if n > INLINE_REPLY {
                 self.large = n;
                 rbuf.consume(at);
@@ -569,6 +602,7 @@ impl<T: Copy> ClientConnection<T> {
         };
         self.serving.swap_remove(at);
         let codec = self.config.codec;
+        let start = self.out.len();
         let encoded = match outcome {
             Ok(result) => encode_response_ok(codec, &mut self.out, msgid, result),
             Err(error) => {
@@ -580,6 +614,7 @@ impl<T: Copy> ClientConnection<T> {
             let error = ServerError::new(ErrorCode::Internal, format!("could not encode the result: {e}"));
             encode_response_err(codec, &mut self.out, msgid, &error);
         }
+        self.zstd.apply(codec, &mut self.out, start);
         true
     }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 
 use crate::codec::{Args, Codec, EncodeValue};
+use crate::compress::{Compression, Zstd};
 use crate::error::{EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 use crate::framer::Framer;
 use crate::handshake::Hello;
@@ -61,6 +62,11 @@ pub struct ServerConfig {
     /// The optional features this server supports ([`features`](crate::handshake::features)
     /// bits): a client's hello gets those of them it offered.
     pub features: u32,
+    /// How replies are compressed to a client whose hello agreed to
+    /// [`ZSTD`](crate::handshake::features::ZSTD) (compressed messages are accepted from
+    /// it whatever this says). Without `ZSTD` in `features`, nothing is compressed either
+    /// way.
+    pub compression: Compression,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +78,7 @@ impl Default for ServerConfig {
             heartbeat_timeout: Duration::from_secs(60),
             error_shape: ErrorShape::default(),
             features: crate::handshake::features::STREAMS | crate::handshake::features::ZSTD,
+            compression: Compression::default(),
         }
     }
 }
@@ -136,6 +143,7 @@ pub struct Transmit<'a> {
     out: &'a mut Vec<u8>,
     codec: Codec,
     shape: ErrorShape,
+    zstd: Zstd,
 }
 
 impl Transmit<'_> {
@@ -151,19 +159,26 @@ impl Transmit<'_> {
     /// When the value cannot be encoded: nothing was written, answer with an error.
     #[inline(always)]
     pub fn ok<V: EncodeValue + ?Sized>(&mut self, msgid: u64, value: &V) -> Result<(), EncodeError> {
-        encode_response_ok(self.codec, self.out, msgid, value)
+        let start = self.out.len();
+        encode_response_ok(self.codec, self.out, msgid, value)?;
+        self.zstd.apply(self.codec, self.out, start);
+        Ok(())
     }
 
     /// Answer `msgid` with an error (in the shape the peer reads).
     pub fn err(&mut self, msgid: u64, error: &ServerError) {
+        let start = self.out.len();
         encode_response_err_shaped(self.codec, self.out, msgid, error, self.shape);
+        self.zstd.apply(self.codec, self.out, start);
     }
 
     /// Append a whole response encoded earlier in this codec (by
     /// [`encode_response_ok`](crate::encode_response_ok) or
     /// [`encode_response_err`](crate::encode_response_err): the dedup cache keeps them).
     pub fn encoded(&mut self, frame: &[u8]) {
+        let start = self.out.len();
         self.out.extend_from_slice(frame);
+        self.zstd.apply(self.codec, self.out, start);
     }
 }
 
@@ -192,6 +207,8 @@ pub struct ServerConnection {
     session: Option<u128>,
     /// The features agreed in the hello.
     agreed: u32,
+    /// How replies are compressed (off unless the hello agreed to zstd).
+    zstd: Zstd,
     /// Messages are still taken from the stream (no end of input, no fatal error).
     reading: bool,
     /// Shutdown: answer new requests `ShuttingDown`, finish the rest, close.
@@ -236,6 +253,7 @@ impl ServerConnection {
             extended: false,
             session: None,
             agreed: 0,
+            zstd: Zstd::OFF,
             reading: true,
             draining: false,
             fatal: None,
@@ -360,6 +378,9 @@ impl ServerConnection {
                         self.shape = ErrorShape::CodeAndMessage;
                         self.session = hello.session;
                         self.agreed = hello.features & self.config.features;
+                        if self.agreed & crate::handshake::features::ZSTD != 0 {
+                            self.zstd = Zstd::on(&self.config.compression);
+                        }
                         Hello::new(hello.codec)
                             .with_session(hello.session)
                             .with_features(self.agreed)
@@ -412,8 +433,15 @@ impl ServerConnection {
                 }
             };
             self.framing = false;
-            let parsed = Message::parse(self.framer.codec(), &rbuf[at..at + n]);
-            self.dispatch(parsed, now, service);
+            let frame = &rbuf[at..at + n];
+            match self.inflate(frame) {
+                None => self.dispatch(Message::parse(self.framer.codec(), frame), now, service),
+                Some(Ok(msg)) => self.dispatch(Message::parse(self.framer.codec(), &msg), now, service),
+                Some(Err(e)) => {
+                    result = Err(Fatal::Frame(e));
+                    break;
+                }
+            }
             if n > READ_CHUNK / 4 {
                 self.large = n.min(HINT_LIMIT);
             }
@@ -425,6 +453,20 @@ impl ServerConnection {
             self.last_message = now;
         }
         result
+    }
+
+    /// The message inside `frame`, if it is a compressed message from a peer whose hello
+    /// agreed to zstd (from any other peer it is an ordinary malformed message).
+    fn inflate(&self, frame: &[u8]) -> Option<Result<Vec<u8>, FrameError>> {
+        if self.agreed & crate::handshake::features::ZSTD == 0 {
+            return None;
+        }
+        let z = crate::compress::compressed(self.framer.codec(), frame)?;
+        Some(crate::compress::decompress(
+            self.framer.codec(),
+            z,
+            self.config.max_message_size,
+        ))
     }
 
     fn dispatch<S: Service>(
@@ -459,6 +501,7 @@ impl ServerConnection {
                     out: &mut self.out,
                     codec,
                     shape: self.shape,
+                    zstd: self.zstd,
                 };
                 service.request(&mut tx, request);
             }
@@ -475,6 +518,7 @@ impl ServerConnection {
                     out: &mut self.out,
                     codec,
                     shape: self.shape,
+                    zstd: self.zstd,
                 };
                 service.notification(&mut tx, method, params);
             }
@@ -499,6 +543,7 @@ impl ServerConnection {
             out: &mut self.out,
             codec: self.framer.codec(),
             shape: self.shape,
+            zstd: self.zstd,
         }
     }
 
@@ -678,6 +723,7 @@ mod tests {
             heartbeat_timeout: Duration::from_secs(60),
             error_shape: ErrorShape::default(),
             features: crate::handshake::features::STREAMS | crate::handshake::features::ZSTD,
+            compression: Compression::default(),
         }
     }
 
