@@ -91,35 +91,82 @@ impl Compression {
     }
 }
 
-/// What one connection does with the messages it sends: `threshold` is `usize::MAX` while
-/// compression is off (no hello, or the feature not agreed), so that the check on every
-/// message is one comparison.
+/// What one connection does with the messages it sends. Eight bytes, copied into each
+/// reply's [`Transmit`](crate::Transmit): the check on every message is one comparison
+/// with `threshold`, which is `u32::MAX` while compression is off (no hello, or the
+/// feature not agreed); `level` is then [`Zstd::OFF_LEVEL`], which the out-of-line path
+/// checks, so that not even a message over 4 GiB is compressed for a peer that did not
+/// agree.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Zstd {
-    pub(crate) threshold: usize,
-    pub(crate) level: i32,
+    threshold: u32,
+    level: i32,
 }
 
 impl Zstd {
+    const OFF_LEVEL: i32 = i32::MIN;
+
     /// Nothing is compressed.
     pub(crate) const OFF: Zstd = Zstd {
-        threshold: usize::MAX,
-        level: 0,
+        threshold: u32::MAX,
+        level: Zstd::OFF_LEVEL,
     };
 
-    /// Compression as configured (the feature was agreed).
+    /// Compression as configured (the feature was agreed). A threshold over 4 GiB is
+    /// 4 GiB; the level is clamped to zstd's range.
     pub(crate) fn on(c: &Compression) -> Zstd {
         Zstd {
-            threshold: c.threshold,
-            level: c.level,
+            threshold: u32::try_from(c.threshold).unwrap_or(u32::MAX),
+            level: c
+                .level
+                .clamp(zstd::zstd_safe::min_c_level(), zstd::zstd_safe::max_c_level()),
         }
     }
 
     /// The message encoded at `out[start..]` is in place: compress it if it is larger than
     /// the threshold. The only cost for a small message is this comparison.
     #[inline(always)]
-    pub(crate) fn apply(&self, codec: Codec, out: &mut Vec<u8>, start: usize) {
-        if out.len() - start > self.threshold {
+    pub(crate) fn apply(self, codec: Codec, out: &mut Vec<u8>, start: usize) {
+        if out.len() - start > self.threshold as usize {
+            self.compress(codec, out, start);
+        }
+    }
+
+    /// Whole messages were written at `out[start..]` (usually one, or none): compress each
+    /// that is larger than the threshold. The only cost when they are small together is
+    /// this comparison.
+    #[inline(always)]
+    pub(crate) fn apply_all(self, codec: Codec, out: &mut Vec<u8>, start: usize) {
+        if out.len() - start > self.threshold as usize {
+            self.compress_all(codec, out, start);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn compress_all(self, codec: Codec, out: &mut Vec<u8>, start: usize) {
+        if self.level == Zstd::OFF_LEVEL {
+            return;
+        }
+        let written = out.split_off(start);
+        let mut rest = &written[..];
+        while !rest.is_empty() {
+            // Our own encoding: always whole messages (the rest as it is otherwise).
+            let n = match Framer::new(codec, usize::MAX).decode(rest) {
+                Ok(Some(n)) => n,
+                _ => rest.len(),
+            };
+            let at = out.len();
+            out.extend_from_slice(&rest[..n]);
+            self.apply(codec, out, at);
+            rest = &rest[n..];
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn compress(self, codec: Codec, out: &mut Vec<u8>, start: usize) {
+        if self.level != Zstd::OFF_LEVEL {
             compress_tail(codec, out, start, self.level);
         }
     }
@@ -137,9 +184,6 @@ thread_local! {
 const MAX_HEADER: usize = 6;
 
 /// Replace the message at `out[start..]` by its compressed form, if that is smaller.
-/// Out of line: never on a small message's path.
-#[cold]
-#[inline(never)]
 pub(crate) fn compress_tail(codec: Codec, out: &mut Vec<u8>, start: usize, level: i32) {
     let len = out.len() - start;
     // The compressed form is worth sending only if it is smaller, header included: zstd

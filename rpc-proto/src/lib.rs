@@ -69,7 +69,9 @@ pub use connection::client::{
     is_refused, may_resend, ClientConfig, ClientConnection, Failure, ProtocolError, ReadBuf, Replies,
     Reply as ClientReply, INLINE_REPLY, MAX_SERVING,
 };
-pub use connection::server::{ConnEvent, Fatal, Request, ServerConfig, ServerConnection, Service, Transmit};
+pub use connection::server::{
+    ConnEvent, Fatal, Request, ServerConfig, ServerConnection, Service, Transmit, TransmitGuard,
+};
 pub use dedup::{Begin, DedupCache, DedupConfig};
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};

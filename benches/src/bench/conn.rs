@@ -9,7 +9,7 @@ use tarpc::tokio_serde::formats::Bincode;
 use crate::grpc;
 use crate::raw;
 use crate::secure;
-use crate::system::{OurCodec, Payload, Variant, Workload};
+use crate::system::{OurCodec, Payload, Variant, Workload, TEXT_SIZE};
 use crate::tarpc_svc::BenchClient as TarpcClient;
 use crate::Result;
 
@@ -24,9 +24,12 @@ fn check(ok: bool, what: &str) -> Result<()> {
     }
 }
 
-fn our_config(codec: OurCodec) -> easyrpc_client::Config {
+fn our_config(codec: OurCodec, workload: Workload) -> easyrpc_client::Config {
     let mut cfg = easyrpc_client::Config::default();
     cfg.codec = codec.codec();
+    if workload.compress() {
+        cfg.compression(easyrpc_client::Compression::default().threshold);
+    }
     cfg
 }
 
@@ -44,10 +47,12 @@ impl AsyncConn {
     pub(crate) async fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<AsyncConn> {
         Ok(match variant {
             Variant::OursAsync(codec) => {
-                AsyncConn::Ours(easyrpc_client::Client::connect_with(addr, our_config(codec)).await?)
+                let config = our_config(codec, payload.workload);
+                AsyncConn::Ours(easyrpc_client::Client::connect_with(addr, config).await?)
             }
             Variant::OursPrefork => AsyncConn::Ours(
-                easyrpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack)).await?,
+                easyrpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack, payload.workload))
+                    .await?,
             ),
             Variant::Tonic => {
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
@@ -74,14 +79,17 @@ impl AsyncConn {
                     easyrpc_client::Client::connect_tls_with(
                         &addr.to_string(),
                         tls,
-                        our_config(OurCodec::Msgpack),
+                        our_config(OurCodec::Msgpack, payload.workload),
                     )
                     .await?,
                 )
             }
             Variant::OursUnix => AsyncConn::Ours(
-                easyrpc_client::Client::connect_unix_with(secure::unix_path(), our_config(OurCodec::Msgpack))
-                    .await?,
+                easyrpc_client::Client::connect_unix_with(
+                    secure::unix_path(),
+                    our_config(OurCodec::Msgpack, payload.workload),
+                )
+                .await?,
             ),
             Variant::Tarpc => {
                 let mut connect = tarpc::serde_transport::tcp::connect(addr, Bincode::default);
@@ -132,6 +140,10 @@ pub(crate) async fn call_ours(c: &easyrpc_client::Client, p: &Payload) -> Result
         Workload::Echo(n) => {
             let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),)).await?;
             check(v.len() == n, "echo")
+        }
+        Workload::EchoText { .. } => {
+            let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),)).await?;
+            check(v.len() == TEXT_SIZE, "echo")
         }
         Workload::Records => {
             let v: Vec<Record> = c.call("echo_records", (&p.records,)).await?;
@@ -191,7 +203,7 @@ impl BlockingConn {
     pub(crate) fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<BlockingConn> {
         Ok(match variant {
             Variant::OursBlocking(codec) => BlockingConn::Ours(Box::new(
-                easyrpc_client::BlockingClient::connect_with(addr, our_config(codec))?,
+                easyrpc_client::BlockingClient::connect_with(addr, our_config(codec, payload.workload))?,
             )),
             Variant::RawStd => BlockingConn::Raw(raw::StdConn::connect(addr, payload)?),
             _ => return Err(format!("{variant} is not a blocking client").into()),
@@ -207,6 +219,10 @@ impl BlockingConn {
             (BlockingConn::Ours(c), Workload::Echo(n)) => {
                 let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),))?;
                 check(v.len() == n, "echo")
+            }
+            (BlockingConn::Ours(c), Workload::EchoText { .. }) => {
+                let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),))?;
+                check(v.len() == TEXT_SIZE, "echo")
             }
             (BlockingConn::Ours(c), Workload::Records) => {
                 let v: Vec<Record> = c.call("echo_records", (&p.records,))?;

@@ -104,6 +104,7 @@ impl RunArgs {
     fn calls_for(&self, w: Workload) -> u64 {
         match w {
             Workload::Echo(n) if n >= 1 << 20 => (self.calls / self.big_divisor.max(1)).max(1),
+            Workload::EchoText { .. } => (self.calls / self.big_divisor.max(1)).max(1),
             _ => self.calls,
         }
     }

@@ -150,8 +150,10 @@ impl Variant {
     pub(crate) fn supports(self, mode: Mode, workload: Workload) -> bool {
         // The records echo compares our two codecs on one server: the prefork server, with
         // its one codec, would only repeat the msgpack row.
-        if workload == Workload::Records && !matches!(self, Variant::OursAsync(_) | Variant::OursBlocking(_))
-        {
+        // So does the compressed echo: compression is ours alone (on by default in our
+        // server, asked for by the `-zstd` workload's client).
+        let ours_only = matches!(workload, Workload::Records | Workload::EchoText { .. });
+        if ours_only && !matches!(self, Variant::OursAsync(_) | Variant::OursBlocking(_)) {
             return false;
         }
         match self {
@@ -217,6 +219,10 @@ pub(crate) enum Workload {
     Echo(usize),
     /// Echo of [`RECORDS_PER_CALL`] [`Record`]s (ours only: the codec comparison).
     Records,
+    /// Echo of 1 MiB of text ([`benches::text`], which zstd shrinks about tenfold), ours
+    /// only: with `compress`, the client turns zstd compression on (4 KiB threshold, level
+    /// 3) and the server, on by default, compresses its replies to it.
+    EchoText { compress: bool },
 }
 
 impl Workload {
@@ -227,7 +233,14 @@ impl Workload {
             v.push((name, Workload::Echo(n)));
         }
         v.push(("records", Workload::Records));
+        v.push(("1m-text", Workload::EchoText { compress: false }));
+        v.push(("1m-text-zstd", Workload::EchoText { compress: true }));
         v
+    }
+
+    /// The client compresses (and the server then compresses its replies to it).
+    pub(crate) fn compress(self) -> bool {
+        matches!(self, Workload::EchoText { compress: true })
     }
 }
 
@@ -237,6 +250,8 @@ impl fmt::Display for Workload {
             Workload::Add => f.write_str("add"),
             Workload::Echo(n) => write!(f, "echo {}", benches::size_label(*n)),
             Workload::Records => write!(f, "echo {RECORDS_PER_CALL} records"),
+            Workload::EchoText { compress: false } => f.write_str("echo 1 MiB text"),
+            Workload::EchoText { compress: true } => f.write_str("echo 1 MiB text, zstd"),
         }
     }
 }
@@ -293,6 +308,9 @@ impl fmt::Display for Mode {
     }
 }
 
+/// The size of the text echoed by [`Workload::EchoText`].
+pub(crate) const TEXT_SIZE: usize = 1 << 20;
+
 /// The data of one workload, built once and shared by every call.
 #[derive(Debug)]
 pub(crate) struct Payload {
@@ -311,6 +329,7 @@ impl Payload {
                 b
             }
             Workload::Echo(n) => benches::blob(n),
+            Workload::EchoText { .. } => benches::text(TEXT_SIZE),
             Workload::Records => Vec::new(),
         };
         let records = match workload {

@@ -553,3 +553,51 @@ fn a_corrupt_compressed_reply_is_a_protocol_error() {
         assert!(got.0.is_empty());
     }
 }
+
+#[test]
+fn replies_given_later_are_compressed_too_each_on_its_own() {
+    for codec in [Codec::Msgpack, Codec::Bincode] {
+        let (_, mut s, _, _) = pair(codec, Some(DEFAULT_THRESHOLD), DEFAULT_THRESHOLD, 1 << 20);
+        let data = ByteBuf::from(compressible(50_000));
+        // Three replies through one guard (a small one between two large ones), then one
+        // through another.
+        {
+            let mut tx = s.transmit();
+            tx.ok(1, &data).unwrap();
+            tx.ok(2, &ByteBuf::from(&b"small"[..])).unwrap();
+            tx.ok(3, &data).unwrap();
+        }
+        s.transmit().ok(4, &data).unwrap();
+        let out = take_server(&mut s);
+        let mut rest = &out[..];
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let n = Framer::new(codec, 1 << 20).decode(rest).unwrap().unwrap();
+            let frame = &rest[..n];
+            let msg = match compressed(codec, frame) {
+                Some(z) => decompress(codec, z, 1 << 20).unwrap(),
+                None => frame.to_vec(),
+            };
+            let Ok(Message::Response {
+                msgid,
+                outcome: Ok(v),
+            }) = Message::parse(codec, &msg)
+            else {
+                panic!("{codec:?}: {frame:02x?}")
+            };
+            let v: ByteBuf = codec.decode(v).unwrap();
+            got.push((msgid, compressed(codec, frame).is_some(), v.len()));
+            rest = &rest[n..];
+        }
+        assert_eq!(
+            got,
+            [
+                (1, true, 50_000),
+                (2, false, 5),
+                (3, true, 50_000),
+                (4, true, 50_000)
+            ],
+            "{codec:?}"
+        );
+    }
+}

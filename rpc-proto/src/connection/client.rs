@@ -500,26 +500,24 @@ impl<T: Copy> ClientConnection<T> {
                     }
                     Ok(Some(n)) => {
                         self.framing = false;
+                        // A compressed message: only from a server that agreed to zstd
+                        // (never on the one-pass path).
+                        if self.agreed & crate::handshake::features::ZSTD != 0 {
+                            match self.put_compressed(replies, &buf[..n]) {
+                                Ok(false) => {}
+                                Ok(true) => {
+                                    at += n;
+                                    continue;
+                                }
+                                Err(e) => break Err(e),
+                            }
+                        }
                         n
                     }
                     Err(e) => break Err(ProtocolError::Frame(e)),
                 },
             };
             let known = one_pass.map(|(msgid, start, _)| (msgid, start));
-            if known.is_none() && self.agreed & crate::handshake::features::ZSTD != 0 {
-                if let Some(z) = crate::compress::compressed(codec, &buf[..n]) {
-                    match crate::compress::decompress(codec, z, max) {
-                        Ok(msg) => {
-                            at += n;
-                            let msg = Bytes::from(msg);
-                            let shared = (msg.len() > INLINE_REPLY).then_some(&msg);
-                            self.put_frame(replies, &msg, None, shared);
-                            continue;
-                        }
-                        Err(e) => break Err(ProtocolError::Frame(e)),
-                    }
-                }
-            }
             if n > INLINE_REPLY {
                 self.large = n;
                 rbuf.consume(at);
@@ -534,6 +532,29 @@ impl<T: Copy> ClientConnection<T> {
         };
         rbuf.consume(at);
         result
+    }
+
+    /// If `frame` is a compressed message, decompress it and handle what it holds; returns
+    /// whether it was one. Out of line: never on a small reply's path.
+    #[cold]
+    #[inline(never)]
+    fn put_compressed<R: Replies<T>>(
+        &mut self,
+        replies: &mut R,
+        frame: &[u8],
+    ) -> Result<bool, ProtocolError> {
+        let codec = self.config.codec;
+        let Some(z) = crate::compress::compressed(codec, frame) else {
+            return Ok(false);
+        };
+        let msg = Bytes::from(crate::compress::decompress(
+            codec,
+            z,
+            self.framer.max_message_size(),
+        )?);
+        let shared = (msg.len() > INLINE_REPLY).then_some(&msg);
+        self.put_frame(replies, &msg, None, shared);
+        Ok(true)
     }
 
     /// Put the reply in `frame` into its caller's hands: `known` is its msgid and where its

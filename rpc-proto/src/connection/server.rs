@@ -143,7 +143,6 @@ pub struct Transmit<'a> {
     out: &'a mut Vec<u8>,
     codec: Codec,
     shape: ErrorShape,
-    zstd: Zstd,
 }
 
 impl Transmit<'_> {
@@ -159,26 +158,48 @@ impl Transmit<'_> {
     /// When the value cannot be encoded: nothing was written, answer with an error.
     #[inline(always)]
     pub fn ok<V: EncodeValue + ?Sized>(&mut self, msgid: u64, value: &V) -> Result<(), EncodeError> {
-        let start = self.out.len();
-        encode_response_ok(self.codec, self.out, msgid, value)?;
-        self.zstd.apply(self.codec, self.out, start);
-        Ok(())
+        encode_response_ok(self.codec, self.out, msgid, value)
     }
 
     /// Answer `msgid` with an error (in the shape the peer reads).
     pub fn err(&mut self, msgid: u64, error: &ServerError) {
-        let start = self.out.len();
         encode_response_err_shaped(self.codec, self.out, msgid, error, self.shape);
-        self.zstd.apply(self.codec, self.out, start);
     }
 
     /// Append a whole response encoded earlier in this codec (by
     /// [`encode_response_ok`](crate::encode_response_ok) or
     /// [`encode_response_err`](crate::encode_response_err): the dedup cache keeps them).
     pub fn encoded(&mut self, frame: &[u8]) {
-        let start = self.out.len();
         self.out.extend_from_slice(frame);
-        self.zstd.apply(self.codec, self.out, start);
+    }
+}
+
+/// The [`Transmit`] of [`ServerConnection::transmit`]: what is written through it is
+/// compressed, when the hello agreed to it, as the guard is dropped.
+#[derive(Debug)]
+pub struct TransmitGuard<'a> {
+    tx: Transmit<'a>,
+    zstd: Zstd,
+    start: usize,
+}
+
+impl<'a> std::ops::Deref for TransmitGuard<'a> {
+    type Target = Transmit<'a>;
+
+    fn deref(&self) -> &Transmit<'a> {
+        &self.tx
+    }
+}
+
+impl<'a> std::ops::DerefMut for TransmitGuard<'a> {
+    fn deref_mut(&mut self) -> &mut Transmit<'a> {
+        &mut self.tx
+    }
+}
+
+impl Drop for TransmitGuard<'_> {
+    fn drop(&mut self) {
+        self.zstd.apply_all(self.tx.codec, self.tx.out, self.start);
     }
 }
 
@@ -501,9 +522,11 @@ impl ServerConnection {
                     out: &mut self.out,
                     codec,
                     shape: self.shape,
-                    zstd: self.zstd,
                 };
+                // What the service wrote is compressed if it is large (one comparison).
+                let start = tx.out.len();
                 service.request(&mut tx, request);
+                self.zstd.apply_all(codec, &mut self.out, start);
             }
             Ok(Message::Notification { method, params }) => {
                 if method == CANCEL.as_bytes() && self.extended {
@@ -518,9 +541,10 @@ impl ServerConnection {
                     out: &mut self.out,
                     codec,
                     shape: self.shape,
-                    zstd: self.zstd,
                 };
+                let start = tx.out.len();
                 service.notification(&mut tx, method, params);
+                self.zstd.apply_all(codec, &mut self.out, start);
             }
             Ok(Message::Response { msgid, .. }) => service.event(ConnEvent::UnexpectedResponse(msgid)),
             Err(e) => {
@@ -537,13 +561,17 @@ impl ServerConnection {
         encode_response_err_shaped(self.framer.codec(), &mut self.out, msgid, e, self.shape);
     }
 
-    /// Where to put the replies of calls that finished after their request was handled.
-    pub fn transmit(&mut self) -> Transmit<'_> {
-        Transmit {
-            out: &mut self.out,
-            codec: self.framer.codec(),
-            shape: self.shape,
+    /// Where to put the replies of calls that finished after their request was handled
+    /// (compressed, when the hello agreed to it, once the guard is dropped).
+    pub fn transmit(&mut self) -> TransmitGuard<'_> {
+        TransmitGuard {
+            start: self.out.len(),
             zstd: self.zstd,
+            tx: Transmit {
+                out: &mut self.out,
+                codec: self.framer.codec(),
+                shape: self.shape,
+            },
         }
     }
 
