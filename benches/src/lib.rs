@@ -99,7 +99,8 @@ pub fn blob(size: usize) -> Vec<u8> {
 }
 
 /// `size` bytes of English-like text (words from a small vocabulary, in an irregular
-/// order): what zstd shrinks about tenfold, as it would a JSON or log payload.
+/// order): what zstd shrinks about fivefold (1 MiB to 198 KiB at level 3), as it would a
+/// JSON or log payload.
 ///
 /// ```
 /// let t = benches::text(1000);

@@ -74,8 +74,9 @@ pub struct Config {
     /// declines, nothing is compressed. Set it with [`Config::compression`]. Default: `None`
     /// (off), as in tonic, where compression is opt-in per client.
     ///
-    /// Compression pays on links slower than zstd (about 0.5–1 GB/s per core at level 3
-    /// for text); on loopback or a fast LAN it costs more time than it saves.
+    /// Compression pays on links slower than zstd itself (level 3: a few hundred MB/s per
+    /// core; benches/RESULTS.md measured about 1 Gbit/s as the break-even for 1 MiB of
+    /// text); on loopback or a fast LAN it costs more time than it saves.
     pub compression: Option<Compression>,
     /// What the client serves when the server calls it: set with [`Config::on_request`]
     /// and [`Config::on_notification`].

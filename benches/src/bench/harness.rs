@@ -69,7 +69,8 @@ pub(crate) struct RunArgs {
     /// run `add` only, sequential and 1 × 64.
     #[arg(long, value_delimiter = ',')]
     pub(crate) clients: Vec<String>,
-    /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records); the default
+    /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records, 1m-text,
+    /// 1m-text-zstd); the default
     /// is all. Load modes always use `add`.
     #[arg(long, value_delimiter = ',')]
     pub(crate) workloads: Vec<String>,

@@ -219,7 +219,7 @@ pub(crate) enum Workload {
     Echo(usize),
     /// Echo of [`RECORDS_PER_CALL`] [`Record`]s (ours only: the codec comparison).
     Records,
-    /// Echo of 1 MiB of text ([`benches::text`], which zstd shrinks about tenfold), ours
+    /// Echo of 1 MiB of text ([`benches::text`], which zstd shrinks about fivefold), ours
     /// only: with `compress`, the client turns zstd compression on (4 KiB threshold, level
     /// 3) and the server, on by default, compresses its replies to it.
     EchoText { compress: bool },
