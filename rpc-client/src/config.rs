@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use easyrpc_proto::{Codec, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
+use easyrpc_proto::{Codec, Compression, ServerError, DEFAULT_MAX_MESSAGE_SIZE};
 
 use crate::handlers::Handlers;
 
@@ -66,6 +66,18 @@ pub struct Config {
     /// already sent that may be resent after the connection dropped always keeps trying
     /// with backoff within its timeout (the server may be restarting).
     pub wait_for_ready: bool,
+    /// zstd compression of large messages (turns `extensions` on: only for servers built
+    /// with this framework). The client offers it in its hello; a server that accepts
+    /// (ours do by default) may then compress its large replies, and the client compresses
+    /// its requests larger than [`Compression::threshold`] (when that makes them smaller).
+    /// Each side compresses only what it sends, by its own threshold; with a server that
+    /// declines, nothing is compressed. Set it with [`Config::compression`]. Default: `None`
+    /// (off), as in tonic, where compression is opt-in per client.
+    ///
+    /// Compression pays on links slower than zstd itself (level 3: a few hundred MB/s per
+    /// core; benches/RESULTS.md measured about 1 Gbit/s as the break-even for 1 MiB of
+    /// text); on loopback or a fast LAN it costs more time than it saves.
+    pub compression: Option<Compression>,
     /// What the client serves when the server calls it: set with [`Config::on_request`]
     /// and [`Config::on_notification`].
     pub(crate) handlers: Handlers,
@@ -85,6 +97,7 @@ impl Default for Config {
             reconnect_backoff: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_secs(1),
             wait_for_ready: false,
+            compression: None,
             handlers: Handlers::default(),
         }
     }
@@ -151,9 +164,27 @@ impl Config {
         self
     }
 
+    /// Turn on zstd compression of messages larger than `threshold` bytes, at zstd's
+    /// default level (see [`Config::compression`](#structfield.compression); set the field
+    /// for another level).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), easyrpc_client::Error> {
+    /// use easyrpc_client::{Client, Config};
+    ///
+    /// let mut config = Config::default();
+    /// config.compression(4096);
+    /// let client = Client::connect_with("127.0.0.1:25000", config).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn compression(&mut self, threshold: usize) -> &mut Config {
+        self.compression = Some(Compression::new(threshold));
+        self
+    }
+
     /// Whether the client sends a hello (and may use the extensions).
     pub(crate) fn uses_hello(&self) -> bool {
-        self.extensions || self.unstable_network || self.codec != Codec::Msgpack
+        self.extensions || self.unstable_network || self.compression.is_some() || self.codec != Codec::Msgpack
     }
 
     /// The protocol's settings for a client with `session`.
@@ -164,6 +195,10 @@ impl Config {
         c.our_server = self.our_server;
         c.session = session;
         c.heartbeat_interval = self.heartbeat_interval;
+        if let Some(compression) = self.compression {
+            c.features |= easyrpc_proto::handshake::features::ZSTD;
+            c.compression = compression;
+        }
         c
     }
 }

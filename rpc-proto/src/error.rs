@@ -291,14 +291,34 @@ pub enum FrameError {
     /// The bytes are not MessagePack (for example the never-used marker `0xc1`).
     #[error("invalid messagepack: {0}")]
     Invalid(&'static str),
+    /// A compressed message (the hello's zstd feature) could not be decompressed: not one
+    /// zstd frame with a content size, corrupt, or not exactly one message inside.
+    #[error("corrupt compressed message: {reason}")]
+    Decompress {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A compressed message declares a decompressed size larger than the maximum message
+    /// size: refused before anything is decompressed.
+    #[error("compressed message decompresses to {declared} bytes, over the limit of {limit} bytes")]
+    DecompressedTooLarge {
+        /// The decompressed size its zstd frame declares.
+        declared: u64,
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 impl FrameError {
     /// The wire error to send back for this framing error.
     pub fn to_server_error(&self) -> ServerError {
         match self {
-            FrameError::TooLarge { .. } => ServerError::new(ErrorCode::MessageTooLarge, self.to_string()),
-            FrameError::Invalid(_) => ServerError::new(ErrorCode::MalformedMessage, self.to_string()),
+            FrameError::TooLarge { .. } | FrameError::DecompressedTooLarge { .. } => {
+                ServerError::new(ErrorCode::MessageTooLarge, self.to_string())
+            }
+            FrameError::Invalid(_) | FrameError::Decompress { .. } => {
+                ServerError::new(ErrorCode::MalformedMessage, self.to_string())
+            }
         }
     }
 
@@ -306,7 +326,9 @@ impl FrameError {
     pub fn msgid(&self) -> Option<u64> {
         match self {
             FrameError::TooLarge { msgid, .. } => *msgid,
-            FrameError::Invalid(_) => None,
+            FrameError::Invalid(_)
+            | FrameError::Decompress { .. }
+            | FrameError::DecompressedTooLarge { .. } => None,
         }
     }
 }

@@ -22,7 +22,10 @@
 //! - [`Codec`], [`Args`], [`Params`]: how argument and result values become bytes.
 //! - [`ServerError`], [`ErrorCode`]: the `[code, message]` errors on the wire (`[code, message,
 //!   data]` for a function's own error, its data in the connection's codec).
-//! - [`Hello`]: the opt-in handshake that selects the bincode codec and carries a session.
+//! - [`Hello`]: the opt-in handshake that selects the bincode codec, carries a session and
+//!   agrees optional features.
+//! - [`compress`]: zstd compression of large messages ([`Compression`]), when the hello
+//!   agreed to it.
 //! - [`DedupCache`]: the completed-response cache of "unstable network" mode; it takes the
 //!   time as an argument, so tests never sleep.
 //!
@@ -45,6 +48,7 @@
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
 mod codec;
+pub mod compress;
 mod connection;
 pub mod dedup;
 pub mod discovery;
@@ -61,11 +65,14 @@ pub mod stream;
 mod wire;
 
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
+pub use compress::Compression;
 pub use connection::client::{
     is_refused, may_resend, ClientConfig, ClientConnection, Failure, ProtocolError, ReadBuf, Replies,
     Reply as ClientReply, INLINE_REPLY, MAX_SERVING,
 };
-pub use connection::server::{ConnEvent, Fatal, Request, ServerConfig, ServerConnection, Service, Transmit};
+pub use connection::server::{
+    ConnEvent, Fatal, Request, ServerConfig, ServerConnection, Service, Transmit, TransmitGuard,
+};
 pub use dedup::{Begin, DedupCache, DedupConfig};
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 pub use framer::{Framer, DEFAULT_MAX_MESSAGE_SIZE};

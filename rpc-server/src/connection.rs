@@ -135,6 +135,10 @@ impl Connection {
         proto_config.write_buffer_high_water = config.write_buffer_high_water;
         proto_config.heartbeat_timeout = config.heartbeat_timeout;
         proto_config.error_shape = config.plain_error_shape;
+        match config.compression {
+            Some(c) => proto_config.compression = c,
+            None => proto_config.features &= !easyrpc_proto::handshake::features::ZSTD,
+        }
         let span = tracing::info_span!("connection", peer = %info.peer);
         if let Some(identity) = &info.tls {
             debug!(parent: &span, subject = %identity.subject, sans = ?identity.sans, "TLS client identity");

@@ -93,7 +93,7 @@ pub use context::{Context, Peer};
 #[cfg(feature = "etcd")]
 pub use discovery::{DiscoveryError, Registration};
 pub use easyrpc_proto::{
-    Args, Codec, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
+    Args, Codec, Compression, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
     DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};
@@ -177,6 +177,14 @@ pub struct Config {
     /// [`Builder::listen_unix`]): who may connect. Default: `0o660` (the owner and the
     /// group).
     pub unix_socket_mode: u32,
+    /// zstd compression of large messages, with clients that offer it in their hello (our
+    /// clients with compression turned on in their `Config`): the
+    /// server then accepts compressed requests and compresses its replies larger than
+    /// [`Compression::threshold`] (when that makes them smaller). Each side compresses only
+    /// what it sends, by its own threshold. A client that did not offer it (any plain
+    /// MessagePack-RPC client) never gets a compressed message. `None`: not offered to
+    /// clients, nothing compressed. Default: on, 4 KiB threshold, zstd level 3.
+    pub compression: Option<Compression>,
 }
 
 impl Default for Config {
@@ -191,6 +199,7 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(60),
             plain_error_shape: ErrorShape::CodeAndMessage,
             unix_socket_mode: 0o660,
+            compression: Some(Compression::default()),
             unstable_network: false,
             dedup: DedupConfig::default(),
             #[cfg(feature = "prefork")]
@@ -473,6 +482,22 @@ impl Builder {
     /// See [`Config::backlog`].
     pub fn backlog(mut self, n: u32) -> Builder {
         self.config.backlog = n;
+        self
+    }
+
+    /// See [`Config::compression`]: `None` turns compression off; `Some` sets the
+    /// threshold and level of the replies compressed.
+    ///
+    /// ```
+    /// use easyrpc_server::{Compression, Server};
+    ///
+    /// // Compress replies over 64 KiB, at zstd's fastest level.
+    /// let builder = Server::builder().compression(Some(Compression::new(64 * 1024).with_level(1)));
+    /// // Never compress.
+    /// let builder = Server::builder().compression(None);
+    /// ```
+    pub fn compression(mut self, compression: Option<Compression>) -> Builder {
+        self.config.compression = compression;
         self
     }
 

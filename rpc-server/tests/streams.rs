@@ -78,6 +78,20 @@ fn streaming_builder(produced: Arc<AtomicU64>, dropped: Arc<AtomicUsize>) -> eas
                     .await
             },
         ))
+        // `n` compressible blobs of `size` bytes.
+        .register(Method::stream_fn("blobs", |(n, size): (u64, usize)| {
+            let blob = serde_bytes::ByteBuf::from(b"stream me ".repeat(size / 10));
+            futures_util::stream::iter((0..n).map(move |_| blob.clone()))
+        }))
+        // The total length of the blobs sent.
+        .register(Method::upload_fn(
+            "total_len",
+            |(): (), items: Streaming<serde_bytes::ByteBuf>| async move {
+                items
+                    .fold(0u64, |acc, b| async move { acc + b.unwrap().len() as u64 })
+                    .await
+            },
+        ))
         // Each item back, times a factor.
         .register(Method::bidi_fn("scale", |(k,): (i64,), items: Streaming<i64>| {
             items.filter_map(move |r| async move { r.ok().map(|n| n * k) })
@@ -463,4 +477,37 @@ async fn streams_stay_out_of_a_server_wide_dedup_cache() {
         1,
         "the stream ran on after its cancellation"
     );
+}
+
+#[tokio::test]
+async fn large_items_are_compressed_each_on_its_own_with_both_codecs() {
+    let (server, _, _) = start().await;
+    for codec in [Codec::Msgpack, Codec::Bincode] {
+        let mut config = ClientConfig::default();
+        config.extensions = true;
+        config.codec = codec;
+        config.compression(1024);
+        let c = Client::connect_with(server.addr, config).await.unwrap();
+        // Items below and above the threshold, in batches the server hands over together.
+        for size in [100usize, 1020, 1030, 64 * 1024] {
+            let blobs: Vec<serde_bytes::ByteBuf> = within("blobs", async {
+                c.call_stream::<_, serde_bytes::ByteBuf>("blobs", (50u64, size))
+                    .await
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+                    .await
+            })
+            .await;
+            assert_eq!(blobs.len(), 50, "{codec:?} {size}");
+            assert!(blobs
+                .iter()
+                .all(|b| b.len() == size / 10 * 10 && b.starts_with(b"stream me ")));
+            let up = futures_util::stream::iter(blobs);
+            let total: u64 = within("total_len", c.call_upload("total_len", (), up))
+                .await
+                .unwrap();
+            assert_eq!(total, 50 * (size / 10 * 10) as u64, "{codec:?} {size}");
+        }
+    }
 }

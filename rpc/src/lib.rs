@@ -672,6 +672,28 @@ pub use easyrpc_server::Server;
 /// # Details
 pub use easyrpc_server::DedupConfig;
 
+/// zstd compression of large messages: its threshold and level, for one side.
+///
+/// A client turns it on ([`ClientConfig::compression`]; off by default, as in tonic) and
+/// offers it in its hello; our server accepts it by default ([`ServerConfig::compression`],
+/// [`Builder::compression`] to change or turn off) and then compresses its large replies
+/// to that client. Each side compresses what it sends when the message is larger than its
+/// own threshold (default 4 KiB) and the compressed form is smaller. A plain
+/// MessagePack-RPC peer never sees a compressed message.
+///
+/// ```
+/// use easyrpc::{ClientConfig, Compression, Server};
+///
+/// let mut config = ClientConfig::default();
+/// config.compression(8 * 1024);
+/// let builder = Server::builder().compression(Some(Compression::new(16 * 1024).with_level(1)));
+/// ```
+///
+/// # Details
+///
+/// The wire format is in the README's protocol section and in `easyrpc_proto::compress`.
+pub use easyrpc_proto::Compression;
+
 /// What a listener listens on once bound, port 0 resolved: from [`Listening::local_addrs`].
 ///
 /// # Examples

@@ -9,7 +9,7 @@ use tarpc::tokio_serde::formats::Bincode;
 use crate::grpc;
 use crate::raw;
 use crate::secure;
-use crate::system::{OurCodec, Payload, Variant, Workload};
+use crate::system::{OurCodec, Payload, Variant, Workload, TEXT_SIZE};
 use crate::tarpc_svc::BenchClient as TarpcClient;
 use crate::Result;
 
@@ -33,11 +33,14 @@ pub(crate) fn set_max_message_size(n: usize) {
     let _ = MAX_MESSAGE_SIZE.set(n);
 }
 
-fn our_config(codec: OurCodec) -> easyrpc_client::Config {
+fn our_config(codec: OurCodec, workload: Workload) -> easyrpc_client::Config {
     let mut cfg = easyrpc_client::Config::default();
     cfg.codec = codec.codec();
     if let Some(&n) = MAX_MESSAGE_SIZE.get() {
         cfg.max_message_size = n;
+    }
+    if workload.compress() {
+        cfg.compression(easyrpc_client::Compression::default().threshold);
     }
     cfg
 }
@@ -56,10 +59,12 @@ impl AsyncConn {
     pub(crate) async fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<AsyncConn> {
         Ok(match variant {
             Variant::OursAsync(codec) => {
-                AsyncConn::Ours(easyrpc_client::Client::connect_with(addr, our_config(codec)).await?)
+                let config = our_config(codec, payload.workload);
+                AsyncConn::Ours(easyrpc_client::Client::connect_with(addr, config).await?)
             }
             Variant::OursPrefork | Variant::OursPrefork1 => AsyncConn::Ours(
-                easyrpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack)).await?,
+                easyrpc_client::Client::connect_with(addr, our_config(OurCodec::Msgpack, payload.workload))
+                    .await?,
             ),
             Variant::Tonic => {
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
@@ -86,14 +91,17 @@ impl AsyncConn {
                     easyrpc_client::Client::connect_tls_with(
                         &addr.to_string(),
                         tls,
-                        our_config(OurCodec::Msgpack),
+                        our_config(OurCodec::Msgpack, payload.workload),
                     )
                     .await?,
                 )
             }
             Variant::OursUnix => AsyncConn::Ours(
-                easyrpc_client::Client::connect_unix_with(secure::unix_path(), our_config(OurCodec::Msgpack))
-                    .await?,
+                easyrpc_client::Client::connect_unix_with(
+                    secure::unix_path(),
+                    our_config(OurCodec::Msgpack, payload.workload),
+                )
+                .await?,
             ),
             Variant::Tarpc => {
                 let mut connect = tarpc::serde_transport::tcp::connect(addr, Bincode::default);
@@ -163,6 +171,10 @@ pub(crate) async fn call_ours(c: &easyrpc_client::Client, p: &Payload) -> Result
             let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),)).await?;
             check(v.len() == n, "echo")
         }
+        Workload::EchoText { .. } => {
+            let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),)).await?;
+            check(v.len() == TEXT_SIZE, "echo")
+        }
         Workload::Records => {
             let v: Vec<Record> = c.call("echo_records", (&p.records,)).await?;
             check(v.len() == p.records.len(), "echo_records")
@@ -221,7 +233,7 @@ impl BlockingConn {
     pub(crate) fn connect(variant: Variant, addr: SocketAddr, payload: &Payload) -> Result<BlockingConn> {
         Ok(match variant {
             Variant::OursBlocking(codec) => BlockingConn::Ours(Box::new(
-                easyrpc_client::BlockingClient::connect_with(addr, our_config(codec))?,
+                easyrpc_client::BlockingClient::connect_with(addr, our_config(codec, payload.workload))?,
             )),
             Variant::RawStd => BlockingConn::Raw(raw::StdConn::connect(addr, payload)?),
             _ => return Err(format!("{variant} is not a blocking client").into()),
@@ -237,6 +249,10 @@ impl BlockingConn {
             (BlockingConn::Ours(c), Workload::Echo(n)) => {
                 let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),))?;
                 check(v.len() == n, "echo")
+            }
+            (BlockingConn::Ours(c), Workload::EchoText { .. }) => {
+                let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),))?;
+                check(v.len() == TEXT_SIZE, "echo")
             }
             (BlockingConn::Ours(c), Workload::Records) => {
                 let v: Vec<Record> = c.call("echo_records", (&p.records,))?;

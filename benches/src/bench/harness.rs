@@ -79,9 +79,10 @@ pub(crate) struct RunArgs {
     /// run `add` only, sequential and 1 × 64.
     #[arg(long, value_delimiter = ',')]
     pub(crate) clients: Vec<String>,
-    /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records, and the big
-    /// messages 16m and 64m, which run only when named, with our clients and the raw
-    /// floors); the default is all but the big ones. Load modes always use `add`.
+    /// Sequential workloads (comma-separated: add, 16b, 1k, 64k, 1m, records, 1m-text,
+    /// 1m-text-zstd, and the big messages 16m and 64m, which run only when named, with our
+    /// clients and the raw floors); the default is all but the big ones. Load modes always
+    /// use `add`.
     #[arg(long, value_delimiter = ',')]
     pub(crate) workloads: Vec<String>,
     /// Load modes (comma-separated: 1x64, 16x16, many, accept); the default is the first
@@ -121,6 +122,7 @@ impl RunArgs {
         match w {
             Workload::Echo(n) if n > 1 << 20 => (big / (n as u64 >> 20)).max(2),
             Workload::Echo(n) if n >= 1 << 20 => big,
+            Workload::EchoText { .. } => big,
             _ => self.calls,
         }
     }

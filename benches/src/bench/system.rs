@@ -172,8 +172,10 @@ impl Variant {
     pub(crate) fn supports(self, mode: Mode, workload: Workload) -> bool {
         // The records echo compares our two codecs on one server: the prefork server, with
         // its one codec, would only repeat the msgpack row.
-        if workload == Workload::Records && !matches!(self, Variant::OursAsync(_) | Variant::OursBlocking(_))
-        {
+        // So does the compressed echo: compression is ours alone (on by default in our
+        // server, asked for by the `-zstd` workload's client).
+        let ours_only = matches!(workload, Workload::Records | Workload::EchoText { .. });
+        if ours_only && !matches!(self, Variant::OursAsync(_) | Variant::OursBlocking(_)) {
             return false;
         }
         // Connection churn: async clients (a task per connection) and the raw tokio floor.
@@ -256,6 +258,10 @@ pub(crate) enum Workload {
     Echo(usize),
     /// Echo of [`RECORDS_PER_CALL`] [`Record`]s (ours only: the codec comparison).
     Records,
+    /// Echo of 1 MiB of text ([`benches::text`], which zstd shrinks about fivefold), ours
+    /// only: with `compress`, the client turns zstd compression on (4 KiB threshold, level
+    /// 3) and the server, on by default, compresses its replies to it.
+    EchoText { compress: bool },
 }
 
 impl Workload {
@@ -266,6 +272,8 @@ impl Workload {
             v.push((name, Workload::Echo(n)));
         }
         v.push(("records", Workload::Records));
+        v.push(("1m-text", Workload::EchoText { compress: false }));
+        v.push(("1m-text-zstd", Workload::EchoText { compress: true }));
         v
     }
 
@@ -284,6 +292,11 @@ impl Workload {
     pub(crate) fn is_big(self) -> bool {
         matches!(self, Workload::Echo(n) if n > 1 << 20)
     }
+
+    /// The client compresses (and the server then compresses its replies to it).
+    pub(crate) fn compress(self) -> bool {
+        matches!(self, Workload::EchoText { compress: true })
+    }
 }
 
 impl fmt::Display for Workload {
@@ -292,6 +305,8 @@ impl fmt::Display for Workload {
             Workload::Add => f.write_str("add"),
             Workload::Echo(n) => write!(f, "echo {}", benches::size_label(*n)),
             Workload::Records => write!(f, "echo {RECORDS_PER_CALL} records"),
+            Workload::EchoText { compress: false } => f.write_str("echo 1 MiB text"),
+            Workload::EchoText { compress: true } => f.write_str("echo 1 MiB text, zstd"),
         }
     }
 }
@@ -377,6 +392,9 @@ impl fmt::Display for Mode {
     }
 }
 
+/// The size of the text echoed by [`Workload::EchoText`].
+pub(crate) const TEXT_SIZE: usize = 1 << 20;
+
 /// The data of one workload, built once and shared by every call.
 #[derive(Debug)]
 pub(crate) struct Payload {
@@ -395,6 +413,7 @@ impl Payload {
                 b
             }
             Workload::Echo(n) => benches::blob(n),
+            Workload::EchoText { .. } => benches::text(TEXT_SIZE),
             Workload::Records => Vec::new(),
         };
         let records = match workload {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::codec::{Codec, EncodeValue, Params};
+use crate::compress::{Compression, Zstd};
 use crate::error::{EncodeError, ErrorCode, ServerError};
 use crate::framer::Framer;
 use crate::handshake::features::STREAMS;
@@ -61,6 +62,10 @@ pub struct ClientConfig {
     /// The optional features offered in the hello ([`features`](crate::handshake::features)
     /// bits); the server's answer says which are on ([`ClientConnection::features`]).
     pub features: u32,
+    /// How requests are compressed once the server's hello agreed to
+    /// [`ZSTD`](crate::handshake::features::ZSTD) (offered when `features` has it; not by
+    /// default). Compressed replies are accepted whenever it was agreed.
+    pub compression: Compression,
 }
 
 impl ClientConfig {
@@ -75,6 +80,7 @@ impl ClientConfig {
             session: None,
             heartbeat_interval: Some(Duration::from_secs(20)),
             features: crate::handshake::features::STREAMS,
+            compression: Compression::default(),
         }
     }
 }
@@ -235,6 +241,9 @@ pub struct ClientConnection<T> {
     serving: Vec<u64>,
     /// The features the server's hello agreed to, on the current transport.
     agreed: u32,
+    /// How what we send is compressed: off until the server's hello agrees to zstd (a
+    /// request queued before its answer goes uncompressed).
+    zstd: Zstd,
 }
 
 impl<T: Copy> ClientConnection<T> {
@@ -254,6 +263,7 @@ impl<T: Copy> ClientConnection<T> {
             last_write: now,
             serving: Vec::new(),
             agreed: 0,
+            zstd: Zstd::OFF,
         }
     }
 
@@ -297,6 +307,7 @@ impl<T: Copy> ClientConnection<T> {
         self.last_write = now;
         self.serving.clear();
         self.agreed = 0;
+        self.zstd = Zstd::OFF;
         self.awaiting_hello = self.config.hello;
         if self.config.hello {
             Hello::new(self.config.codec)
@@ -340,6 +351,7 @@ impl<T: Copy> ClientConnection<T> {
             self.next_id
         });
         let sent_timeout = self.config.hello.then_some(timeout);
+        let start = self.out.len();
         encode_request_ext(
             self.config.codec,
             &mut self.out,
@@ -349,6 +361,7 @@ impl<T: Copy> ClientConnection<T> {
             sent_timeout,
             metadata.filter(|_| self.config.hello),
         )?;
+        self.zstd.apply(self.config.codec, &mut self.out, start);
         self.waiting.insert(Entry {
             msgid,
             token,
@@ -372,7 +385,10 @@ impl<T: Copy> ClientConnection<T> {
         method: &str,
         params: &P,
     ) -> Result<(), EncodeError> {
-        encode_notification(self.config.codec, &mut self.out, method, params)
+        let start = self.out.len();
+        encode_notification(self.config.codec, &mut self.out, method, params)?;
+        self.zstd.apply(self.config.codec, &mut self.out, start);
+        Ok(())
     }
 
     /// The caller gave up on `msgid` before its reply (its future was dropped): forget it
@@ -451,6 +467,9 @@ impl<T: Copy> ClientConnection<T> {
                     self.awaiting_hello = false;
                     // Never more than offered, whatever the server says.
                     self.agreed = hello.features & self.config.features;
+                    if self.agreed & crate::handshake::features::ZSTD != 0 {
+                        self.zstd = Zstd::on(&self.config.compression);
+                    }
                 }
                 _ => return Err(ProtocolError::Hello),
             }
@@ -489,6 +508,18 @@ impl<T: Copy> ClientConnection<T> {
                     }
                     Ok(Some(n)) => {
                         self.framing = false;
+                        // A compressed message: only from a server that agreed to zstd
+                        // (never on the one-pass path).
+                        if self.agreed & crate::handshake::features::ZSTD != 0 {
+                            match self.put_compressed(replies, &buf[..n]) {
+                                Ok(false) => {}
+                                Ok(true) => {
+                                    at += n;
+                                    continue;
+                                }
+                                Err(e) => break Err(e),
+                            }
+                        }
                         n
                     }
                     Err(e) => break Err(ProtocolError::Frame(e)),
@@ -509,6 +540,29 @@ impl<T: Copy> ClientConnection<T> {
         };
         rbuf.consume(at);
         result
+    }
+
+    /// If `frame` is a compressed message, decompress it and handle what it holds; returns
+    /// whether it was one. Out of line: never on a small reply's path.
+    #[cold]
+    #[inline(never)]
+    fn put_compressed<R: Replies<T>>(
+        &mut self,
+        replies: &mut R,
+        frame: &[u8],
+    ) -> Result<bool, ProtocolError> {
+        let codec = self.config.codec;
+        let Some(z) = crate::compress::compressed(codec, frame) else {
+            return Ok(false);
+        };
+        let msg = Bytes::from(crate::compress::decompress(
+            codec,
+            z,
+            self.framer.max_message_size(),
+        )?);
+        let shared = (msg.len() > INLINE_REPLY).then_some(&msg);
+        self.put_frame(replies, &msg, None, shared);
+        Ok(true)
     }
 
     /// Put the reply in `frame` into its caller's hands: `known` is its msgid and where its
@@ -576,7 +630,10 @@ impl<T: Copy> ClientConnection<T> {
     ///
     /// When the item cannot be encoded: nothing was queued.
     pub fn send_item<V: EncodeValue + ?Sized>(&mut self, msgid: u64, item: &V) -> Result<(), EncodeError> {
-        encode_item(self.config.codec, &mut self.out, msgid, item)
+        let start = self.out.len();
+        encode_item(self.config.codec, &mut self.out, msgid, item)?;
+        self.zstd.apply(self.config.codec, &mut self.out, start);
+        Ok(())
     }
 
     /// Grant the server `n` more items of call `msgid`'s result stream (`rpc.credit`).
@@ -624,6 +681,7 @@ impl<T: Copy> ClientConnection<T> {
         };
         self.serving.swap_remove(at);
         let codec = self.config.codec;
+        let start = self.out.len();
         let encoded = match outcome {
             Ok(result) => encode_response_ok(codec, &mut self.out, msgid, result),
             Err(error) => {
@@ -635,6 +693,7 @@ impl<T: Copy> ClientConnection<T> {
             let error = ServerError::new(ErrorCode::Internal, format!("could not encode the result: {e}"));
             encode_response_err(codec, &mut self.out, msgid, &error);
         }
+        self.zstd.apply(codec, &mut self.out, start);
         true
     }
 

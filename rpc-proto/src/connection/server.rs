@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 
 use crate::codec::{Args, Codec, EncodeValue};
+use crate::compress::{Compression, Zstd};
 use crate::error::{EncodeError, ErrorCode, FrameError, ParseError, ServerError};
 use crate::framer::Framer;
 use crate::handshake::features::STREAMS;
@@ -63,6 +64,11 @@ pub struct ServerConfig {
     /// The optional features this server supports ([`features`](crate::handshake::features)
     /// bits): a client's hello gets those of them it offered.
     pub features: u32,
+    /// How replies are compressed to a client whose hello agreed to
+    /// [`ZSTD`](crate::handshake::features::ZSTD) (compressed messages are accepted from
+    /// it whatever this says). Without `ZSTD` in `features`, nothing is compressed either
+    /// way.
+    pub compression: Compression,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +80,7 @@ impl Default for ServerConfig {
             heartbeat_timeout: Duration::from_secs(60),
             error_shape: ErrorShape::default(),
             features: crate::handshake::features::STREAMS | crate::handshake::features::ZSTD,
+            compression: Compression::default(),
         }
     }
 }
@@ -181,6 +188,35 @@ impl Transmit<'_> {
     }
 }
 
+/// The [`Transmit`] of [`ServerConnection::transmit`]: what is written through it is
+/// compressed, when the hello agreed to it, as the guard is dropped.
+#[derive(Debug)]
+pub struct TransmitGuard<'a> {
+    tx: Transmit<'a>,
+    zstd: Zstd,
+    start: usize,
+}
+
+impl<'a> std::ops::Deref for TransmitGuard<'a> {
+    type Target = Transmit<'a>;
+
+    fn deref(&self) -> &Transmit<'a> {
+        &self.tx
+    }
+}
+
+impl<'a> std::ops::DerefMut for TransmitGuard<'a> {
+    fn deref_mut(&mut self) -> &mut Transmit<'a> {
+        &mut self.tx
+    }
+}
+
+impl Drop for TransmitGuard<'_> {
+    fn drop(&mut self) {
+        self.zstd.apply_all(self.tx.codec, self.tx.out, self.start);
+    }
+}
+
 /// Why the connection stopped reading for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -206,6 +242,8 @@ pub struct ServerConnection {
     session: Option<u128>,
     /// The features agreed in the hello.
     agreed: u32,
+    /// How replies are compressed (off unless the hello agreed to zstd).
+    zstd: Zstd,
     /// Messages are still taken from the stream (no end of input, no fatal error).
     reading: bool,
     /// Shutdown: answer new requests `ShuttingDown`, finish the rest, close.
@@ -250,6 +288,7 @@ impl ServerConnection {
             extended: false,
             session: None,
             agreed: 0,
+            zstd: Zstd::OFF,
             reading: true,
             draining: false,
             fatal: None,
@@ -376,6 +415,9 @@ impl ServerConnection {
                         self.agreed = hello.features & self.config.features;
                         // The service hears the features agreed, not those offered.
                         hello.features = self.agreed;
+                        if self.agreed & crate::handshake::features::ZSTD != 0 {
+                            self.zstd = Zstd::on(&self.config.compression);
+                        }
                         Hello::new(hello.codec)
                             .with_session(hello.session)
                             .with_features(self.agreed)
@@ -428,8 +470,15 @@ impl ServerConnection {
                 }
             };
             self.framing = false;
-            let parsed = Message::parse(self.framer.codec(), &rbuf[at..at + n]);
-            self.dispatch(parsed, now, service);
+            let frame = &rbuf[at..at + n];
+            match self.inflate(frame) {
+                None => self.dispatch(Message::parse(self.framer.codec(), frame), now, service),
+                Some(Ok(msg)) => self.dispatch(Message::parse(self.framer.codec(), &msg), now, service),
+                Some(Err(e)) => {
+                    result = Err(Fatal::Frame(e));
+                    break;
+                }
+            }
             if n > READ_CHUNK / 4 {
                 self.large = n.min(HINT_LIMIT);
             }
@@ -450,6 +499,20 @@ impl ServerConnection {
             }
         }
         result
+    }
+
+    /// The message inside `frame`, if it is a compressed message from a peer whose hello
+    /// agreed to zstd (from any other peer it is an ordinary malformed message).
+    fn inflate(&self, frame: &[u8]) -> Option<Result<Vec<u8>, FrameError>> {
+        if self.agreed & crate::handshake::features::ZSTD == 0 {
+            return None;
+        }
+        let z = crate::compress::compressed(self.framer.codec(), frame)?;
+        Some(crate::compress::decompress(
+            self.framer.codec(),
+            z,
+            self.config.max_message_size,
+        ))
     }
 
     fn dispatch<S: Service>(
@@ -485,7 +548,10 @@ impl ServerConnection {
                     codec,
                     shape: self.shape,
                 };
+                // What the service wrote is compressed if it is large (one comparison).
+                let start = tx.out.len();
                 service.request(&mut tx, request);
+                self.zstd.apply_all(codec, &mut self.out, start);
             }
             Ok(Message::Notification { method, params }) => {
                 if method == CANCEL.as_bytes() && self.extended {
@@ -501,14 +567,18 @@ impl ServerConnection {
                     codec,
                     shape: self.shape,
                 };
+                let start = tx.out.len();
                 if self.agreed & STREAMS != 0 {
                     match StreamMessage::parse(codec, method, params) {
-                        Some(Ok(message)) => return service.stream(&mut tx, message),
-                        Some(Err(e)) => return service.event(ConnEvent::BadStream(&e)),
-                        None => {}
+                        Some(Ok(message)) => service.stream(&mut tx, message),
+                        Some(Err(e)) => service.event(ConnEvent::BadStream(&e)),
+                        None => service.notification(&mut tx, method, params),
                     }
+                    self.zstd.apply_all(codec, &mut self.out, start);
+                    return;
                 }
                 service.notification(&mut tx, method, params);
+                self.zstd.apply_all(codec, &mut self.out, start);
             }
             Ok(Message::Response { msgid, .. }) => service.event(ConnEvent::UnexpectedResponse(msgid)),
             Err(e) => {
@@ -525,12 +595,17 @@ impl ServerConnection {
         encode_response_err_shaped(self.framer.codec(), &mut self.out, msgid, e, self.shape);
     }
 
-    /// Where to put the replies of calls that finished after their request was handled.
-    pub fn transmit(&mut self) -> Transmit<'_> {
-        Transmit {
-            out: &mut self.out,
-            codec: self.framer.codec(),
-            shape: self.shape,
+    /// Where to put the replies of calls that finished after their request was handled
+    /// (compressed, when the hello agreed to it, once the guard is dropped).
+    pub fn transmit(&mut self) -> TransmitGuard<'_> {
+        TransmitGuard {
+            start: self.out.len(),
+            zstd: self.zstd,
+            tx: Transmit {
+                out: &mut self.out,
+                codec: self.framer.codec(),
+                shape: self.shape,
+            },
         }
     }
 
@@ -719,6 +794,7 @@ mod tests {
             heartbeat_timeout: Duration::from_secs(60),
             error_shape: ErrorShape::default(),
             features: crate::handshake::features::STREAMS | crate::handshake::features::ZSTD,
+            compression: Compression::default(),
         }
     }
 
