@@ -65,7 +65,7 @@ pub(crate) const UNKNOWN_METHOD: &str = "<unknown>";
 
 /// The `code` label values: "ok", then each [`ErrorCode`] in numeric order (its name,
 /// snake_case), then "cancelled" (the call was dropped before it ended).
-pub(crate) const OUTCOMES: [&str; 15] = [
+pub(crate) const OUTCOMES: [&str; 16] = [
     "ok",
     "unknown",
     "method_not_found",
@@ -80,6 +80,7 @@ pub(crate) const OUTCOMES: [&str; 15] = [
     "internal_error",
     "unauthenticated",
     "permission_denied",
+    "streaming_method",
     "cancelled",
 ];
 const OK: usize = 0;
@@ -309,8 +310,8 @@ fn outcome(reply: &Reply) -> usize {
     match reply.error() {
         None => OK,
         Some(e) => match e.code {
-            // Ours: 0 (unknown) to 12, in the order of `OUTCOMES`.
-            code @ 0..=12 => 1 + code as usize,
+            // Ours: 0 (unknown) to 13, in the order of `OUTCOMES`.
+            code @ 0..=13 => 1 + code as usize,
             // A code of someone else's (a layer's own error): "unknown".
             _ => 1,
         },
