@@ -51,7 +51,7 @@ pub(super) struct Slot {
     /// keeps the capacity for its next call.
     pub(super) buf: Vec<u8>,
     /// A streaming call's items received and not taken yet (at most the credit granted).
-    pub(super) items: VecDeque<Vec<u8>>,
+    pub(super) items: StreamItems,
     /// A streaming call's credit from the server for its argument stream, not used yet.
     pub(super) credit: u64,
 }
@@ -109,7 +109,7 @@ impl State {
                 state: SlotState::Waiting,
                 waker: waker.clone(),
                 buf: Vec::new(),
-                items: VecDeque::new(),
+                items: StreamItems::default(),
                 credit: 0,
             });
             // The table grows with the calls in flight; a u32 index is plenty.
@@ -124,9 +124,7 @@ impl State {
         if slot.buf.capacity() > easyrpc_proto::INLINE_REPLY * 4 {
             slot.buf = Vec::new();
         }
-        if slot.items.capacity() > 0 {
-            slot.items = VecDeque::new();
-        }
+        slot.items.reset();
         self.free.push(idx);
     }
 }
@@ -175,16 +173,72 @@ impl Replies<u32> for Deliver<'_> {
             return;
         }
         match message {
-            StreamMessage::Item { item, .. } => slot.items.push_back(item.to_vec()),
-            StreamMessage::Credit { n, .. } => slot.credit = slot.credit.saturating_add(n),
-            _ => return,
+            // The caller is woken when the first item comes: it takes every item there is
+            // before it waits again.
+            StreamMessage::Item { item, .. } => {
+                if slot.items.push(item) {
+                    slot.waker.wake_by_ref();
+                }
+            }
+            StreamMessage::Credit { n, .. } => {
+                slot.credit = slot.credit.saturating_add(n);
+                slot.waker.wake_by_ref();
+            }
+            _ => {}
         }
-        slot.waker.wake_by_ref();
     }
 
     #[inline(never)]
     fn notification(&mut self, method: &[u8], params: &[u8]) {
         self.handlers
             .notification(self.codec, method, params, self.incoming);
+    }
+}
+
+/// A streaming call's items, received and not taken yet: their bytes one after another in
+/// one buffer (no allocation per item), taken from the front.
+#[derive(Default)]
+pub(super) struct StreamItems {
+    buf: Vec<u8>,
+    lens: VecDeque<usize>,
+    /// Where the first item not taken starts in `buf`.
+    head: usize,
+}
+
+impl StreamItems {
+    /// Keep an item; returns whether there was none before.
+    pub(super) fn push(&mut self, item: &[u8]) -> bool {
+        let was_empty = self.lens.is_empty();
+        self.buf.extend_from_slice(item);
+        self.lens.push_back(item.len());
+        was_empty
+    }
+
+    /// Take the first item, handing its bytes to `f`.
+    pub(super) fn pop_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let len = self.lens.pop_front()?;
+        let r = f(&self.buf[self.head..self.head + len]);
+        self.head += len;
+        if self.lens.is_empty() {
+            self.buf.clear();
+            self.head = 0;
+        } else if self.head >= 64 * 1024 && self.head * 2 >= self.buf.len() {
+            // A reader that never quite catches up: move the rest to the front now and
+            // then, so the buffer holds what waits, not everything since it was empty.
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+        Some(r)
+    }
+
+    /// Drop everything, and give large buffers back (the slot is free again).
+    pub(super) fn reset(&mut self) {
+        if self.buf.capacity() > 64 * 1024 || self.lens.capacity() > 1024 {
+            *self = StreamItems::default();
+        } else {
+            self.buf.clear();
+            self.lens.clear();
+            self.head = 0;
+        }
     }
 }

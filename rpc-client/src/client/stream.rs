@@ -30,9 +30,9 @@ use crate::reply::decode;
 use crate::Error;
 
 /// What a streaming call brings next.
-enum Raw {
+enum Raw<X> {
     /// An item.
-    Item(Vec<u8>),
+    Item(X),
     /// The call's result (`nil` at a stream's end).
     End(Vec<u8>),
 }
@@ -273,65 +273,66 @@ impl<T> ItemStream<T> {
         }
     }
 
-    /// The next item's bytes, or the call's end: its result's bytes, or its error.
-    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Raw, Error>>> {
+    /// The next item, as `item` makes it of its bytes, or the call's end: its result's
+    /// bytes, or its error.
+    fn poll_raw<X>(
+        &mut self,
+        cx: &mut Context<'_>,
+        item: impl FnOnce(&[u8]) -> X,
+    ) -> Poll<Option<Result<Raw<X>, Error>>> {
         if self.done {
             return Poll::Ready(None);
         }
-        if let Err(e) = self.pump(cx) {
-            return Poll::Ready(Some(Err(self.end(e))));
+        if self.upload.is_some() {
+            if let Err(e) = self.pump(cx) {
+                return Poll::Ready(Some(Err(self.end(e))));
+            }
         }
-        let core = self.core.clone();
+        // Disjoint borrows of the fields: the lock guard borrows `core` only.
+        let ItemStream {
+            core,
+            slot: idx,
+            msgid,
+            epoch,
+            window,
+            timeout,
+            done,
+            ..
+        } = self;
         let mut st = core.lock();
         let st = &mut *st;
-        let slot = &mut st.slots[self.slot as usize];
-        if let Some(item) = slot.items.pop_front() {
-            let grant = self.window.take(item.len());
-            if let Some(n) =
-                grant.filter(|_| matches!(slot.state, SlotState::Waiting) && st.live == Some(self.epoch))
-            {
-                st.proto.send_credit(self.msgid, n);
+        let slot = &mut st.slots[*idx as usize];
+        if let Some((x, len)) = slot.items.pop_with(|bytes| (item(bytes), bytes.len())) {
+            let waiting = matches!(slot.state, SlotState::Waiting);
+            if let Some(n) = window.take(len).filter(|_| waiting && st.live == Some(*epoch)) {
+                st.proto.send_credit(*msgid, n);
                 st.wake_writer();
             }
-            return Poll::Ready(Some(Ok(Raw::Item(item))));
+            return Poll::Ready(Some(Ok(Raw::Item(x))));
         }
-        match std::mem::replace(&mut slot.state, SlotState::Waiting) {
+        let end = match std::mem::replace(&mut slot.state, SlotState::Waiting) {
             SlotState::Waiting => {
                 slot.waker.clone_from(cx.waker());
-                Poll::Pending
+                return Poll::Pending;
             }
-            SlotState::Replied { ok, big } => {
-                let bytes = big.as_deref().unwrap_or(&slot.buf).to_vec();
-                self.release(st);
-                if ok {
-                    // The result (nil for a stream's end).
-                    Poll::Ready(Some(Ok(Raw::End(bytes))))
-                } else if st.proto.is_server_ours() {
-                    Poll::Ready(Some(Err(
-                        decode::<()>(self.core.config.codec, Err(&bytes)).unwrap_err()
-                    )))
+            SlotState::Replied { ok: true, big } => {
+                Ok(Raw::End(big.as_deref().unwrap_or(&slot.buf).to_vec()))
+            }
+            SlotState::Replied { ok: false, big } => {
+                let bytes = big.as_deref().unwrap_or(&slot.buf);
+                Err(if st.proto.is_server_ours() {
+                    decode::<()>(core.config.codec, Err(bytes)).unwrap_err()
                 } else {
-                    Poll::Ready(Some(Err(foreign(&bytes))))
-                }
+                    foreign(bytes)
+                })
             }
-            SlotState::Failed(e) => {
-                self.release(st);
-                Poll::Ready(Some(Err(match e {
-                    Error::Timeout(_) => Error::Timeout(self.timeout),
-                    e => e,
-                })))
-            }
-            SlotState::Free => {
-                self.release(st);
-                Poll::Ready(Some(Err(Error::Protocol("call slot lost".into()))))
-            }
-        }
-    }
-
-    /// The call is over: give its slot back.
-    fn release(&mut self, st: &mut super::State) {
-        self.done = true;
-        st.free_slot(self.slot);
+            SlotState::Failed(Error::Timeout(_)) => Err(Error::Timeout(*timeout)),
+            SlotState::Failed(e) => Err(e),
+            SlotState::Free => Err(Error::Protocol("call slot lost".into())),
+        };
+        *done = true;
+        st.free_slot(*idx);
+        Poll::Ready(Some(end))
     }
 
     /// End the call with `e` (an argument that could not be encoded): cancel it.
@@ -357,7 +358,7 @@ impl<T> ItemStream<T> {
     /// For an upload: drive the call to its one result.
     fn poll_result<R: DeserializeOwned>(&mut self, cx: &mut Context<'_>) -> Poll<Result<R, Error>> {
         loop {
-            match self.poll_raw(cx) {
+            match self.poll_raw(cx, |_| ()) {
                 Poll::Pending => return Poll::Pending,
                 // Items of a call that returns one value: none are expected; skip them.
                 Poll::Ready(Some(Ok(Raw::Item(_)))) => continue,
@@ -376,17 +377,17 @@ impl<T: DeserializeOwned> Stream for ItemStream<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match this.poll_raw(cx) {
+        let codec = this.core.config.codec;
+        match this.poll_raw(cx, |bytes| codec.decode::<T>(bytes)) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None | Some(Ok(Raw::End(_)))) => Poll::Ready(None),
-            Poll::Ready(Some(Ok(Raw::Item(bytes)))) => {
-                Poll::Ready(Some(this.core.config.codec.decode::<T>(&bytes).map_err(|e| {
-                    // The stream cannot go on in step: cancel the call.
-                    let core = this.core.clone();
-                    let mut st = core.lock();
-                    this.forget(&mut st);
-                    Error::Decode(e)
-                })))
+            Poll::Ready(Some(Ok(Raw::Item(Ok(item))))) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(Ok(Raw::Item(Err(e))))) => {
+                // The stream cannot go on in step: cancel the call.
+                let core = this.core.clone();
+                let mut st = core.lock();
+                this.forget(&mut st);
+                Poll::Ready(Some(Err(Error::Decode(e))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
         }
