@@ -172,19 +172,18 @@ impl Replies<u32> for Deliver<'_> {
         if !matches!(slot.state, SlotState::Waiting) {
             return;
         }
-        match message {
+        let wake = match message {
             // The caller is woken when the first item comes: it takes every item there is
             // before it waits again.
-            StreamMessage::Item { item, .. } => {
-                if slot.items.push(item) {
-                    slot.waker.wake_by_ref();
-                }
-            }
+            StreamMessage::Item { item, .. } => slot.items.push(item),
             StreamMessage::Credit { n, .. } => {
                 slot.credit = slot.credit.saturating_add(n);
-                slot.waker.wake_by_ref();
+                true
             }
-            _ => {}
+            _ => false,
+        };
+        if wake {
+            slot.waker.wake_by_ref();
         }
     }
 
