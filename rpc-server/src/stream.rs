@@ -2,7 +2,7 @@
 //! the client grants, and a function's argument stream ([`Streaming`]), received under the
 //! credit the server grants (the wire is in `easyrpc_proto::stream`).
 //!
-//! Each connection whose hello agreed streams has one [`Hub`]: the calls' streams by
+//! Each connection whose hello agreed streams has one `Hub`: the calls' streams by
 //! msgid, and the bytes they queue for the connection (items, credit), which its task
 //! writes before any response (so a stream's items always precede its end). A stream
 //! waits for credit without holding anything else up: other calls on the connection go
