@@ -139,9 +139,9 @@
 //! A function returning `impl Stream<Item = T>` (async) or `impl Iterator<Item = T>` (sync)
 //! streams its result; one taking a [`Streaming<U>`] argument receives a stream from its
 //! caller; one doing both is two-way. The async stubs return an [`ItemStream<T>`] and take
-//! `impl Stream<Item = U>`; items flow under credit-based flow control (64 items at a
-//! time), dropping the stream cancels the call, and the client's timeout covers the whole
-//! stream. The client needs the extensions ([`ClientConfig`]'s `extensions`); a plain
+//! `impl Stream<Item = U>`; items flow under credit-based flow control (64 items at
+//! first, then about 1 MiB of items, 16 to 4096 of them), dropping the stream cancels the
+//! call, and the client's timeout covers the whole stream. The client needs the extensions ([`ClientConfig`]'s `extensions`); a plain
 //! MessagePack-RPC peer gets [`ErrorCode::StreamingMethod`]. See [`ItemStream`] for an
 //! example and the README's "Streams" section for all of it.
 //!

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use easyrpc::{register, Server};
+use easyrpc::{register, Server, Stream, Streaming};
 
 #[register]
 fn add(a: i64, b: i64) -> i64 {
@@ -16,6 +16,26 @@ fn add(a: i64, b: i64) -> i64 {
 #[register]
 async fn checked_div(a: i64, b: i64) -> Result<i64, String> {
     a.checked_div(b).ok_or_else(|| "division by zero".to_string())
+}
+
+#[register]
+async fn countdown(n: u64) -> impl Stream<Item = u64> {
+    easyrpc::stream::iter((0..n).rev())
+}
+
+#[register]
+fn lines(n: u32) -> impl Iterator<Item = String> {
+    (0..n).map(|i| i.to_string())
+}
+
+#[register]
+async fn sum(mut numbers: Streaming<i64>) -> i64 {
+    use easyrpc::StreamExt;
+    let mut total = 0;
+    while let Some(Ok(n)) = numbers.next().await {
+        total += n;
+    }
+    total
 }
 
 /// A counter served as an impl block.
@@ -34,6 +54,7 @@ mod remote {
     easyrpc::declare! {
         pub fn add(a: i64, b: i64) -> i64;
         pub fn checked_div(a: i64, b: i64) -> Result<i64, String>;
+        pub async fn countdown(n: u64) -> impl easyrpc::Stream<Item = u64>;
     }
 }
 
@@ -42,6 +63,9 @@ fn the_server_builds_whatever_clients_are_built() {
     Server::builder()
         .register(add::method())
         .register(checked_div::method())
+        .register(countdown::method())
+        .register(lines::method())
+        .register(sum::method())
         .service(Counter::default())
         .build()
         .unwrap();
@@ -53,6 +77,10 @@ fn the_async_stubs_exist_with_the_async_client() {
     let _ = add::call;
     let _ = checked_div::call;
     let _ = remote::add::call;
+    let _ = countdown::call;
+    let _ = lines::call;
+    let _ = |c: easyrpc::Client| async move { sum::call(&c, easyrpc::stream::iter(vec![1i64])).await };
+    let _ = remote::countdown::call;
     let _ = CounterClient::new;
 }
 
@@ -62,5 +90,8 @@ fn the_blocking_stubs_exist_with_the_blocking_client() {
     let _ = add::call_blocking;
     let _ = checked_div::call_blocking;
     let _ = remote::checked_div::call_blocking;
+    let _ = countdown::call_blocking;
+    let _ = lines::call_blocking;
+    let _ = |c: &easyrpc::BlockingClient| sum::call_blocking(c, vec![1i64]);
     let _ = CounterBlockingClient::new;
 }
