@@ -30,8 +30,10 @@ type Upload<'a> = Box<dyn Iterator<Item = Box<dyn EncodeValue>> + 'a>;
 ///
 /// It reads only while it is asked for the next item, and grants the server credit as it
 /// goes (64 items at first, then about 1 MiB of items, between 16 and 4096 of them): the
-/// server waits for a slow reader. The client is held until the
-/// iterator ends or is dropped; dropping it before its end cancels the call on the server.
+/// server waits for a slow reader. The client is held until the iterator ends or is dropped
+/// (calls from other threads wait for it; a call on the same client from the thread that
+/// holds the iterator would wait forever: use a second client there); dropping it before its
+/// end cancels the call on the server.
 #[must_use = "dropping it cancels the call"]
 pub struct BlockingItems<'a, T> {
     client: &'a BlockingClient,
