@@ -37,7 +37,7 @@ fn run(codec: Codec, hello: bool, stream: &[u8], cut: Option<usize>) -> (Vec<(u3
     for token in 0..16u32 {
         let _ = conn.send_request(None, "m", &(token,), Duration::from_secs(1), None, None, token);
     }
-    let mut out = Vec::new();
+    let mut out = easyrpc_proto::blob::Outbox::default();
     conn.take_transmit(now, &mut out);
     let mut got = Got::default();
     let mut rbuf = BytesMut::new();

@@ -22,6 +22,7 @@ use crate::tls::Connector;
 #[cfg(feature = "tls")]
 use crate::ClientTls;
 use crate::{Config, Error};
+use easyrpc_proto::blob::Outbox;
 
 /// After this long unused, the connection is checked (one non-blocking peek) before a
 /// call is sent on it, so that a connection the server closed as idle is replaced instead
@@ -167,7 +168,7 @@ struct State {
     /// The protocol: msgids, the call in flight, hello, framing.
     proto: ClientConnection<()>,
     rbuf: Window,
-    wbuf: Vec<u8>,
+    wbuf: Outbox,
     last_used: Instant,
     /// The socket timeouts last set, to skip the syscall when unchanged.
     timeouts: Option<Duration>,
@@ -333,7 +334,7 @@ impl BlockingClient {
                 stream: None,
                 proto: ClientConnection::new(config.proto(session), Instant::now()),
                 rbuf: Window::default(),
-                wbuf: Vec::with_capacity(1024),
+                wbuf: Outbox::default(),
                 last_used: Instant::now(),
                 timeouts: None,
             })),
@@ -619,7 +620,7 @@ impl State {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::ConnectionClosed);
         };
-        stream.write_all(&self.wbuf)?;
+        self.wbuf.write_to(stream, 256 * 1024)?;
         self.last_used = now;
         Ok(())
     }

@@ -251,7 +251,10 @@ impl<P: Params + ?Sized, R, D: Decoder<R>> Future for Attempt<'_, P, R, D> {
                 st.free_slot(idx);
                 this.slot = None;
                 // A large reply is decoded without holding the lock.
-                return Poll::Ready(Attempted::Done(D::decode(codec, outcome(ok, &frame))));
+                // A large `Blob` in it is a slice of the reply, not a copy.
+                let decoded =
+                    easyrpc_proto::blob::with_frame(&frame, || D::decode(codec, outcome(ok, &frame)));
+                return Poll::Ready(Attempted::Done(decoded));
             }
             SlotState::Failed(e) => Err(e),
             SlotState::Free => Err(Error::Protocol("call slot lost".into())),

@@ -73,7 +73,7 @@ pub use call_error::CallError;
 #[cfg(feature = "async")]
 pub use client::{Client, InstanceState, ItemStream};
 pub use config::Config;
-pub use easyrpc_proto::{Codec, Compression, ErrorCode, Metadata, Params, ServerError};
+pub use easyrpc_proto::{Blob, Codec, Compression, ErrorCode, Metadata, Params, ServerError};
 pub use error::{Error, ResultError};
 pub use foreign::ForeignError;
 #[cfg(feature = "tls")]

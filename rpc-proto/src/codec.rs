@@ -108,15 +108,16 @@ impl Codec {
             // Scalars straight into the buffer; anything else through rmp-serde.
             Codec::Msgpack => match scalar::encode(out, value) {
                 Ok(()) => return Ok(()),
-                Err(scalar::NotScalar) => {
-                    rmp_serde::encode::write_named(out, value).map_err(EncodeError::from)
-                }
+                Err(scalar::NotScalar) => rmp_serde::encode::write_named(&mut crate::blob::Sink(out), value)
+                    .map_err(EncodeError::from),
             },
             Codec::Bincode => match scalar::bincode_encode(out, value) {
                 Ok(()) => return Ok(()),
-                Err(scalar::NotScalar) => bincode::serde::encode_into_std_write(value, out, BINCODE)
-                    .map(drop)
-                    .map_err(EncodeError::from),
+                Err(scalar::NotScalar) => {
+                    bincode::serde::encode_into_std_write(value, &mut crate::blob::Sink(out), BINCODE)
+                        .map(drop)
+                        .map_err(EncodeError::from)
+                }
             },
         };
         if r.is_err() {

@@ -112,6 +112,11 @@ impl Zstd {
         level: Zstd::OFF_LEVEL,
     };
 
+    /// Whether anything may be compressed.
+    pub(crate) fn is_on(self) -> bool {
+        self.level != Zstd::OFF_LEVEL
+    }
+
     /// Compression as configured (the feature was agreed). A threshold over 4 GiB is
     /// 4 GiB; the level is clamped to zstd's range.
     pub(crate) fn on(c: &Compression) -> Zstd {

@@ -47,6 +47,7 @@
 //! ```
 #![doc(test(attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))))]
 
+pub mod blob;
 mod codec;
 pub mod compress;
 mod connection;
@@ -64,6 +65,7 @@ pub mod reserved;
 pub mod stream;
 mod wire;
 
+pub use blob::Blob;
 pub use codec::{Args, Codec, EncodeValue, FromArgs, Params, ParamsEncoder};
 pub use compress::Compression;
 pub use connection::client::{

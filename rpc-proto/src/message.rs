@@ -520,8 +520,9 @@ fn last_of_three(raw: &[u8]) -> Option<&[u8]> {
     raw.get(at..).filter(|d| !d.is_empty())
 }
 
-/// Writes the 4-byte length prefix of a bincode frame once its body is complete.
-struct Prefix(usize);
+/// Writes the 4-byte length prefix of a bincode frame once its body is complete (blobs
+/// placed beside the buffer meanwhile count: [`crate::blob`]).
+struct Prefix(usize, usize);
 
 impl Prefix {
     #[inline]
@@ -529,14 +530,16 @@ impl Prefix {
         let at = out.len();
         if codec == Codec::Bincode {
             out.extend_from_slice(&[0; 4]);
+            return Prefix(at, crate::blob::placed_len());
         }
-        Prefix(at)
+        Prefix(at, 0)
     }
 
     #[inline]
     fn end(self, codec: Codec, out: &mut [u8]) {
         if codec == Codec::Bincode {
-            let len = (out.len() - self.0 - 4) as u32;
+            let blobs = crate::blob::placed_len() - self.1;
+            let len = (out.len() - self.0 - 4 + blobs) as u32;
             out[self.0..self.0 + 4].copy_from_slice(&len.to_le_bytes());
         }
     }

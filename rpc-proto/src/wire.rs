@@ -90,5 +90,8 @@ fn write_sized(out: &mut Vec<u8>, bytes: &[u8], fix: Option<u8>, markers: [u8; 3
             out.extend_from_slice(&(n as u32).to_be_bytes());
         }
     }
-    out.extend_from_slice(bytes);
+    // A blob shared during this encode goes beside the buffer (`crate::blob`).
+    if !crate::blob::take_shared(out, bytes) {
+        out.extend_from_slice(bytes);
+    }
 }

@@ -313,8 +313,20 @@ impl Connection {
                 }
             }
             // Write until done or the socket is full (then it wakes us).
-            while let Some(bytes) = self.proto.poll_transmit() {
-                match Pin::new(&mut *io.stream).poll_write(cx, bytes) {
+            loop {
+                let stream = Pin::new(&mut *io.stream);
+                let written = if self.proto.is_transmit_vectored() {
+                    // Large blobs beside the buffer: everything in one call.
+                    let mut slices = [io::IoSlice::new(&[]); 16];
+                    let k = self.proto.transmit_slices(&mut slices);
+                    stream.poll_write_vectored(cx, &slices[..k])
+                } else {
+                    match self.proto.poll_transmit() {
+                        Some(bytes) => stream.poll_write(cx, bytes),
+                        None => break,
+                    }
+                };
+                match written {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         self.proto.advance_transmit(n);

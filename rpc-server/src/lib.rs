@@ -93,7 +93,7 @@ pub use context::{Context, Peer};
 #[cfg(feature = "etcd")]
 pub use discovery::{DiscoveryError, Registration};
 pub use easyrpc_proto::{
-    Args, Codec, Compression, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
+    Args, Blob, Codec, Compression, DedupConfig, ErrorCode, ErrorShape, FromArgs, Metadata, ServerError,
     DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use endpoint::{Endpoint, Listening, LocalAddr, Transport};

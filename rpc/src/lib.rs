@@ -694,6 +694,35 @@ pub use easyrpc_server::DedupConfig;
 /// The wire format is in the README's protocol section and in `easyrpc_proto::compress`.
 pub use easyrpc_proto::Compression;
 
+/// A byte string that large messages carry without a copy: use it instead of `Vec<u8>` or
+/// `serde_bytes::ByteBuf` for arguments and results that may be large (files, images,
+/// tensors).
+///
+/// On the wire it is exactly a `ByteBuf`: a msgpack bin (with bincode, a byte string), so a
+/// plain MessagePack-RPC peer sees no difference. From 64 KiB on
+/// ([`SHARE_MIN`](easyrpc_proto::blob::SHARE_MIN)):
+///
+/// - decoded from a message (an argument on the server, a result on the async client), it
+///   is a slice of the message's buffer, not a copy; it keeps that buffer alive while it
+///   lives ([`Blob::detach`] copies it out);
+/// - encoded (a result on the server, an argument on either client), it is written from its
+///   own buffer, vectored, instead of being copied into the connection's write buffer.
+///
+/// A 64 MiB echo thus copies its payload only between the kernel and the read buffers.
+/// Where a copy is needed anyway it is made as for a `ByteBuf`: when compression was
+/// agreed, in the dedup cache's copy of a reply, in a stream item, and for the result of a
+/// blocking client (which reads replies into a buffer it reuses).
+///
+/// ```
+/// use easyrpc::{Blob, Method, Server};
+///
+/// let builder = Server::builder()
+///     .register(Method::async_fn("echo_blob", |(data,): (Blob,)| async move { data }))
+///     .register(Method::async_fn("size", |(data,): (Blob,)| async move { data.len() as u64 }));
+/// # let _ = builder;
+/// ```
+pub use easyrpc_proto::Blob;
+
 /// What a listener listens on once bound, port 0 resolved: from [`Listening::local_addrs`].
 ///
 /// # Examples

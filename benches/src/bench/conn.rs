@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use benches::Record;
+use easyrpc_proto::Blob;
 use serde_bytes::ByteBuf;
 use tarpc::tokio_serde::formats::Bincode;
 
@@ -175,6 +176,10 @@ pub(crate) async fn call_ours(c: &easyrpc_client::Client, p: &Payload) -> Result
             let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),)).await?;
             check(v.len() == TEXT_SIZE, "echo")
         }
+        Workload::EchoBlob(n) => {
+            let v: Blob = c.call("echo_blob", (Blob::from(p.blob.clone()),)).await?;
+            check(v.len() == n, "echo_blob")
+        }
         Workload::Records => {
             let v: Vec<Record> = c.call("echo_records", (&p.records,)).await?;
             check(v.len() == p.records.len(), "echo_records")
@@ -253,6 +258,10 @@ impl BlockingConn {
             (BlockingConn::Ours(c), Workload::EchoText { .. }) => {
                 let v: ByteBuf = c.call("echo", (serde_bytes::Bytes::new(&p.blob),))?;
                 check(v.len() == TEXT_SIZE, "echo")
+            }
+            (BlockingConn::Ours(c), Workload::EchoBlob(n)) => {
+                let v: Blob = c.call("echo_blob", (Blob::from(p.blob.clone()),))?;
+                check(v.len() == n, "echo_blob")
             }
             (BlockingConn::Ours(c), Workload::Records) => {
                 let v: Vec<Record> = c.call("echo_records", (&p.records,))?;

@@ -120,8 +120,8 @@ impl RunArgs {
     fn calls_for(&self, w: Workload) -> u64 {
         let big = (self.calls / self.big_divisor.max(1)).max(1);
         match w {
-            Workload::Echo(n) if n > 1 << 20 => (big / (n as u64 >> 20)).max(2),
-            Workload::Echo(n) if n >= 1 << 20 => big,
+            Workload::Echo(n) | Workload::EchoBlob(n) if n > 1 << 20 => (big / (n as u64 >> 20)).max(2),
+            Workload::Echo(n) | Workload::EchoBlob(n) if n >= 1 << 20 => big,
             Workload::EchoText { .. } => big,
             _ => self.calls,
         }
@@ -143,7 +143,7 @@ impl RunArgs {
         self.plan()
             .iter()
             .filter_map(|(_, w)| match w {
-                Workload::Echo(n) => Some(n + 1024),
+                Workload::Echo(n) | Workload::EchoBlob(n) => Some(n + 1024),
                 _ => None,
             })
             .max()

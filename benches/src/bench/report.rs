@@ -310,6 +310,15 @@ fn big_messages(w: &mut String, modes: &[(Mode, Workload)], table: &Table) {
             _ => None,
         })
         .collect();
+    let mut big = big;
+    for (m, wl) in modes {
+        if let Workload::EchoBlob(n) = wl {
+            if m.sequential && !big.contains(n) {
+                big.push(*n);
+            }
+        }
+    }
+    big.sort_unstable();
     if big.is_empty() {
         return;
     }
@@ -323,18 +332,27 @@ fn big_messages(w: &mut String, modes: &[(Mode, Workload)], table: &Table) {
         "| echo | system | MiB/s | × raw std | × floor | server peak RSS MiB | peak × message |"
     );
     let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|");
-    for n in big {
-        let wl = Workload::Echo(n);
+    for (n, wl) in big
+        .iter()
+        .flat_map(|&n| [(n, Workload::Echo(n)), (n, Workload::EchoBlob(n))])
+    {
         let mib = n as f64 / f64::from(1 << 20);
         for v in Variant::ALL {
             let Some(s) = table.get(&(Mode::SEQUENTIAL, wl, v)) else {
                 continue;
             };
-            let tput = |v: Variant| table.get(&(Mode::SEQUENTIAL, wl, v)).map(|s| s.tput);
+            // The floors echo bytes in either case.
+            let floor = Workload::Echo(n);
+            let tput = |v: Variant| table.get(&(Mode::SEQUENTIAL, floor, v)).map(|s| s.tput);
             let _ = writeln!(
                 w,
-                "| {} | {v}{} | {} | {} | {} | {} | {} |",
+                "| {} | {v}{}{} | {} | {} | {} | {} | {} |",
                 benches::size_label(n),
+                if matches!(wl, Workload::EchoBlob(_)) {
+                    ", Blob"
+                } else {
+                    ""
+                },
                 failures(s),
                 num(s.tput * mib),
                 ratio(Some(s.tput), tput(Variant::RawStd)),

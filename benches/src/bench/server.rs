@@ -89,6 +89,11 @@ fn our_builder() -> Builder {
             "echo",
             |(data,): (ByteBuf,)| async move { data },
         ))
+        // The same as a `Blob`: large ones are not copied (`--workloads 64m-blob`).
+        .register(Method::async_fn(
+            "echo_blob",
+            |(data,): (easyrpc_proto::Blob,)| async move { data },
+        ))
         .register(Method::async_fn(
             "echo_records",
             |(records,): (Vec<Record>,)| async move { records },

@@ -174,7 +174,10 @@ impl Variant {
         // its one codec, would only repeat the msgpack row.
         // So does the compressed echo: compression is ours alone (on by default in our
         // server, asked for by the `-zstd` workload's client).
-        let ours_only = matches!(workload, Workload::Records | Workload::EchoText { .. });
+        let ours_only = matches!(
+            workload,
+            Workload::Records | Workload::EchoText { .. } | Workload::EchoBlob(_)
+        );
         if ours_only && !matches!(self, Variant::OursAsync(_) | Variant::OursBlocking(_)) {
             return false;
         }
@@ -262,6 +265,9 @@ pub(crate) enum Workload {
     /// only: with `compress`, the client turns zstd compression on (4 KiB threshold, level
     /// 3) and the server, on by default, compresses its replies to it.
     EchoText { compress: bool },
+    /// Echo of this many bytes as an `easyrpc::Blob` (`echo_blob`), ours only: large blobs
+    /// are neither copied out of the message they came in nor into the write buffer.
+    EchoBlob(usize),
 }
 
 impl Workload {
@@ -285,12 +291,15 @@ impl Workload {
         vec![
             ("16m", Workload::Echo(16 << 20)),
             ("64m", Workload::Echo(64 << 20)),
+            ("1m-blob", Workload::EchoBlob(1 << 20)),
+            ("16m-blob", Workload::EchoBlob(16 << 20)),
+            ("64m-blob", Workload::EchoBlob(64 << 20)),
         ]
     }
 
     /// An echo larger than the 1 MiB of the default set.
     pub(crate) fn is_big(self) -> bool {
-        matches!(self, Workload::Echo(n) if n > 1 << 20)
+        matches!(self, Workload::Echo(n) | Workload::EchoBlob(n) if n > 1 << 20)
     }
 
     /// The client compresses (and the server then compresses its replies to it).
@@ -307,6 +316,7 @@ impl fmt::Display for Workload {
             Workload::Records => write!(f, "echo {RECORDS_PER_CALL} records"),
             Workload::EchoText { compress: false } => f.write_str("echo 1 MiB text"),
             Workload::EchoText { compress: true } => f.write_str("echo 1 MiB text, zstd"),
+            Workload::EchoBlob(n) => write!(f, "echo {} as Blob", benches::size_label(*n)),
         }
     }
 }
@@ -412,7 +422,7 @@ impl Payload {
                 b.extend_from_slice(&2i64.to_le_bytes());
                 b
             }
-            Workload::Echo(n) => benches::blob(n),
+            Workload::Echo(n) | Workload::EchoBlob(n) => benches::blob(n),
             Workload::EchoText { .. } => benches::text(TEXT_SIZE),
             Workload::Records => Vec::new(),
         };

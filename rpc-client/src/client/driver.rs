@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use easyrpc_proto::blob::Outbox;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -69,7 +70,7 @@ pub(super) async fn connect(core: &Arc<Core>) -> Result<(), Error> {
 /// the hello, if any, is written and answered before the connection task takes over.
 /// Returns what was read after the server's hello.
 async fn start<T: AsyncRead + AsyncWrite + Unpin>(core: &Core, stream: &mut T) -> Result<BytesMut, Error> {
-    let mut hello = Vec::new();
+    let mut hello = Outbox::default();
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     {
         let mut st = core.lock();
@@ -79,7 +80,7 @@ async fn start<T: AsyncRead + AsyncWrite + Unpin>(core: &Core, stream: &mut T) -
     if hello.is_empty() {
         return Ok(rbuf);
     }
-    stream.write_all(&hello).await?;
+    stream.write_all(&hello.to_vec()).await?;
     loop {
         if stream.read_buf(&mut rbuf).await? == 0 {
             return Err(Error::ConnectionClosed);
@@ -119,9 +120,8 @@ pub(super) struct Driver<T> {
     epoch: u64,
     stream: T,
     rbuf: BytesMut,
-    /// The bytes taken from the protocol, and how much of them is written.
-    out: Vec<u8>,
-    written: usize,
+    /// The bytes taken from the protocol and not written yet (large blobs beside them).
+    out: Outbox,
     /// The deadline timer, and the deadline it is armed at.
     timer: Timer,
     armed: Option<std::time::Instant>,
@@ -152,8 +152,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             epoch,
             stream,
             rbuf,
-            out: Vec::new(),
-            written: 0,
+            out: Outbox::default(),
             timer: Timer::new(now),
             armed: None,
             ping: Timer::new(ping.map_or(now, Instant::from_std)),
@@ -168,7 +167,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
         let end = poll_fn(|cx| self.poll_drive(cx)).await;
         if self.finish(end) {
             // Nobody can call any more: flush what was queued (notifications, cancels).
-            let flush = self.stream.write_all(&self.out[self.written..]);
+            let flush = async {
+                while let Some(chunk) = self.out.chunk() {
+                    let n = chunk.len();
+                    self.stream.write_all(chunk).await?;
+                    self.out.advance(n, KEEP_BUFFER);
+                }
+                Ok::<_, io::Error>(())
+            };
             let _ = tokio::time::timeout(self.core.config.connect_timeout, flush).await;
             debug!("client dropped, connection closed");
         }
@@ -206,7 +212,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                 false
             }
             End::Abandoned => {
-                let mut rest = Vec::new();
+                let mut rest = Outbox::default();
                 st.proto.take_transmit(Instant::now().into_std(), &mut rest);
                 self.out.append(&mut rest);
                 true
@@ -261,13 +267,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             if st.abandoned {
                 return Poll::Ready(End::Abandoned);
             }
-            if self.written == self.out.len() {
-                // Everything handed over is written: take what callers queued since.
-                self.written = 0;
-                self.out.clear();
-                if self.out.capacity() > KEEP_BUFFER {
-                    self.out = Vec::new();
-                }
+            if self.out.is_empty() {
+                // Everything handed over is written (and the buffer cleared, or given back
+                // when large): take what callers queued since.
                 st.task_notified = false;
                 if st.proto.has_transmit() {
                     // One clock read per batch: the heartbeat's and the new calls' deadlines.
@@ -281,10 +283,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                     }
                 }
             }
-            if self.written < self.out.len() {
-                match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.written..]) {
+            if !self.out.is_empty() {
+                let stream = Pin::new(&mut self.stream);
+                let written = if self.out.has_blobs() {
+                    // Large blobs beside the buffer: everything in one call.
+                    let mut slices = [io::IoSlice::new(&[]); 16];
+                    let k = self.out.slices(&mut slices);
+                    stream.poll_write_vectored(cx, &slices[..k])
+                } else {
+                    // Unwrap: not empty.
+                    stream.poll_write(cx, self.out.chunk().unwrap_or_default())
+                };
+                match written {
                     Poll::Ready(Ok(n)) => {
-                        self.written += n;
+                        self.out.advance(n, KEEP_BUFFER);
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(End::Lost(e.into())),
@@ -307,7 +319,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                 progress = true;
             }
             if self.pinging && self.ping.fired(cx) {
-                let writing = self.written < self.out.len();
+                let writing = !self.out.is_empty();
                 if let Some(at) = st.proto.handle_ping(Instant::now().into_std(), writing) {
                     self.ping.reset(Instant::from_std(at));
                 }

@@ -503,7 +503,9 @@ impl Serializer for BincodeScalar<'_> {
 
     fn serialize_bytes(self, v: &[u8]) -> Result<(), NotScalar> {
         varint(self.0, v.len() as u64);
-        self.0.extend_from_slice(v);
+        if !crate::blob::take_shared(self.0, v) {
+            self.0.extend_from_slice(v);
+        }
         Ok(())
     }
 

@@ -303,9 +303,9 @@ fn pair(
 }
 
 fn take_client(c: &mut ClientConnection<u32>, now: Instant) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = crate::blob::Outbox::default();
     c.take_transmit(now, &mut out);
-    out
+    out.to_vec()
 }
 
 fn take_server(s: &mut ServerConnection) -> Vec<u8> {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::blob::Outbox;
 use crate::codec::{Codec, EncodeValue, Params};
 use crate::compress::{Compression, Zstd};
 use crate::error::{EncodeError, ErrorCode, ServerError};
@@ -226,7 +227,7 @@ pub struct ClientConnection<T> {
     /// The hello is sent and its answer not read yet.
     awaiting_hello: bool,
     /// Requests and notifications for the transport, not yet taken.
-    out: Vec<u8>,
+    out: Outbox,
     next_id: u64,
     waiting: Waiting<T>,
     /// Msgids of calls queued since the last [`ClientConnection::take_transmit`]: their
@@ -255,7 +256,7 @@ impl<T: Copy> ClientConnection<T> {
             framing: false,
             large: 0,
             awaiting_hello: false,
-            out: Vec::new(),
+            out: Outbox::default(),
             next_id: 0,
             waiting: Waiting::default(),
             fresh: Vec::new(),
@@ -313,7 +314,7 @@ impl<T: Copy> ClientConnection<T> {
             Hello::new(self.config.codec)
                 .with_session(self.config.session)
                 .with_features(self.config.features)
-                .encode(&mut self.out);
+                .encode(self.out.buf_mut());
         }
     }
 
@@ -351,17 +352,17 @@ impl<T: Copy> ClientConnection<T> {
             self.next_id
         });
         let sent_timeout = self.config.hello.then_some(timeout);
-        let start = self.out.len();
-        encode_request_ext(
-            self.config.codec,
-            &mut self.out,
-            msgid,
-            method,
-            params,
-            sent_timeout,
-            metadata.filter(|_| self.config.hello),
-        )?;
-        self.zstd.apply(self.config.codec, &mut self.out, start);
+        let (codec, metadata) = (self.config.codec, metadata.filter(|_| self.config.hello));
+        let encode =
+            |out: &mut Vec<u8>| encode_request_ext(codec, out, msgid, method, params, sent_timeout, metadata);
+        if self.zstd.is_on() {
+            // Compression reads the whole frame from the buffer: no blob beside it.
+            let start = self.out.buf.len();
+            encode(&mut self.out.buf)?;
+            self.zstd.apply(codec, &mut self.out.buf, start);
+        } else {
+            self.out.encode_shared(encode)?;
+        }
         self.waiting.insert(Entry {
             msgid,
             token,
@@ -385,9 +386,9 @@ impl<T: Copy> ClientConnection<T> {
         method: &str,
         params: &P,
     ) -> Result<(), EncodeError> {
-        let start = self.out.len();
-        encode_notification(self.config.codec, &mut self.out, method, params)?;
-        self.zstd.apply(self.config.codec, &mut self.out, start);
+        let start = self.out.buf.len();
+        encode_notification(self.config.codec, &mut self.out.buf, method, params)?;
+        self.zstd.apply(self.config.codec, &mut self.out.buf, start);
         Ok(())
     }
 
@@ -403,7 +404,7 @@ impl<T: Copy> ClientConnection<T> {
 
     fn cancel(&mut self, msgid: u64) {
         // Encoding an integer cannot fail.
-        let _ = encode_notification(self.config.codec, &mut self.out, CANCEL, &(msgid,));
+        let _ = encode_notification(self.config.codec, &mut self.out.buf, CANCEL, &(msgid,));
     }
 
     /// Whether requests or notifications wait to be taken.
@@ -415,7 +416,7 @@ impl<T: Copy> ClientConnection<T> {
     /// (which must be empty; its capacity is kept for the next batch). The deadlines of the
     /// calls in it start now.
     #[inline]
-    pub fn take_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) {
+    pub fn take_transmit(&mut self, now: Instant, buf: &mut Outbox) {
         debug_assert!(buf.is_empty());
         mem::swap(&mut self.out, buf);
         if buf.is_empty() {
@@ -630,20 +631,20 @@ impl<T: Copy> ClientConnection<T> {
     ///
     /// When the item cannot be encoded: nothing was queued.
     pub fn send_item<V: EncodeValue + ?Sized>(&mut self, msgid: u64, item: &V) -> Result<(), EncodeError> {
-        let start = self.out.len();
-        encode_item(self.config.codec, &mut self.out, msgid, item)?;
-        self.zstd.apply(self.config.codec, &mut self.out, start);
+        let start = self.out.buf.len();
+        encode_item(self.config.codec, &mut self.out.buf, msgid, item)?;
+        self.zstd.apply(self.config.codec, &mut self.out.buf, start);
         Ok(())
     }
 
     /// Grant the server `n` more items of call `msgid`'s result stream (`rpc.credit`).
     pub fn send_credit(&mut self, msgid: u64, n: u64) {
-        encode_credit(self.config.codec, &mut self.out, msgid, n);
+        encode_credit(self.config.codec, &mut self.out.buf, msgid, n);
     }
 
     /// End call `msgid`'s argument stream (`rpc.end`), with an error or not.
     pub fn send_end(&mut self, msgid: u64, error: Option<&ServerError>) {
-        encode_end(self.config.codec, &mut self.out, msgid, error);
+        encode_end(self.config.codec, &mut self.out.buf, msgid, error);
     }
 
     /// A server calling us (Neovim's `rpcrequest`): handed to the caller if it serves the
@@ -663,7 +664,7 @@ impl<T: Copy> ClientConnection<T> {
         } else {
             ServerError::method_not_found(method)
         };
-        encode_response_err(self.config.codec, &mut self.out, msgid, &error);
+        encode_response_err(self.config.codec, &mut self.out.buf, msgid, &error);
     }
 
     /// Answer the server's request `msgid`, taken by [`Replies::request`] on the current
@@ -681,19 +682,19 @@ impl<T: Copy> ClientConnection<T> {
         };
         self.serving.swap_remove(at);
         let codec = self.config.codec;
-        let start = self.out.len();
+        let start = self.out.buf.len();
         let encoded = match outcome {
-            Ok(result) => encode_response_ok(codec, &mut self.out, msgid, result),
+            Ok(result) => encode_response_ok(codec, &mut self.out.buf, msgid, result),
             Err(error) => {
-                encode_response_err(codec, &mut self.out, msgid, error);
+                encode_response_err(codec, &mut self.out.buf, msgid, error);
                 Ok(())
             }
         };
         if let Err(e) = encoded {
             let error = ServerError::new(ErrorCode::Internal, format!("could not encode the result: {e}"));
-            encode_response_err(codec, &mut self.out, msgid, &error);
+            encode_response_err(codec, &mut self.out.buf, msgid, &error);
         }
-        self.zstd.apply(codec, &mut self.out, start);
+        self.zstd.apply(codec, &mut self.out.buf, start);
         true
     }
 
@@ -781,7 +782,7 @@ impl<T: Copy> ClientConnection<T> {
         if now.duration_since(self.last_write) >= interval && !writing {
             if self.out.is_empty() {
                 // Encoding an empty array cannot fail.
-                let _ = encode_notification(self.config.codec, &mut self.out, PING, &());
+                let _ = encode_notification(self.config.codec, &mut self.out.buf, PING, &());
             }
             Some(now + interval)
         } else {
@@ -950,9 +951,9 @@ mod tests {
     }
 
     fn take(c: &mut ClientConnection<u32>, now: Instant) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = crate::blob::Outbox::default();
         c.take_transmit(now, &mut out);
-        out
+        out.to_vec()
     }
 
     #[test]

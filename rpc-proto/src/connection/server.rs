@@ -17,8 +17,9 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
+use crate::blob::{Outbox, SHARE_MIN};
 use crate::codec::{Args, Codec, EncodeValue};
 use crate::compress::{Compression, Zstd};
 use crate::error::{EncodeError, ErrorCode, FrameError, ParseError, ServerError};
@@ -149,9 +150,12 @@ pub enum ConnEvent<'a> {
 /// Where replies go: the connection's write buffer, in its codec.
 #[derive(Debug)]
 pub struct Transmit<'a> {
-    out: &'a mut Vec<u8>,
+    out: &'a mut Outbox,
     codec: Codec,
     shape: ErrorShape,
+    /// Large blobs in results are sent from their own buffers ([`crate::blob`]): not when
+    /// replies are compressed (compression reads the whole frame from the buffer).
+    share: bool,
 }
 
 impl Transmit<'_> {
@@ -167,24 +171,30 @@ impl Transmit<'_> {
     /// When the value cannot be encoded: nothing was written, answer with an error.
     #[inline(always)]
     pub fn ok<V: EncodeValue + ?Sized>(&mut self, msgid: u64, value: &V) -> Result<(), EncodeError> {
-        encode_response_ok(self.codec, self.out, msgid, value)
+        let codec = self.codec;
+        if self.share {
+            self.out
+                .encode_shared(|out| encode_response_ok(codec, out, msgid, value))
+        } else {
+            encode_response_ok(codec, &mut self.out.buf, msgid, value)
+        }
     }
 
     /// Answer `msgid` with an error (in the shape the peer reads).
     pub fn err(&mut self, msgid: u64, error: &ServerError) {
-        encode_response_err_shaped(self.codec, self.out, msgid, error, self.shape);
+        encode_response_err_shaped(self.codec, &mut self.out.buf, msgid, error, self.shape);
     }
 
     /// Grant the client `n` more items of call `msgid`'s argument stream (`rpc.credit`).
     pub fn credit(&mut self, msgid: u64, n: u64) {
-        crate::stream::encode_credit(self.codec, self.out, msgid, n);
+        crate::stream::encode_credit(self.codec, &mut self.out.buf, msgid, n);
     }
 
     /// Append a whole response encoded earlier in this codec (by
     /// [`encode_response_ok`](crate::encode_response_ok) or
     /// [`encode_response_err`](crate::encode_response_err): the dedup cache keeps them).
     pub fn encoded(&mut self, frame: &[u8]) {
-        self.out.extend_from_slice(frame);
+        self.out.buf.extend_from_slice(frame);
     }
 }
 
@@ -213,7 +223,8 @@ impl<'a> std::ops::DerefMut for TransmitGuard<'a> {
 
 impl Drop for TransmitGuard<'_> {
     fn drop(&mut self) {
-        self.zstd.apply_all(self.tx.codec, self.tx.out, self.start);
+        self.zstd
+            .apply_all(self.tx.codec, &mut self.tx.out.buf, self.start);
     }
 }
 
@@ -233,8 +244,7 @@ pub struct ServerConnection {
     config: ServerConfig,
     framer: Framer,
     rbuf: BytesMut,
-    out: Vec<u8>,
-    written: usize,
+    out: Outbox,
     /// No message has been read yet: a hello may still come.
     first: bool,
     /// The peer said hello: it may send extensions and `rpc.cancel`.
@@ -282,8 +292,7 @@ impl ServerConnection {
             config,
             // Both allocated at the first read and the first reply.
             rbuf: BytesMut::new(),
-            out: Vec::new(),
-            written: 0,
+            out: Outbox::default(),
             first: true,
             extended: false,
             session: None,
@@ -394,7 +403,13 @@ impl ServerConnection {
                 if let Some(msgid) = e.msgid() {
                     let error = e.to_server_error();
                     service.event(ConnEvent::ErrorSent(msgid, &error));
-                    encode_response_err_shaped(self.framer.codec(), &mut self.out, msgid, &error, self.shape);
+                    encode_response_err_shaped(
+                        self.framer.codec(),
+                        &mut self.out.buf,
+                        msgid,
+                        &error,
+                        self.shape,
+                    );
                 }
             }
         }
@@ -421,7 +436,7 @@ impl ServerConnection {
                         Hello::new(hello.codec)
                             .with_session(hello.session)
                             .with_features(self.agreed)
-                            .encode(&mut self.out);
+                            .encode(&mut self.out.buf);
                         service.event(ConnEvent::Hello(&hello));
                     }
                     Err(_) => return Err(Fatal::Hello),
@@ -433,7 +448,9 @@ impl ServerConnection {
         // Messages are handled in place and the buffer advanced once for the batch.
         let mut at = 0;
         let mut result = Ok(());
-        let rbuf = std::mem::take(&mut self.rbuf);
+        // A large message was split off the buffer (`dispatch_large`).
+        let mut split = false;
+        let mut rbuf = std::mem::take(&mut self.rbuf);
         while at < rbuf.len() {
             // The limits hold for messages already read too, not only for reading more.
             if !self.has_room(service.in_flight()) {
@@ -450,11 +467,16 @@ impl ServerConnection {
                     Codec::Bincode => parse_bincode_request_prefix(buf, max),
                 };
                 if let Some((request, n)) = parsed {
-                    self.dispatch(Ok(request), now, service);
-                    if n > READ_CHUNK / 4 {
-                        self.large = n.min(HINT_LIMIT);
+                    if n < SHARE_MIN {
+                        self.dispatch(Ok(request), now, service);
+                        if n > READ_CHUNK / 4 {
+                            self.large = n.min(HINT_LIMIT);
+                        }
+                        at += n;
+                    } else {
+                        self.dispatch_large(&mut rbuf, at, n, now, service);
+                        (at, split) = (0, true);
                     }
-                    at += n;
                     continue;
                 }
             }
@@ -472,7 +494,18 @@ impl ServerConnection {
             self.framing = false;
             let frame = &rbuf[at..at + n];
             match self.inflate(frame) {
+                None if n >= SHARE_MIN => {
+                    self.dispatch_large(&mut rbuf, at, n, now, service);
+                    (at, split) = (0, true);
+                    continue;
+                }
                 None => self.dispatch(Message::parse(self.framer.codec(), frame), now, service),
+                Some(Ok(msg)) if msg.len() >= SHARE_MIN => {
+                    let msg = Bytes::from(msg);
+                    crate::blob::with_frame(&msg, || {
+                        self.dispatch(Message::parse(self.framer.codec(), &msg), now, service);
+                    });
+                }
                 Some(Ok(msg)) => self.dispatch(Message::parse(self.framer.codec(), &msg), now, service),
                 Some(Err(e)) => {
                     result = Err(Fatal::Frame(e));
@@ -485,7 +518,12 @@ impl ServerConnection {
             at += n;
         }
         self.rbuf = rbuf;
-        if at > 0 {
+        if split && self.rbuf.len() == at {
+            // What is left of the buffer shares the large message's allocation: let it go
+            // with the message.
+            self.rbuf = BytesMut::new();
+            self.last_message = now;
+        } else if at > 0 || split {
             // The room before the messages handled: about the allocation's size.
             let capacity = self.rbuf.capacity();
             self.rbuf.advance(at);
@@ -499,6 +537,30 @@ impl ServerConnection {
             }
         }
         result
+    }
+
+    /// Dispatch the complete message of `n` bytes at `at` in `rbuf` split off as `Bytes`,
+    /// so that the service can keep parts of it without a copy (a [`Blob`] argument is a
+    /// slice of it). `rbuf` is left starting after it.
+    ///
+    /// [`Blob`]: crate::Blob
+    #[cold]
+    #[inline(never)]
+    fn dispatch_large<S: Service>(
+        &mut self,
+        rbuf: &mut BytesMut,
+        at: usize,
+        n: usize,
+        now: Instant,
+        service: &mut S,
+    ) {
+        rbuf.advance(at);
+        let frame = rbuf.split_to(n).freeze();
+        self.large = n.min(HINT_LIMIT);
+        let codec = self.framer.codec();
+        crate::blob::with_frame(&frame, || {
+            self.dispatch(Message::parse(codec, &frame), now, service)
+        });
     }
 
     /// The message inside `frame`, if it is a compressed message from a peer whose hello
@@ -547,11 +609,12 @@ impl ServerConnection {
                     out: &mut self.out,
                     codec,
                     shape: self.shape,
+                    share: !self.zstd.is_on(),
                 };
                 // What the service wrote is compressed if it is large (one comparison).
-                let start = tx.out.len();
+                let start = tx.out.buf.len();
                 service.request(&mut tx, request);
-                self.zstd.apply_all(codec, &mut self.out, start);
+                self.zstd.apply_all(codec, &mut self.out.buf, start);
             }
             Ok(Message::Notification { method, params }) => {
                 if method == CANCEL.as_bytes() && self.extended {
@@ -566,19 +629,20 @@ impl ServerConnection {
                     out: &mut self.out,
                     codec,
                     shape: self.shape,
+                    share: !self.zstd.is_on(),
                 };
-                let start = tx.out.len();
+                let start = tx.out.buf.len();
                 if self.agreed & STREAMS != 0 {
                     match StreamMessage::parse(codec, method, params) {
                         Some(Ok(message)) => service.stream(&mut tx, message),
                         Some(Err(e)) => service.event(ConnEvent::BadStream(&e)),
                         None => service.notification(&mut tx, method, params),
                     }
-                    self.zstd.apply_all(codec, &mut self.out, start);
+                    self.zstd.apply_all(codec, &mut self.out.buf, start);
                     return;
                 }
                 service.notification(&mut tx, method, params);
-                self.zstd.apply_all(codec, &mut self.out, start);
+                self.zstd.apply_all(codec, &mut self.out.buf, start);
             }
             Ok(Message::Response { msgid, .. }) => service.event(ConnEvent::UnexpectedResponse(msgid)),
             Err(e) => {
@@ -592,38 +656,50 @@ impl ServerConnection {
 
     fn send_error<S: Service>(&mut self, service: &mut S, msgid: u64, e: &ServerError) {
         service.event(ConnEvent::ErrorSent(msgid, e));
-        encode_response_err_shaped(self.framer.codec(), &mut self.out, msgid, e, self.shape);
+        encode_response_err_shaped(self.framer.codec(), &mut self.out.buf, msgid, e, self.shape);
     }
 
     /// Where to put the replies of calls that finished after their request was handled
     /// (compressed, when the hello agreed to it, once the guard is dropped).
     pub fn transmit(&mut self) -> TransmitGuard<'_> {
         TransmitGuard {
-            start: self.out.len(),
+            start: self.out.buf.len(),
             zstd: self.zstd,
             tx: Transmit {
                 out: &mut self.out,
                 codec: self.framer.codec(),
                 shape: self.shape,
+                share: !self.zstd.is_on(),
             },
         }
     }
 
-    /// The bytes waiting to be written, if any.
+    /// The next contiguous bytes waiting to be written, if any (a large [`Blob`] in a
+    /// result comes as a piece of its own: [`ServerConnection::transmit_slices`] gives them
+    /// all for one vectored write).
+    ///
+    /// [`Blob`]: crate::Blob
+    #[inline]
     pub fn poll_transmit(&self) -> Option<&[u8]> {
-        (self.written < self.out.len()).then(|| &self.out[self.written..])
+        self.out.chunk()
     }
 
-    /// `n` bytes of [`ServerConnection::poll_transmit`] were written.
+    /// Whether what waits to be written is in more than one piece (blobs beside the
+    /// buffer): then [`ServerConnection::transmit_slices`] writes it in one call.
+    #[inline]
+    pub fn is_transmit_vectored(&self) -> bool {
+        self.out.has_blobs()
+    }
+
+    /// Fill `dst` with the pieces waiting to be written, in order; returns how many.
+    pub fn transmit_slices<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        self.out.slices(dst)
+    }
+
+    /// `n` bytes of [`ServerConnection::poll_transmit`] (or of the slices) were written.
+    #[inline]
     pub fn advance_transmit(&mut self, n: usize) {
-        self.written += n;
-        if self.written >= self.out.len() {
-            self.out.clear();
-            self.written = 0;
-            if self.out.capacity() > KEEP_BUFFER {
-                self.out = Vec::new();
-            }
-        }
+        self.out.advance(n, KEEP_BUFFER);
     }
 
     /// The peer closed its sending half: no more requests will come, but it may still be
@@ -680,8 +756,7 @@ impl ServerConnection {
     fn shrink(&mut self, now: Instant) {
         if self.rbuf.is_empty() && self.poll_transmit().is_none() {
             self.rbuf = BytesMut::new();
-            self.out = Vec::new();
-            self.written = 0;
+            self.out = Outbox::default();
             self.small_reads = true;
             self.shrunk_for = Some(self.last_message);
             self.shrink_retry = None;
@@ -867,7 +942,7 @@ mod tests {
         let mut conn = ServerConnection::new(config(), t0);
         let mut svc = Recorder::default();
         // Nothing read yet: no buffer at all; the first read gets a small one.
-        assert_eq!((conn.rbuf.capacity(), conn.out.capacity()), (0, 0));
+        assert_eq!((conn.rbuf.capacity(), conn.out.buf.capacity()), (0, 0));
         assert!(conn.read_buf().capacity() <= SMALL_READ);
         // Small calls one at a time keep it small.
         for id in 0..100 {
@@ -893,7 +968,7 @@ mod tests {
         // buffers are gone and only the heartbeat is due.
         assert_eq!(conn.poll_timeout(), Some(t0 + IDLE_SHRINK));
         assert!(!conn.handle_timeout(t0 + IDLE_SHRINK, 0));
-        assert_eq!((conn.rbuf.capacity(), conn.out.capacity()), (0, 0));
+        assert_eq!((conn.rbuf.capacity(), conn.out.buf.capacity()), (0, 0));
         assert_eq!(conn.poll_timeout(), Some(t0 + Duration::from_secs(60)));
         assert!(conn.read_buf().capacity() <= SMALL_READ);
     }
@@ -947,7 +1022,7 @@ mod tests {
         assert!(!conn.handle_timeout(t2, 0));
         assert_eq!(take(&mut conn), hex!("94 01 01 c0 03"));
         assert!(!conn.handle_timeout(t2 + IDLE_SHRINK, 0));
-        assert_eq!((conn.rbuf.capacity(), conn.out.capacity()), (0, 0));
+        assert_eq!((conn.rbuf.capacity(), conn.out.buf.capacity()), (0, 0));
         // The heartbeat still closes it, counted from the last message.
         assert_eq!(conn.poll_timeout(), Some(t1 + Duration::from_secs(60)));
         assert!(conn.handle_timeout(t1 + Duration::from_secs(60), 0));
