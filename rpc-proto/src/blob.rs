@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::IoSlice;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
@@ -121,6 +122,23 @@ impl From<Blob> for Vec<u8> {
     }
 }
 
+/// Whether a large blob has been serialized in this process: until then connections encode
+/// without looking for blobs (one relaxed load per message, instead of the thread-local
+/// flag's writes), and that first blob is copied.
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Whether connections look for blobs when they encode (see [`IN_USE`]).
+#[inline(always)]
+pub(crate) fn in_use() -> bool {
+    IN_USE.load(Ordering::Relaxed)
+}
+
+#[cold]
+#[inline(never)]
+fn mark_in_use() {
+    IN_USE.store(true, Ordering::Relaxed);
+}
+
 thread_local! {
     /// A connection is encoding into its write buffer and can send blobs beside it.
     static SHARING: Cell<bool> = const { Cell::new(false) };
@@ -136,7 +154,13 @@ thread_local! {
 
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.0.len() < SHARE_MIN || !SHARING.get() {
+        if self.0.len() < SHARE_MIN {
+            return serializer.serialize_bytes(&self.0);
+        }
+        if !SHARING.get() {
+            if !in_use() {
+                mark_in_use();
+            }
             return serializer.serialize_bytes(&self.0);
         }
         PENDING.set(Some(self.0.clone()));
@@ -272,6 +296,33 @@ pub fn with_frame<R>(frame: &Bytes, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// A shared encode in progress on this thread ([`Outbox::encode_shared`]): begun by
+/// setting the thread's flag, ended by collecting what was placed.
+#[must_use]
+pub(crate) struct Shared {
+    /// Already inside a shared encode: the outer one collects.
+    nested: bool,
+}
+
+impl Shared {
+    #[inline(always)]
+    pub(crate) fn begin() -> Shared {
+        Shared {
+            nested: SHARING.replace(true),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn end(self, out: &mut Outbox, ok: bool) {
+        if !self.nested {
+            SHARING.set(false);
+            if PLACED_LEN.get() != 0 {
+                out.collect(ok);
+            }
+        }
+    }
+}
+
 /// A write buffer with the blobs that go between its bytes: what a connection has to
 /// write, in order. Without blobs it is the buffer alone, and costs nothing more.
 #[derive(Debug, Default)]
@@ -295,6 +346,13 @@ impl Outbox {
         self.buf.len() - self.written + self.extent_bytes
     }
 
+    /// The buffer's length (written bytes included, until it is cleared) and the blobs
+    /// not written yet: what the write buffer's high-water mark is compared with.
+    #[inline]
+    pub(crate) fn queued(&self) -> usize {
+        self.buf.len() + self.extent_bytes
+    }
+
     /// Nothing waits to be written.
     #[inline]
     pub fn is_empty(&self) -> bool {
@@ -310,6 +368,9 @@ impl Outbox {
     /// The next contiguous bytes to write, if any.
     #[inline]
     pub fn chunk(&self) -> Option<&[u8]> {
+        if self.extents.is_empty() {
+            return (self.written < self.buf.len()).then(|| &self.buf[self.written..]);
+        }
         if let Some((at, b)) = self.extents.front() {
             if *at == self.written {
                 return Some(&b[self.ext_written..]);
@@ -350,7 +411,25 @@ impl Outbox {
 
     /// `n` bytes were written (of [`Outbox::chunk`] or [`Outbox::slices`]). Once all is
     /// written the buffer is cleared, and a buffer larger than `keep` bytes given back.
-    pub fn advance(&mut self, mut n: usize, keep: usize) {
+    #[inline]
+    pub fn advance(&mut self, n: usize, keep: usize) {
+        if self.extents.is_empty() {
+            self.written += n;
+            if self.written >= self.buf.len() {
+                self.written = 0;
+                self.buf.clear();
+                if self.buf.capacity() > keep {
+                    self.buf = Vec::new();
+                }
+            }
+            return;
+        }
+        self.advance_pieces(n, keep);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn advance_pieces(&mut self, mut n: usize, keep: usize) {
         while n > 0 {
             let Some((at, b)) = self.extents.front() else {
                 self.written += n;
@@ -384,18 +463,14 @@ impl Outbox {
     /// Run `encode`, which appends to the buffer, with blob sharing on: a large [`Blob`] it
     /// serializes is placed beside the buffer instead of copied into it. On error the
     /// encode's blobs are dropped (the encode is expected to have truncated the buffer).
-    #[inline]
+    #[inline(always)]
     pub fn encode_shared<E>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
-        if SHARING.get() {
-            // Already inside a shared encode (the outer one collects).
+        if !in_use() {
             return encode(&mut self.buf);
         }
-        SHARING.set(true);
+        let scope = Shared::begin();
         let r = encode(&mut self.buf);
-        SHARING.set(false);
-        if PLACED_LEN.get() != 0 {
-            self.collect(r.is_ok());
-        }
+        scope.end(self, r.is_ok());
         r
     }
 
@@ -494,6 +569,12 @@ impl Outbox {
     pub fn buf_mut(&mut self) -> &mut Vec<u8> {
         &mut self.buf
     }
+}
+
+/// Turn sharing on now rather than at the first large blob (tests).
+#[cfg(test)]
+pub(crate) fn start_sharing() {
+    mark_in_use();
 }
 
 #[cfg(test)]

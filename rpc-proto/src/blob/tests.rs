@@ -53,6 +53,7 @@ fn drain_by_slices(mut out: Outbox, max: usize, step: usize) -> Vec<u8> {
 
 #[test]
 fn a_shared_blob_is_written_as_if_it_were_in_the_buffer() {
+    start_sharing();
     for codec in CODECS {
         for size in [0, 10, SHARE_MIN - 1, SHARE_MIN, SHARE_MIN + 1, 1 << 20] {
             let blob = Blob::from(pattern(size));
@@ -104,6 +105,7 @@ struct File {
 
 #[test]
 fn a_blob_inside_a_struct_is_shared_and_decoded_in_place() {
+    start_sharing();
     for codec in CODECS {
         let file = File {
             name: "a".repeat(40),
@@ -135,6 +137,7 @@ fn a_blob_inside_a_struct_is_shared_and_decoded_in_place() {
 
 #[test]
 fn small_blobs_are_copied_even_from_a_frame() {
+    start_sharing();
     for codec in CODECS {
         let mut wire = Vec::new();
         encode_response_ok(codec, &mut wire, 1, &Blob::from(pattern(SHARE_MIN - 1))).unwrap();
@@ -147,6 +150,7 @@ fn small_blobs_are_copied_even_from_a_frame() {
 
 #[test]
 fn a_failed_encode_leaves_no_blob_behind() {
+    start_sharing();
     #[derive(Serialize)]
     struct Bad {
         data: Blob,
@@ -186,6 +190,7 @@ fn a_failed_encode_leaves_no_blob_behind() {
 
 #[test]
 fn outside_a_shared_encode_a_blob_is_copied() {
+    start_sharing();
     let blob = Blob::from(pattern(SHARE_MIN * 3));
     for codec in CODECS {
         let mut v = Vec::new();
@@ -203,6 +208,7 @@ fn outside_a_shared_encode_a_blob_is_copied() {
 
 #[test]
 fn appending_outboxes_keeps_the_order() {
+    start_sharing();
     for codec in CODECS {
         let big = Blob::from(pattern(SHARE_MIN));
         let mut a = Outbox::default();
@@ -271,6 +277,7 @@ impl Replies<u32> for Got {
 
 #[test]
 fn a_server_connection_echoes_large_blobs_without_copying_them() {
+    start_sharing();
     for codec in CODECS {
         let now = Instant::now();
         let config = ServerConfig {

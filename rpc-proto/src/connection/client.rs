@@ -353,15 +353,31 @@ impl<T: Copy> ClientConnection<T> {
         });
         let sent_timeout = self.config.hello.then_some(timeout);
         let (codec, metadata) = (self.config.codec, metadata.filter(|_| self.config.hello));
-        let encode =
-            |out: &mut Vec<u8>| encode_request_ext(codec, out, msgid, method, params, sent_timeout, metadata);
-        if self.zstd.is_on() {
-            // Compression reads the whole frame from the buffer: no blob beside it.
-            let start = self.out.buf.len();
-            encode(&mut self.out.buf)?;
-            self.zstd.apply(codec, &mut self.out.buf, start);
+        // Large blobs in the params are sent from their own buffers, once any has been
+        // seen in this process (`crate::blob`); not when compressing (compression reads
+        // the whole frame from the buffer).
+        if crate::blob::in_use() && !self.zstd.is_on() {
+            send_shared(
+                &mut self.out,
+                codec,
+                msgid,
+                method,
+                params,
+                sent_timeout,
+                metadata,
+            )?;
         } else {
-            self.out.encode_shared(encode)?;
+            let start = self.out.buf.len();
+            encode_request_ext(
+                codec,
+                &mut self.out.buf,
+                msgid,
+                method,
+                params,
+                sent_timeout,
+                metadata,
+            )?;
+            self.zstd.apply(codec, &mut self.out.buf, start);
         }
         self.waiting.insert(Entry {
             msgid,
@@ -789,6 +805,20 @@ impl<T: Copy> ClientConnection<T> {
             Some(self.last_write + interval)
         }
     }
+}
+
+/// [`encode_request_ext`] into `out` with blob sharing on, kept out of the common path.
+#[inline(never)]
+fn send_shared<P: Params + ?Sized>(
+    out: &mut Outbox,
+    codec: Codec,
+    msgid: u64,
+    method: &str,
+    params: &P,
+    timeout: Option<Duration>,
+    metadata: Option<&[u8]>,
+) -> Result<(), EncodeError> {
+    out.encode_shared(|buf| encode_request_ext(codec, buf, msgid, method, params, timeout, metadata))
 }
 
 /// A hasher for msgids: sequential integers need mixing, not SipHash's defence against

@@ -171,13 +171,18 @@ impl Transmit<'_> {
     /// When the value cannot be encoded: nothing was written, answer with an error.
     #[inline(always)]
     pub fn ok<V: EncodeValue + ?Sized>(&mut self, msgid: u64, value: &V) -> Result<(), EncodeError> {
-        let codec = self.codec;
-        if self.share {
-            self.out
-                .encode_shared(|out| encode_response_ok(codec, out, msgid, value))
-        } else {
-            encode_response_ok(codec, &mut self.out.buf, msgid, value)
+        if !self.share || !crate::blob::in_use() {
+            return encode_response_ok(self.codec, &mut self.out.buf, msgid, value);
         }
+        self.ok_shared(msgid, value)
+    }
+
+    /// [`Transmit::ok`] with blob sharing on, kept out of the common path.
+    #[inline(never)]
+    fn ok_shared<V: EncodeValue + ?Sized>(&mut self, msgid: u64, value: &V) -> Result<(), EncodeError> {
+        let codec = self.codec;
+        self.out
+            .encode_shared(|buf| encode_response_ok(codec, buf, msgid, value))
     }
 
     /// Answer `msgid` with an error (in the shape the peer reads).
@@ -351,7 +356,7 @@ impl ServerConnection {
     }
 
     fn has_room(&self, in_flight: usize) -> bool {
-        in_flight < self.config.max_in_flight && self.out.len() < self.config.write_buffer_high_water
+        in_flight < self.config.max_in_flight && self.out.queued() < self.config.write_buffer_high_water
     }
 
     /// The buffer to read into, with room for the rest of a large message in one read as
@@ -448,74 +453,83 @@ impl ServerConnection {
         // Messages are handled in place and the buffer advanced once for the batch.
         let mut at = 0;
         let mut result = Ok(());
-        // A large message was split off the buffer (`dispatch_large`).
+        // A large message was split off the buffer (see below).
         let mut split = false;
         let mut rbuf = std::mem::take(&mut self.rbuf);
-        while at < rbuf.len() {
-            // The limits hold for messages already read too, not only for reading more.
-            if !self.has_room(service.in_flight()) {
-                self.held = true;
-                break;
-            }
-            // A request, the common case, is framed and parsed in one pass; the framer and
-            // parser take everything else (and a message begun in an earlier read, which
-            // the framer resumes).
-            if !self.framing {
-                let (buf, max) = (&rbuf[at..], self.framer.max_message_size());
-                let parsed = match self.framer.codec() {
-                    Codec::Msgpack => parse_request_prefix(buf, max),
-                    Codec::Bincode => parse_bincode_request_prefix(buf, max),
-                };
-                if let Some((request, n)) = parsed {
-                    if n < SHARE_MIN {
-                        self.dispatch(Ok(request), now, service);
+        loop {
+            // A message of at least `SHARE_MIN` bytes is handed to the service as `Bytes`
+            // of its own, so that it can keep parts of it without a copy (a `Blob`
+            // argument is a slice of it): the loop stops at it, and goes on after it.
+            let mut large = None;
+            while at < rbuf.len() {
+                // The limits hold for messages already read too, not only for reading more.
+                if !self.has_room(service.in_flight()) {
+                    self.held = true;
+                    break;
+                }
+                // A request, the common case, is framed and parsed in one pass; the framer
+                // and parser take everything else (and a message begun in an earlier read,
+                // which the framer resumes).
+                if !self.framing {
+                    let (buf, max) = (&rbuf[at..], self.framer.max_message_size());
+                    let parsed = match self.framer.codec() {
+                        Codec::Msgpack => parse_request_prefix(buf, max),
+                        Codec::Bincode => parse_bincode_request_prefix(buf, max),
+                    };
+                    if let Some((request, n)) = parsed {
                         if n > READ_CHUNK / 4 {
+                            if n >= SHARE_MIN {
+                                large = Some(n);
+                                break;
+                            }
                             self.large = n.min(HINT_LIMIT);
                         }
+                        self.dispatch(Ok(request), now, service);
                         at += n;
-                    } else {
-                        self.dispatch_large(&mut rbuf, at, n, now, service);
-                        (at, split) = (0, true);
+                        continue;
                     }
-                    continue;
                 }
+                let n = match self.framer.decode(&rbuf[at..]) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => {
+                        self.framing = true;
+                        break;
+                    }
+                    Err(e) => {
+                        result = Err(Fatal::Frame(e));
+                        break;
+                    }
+                };
+                self.framing = false;
+                let frame = &rbuf[at..at + n];
+                match self.inflate(frame) {
+                    None if n >= SHARE_MIN => {
+                        large = Some(n);
+                        break;
+                    }
+                    None => self.dispatch(Message::parse(self.framer.codec(), frame), now, service),
+                    Some(Ok(msg)) if msg.len() >= SHARE_MIN => {
+                        let msg = Bytes::from(msg);
+                        crate::blob::with_frame(&msg, || {
+                            self.dispatch(Message::parse(self.framer.codec(), &msg), now, service);
+                        });
+                    }
+                    Some(Ok(msg)) => self.dispatch(Message::parse(self.framer.codec(), &msg), now, service),
+                    Some(Err(e)) => {
+                        result = Err(Fatal::Frame(e));
+                        break;
+                    }
+                }
+                if n > READ_CHUNK / 4 {
+                    self.large = n.min(HINT_LIMIT);
+                }
+                at += n;
             }
-            let n = match self.framer.decode(&rbuf[at..]) {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    self.framing = true;
-                    break;
-                }
-                Err(e) => {
-                    result = Err(Fatal::Frame(e));
-                    break;
-                }
-            };
-            self.framing = false;
-            let frame = &rbuf[at..at + n];
-            match self.inflate(frame) {
-                None if n >= SHARE_MIN => {
-                    self.dispatch_large(&mut rbuf, at, n, now, service);
-                    (at, split) = (0, true);
-                    continue;
-                }
-                None => self.dispatch(Message::parse(self.framer.codec(), frame), now, service),
-                Some(Ok(msg)) if msg.len() >= SHARE_MIN => {
-                    let msg = Bytes::from(msg);
-                    crate::blob::with_frame(&msg, || {
-                        self.dispatch(Message::parse(self.framer.codec(), &msg), now, service);
-                    });
-                }
-                Some(Ok(msg)) => self.dispatch(Message::parse(self.framer.codec(), &msg), now, service),
-                Some(Err(e)) => {
-                    result = Err(Fatal::Frame(e));
-                    break;
-                }
-            }
-            if n > READ_CHUNK / 4 {
-                self.large = n.min(HINT_LIMIT);
-            }
-            at += n;
+            let Some(n) = large else { break };
+            rbuf.advance(at);
+            let frame = rbuf.split_to(n).freeze();
+            (at, split) = (0, true);
+            self.dispatch_large(&frame, n, now, service);
         }
         self.rbuf = rbuf;
         if split && self.rbuf.len() == at {
@@ -539,27 +553,14 @@ impl ServerConnection {
         result
     }
 
-    /// Dispatch the complete message of `n` bytes at `at` in `rbuf` split off as `Bytes`,
-    /// so that the service can keep parts of it without a copy (a [`Blob`] argument is a
-    /// slice of it). `rbuf` is left starting after it.
-    ///
-    /// [`Blob`]: crate::Blob
+    /// Dispatch a complete message of `n` bytes split off the read buffer as `Bytes`.
     #[cold]
     #[inline(never)]
-    fn dispatch_large<S: Service>(
-        &mut self,
-        rbuf: &mut BytesMut,
-        at: usize,
-        n: usize,
-        now: Instant,
-        service: &mut S,
-    ) {
-        rbuf.advance(at);
-        let frame = rbuf.split_to(n).freeze();
+    fn dispatch_large<S: Service>(&mut self, frame: &Bytes, n: usize, now: Instant, service: &mut S) {
         self.large = n.min(HINT_LIMIT);
         let codec = self.framer.codec();
-        crate::blob::with_frame(&frame, || {
-            self.dispatch(Message::parse(codec, &frame), now, service)
+        crate::blob::with_frame(frame, || {
+            self.dispatch(Message::parse(codec, frame), now, service)
         });
     }
 
