@@ -89,6 +89,11 @@ struct Running {
 async fn serve(tls: TlsConfig) -> Running {
     let server = Server::builder()
         .register(Method::sync_fn("add", |(a, b): (i64, i64)| a + b))
+        // Large blobs are written vectored, through the TLS stream too.
+        .register(Method::async_fn(
+            "echo_blob",
+            |(data,): (easyrpc_server::Blob,)| async move { data },
+        ))
         // The client certificate's identity, as a handler sees it in its context.
         .register(Method::sync_context_fn(
             "identity",
@@ -185,6 +190,36 @@ async fn both_clients_and_both_codecs_over_tls() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::MethodNotFound));
+    }
+}
+
+#[tokio::test]
+async fn large_blobs_cross_tls_whole_both_ways() {
+    let ca = Ca::new("test CA");
+    let server = serve(tls_config(&ca.server())).await;
+    let addr = server.addr.to_string();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    for codec in [Codec::Msgpack, Codec::Bincode] {
+        let client = within(
+            "connect",
+            Client::connect_tls_with(&addr, ca.client_tls(), config(codec)),
+        )
+        .await
+        .unwrap();
+        for n in [70_000, data.len()] {
+            let blob = easyrpc_server::Blob::from(data[..n].to_vec());
+            let got: easyrpc_server::Blob = within("echo", client.call("echo_blob", (blob,))).await.unwrap();
+            assert!(got[..] == data[..n], "{codec:?} {n}");
+        }
+        let (addr, tls, data) = (addr.clone(), ca.client_tls(), data.clone());
+        let blocking = tokio::task::spawn_blocking(move || {
+            let client = BlockingClient::connect_tls_with(&addr, tls, config(codec)).unwrap();
+            let got: easyrpc_server::Blob = client
+                .call("echo_blob", (easyrpc_server::Blob::from(data.clone()),))
+                .unwrap();
+            assert!(got[..] == data[..], "blocking {codec:?}");
+        });
+        within("the blocking client", blocking).await.unwrap();
     }
 }
 
