@@ -50,31 +50,10 @@ pub(super) struct Slot {
     /// A small reply's result (or error value), copied from the read buffer. The slot
     /// keeps the capacity for its next call.
     pub(super) buf: Vec<u8>,
-    /// What a streaming call keeps in its slot; made the first time the slot serves one,
-    /// and kept for its next. Boxed: a plain call never touches it, and its slot is then
-    /// two cache lines rather than three (take and free touch every line of the slot).
-    pub(super) stream: Option<Box<StreamSlot>>,
-}
-
-/// A streaming call's part of its slot.
-#[derive(Default)]
-pub(super) struct StreamSlot {
-    /// The items received and not taken yet (at most the credit granted).
+    /// A streaming call's items received and not taken yet (at most the credit granted).
     pub(super) items: StreamItems,
-    /// The credit from the server for the argument stream, not used yet.
+    /// A streaming call's credit from the server for its argument stream, not used yet.
     pub(super) credit: u64,
-}
-
-impl Slot {
-    /// The slot's streaming part, made if it has none yet.
-    pub(super) fn stream(&mut self) -> &mut StreamSlot {
-        self.stream.get_or_insert_with(Box::default)
-    }
-
-    /// The argument stream's credit not used yet.
-    pub(super) fn credit(&self) -> u64 {
-        self.stream.as_ref().map_or(0, |s| s.credit)
-    }
 }
 
 pub(super) enum SlotState {
@@ -120,6 +99,7 @@ impl State {
             slot.deadline = None;
             slot.state = SlotState::Waiting;
             slot.waker.clone_from(waker);
+            slot.credit = 0;
             idx
         } else {
             self.slots.push(Slot {
@@ -129,7 +109,8 @@ impl State {
                 state: SlotState::Waiting,
                 waker: waker.clone(),
                 buf: Vec::new(),
-                stream: None,
+                items: StreamItems::default(),
+                credit: 0,
             });
             // The table grows with the calls in flight; a u32 index is plenty.
             u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
@@ -143,10 +124,7 @@ impl State {
         if slot.buf.capacity() > easyrpc_proto::INLINE_REPLY * 4 {
             slot.buf = Vec::new();
         }
-        if let Some(stream) = &mut slot.stream {
-            stream.items.reset();
-            stream.credit = 0;
-        }
+        slot.items.reset();
         self.free.push(idx);
     }
 }
@@ -197,10 +175,9 @@ impl Replies<u32> for Deliver<'_> {
         let wake = match message {
             // The caller is woken when the first item comes: it takes every item there is
             // before it waits again.
-            StreamMessage::Item { item, .. } => slot.stream().items.push(item),
+            StreamMessage::Item { item, .. } => slot.items.push(item),
             StreamMessage::Credit { n, .. } => {
-                let stream = slot.stream();
-                stream.credit = stream.credit.saturating_add(n);
+                slot.credit = slot.credit.saturating_add(n);
                 true
             }
             _ => false,

@@ -245,7 +245,7 @@ impl<T> ItemStream<T> {
             {
                 let st = self.core.lock();
                 let slot = &st.slots[self.slot as usize];
-                if slot.credit() == 0 || !matches!(slot.state, SlotState::Waiting) {
+                if slot.credit == 0 || !matches!(slot.state, SlotState::Waiting) {
                     return Ok(());
                 }
             }
@@ -259,7 +259,7 @@ impl<T> ItemStream<T> {
             match next {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(Some(item)) => {
-                    st.slots[self.slot as usize].stream().credit -= 1;
+                    st.slots[self.slot as usize].credit -= 1;
                     st.proto.send_item(self.msgid, &*item)?;
                 }
                 Poll::Ready(None) => {
@@ -302,9 +302,7 @@ impl<T> ItemStream<T> {
         let mut st = core.lock();
         let st = &mut *st;
         let slot = &mut st.slots[*idx as usize];
-        let popped =
-            (slot.stream.as_mut()).and_then(|s| s.items.pop_with(|bytes| (item(bytes), bytes.len())));
-        if let Some((x, len)) = popped {
+        if let Some((x, len)) = slot.items.pop_with(|bytes| (item(bytes), bytes.len())) {
             let waiting = matches!(slot.state, SlotState::Waiting);
             if let Some(n) = window.take(len).filter(|_| waiting && st.live == Some(*epoch)) {
                 st.proto.send_credit(*msgid, n);
