@@ -430,7 +430,9 @@ impl<T: Copy> ClientConnection<T> {
 
     /// Take everything queued for the transport, at `now`, by swapping it with `buf`
     /// (which must be empty; its capacity is kept for the next batch). The deadlines of the
-    /// calls in it start now.
+    /// calls in it start now. Write it with [`Outbox::chunk`] and [`Outbox::advance`], or
+    /// [`Outbox::slices`] for vectored writes: large [`Blob`](crate::Blob) arguments are
+    /// beside the buffer, not in it.
     #[inline]
     pub fn take_transmit(&mut self, now: Instant, buf: &mut Outbox) {
         debug_assert!(buf.is_empty());
