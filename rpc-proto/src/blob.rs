@@ -329,55 +329,67 @@ impl Shared {
 pub struct Outbox {
     /// The encoded bytes, blobs left out.
     pub(crate) buf: Vec<u8>,
-    /// Blobs, by the offset in `buf` they go before, in order.
-    extents: VecDeque<(usize, Bytes)>,
-    /// Bytes of `extents` not written yet.
-    extent_bytes: usize,
     /// Bytes of `buf` written.
     written: usize,
+    /// The blobs waiting beside the buffer, if any (boxed: a connection without them
+    /// carries one pointer for them).
+    blobs: Option<Box<Blobs>>,
+}
+
+/// The blobs of an [`Outbox`]; never empty.
+#[derive(Debug, Clone)]
+struct Blobs {
+    /// Blobs, by the offset in the buffer they go before, in order.
+    extents: VecDeque<(usize, Bytes)>,
+    /// Bytes of `extents` not written yet.
+    unwritten: usize,
     /// Bytes of the first extent written.
-    ext_written: usize,
+    first_written: usize,
 }
 
 impl Outbox {
     /// Bytes waiting to be written, blobs included.
     #[inline]
     pub fn len(&self) -> usize {
-        self.buf.len() - self.written + self.extent_bytes
+        self.buf.len() - self.written + self.blob_bytes()
+    }
+
+    #[inline(always)]
+    fn blob_bytes(&self) -> usize {
+        self.blobs.as_ref().map_or(0, |b| b.unwritten)
     }
 
     /// The buffer's length (written bytes included, until it is cleared) and the blobs
     /// not written yet: what the write buffer's high-water mark is compared with.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn queued(&self) -> usize {
-        self.buf.len() + self.extent_bytes
+        self.buf.len() + self.blob_bytes()
     }
 
     /// Nothing waits to be written.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.written == self.buf.len() && self.extents.is_empty()
+        self.written == self.buf.len() && self.blobs.is_none()
     }
 
     /// Whether blobs wait beside the buffer (then [`Outbox::slices`] is worth using).
     #[inline]
     pub fn has_blobs(&self) -> bool {
-        !self.extents.is_empty()
+        self.blobs.is_some()
     }
 
     /// The next contiguous bytes to write, if any.
     #[inline]
     pub fn chunk(&self) -> Option<&[u8]> {
-        if self.extents.is_empty() {
+        let Some(blobs) = &self.blobs else {
             return (self.written < self.buf.len()).then(|| &self.buf[self.written..]);
+        };
+        // Never empty.
+        let (at, b) = &blobs.extents[0];
+        if *at == self.written {
+            return Some(&b[blobs.first_written..]);
         }
-        if let Some((at, b)) = self.extents.front() {
-            if *at == self.written {
-                return Some(&b[self.ext_written..]);
-            }
-            return Some(&self.buf[self.written..*at]);
-        }
-        (self.written < self.buf.len()).then(|| &self.buf[self.written..])
+        Some(&self.buf[self.written..*at])
     }
 
     /// Fill `dst` with the bytes to write, in order, for a vectored write; returns how
@@ -385,22 +397,24 @@ impl Outbox {
     pub fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
         let mut pos = self.written;
-        let mut first = self.ext_written;
-        for (at, b) in &self.extents {
-            if n == dst.len() {
-                return n;
-            }
-            if *at > pos {
-                dst[n] = IoSlice::new(&self.buf[pos..*at]);
-                n += 1;
-                pos = *at;
+        if let Some(blobs) = &self.blobs {
+            let mut first = blobs.first_written;
+            for (at, b) in &blobs.extents {
                 if n == dst.len() {
                     return n;
                 }
+                if *at > pos {
+                    dst[n] = IoSlice::new(&self.buf[pos..*at]);
+                    n += 1;
+                    pos = *at;
+                    if n == dst.len() {
+                        return n;
+                    }
+                }
+                dst[n] = IoSlice::new(&b[first..]);
+                first = 0;
+                n += 1;
             }
-            dst[n] = IoSlice::new(&b[first..]);
-            first = 0;
-            n += 1;
         }
         if n < dst.len() && pos < self.buf.len() {
             dst[n] = IoSlice::new(&self.buf[pos..]);
@@ -413,7 +427,7 @@ impl Outbox {
     /// written the buffer is cleared, and a buffer larger than `keep` bytes given back.
     #[inline]
     pub fn advance(&mut self, n: usize, keep: usize) {
-        if self.extents.is_empty() {
+        if self.blobs.is_none() {
             self.written += n;
             if self.written >= self.buf.len() {
                 self.written = 0;
@@ -431,23 +445,27 @@ impl Outbox {
     #[inline(never)]
     fn advance_pieces(&mut self, mut n: usize, keep: usize) {
         while n > 0 {
-            let Some((at, b)) = self.extents.front() else {
+            let Some(blobs) = self.blobs.as_mut() else {
                 self.written += n;
                 break;
             };
+            let (at, b) = &blobs.extents[0];
             if *at > self.written {
                 let k = n.min(*at - self.written);
                 self.written += k;
                 n -= k;
                 continue;
             }
-            let k = n.min(b.len() - self.ext_written);
-            self.ext_written += k;
-            self.extent_bytes -= k;
+            let k = n.min(b.len() - blobs.first_written);
+            blobs.first_written += k;
+            blobs.unwritten -= k;
             n -= k;
-            if self.ext_written == b.len() {
-                self.extents.pop_front();
-                self.ext_written = 0;
+            if blobs.first_written == b.len() {
+                blobs.extents.pop_front();
+                blobs.first_written = 0;
+                if blobs.extents.is_empty() {
+                    self.blobs = None;
+                }
             }
         }
         debug_assert!(self.written <= self.buf.len());
@@ -481,19 +499,28 @@ impl Outbox {
         let placed = PLACED.take();
         if keep {
             for (at, b) in placed {
-                self.extent_bytes += b.len();
-                self.extents.push_back((at, b));
+                self.push_blob(at, b);
             }
         }
+    }
+
+    fn push_blob(&mut self, at: usize, b: Bytes) {
+        let blobs = self.blobs.get_or_insert_with(|| {
+            Box::new(Blobs {
+                extents: VecDeque::new(),
+                unwritten: 0,
+                first_written: 0,
+            })
+        });
+        blobs.unwritten += b.len();
+        blobs.extents.push_back((at, b));
     }
 
     /// Drop everything queued.
     pub fn clear(&mut self) {
         self.buf.clear();
-        self.extents.clear();
-        self.extent_bytes = 0;
         self.written = 0;
-        self.ext_written = 0;
+        self.blobs = None;
     }
 
     /// A copy of everything waiting to be written, blobs in place.
@@ -511,10 +538,8 @@ impl Outbox {
     fn clone_cursor(&self) -> Outbox {
         Outbox {
             buf: self.buf.clone(),
-            extents: self.extents.clone(),
-            extent_bytes: self.extent_bytes,
             written: self.written,
-            ext_written: self.ext_written,
+            blobs: self.blobs.clone(),
         }
     }
 
@@ -529,10 +554,11 @@ impl Outbox {
         let base = self.buf.len();
         let from = other.written;
         self.buf.extend_from_slice(&other.buf[from..]);
-        for (i, (at, b)) in other.extents.drain(..).enumerate() {
-            let b = if i == 0 { b.slice(other.ext_written..) } else { b };
-            self.extent_bytes += b.len();
-            self.extents.push_back((base + at - from, b));
+        if let Some(blobs) = other.blobs.take() {
+            for (i, (at, b)) in blobs.extents.into_iter().enumerate() {
+                let b = if i == 0 { b.slice(blobs.first_written..) } else { b };
+                self.push_blob(base + at - from, b);
+            }
         }
         other.clear();
     }

@@ -345,16 +345,19 @@ impl ServerConnection {
 
     /// Whether the connection wants more bytes from the peer now: it is still reading, and
     /// calls in flight and reply bytes waiting are under their limits.
+    #[inline]
     pub fn wants_read(&self, in_flight: usize) -> bool {
         self.reading && self.has_room(in_flight)
     }
 
     /// Complete messages wait in the read buffer, and there is room for them again: call
     /// [`ServerConnection::handle_input`] before reading more.
+    #[inline]
     pub fn has_held_input(&self, in_flight: usize) -> bool {
         self.reading && self.held && self.has_room(in_flight)
     }
 
+    #[inline(always)]
     fn has_room(&self, in_flight: usize) -> bool {
         in_flight < self.config.max_in_flight && self.out.queued() < self.config.write_buffer_high_water
     }
