@@ -729,6 +729,10 @@ pub(crate) fn method_expr(
         (None, None) => None,
     };
     let streams = streams.map(|how| quote!(.streams(#how)));
+    // A sync function's result stream: its iterator runs on the blocking pool, and
+    // `rpc.methods` says the function is sync.
+    let sync_items =
+        (matches!(f.output, Output::Stream { .. }) && !f.is_async).then(|| quote!(.sync_items()));
     let inline = opts.inline.map(|(on, _)| quote!(.inline(#on)));
     let (ctor, job, reply_fn, span) = if let Output::Stream { item, .. } = &f.output {
         stream_job(k, f, item, &locals, name, target)
@@ -811,6 +815,7 @@ pub(crate) fn method_expr(
         #unstable_network
         #inline
         #streams
+        #sync_items
     }}
 }
 

@@ -356,6 +356,9 @@ pub struct Method {
     pub(crate) signature: Option<Arc<Signature>>,
     /// How it streams (`""`: not at all).
     pub(crate) streaming: &'static str,
+    /// A sync function's result stream, whose iterator runs on the blocking pool (the
+    /// method itself is async): `rpc.methods` says `sync`.
+    pub(crate) sync_items: bool,
 }
 
 /// A method's signature and doc line, for `rpc.methods`.
@@ -370,7 +373,7 @@ impl fmt::Debug for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Method")
             .field("name", &self.name)
-            .field("sync", &matches!(self.kind, Kind::Sync(_)))
+            .field("sync", &(matches!(self.kind, Kind::Sync(_)) || self.sync_items))
             .field("context", &self.context)
             .field("signature", &self.signature)
             .field("max_flow", &self.max_flow)
@@ -410,6 +413,7 @@ impl Method {
             context: false,
             signature: None,
             streaming: "",
+            sync_items: false,
         }
     }
 
@@ -713,6 +717,7 @@ impl Method {
             std::convert::identity,
         )
         .streams("result")
+        .sync_items()
     }
 
     /// A function that takes a stream from its caller ([`Streaming`]) besides its
@@ -814,6 +819,15 @@ impl Method {
         // A stream is not an answer the dedup cache could keep and replay: streaming
         // functions are out of a server-wide `unstable_network`.
         self.unstable_network = Some(false);
+        self
+    }
+
+    /// Say that the function is sync, its result stream's iterator running on the blocking
+    /// pool, for `rpc.methods` (what `#[register]` generates for a sync function returning
+    /// `impl Iterator`).
+    #[doc(hidden)]
+    pub fn sync_items(mut self) -> Method {
+        self.sync_items = true;
         self
     }
 

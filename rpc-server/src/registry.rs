@@ -77,7 +77,7 @@ fn describe(methods: &[Method]) -> Vec<MethodDescription> {
         .iter()
         .map(|m| {
             let mut d = MethodDescription::new(&*m.name);
-            d.sync = matches!(m.kind, Kind::Sync(_));
+            d.sync = matches!(m.kind, Kind::Sync(_)) || m.sync_items;
             d.max_flow = m.max_flow;
             m.streaming.clone_into(&mut d.streaming);
             match &m.signature {
@@ -307,6 +307,7 @@ impl Registry {
                 if m.streaming.is_empty() {
                     m.streaming = bound.streaming;
                 }
+                m.sync_items |= bound.sync_items;
             }
         }
         let descriptions = Arc::new(describe(&methods));

@@ -463,24 +463,27 @@ async fn rpc_methods_marks_streaming_functions() {
             .find(|m| m.name == name)
             .unwrap_or_else(|| panic!("{name} is listed"))
     };
+    // (name, streaming, item or result type, sync: a sync function's iterator or upload
+    // runs on the blocking pool)
     let kinds = [
-        ("countdown", "result", "u64"),
-        ("sensor.readings", "result", "Reading"),
-        ("until", "result", "Result<u32, String>"),
-        ("lines", "result", "String"),
-        ("sum", "args", "i64"),
-        ("longest", "args", "Result<usize, String>"),
-        ("double", "both", "i64"),
-        ("shout", "both", "String"),
-        ("feed.multiples", "result", "u64"),
-        ("feed.count_sync", "args", "usize"),
-        ("feed.scale", "both", "u64"),
+        ("countdown", "result", "u64", false),
+        ("sensor.readings", "result", "Reading", false),
+        ("until", "result", "Result<u32, String>", false),
+        ("lines", "result", "String", true),
+        ("sum", "args", "i64", false),
+        ("longest", "args", "Result<usize, String>", true),
+        ("double", "both", "i64", false),
+        ("shout", "both", "String", true),
+        ("feed.multiples", "result", "u64", false),
+        ("feed.multiples_sync", "result", "u64", true),
+        ("feed.count_sync", "args", "usize", true),
+        ("feed.scale", "both", "u64", false),
     ];
-    for (name, streaming, returns) in kinds {
+    for (name, streaming, returns, sync) in kinds {
         let m = find(name);
         assert_eq!(
-            (m.streaming.as_str(), m.returns.as_str()),
-            (streaming, returns),
+            (m.streaming.as_str(), m.returns.as_str(), m.sync),
+            (streaming, returns, sync),
             "{name}"
         );
     }
