@@ -24,6 +24,9 @@ use crate::ClientTls;
 use crate::{Config, Error};
 use easyrpc_proto::blob::Outbox;
 
+/// A write buffer larger than this (a large request) is given back once written.
+const KEEP_WRITE_BUFFER: usize = 256 * 1024;
+
 /// After this long unused, the connection is checked (one non-blocking peek) before a
 /// call is sent on it, so that a connection the server closed as idle is replaced instead
 /// of failing the call.
@@ -620,7 +623,7 @@ impl State {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::ConnectionClosed);
         };
-        self.wbuf.write_to(stream, 256 * 1024)?;
+        self.wbuf.write_to(stream, KEEP_WRITE_BUFFER)?;
         self.last_used = now;
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! answer to a later request, or by reading to EOF, and every wait is bounded by
 //! `common::WAIT`.
 
+#[allow(dead_code)] // Each test crate uses a part of the shared helpers.
 mod common;
 
 use std::collections::BTreeSet;

@@ -11,7 +11,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{builder, within, TestServer};
+use common::{builder, seeded_noise, text, within, TestServer};
 use easyrpc_client::{BlockingClient, Client, Config};
 use easyrpc_proto::blob::SHARE_MIN;
 use easyrpc_proto::{Blob, Codec};
@@ -19,30 +19,6 @@ use easyrpc_server::{Builder, Method};
 use serde_bytes::ByteBuf;
 
 const CODECS: [Codec; 2] = [Codec::Msgpack, Codec::Bincode];
-
-/// `n` bytes that differ with `seed`, so that a reply carrying another call's blob (or a
-/// piece of the wrong one) is caught.
-fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Words from a tiny vocabulary: zstd shrinks them.
-fn text(n: usize) -> Vec<u8> {
-    b"alpha beta gamma delta "
-        .iter()
-        .copied()
-        .cycle()
-        .take(n)
-        .collect()
-}
 
 const SIZES: [usize; 7] = [0, 100, SHARE_MIN - 1, SHARE_MIN, SHARE_MIN + 1, 700_000, 5 << 20];
 
@@ -77,7 +53,7 @@ async fn blobs_of_every_size_echo_through_both_clients_and_codecs() {
             .await
             .unwrap();
         for (i, &n) in SIZES.iter().enumerate() {
-            let data = pattern(n, i as u64);
+            let data = seeded_noise(n, i as u64);
             for method in ["echo_blob", "echo_blob_sync", "echo_bytebuf"] {
                 let got: Blob = within(method, client.call(method, (Blob::from(data.clone()),)))
                     .await
@@ -95,7 +71,7 @@ async fn blobs_of_every_size_echo_through_both_clients_and_codecs() {
         let blocking = tokio::task::spawn_blocking(move || {
             let c = BlockingClient::connect_with(addr, config(codec)).unwrap();
             for (i, &n) in SIZES.iter().enumerate() {
-                let data = pattern(n, 100 + i as u64);
+                let data = seeded_noise(n, 100 + i as u64);
                 for method in ["echo_blob", "echo_blob_sync", "echo_bytebuf"] {
                     let got: Blob = c.call(method, (Blob::from(data.clone()),)).unwrap();
                     assert!(got[..] == data[..], "blocking {codec:?} {method} {n}");
@@ -124,7 +100,7 @@ async fn many_calls_in_flight_mix_large_blobs_and_small_replies() {
                     let v: i64 = client.call("add_async", (i as i64, 1i64)).await.unwrap();
                     assert_eq!(v, i as i64 + 1);
                 } else {
-                    let data = pattern(SHARE_MIN / 2 + (i as usize) * 37_000, i);
+                    let data = seeded_noise(SHARE_MIN / 2 + (i as usize) * 37_000, i);
                     let got: Blob = client
                         .call("echo_blob", (Blob::from(data.clone()),))
                         .await
@@ -149,7 +125,7 @@ async fn compressed_connections_carry_blobs_whole() {
         let client = within("connect", Client::connect_with(srv.addr, cfg.clone()))
             .await
             .unwrap();
-        for data in [text(300_000), pattern(300_000, 3)] {
+        for data in [text(300_000), seeded_noise(300_000, 3)] {
             let got: Blob = within("echo", client.call("echo_blob", (Blob::from(data.clone()),)))
                 .await
                 .unwrap();
@@ -189,7 +165,7 @@ async fn a_blob_reply_kept_in_the_dedup_cache_is_whole() {
         let client = within("connect", Client::connect_with(srv.addr, cfg))
             .await
             .unwrap();
-        let data = pattern(SHARE_MIN * 3, 9);
+        let data = seeded_noise(SHARE_MIN * 3, 9);
         let got: Blob = within("echo", client.call("echo_counted", (Blob::from(data.clone()),)))
             .await
             .unwrap();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use common::{builder, check_client, parse_response, within, TestServer};
+use common::{builder, check_client, noise, parse_response, text, within, TestServer};
 use easyrpc_client::{BlockingClient, Client, Config};
 use easyrpc_proto::handshake::features;
 use easyrpc_proto::{encode_request, Codec, Compression, Framer, Hello, Message};
@@ -26,32 +26,6 @@ const THRESHOLD: usize = 4096;
 
 fn echo_server() -> Builder {
     builder().register(Method::sync_fn("echo", |(data,): (ByteBuf,)| data))
-}
-
-/// Words from a tiny vocabulary: zstd shrinks them severalfold.
-fn text(n: usize) -> Vec<u8> {
-    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon "];
-    let mut s = Vec::with_capacity(n + 8);
-    let mut i = 0usize;
-    while s.len() < n {
-        s.extend_from_slice(words[(i * 7 + i / 3) % words.len()].as_bytes());
-        i += 1;
-    }
-    s.truncate(n);
-    s
-}
-
-/// Bytes zstd cannot shrink (xorshift).
-fn noise(n: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Payload sizes whose echo request and reply are a few bytes either side of the

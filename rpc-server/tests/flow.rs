@@ -14,6 +14,7 @@
 //! sync handlers blocked at a gate and of the blocking client run in real time and wait
 //! on events only (a blocking task in flight stops the paused clock).
 
+#[allow(dead_code)] // Each test crate uses a part of the shared helpers.
 mod common;
 
 use std::collections::BTreeSet;

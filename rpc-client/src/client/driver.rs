@@ -291,7 +291,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                     let k = self.out.slices(&mut slices);
                     stream.poll_write_vectored(cx, &slices[..k])
                 } else {
-                    // Unwrap: not empty.
+                    // Not empty: there is a chunk.
                     stream.poll_write(cx, self.out.chunk().unwrap_or_default())
                 };
                 match written {

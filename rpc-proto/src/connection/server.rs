@@ -511,11 +511,9 @@ impl ServerConnection {
                         break;
                     }
                     None => self.dispatch(Message::parse(self.framer.codec(), frame), now, service),
+                    // Decompressed: already a buffer of its own.
                     Some(Ok(msg)) if msg.len() >= SHARE_MIN => {
-                        let msg = Bytes::from(msg);
-                        crate::blob::with_frame(&msg, || {
-                            self.dispatch(Message::parse(self.framer.codec(), &msg), now, service);
-                        });
+                        self.dispatch_large(&Bytes::from(msg), n, now, service);
                     }
                     Some(Ok(msg)) => self.dispatch(Message::parse(self.framer.codec(), &msg), now, service),
                     Some(Err(e)) => {
@@ -556,7 +554,8 @@ impl ServerConnection {
         result
     }
 
-    /// Dispatch a complete message of `n` bytes split off the read buffer as `Bytes`.
+    /// Dispatch a large message held as `Bytes` of its own (split off the read buffer, or
+    /// decompressed), `n` bytes on the wire, so that a [`Blob`](crate::Blob) in it is a slice.
     #[cold]
     #[inline(never)]
     fn dispatch_large<S: Service>(&mut self, frame: &Bytes, n: usize, now: Instant, service: &mut S) {

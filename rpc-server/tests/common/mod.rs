@@ -318,3 +318,35 @@ pub(crate) fn parse_response(frame: &[u8]) -> Response {
         other => panic!("expected a response, got {other:?} from {frame:02x?}"),
     }
 }
+
+/// Words from a tiny vocabulary: zstd shrinks them severalfold.
+pub(crate) fn text(n: usize) -> Vec<u8> {
+    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon "];
+    let mut s = Vec::with_capacity(n + 8);
+    let mut i = 0usize;
+    while s.len() < n {
+        s.extend_from_slice(words[(i * 7 + i / 3) % words.len()].as_bytes());
+        i += 1;
+    }
+    s.truncate(n);
+    s
+}
+
+/// Bytes zstd cannot shrink (xorshift).
+pub(crate) fn noise(n: usize) -> Vec<u8> {
+    seeded_noise(n, 0)
+}
+
+/// [`noise`] that differs with `seed`, so that a reply carrying another call's bytes (or a
+/// piece of the wrong ones) is caught.
+pub(crate) fn seeded_noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = (0x2545_f491_4f6c_dd1du64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
