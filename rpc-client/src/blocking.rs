@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use easyrpc_proto::{
     may_resend, ClientConnection, ClientReply, Codec, Failure, Metadata, Params, ReadBuf, Replies,
 };
@@ -32,6 +32,9 @@ const KEEP_WRITE_BUFFER: usize = 256 * 1024;
 /// of failing the call.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 64 * 1024;
+/// A reply larger than this is handed over as `Bytes` of the read buffer (so that a large
+/// `Blob` in it needs no copy); smaller ones are decoded where they lie.
+const SPLIT_REPLY: usize = 256 * 1024;
 
 mod stream;
 pub use stream::BlockingItems;
@@ -219,7 +222,14 @@ impl<'a, R, D: Decoder<R>> Decode<'a, R, D> {
 impl<R, D: Decoder<R>> Replies<()> for Decode<'_, R, D> {
     fn reply(&mut self, r: ClientReply<'_, ()>) {
         let outcome = if r.ok { Ok(r.part) } else { Err(r.part) };
-        self.got = Some(decode_reply::<R, D>(self.codec, self.ours, outcome));
+        let (codec, ours) = (self.codec, self.ours);
+        self.got = Some(match r.frame {
+            // A large `Blob` in a large reply is a slice of it, not a copy.
+            Some(frame) => {
+                easyrpc_proto::blob::with_frame(frame, || decode_reply::<R, D>(codec, ours, outcome))
+            }
+            None => decode_reply::<R, D>(codec, ours, outcome),
+        });
     }
 
     fn request(&mut self, msgid: u64, method: &[u8], params: &[u8]) -> bool {
@@ -716,8 +726,14 @@ impl State {
                 w.start = 0;
             }
             if w.buf.len() - w.end < want {
-                let grow = w.buf.len().max(READ_CHUNK).max(want);
-                w.buf.resize(w.buf.len() + grow, 0);
+                let len = w.end + w.buf.len().max(READ_CHUNK).max(want);
+                // Only the bytes received move if the buffer does. A large buffer handed
+                // over with a reply (`split_frame`) is taken back here once the caller
+                // has dropped it (`BytesMut` reclaims a buffer it is the only holder of):
+                // its pages are mapped already, where a fresh one would fault them in
+                // during the read, one by one.
+                w.buf.truncate(w.end);
+                w.buf.resize(len, 0);
             }
         }
         let stream = self.stream.as_mut().ok_or(Error::ConnectionClosed)?;
@@ -736,7 +752,7 @@ impl State {
 /// initialised once (std's `Read` takes initialised bytes) and reused.
 #[derive(Default)]
 struct Window {
-    buf: Vec<u8>,
+    buf: BytesMut,
     start: usize,
     end: usize,
 }
@@ -750,9 +766,17 @@ impl ReadBuf for Window {
         self.start += n;
     }
 
-    fn split_frame(&mut self, _n: usize) -> Option<Bytes> {
-        // Replies are decoded where they lie: no need to keep one.
-        None
+    fn split_frame(&mut self, n: usize) -> Option<Bytes> {
+        // Replies are decoded where they lie, but a large one is handed over, so that a
+        // large `Blob` in it is a slice of it and not a copy.
+        if n <= SPLIT_REPLY {
+            return None;
+        }
+        let mut frame = self.buf.split_to(self.start + n);
+        frame.advance(self.start);
+        self.end -= self.start + n;
+        self.start = 0;
+        Some(frame.freeze())
     }
 }
 

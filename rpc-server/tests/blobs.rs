@@ -1,7 +1,7 @@
 //! `Blob` arguments and results end to end: large ones are sliced out of the message they
 //! came in and written from their own buffers (vectored), and every path where they must be
-//! copied instead (compression, the dedup cache, the blocking client's replies) still
-//! carries them whole. Both clients, both codecs, through a real server.
+//! copied instead (compression, the dedup cache, the blocking client's replies under
+//! 256 KiB) still carries them whole. Both clients, both codecs, through a real server.
 //!
 //! Deterministic: port 0, no sleeps; every wait is bounded by `common::WAIT`.
 
@@ -76,6 +76,56 @@ async fn blobs_of_every_size_echo_through_both_clients_and_codecs() {
                     let got: Blob = c.call(method, (Blob::from(data.clone()),)).unwrap();
                     assert!(got[..] == data[..], "blocking {codec:?} {method} {n}");
                 }
+            }
+        });
+        within("the blocking client", blocking).await.unwrap();
+    }
+    srv.stop().await;
+}
+
+/// Two large blobs of one reply, decoded as slices of it, lie in one buffer: the second
+/// starts right after the first and the few bytes between them (`tag + 1` and the second's
+/// header). Copies would each be an allocation of their own.
+fn one_after_the_other(x: &Blob, y: &Blob) -> bool {
+    let gap = (y.as_ptr() as usize).wrapping_sub(x.as_ptr() as usize + x.len());
+    gap < 16
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_blob_results_are_slices_of_the_reply_in_both_clients() {
+    let srv = TestServer::start(blob_server()).await;
+    // Over the blocking client's kept read buffer (256 KiB): such a reply is read into a
+    // buffer of its own and handed over.
+    let sizes = [700_000, 5 << 20];
+    for codec in CODECS {
+        let client = within("connect", Client::connect_with(srv.addr, config(codec)))
+            .await
+            .unwrap();
+        for n in sizes {
+            let data = seeded_noise(n, 7);
+            let (_, x, _, y): (u32, Blob, u32, Blob) =
+                within("wrap", client.call("wrap", (7u32, Blob::from(data.clone()))))
+                    .await
+                    .unwrap();
+            assert!(x[..] == data[..] && y[..] == data[..], "{codec:?} {n}");
+            assert!(one_after_the_other(&x, &y), "async {codec:?} {n}: copied");
+        }
+        let addr = srv.addr;
+        let blocking = tokio::task::spawn_blocking(move || {
+            let c = BlockingClient::connect_with(addr, config(codec)).unwrap();
+            for n in sizes {
+                let data = seeded_noise(n, 8);
+                let (_, x, _, y): (u32, Blob, u32, Blob) =
+                    c.call("wrap", (7u32, Blob::from(data.clone()))).unwrap();
+                assert!(x[..] == data[..] && y[..] == data[..], "blocking {codec:?} {n}");
+                assert!(one_after_the_other(&x, &y), "blocking {codec:?} {n}: copied");
+                // The connection goes on with small replies after the large one.
+                let v: i64 = c.call("add_async", (2i64, 3i64)).unwrap();
+                assert_eq!(v, 5);
+                // A smaller blob is copied out of the kept buffer, and is whole.
+                let small = seeded_noise(SHARE_MIN + 1, 9);
+                let got: Blob = c.call("echo_blob", (Blob::from(small.clone()),)).unwrap();
+                assert!(got[..] == small[..], "blocking {codec:?} after {n}");
             }
         });
         within("the blocking client", blocking).await.unwrap();
