@@ -133,6 +133,10 @@ pub(super) struct Driver<T> {
     /// Requests and notifications from the server that the last read brought, for their
     /// handlers.
     incoming: Vec<Incoming>,
+    /// On a multi-thread runtime, new requests wait for one turn of the scheduler before
+    /// they are written (`poll_drive`); `deferred` is set while they wait.
+    defer: bool,
+    deferred: bool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
@@ -159,6 +163,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             pinging: ping.is_some(),
             hint: 0,
             incoming: Vec::new(),
+            defer: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread,
+            deferred: false,
         };
         tokio::spawn(driver.run());
     }
@@ -270,6 +277,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             if self.out.is_empty() {
                 // Everything handed over is written (and the buffer cleared, or given back
                 // when large): take what callers queued since.
+                if self.defer && !self.deferred && st.proto.has_transmit() && st.proto.in_flight() > 1 {
+                    // A multi-thread runtime runs the task a caller wakes next on the
+                    // caller's worker (its LIFO slot), before the other callers that are
+                    // ready: writing now would send one request per write, and the server
+                    // would be woken for each. One turn of the scheduler first lets them
+                    // add theirs (a task that wakes itself goes to the back of the queue).
+                    // Not for a call alone in flight: nobody else is coming, and the turn
+                    // would wake another worker to take this task over, a cross-CPU
+                    // wake-up added to the call.
+                    self.deferred = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                self.deferred = false;
                 st.task_notified = false;
                 if st.proto.has_transmit() {
                     // One clock read per batch: the heartbeat's and the new calls' deadlines.
