@@ -749,7 +749,8 @@ impl State {
 }
 
 /// The read buffer: received bytes live in `buf[start..end]`; the rest is spare room,
-/// initialised once (std's `Read` takes initialised bytes) and reused.
+/// initialised once (std's `Read` takes initialised bytes) and reused. A reply over
+/// `SPLIT_REPLY` leaves with the part of the buffer it lies in (`split_frame`).
 #[derive(Default)]
 struct Window {
     buf: BytesMut,
