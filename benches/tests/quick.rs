@@ -1,5 +1,5 @@
 //! The `bench` binary works end to end: a quick run with tiny counts (no timing is
-//! asserted), the load generator against a server it started, and our prefork server
+//! asserted), the async clients' calls joined in one task per connection, the load generator against a server it started, and our prefork server
 //! (its workers visible to the harness, all gone once its stdin closes).
 
 use std::collections::BTreeMap;
@@ -109,6 +109,37 @@ fn big_messages_and_connection_churn() {
         assert!(
             report.contains(needle),
             "{needle:?} missing from the report:\n{report}"
+        );
+    }
+    assert!(!report.contains("## Failed measurements"), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn async_clients_under_load_from_one_task_per_connection() {
+    let dir = scratch_dir("callers");
+    let out = Command::new(BENCH)
+        .args(["--quick", "--callers", "connection", "--no-sequential"])
+        .args(["--systems", "ours,tonic,tarpc,raw-tokio", "--workloads", "add"])
+        .args(["--modes", "1x64,16x16", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run bench --quick");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench --quick failed:\n{stderr}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Async clients under load: one task per connection",
+        "| ours async msgpack |",
+        "| ours async bincode |",
+        "| tonic (gRPC) |",
+        "| tarpc (bincode) |",
+        "| raw TCP tokio |",
+    ] {
+        assert_eq!(
+            report.matches(needle).count(),
+            if needle.starts_with('|') { 2 } else { 1 },
+            "{needle:?} in the report:\n{report}"
         );
     }
     assert!(!report.contains("## Failed measurements"), "{report}");

@@ -311,15 +311,38 @@ impl Tally {
     }
 }
 
-/// One slice of closed-loop load: `per_conn` tasks on each connection, each calling again
-/// as soon as its call returns. The window closes before the loops are joined: what they
-/// do after `Stop` is counted neither in calls nor in CPU time.
+/// How the calls kept in flight on an async connection are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Callers {
+    /// A task per call in flight, each calling again as soon as its call returns: how a
+    /// service whose requests each run in their own task uses a shared client.
+    Tasks,
+    /// One task per connection, its calls in flight as futures joined in it
+    /// (`join_all`): how one task that issues many calls at once uses a client, and the
+    /// shape of the raw tokio floor (one task per connection).
+    Connection,
+}
+
+impl Callers {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Callers::Tasks => "a task per call in flight",
+            Callers::Connection => "one task per connection, its calls in flight as futures joined in it",
+        }
+    }
+}
+
+/// One slice of closed-loop load: `per_conn` loops on each connection, each calling again
+/// as soon as its call returns, in a task each or joined in one task per connection
+/// (`callers`). The window closes before the loops are joined: what they do after `Stop`
+/// is counted neither in calls nor in CPU time.
 ///
 /// A loop reads the clock once per call: the end of one call is the start of the next,
-/// which the same task issues at once.
+/// which the same loop issues at once.
 pub(crate) async fn load_async(
     conns: &[AsyncConn],
     per_conn: usize,
+    callers: Callers,
     p: &Arc<Payload>,
     timing: Timing,
     pid: u32,
@@ -328,12 +351,12 @@ pub(crate) async fn load_async(
     let phase = Arc::new(Phase::default());
     let shared = Arc::new(Mutex::new(new_hist(3)));
     let mut tasks = Vec::new();
-    // Each system's loop is spelled out, so that a task holds only its own system's
+    // Each system's loop is spelled out, so that a loop holds only its own system's
     // future (see `conn::call_ours`).
     macro_rules! closed_loop {
         ($call:expr) => {{
             let (phase, mut rec) = (phase.clone(), Recorder::new(&shared));
-            tokio::spawn(async move {
+            async move {
                 let mut t = Instant::now();
                 let r = loop {
                     if let Err(e) = $call.await {
@@ -349,19 +372,42 @@ pub(crate) async fn load_async(
                 };
                 // Into the shared histogram before the task reports back.
                 rec.flush();
-                ((), r)
-            })
+                r
+            }
+        }};
+    }
+    // The loops of one connection: a task each, or joined in one task.
+    macro_rules! loops {
+        ($c:expr, $variant:ident, |$h:ident| $call:expr) => {{
+            let mut loops = Vec::with_capacity(per_conn);
+            for _ in 0..per_conn {
+                let p = p.clone();
+                #[allow(unused_mut)]
+                let AsyncConn::$variant(mut $h) = $c.share()?
+                else {
+                    return Err("a connection shared as another system".into());
+                };
+                loops.push(closed_loop!($call(&mut $h, &p)));
+            }
+            match callers {
+                Callers::Tasks => tasks.extend(
+                    loops
+                        .into_iter()
+                        .map(|l| tokio::spawn(async move { ((), l.await) })),
+                ),
+                Callers::Connection => tasks.push(tokio::spawn(async move {
+                    let all = futures_util::future::join_all(loops).await;
+                    ((), all.into_iter().collect::<Result<Vec<()>>>().map(drop))
+                })),
+            }
         }};
     }
     for c in conns {
-        for _ in 0..per_conn {
-            let p = p.clone();
-            tasks.push(match c.share()? {
-                AsyncConn::Ours(c) => closed_loop!(conn::call_ours(&c, &p)),
-                AsyncConn::Tonic(mut c) => closed_loop!(conn::call_tonic(&mut c, &p)),
-                AsyncConn::Tarpc(c) => closed_loop!(conn::call_tarpc(&c, &p)),
-                AsyncConn::RawTokio(_) => return Err("a raw connection has no shared handles".into()),
-            });
+        match c {
+            AsyncConn::Ours(_) => loops!(c, Ours, |h| conn::call_ours),
+            AsyncConn::Tonic(_) => loops!(c, Tonic, |h| conn::call_tonic),
+            AsyncConn::Tarpc(_) => loops!(c, Tarpc, |h| conn::call_tarpc),
+            AsyncConn::RawTokio(_) => return Err("a raw connection has no shared handles".into()),
         }
     }
     let window = coordinate(&phase, timing, pid).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::conn::{AsyncConn, BlockingConn};
-use crate::driver::{self, Sample, Tally, Timing};
+use crate::driver::{self, Callers, Sample, Tally, Timing};
 use crate::placement::{self, Placement};
 use crate::procfs;
 use crate::raw;
@@ -62,6 +62,10 @@ pub(crate) struct RunArgs {
     /// Where client and server run.
     #[arg(long, value_enum, default_value_t = Placement::Together)]
     pub(crate) placement: Placement,
+    /// How the async clients' calls in flight are made in the load modes: a task per call
+    /// (the default), or one task per connection joining its calls.
+    #[arg(long, value_enum, default_value_t = Callers::Tasks)]
+    pub(crate) callers: Callers,
     /// Systems to run (comma-separated); the default is all but `ours-prefork-1`.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub(crate) systems: Vec<ServerKind>,
@@ -597,10 +601,12 @@ fn open_load(
 }
 
 /// One slice of load on `conns`, added to `tally`.
+#[allow(clippy::too_many_arguments)]
 fn load_slice(
     rt: &tokio::runtime::Runtime,
     conns: &mut LoadConns,
     mode: Mode,
+    callers: Callers,
     payload: &Arc<Payload>,
     timing: Timing,
     pid: u32,
@@ -616,9 +622,15 @@ fn load_slice(
         ),
         LoadConns::Blocking(c) => driver::load_threads(c, driver::blocking_loop(payload), timing, pid, tally),
         LoadConns::RawTokio(c) => rt.block_on(driver::load_raw_tokio(c, mode.in_flight, timing, pid, tally)),
-        LoadConns::Async(c) => {
-            rt.block_on(driver::load_async(c, mode.in_flight, payload, timing, pid, tally))
-        }
+        LoadConns::Async(c) => rt.block_on(driver::load_async(
+            c,
+            mode.in_flight,
+            callers,
+            payload,
+            timing,
+            pid,
+            tally,
+        )),
     }
 }
 
@@ -671,7 +683,16 @@ fn measure_loads(
             let (Some(conns), None) = (l.conns.as_mut(), &l.error) else {
                 continue;
             };
-            if let Err(e) = load_slice(rt, conns, mode, payload, timing, l.pid, &mut l.tally) {
+            if let Err(e) = load_slice(
+                rt,
+                conns,
+                mode,
+                args.callers,
+                payload,
+                timing,
+                l.pid,
+                &mut l.tally,
+            ) {
                 l.error = Some(e.to_string());
             }
         }

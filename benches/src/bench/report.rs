@@ -128,9 +128,10 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
     let _ = writeln!(w, "- Command: `{}` (tree {})", ctx.command, ctx.tree);
     let _ = writeln!(
         w,
-        "- Placement: {}; every server and client uses a {}",
+        "- Placement: {}; every server and client uses a {}. Async clients under load: {}",
         a.placement.describe(),
-        ctx.runtime
+        ctx.runtime,
+        a.callers.describe()
     );
     let _ = writeln!(
         w,
