@@ -277,15 +277,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             if self.out.is_empty() {
                 // Everything handed over is written (and the buffer cleared, or given back
                 // when large): take what callers queued since.
-                if self.defer && !self.deferred && st.proto.has_transmit() && st.proto.in_flight() > 1 {
+                if self.defer && !self.deferred && st.proto.has_transmit() && st.calls_open() > 1 {
                     // A multi-thread runtime runs the task a caller wakes next on the
                     // caller's worker (its LIFO slot), before the other callers that are
                     // ready: writing now would send one request per write, and the server
                     // would be woken for each. One turn of the scheduler first lets them
                     // add theirs (a task that wakes itself goes to the back of the queue).
-                    // Not for a call alone in flight: nobody else is coming, and the turn
-                    // would wake another worker to take this task over, a cross-CPU
-                    // wake-up added to the call.
+                    // Not for a call alone: nobody else is coming, and the turn would wake
+                    // another worker to take this task over, a cross-CPU wake-up added to
+                    // the call. The calls that count are those open, not those in flight:
+                    // when a read brings a batch of replies, the first caller to run sends
+                    // its next call while the others have yet to take their replies, and
+                    // that call must wait for theirs too.
                     self.deferred = true;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;

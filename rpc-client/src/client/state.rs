@@ -91,6 +91,13 @@ impl State {
         }
     }
 
+    /// Calls open: in flight, or answered and not yet taken by their callers (every call
+    /// holds a slot from the moment it is queued until its caller takes the outcome or
+    /// drops it).
+    pub(super) fn calls_open(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     /// Take a slot for a call about to be queued on connection `epoch`.
     pub(super) fn take_slot(&mut self, epoch: u64, waker: &Waker) -> u32 {
         if let Some(idx) = self.free.pop() {
