@@ -79,24 +79,38 @@ fn quick_run_writes_the_report_and_the_charts() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn big_messages_and_connection_churn() {
-    let dir = scratch_dir("big");
+/// Run `bench --quick` with `args` (and `--out` a scratch directory); returns its report,
+/// once it is known to have succeeded with no failed measurement.
+fn quick_report(name: &str, args: &[&str]) -> String {
+    let dir = scratch_dir(name);
     let out = Command::new(BENCH)
-        .args([
-            "--quick",
-            "--systems",
-            "ours,ours-prefork-1,raw-std,raw-tokio",
-            "--workloads",
-            "16m",
-        ])
-        .args(["--modes", "accept", "--out"])
+        .arg("--quick")
+        .args(args)
+        .arg("--out")
         .arg(&dir)
         .output()
         .expect("run bench --quick");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench --quick failed:\n{stderr}");
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!report.contains("## Failed measurements"), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+#[test]
+fn big_messages_and_connection_churn() {
+    let report = quick_report(
+        "big",
+        &[
+            "--systems",
+            "ours,ours-prefork-1,raw-std,raw-tokio",
+            "--workloads",
+            "16m",
+            "--modes",
+            "accept",
+        ],
+    );
     for needle in [
         "## Big messages",
         "| 16 MiB | ours async msgpack |",
@@ -111,23 +125,24 @@ fn big_messages_and_connection_churn() {
             "{needle:?} missing from the report:\n{report}"
         );
     }
-    assert!(!report.contains("## Failed measurements"), "{report}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn async_clients_under_load_from_one_task_per_connection() {
-    let dir = scratch_dir("callers");
-    let out = Command::new(BENCH)
-        .args(["--quick", "--callers", "connection", "--no-sequential"])
-        .args(["--systems", "ours,tonic,tarpc,raw-tokio", "--workloads", "add"])
-        .args(["--modes", "1x64,16x16", "--out"])
-        .arg(&dir)
-        .output()
-        .expect("run bench --quick");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench --quick failed:\n{stderr}");
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = quick_report(
+        "callers",
+        &[
+            "--callers",
+            "connection",
+            "--no-sequential",
+            "--systems",
+            "ours,tonic,tarpc,raw-tokio",
+            "--workloads",
+            "add",
+            "--modes",
+            "1x64,16x16",
+        ],
+    );
     for needle in [
         "Async clients under load: one task per connection",
         "| ours async msgpack |",
@@ -142,8 +157,6 @@ fn async_clients_under_load_from_one_task_per_connection() {
             "{needle:?} in the report:\n{report}"
         );
     }
-    assert!(!report.contains("## Failed measurements"), "{report}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 struct Server(Child);
