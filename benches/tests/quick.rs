@@ -1,6 +1,7 @@
 //! The `bench` binary works end to end: a quick run with tiny counts (no timing is
 //! asserted), the async clients' calls joined in one task per connection, the load generator against a server it started, and our prefork server
-//! (its workers visible to the harness, all gone once its stdin closes).
+//! (its workers visible to the harness, pinned unless told not to, all gone once its stdin
+//! closes).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -258,6 +259,43 @@ fn forked_children(pid: u32) -> Vec<u32> {
         .map(|c| c.parse().expect("a pid"))
         .filter(|&c| cmdline(c).as_ref() == Some(&own))
         .collect()
+}
+
+/// The CPUs `pid` may run on: `Cpus_allowed_list` of its status, e.g. `0-1` or `0`.
+fn cpus_allowed(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn prefork_workers_are_pinned_unless_told_not_to() {
+    // The servers inherit this process's CPU mask.
+    let own = cpus_allowed(std::process::id());
+    let single = |list: &str| !list.contains(['-', ',']);
+
+    let (server, _, _stdout) = start_server(&["--system", "ours-prefork", "--workers", "2"]);
+    let workers = forked_children(server.0.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let pinned: Vec<String> = workers.iter().map(|&w| cpus_allowed(w)).collect();
+    assert!(pinned.iter().all(|l| single(l)), "bind_core: {pinned:?}");
+    if !single(&own) {
+        // Worker i on core i of the mask: two cores, two different ones.
+        assert_ne!(pinned[0], pinned[1], "bind_core: {pinned:?} (mask {own})");
+    }
+    drop(server);
+
+    let (server, _, _stdout) =
+        start_server(&["--system", "ours-prefork", "--workers", "2", "--no-bind-core"]);
+    let workers = forked_children(server.0.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for w in workers {
+        assert_eq!(cpus_allowed(w), own, "--no-bind-core: worker {w}");
+    }
 }
 
 #[test]

@@ -75,6 +75,12 @@ pub(crate) struct RunArgs {
     /// 16 × 16 and 256 × 1 modes.
     #[arg(long, default_value_t = 2)]
     pub(crate) prefork_workers: usize,
+    /// Leave the prefork server's workers unpinned (rpc-server's `bind_core` off, its
+    /// default) instead of pinning worker `i` to core `i` mod the cores it may use. Only
+    /// `--placement unpinned` differs: with the others the supervisor, and so every
+    /// worker, is on the server's one core either way.
+    #[arg(long)]
+    pub(crate) prefork_unbound: bool,
     /// Clients to run (comma-separated: ours-async-msgpack, ours-async-bincode,
     /// ours-blocking-msgpack, ours-blocking-bincode, ours-prefork-async-msgpack,
     /// ours-prefork-1-async-msgpack (the one-worker prefork server, `ours-prefork-1`), tonic,
@@ -277,7 +283,7 @@ pub(crate) fn run(mut args: RunArgs) -> Result<()> {
         let s = ServerProc::spawn(
             kind,
             args.placement.server_core(),
-            args.prefork_workers,
+            (args.prefork_workers, !args.prefork_unbound),
             args.max_message_size(),
         )?;
         let pids = procfs::server_pids(s.pid).unwrap_or_default();

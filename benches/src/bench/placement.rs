@@ -44,14 +44,18 @@ impl Placement {
     }
 
     /// Where the prefork server's workers run. The supervisor is pinned to the server's
-    /// core, if any, and turns rpc-server's `bind_core` on, which pins worker `i` to core
-    /// `i % n` of the `n` cores the supervisor may use (see `server::serve_prefork`).
-    pub(crate) fn describe_prefork(self) -> &'static str {
-        match self {
-            Placement::Together => "every worker on core 0, with the client",
-            Placement::Separate => "every worker on core 1",
-            Placement::Unpinned => {
+    /// core, if any, and with `bind_core` (the bench's default) turns rpc-server's
+    /// `bind_core` on, which pins worker `i` to core `i % n` of the `n` cores the
+    /// supervisor may use (see `server::serve_prefork`).
+    pub(crate) fn describe_prefork(self, bind_core: bool) -> &'static str {
+        match (self, bind_core) {
+            (Placement::Together, _) => "every worker on core 0, with the client",
+            (Placement::Separate, _) => "every worker on core 1",
+            (Placement::Unpinned, true) => {
                 "worker i pinned to core i mod the number of cores (bind_core), the client unpinned"
+            }
+            (Placement::Unpinned, false) => {
+                "workers and client unpinned (bind_core off, `--prefork-unbound`): the kernel places them"
             }
         }
     }

@@ -171,7 +171,7 @@ pub(crate) fn markdown(ctx: &Context, results: &Results) -> String {
             w,
             "- Our prefork server (`ours-prefork`, client: async msgpack): rpc-server's prefork supervisor with {} worker processes sharing the port (`SO_REUSEPORT`), each with a tokio current-thread runtime; {}. The kernel puts each connection on one worker (by a hash of its addresses, not by load), so with one connection (sequential, 1 × 64) it measures one worker like `ours`; only 16 × 16 and 256 × 1 spread calls over the workers.",
             a.prefork_workers,
-            a.placement.describe_prefork()
+            a.placement.describe_prefork(!a.prefork_unbound)
         );
     }
 

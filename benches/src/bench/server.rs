@@ -42,6 +42,11 @@ pub(crate) struct ServerArgs {
     /// through the supervisor, with N workers (1 included).
     #[arg(long, default_value_t = 1)]
     pub(crate) workers: usize,
+    /// Prefork only: leave the workers unpinned (rpc-server's `bind_core` off, its
+    /// default): the kernel places them within the supervisor's CPU mask. Without it each
+    /// worker is pinned to a core (see `serve_prefork`).
+    #[arg(long)]
+    pub(crate) no_bind_core: bool,
     /// Ours only: put this many pass-through tower layers around dispatch (what the
     /// layered path costs, with layers that do nothing themselves).
     #[arg(long, default_value_t = 0)]
@@ -243,7 +248,8 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<()> {
 /// Should the supervisor be killed instead, its workers get TERM from the kernel
 /// (`PR_SET_PDEATHSIG`): no worker outlives it by more than its grace period.
 ///
-/// `bind_core` pins worker `i` to core `i % n` of the `n` cores this process may use
+/// `bind_core` (on unless `--no-bind-core`) pins worker `i` to core `i % n` of the `n`
+/// cores this process may use
 /// (rpc-server reads them from the affinity mask). With `--cpu` (placements `together`
 /// and `separate`) that is the one core, so every worker runs on the server's core, as
 /// the one-worker server does; with no `--cpu` (`unpinned`) the workers are spread over
@@ -264,7 +270,7 @@ fn serve_prefork(args: &ServerArgs) -> Result<()> {
     let served = builder
         .grace_period(Duration::from_secs(1))
         .prefork(args.workers)
-        .bind_core(true)
+        .bind_core(!args.no_bind_core)
         .worker_runtime(WorkerRuntime::CurrentThread)
         .run_with(args.addr, |addr| {
             // If stdout is gone, so is the harness: stdin closes too, and we stop.
@@ -364,12 +370,13 @@ pub(crate) struct ServerProc {
 
 impl ServerProc {
     /// Start `bench server --system kind` (this same executable) and wait for its port;
-    /// `workers` is the prefork server's worker count (ignored for the other systems).
-    /// `max_message` raises our servers' message size limit (ignored for the others).
+    /// `workers` is the prefork server's worker count, `bind_core` whether its workers are
+    /// pinned (both ignored for the other systems). `max_message` raises our servers'
+    /// message size limit (ignored for the others).
     pub(crate) fn spawn(
         kind: ServerKind,
         cpu: Option<usize>,
-        workers: usize,
+        (workers, bind_core): (usize, bool),
         max_message: Option<usize>,
     ) -> Result<ServerProc> {
         let mut cmd = Command::new(std::env::current_exe()?);
@@ -385,6 +392,9 @@ impl ServerProc {
         }
         if kind == ServerKind::OursPrefork1 {
             cmd.args(["--workers", "1"]);
+        }
+        if matches!(kind, ServerKind::OursPrefork | ServerKind::OursPrefork1) && !bind_core {
+            cmd.arg("--no-bind-core");
         }
         if kind.is_tls() {
             let pki = crate::secure::pki()?;

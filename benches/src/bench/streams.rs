@@ -98,8 +98,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Run `bench streams` and print its report (markdown).
 pub(crate) fn run(args: &StreamArgs) -> Result<()> {
     let server_core = args.separate.then_some(1);
-    let ours = ServerProc::spawn(ServerKind::Ours, server_core, 1, None)?;
-    let tonic = ServerProc::spawn(ServerKind::Tonic, server_core, 1, None)?;
+    let ours = ServerProc::spawn(ServerKind::Ours, server_core, (1, true), None)?;
+    let tonic = ServerProc::spawn(ServerKind::Tonic, server_core, (1, true), None)?;
     if args.separate {
         crate::placement::pin(0)?;
     }
