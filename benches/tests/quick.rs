@@ -129,6 +129,32 @@ fn big_messages_and_connection_churn() {
 }
 
 #[test]
+fn prefork_workers_left_unpinned_on_request() {
+    let report = quick_report(
+        "unbound",
+        &[
+            "--placement",
+            "unpinned",
+            "--prefork-unbound",
+            "--no-sequential",
+            "--systems",
+            "ours-prefork",
+            "--modes",
+            "16x16",
+        ],
+    );
+    for needle in [
+        "workers and client unpinned (bind_core off, `--prefork-unbound`)",
+        "| ours prefork async msgpack |",
+    ] {
+        assert!(
+            report.contains(needle),
+            "{needle:?} missing from the report:\n{report}"
+        );
+    }
+}
+
+#[test]
 fn async_clients_under_load_from_one_task_per_connection() {
     let report = quick_report(
         "callers",
