@@ -29,7 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     blocking.await??;
 
-    let client = easyrpc::Client::connect(addr).await?;
+    // The extensions (a hello first): the streaming calls need them.
+    let mut config = easyrpc::ClientConfig::default();
+    config.extensions = true;
+    let client = easyrpc::Client::connect_with(addr, config).await?;
     examples::async_calls(&client).await?;
 
     let _ = stop.send(());

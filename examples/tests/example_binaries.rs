@@ -1,5 +1,6 @@
 //! Runs the real `server` example binary on port 0 and the `client` example against it,
-//! plain and over mutual TLS.
+//! plain and over mutual TLS; and the `quickstart` example (the README's first command) to
+//! its end.
 
 #[path = "common/bins.rs"]
 mod bins;
@@ -87,6 +88,31 @@ fn client_example_calls_server_example() {
         "all calls succeeded",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+/// The README's first command: `quickstart` serves and calls every function of the
+/// example service, streams included, in one process, and exits 0.
+#[test]
+fn quickstart_example_runs_to_its_end() {
+    let out = client_output(&mut Command::new(example("quickstart")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "quickstart failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    for expected in [
+        "server listening on 127.0.0.1:",
+        "blocking add(2, 3)          = 5",
+        "sequential add calls:",
+        "async    kv_get(\"greeting\") = Some(\"hello\")",
+        "stream   countdown(5)       = [4, 3, 2, 1, 0]",
+        "stream   sum_stream(1..=100) = 5050",
+        "all calls succeeded; server stopped",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
 }
 
