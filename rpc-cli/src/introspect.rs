@@ -5,7 +5,7 @@
 //! The answer is an array of maps, one per method:
 //! `{"name": str, "args": [[name, type], ...], "returns": str, "sync": bool,
 //! "max_flow": int or nil, "doc": str}`, types as written in the Rust source (`"?"` when
-//! unknown, for a closure) and `doc` the first line of the doc comment. Keys this crate
+//! unknown, for a closure) and `doc` the doc comment's summary (its first paragraph). Keys this crate
 //! does not know are ignored; missing ones take a default (types `"?"`, no `max_flow`,
 //! no doc), so that a newer or an older server is still read.
 //!
@@ -56,7 +56,7 @@ pub struct MethodInfo {
     pub sync: bool,
     /// How many calls of it may run at once, if limited.
     pub max_flow: Option<u64>,
-    /// The first line of its doc comment (may be empty).
+    /// Its doc comment's summary, the first paragraph (may be empty).
     pub doc: String,
     /// How it streams: `""` (not at all), `"result"` (its result is a stream of
     /// `returns`), `"args"` (it takes a stream of items besides `args`) or `"both"`.
@@ -167,7 +167,7 @@ impl MethodInfo {
         format!("{}({}) -> {stream}{}", self.name, args.join(", "), self.returns)
     }
 
-    /// What `rpc describe` prints: the signature, then how it runs, then its doc line.
+    /// What `rpc describe` prints: the signature, then how it runs, then its doc summary.
     ///
     /// ```text
     /// fib_sync(n: u64) -> u64

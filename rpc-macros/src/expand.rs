@@ -67,7 +67,7 @@ pub(crate) fn register(args: TokenStream, input: TokenStream) -> TokenStream {
     // `#[cfg]` written after `#[register]` must remove the module along with the function.
     let cfgs: Vec<_> = item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
     let module = if errors.len() == before {
-        module(&item.vis, &cfgs, &func, &opts, Some(&first_doc_line(&item.attrs)))
+        module(&item.vis, &cfgs, &func, &opts, Some(&doc_summary(&item.attrs)))
     } else {
         fallback(&item.vis, &cfgs, &func, &opts, true)
     };
@@ -205,7 +205,7 @@ pub(crate) fn at(k: &TokenStream, span: Span) -> TokenStream {
 }
 
 /// The module of a valid function: its name, stubs and (with `server`) registration.
-/// With `server` (the doc line of the function), `method()` too.
+/// With `server` (the doc summary of the function), `method()` too.
 fn module(
     vis: &Visibility,
     attrs: &[&Attribute],
@@ -916,8 +916,11 @@ fn type_text(ty: &Type) -> String {
     out
 }
 
-/// The first line of the doc comments in `attrs`.
-pub(crate) fn first_doc_line(attrs: &[Attribute]) -> String {
+/// The summary of the doc comments in `attrs`: their first paragraph (up to the first blank
+/// line), its lines joined by spaces, as rustdoc's summary is. One line of a long sentence
+/// would stop in the middle of it.
+pub(crate) fn doc_summary(attrs: &[Attribute]) -> String {
+    let mut summary: Vec<String> = Vec::new();
     for a in attrs {
         if !a.path().is_ident("doc") {
             continue;
@@ -928,14 +931,19 @@ pub(crate) fn first_doc_line(attrs: &[Attribute]) -> String {
                 ..
             }) = &nv.value
             {
-                let line = s.value().trim().to_owned();
-                if !line.is_empty() {
-                    return line;
+                // A `///` line is one attribute (an empty one for a blank line); a `/** */`
+                // block is one with newlines.
+                for line in s.value().split('\n').map(str::trim) {
+                    match (line.is_empty(), summary.is_empty()) {
+                        (true, true) => {}
+                        (true, false) => return summary.join(" "),
+                        (false, _) => summary.push(line.to_owned()),
+                    }
                 }
             }
         }
     }
-    String::new()
+    summary.join(" ")
 }
 
 /// The module of an invalid function: the same items with the types that can be kept and

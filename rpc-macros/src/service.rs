@@ -15,7 +15,7 @@ use syn::{Expr, ExprLit, ImplItem, ImplItemFn, ItemImpl, Lit, LitStr, Meta, Toke
 use crate::ast::Function;
 use crate::attr::{self, Options, Place};
 use crate::expand::{
-    combine, first_doc_line, method_expr, params_struct, stub_args, stub_calls, StubCalls, Target,
+    combine, doc_summary, method_expr, params_struct, stub_args, stub_calls, StubCalls, Target,
 };
 use crate::valid;
 
@@ -169,7 +169,7 @@ pub(crate) fn service(args: TokenStream, input: TokenStream) -> TokenStream {
                 &s.opts,
                 &quote!(#name),
                 Target::Method,
-                &first_doc_line(&s.docs),
+                &doc_summary(&s.docs),
             )
         })
         .collect();

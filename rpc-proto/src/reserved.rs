@@ -50,7 +50,8 @@ pub struct MethodDescription {
     pub sync: bool,
     /// At most this many calls run at once.
     pub max_flow: Option<usize>,
-    /// The first line of its doc comment (empty without one).
+    /// Its doc comment's summary: the first paragraph, lines joined by spaces (empty
+    /// without one).
     pub doc: String,
     /// How it streams: `""` (not at all), `"result"`, `"args"` or `"both"` (absent
     /// from the descriptions of servers older than streams). Always written: bincode is

@@ -352,7 +352,7 @@ pub struct Method {
     /// The function takes a [`Context`](crate::Context): its calls get a cancellation
     /// token.
     pub(crate) context: bool,
-    /// What `rpc.methods` says of it: wire arguments, return type, doc line.
+    /// What `rpc.methods` says of it: wire arguments, return type, doc summary.
     pub(crate) signature: Option<Arc<Signature>>,
     /// How it streams (`""`: not at all).
     pub(crate) streaming: &'static str,
@@ -361,7 +361,7 @@ pub struct Method {
     pub(crate) sync_items: bool,
 }
 
-/// A method's signature and doc line, for `rpc.methods`.
+/// A method's signature and doc summary, for `rpc.methods`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Signature {
     pub(crate) args: Vec<(String, String)>,
@@ -418,7 +418,7 @@ impl Method {
     }
 
     /// Describe the method for the reserved `rpc.methods` call: its wire arguments (name
-    /// and Rust type as written), its return type and the first line of its doc.
+    /// and Rust type as written), its return type and the summary of its doc (the first paragraph).
     /// `#[register]` and `#[easyrpc::service]` fill this in; for a method built from a closure,
     /// call it by hand, or `rpc.methods` shows its types as `?`.
     ///

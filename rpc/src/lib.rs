@@ -384,7 +384,7 @@ pub use easyrpc_client::TlsCause;
 // ---- The protocol -------------------------------------------------------------------------
 
 /// One method of a server, as the reserved call `rpc.methods` describes it: name, signature,
-/// sync or async, `max_flow`, and the first line of its doc comment.
+/// sync or async, `max_flow`, and the summary of its doc comment (its first paragraph).
 ///
 /// # Examples
 ///

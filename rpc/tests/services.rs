@@ -458,9 +458,10 @@ async fn layers_run_outermost_first() {
 
 // ---- Introspection --------------------------------------------------------------------
 
-/// Adds two numbers.
+/// Adds two numbers,
+///   whatever their signs.
 ///
-/// More text that `rpc.methods` leaves out.
+/// More text that `rpc.methods` leaves out: its summary is the first paragraph.
 #[register]
 fn add_documented(a: i64, b: i64) -> i64 {
     a + b
@@ -490,7 +491,7 @@ async fn rpc_methods_describes_every_method() {
         assert_eq!(add.args, [("a".into(), "i64".into()), ("b".into(), "i64".into())]);
         assert_eq!(
             (add.returns.as_str(), add.sync, add.doc.as_str()),
-            ("i64", true, "Adds two numbers.")
+            ("i64", true, "Adds two numbers, whatever their signs.")
         );
         assert_eq!(add.signature(), "add_documented(a: i64, b: i64) -> i64");
         // State and Context are not on the wire: not listed.
