@@ -16,6 +16,12 @@ extern crate easyrpc as my_rpc;
 /// The README's ```rust blocks: every one of them must be in this file.
 const BLOCKS: usize = 20;
 
+/// The `add` that the later blocks register, as the first one defines it.
+#[easyrpc::register]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
 /// `text`'s lines, trimmed, without blank lines and context lines.
 fn normalize(text: &str) -> Vec<&str> {
     text.lines()
@@ -316,10 +322,7 @@ Ok(())
 mod b13_unix {
 use easyrpc::Server;
 
-#[easyrpc::register]
-fn add(a: i64, b: i64) -> i64 {
-    a + b
-}
+use super::add;
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 Server::builder()
@@ -338,10 +341,7 @@ Ok(())
 mod b14_tls {
 use easyrpc::Server;
 
-#[easyrpc::register]
-fn add(a: i64, b: i64) -> i64 {
-    a + b
-}
+use super::add;
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 use easyrpc::{ClientTls, TlsConfig};
@@ -371,10 +371,7 @@ Ok(())
 
 #[rustfmt::skip]
 mod b15_listeners_and_rules {
-#[easyrpc::register]
-fn add(a: i64, b: i64) -> i64 {
-    a + b
-}
+use super::add;
 
 #[easyrpc::register]
 fn admin_reset() {}
@@ -409,10 +406,7 @@ Ok(())
 mod b16_prefork {
 use easyrpc::Server;
 
-#[easyrpc::register]
-fn add(a: i64, b: i64) -> i64 {
-    a + b
-}
+use super::add;
 
 fn main() -> Result<(), easyrpc::ServeError> {
     // A plain fn main: no runtime and no thread may exist before the fork.
@@ -429,10 +423,7 @@ fn main() -> Result<(), easyrpc::ServeError> {
 mod b17_etcd {
 use easyrpc::{Client, Registration, Server};
 
-#[easyrpc::register]
-fn add(a: i64, b: i64) -> i64 {
-    a + b
-}
+use super::add;
 
 async fn scale_out() -> Result<(), Box<dyn std::error::Error>> {
 // easyrpc = { version = "0.1", features = ["etcd"] }
